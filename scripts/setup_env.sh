@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment with everything cat-seg needs.
+#
+#   scripts/setup_env.sh            # .venv next to this repository
+#   VENV=/path/to/venv scripts/setup_env.sh
+#   TORCH_SPEC="torch==2.5.1 torchvision==0.20.1" scripts/setup_env.sh   # another torch
+#   DETECTRON2_SPEC="git+https://github.com/facebookresearch/detectron2.git" scripts/setup_env.sh
+#
+# Nothing is compiled: detectron2 comes from the pure-Python wheel `sal-detectron2`
+# (upstream sources, 2024 snapshot) unless DETECTRON2_SPEC names another source. The
+# script is idempotent: a second run with unchanged inputs only checks the stamp file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+D2_WHEEL=${D2_WHEEL:-"sal-detectron2==0.7.2"}
+DETECTRON2_SPEC=${DETECTRON2_SPEC:-}
+
+stamp="$VENV/.cat-seg-installed"
+want=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
+want="$want $TORCH_SPEC $D2_WHEEL $DETECTRON2_SPEC"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+echo "[setup] creating virtual environment in $VENV"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing $TORCH_SPEC"
+$PIP install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing requirements.txt"
+$PIP install -q -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+
+site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if [ -n "$DETECTRON2_SPEC" ]; then
+  echo "[setup] installing detectron2 from $DETECTRON2_SPEC"
+  $PIP install -q --no-build-isolation "$DETECTRON2_SPEC"
+elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+  echo "[setup] installing detectron2 (pure Python) from $D2_WHEEL"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  $PIP install -q --no-deps --target "$tmp" --python-version 3.10 \
+      --only-binary=:all: "$D2_WHEEL" 2>&1 | grep -v '^WARNING: Location' || true
+  [ -d "$tmp/detectron2" ] || { echo "[setup] error: $D2_WHEEL did not provide detectron2/" >&2; exit 1; }
+  # its compiled ops were built against another torch; CAT-Seg needs none of them
+  rm -f "$tmp"/detectron2/_C*.so
+  rm -rf "$site/detectron2"
+  cp -r "$tmp/detectron2" "$site/detectron2"
+fi
+echo "[setup] installing cat-seg (editable)"
+$PIP install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -c "import torch, detectron2, open_clip, cat_seg; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| open_clip', open_clip.__version__)"
+echo "$want" > "$stamp"
