@@ -1,0 +1,16 @@
+"""Optimizer / LR scheduler construction (spec 4.4)."""
+from .build import (
+    NORM_MODULE_TYPES,
+    build_lr_scheduler,
+    build_optimizer,
+    get_param_groups,
+    maybe_add_full_model_gradient_clipping,
+)
+
+__all__ = [
+    "NORM_MODULE_TYPES",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "get_param_groups",
+    "maybe_add_full_model_gradient_clipping",
+]

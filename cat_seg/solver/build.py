@@ -1,0 +1,135 @@
+"""Optimizer and LR schedule of the official CAT-Seg recipe (spec 4.4).
+
+``build_optimizer`` creates one parameter group per trainable parameter so that every
+parameter can carry its own learning rate and weight decay:
+
+* LR: ``SOLVER.BASE_LR``, times ``SOLVER.CLIP_MULTIPLIER`` when the owning module path
+  contains ``clip`` (our ``backbone.clip.*`` and the official ``...clip_model.*``), otherwise
+  times ``SOLVER.BACKBONE_MULTIPLIER`` when it contains ``backbone``.
+* Weight decay: ``SOLVER.WEIGHT_DECAY``, except ``SOLVER.WEIGHT_DECAY_NORM`` for parameters
+  of normalisation modules, ``SOLVER.WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and 0 for
+  parameters named ``relative_position_bias_table`` / ``absolute_pos_embed``. Biases,
+  padding tokens etc. get the full weight decay (quirk Q15).
+
+Gradient clipping of type ``full_model`` clips the global norm over all parameters of all
+groups jointly before every step; other clip types are delegated to detectron2.
+The LR scheduler is detectron2's ``build_lr_scheduler`` (``WarmupCosineLR`` with no warmup
+gives the multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``).
+"""
+import copy
+import itertools
+import logging
+from typing import Any, Dict, List, Set, Type
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_lr_scheduler  # re-exported
+from detectron2.solver.build import maybe_add_gradient_clipping
+
+__all__ = [
+    "NORM_MODULE_TYPES",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "get_param_groups",
+    "maybe_add_full_model_gradient_clipping",
+]
+
+logger = logging.getLogger(__name__)
+
+# Subclasses count too (e.g. CLIP's fp16-safe LayerNorm), checked with isinstance.
+NORM_MODULE_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm
+    torch.nn.GroupNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,  # InstanceNorm1d/2d/3d
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+)
+
+_NO_DECAY_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+
+
+def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
+    """
+    One optimizer param group ``{"params": [p], "lr": ..., "weight_decay": ...}`` per
+    trainable parameter of ``model``, in ``model.named_modules()`` order. Parameters with
+    ``requires_grad=False`` are skipped; a parameter shared by several modules appears once
+    (with the hyper-parameters of the first module that owns it).
+    """
+    base_lr = cfg.SOLVER.BASE_LR
+    defaults = {"lr": base_lr, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
+    params: List[Dict[str, Any]] = []
+    memo: Set[torch.nn.Parameter] = set()
+    for module_name, module in model.named_modules():
+        for param_name, value in module.named_parameters(recurse=False):
+            if not value.requires_grad or value in memo:
+                continue
+            memo.add(value)
+            hyperparams = copy.copy(defaults)
+            if "clip" in module_name:
+                hyperparams["lr"] = base_lr * cfg.SOLVER.CLIP_MULTIPLIER
+            elif "backbone" in module_name:
+                hyperparams["lr"] = base_lr * cfg.SOLVER.BACKBONE_MULTIPLIER
+            if param_name in _NO_DECAY_PARAM_NAMES:
+                hyperparams["weight_decay"] = 0.0
+            if isinstance(module, NORM_MODULE_TYPES):
+                hyperparams["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY_NORM
+            if isinstance(module, torch.nn.Embedding):
+                hyperparams["weight_decay"] = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            params.append({"params": [value], **hyperparams})
+    return params
+
+
+def maybe_add_full_model_gradient_clipping(
+    cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]
+) -> Type[torch.optim.Optimizer]:
+    """
+    Return a subclass of ``optimizer_type`` whose ``step`` first calls
+    ``clip_grad_norm_`` on all parameters of all groups jointly (max norm
+    ``SOLVER.CLIP_GRADIENTS.CLIP_VALUE``, norm ``NORM_TYPE``), if gradient clipping is
+    enabled with ``CLIP_TYPE == "full_model"``; otherwise ``optimizer_type`` unchanged.
+    """
+    clip_cfg = cfg.SOLVER.CLIP_GRADIENTS
+    clip_value = float(clip_cfg.CLIP_VALUE)
+    norm_type = float(clip_cfg.NORM_TYPE)
+    if not (clip_cfg.ENABLED and clip_cfg.CLIP_TYPE == "full_model" and clip_value > 0.0):
+        return optimizer_type
+
+    class FullModelGradientClippingOptimizer(optimizer_type):
+        def step(self, closure=None):
+            all_params = itertools.chain(*[g["params"] for g in self.param_groups])
+            torch.nn.utils.clip_grad_norm_(all_params, clip_value, norm_type=norm_type)
+            return super().step(closure=closure)
+
+    FullModelGradientClippingOptimizer.__name__ = optimizer_type.__name__ + "FullModelClip"
+    FullModelGradientClippingOptimizer.__qualname__ = FullModelGradientClippingOptimizer.__name__
+    return FullModelGradientClippingOptimizer
+
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """
+    Build the optimizer of spec 4.4 for ``model``.
+
+    ``SOLVER.OPTIMIZER``: ``ADAMW`` (``torch.optim.AdamW``, betas (0.9, 0.999), eps 1e-8) or
+    ``SGD`` (momentum ``SOLVER.MOMENTUM``). Gradient clipping as described in the module
+    docstring.
+    """
+    params = get_param_groups(cfg, model)
+    if not params:
+        raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")
+    optimizer_name = cfg.SOLVER.OPTIMIZER.upper()
+    if optimizer_name == "SGD":
+        optimizer_type = maybe_add_full_model_gradient_clipping(cfg, torch.optim.SGD)
+        optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+    elif optimizer_name == "ADAMW":
+        optimizer_type = maybe_add_full_model_gradient_clipping(cfg, torch.optim.AdamW)
+        optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        raise ValueError(
+            f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}"
+        )
+    if cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE != "full_model":
+        optimizer = maybe_add_gradient_clipping(cfg, optimizer)
+    logger.info(
+        "Optimizer %s with %d parameter groups", type(optimizer).__name__, len(params)
+    )
+    return optimizer
