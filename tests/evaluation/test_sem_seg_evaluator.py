@@ -1,0 +1,279 @@
+"""SemSegEvaluator / VOCbEvaluator against hand-computed confusion matrices."""
+import csv
+import json
+import math
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+
+from cat_seg.evaluation import SemSegEvaluator, VOCbEvaluator, build_evaluator, load_sem_seg_gt
+
+
+@pytest.fixture
+def make_dataset(tmp_path):
+    """Write GT label maps to tmp_path and register a uniquely named dataset."""
+    names = []
+
+    def _make(gts, classes, ignore_label=255, suffix=".png", **meta):
+        name = f"test_semseg_{uuid.uuid4().hex}"
+        records = []
+        for i, gt in enumerate(gts):
+            gt_file = tmp_path / f"{name}_{i}{suffix}"
+            Image.fromarray(gt).save(gt_file)
+            records.append({"file_name": f"img_{i}.jpg", "sem_seg_file_name": str(gt_file)})
+        DatasetCatalog.register(name, lambda records=records: records)
+        MetadataCatalog.get(name).set(
+            stuff_classes=list(classes), ignore_label=ignore_label, **meta
+        )
+        names.append(name)
+        return name, records
+
+    yield _make
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def scores_from_pred(pred, num_channels):
+    """One-hot float scores [T, H, W] whose argmax is `pred`."""
+    pred = torch.as_tensor(np.asarray(pred, dtype=np.int64))
+    return torch.nn.functional.one_hot(pred, num_channels).permute(2, 0, 1).float()
+
+
+def nan_equal_dicts(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if math.isnan(a[k]):
+            assert math.isnan(b[k]), k
+        else:
+            assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-12), k
+
+
+# Image 0 (2x4), classes a=0, b=1, c=2, ignore 255:
+#   GT   = [[0, 0, 1, 1], [0, 255, 1, 1]]
+#   pred = [[0, 1, 1, 1], [0, 0,   2, 1]]
+# Non-ignored pixels: gt a: pred a,b,a -> TP_a 2 / 3; gt b: pred b,b,c,b -> TP_b 3 / 4;
+# pred counts (non-ignored): a 2, b 4, c 1; class c never in GT -> NaN, not averaged.
+# IoU_a = 2/(3+2-2) = 2/3, IoU_b = 3/(4+4-3) = 3/5, mIoU = 19/30
+# fwIoU = 3/7*2/3 + 4/7*3/5 = 22/35, ACC_a = 2/3, ACC_b = 3/4, mACC = 17/24, pACC = 5/7
+# Image 1 (2x2) is all ignore: its (arbitrary) predictions must not count.
+GT0 = np.array([[0, 0, 1, 1], [0, 255, 1, 1]], dtype=np.uint8)
+PRED0 = np.array([[0, 1, 1, 1], [0, 0, 2, 1]])
+GT1 = np.full((2, 2), 255, dtype=np.uint8)
+PRED1 = np.array([[2, 2], [0, 1]])
+EXPECTED = {
+    "mIoU": 100 * 19 / 30,
+    "fwIoU": 100 * 22 / 35,
+    "IoU-a": 100 * 2 / 3,
+    "IoU-b": 100 * 3 / 5,
+    "IoU-c": float("nan"),
+    "mACC": 100 * 17 / 24,
+    "pACC": 100 * 5 / 7,
+    "ACC-a": 100 * 2 / 3,
+    "ACC-b": 100 * 3 / 4,
+    "ACC-c": float("nan"),
+}
+
+
+def run(evaluator, records, preds, num_channels, batch_size=1):
+    evaluator.reset()
+    for start in range(0, len(records), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(records))))
+        evaluator.process(
+            [{"file_name": records[i]["file_name"]} for i in chunk],
+            [{"sem_seg": scores_from_pred(preds[i], num_channels)} for i in chunk],
+        )
+    return evaluator.evaluate()
+
+
+def test_hand_computed_confusion_matrix(make_dataset):
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    evaluator = SemSegEvaluator(name)
+    res = run(evaluator, records, [PRED0, PRED1], 3)["sem_seg"]
+    nan_equal_dicts(res, EXPECTED)
+    assert list(res)[:2] == ["mIoU", "fwIoU"]
+    # confusion matrix [pred, gt] with the ignore bin last
+    expected_cm = np.array(
+        [[2, 0, 0, 1 + 1], [1, 3, 0, 0 + 1], [0, 1, 0, 0 + 2], [0, 0, 0, 0]], dtype=np.int64
+    )
+    np.testing.assert_array_equal(evaluator._conf_matrix, expected_cm)
+
+
+def test_seen_unseen_and_harmonic_mean(make_dataset):
+    name, records = make_dataset(
+        [GT0, GT1], ["a", "b", "c"], seen_classes=[0], unseen_classes=[1, 2]
+    )
+    res = run(SemSegEvaluator(name), records, [PRED0, PRED1], 3)["sem_seg"]
+    assert res["mIoU-seen"] == pytest.approx(100 * 2 / 3)
+    assert res["mIoU-unseen"] == pytest.approx(100 * 3 / 5)  # c is absent from GT
+    assert res["hIoU"] == pytest.approx(100 * 12 / 19)  # 2*(2/3)*(3/5) / (2/3+3/5)
+    assert res["mIoU"] == pytest.approx(EXPECTED["mIoU"])
+
+
+def test_input_sem_seg_file_name_and_distinct_datasets(make_dataset):
+    name, records = make_dataset([GT0], ["a", "b", "c"])
+    evaluator = SemSegEvaluator(name)
+    evaluator.process(
+        [{"file_name": "not/in/catalog.jpg", "sem_seg_file_name": records[0]["sem_seg_file_name"]}],
+        [{"sem_seg": scores_from_pred(PRED0, 3)}],
+    )
+    nan_equal_dicts(evaluator.evaluate()["sem_seg"], EXPECTED)
+    with pytest.raises(KeyError, match="not/in/catalog.jpg"):
+        evaluator.process(
+            [{"file_name": "not/in/catalog.jpg"}], [{"sem_seg": scores_from_pred(PRED0, 3)}]
+        )
+
+
+def _brute_force_metrics(gts, preds, num_classes, ignore):
+    tp = np.zeros(num_classes)
+    n_gt = np.zeros(num_classes)
+    n_pred = np.zeros(num_classes)
+    for gt, pred in zip(gts, preds):
+        valid = gt != ignore
+        for c in range(num_classes):
+            tp[c] += np.sum((gt == c) & (pred == c) & valid)
+            n_gt[c] += np.sum(gt == c)
+            n_pred[c] += np.sum((pred == c) & valid)
+    present = n_gt > 0
+    iou = tp[present] / (n_gt + n_pred - tp)[present]
+    return {
+        "mIoU": 100 * iou.mean(),
+        "fwIoU": 100 * np.sum(iou * n_gt[present] / n_gt.sum()),
+        "mACC": 100 * np.mean(tp[present] / n_gt[present]),
+        "pACC": 100 * tp.sum() / n_gt.sum(),
+    }
+
+
+def test_batch_size_invariance_and_brute_force(make_dataset):
+    rng = np.random.default_rng(0)
+    num_classes, shapes = 5, [(7, 9), (12, 5), (6, 6), (9, 11), (4, 13)]
+    gts, preds = [], []
+    for h, w in shapes:
+        gt = rng.integers(0, num_classes - 1, size=(h, w)).astype(np.uint8)  # class 4 absent
+        gt[rng.random((h, w)) < 0.2] = 255
+        gts.append(gt)
+        preds.append(rng.integers(0, num_classes, size=(h, w)))
+    name, records = make_dataset(gts, [f"k{i}" for i in range(num_classes)])
+    evaluator = SemSegEvaluator(name)
+    results = [run(evaluator, records, preds, num_classes, bs)["sem_seg"] for bs in (1, 2, 5)]
+    nan_equal_dicts(results[0], results[1])
+    nan_equal_dicts(results[0], results[2])
+    expected = _brute_force_metrics(gts, preds, num_classes, 255)
+    for key, value in expected.items():
+        assert results[0][key] == pytest.approx(value, rel=1e-12), key
+    assert math.isnan(results[0]["IoU-k4"])
+
+
+def test_distributed_gather_sums_confusion_matrices(make_dataset, monkeypatch):
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    rank0, rank1 = SemSegEvaluator(name), SemSegEvaluator(name)
+    for evaluator, record, pred in ((rank0, records[0], PRED0), (rank1, records[1], PRED1)):
+        evaluator.process(
+            [{"file_name": record["file_name"]}], [{"sem_seg": scores_from_pred(pred, 3)}]
+        )
+
+    def fake_all_gather(data, group=None):  # rank 0 gathers its own data plus rank 1's
+        return [data, (rank1._conf_matrix.copy(), rank1._num_images)]
+
+    monkeypatch.setattr(comm, "all_gather", fake_all_gather)
+    nan_equal_dicts(rank0.evaluate()["sem_seg"], EXPECTED)
+    monkeypatch.setattr(comm, "is_main_process", lambda: False)
+    assert rank1.evaluate() is None
+
+
+def test_voc20b_maps_extra_channels_to_background(make_dataset):
+    classes = [f"voc{i}" for i in range(20)] + ["background"]
+    gt = np.array([[0, 20, 20, 255, 3]], dtype=np.uint8)
+    # 25 channels (prompts); channel 22 and 24 are extra "background" prompts
+    pred = np.array([[0, 22, 5, 24, 3]])
+    name, records = make_dataset([gt], classes, evaluator_type="sem_seg_background")
+    res = run(VOCbEvaluator(name), records, [pred], 25)["sem_seg"]
+    # gt0->0 TP, gt20->20 TP, gt20->5, ignore (pred 24 -> 20 not counted), gt3->3 TP
+    assert res["IoU-voc0"] == pytest.approx(100.0)
+    assert res["IoU-voc3"] == pytest.approx(100.0)
+    assert res["IoU-background"] == pytest.approx(100 * 1 / 2)  # TP 1 / (GT 2 + pred 1 - 1)
+    assert math.isnan(res["IoU-voc5"])  # predicted but absent from GT
+    assert res["mIoU"] == pytest.approx(100 * 2.5 / 3)
+    assert res["pACC"] == pytest.approx(100 * 3 / 4)
+    # the plain evaluator refuses a channel count that does not match the classes
+    with pytest.raises(ValueError, match=r"\[21, H, W\]"):
+        run(SemSegEvaluator(name), records, [pred], 25)
+
+
+def test_voc20b_needs_21_classes(make_dataset):
+    name, _ = make_dataset([GT0], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="21 stuff_classes"):
+        VOCbEvaluator(name)
+
+
+def test_uint16_tiff_ground_truth(make_dataset):
+    num_classes = 300  # like pc459: ignore label == K, labels above 255 need 16 bits
+    gt = np.array([[299, 299, 258], [0, 300, 258]], dtype=np.uint16)
+    pred = np.array([[299, 258, 258], [0, 1, 299]])
+    name, records = make_dataset(
+        [gt], [f"c{i}" for i in range(num_classes)], ignore_label=300, suffix=".tif"
+    )
+    np.testing.assert_array_equal(load_sem_seg_gt(records[0]["sem_seg_file_name"]), gt)
+    res = run(SemSegEvaluator(name), records, [pred], num_classes)["sem_seg"]
+    # c299: gt 2, pred 2 (one on c258's pixel), TP 1 -> 1/3; c258: gt 2, pred 2, TP 1 -> 1/3
+    assert res["IoU-c299"] == pytest.approx(100 / 3)
+    assert res["IoU-c258"] == pytest.approx(100 / 3)
+    assert res["IoU-c0"] == pytest.approx(100.0)
+    assert math.isnan(res["IoU-c1"])  # only predicted on the ignore pixel
+    assert res["pACC"] == pytest.approx(100 * 3 / 5)
+
+
+def test_results_written_as_json_and_csv(make_dataset, tmp_path):
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    out = tmp_path / "inference"
+    res = run(SemSegEvaluator(name, output_dir=str(out)), records, [PRED0, PRED1], 3)["sem_seg"]
+    payload = json.loads((out / "sem_seg_results.json").read_text())
+    assert payload["dataset"] == name
+    assert payload["num_images"] == 2
+    for key in ("mIoU", "fwIoU", "mACC", "pACC"):
+        assert payload["metrics"][key] == pytest.approx(res[key])
+    assert payload["per_class"]["b"]["IoU"] == pytest.approx(60.0)
+    assert payload["per_class"]["c"]["IoU"] is None  # NaN written as null (valid JSON)
+    with open(out / "per_class_iou.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class", "IoU", "ACC", "gt_pixels"]
+    assert rows[1] == ["a", "66.6667", "66.6667", "3"]
+    assert rows[2] == ["b", "60.0000", "75.0000", "4"]
+    assert rows[3] == ["c", "nan", "nan", "0"]
+
+
+def test_errors_name_the_file(make_dataset, tmp_path):
+    bad_gt = np.array([[0, 7]], dtype=np.uint8)
+    name, records = make_dataset([bad_gt], ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"label value 7 .*0\.\.2"):
+        run(SemSegEvaluator(name), records, [np.array([[0, 1]])], 3)
+    gt_file = records[0]["sem_seg_file_name"]
+    assert gt_file.endswith(".png")
+    with open(gt_file, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(ValueError, match="cannot read .*" + records[0]["sem_seg_file_name"][-20:]):
+        run(SemSegEvaluator(name), records, [np.array([[0, 1]])], 3)
+    name2, records2 = make_dataset([GT0], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="does not match GT"):
+        run(SemSegEvaluator(name2), records2, [np.zeros((3, 4), dtype=np.int64)], 3)
+
+
+def test_build_evaluator_by_evaluator_type(make_dataset, tmp_path):
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    plain, _ = make_dataset([GT0], ["a", "b", "c"], evaluator_type="sem_seg")
+    voc, _ = make_dataset([GT0], [f"v{i}" for i in range(21)], evaluator_type="sem_seg_background")
+    other, _ = make_dataset([GT0], ["a", "b", "c"], evaluator_type="coco")
+    evaluator = build_evaluator(cfg, plain)
+    assert type(evaluator) is SemSegEvaluator
+    assert evaluator._output_dir == str(tmp_path / "inference")
+    assert type(build_evaluator(cfg, voc, str(tmp_path / "x"))) is VOCbEvaluator
+    with pytest.raises(NotImplementedError, match="coco"):
+        build_evaluator(cfg, other)
