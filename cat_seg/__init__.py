@@ -1,1 +1,8 @@
-"""cat-seg: CAT-Seg (Cost Aggregation for Open-Vocabulary Semantic Segmentation) on detectron2."""
+"""cat-seg: CAT-Seg (Cost Aggregation for Open-Vocabulary Semantic Segmentation) on detectron2.
+
+Importing the package registers the model components in detectron2's registries.
+"""
+from . import modeling  # noqa: F401  (registers backbone, head, meta-architecture)
+from .config import add_cat_seg_config
+
+__all__ = ["add_cat_seg_config"]

@@ -1,0 +1,118 @@
+"""Build the CLIP model used by CAT-Seg and load its weights.
+
+The model is an ``open_clip.CLIP`` whose attention modules are replaced by
+:class:`~cat_seg.modeling.clip.attention.SplitQKVAttention` (official parameter layout).
+Weights come from (``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS``):
+
+* an open_clip pretrained tag (``"openai"``, ``"laion2b_s32b_b79k"``, ...; downloaded by
+  open_clip on first use, ``"default"`` = the tag the official code used);
+* a local checkpoint file (OpenAI TorchScript archive, open_clip state dict, safetensors);
+* ``""`` / ``"none"``: random initialisation (tests; or a full CAT-Seg checkpoint is loaded
+  afterwards through ``MODEL.WEIGHTS``).
+"""
+import os
+from typing import Dict, Optional
+
+import open_clip
+import torch
+
+from .attention import replace_multihead_attention, split_attention_weights
+from .model_configs import CLIPArch, resolve_clip_arch
+
+NO_WEIGHTS = ("", "none", "None", "random")
+
+# Entries of OpenAI TorchScript state dicts that are not parameters.
+_NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class CLIPLoadError(RuntimeError):
+    """A CLIP checkpoint could not be read or does not fit the architecture."""
+
+
+def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a CLIP checkpoint file into an open_clip-layout state dict (packed or split q/k/v).
+
+    Handles OpenAI TorchScript archives, plain/wrapped (``state_dict``) torch files,
+    ``module.``-prefixed keys and ``.safetensors``.
+    """
+    if not os.path.isfile(path):
+        raise CLIPLoadError(f"CLIP weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj = load_file(path, device="cpu")
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            try:  # OpenAI's original release is a TorchScript archive
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
+            except Exception as e:
+                raise CLIPLoadError(f"{path}: not a readable CLIP checkpoint ({e})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CLIPLoadError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    state = {}
+    for key, value in obj.items():
+        if key in _NON_PARAMETER_KEYS:
+            continue
+        if key.startswith("module."):
+            key = key[len("module."):]
+        state[key] = value
+    return state
+
+
+def load_clip_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str):
+    """Load a CLIP state dict into ``model`` (split q/k/v layout); every mismatch is an error."""
+    state = split_attention_weights(state_dict)
+    if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        def show(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        problems = []
+        if missing:
+            problems.append(f"missing {len(missing)}: {show(missing)}")
+        if unexpected:
+            problems.append(f"unexpected {len(unexpected)}: {show(unexpected)}")
+        if wrong_shape:
+            problems.append(f"shape mismatch {len(wrong_shape)}: {show(wrong_shape)}")
+        raise CLIPLoadError(f"CLIP weights {source} do not fit the model: " + "; ".join(problems))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.Module:
+    """Build the CLIP model of ``arch`` (see :func:`resolve_clip_arch`) with ``weights``.
+
+    Returns an ``open_clip.CLIP`` in fp32 on the CPU with split q/k/v attention.
+    """
+    resolved: CLIPArch = resolve_clip_arch(arch)
+    model = open_clip.CLIP(**resolved.model_cfg, quick_gelu=resolved.quick_gelu)
+    replace_multihead_attention(model)
+    weights = "" if weights is None else str(weights)
+    if weights in NO_WEIGHTS:
+        return model.float()
+    if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        load_clip_weights(model, read_clip_state_dict(weights), weights)
+        return model.float()
+    tag = resolved.default_tag if weights == "default" else weights
+    pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
+    if not pretrained_cfg:
+        known = open_clip.list_pretrained_tags_by_model(resolved.name)
+        raise CLIPLoadError(
+            f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS={weights!r} is neither a file nor a pretrained tag "
+            f"of {resolved.name} (known tags: {known})"
+        )
+    path = open_clip.download_pretrained(pretrained_cfg)
+    load_clip_weights(model, read_clip_state_dict(path), f"{resolved.name}/{tag}")
+    return model.float()

@@ -1,0 +1,3 @@
+from .cat_seg_head import CATSegHead
+
+__all__ = ["CATSegHead"]

@@ -1,0 +1,85 @@
+"""``CATSegHead``: guidance upsampling + cost aggregation, registered in detectron2."""
+import logging
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, ShapeSpec
+from torch import nn
+
+from ..aggregator import Aggregator
+
+logger = logging.getLogger(__name__)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class CATSegHead(nn.Module):
+    """Turns backbone features and class embeddings into per-class logits.
+
+    Args:
+        aggregator: the :class:`~cat_seg.modeling.aggregator.Aggregator`.
+        guidance_upsample: one transposed conv per decoder block, mapping the intermediate
+            CLIP block outputs ``[B, W, h, w]`` to decoder guidance at the block's
+            resolution (official ``upsample1``/``upsample2``: W->256 x2, W->128 x4).
+        guidance_features: backbone output names feeding ``guidance_upsample`` (in order).
+    """
+
+    @configurable
+    def __init__(self, *, aggregator: Aggregator, guidance_upsample: nn.ModuleList, guidance_features: Sequence[str]):
+        super().__init__()
+        if len(guidance_upsample) != len(guidance_features):
+            raise ValueError(
+                f"{len(guidance_features)} guidance features for {len(guidance_upsample)} decoder blocks: "
+                "the number of CLIP guidance blocks must equal len(DECODER_GUIDANCE_DIMS)"
+            )
+        self.aggregator = aggregator
+        self.guidance_upsample = guidance_upsample
+        self.guidance_features = list(guidance_features)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], num_templates: int = 1):
+        head = cfg.MODEL.SEM_SEG_HEAD
+        embed_dim = input_shape["dense_embeddings"].channels
+        guidance_features = sorted((k for k in input_shape if k.startswith("block")), key=lambda k: int(k[5:]))
+        for key, derived in (("TEXT_GUIDANCE_DIM", embed_dim), ("APPEARANCE_GUIDANCE_DIM", embed_dim)):
+            if head.get(key) != derived:
+                logger.info(f"MODEL.SEM_SEG_HEAD.{key}={head.get(key)} ignored: the CLIP model gives {derived}")
+        if len(guidance_features) != len(head.DECODER_GUIDANCE_DIMS):
+            raise ValueError(
+                f"the backbone returns {len(guidance_features)} guidance blocks but DECODER_GUIDANCE_DIMS has "
+                f"{len(head.DECODER_GUIDANCE_DIMS)} entries: set MODEL.SEM_SEG_HEAD.GUIDANCE_BLOCK_INDEXES"
+            )
+        upsample = nn.ModuleList(
+            nn.ConvTranspose2d(input_shape[name].channels, dim, kernel_size=2 ** (i + 1), stride=2 ** (i + 1))
+            for i, (name, dim) in enumerate(zip(guidance_features, head.DECODER_GUIDANCE_DIMS))
+        )
+        aggregator = Aggregator(
+            text_dim=embed_dim,
+            appearance_dim=embed_dim,
+            num_templates=num_templates,
+            hidden_dim=head.HIDDEN_DIMS,
+            text_guidance_proj_dim=head.TEXT_GUIDANCE_PROJ_DIM,
+            appearance_guidance_proj_dim=head.APPEARANCE_GUIDANCE_PROJ_DIM,
+            decoder_dims=head.DECODER_DIMS,
+            decoder_guidance_dims=head.DECODER_GUIDANCE_DIMS,
+            decoder_guidance_proj_dims=head.DECODER_GUIDANCE_PROJ_DIMS,
+            num_layers=head.NUM_LAYERS,
+            num_heads=head.NUM_HEADS,
+            window=head.WINDOW_SIZES,
+            attention_type=head.ATTENTION_TYPE,
+            pad_len=head.PAD_LEN,
+            residual_quirk=head.CLASS_RESIDUAL_QUIRK,
+        )
+        return {"aggregator": aggregator, "guidance_upsample": upsample, "guidance_features": guidance_features}
+
+    def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1)) -> torch.Tensor:
+        """Logits ``[B, T, 4h, 4w]`` from backbone ``features`` and ``text_embeddings`` ``[T, P, C]``.
+
+        ``features["dense_embeddings"]`` ``[B, C, h, w]`` is both the image side of the cost
+        volume and the appearance guidance.
+        """
+        image = features["dense_embeddings"]
+        decoder_guidance: List[torch.Tensor] = [
+            up(features[name]) for up, name in zip(self.guidance_upsample, self.guidance_features)
+        ]
+        return self.aggregator(image, text_embeddings, image, decoder_guidance, pooling)

@@ -1,0 +1,3 @@
+from .cat_seg import CATSeg
+
+__all__ = ["CATSeg"]

@@ -1,0 +1,230 @@
+"""``CATSeg`` meta-architecture: preprocessing, training loss, (sliding-window) inference."""
+import contextlib
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
+from detectron2.structures import ImageList
+from torch import nn
+
+from ...utils import read_class_json
+from ..losses import sem_seg_bce_loss
+from ..sliding_window import crop_windows, merge_windows, window_boxes, window_stride
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@META_ARCH_REGISTRY.register()
+class CATSeg(nn.Module):
+    """CAT-Seg: CLIP backbone -> cosine cost volume -> aggregation -> per-class logits.
+
+    Args:
+        backbone: :class:`~cat_seg.modeling.backbone.CLIPVisionBackbone`.
+        sem_seg_head: :class:`~cat_seg.modeling.heads.CATSegHead`.
+        train_class_json, test_class_json: class-name jsons (read on first use).
+        clip_pixel_mean, clip_pixel_std: CLIP normalisation on 0..255 RGB.
+        size_divisibility: model-side padding of the batch (32).
+        ignore_value: label ignored by the loss (255).
+        train_pooling, test_pooling: class-aggregation pooling in training / inference.
+        sliding_window: use the sliding-window protocol at inference.
+        window_crop, window_overlap, window_canvas: its geometry (384, 0.333, 640).
+        inference_autocast: None for the exact fp32 computation, or a dtype
+            (``torch.bfloat16``/``torch.float16``) for mixed-precision inference.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        train_class_json: str = "",
+        test_class_json: str = "",
+        clip_pixel_mean: Sequence[float],
+        clip_pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        ignore_value: int = 255,
+        train_pooling: Sequence[int] = (2, 2),
+        test_pooling: Sequence[int] = (1, 1),
+        sliding_window: bool = False,
+        window_crop: int = 384,
+        window_overlap: float = 0.333,
+        window_canvas: int = 640,
+        inference_autocast: Optional[torch.dtype] = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.train_class_json = train_class_json
+        self.test_class_json = test_class_json
+        self._class_names: Dict[str, List[str]] = {}
+        self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), persistent=False)
+        self.size_divisibility = size_divisibility
+        self.ignore_value = ignore_value
+        self.train_pooling = tuple(train_pooling)
+        self.test_pooling = tuple(test_pooling)
+        self.sliding_window = sliding_window
+        self.window_crop = window_crop
+        self.window_stride = window_stride(window_crop, window_overlap)
+        self.window_canvas = (window_canvas, window_canvas)
+        self.inference_autocast = inference_autocast
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        num_templates = backbone.text_encoder.num_templates
+        # the head needs the number of prompt templates (cost-embedding channels) besides the shapes
+        sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(
+            cfg, backbone.output_shape(), num_templates=num_templates
+        )
+        head = cfg.MODEL.SEM_SEG_HEAD
+        fast = cfg.MODEL.FAST
+        if fast.AUTOCAST_DTYPE not in _AUTOCAST_DTYPES:
+            raise ValueError(f"MODEL.FAST.AUTOCAST_DTYPE={fast.AUTOCAST_DTYPE!r}: expected one of {sorted(_AUTOCAST_DTYPES)}")
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "train_class_json": head.TRAIN_CLASS_JSON,
+            "test_class_json": head.TEST_CLASS_JSON,
+            "clip_pixel_mean": cfg.MODEL.CLIP_PIXEL_MEAN,
+            "clip_pixel_std": cfg.MODEL.CLIP_PIXEL_STD,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "ignore_value": head.IGNORE_VALUE,
+            "train_pooling": head.POOLING_SIZES,
+            "test_pooling": head.TEST_POOLING_SIZES or head.POOLING_SIZES,
+            "sliding_window": cfg.TEST.SLIDING_WINDOW,
+            "window_crop": cfg.TEST.SLIDING_WINDOW_CROP,
+            "window_overlap": cfg.TEST.SLIDING_WINDOW_OVERLAP,
+            "window_canvas": cfg.TEST.SLIDING_WINDOW_CANVAS,
+            "inference_autocast": _AUTOCAST_DTYPES[fast.AUTOCAST_DTYPE] if fast.INFERENCE_AUTOCAST else None,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip_pixel_mean.device
+
+    # ------------------------------------------------------------------ vocabularies
+    def class_names(self, split: str) -> List[str]:
+        """Class names of ``split`` (``train`` / ``test``), read once from the class json."""
+        if split not in self._class_names:
+            path = self.train_class_json if split == "train" else self.test_class_json
+            key = f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON"
+            self._class_names[split] = read_class_json(path, key)
+        return self._class_names[split]
+
+    def set_test_class_json(self, path: str):
+        """Switch the evaluation vocabulary (e.g. per benchmark)."""
+        self.test_class_json = path
+        self._class_names.pop("test", None)
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """``[T, P, C]`` embeddings of ``class_names`` (recomputed in training, cached otherwise)."""
+        return self.backbone.text_encoder(list(class_names), self.device, training=self.training)
+
+    # ------------------------------------------------------------------ core
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """0..255 RGB ``[..., 3, H, W]`` -> CLIP-normalised float."""
+        return (images.float() - self.clip_pixel_mean) / self.clip_pixel_std
+
+    def predict_logits(
+        self, clip_images: torch.Tensor, class_names: Sequence[str], pooling: Sequence[int]
+    ) -> torch.Tensor:
+        """CLIP-normalised images (any size) -> logits ``[B, T, 4h, 4w]`` at the cost-map stride / 4."""
+        size = self.backbone.resolution
+        if tuple(clip_images.shape[-2:]) != size:
+            clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
+        features = self.backbone(clip_images)
+        text = self.text_embeddings(class_names)
+        return self.sem_seg_head(features, text, pooling=pooling)
+
+    def forward(self, batched_inputs: List[Dict], class_names: Optional[Sequence[str]] = None):
+        """detectron2 interface.
+
+        Args:
+            batched_inputs: dicts with ``image`` (uint8 ``[3, H, W]`` RGB), in training
+                ``sem_seg`` (``[H, W]`` int64), at inference optional ``height``/``width``
+                (output size, default the image size).
+            class_names: vocabulary at inference (default: the test class json).
+        Returns:
+            training: ``{"loss_sem_seg": loss}``; inference: one ``{"sem_seg": [T, H, W]}``
+            dict of class probabilities per input.
+        """
+        if self.training:
+            return self.losses(batched_inputs, class_names)
+        names = list(class_names) if class_names is not None else self.class_names("test")
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.inference_autocast)
+            if self.inference_autocast is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            if self.sliding_window:
+                return self.inference_sliding_window(batched_inputs, names)
+            return self.inference(batched_inputs, names)
+
+    def losses(self, batched_inputs: List[Dict], class_names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        names = list(class_names) if class_names is not None else self.class_names("train")
+        images = ImageList.from_tensors(
+            [self.normalize(x["image"].to(self.device)) for x in batched_inputs], self.size_divisibility
+        )
+        targets = ImageList.from_tensors(
+            [x["sem_seg"].to(self.device) for x in batched_inputs], self.size_divisibility, pad_value=self.ignore_value
+        ).tensor
+        logits = self.predict_logits(images.tensor, names, self.train_pooling)
+        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        return {"loss_sem_seg": sem_seg_bce_loss(logits, targets, self.ignore_value)}
+
+    @staticmethod
+    def _output_size(x: Dict, image: torch.Tensor):
+        return x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
+
+    def inference(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
+        """Whole-image inference for a batch of any size (each image gets its own result).
+
+        The padded batch is squashed to the CLIP resolution (as the official code); the
+        probabilities are resized back to the padded size, the padding is cropped off and the
+        result is resized to the requested output size.
+        """
+        raw = [x["image"].to(self.device) for x in batched_inputs]
+        images = ImageList.from_tensors([self.normalize(x) for x in raw], self.size_divisibility)
+        probs = self.predict_logits(images.tensor, class_names, self.test_pooling).float().sigmoid()
+        padded = images.tensor.shape[-2:]
+        results = []
+        for i, x in enumerate(batched_inputs):
+            h, w = images.image_sizes[i]
+            prob = F.interpolate(probs[i:i + 1], size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
+            prob = F.interpolate(prob, size=self._output_size(x, raw[i]), mode="bilinear", align_corners=False)
+            results.append({"sem_seg": prob[0]})
+        return results
+
+    def inference_sliding_window(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
+        """Sliding-window protocol (spec 3.3) for every image of the batch in one forward.
+
+        Per image: resize to the square canvas, cut the crops, add the whole image resized to
+        the crop size as a global view; all crops of all images go through the model together.
+        Per-crop logits are upsampled to the crop size, then sigmoid; crops are averaged over
+        their coverage and the result averaged 50/50 with the upsampled global view.
+        """
+        crop, canvas = self.window_crop, self.window_canvas
+        boxes = window_boxes(canvas, crop, self.window_stride)
+        views, raws = [], []
+        for x in batched_inputs:
+            image = x["image"].to(self.device).float()[None]
+            raws.append(image)
+            canvas_image = F.interpolate(image, size=canvas, mode="bilinear", align_corners=False)[0]
+            global_view = F.interpolate(image, size=(crop, crop), mode="bilinear", align_corners=False)
+            views.append(torch.cat([crop_windows(canvas_image, boxes, crop), global_view]))
+        per_image = len(boxes) + 1
+        logits = self.predict_logits(self.normalize(torch.cat(views)), class_names, self.test_pooling)
+        results = []
+        for i, x in enumerate(batched_inputs):
+            image_logits = logits[i * per_image:(i + 1) * per_image].float()
+            probs = F.interpolate(image_logits, size=(crop, crop), mode="bilinear", align_corners=False).sigmoid()
+            windows = merge_windows(probs[:-1], boxes, canvas)
+            global_probs = F.interpolate(probs[-1:], size=canvas, mode="bilinear", align_corners=False)[0]
+            merged = (windows + global_probs) / 2
+            out = F.interpolate(merged[None], size=self._output_size(x, raws[i][0]), mode="bilinear", align_corners=False)
+            results.append({"sem_seg": out[0]})
+        return results

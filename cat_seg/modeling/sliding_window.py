@@ -1,0 +1,55 @@
+"""Sliding-window geometry of the evaluation protocol (spec 3.3).
+
+The official protocol resizes each test image to a square canvas (640x640), cuts crops of
+384 with stride ``int(384 * (1 - 0.333)) = 256`` (4 crops), adds a global view, averages the
+overlapping crop predictions (coverage counts 1/2/4) and averages that 50/50 with the global
+prediction.
+"""
+from typing import List, Tuple
+
+import torch
+
+
+def window_stride(crop: int, overlap: float) -> int:
+    """Stride between crops: ``int(crop * (1 - overlap))`` (256 for 384 / 0.333)."""
+    stride = int(crop * (1 - overlap))
+    if stride <= 0:
+        raise ValueError(f"sliding-window overlap {overlap} leaves no stride for crop {crop}")
+    return stride
+
+
+def window_offsets(size: int, crop: int, stride: int) -> List[int]:
+    """Crop start offsets along one axis, like ``torch.nn.Unfold``: ``(size - crop) // stride + 1`` crops."""
+    if crop > size:
+        raise ValueError(f"sliding-window crop {crop} is larger than the canvas {size}")
+    return list(range(0, size - crop + 1, stride))
+
+
+def window_boxes(canvas: Tuple[int, int], crop: int, stride: int) -> List[Tuple[int, int]]:
+    """``(y, x)`` top-left corners of every crop, row-major (like unfold)."""
+    return [(y, x) for y in window_offsets(canvas[0], crop, stride) for x in window_offsets(canvas[1], crop, stride)]
+
+
+def crop_windows(image: torch.Tensor, boxes: List[Tuple[int, int]], crop: int) -> torch.Tensor:
+    """``[C, H, W]`` -> ``[n, C, crop, crop]`` crops at ``boxes``."""
+    return torch.stack([image[:, y:y + crop, x:x + crop] for y, x in boxes])
+
+
+def coverage(canvas: Tuple[int, int], boxes: List[Tuple[int, int]], crop: int, device=None) -> torch.Tensor:
+    """How many crops cover each canvas pixel ``[H, W]`` (1, 2 or 4 in the official geometry)."""
+    counts = torch.zeros(canvas, device=device)
+    for y, x in boxes:
+        counts[y:y + crop, x:x + crop] += 1
+    return counts
+
+
+def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int]) -> torch.Tensor:
+    """Average overlapping crop maps ``[n, T, crop, crop]`` into ``[T, H, W]`` (sum / coverage)."""
+    crop = windows.shape[-1]
+    out = windows.new_zeros((windows.shape[1], *canvas))
+    for window, (y, x) in zip(windows, boxes):
+        out[:, y:y + crop, x:x + crop] += window
+    counts = coverage(canvas, boxes, crop, device=windows.device).to(windows.dtype)
+    if (counts == 0).any():
+        raise ValueError("sliding windows do not cover the whole canvas")
+    return out / counts
