@@ -1,0 +1,167 @@
+"""Train-time dataset mapper for semantic segmentation (spec 4.5)."""
+import copy
+import logging
+from typing import List, Union
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from ..transforms import ColorAugSSDTransform
+
+__all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PAD_VALUE = 128  # raw pixel value of the padding, before normalisation (quirk Q16)
+
+
+def _cfg_value(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        if part not in node:
+            raise KeyError(
+                f"config key {key} is missing (add it with cat_seg.config.add_cat_seg_config)"
+            )
+        node = node[part]
+    return node
+
+
+def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
+    """
+    Augmentations of spec 4.5, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
+    (``INPUT.CROP.ENABLED``), ColorAugSSDTransform (``INPUT.COLOR_AUG_SSD``), RandomFlip
+    (``INPUT.RANDOM_FLIP``: horizontal / vertical / none).
+    """
+    augs: List[Union[T.Augmentation, T.Transform]] = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(
+            T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                _cfg_value(cfg, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA"),
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        )
+    if _cfg_value(cfg, "INPUT.COLOR_AUG_SSD"):
+        augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
+    flip = cfg.INPUT.RANDOM_FLIP
+    if flip not in ("horizontal", "vertical", "none"):
+        raise ValueError(f"INPUT.RANDOM_FLIP must be horizontal, vertical or none, got {flip!r}")
+    if flip != "none":
+        augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
+    return augs
+
+
+class MaskFormerSemanticDatasetMapper:
+    """
+    Train mapper: reads a dataset dict ``{"file_name", "sem_seg_file_name", ...}`` and returns
+    a copy with
+
+    * ``image``: uint8 tensor ``[3, H, W]`` in ``INPUT.FORMAT`` channel order,
+    * ``sem_seg``: int64 tensor ``[H, W]`` (ignore pixels = ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``),
+
+    after resize, category-area-constrained crop, SSD colour jitter, flip, and padding
+    right/bottom up to a multiple of ``INPUT.SIZE_DIVISIBILITY`` (image value 128, label the
+    ignore value). With the official crop 384 and SIZE_DIVISIBILITY 384 every sample is
+    exactly 384x384. The label is read unchanged (8-bit PNG or 16-bit TIFF).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[Union[T.Augmentation, T.Transform]],
+        image_format: str,
+        ignore_label: int,
+        size_divisibility: int,
+    ):
+        """
+        Args:
+            is_train: must be True (this mapper is for training only).
+            augmentations: applied to the image and label together.
+            image_format: format for ``detection_utils.read_image`` ("RGB" or "BGR").
+            ignore_label: label value of ignored pixels, used for crop and label padding.
+            size_divisibility: pad to a multiple of this; <= 0 disables padding.
+        """
+        self.is_train = is_train
+        self.tfm_gens = augmentations
+        self.augmentations = T.AugmentationList(augmentations)
+        self.img_format = image_format
+        self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility
+        mode = "training" if is_train else "inference"
+        logger.info(f"[{type(self).__name__}] Augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_train_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "size_divisibility": _cfg_value(cfg, "INPUT.SIZE_DIVISIBILITY"),
+        }
+
+    def _read_label(self, file_name: str) -> np.ndarray:
+        try:
+            label = utils.read_image(file_name)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"cannot read semantic segmentation label {file_name}: {e}") from e
+        if label.ndim != 2:
+            raise ValueError(
+                f"semantic segmentation label {file_name} must be single-channel, "
+                f"got shape {label.shape}"
+            )
+        # float64 like the official mapper: detectron2 then resizes it with torch "nearest"
+        return label.astype(np.float64)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        if not self.is_train:
+            raise RuntimeError(f"{type(self).__name__} is for training only (is_train=False)")
+        if "sem_seg_file_name" not in dataset_dict:
+            raise ValueError(
+                f"dataset dict of {dataset_dict.get('file_name')} has no 'sem_seg_file_name'"
+            )
+        if "annotations" in dataset_dict:
+            raise ValueError("semantic segmentation dataset dicts must not have 'annotations'")
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
+        utils.check_image_size(dataset_dict, image)
+        label_file = dataset_dict.pop("sem_seg_file_name")
+        sem_seg = self._read_label(label_file)
+        if sem_seg.shape != image.shape[:2]:
+            raise ValueError(
+                f"label {label_file} has size {sem_seg.shape}, image "
+                f"{dataset_dict['file_name']} has {image.shape[:2]}"
+            )
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        self.augmentations(aug_input)
+        image, sem_seg = aug_input.image, aug_input.sem_seg
+
+        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        sem_seg = torch.as_tensor(sem_seg.astype(np.int64))
+        if self.size_divisibility > 0:
+            h, w = image.shape[-2:]
+            d = self.size_divisibility
+            pad_h, pad_w = (d - h % d) % d, (d - w % d) % d
+            padding = [0, pad_w, 0, pad_h]  # left, right, top, bottom
+            image = F.pad(image, padding, value=IMAGE_PAD_VALUE).contiguous()
+            sem_seg = F.pad(sem_seg, padding, value=self.ignore_label).contiguous()
+
+        dataset_dict["image"] = image
+        dataset_dict["sem_seg"] = sem_seg
+        return dataset_dict
+
+
+SemanticTrainMapper = MaskFormerSemanticDatasetMapper

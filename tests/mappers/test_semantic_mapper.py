@@ -1,0 +1,294 @@
+"""MaskFormerSemanticDatasetMapper and ColorAugSSDTransform (spec 4.5)."""
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+
+import cat_seg.data.transforms as transforms_module
+from cat_seg.data.dataset_mappers import MaskFormerSemanticDatasetMapper, SemanticTrainMapper
+from cat_seg.data.transforms import ColorAugSSDTransform
+
+IGNORE = 255
+
+
+def make_cfg(min_size, *, crop=None, max_area=1.0, color_aug=False, flip="none", size_div=-1):
+    """detectron2 default cfg plus the keys cat_seg/config.py adds for the mapper."""
+    cfg = get_cfg()
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = color_aug
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = max_area
+    cfg.INPUT.SIZE_DIVISIBILITY = size_div
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.MIN_SIZE_TRAIN = (min_size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 1333
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.CROP.ENABLED = crop is not None
+    if crop is not None:
+        cfg.INPUT.CROP.TYPE = "absolute"
+        cfg.INPUT.CROP.SIZE = crop
+    cfg.INPUT.RANDOM_FLIP = flip
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = IGNORE
+    return cfg
+
+
+def write_sample(tmp_path, image, label, name="sample"):
+    image_file = tmp_path / f"{name}.png"
+    label_file = tmp_path / f"{name}_label{'.tif' if label.dtype == np.uint16 else '.png'}"
+    Image.fromarray(image).save(image_file)
+    Image.fromarray(label).save(label_file)
+    h, w = label.shape
+    return {
+        "file_name": str(image_file),
+        "sem_seg_file_name": str(label_file),
+        "height": h,
+        "width": w,
+    }
+
+
+def seed(s):
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def random_sample(tmp_path, h=50, w=70, num_classes=4):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    label = rng.integers(0, num_classes, size=(h, w)).astype(np.uint8)
+    label[:5, :5] = IGNORE
+    return image, label, write_sample(tmp_path, image, label)
+
+
+def test_identity_output_types_and_padding(tmp_path):
+    image, label, record = random_sample(tmp_path)  # 50x70, resize target = short side
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(50, size_div=64), is_train=True)
+    out = mapper(record)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 64, 128)
+    assert out["sem_seg"].dtype == torch.int64 and out["sem_seg"].shape == (64, 128)
+    assert "sem_seg_file_name" not in out and record["sem_seg_file_name"]  # input not mutated
+    np.testing.assert_array_equal(out["image"][:, :50, :70].numpy(), image.transpose(2, 0, 1))
+    np.testing.assert_array_equal(out["sem_seg"][:50, :70].numpy(), label)
+    assert (out["image"][:, 50:, :] == 128).all() and (out["image"][:, :, 70:] == 128).all()
+    assert (out["sem_seg"][50:, :] == IGNORE).all() and (out["sem_seg"][:, 70:] == IGNORE).all()
+    assert SemanticTrainMapper is MaskFormerSemanticDatasetMapper
+
+
+def test_official_layout_crop_then_pad_to_size_divisibility(tmp_path):
+    _, label, record = random_sample(tmp_path, h=30, w=70)
+    # short side 30 -> 30x70; crop 40x40 gives min(40,30) x 40 = 30x40; pad to 48x48
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(30, crop=(40, 40), size_div=48))
+    seed(0)
+    out = mapper(record)
+    assert out["image"].shape == (3, 48, 48) and out["sem_seg"].shape == (48, 48)
+    assert (out["image"][:, 30:, :] == 128).all() and (out["image"][:, :, 40:] == 128).all()
+    assert (out["sem_seg"][30:, :] == IGNORE).all() and (out["sem_seg"][:, 40:] == IGNORE).all()
+    crop = out["sem_seg"][:30, :40].numpy()
+    # the crop is a horizontal window of the original label
+    matches = [x0 for x0 in range(31) if np.array_equal(label[:, x0 : x0 + 40], crop)]
+    assert matches
+
+
+def test_resize_shortest_edge_with_max_size(tmp_path):
+    image, label, record = random_sample(tmp_path)  # 50x70
+    out = MaskFormerSemanticDatasetMapper(make_cfg(25))(record)
+    assert out["image"].shape == (3, 25, 35) and out["sem_seg"].shape == (25, 35)
+    assert set(np.unique(out["sem_seg"].numpy())) <= set(np.unique(label))  # nearest
+    cfg = make_cfg(100)
+    cfg.INPUT.MAX_SIZE_TRAIN = 120  # 100x140 exceeds 120 -> long side 120, h int(85.7+.5)
+    out = MaskFormerSemanticDatasetMapper(cfg)(record)
+    assert out["image"].shape == (3, 86, 120) and out["sem_seg"].shape == (86, 120)
+
+
+def _crop_ok(crop, max_area):
+    labels, counts = np.unique(crop, return_counts=True)
+    counts = counts[labels != IGNORE]
+    return len(counts) > 1 and counts.max() < counts.sum() * max_area
+
+
+def test_crop_category_area_constraint(tmp_path):
+    # Left half class 0, right half class 1, top 4 rows ignore. For 16x16 crops 60% of the
+    # positions satisfy max_area 0.95, so a plain crop often violates it, while 10 retries
+    # find a valid window with probability 1 - 0.4**10.
+    label = np.zeros((40, 40), dtype=np.uint8)
+    label[:, 20:] = 1
+    label[:4] = IGNORE
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    record = write_sample(tmp_path, image, label)
+    constrained = MaskFormerSemanticDatasetMapper(make_cfg(40, crop=(16, 16), max_area=0.95))
+    crop_aug = [
+        a for a in constrained.tfm_gens if isinstance(a, T.RandomCrop_CategoryAreaConstraint)
+    ]
+    assert crop_aug[0].single_category_max_area == 0.95
+    assert crop_aug[0].ignored_category == IGNORE
+    plain = MaskFormerSemanticDatasetMapper(make_cfg(40, crop=(16, 16), max_area=1.0))
+    plain_ok = []
+    for s in range(25):
+        seed(s)
+        out = constrained(record)
+        assert out["sem_seg"].shape == (16, 16)
+        assert _crop_ok(out["sem_seg"].numpy(), 0.95), f"seed {s}"
+        seed(s)
+        plain_ok.append(_crop_ok(plain(record)["sem_seg"].numpy(), 0.95))
+    assert not all(plain_ok)  # the check above is not vacuous
+
+
+@pytest.mark.parametrize("direction", ["horizontal", "vertical"])
+def test_flip_applies_to_image_and_label_alike(tmp_path, direction):
+    h, w = 12, 20
+    label = (np.arange(h * w).reshape(h, w) % 23).astype(np.uint8)
+    image = np.stack([label * 10, label, np.full_like(label, 7)], axis=-1)  # R encodes label
+    record = write_sample(tmp_path, image, label)
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(h, flip=direction))
+    flipped_label = label[:, ::-1] if direction == "horizontal" else label[::-1, :]
+    seen = set()
+    for s in range(12):
+        seed(s)
+        out = mapper(record)
+        sem_seg, img = out["sem_seg"].numpy(), out["image"].numpy()
+        np.testing.assert_array_equal(img[0], sem_seg * 10)
+        np.testing.assert_array_equal(img[1], sem_seg)
+        if np.array_equal(sem_seg, flipped_label):
+            seen.add("flipped")
+        else:
+            np.testing.assert_array_equal(sem_seg, label)
+            seen.add("identity")
+    assert seen == {"flipped", "identity"}
+
+
+def test_color_aug_changes_image_only(tmp_path):
+    image, label, record = random_sample(tmp_path)
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(50, color_aug=True))
+    assert any(isinstance(a, ColorAugSSDTransform) for a in mapper.tfm_gens)
+    changed = 0
+    for s in range(6):
+        seed(s)
+        out = mapper(record)
+        assert out["image"].dtype == torch.uint8
+        np.testing.assert_array_equal(out["sem_seg"].numpy(), label)
+        changed += not np.array_equal(out["image"].numpy(), image.transpose(2, 0, 1))
+    assert changed >= 3
+
+
+def test_uint16_tiff_label_values_survive(tmp_path):
+    label = np.array([[300, 1000, 2], [458, 459, 65535]], dtype=np.uint16)
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    record = write_sample(tmp_path, image, label)
+    out = MaskFormerSemanticDatasetMapper(make_cfg(2))(record)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), label.astype(np.int64))
+
+
+def test_mapper_errors(tmp_path):
+    image, label, record = random_sample(tmp_path)
+    cfg = make_cfg(50)
+    with pytest.raises(RuntimeError, match="training only"):
+        MaskFormerSemanticDatasetMapper(cfg, is_train=False)(record)
+    with pytest.raises(ValueError, match="sem_seg_file_name"):
+        MaskFormerSemanticDatasetMapper(cfg)({"file_name": record["file_name"]})
+    other = write_sample(tmp_path, image[:10], label[:12], name="mismatch")
+    other.pop("height"), other.pop("width")
+    with pytest.raises(ValueError, match="mismatch_label.png"):
+        MaskFormerSemanticDatasetMapper(cfg)(other)
+    del cfg.INPUT["COLOR_AUG_SSD"]
+    with pytest.raises(KeyError, match="INPUT.COLOR_AUG_SSD"):
+        MaskFormerSemanticDatasetMapper(cfg)
+
+
+# ---------------------------------------------------------------- ColorAugSSDTransform
+
+
+class ScriptedRandom:
+    """Stands in for the `random` module: returns scripted values, checks the call order."""
+
+    def __init__(self, script):
+        self.script = list(script)
+
+    def _next(self, method):
+        expected, value = self.script.pop(0)
+        assert method == expected, f"expected random.{expected}, got random.{method}"
+        return value
+
+    def randrange(self, n):
+        return self._next("randrange")
+
+    def uniform(self, a, b):
+        return self._next("uniform")
+
+    def randint(self, a, b):
+        return self._next("randint")
+
+
+def _image():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, size=(9, 11, 3), dtype=np.uint8)
+
+
+def _trunc(x):
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _hsv_op(bgr, channel, fn):
+    hsv = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2HSV)
+    hsv[:, :, channel] = fn(hsv[:, :, channel])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def test_color_aug_brightness_then_contrast(monkeypatch):
+    img = _image()
+    script = [
+        ("randrange", 1), ("uniform", 40.7),  # brightness on, +40.7
+        ("randrange", 1),  # order: contrast, saturation, hue
+        ("randrange", 1), ("uniform", 0.5),  # contrast x0.5
+        ("randrange", 0), ("randrange", 0),  # no saturation, no hue
+    ]
+    monkeypatch.setattr(transforms_module, "random", ScriptedRandom(script))
+    out = ColorAugSSDTransform("RGB").apply_image(img)
+    expected = _trunc(_trunc(img.astype(np.float32) + 40.7).astype(np.float32) * 0.5)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8 and out.max() <= 255 // 2 + 1
+
+
+def test_color_aug_saturation_hue_contrast_order_in_bgr(monkeypatch):
+    img = _image()  # RGB
+    script = [
+        ("randrange", 0),  # no brightness
+        ("randrange", 0),  # order: saturation, hue, contrast
+        ("randrange", 1), ("uniform", 1.3),  # saturation x1.3
+        ("randrange", 1), ("randint", -17),  # hue -17 (mod 180)
+        ("randrange", 1), ("uniform", 1.4),  # contrast x1.4
+    ]
+    monkeypatch.setattr(transforms_module, "random", ScriptedRandom(script))
+    out = ColorAugSSDTransform("RGB").apply_image(img)
+
+    def reference(bgr, order):
+        ops = {
+            "sat": lambda x: _hsv_op(x, 1, lambda s: _trunc(s.astype(np.float32) * 1.3)),
+            "hue": lambda x: _hsv_op(x, 0, lambda h: (h.astype(int) - 17) % 180),
+            "con": lambda x: _trunc(x.astype(np.float32) * 1.4),
+        }
+        for name in order:
+            bgr = ops[name](bgr)
+        return bgr
+
+    expected = reference(img[:, :, ::-1], ["sat", "hue", "con"])[:, :, ::-1]
+    np.testing.assert_array_equal(out, expected)
+    # the order and the BGR interpretation both matter for this input
+    other_order = reference(img[:, :, ::-1], ["con", "sat", "hue"])[:, :, ::-1]
+    assert not np.array_equal(out, other_order)
+    as_if_bgr = reference(img, ["sat", "hue", "con"])
+    assert not np.array_equal(out, as_if_bgr)
+
+
+def test_color_aug_leaves_segmentation_and_rejects_bad_input():
+    tfm = ColorAugSSDTransform("BGR")
+    seg = np.arange(12).reshape(3, 4)
+    assert tfm.apply_segmentation(seg) is seg
+    with pytest.raises(ValueError, match="uint8"):
+        tfm.apply_image(np.zeros((3, 4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="RGB or BGR"):
+        ColorAugSSDTransform("YUV")
