@@ -1,0 +1,239 @@
+"""Dense CLIP image encode (spec 1.4-1.6) against hand-written computations."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cat_seg.modeling.backbone.clip_vit import (
+    CLIPVisionBackbone,
+    default_guidance_blocks,
+    interpolate_positional_embedding,
+)
+
+CLIP_JSONS = {"b": "configs/clip_models/tiny-vit-b16.json", "l": "configs/clip_models/tiny-vit-l14.json"}
+
+
+# --------------------------------------------------------------------------- reference code
+def layer_norm(x, ln):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+def quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+def mlp(block, x):
+    h = quick_gelu(x @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias)
+    return h @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
+
+
+def packed_qkv(block, x):
+    """``ln_1(x) @ [Wq; Wk; Wv]^T + in_proj_bias`` split in three ``[N, L, W]`` chunks."""
+    attn = block.attn
+    weight = torch.cat([attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight], dim=0)
+    y = layer_norm(x, block.ln_1) @ weight.T + attn.in_proj_bias
+    return y.chunk(3, dim=-1)
+
+
+def out_proj(block, x):
+    return x @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+
+
+def ref_standard_block(block, x, heads):
+    """Ordinary pre-LN residual attention block on ``[N, L, W]``."""
+    n, length, width = x.shape
+    d = width // heads
+    q, k, v = (t.reshape(n, length, heads, d).permute(0, 2, 1, 3) for t in packed_qkv(block, x))
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    o = (attn @ v).permute(0, 2, 1, 3).reshape(n, length, width)
+    x = x + out_proj(block, o)
+    return x + mlp(block, layer_norm(x, block.ln_2))
+
+
+def ref_dense_last_block(block, x):
+    """Spec 1.5: v-path only, out_proj on v, residual = class-token row of the input, MLP."""
+    _q, _k, v = packed_qkv(block, x)
+    v = out_proj(block, v)
+    v = v + x[:, :1]
+    return v + mlp(block, layer_norm(v, block.ln_2))
+
+
+def ref_pos_embed(table, grid):
+    side = int(round(math.sqrt(table.shape[0] - 1)))
+    if side * side == grid[0] * grid[1] and side == grid[0]:
+        return table
+    patches = table[1:].reshape(side, side, -1).permute(2, 0, 1)[None]
+    patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+    return torch.cat([table[:1], patches[0].permute(1, 2, 0).reshape(grid[0] * grid[1], -1)])
+
+
+def ref_dense_encode(clip, images, heads, guidance_blocks):
+    visual = clip.visual
+    patch = visual.conv1.kernel_size[0]
+    x = F.conv2d(images, visual.conv1.weight, stride=patch)  # no bias
+    b, width, h, w = x.shape
+    tokens = x.reshape(b, width, h * w).permute(0, 2, 1)  # row-major
+    tokens = torch.cat([visual.class_embedding.expand(b, 1, width), tokens], dim=1)
+    tokens = tokens + ref_pos_embed(visual.positional_embedding, (h, w))
+    tokens = layer_norm(tokens, visual.ln_pre)
+    blocks = visual.transformer.resblocks
+    guidance = {}
+    for i, block in enumerate(blocks[:-1]):
+        tokens = ref_standard_block(block, tokens, heads)
+        guidance[i] = tokens
+    tokens = ref_dense_last_block(blocks[-1], tokens)
+    feats = layer_norm(tokens, visual.ln_post) @ visual.proj
+
+    def to_map(t):
+        return t[:, 1:].reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+    return to_map(feats), [to_map(guidance[i]) for i in guidance_blocks]
+
+
+def perturb_(module, seed=0, scale=0.05):
+    """Add noise to every parameter (non-trivial LN affine, non-zero biases)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=["b", "l"])
+def backbone(request, tiny_model):
+    model = tiny_model(request.param)
+    perturb_(model.backbone.clip, seed=1)
+    with open(CLIP_JSONS[request.param]) as f:
+        vision = json.load(f)["vision_cfg"]
+    heads = vision["width"] // vision["head_width"]
+    return model.backbone, heads, vision
+
+
+# --------------------------------------------------------------------------- tests
+def test_mlp_activation_is_quick_gelu(backbone):
+    bb, _, _ = backbone
+    act = bb.clip.visual.transformer.resblocks[0].mlp[1]
+    x = torch.linspace(-4, 4, 50)
+    torch.testing.assert_close(act(x), quick_gelu(x))
+
+
+def test_dense_last_block_matches_spec(backbone):
+    bb, heads, _ = backbone
+    block = bb.clip.visual.transformer.resblocks[-1]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1 + 8 * 8, bb.width, generator=g)
+    with torch.no_grad():
+        got = CLIPVisionBackbone.dense_last_block(block, x)
+        want = ref_dense_last_block(block, x)
+        # the reference is discriminating: ordinary attention or a per-token residual differ
+        standard = ref_standard_block(block, x, heads)
+        per_token = x + out_proj(block, packed_qkv(block, x)[2])
+        per_token = per_token + mlp(block, layer_norm(per_token, block.ln_2))
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - standard).abs().max() > 1e-2
+    assert (got - per_token).abs().max() > 1e-2
+
+
+def test_dense_last_block_ignores_q_and_k(backbone):
+    """q/k weights of the last block do not influence the output (their gradient is zero)."""
+    bb, _, _ = backbone
+    block = bb.clip.visual.transformer.resblocks[-1]
+    x = torch.randn(1, 1 + 16, bb.width, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before = CLIPVisionBackbone.dense_last_block(block, x)
+        saved = block.attn.q_proj_weight.clone(), block.attn.k_proj_weight.clone()
+        block.attn.q_proj_weight.mul_(3.0)
+        block.attn.k_proj_weight.add_(1.0)
+        after = CLIPVisionBackbone.dense_last_block(block, x)
+        block.attn.q_proj_weight.copy_(saved[0])
+        block.attn.k_proj_weight.copy_(saved[1])
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (128, 96)])
+def test_dense_encode_matches_spec_pipeline(backbone, size):
+    """Whole dense encode (spec 1.4) incl. pos-embed interpolation and guidance features."""
+    bb, heads, vision = backbone
+    patch = vision["patch_size"]
+    size = tuple(s // 16 * patch for s in size)  # same grid for both patch sizes
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = bb(images)
+        dense, guidance = ref_dense_encode(bb.clip, images, heads, bb.guidance_blocks)
+    h, w = size[0] // patch, size[1] // patch
+    assert out["dense_embeddings"].shape == (2, bb.embed_dim, h, w)
+    torch.testing.assert_close(out["dense_embeddings"], dense, rtol=1e-4, atol=1e-4)
+    assert len(out["guidance"]) == len(bb.guidance_blocks) == 2
+    for i, got, want in zip(bb.guidance_blocks, out["guidance"], guidance):
+        assert got.shape == (2, bb.width, h, w)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out[f"block{i}"], got, rtol=0, atol=0)
+    # the stored table is never resized
+    assert bb.clip.visual.positional_embedding.shape[0] == 1 + (vision["image_size"] // patch) ** 2
+
+
+def test_default_guidance_blocks():
+    assert default_guidance_blocks(12) == [3, 7]  # ViT-B
+    assert default_guidance_blocks(24) == [7, 15]  # ViT-L
+    for depth in (4, 6):
+        blocks = default_guidance_blocks(depth)
+        assert all(0 <= b < depth - 1 for b in blocks)
+
+
+# --------------------------------------------------------------------------- pos-embed interpolation
+def _table(side, width, seed=0):
+    return torch.randn(1 + side * side, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_pos_embed_matches_direct_interpolate():
+    table = _table(4, 10)
+    got = interpolate_positional_embedding(table, (8, 6))
+    direct = F.interpolate(
+        table[1:].reshape(1, 4, 4, 10).permute(0, 3, 1, 2), size=(8, 6), mode="bicubic", align_corners=False
+    )
+    assert got.shape == (1 + 48, 10)
+    torch.testing.assert_close(got[0], table[0], rtol=0, atol=0)  # class row unchanged
+    torch.testing.assert_close(got[1:], direct[0].permute(1, 2, 0).reshape(48, 10), rtol=1e-6, atol=1e-6)
+    # not the bilinear / align_corners=True variants
+    for kwargs in ({"mode": "bilinear", "align_corners": False}, {"mode": "bicubic", "align_corners": True}):
+        other = F.interpolate(table[1:].reshape(1, 4, 4, 10).permute(0, 3, 1, 2), size=(8, 6), **kwargs)
+        assert (got[1:] - other[0].permute(1, 2, 0).reshape(48, 10)).abs().max() > 1e-3
+
+
+def test_pos_embed_constant_table_stays_constant():
+    table = torch.full((1 + 14 * 14, 6), 0.7)
+    table[0] = -3.0
+    got = interpolate_positional_embedding(table, (24, 24))
+    assert got.shape == (1 + 576, 6)
+    assert got[0].eq(-3.0).all()
+    torch.testing.assert_close(got[1:], torch.full((576, 6), 0.7), rtol=0, atol=1e-6)
+
+
+def test_pos_embed_row_major_layout():
+    """Channel 0 encodes the row, channel 1 the column of the stored grid: after resizing to
+    a non-square grid channel 0 varies only along rows and channel 1 only along columns."""
+    side = 5
+    rows = torch.arange(side, dtype=torch.float32)[:, None].expand(side, side)
+    cols = torch.arange(side, dtype=torch.float32)[None, :].expand(side, side)
+    table = torch.cat([torch.zeros(1, 2), torch.stack([rows, cols], -1).reshape(-1, 2)])
+    got = interpolate_positional_embedding(table, (9, 7))[1:].reshape(9, 7, 2)
+    r, c = got[..., 0], got[..., 1]
+    torch.testing.assert_close(r, r[:, :1].expand(9, 7), rtol=0, atol=1e-5)
+    torch.testing.assert_close(c, c[:1, :].expand(9, 7), rtol=0, atol=1e-5)
+    assert (r[1:, 0] - r[:-1, 0] >= -1e-5).all() and r[-1, 0] - r[0, 0] > 3
+    assert (c[0, 1:] - c[0, :-1] >= -1e-5).all() and c[0, -1] - c[0, 0] > 3
+
+
+def test_pos_embed_identity_when_sizes_match(backbone):
+    table = _table(6, 4)
+    assert torch.equal(interpolate_positional_embedding(table, (6, 6)), table)
+    bb, _, vision = backbone
+    native = vision["image_size"] // vision["patch_size"]
+    torch.testing.assert_close(
+        bb.positional_embedding((native, native)), bb.clip.visual.positional_embedding, rtol=0, atol=0
+    )
