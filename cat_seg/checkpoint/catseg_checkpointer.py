@@ -1,6 +1,139 @@
-"""detectron2 checkpointer for CAT-Seg models."""
+"""detectron2 checkpointer for CAT-Seg models.
+
+``CATSegCheckpointer`` is what ``train_net.py``, the demo and the Python API use for
+``MODEL.WEIGHTS`` and for resuming. Compared with ``DetectionCheckpointer`` it
+
+* reads official CAT-Seg checkpoints (``model_base.pth`` / ``model_large.pth``) directly:
+  the official layout is detected and converted (:mod:`.official`), training extras of an
+  official checkpoint (optimizer, scheduler, iteration, trainer) are ignored;
+* is strict: any unknown official key, any model key the checkpoint lacks, any key the model
+  does not have and any shape mismatch raise one :class:`CheckpointMismatchError` naming
+  the keys, before anything is loaded (no parameter is ever left at random init silently);
+* keeps detectron2's behaviour for our own checkpoints (optimizer / scheduler / trainer
+  state and iteration are restored by ``resume_or_load(..., resume=True)``).
+"""
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .errors import CheckpointFormatError, CheckpointMismatchError
+from .official import (
+    OFFICIAL,
+    OURS,
+    ConversionReport,
+    convert_official_state_dict,
+    detect_layout,
+    read_checkpoint,
+    strip_prefix,
+)
+
+logger = logging.getLogger(__name__)
+
+ARCH_HINT = (
+    "does the config match the checkpoint? CAT-Seg (B) model_base.pth: configs/vitb_384.yaml, "
+    "(L) model_large.pth: configs/vitl_336.yaml"
+)
+
+
+def check_state_dict_fits(
+    model_state: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+    source: str = "checkpoint",
+    report: Optional[ConversionReport] = None,
+):
+    """Raise :class:`CheckpointMismatchError` unless ``state`` provides exactly the tensors of
+    ``model_state`` (same keys, same shapes).
+
+    ``report`` (from the official-layout conversion) adds its unknown keys and lets
+    unexpected keys name the official key they came from.
+    """
+    missing = set(model_state) - set(state)
+    unexpected = []
+    for key in set(state) - set(model_state):
+        origin = report.source_of(key) if report is not None else None
+        unexpected.append(f"{key} (from {origin})" if origin else key)
+    wrong_shape = [
+        (key, tuple(state[key].shape), tuple(model_state[key].shape))
+        for key in set(state) & set(model_state)
+        if tuple(state[key].shape) != tuple(model_state[key].shape)
+    ]
+    unknown = report.unknown if report is not None else []
+    if missing or unexpected or wrong_shape or unknown:
+        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=ARCH_HINT)
 
 
 class CATSegCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` used by train_net.py, the demo and the Python API."""
+    """``DetectionCheckpointer`` that also loads official CAT-Seg checkpoints, strictly.
+
+    Use as any detectron2 checkpointer::
+
+        CATSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+
+    After a load, :attr:`last_report` holds the :class:`~cat_seg.checkpoint.official.ConversionReport`.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.last_report: Optional[ConversionReport] = None
+        self._loading: str = "checkpoint"
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        self._loading = path or "checkpoint"
+        return super().load(path, *args, **kwargs)
+
+    def load_state(self, checkpoint: Mapping[str, Any], source: str = "state dict") -> ConversionReport:
+        """Load model weights from an in-memory checkpoint (``{"model": ...}`` or a bare state
+        dict, official or our layout) with the same conversion and checks as :meth:`load`.
+        Non-model entries are ignored. Returns the conversion report."""
+        state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
+        self._loading = source
+        self._load_model({"model": dict(state)})
+        return self.last_report
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        """``torch.load`` with ``weights_only`` and one-line errors (non-``.pkl`` files)."""
+        loaded = read_checkpoint(f)
+        if not isinstance(loaded, dict):
+            raise CheckpointFormatError(f"{f} holds a {type(loaded).__name__}, not a checkpoint dict")
+        return loaded
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        source = self._loading
+        if checkpoint.get("matching_heuristics", False):
+            raise CheckpointFormatError(
+                f"{source}: matching heuristics are not supported for CAT-Seg checkpoints "
+                "(keys are matched exactly; official checkpoints are converted automatically)"
+            )
+        state = checkpoint["model"]
+        if not isinstance(state, Mapping) or not state:
+            raise CheckpointFormatError(f"{source}: 'model' is not a non-empty state dict")
+        state = dict(state)
+        self._convert_ndarray_to_tensor(state)
+        state = strip_prefix(state)
+        layout = detect_layout(state)
+        report = None
+        if layout == OFFICIAL:
+            state, report = convert_official_state_dict(state)
+            ignored = [key for key in checkpoint if key != "model"]
+            for key in ignored:  # training state of the official run: not ours to resume
+                checkpoint.pop(key)
+            logger.info(f"{source}: official CAT-Seg checkpoint\n{report.summary()}"
+                        + (f"\n  ignored non-model entries: {', '.join(ignored)}" if ignored else ""))
+        elif layout != OURS:
+            keys = list(state)[:3]
+            raise CheckpointFormatError(
+                f"{source}: neither the official CAT-Seg layout (sem_seg_head.predictor.*, upsample1/2.*) "
+                f"nor ours (backbone.*, sem_seg_head.aggregator.*); first keys: {', '.join(keys)}"
+            )
+        else:
+            report = ConversionReport(layout=OURS)
+        self.last_report = report
+        check_state_dict_fits(self.model.state_dict(), state, source, report if layout == OFFICIAL else None)
+        checkpoint["model"] = state
+        incompatible = super()._load_model(checkpoint)
+        # check_state_dict_fits guarantees this; keep the invariant explicit.
+        assert not (incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
+        return incompatible
+

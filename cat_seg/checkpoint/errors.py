@@ -1,0 +1,64 @@
+"""Errors raised while reading or loading CAT-Seg checkpoints.
+
+They derive from ``ValueError`` so that ``train_net.py`` reports them as one ``error: ...``
+line (a bad ``MODEL.WEIGHTS`` is an input mistake, not a crash).
+"""
+from typing import Iterable, List, Sequence, Tuple
+
+
+class CheckpointError(ValueError):
+    """Base class: a checkpoint could not be used."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """The file is not a readable checkpoint, or its layout is not recognised."""
+
+
+def show_keys(keys: Sequence[str], limit: int = 5) -> str:
+    """``"a, b, c (+12 more)"``: the first ``limit`` keys and how many were left out."""
+    keys = list(keys)
+    text = ", ".join(keys[:limit])
+    if len(keys) > limit:
+        text += f" (+{len(keys) - limit} more)"
+    return text
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's tensors do not fit the model: nothing was loaded.
+
+    Attributes:
+        missing: model keys the checkpoint does not provide.
+        unexpected: checkpoint keys the model does not have (after conversion; when they came
+            from an official key, the entry reads ``"ours (from official)"``).
+        wrong_shape: ``(key, checkpoint shape, model shape)``.
+        unknown: official-layout keys no conversion rule knows.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        missing: Iterable[str] = (),
+        unexpected: Iterable[str] = (),
+        wrong_shape: Iterable[Tuple[str, tuple, tuple]] = (),
+        unknown: Iterable[str] = (),
+        hint: str = "",
+    ):
+        self.source = source
+        self.missing: List[str] = sorted(missing)
+        self.unexpected: List[str] = sorted(unexpected)
+        self.wrong_shape: List[Tuple[str, tuple, tuple]] = sorted(wrong_shape)
+        self.unknown: List[str] = sorted(unknown)
+        problems = []
+        if self.unknown:
+            problems.append(f"{len(self.unknown)} unknown official key(s): {show_keys(self.unknown)}")
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing key(s): {show_keys(self.missing)}")
+        if self.unexpected:
+            problems.append(f"{len(self.unexpected)} unexpected key(s): {show_keys(self.unexpected)}")
+        if self.wrong_shape:
+            shapes = [f"{k} {list(c)} vs model {list(m)}" for k, c, m in self.wrong_shape]
+            problems.append(f"{len(self.wrong_shape)} shape mismatch(es): {show_keys(shapes)}")
+        message = f"checkpoint {source} does not fit the model, nothing loaded: " + "; ".join(problems)
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
