@@ -1,0 +1,88 @@
+"""tools/convert_official_checkpoint.py: round trip, report, one-line errors, atomic writes."""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cat_seg.checkpoint import CATSegCheckpointer
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / "tools" / "convert_official_checkpoint.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("convert_official_checkpoint", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_round_trip_official_to_ours_is_lossless(tool, official_tiny_file, load_tiny, tmp_path, capsys):
+    out = tmp_path / "converted.pth"
+    assert tool.main([official_tiny_file, str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "mapped 230 tensor(s), dropped 2, unknown 0" in stdout
+    assert "dropped: sem_seg_head.predictor.transformer.layers.1.swin_block.block_2.attn_mask" in stdout
+    assert "not copied (training state of the official run): optimizer, scheduler, iteration" in stdout
+    assert f"wrote {out}" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["converted.pth"]  # no temp file left
+
+    saved = torch.load(out, weights_only=True)
+    assert saved["matching_heuristics"] is False and "official CAT-Seg" in saved["__author__"]
+    assert set(saved) == {"model", "__author__", "matching_heuristics"}
+
+    direct = load_tiny()  # official file loaded directly
+    via_tool = load_tiny(str(out))  # our checkpoint written by the tool
+    direct_state, tool_state = direct.state_dict(), via_tool.state_dict()
+    assert set(saved["model"]) == set(direct_state)
+    for key in direct_state:
+        assert torch.equal(direct_state[key], tool_state[key]) and torch.equal(saved["model"][key], direct_state[key])
+
+    image = torch.randint(0, 256, (3, 128, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        a = direct([{"image": image}])[0]["sem_seg"]
+        b = via_tool([{"image": image}])[0]["sem_seg"]
+    assert torch.equal(a, b)
+
+
+def test_config_check_before_writing(tool, official_tiny_file, tmp_path, capsys):
+    out = tmp_path / "x.pth"
+    code = tool.main([official_tiny_file, str(out), "--config-file", str(REPO / "configs/quick_schedules/tiny_vitl_cpu.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: checkpoint") and "shape mismatch" in err and err.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _bad_inputs(tmp_path, official_tiny):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"model": {"encoder.weight": torch.zeros(2)}}, unknown)
+    ours = tmp_path / "ours.pth"
+    torch.save({"model": {"backbone.clip.logit_scale": torch.zeros(())}}, ours)
+    extra = tmp_path / "extra.pth"
+    torch.save({**official_tiny, "sem_seg_head.predictor.foo": torch.zeros(1)}, extra)
+    not_state = tmp_path / "list.pth"
+    torch.save([1, 2, 3], not_state)
+    return [
+        (tmp_path / "missing.pth", "checkpoint file not found"),
+        (text, "is not a readable torch checkpoint"),
+        (unknown, "is not an official CAT-Seg checkpoint"),
+        (ours, "already in the cat-seg layout"),
+        (extra, "1 unknown official key(s): sem_seg_head.predictor.foo"),
+        (not_state, "holds a list, not a checkpoint dict"),
+    ]
+
+
+def test_bad_input_one_line_error_exit_2(tool, official_tiny, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for path, fragment in _bad_inputs(tmp_path, official_tiny):
+        code = tool.main([str(path), str(out_dir / "out.pth")])
+        err = capsys.readouterr().err
+        assert code == 2, path
+        assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert os.listdir(out_dir) == []
