@@ -1,0 +1,71 @@
+"""Registration of every benchmark in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
+
+Registering never touches the disk: the folders are looked at only when a dataset is loaded
+(``DatasetCatalog.get(name)``). Registering again (another root, a reloaded module) replaces
+the previous registration of the same names.
+"""
+import functools
+from typing import List
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..class_names import coco_stuff_id_to_contiguous_id
+from .layout import LAYOUTS, SemSegLayout, dataset_root
+from .loader import load_sem_seg_files
+
+
+def _extra_metadata(layout: SemSegLayout) -> dict:
+    """Metadata keys that only some benchmarks have."""
+    if layout.class_key == "coco":
+        return {"stuff_dataset_id_to_contiguous_id": coco_stuff_id_to_contiguous_id()}
+    if layout.evaluator_type == "sem_seg_background":
+        return {"background_class": layout.num_classes - 1}
+    if layout.class_key == "synthetic_val":
+        from .. import synthetic
+
+        return {"seen_classes": synthetic.seen_class_indices(),
+                "unseen_classes": synthetic.unseen_class_indices()}
+    if layout.class_key == "synthetic_train":
+        return {"seen_classes": list(range(layout.num_classes)), "unseen_classes": []}
+    return {}
+
+
+def register_dataset(layout: SemSegLayout, root=None) -> str:
+    """Register one split under ``layout.name`` with its files below ``root``; returns the name."""
+    root = dataset_root(root)
+    image_root = str(root / layout.image_dir)
+    gt_root = str(root / layout.label_dir)
+    if layout.name in DatasetCatalog:
+        DatasetCatalog.remove(layout.name)
+    if layout.name in MetadataCatalog:
+        MetadataCatalog.remove(layout.name)
+    DatasetCatalog.register(
+        layout.name,
+        functools.partial(
+            load_sem_seg_files, layout.name, gt_root, image_root, gt_ext=layout.label_ext,
+            image_ext=layout.image_ext, prepare_command=layout.prepare_command,
+        ),
+    )
+    MetadataCatalog.get(layout.name).set(
+        image_root=image_root,
+        sem_seg_root=gt_root,
+        stuff_classes=layout.stuff_classes(),
+        ignore_label=layout.ignore_label,
+        evaluator_type=layout.evaluator_type,
+        class_json=layout.class_json,
+        **_extra_metadata(layout),
+    )
+    return layout.name
+
+
+def register_all(root=None) -> List[str]:
+    """Register the eight benchmarks of the paper and the synthetic toy benchmark.
+
+    ``root`` defaults to ``$DETECTRON2_DATASETS`` (else ``datasets``), read now; call again
+    to re-register under another root. Returns the registered names."""
+    return [register_dataset(layout, root) for layout in LAYOUTS]
+
+
+def registered_names(include_synthetic: bool = True) -> List[str]:
+    """Names registered by :func:`register_all`."""
+    return [l.name for l in LAYOUTS if include_synthetic or not l.name.startswith("synthetic_")]

@@ -1,0 +1,159 @@
+"""Crash-safe file writing and checked reading of label / image files.
+
+Every output is written to a hidden temporary name in the destination folder
+(``.<name>.<pid>.tmp``) and renamed into place, so an interrupted run never leaves a partial
+file under a final name, and a rerun can skip the files that exist. Temporary files left by a
+killed run are removed by :func:`remove_stale_temp_files` at the start of the next run, which
+holds a lock on the output folders (:func:`exclusive_folders`) so that two runs never write
+into the same folder at once.
+"""
+import contextlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, List, Union
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None
+
+import numpy as np
+from PIL import Image
+
+from ..datasets.errors import PrepareError
+
+PathLike = Union[str, os.PathLike]
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
+LOCK_FILE = ".prepare.lock"
+
+
+def temp_path(path: PathLike) -> Path:
+    """The temporary name under which ``path`` is written before being renamed."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to create a temporary file, then rename it to ``path``."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def save_array(path: PathLike, array: np.ndarray, fmt: str, **params) -> Path:
+    """Save ``array`` with PIL (``fmt`` = ``"PNG"``, ``"TIFF"`` or ``"JPEG"``) atomically.
+
+    uint16 arrays become 16-bit TIFFs; JPEGs use PIL's default settings unless ``params``
+    say otherwise."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **params)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def exclusive_folders(folders: Iterable[PathLike]):
+    """Hold an exclusive lock (``.prepare.lock``, released even if the process is killed) on
+    each folder, so that one preparation at a time writes there; a second one gets a
+    :class:`PrepareError`. While held, temporary files in these folders are stale. The lock
+    file is removed on exit (a killed run leaves it behind, unlocked and harmless)."""
+    held = []
+    try:
+        for folder in folders:
+            path = Path(folder) / LOCK_FILE
+            handle = open(path, "a")
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    raise PrepareError(f"another preparation is writing into {folder}; wait for "
+                                       f"it to finish") from None
+            held.append((path, handle))
+        yield
+    finally:
+        for path, handle in held:
+            path.unlink(missing_ok=True)  # still locked: nobody else can be using it
+            handle.close()
+
+
+def remove_stale_temp_files(folder: PathLike) -> int:
+    """Delete the temporary files in ``folder`` (left by an interrupted run); returns count.
+
+    Call it only while holding :func:`exclusive_folders` on ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in os.scandir(folder):
+        if _TEMP_RE.match(entry.name) and entry.is_file():
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def read_array(path: PathLike, what: str = "label") -> np.ndarray:
+    """Read an image file as a numpy array (palette images give their indices).
+
+    A missing or unreadable file raises :class:`PrepareError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrepareError(f"missing {what} file {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PrepareError(f"cannot read {what} file {path}: {exc}") from None
+
+
+def read_label(path: PathLike) -> np.ndarray:
+    """Read a single-channel label map; anything else raises :class:`PrepareError`."""
+    label = read_array(path, "label")
+    if label.ndim != 2:
+        raise PrepareError(
+            f"label file {path} has shape {label.shape}, expected a single-channel label map"
+        )
+    return label
+
+
+def check_values(label: np.ndarray, allowed: np.ndarray, source: PathLike, expected: str):
+    """Raise :class:`PrepareError` if ``label`` has a value ``v`` with ``allowed[v]`` False.
+
+    ``allowed`` is a boolean lookup table indexed by label value; ``expected`` describes the
+    valid range for the message."""
+    values = np.unique(label)
+    bad = values[(values < 0) | (values >= len(allowed))]
+    inside = values[(values >= 0) & (values < len(allowed))]
+    bad = np.concatenate([bad, inside[~allowed[inside]]])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in np.sort(bad)[:8])
+        raise PrepareError(
+            f"{source}: label values outside the expected range ({expected}): {shown}"
+        )
+
+
+def read_id_list(path: PathLike) -> List[str]:
+    """Non-empty stripped lines of an image-id list file (e.g. VOC ``val.txt``)."""
+    path = Path(path)
+    try:
+        ids = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrepareError(f"cannot read id list {path}: {exc}") from None
+    ids = [i for i in ids if i]
+    if not ids:
+        raise PrepareError(f"{path} lists no image id")
+    return ids

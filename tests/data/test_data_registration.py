@@ -1,0 +1,115 @@
+"""Registration: names, class counts, metadata, lazy disk access, clear loading errors."""
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import cat_seg.data.datasets as datasets_pkg
+from cat_seg.data.class_names import get_class_names
+from cat_seg.data.datasets import DatasetNotFoundError, register_all
+
+# name -> (number of classes, ignore label, evaluator type, class json, label extension)
+EXPECTED = {
+    "coco_2017_train_stuff_all_sem_seg": (171, 255, "sem_seg", "coco", "png"),
+    "coco_2017_test_stuff_all_sem_seg": (171, 255, "sem_seg", "coco", "png"),
+    "ade20k_150_test_sem_seg": (150, 255, "sem_seg", "ade150", "png"),
+    "ade20k_full_sem_seg_freq_val_all": (847, 65535, "sem_seg", "ade847", "tif"),
+    "voc_2012_test_sem_seg": (20, 255, "sem_seg", "voc20", "png"),
+    "voc_2012_test_background_sem_seg": (21, 255, "sem_seg_background", "voc20b", "png"),
+    "context_59_test_sem_seg": (59, 255, "sem_seg", "pc59", "png"),
+    "context_459_test_sem_seg": (459, 459, "sem_seg", "pc459", "tif"),
+    "synthetic_train_sem_seg": (12, 255, "sem_seg", "synthetic_train", "png"),
+    "synthetic_val_sem_seg": (16, 255, "sem_seg", "synthetic_val", "png"),
+}
+
+
+def test_all_names_and_metadata(tmp_path, restore_registration):
+    names = register_all(tmp_path)
+    assert names == list(EXPECTED)
+    for name, (k, ignore, evaluator, key, ext) in EXPECTED.items():
+        assert name in DatasetCatalog.list()
+        meta = MetadataCatalog.get(name)
+        assert len(meta.stuff_classes) == k, name
+        assert meta.ignore_label == ignore and meta.evaluator_type == evaluator
+        assert meta.class_json == f"datasets/{key}.json"
+        assert meta.image_root.startswith(str(tmp_path)) and meta.sem_seg_root.startswith(
+            str(tmp_path))
+        if key != "voc20b":
+            assert meta.stuff_classes == get_class_names(key)
+    bg = MetadataCatalog.get("voc_2012_test_background_sem_seg")
+    assert bg.stuff_classes == get_class_names("voc20") + ["background"]
+    assert len(get_class_names(bg.class_json)) == 59
+    coco = MetadataCatalog.get("coco_2017_test_stuff_all_sem_seg")
+    mapping = coco.stuff_dataset_id_to_contiguous_id
+    assert len(mapping) == 171 and sorted(mapping.values()) == list(range(171))
+    assert min(mapping) == 1 and max(mapping) == 182
+    ade847 = MetadataCatalog.get("ade20k_full_sem_seg_freq_val_all")
+    assert ade847.sem_seg_root == str(tmp_path / "ADE20K_2021_17_01/annotations_detectron2/validation")
+    assert ade847.image_root == str(tmp_path / "ADE20K_2021_17_01/images_detectron2/validation")
+    val = MetadataCatalog.get("synthetic_val_sem_seg")
+    assert sorted(val.seen_classes + val.unseen_classes) == list(range(16))
+    assert len(val.unseen_classes) == 4
+
+
+def test_registering_never_touches_the_disk(tmp_path, monkeypatch, restore_registration):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("registration touched the disk")
+
+    for fn in ("stat", "listdir", "scandir", "lstat"):
+        monkeypatch.setattr(os, fn, forbidden)
+    register_all(tmp_path / "does-not-exist")
+    monkeypatch.undo()
+    assert not (tmp_path / "does-not-exist").exists()
+
+
+def test_root_from_environment_and_reregistration(tmp_path, monkeypatch, restore_registration):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "a"))
+    register_all()
+    assert MetadataCatalog.get("ade20k_150_test_sem_seg").image_root.startswith(str(tmp_path / "a"))
+    register_all()  # same root again: harmless
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "b"))
+    importlib.reload(datasets_pkg)  # importing the registration module again: harmless
+    assert MetadataCatalog.get("ade20k_150_test_sem_seg").image_root.startswith(str(tmp_path / "b"))
+
+
+def test_missing_folder_error_is_one_clear_line(tmp_path, monkeypatch, restore_registration):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    register_all()
+    with pytest.raises(DatasetNotFoundError) as info:
+        DatasetCatalog.get("ade20k_150_test_sem_seg")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "ade20k_150_test_sem_seg" in message
+    assert str(tmp_path / "ADEChallengeData2016") in message
+    assert "DETECTRON2_DATASETS" in message
+    assert "python datasets/prepare_ade20k.py --benchmark 150" in message
+    with pytest.raises(DatasetNotFoundError, match="prepare_voc.py --benchmark pc459"):
+        DatasetCatalog.get("context_459_test_sem_seg")
+
+
+def test_empty_label_folder(tmp_path, restore_registration):
+    register_all(tmp_path)
+    (tmp_path / "ADEChallengeData2016/images/validation").mkdir(parents=True)
+    (tmp_path / "ADEChallengeData2016/annotations_detectron2/validation").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="no .png label files"):
+        DatasetCatalog.get("ade20k_150_test_sem_seg")
+
+
+def test_loader_matches_basenames_and_keeps_intersection(tmp_path, raw, restore_registration):
+    # VOC JPEGImages holds every image; only those with a prepared label are used.
+    labels = tmp_path / "VOCdevkit/VOC2012/annotations_detectron2/val"
+    for name in ("2007_000033", "2007_000042"):
+        raw.write_png(labels / f"{name}.png", np.zeros((4, 4), np.uint8))
+    for name in ("2007_000033", "2007_000042", "2008_000001", "2009_000002"):
+        raw.write_jpg(tmp_path / "VOCdevkit/VOC2012/JPEGImages" / f"{name}.jpg", 4, 4)
+    (labels / ".2007_000099.png.123.tmp").write_bytes(b"partial")  # never listed
+    register_all(tmp_path)
+    records = DatasetCatalog.get("voc_2012_test_sem_seg")
+    assert [Path(r["file_name"]).stem for r in records] == ["2007_000033", "2007_000042"]
+    for r in records:
+        assert set(r) == {"file_name", "sem_seg_file_name"}
+        assert Path(r["file_name"]).stem == Path(r["sem_seg_file_name"]).stem
+        assert r["sem_seg_file_name"].endswith(".png") and r["file_name"].endswith(".jpg")
