@@ -1,0 +1,365 @@
+"""Public downloads of every benchmark (one table) and a resumable downloader / extractor.
+
+* :data:`ARCHIVES` lists each public file: URL, where it is extracted (relative to the dataset
+  root), what it provides there, and its MD5 where known.
+* :func:`download` fetches a URL into a file, resuming an interrupted transfer with an HTTP
+  ``Range`` request (``<file>.part`` holds the bytes so far), shows a progress bar and checks
+  the size (and MD5 when known) before renaming the ``.part`` file into place.
+* :func:`extract` unpacks a zip / tar(.gz) archive member by member through temporary names;
+  an interrupted extraction resumes and skips the members already in place.
+* :func:`fetch` does both for a table entry, and is what the prepare scripts' ``--download``
+  option calls.
+"""
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Optional
+
+from tqdm import tqdm
+
+from .datasets.errors import DownloadError, PrepareError
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A public download: ``url`` saved as ``filename``, unpacked into ``extract_to`` (relative
+    to the dataset root; a file that is no archive is just placed there), after which
+    ``provides`` exists. ``manual`` downloads need a registration and are never fetched."""
+
+    url: str
+    filename: str
+    extract_to: str
+    provides: str
+    md5: Optional[str] = None
+    size: Optional[int] = None
+    manual: bool = False
+    note: str = ""
+
+
+# fmt: off
+ARCHIVES = {
+    "coco_train2017": Archive(
+        "http://images.cocodataset.org/zips/train2017.zip", "train2017.zip",
+        "coco-stuff/images", "coco-stuff/images/train2017"),
+    "coco_val2017": Archive(
+        "http://images.cocodataset.org/zips/val2017.zip", "val2017.zip",
+        "coco-stuff/images", "coco-stuff/images/val2017"),
+    "coco_stuffthingmaps": Archive(
+        "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
+        "stuffthingmaps_trainval2017.zip", "stuffthingmaps_trainval2017.zip",
+        "coco-stuff/annotations", "coco-stuff/annotations/val2017"),
+    "ade20k_challenge": Archive(
+        "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+        "ADEChallengeData2016.zip", "", "ADEChallengeData2016"),
+    "ade20k_full": Archive(
+        "https://groups.csail.mit.edu/vision/datasets/ADE20K/request_data/",
+        "ADE20K_2021_17_01.zip", "", "ADE20K_2021_17_01", manual=True,
+        note="needs a free registration on the ADE20K site; the download link arrives by e-mail"),
+    "voc2012": Archive(
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "VOCtrainval_11-May-2012.tar", "", "VOCdevkit/VOC2012/JPEGImages",
+        md5="6cd6e144f989b92b3379bac3b3de84fd"),
+    "voc2012_aug": Archive(
+        "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip?dl=1",
+        "SegmentationClassAug.zip", "VOCdevkit/VOC2012",
+        "VOCdevkit/VOC2012/SegmentationClassAug",
+        note="SBD-augmented VOC masks as distributed for DeepLab"),
+    "voc2010": Archive(
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
+        "VOCtrainval_03-May-2010.tar", "", "VOCdevkit/VOC2010/JPEGImages",
+        md5="da459979d0c395079b5c75ee67908abb"),
+    "pascal_context_59": Archive(
+        "https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
+        "trainval_merged.json", "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/trainval_merged.json",
+        note="Detail API annotations of Pascal Context"),
+    "pascal_context_459": Archive(
+        "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz", "trainval.tar.gz",
+        "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/trainval",
+        note="per-image .mat files with the 459-class LabelMap, and labels.txt"),
+    "pascal_context_459_val_list": Archive(
+        "https://drive.google.com/uc?export=download&id=1BCbiOKtLvozjVnlTJX51koIveUZHCcUh",
+        "pascalcontext_val.txt", "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/pascalcontext_val.txt",
+        note="the list of 5104 validation ids distributed with CAT-Seg (datasets/ of its "
+             "repository), mirrored on Google Drive"),
+}
+# fmt: on
+
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+_RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
+              TimeoutError, OSError)
+
+
+def get_archive(key: str) -> Archive:
+    """The table entry ``key`` of :data:`ARCHIVES`."""
+    try:
+        return ARCHIVES[key]
+    except KeyError:
+        raise KeyError(f"unknown download {key!r}; known: {', '.join(ARCHIVES)}") from None
+
+
+def how_to_get(key: str, root) -> str:
+    """One sentence telling where ``ARCHIVES[key]`` comes from and where it goes."""
+    archive = get_archive(key)
+    dest = Path(root) / archive.extract_to if archive.extract_to else Path(root)
+    is_archive = archive.filename.endswith(_ARCHIVE_SUFFIXES)
+    action = "extract it into" if is_archive else "put it into"
+    if archive.manual:
+        return (f"get {archive.filename} from {archive.url} ({archive.note}) and {action} "
+                f"{dest}/")
+    note = f" ({archive.note})" if archive.note else ""
+    return (f"download {archive.url}{note} and {action} {dest}/, or rerun with --download")
+
+
+# ----------------------------------------------------------------------------- downloading
+
+
+class _Restart(Exception):
+    """The server cannot resume: start the transfer again from byte 0."""
+
+
+def _md5(path: Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _total_from_content_range(value: Optional[str]) -> Optional[int]:
+    match = re.match(r"bytes\s+(\d+|\*)-?(\d*)/(\d+|\*)", value or "")
+    if not match or match.group(3) == "*":
+        return None
+    return int(match.group(3))
+
+
+def _transfer(url: str, part: Path, expected_size: Optional[int], timeout: float,
+              progress: bool, chunk_size: int) -> None:
+    """One HTTP request that appends to ``part`` (resuming from its size). Raises a
+    retryable error if the connection ends early, :class:`_Restart` if the server refuses to
+    resume."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "cat-seg-downloader/1"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            total = _total_from_content_range(exc.headers.get("Content-Range"))
+            if total == offset:
+                return  # the .part file is already complete
+            raise _Restart() from None
+        if 400 <= exc.code < 500:
+            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise
+    with response:
+        mode = "wb"
+        if offset and response.status == 206:
+            start = re.match(r"bytes\s+(\d+)", response.headers.get("Content-Range", ""))
+            if not start or int(start.group(1)) != offset:
+                raise _Restart()
+            mode = "ab"
+            total = _total_from_content_range(response.headers.get("Content-Range"))
+        else:
+            offset = 0  # the server ignored the Range header: start again
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None else None
+        if expected_size is not None and total is not None and total != expected_size:
+            raise DownloadError(
+                f"{url}: server reports {total} bytes, expected {expected_size}; the file changed "
+                f"upstream or the URL is wrong"
+            )
+        total = total if total is not None else expected_size
+        with open(part, mode) as out, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name[: -len(".part")], disable=not progress, dynamic_ncols=True,
+        ) as bar:
+            while True:
+                chunk = response.read(chunk_size)
+                if not chunk:
+                    break
+                out.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise ConnectionError(f"connection closed after {size} of {total} bytes")
+
+
+def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] = None,
+             retries: int = 5, timeout: float = 60.0, progress: bool = True,
+             chunk_size: int = 1 << 20, backoff: float = 1.0) -> Path:
+    """Download ``url`` to ``dest`` (resumable). Returns ``dest``.
+
+    Bytes accumulate in ``dest + ".part"``; a broken transfer is resumed with a ``Range``
+    request, ``retries`` times within this call and across calls (rerun to resume). When
+    complete, the size (``size``, or the server's length) and ``md5`` are checked and the file
+    is renamed to ``dest``. An existing ``dest`` is kept as is (after a size check)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if size is not None and dest.stat().st_size != size:
+            raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, expected {size}; "
+                                f"delete it and rerun")
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    failures = 0
+    while True:
+        try:
+            _transfer(url, part, size, timeout, progress, chunk_size)
+            break
+        except _Restart:
+            part.unlink(missing_ok=True)
+            failures += 1
+            if failures > retries:
+                raise DownloadError(f"{url}: the server does not resume transfers") from None
+        except DownloadError:
+            raise
+        except _RETRYABLE as exc:
+            failures += 1
+            have = part.stat().st_size if part.exists() else 0
+            if failures > retries:
+                raise DownloadError(
+                    f"download of {url} interrupted after {have} bytes ({exc}); rerun to resume"
+                ) from None
+            time.sleep(backoff * min(2 ** (failures - 1), 30))
+    have = part.stat().st_size
+    if size is not None and have != size:
+        part.unlink()
+        raise DownloadError(f"{url}: got {have} bytes, expected {size}; rerun to download again")
+    if md5 is not None:
+        actual = _md5(part)
+        if actual != md5.lower():
+            part.unlink()
+            raise DownloadError(f"{url}: MD5 {actual} differs from the expected {md5}; the "
+                                f"corrupt file was deleted, rerun to download again")
+    os.replace(part, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def _member_target(dest: Path, name: str) -> Optional[Path]:
+    """Where an archive member goes; None for entries to skip; error for unsafe paths."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not parts or parts[0] == "__MACOSX" or parts[-1] == ".DS_Store":
+        return None
+    if name.startswith("/") or ".." in parts or re.match(r"^[A-Za-z]:", name):
+        raise DownloadError(f"unsafe path {name!r} in archive; refusing to extract")
+    return dest.joinpath(*parts)
+
+
+def _copy_member(stream, target: Path, size: int) -> None:
+    """Write one member through a fixed temporary name (a rerun overwrites what a killed
+    extraction left there) and rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.extracting")
+    try:
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+        if tmp.stat().st_size != size:
+            raise DownloadError(f"archive member {target.name}: wrote {tmp.stat().st_size} bytes, "
+                                f"expected {size}; the archive is corrupt")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def extraction_marker(archive_path, dest) -> Path:
+    """File created in ``dest`` once ``archive_path`` is fully extracted there."""
+    return Path(dest) / f".{Path(archive_path).name}.extracted"
+
+
+def extract(archive_path, dest, *, progress: bool = True) -> int:
+    """Extract a zip or tar(.gz) archive into ``dest``; returns the number of files written.
+
+    Each member is written through a temporary name; members already present with the right
+    size are skipped, so an interrupted extraction resumes. A marker file records completion.
+    """
+    archive_path, dest = Path(archive_path), Path(dest)
+    marker = extraction_marker(archive_path, dest)
+    if marker.exists():
+        return 0
+    dest.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        if zipfile.is_zipfile(archive_path):
+            with zipfile.ZipFile(archive_path) as zf:
+                members = [m for m in zf.infolist() if not m.is_dir()]
+                for info in tqdm(members, desc=f"extract {archive_path.name}", unit="file",
+                                 disable=not progress, dynamic_ncols=True):
+                    target = _member_target(dest, info.filename)
+                    if target is None or (target.is_file()
+                                          and target.stat().st_size == info.file_size):
+                        continue
+                    with zf.open(info) as stream:
+                        _copy_member(stream, target, info.file_size)
+                    written += 1
+        elif tarfile.is_tarfile(archive_path):
+            with tarfile.open(archive_path, "r:*") as tf, tqdm(
+                desc=f"extract {archive_path.name}", unit="file", disable=not progress,
+                dynamic_ncols=True,
+            ) as bar:
+                for member in tf:
+                    bar.update(1)
+                    if not member.isfile():
+                        continue  # folders are created as needed; links are not extracted
+                    target = _member_target(dest, member.name)
+                    if target is None or (target.is_file() and target.stat().st_size == member.size):
+                        continue
+                    _copy_member(tf.extractfile(member), target, member.size)
+                    written += 1
+        else:
+            raise DownloadError(f"{archive_path} is neither a zip nor a tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise DownloadError(f"cannot extract {archive_path}: {exc}; delete it and rerun "
+                            f"to download it again") from None
+    marker.touch()
+    return written
+
+
+def fetch(key: str, root, download_dir=None, *, progress: bool = True, retries: int = 5) -> Path:
+    """Make ``ARCHIVES[key]`` available under ``root``: download (resumable) into
+    ``download_dir`` (default ``<root>/downloads``) and extract. Returns the provided path.
+
+    Nothing is downloaded when the provided path is there and no unfinished download or
+    extraction of this archive is pending."""
+    archive = get_archive(key)
+    root = Path(root)
+    dest = root / archive.extract_to if archive.extract_to else root
+    provided = root / archive.provides
+    is_archive = archive.filename.endswith(_ARCHIVE_SUFFIXES)
+    download_dir = Path(download_dir) if download_dir is not None else root / "downloads"
+    saved = (download_dir if is_archive else dest) / archive.filename
+    pending = saved.with_name(saved.name + ".part").exists() or (
+        is_archive and saved.exists() and not extraction_marker(saved, dest).exists())
+    if provided.exists() and not pending:
+        return provided
+    if archive.manual:
+        raise PrepareError(f"missing {provided}: {how_to_get(key, root)}")
+    print(f"downloading {archive.url}", flush=True)
+    download(archive.url, saved, md5=archive.md5, size=archive.size, progress=progress,
+             retries=retries)
+    if is_archive:
+        extract(saved, dest, progress=progress)
+    if not provided.exists():
+        raise DownloadError(f"{archive.filename} did not provide {provided}; the archive layout "
+                            f"changed upstream, extract it by hand")
+    return provided
+
+
+def fetch_all(keys: Iterable[str], root, download_dir=None, *, progress: bool = True) -> None:
+    """:func:`fetch` each key in turn."""
+    for key in keys:
+        fetch(key, root, download_dir, progress=progress)

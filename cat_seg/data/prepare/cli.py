@@ -1,0 +1,72 @@
+"""Command-line plumbing shared by the ``datasets/prepare_*.py`` scripts."""
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from .. import download as downloads
+from ..datasets.errors import DatasetError, PrepareError
+from ..datasets.layout import ENV_VAR, dataset_root
+from .runner import default_workers
+
+
+def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None
+                 ) -> argparse.ArgumentParser:
+    """Parser with the options every prepare script has (and ``--benchmark`` if given)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", default=None,
+                        help=f"dataset root (default: ${ENV_VAR}, else ./datasets)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="worker processes (default: all cores)")
+    parser.add_argument("--force", action="store_true",
+                        help="convert again files that already exist")
+    parser.add_argument("--download", action="store_true",
+                        help="download and extract missing public archives first (resumable)")
+    parser.add_argument("--download-dir", default=None,
+                        help="where downloaded archives are kept (default: <root>/downloads)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if benchmarks:
+        parser.add_argument("--benchmark", action="append", choices=list(benchmarks),
+                            help=f"benchmark to prepare, repeatable (default: all of "
+                                 f"{', '.join(benchmarks)})")
+    return parser
+
+
+def selected_benchmarks(args, benchmarks: Sequence[str]) -> List[str]:
+    """The benchmarks chosen with ``--benchmark``, in canonical order (all by default)."""
+    chosen = set(args.benchmark or benchmarks)
+    return [b for b in benchmarks if b in chosen]
+
+
+def root_of(args) -> Path:
+    return dataset_root(args.root)
+
+
+def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
+    """``root / relpath``, or a :class:`PrepareError` saying it is missing and where it comes
+    from (the download table entry ``archive_key``)."""
+    path = Path(root) / relpath
+    if not path.exists():
+        label = f"{what} " if what else ""
+        raise PrepareError(f"missing {label}{path}: {downloads.how_to_get(archive_key, root)}")
+    return path
+
+
+def fetch_if_asked(args, keys: Sequence[str]) -> None:
+    """With ``--download``, download and extract the archives ``keys`` that are missing."""
+    if args.download:
+        downloads.fetch_all(keys, root_of(args), args.download_dir,
+                            progress=not args.no_progress)
+
+
+def run(main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
+    """Run a script's ``main``: user errors print ``error: ...`` and give exit status 2."""
+    try:
+        return main(argv)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished files are kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130

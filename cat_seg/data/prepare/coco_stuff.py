@@ -1,0 +1,84 @@
+"""COCO-Stuff 171 (COCO 2017 images + ``stuffthingmaps_trainval2017.zip``).
+
+Raw label PNGs ``coco-stuff/annotations/{train2017,val2017}/*.png`` store ``COCO id - 1``
+(0..181) and 255 for unlabeled. The 171 used ids (80 things, 91 stuff) are mapped to their
+contiguous train ids 0..170 in COCO id order, everything else to 255, and saved into
+``coco-stuff/annotations_detectron2/{train2017,val2017}``. Raw values 182..254 do not occur in
+the real data and are reported as an error.
+"""
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..class_names import COCO_STUFF_171_CATEGORIES
+from ..datasets.errors import PrepareError
+from ..datasets.layout import get_layout
+from . import cli
+from .io import check_values, read_label, save_array
+from .runner import Converted, Task, label_histogram, run_tasks
+
+SPLITS = {
+    "train2017": get_layout("coco_2017_train_stuff_all_sem_seg"),
+    "val2017": get_layout("coco_2017_test_stuff_all_sem_seg"),
+}
+RAW_LABELS = "coco-stuff/annotations/{split}"
+IMAGE_ARCHIVES = {"train2017": "coco_train2017", "val2017": "coco_val2017"}
+
+# Raw value v = COCO id - 1; valid raw values are 0..181 and 255.
+_VALID = np.zeros(256, dtype=bool)
+_VALID[:182] = True
+_VALID[255] = True
+
+
+def _lut() -> np.ndarray:
+    lut = np.full(256, 255, dtype=np.uint8)
+    for train_id, (coco_id, _) in enumerate(COCO_STUFF_171_CATEGORIES):
+        lut[coco_id - 1] = train_id
+    return lut
+
+
+_LUT = _lut()
+
+
+def convert(src: str, dst: str) -> Converted:
+    """One stuffthingmaps PNG -> contiguous 171-class label PNG."""
+    label = read_label(src)
+    if label.dtype != np.uint8:
+        raise PrepareError(f"label file {src} has dtype {label.dtype}, expected uint8")
+    check_values(label, _VALID, src, "0..181 or 255")
+    out = _LUT[label]
+    stats = label_histogram(out, 171, 255, src)
+    save_array(dst, out, "PNG")
+    return stats
+
+
+def split_tasks(root: Path, split: str) -> List[Task]:
+    layout = SPLITS[split]
+    raw = RAW_LABELS.format(split=split)
+    cli.require(root, raw, "coco_stuffthingmaps", "folder")
+    cli.require(root, layout.image_dir, IMAGE_ARCHIVES[split], "folder")
+    out_dir = root / layout.label_dir
+    tasks = [Task(str(src), (out_dir / src.name,), (str(src), str(out_dir / src.name)))
+             for src in sorted((root / raw).glob("*.png"))]
+    if not tasks:
+        raise PrepareError(f"no .png label files in {root / raw}")
+    return tasks
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli.build_parser("Prepare COCO-Stuff 171 labels (train2017 and val2017) for "
+                              "detectron2.")
+    parser.add_argument("--split", action="append", choices=list(SPLITS),
+                        help="split to prepare, repeatable (default: train2017 and val2017)")
+    args = parser.parse_args(argv)
+    root = cli.root_of(args)
+    splits = [s for s in SPLITS if s in set(args.split or SPLITS)]
+    cli.fetch_if_asked(args, ["coco_stuffthingmaps"] + [IMAGE_ARCHIVES[s] for s in splits])
+    plans = [(split, split_tasks(root, split)) for split in splits]
+    for split, tasks in plans:
+        layout = SPLITS[split]
+        run_tasks(f"COCO-Stuff {split}", tasks, convert, num_classes=layout.num_classes,
+                  ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
+                  expected_count=layout.expected_count, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,105 @@
+"""Pascal VOC 2012 val with 20 classes (VOC-20) and with background (VOC-20b), plus the
+``prepare_voc.py`` entry point that also prepares Pascal Context 59 / 459
+(:mod:`.pascal_context`).
+
+For the 1449 ids of ``VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt`` the SBD-augmented
+mask ``VOCdevkit/VOC2012/SegmentationClassAug/<id>.png`` (0 background, 1..20 classes, 255
+boundary) is mapped 1..20 -> 0..19, 255 -> 255 and background 0 -> 255 for VOC-20
+(``annotations_detectron2/val``) or 0 -> 20 for VOC-20b (``annotations_detectron2_bg/val``).
+A mask that is entirely 255 after the mapping is not written.
+"""
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..datasets.errors import PrepareError
+from ..datasets.layout import get_layout
+from . import cli, pascal_context
+from .io import check_values, read_id_list, read_label, save_array
+from .runner import Converted, Task, label_histogram, run_tasks
+
+BENCHMARKS = ("voc", "pc59", "pc459")
+VOC20 = get_layout("voc_2012_test_sem_seg")
+VOC20B = get_layout("voc_2012_test_background_sem_seg")
+VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+AUG_LABELS = "VOCdevkit/VOC2012/SegmentationClassAug"
+ARCHIVE_KEYS = {
+    "voc": ["voc2012", "voc2012_aug"],
+    "pc59": ["voc2010", "pascal_context_59"],
+    "pc459": ["voc2010", "pascal_context_459", "pascal_context_459_val_list"],
+}
+
+_VALID = np.zeros(256, dtype=bool)
+_VALID[:21] = True
+_VALID[255] = True
+
+
+def _lut(background: bool) -> np.ndarray:
+    lut = np.full(256, 255, dtype=np.uint8)
+    lut[1:21] = np.arange(20)
+    lut[0] = 20 if background else 255
+    return lut
+
+
+_LUTS = {False: _lut(False), True: _lut(True)}
+
+
+def convert(src: str, dst: str, background: bool) -> Converted:
+    """One SegmentationClassAug mask -> VOC-20 (``background`` False) or VOC-20b label."""
+    label = read_label(src)
+    check_values(label, _VALID, src, "0..20 or 255")
+    out = _LUTS[background][label]
+    if np.all(out == 255):
+        return Converted(written=False)
+    layout = VOC20B if background else VOC20
+    stats = label_histogram(out, layout.num_classes, layout.ignore_label, src)
+    save_array(dst, out, "PNG")
+    return stats
+
+
+def voc_tasks(root: Path, background: bool) -> List[Task]:
+    ids = read_id_list(cli.require(root, VAL_LIST, "voc2012", "id list"))
+    aug = cli.require(root, AUG_LABELS, "voc2012_aug", "folder")
+    cli.require(root, VOC20.image_dir, "voc2012", "folder")
+    missing = [i for i in ids if not (aug / f"{i}.png").is_file()]
+    if missing:
+        raise PrepareError(f"{len(missing)} of the {len(ids)} ids of {root / VAL_LIST} have no "
+                           f"mask in {aug}, e.g. {missing[0]}.png")
+    out_dir = root / (VOC20B if background else VOC20).label_dir
+    return [Task(str(aug / f"{i}.png"), (out_dir / f"{i}.png",),
+                 (str(aug / f"{i}.png"), str(out_dir / f"{i}.png"), background)) for i in ids]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli.build_parser(
+        "Prepare Pascal VOC 2012 val (VOC-20, VOC-20b) and Pascal Context val (59, 459 "
+        "classes) labels for detectron2.", BENCHMARKS)
+    parser.add_argument("--val-list", default=None,
+                        help="Pascal Context 459 id list (default: "
+                             f"<root>/{pascal_context.PC459_VAL_LIST})")
+    args = parser.parse_args(argv)
+    root = cli.root_of(args)
+    benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
+    keys = []
+    for b in benchmarks:
+        keys += [k for k in ARCHIVE_KEYS[b] if k not in keys]
+    if args.val_list and "pascal_context_459_val_list" in keys:
+        keys.remove("pascal_context_459_val_list")
+    cli.fetch_if_asked(args, keys)
+    # validate every selected raw layout before converting anything
+    plans = []
+    if "voc" in benchmarks:
+        plans.append(("VOC-20 val", voc_tasks(root, False), convert, VOC20))
+        plans.append(("VOC-20b val", voc_tasks(root, True), convert, VOC20B))
+    if "pc59" in benchmarks:
+        plans.append(("Pascal Context 59 val", pascal_context.pc59_tasks(root),
+                      pascal_context.convert_pc59, pascal_context.PC59))
+    if "pc459" in benchmarks:
+        plans.append(("Pascal Context 459 val", pascal_context.pc459_tasks(root, args.val_list),
+                      pascal_context.convert_pc459, pascal_context.PC459))
+    for title, tasks, conv, layout in plans:
+        run_tasks(title, tasks, conv, num_classes=layout.num_classes,
+                  ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
+                  expected_count=layout.expected_count, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,219 @@
+"""Resumable downloader and extractor, against a local HTTP server on 127.0.0.1."""
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from cat_seg.data import download as dl
+from cat_seg.data.datasets import DownloadError
+from cat_seg.data.prepare import ade20k
+
+
+class Server:
+    """Serves ``files`` (path -> bytes) with HTTP Range support. Per path, ``cut`` makes the
+    next N full (non-Range) transfers stop after half the body, ``ignore_range`` answers
+    Range requests with the whole file (200)."""
+
+    def __init__(self):
+        self.files, self.cut, self.ignore_range, self.requests = {}, {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                range_header = self.headers.get("Range")
+                server.requests.append((path, range_header))
+                data = server.files.get(path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                if range_header and path not in server.ignore_range:
+                    start = int(range_header.split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if start == 0 and server.cut.get(path, 0) > 0:
+                    server.cut[path] -= 1
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def payload(n=300_000, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def test_interrupted_transfer_resumes_with_range(tmp_path, server):
+    data = payload()
+    server.files["/a.bin"] = data
+    server.cut["/a.bin"] = 1
+    dest = tmp_path / "a.bin"
+    md5 = hashlib.md5(data).hexdigest()
+    with pytest.raises(DownloadError, match="interrupted after 150000 bytes.*rerun to resume"):
+        dl.download(server.url + "/a.bin", dest, md5=md5, retries=0, progress=False)
+    assert not dest.exists()
+    assert (tmp_path / "a.bin.part").stat().st_size == len(data) // 2
+    dl.download(server.url + "/a.bin", dest, md5=md5, retries=0, progress=False)
+    assert dest.read_bytes() == data and not (tmp_path / "a.bin.part").exists()
+    assert server.requests == [("/a.bin", None), ("/a.bin", f"bytes={len(data) // 2}-")]
+    dl.download(server.url + "/a.bin", dest, md5=md5, progress=False)  # present: no request
+    assert len(server.requests) == 2
+
+
+def test_retries_resume_within_one_call(tmp_path, server):
+    data = payload(seed=1)
+    server.files["/b.bin"] = data
+    server.cut["/b.bin"] = 1
+    dl.download(server.url + "/b.bin", tmp_path / "b.bin", size=len(data), retries=2,
+                backoff=0, progress=False, chunk_size=4096)
+    assert (tmp_path / "b.bin").read_bytes() == data
+    assert [r for _, r in server.requests] == [None, f"bytes={len(data) // 2}-"]
+
+
+def test_complete_part_file_and_server_without_range(tmp_path, server):
+    data = payload(1000, seed=2)
+    server.files["/c.bin"] = data
+    (tmp_path / "c.bin.part").write_bytes(data)  # complete but not renamed: 416 -> done
+    dl.download(server.url + "/c.bin", tmp_path / "c.bin", progress=False)
+    assert (tmp_path / "c.bin").read_bytes() == data
+    server.ignore_range.add("/c.bin")
+    (tmp_path / "d.bin.part").write_bytes(b"x" * 10)  # server ignores Range: start over
+    dl.download(server.url + "/c.bin", tmp_path / "d.bin", progress=False)
+    assert (tmp_path / "d.bin").read_bytes() == data
+
+
+def test_checksum_and_size_mismatch(tmp_path, server):
+    server.files["/e.bin"] = payload(5000, seed=3)
+    with pytest.raises(DownloadError, match="MD5 .* differs from the expected 0+; the corrupt "
+                                            "file was deleted"):
+        dl.download(server.url + "/e.bin", tmp_path / "e.bin", md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DownloadError, match="server reports 5000 bytes, expected 4999"):
+        dl.download(server.url + "/e.bin", tmp_path / "e.bin", size=4999, progress=False)
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        dl.download(server.url + "/missing.bin", tmp_path / "f.bin", progress=False)
+
+
+def make_zip(files):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def make_tgz(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make,suffix", [(make_zip, ".zip"), (make_tgz, ".tar.gz")])
+def test_extraction_resumes(tmp_path, make, suffix):
+    files = {"top/a.txt": b"alpha", "top/sub/b.bin": payload(2000), "top/c.txt": b"gamma"}
+    archive = tmp_path / f"archive{suffix}"
+    archive.write_bytes(make(files))
+    dest = tmp_path / "out"
+    # an earlier extraction got as far as a.txt and left a temporary file behind
+    (dest / "top").mkdir(parents=True)
+    (dest / "top/a.txt").write_bytes(b"alpha")
+    (dest / "top/sub").mkdir()
+    (dest / "top/sub/.b.bin.extracting").write_bytes(b"partial")
+    before = (dest / "top/a.txt").stat().st_mtime_ns
+    assert dl.extract(archive, dest, progress=False) == 2
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+    assert (dest / "top/a.txt").stat().st_mtime_ns == before  # kept, not rewritten
+    assert sorted(p.name for p in (dest / "top/sub").iterdir()) == ["b.bin"]
+    assert dl.extraction_marker(archive, dest).exists()
+    assert dl.extract(archive, dest, progress=False) == 0
+
+
+def test_extraction_refuses_unsafe_paths(tmp_path):
+    archive = tmp_path / "evil.zip"
+    archive.write_bytes(make_zip({"../escape.txt": b"x"}))
+    with pytest.raises(DownloadError, match="unsafe path"):
+        dl.extract(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_prepare_script_download_option(tmp_path, server, raw, monkeypatch, capsys):
+    """``prepare_ade20k.py --download`` fetches (resuming a cut transfer), extracts and prepares."""
+    label = np.array([[0, 1], [150, 2]], np.uint8)
+    src = tmp_path / "src"
+    raw.make_ade150(src, {"ADE_val_00000001": label})
+    files = {str(p.relative_to(src)): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    server.files["/ADEChallengeData2016.zip"] = make_zip(files)
+    server.cut["/ADEChallengeData2016.zip"] = 1
+    monkeypatch.setitem(dl.ARCHIVES, "ade20k_challenge", dl.Archive(
+        server.url + "/ADEChallengeData2016.zip", "ADEChallengeData2016.zip", "",
+        "ADEChallengeData2016"))
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)
+    root = tmp_path / "root"
+    assert ade20k.main(["--root", str(root), "--benchmark", "150", "--download", "--workers",
+                        "1", "--no-progress"]) == 0
+    out = root / "ADEChallengeData2016/annotations_detectron2/validation/ADE_val_00000001.png"
+    np.testing.assert_array_equal(raw.read(out), [[255, 0], [149, 1]])
+    assert (root / "downloads/ADEChallengeData2016.zip").is_file()
+    assert len(server.requests) == 2 and server.requests[1][1] is not None
+    # a second run downloads nothing
+    assert ade20k.main(["--root", str(root), "--benchmark", "150", "--download",
+                        "--no-progress"]) == 0
+    assert len(server.requests) == 2
+
+
+def test_manual_archive_is_explained(tmp_path):
+    with pytest.raises(Exception, match="ADE20K_2021_17_01.zip from https://groups.csail.mit.edu"
+                                        ".*registration"):
+        ade20k.main(["--root", str(tmp_path), "--benchmark", "847", "--download", "--no-progress"])
+
+
+def test_table_has_https_or_http_urls_and_known_md5s():
+    for key, archive in dl.ARCHIVES.items():
+        assert archive.url.startswith(("http://", "https://")), key
+        assert archive.md5 is None or len(archive.md5) == 32
+        assert dl.how_to_get(key, "datasets").count(archive.url) == 1

@@ -1,0 +1,122 @@
+"""ADE20K-150 and ADE20K-847 preparation, checked pixel by pixel."""
+import cv2
+import numpy as np
+import pytest
+
+from cat_seg.data.datasets import PrepareError
+from cat_seg.data.prepare import ade20k, cli
+
+OPTS = ["--workers", "1", "--no-progress"]
+
+
+def run(root, *args):
+    return ade20k.main(["--root", str(root), *OPTS, *args])
+
+
+def test_ade150_shift_with_wraparound(tmp_path, raw):
+    raw.make_ade150(tmp_path, {
+        "ADE_val_00000001": np.array([[0, 1, 2, 150], [75, 149, 0, 3]]),
+        "ADE_val_00000002": np.array([[150, 150], [0, 0]]),
+    })
+    assert run(tmp_path, "--benchmark", "150") == 0
+    out = tmp_path / "ADEChallengeData2016/annotations_detectron2/validation"
+    np.testing.assert_array_equal(raw.read(out / "ADE_val_00000001.png"),
+                                  [[255, 0, 1, 149], [74, 148, 255, 2]])
+    np.testing.assert_array_equal(raw.read(out / "ADE_val_00000002.png"), [[149, 149], [255, 255]])
+    assert raw.read(out / "ADE_val_00000001.png").dtype == np.uint8
+
+
+def test_ade150_rejects_out_of_range_and_corrupt_labels(tmp_path, raw):
+    raw.make_ade150(tmp_path, {"ADE_val_00000001": np.array([[0, 151], [200, 3]])})
+    with pytest.raises(PrepareError, match=r"ADE_val_00000001.png: label values outside the "
+                                           r"expected range \(0..150\): 151, 200"):
+        run(tmp_path, "--benchmark", "150")
+    bad = tmp_path / "ADEChallengeData2016/annotations/validation/ADE_val_00000001.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(PrepareError, match="cannot read label file .*ADE_val_00000001.png"):
+        run(tmp_path, "--benchmark", "150")
+    raw.write_png(bad, np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(PrepareError, match="single-channel"):
+        run(tmp_path, "--benchmark", "150")
+    out = tmp_path / "ADEChallengeData2016/annotations_detectron2/validation"
+    assert list(out.iterdir()) == []  # nothing written for a bad input
+
+
+def test_ade150_missing_raw_folder_names_file_and_download(tmp_path):
+    with pytest.raises(PrepareError) as info:
+        run(tmp_path, "--benchmark", "150")
+    message = str(info.value)
+    assert str(tmp_path / "ADEChallengeData2016/annotations/validation") in message
+    assert "ADEChallengeData2016.zip" in message and "--download" in message
+
+
+@pytest.mark.parametrize("hw,expected", [
+    ((600, 1000), (512, 853)), ((1000, 600), (853, 512)), ((512, 700), None),
+    ((513, 513), (512, 512)), ((600, 1001), (512, 854)), ((40, 60), None),
+])
+def test_short_side_resize_shape(hw, expected):
+    assert ade20k.short_side_resize_shape(*hw) == expected
+
+
+def test_ade847_decoding_mapping_resize_and_tiff(tmp_path, raw):
+    # object ids -> trainIds of the MaskFormer table: 2978 wall 0, 312 building 1, 2420 sky 2,
+    # 1089 gear shift 844, 3148 adding machine 846; 0, 5 and 6000 are not in the table.
+    small = np.array([[2978, 312, 5, 0],
+                      [2420, 2978, 3148, 1089],
+                      [6000, 312, 312, 2420]])
+    expected_small = np.array([[0, 1, 65535, 65535],
+                               [2, 0, 846, 844],
+                               [65535, 1, 1, 2]])
+    big = np.zeros((600, 1000), np.int64)
+    big[:, :400], big[:, 400:700], big[:, 700:] = 2978, 2420, 7
+    big[100:250, 50:300] = 3148
+    expected_big_full = np.where(big == 2978, 0, np.where(big == 2420, 2, np.where(big == 3148, 846, 65535)))
+    edge = np.full((512, 700), 312)
+    raw.make_ade_full(tmp_path, [
+        ("ADE_val_00000001.jpg", "bathroom", small),
+        ("ADE_train_00000001.jpg", "street", small),  # training: skipped
+        ("ADE_val_00000002.jpg", "abbey", big),
+        ("ADE_val_00000003.jpg", "beach", edge),
+    ])
+    assert run(tmp_path, "--benchmark", "847") == 0
+    base = tmp_path / "ADE20K_2021_17_01"
+    labels = base / "annotations_detectron2/validation"
+    images = base / "images_detectron2/validation"
+    assert sorted(p.name for p in labels.iterdir()) == [
+        "ADE_val_00000001.tif", "ADE_val_00000002.tif", "ADE_val_00000003.tif"]
+    assert sorted(p.name for p in images.iterdir()) == [
+        "ADE_val_00000001.jpg", "ADE_val_00000002.jpg", "ADE_val_00000003.jpg"]
+    out = raw.read(labels / "ADE_val_00000001.tif")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, expected_small)
+    resized = raw.read(labels / "ADE_val_00000002.tif")
+    assert resized.shape == (512, 853)
+    np.testing.assert_array_equal(
+        resized, cv2.resize(expected_big_full.astype(np.uint16), (853, 512),
+                            interpolation=cv2.INTER_NEAREST))
+    assert raw.read(images / "ADE_val_00000002.jpg").shape == (512, 853, 3)
+    assert raw.read(images / "ADE_val_00000003.jpg").shape == (512, 700, 3)  # short side 512
+    np.testing.assert_array_equal(raw.read(labels / "ADE_val_00000003.tif"), np.ones((512, 700)))
+
+
+def test_ade847_errors(tmp_path, raw):
+    with pytest.raises(PrepareError, match="index_ade20k.pkl.*registration"):
+        run(tmp_path, "--benchmark", "847")
+    raw.make_ade_full(tmp_path, [("ADE_val_00000001.jpg", "abbey", np.zeros((4, 4), np.int64))])
+    seg = next((tmp_path / "ADE20K_2021_17_01/images").rglob("*_seg.png"))
+    raw.write_png(seg, np.zeros((4, 4), np.uint8))  # grey instead of RGB
+    with pytest.raises(PrepareError, match="_seg.png has shape .* expected an RGB"):
+        run(tmp_path, "--benchmark", "847")
+    raw.write_png(seg, np.zeros((5, 4, 3), np.uint8))
+    with pytest.raises(PrepareError, match="is 4x5 but its image"):
+        run(tmp_path, "--benchmark", "847")
+    (tmp_path / "ADE20K_2021_17_01/index_ade20k.pkl").write_bytes(b"garbage")
+    with pytest.raises(PrepareError, match="cannot read .*index_ade20k.pkl"):
+        run(tmp_path, "--benchmark", "847")
+
+
+def test_cli_prints_error_and_exits_2(tmp_path, capsys):
+    assert cli.run(ade20k.main, ["--root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: missing folder") and "Traceback" not in err
+    assert err.count("\n") == 1

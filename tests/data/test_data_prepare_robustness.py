@@ -1,0 +1,137 @@
+"""Idempotence, --force, worker processes, crash safety (SIGKILL mid-run) and the real CLI."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cat_seg.data.datasets import PrepareError
+from cat_seg.data.prepare import ade20k
+from cat_seg.data.prepare.io import LOCK_FILE, exclusive_folders
+
+N = 40
+OUT = "ADEChallengeData2016/annotations_detectron2/validation"
+
+
+def make_raw(raw, root: Path):
+    rng = np.random.default_rng(0)
+    raw.make_ade150(root, {f"ADE_val_{i:08d}": rng.integers(0, 151, (24, 32)) for i in range(N)})
+
+
+def snapshot(folder: Path):
+    """{name: (bytes, mtime_ns)} of every file, hidden (temporary, lock) ones included."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def prepare(root, *args):
+    return ade20k.main(["--root", str(root), "--benchmark", "150", "--no-progress", *args])
+
+
+def test_second_run_writes_nothing_and_force_redoes(tmp_path, raw, capsys):
+    make_raw(raw, tmp_path)
+    assert prepare(tmp_path, "--workers", "1") == 0
+    assert f"{N} written, 0 skipped" in capsys.readouterr().out
+    first = snapshot(tmp_path / OUT)
+    assert len(first) == N
+    time.sleep(0.01)
+    assert prepare(tmp_path, "--workers", "1") == 0
+    assert f"0 written, {N} skipped" in capsys.readouterr().out
+    assert snapshot(tmp_path / OUT) == first  # same bytes, untouched files
+    (tmp_path / OUT / "ADE_val_00000003.png").unlink()
+    assert prepare(tmp_path, "--workers", "1") == 0
+    assert f"1 written, {N - 1} skipped" in capsys.readouterr().out
+    assert prepare(tmp_path, "--workers", "1", "--force") == 0
+    assert f"{N} written, 0 skipped" in capsys.readouterr().out
+    forced = snapshot(tmp_path / OUT)
+    assert {k: v[0] for k, v in forced.items()} == {k: v[0] for k, v in first.items()}
+    assert all(forced[k][1] != first[k][1] for k in first if k != "ADE_val_00000003.png")
+
+
+def test_worker_processes_give_identical_outputs(tmp_path, raw, capsys):
+    make_raw(raw, tmp_path / "a")
+    make_raw(raw, tmp_path / "b")
+    assert prepare(tmp_path / "a", "--workers", "1") == 0
+    assert prepare(tmp_path / "b", "--workers", "2") == 0
+    out = capsys.readouterr().out
+    assert "150/150 classes present" in out and f"{N} written" in out
+    a, b = snapshot(tmp_path / "a" / OUT), snapshot(tmp_path / "b" / OUT)
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
+
+
+# Runs the real script's code with every file write slowed down half-way (half the bytes,
+# a pause, the rest), so that a SIGKILL lands mid-run and most likely mid-write: a file written
+# in place would then be left truncated under its final name.
+SLOW_DRIVER = """
+import pathlib, sys, time
+def slow_write_bytes(self, data):
+    with open(self, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(0.05)
+        f.write(data[len(data) // 2:])
+    return len(data)
+pathlib.Path.write_bytes = slow_write_bytes
+from cat_seg.data.prepare import ade20k, cli
+sys.exit(cli.run(ade20k.main, sys.argv[1:]))
+"""
+
+
+def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    make_raw(raw, clean)
+    make_raw(raw, killed)
+    assert prepare(clean, "--workers", "1") == 0
+    reference = {k: v[0] for k, v in snapshot(clean / OUT).items()}
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_DRIVER, "--root", str(killed), "--benchmark", "150",
+         "--workers", "2", "--no-progress"],
+        cwd=raw.REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    out = killed / OUT
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and sum(not p.name.startswith(".") for p in out.iterdir()) >= 6:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    after_kill = {k: v[0] for k, v in snapshot(out).items()}
+    finals = {k: v for k, v in after_kill.items() if not k.startswith(".")}
+    assert set(after_kill) - set(finals) <= {LOCK_FILE} | {k for k in after_kill
+                                                          if k.endswith(".tmp")}
+    assert 6 <= len(finals) < N
+    for name, data in finals.items():  # every file under a final name is complete
+        assert data == reference[name], name
+
+    assert prepare(killed, "--workers", "1") == 0
+    assert {k: v[0] for k, v in snapshot(out).items()} == reference  # no temp files left
+
+
+def test_real_script_user_error_exits_2_without_traceback(tmp_path, raw):
+    result = subprocess.run(
+        [sys.executable, "datasets/prepare_voc.py", "--root", str(tmp_path), "--benchmark",
+         "voc", "--no-progress"],
+        cwd=raw.REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: missing id list ")
+    assert "val.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_concurrent_run_on_the_same_folder_is_refused(tmp_path, raw):
+    make_raw(raw, tmp_path)
+    out = tmp_path / OUT
+    out.mkdir(parents=True)
+    with exclusive_folders([out]):
+        with pytest.raises(PrepareError, match="another preparation is writing into"):
+            prepare(tmp_path, "--workers", "1")
+    assert not (out / LOCK_FILE).exists()
+    assert prepare(tmp_path, "--workers", "1") == 0
