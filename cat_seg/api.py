@@ -1,0 +1,590 @@
+"""Python API: segment your own images with your own class names.
+
+Example::
+
+    from cat_seg import OpenVocabSegmenter
+
+    seg = OpenVocabSegmenter.from_config("configs/vitb_384.yaml", weights="model_final.pth")
+    result = seg("photo.jpg", ["cat", "dog", "grass"])
+    result.label_map      # np.int32 [H, W]: index into result.classes, -1 = unlabeled
+    result.probs          # torch.float32 [T, H, W] per-class probabilities (CPU)
+    result.overlay()      # np.uint8 [H, W, 3] RGB visualisation with names and a legend
+
+Vocabularies are plain class names; a class name may carry synonyms separated by ``", "``
+(the CAT-Seg convention, e.g. ``"person, human"``): only the first synonym is given to the
+model, the whole string is kept as the class name. In a single string, ``;`` separates classes
+when present, otherwise ``,`` does (see :func:`parse_vocabulary`).
+
+Unlabeled pixels: with ``background="prompts"`` pixels won by one of
+:data:`BACKGROUND_PROMPTS` and with ``background=<float>`` pixels whose best probability is
+below the threshold get the label :data:`UNLABELED` (-1).
+"""
+import colorsys
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
+
+logger = logging.getLogger(__name__)
+
+#: Label of pixels left unlabeled by the background handling (in ``label_map``).
+UNLABELED = -1
+
+#: Generic "stuff" prompts appended to the vocabulary with ``background="prompts"``; pixels
+#: won by one of them are left unlabeled. Prompts that equal a user class (first synonym,
+#: case-insensitive) are not added, so e.g. asking for "grass" still labels grass.
+BACKGROUND_PROMPTS: Tuple[str, ...] = (
+    "background",
+    "wall",
+    "floor",
+    "ceiling",
+    "sky",
+    "ground",
+    "road",
+    "building",
+    "tree",
+    "grass",
+    "water",
+)
+
+#: File extensions treated as images when a directory or glob is expanded.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+class CATSegError(Exception):
+    """A user error (bad image, vocabulary, config or weights) with a one-line message."""
+
+
+# ---------------------------------------------------------------------------------- vocabulary
+def _clean_class(name: str) -> str:
+    """Normalise whitespace and the synonym separator of one class name."""
+    synonyms = [" ".join(part.split()) for part in name.split(",")]
+    return ", ".join(s for s in synonyms if s)
+
+
+def _check_vocabulary(classes: List[str], source: str) -> List[str]:
+    if not classes:
+        raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
+    seen = {}
+    for name in classes:
+        key = primary_name(name).lower()
+        if key in seen:
+            raise CATSegError(f"class {primary_name(name)!r} appears twice in the vocabulary ({source})")
+        seen[key] = name
+    return classes
+
+
+def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
+    """Turn a user vocabulary into the list of class names (label ``i`` = ``classes[i]``).
+
+    * a list/tuple: one class per element (an element may hold ``", "`` synonyms);
+    * a string containing ``;``: classes separated by ``;``, synonyms by ``,``
+      (``"person, human; dog"`` -> ``["person, human", "dog"]``);
+    * any other string: classes separated by ``,`` (``"cat, dog"`` -> ``["cat", "dog"]``).
+
+    Whitespace is normalised and empty entries dropped. Raises :class:`CATSegError` for an
+    empty vocabulary or a class given twice.
+    """
+    if isinstance(vocabulary, str):
+        parts = vocabulary.split(";") if ";" in vocabulary else vocabulary.split(",")
+        source = repr(vocabulary)
+    elif isinstance(vocabulary, (list, tuple)):
+        parts = list(vocabulary)
+        source = "class list"
+        for part in parts:
+            if not isinstance(part, str):
+                raise CATSegError(f"class names must be strings, got {type(part).__name__}: {part!r}")
+    elif vocabulary is None:
+        raise CATSegError("empty vocabulary: give at least one class name")
+    else:
+        raise CATSegError(f"vocabulary must be a string or a list of strings, got {type(vocabulary).__name__}")
+    return _check_vocabulary([c for c in (_clean_class(p) for p in parts) if c], source)
+
+
+def read_vocabulary_file(path: str) -> List[str]:
+    """Read classes from a file.
+
+    ``.json``: a JSON array of class names (the ``datasets/*.json`` format, entries may hold
+    ``", "`` synonyms). Anything else: a text file with one class per line (``", "`` synonyms
+    allowed), blank lines and lines starting with ``#`` ignored.
+    """
+    if not os.path.isfile(path):
+        raise CATSegError(f"vocabulary file {path!r} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CATSegError(f"cannot read vocabulary file {path!r}: {e}") from None
+    if path.lower().endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CATSegError(f"vocabulary file {path!r} is not valid JSON: {e}") from None
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise CATSegError(f"vocabulary file {path!r} must hold a JSON array of class-name strings")
+        lines = data
+    else:
+        lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
+    return _check_vocabulary([c for c in (_clean_class(x) for x in lines) if c], f"file {path}")
+
+
+# ---------------------------------------------------------------------------------- images
+def load_image(image: ImageInput) -> np.ndarray:
+    """Any supported image input -> RGB ``uint8`` ``[H, W, 3]`` array.
+
+    Accepts a file path (read with detectron2's ``read_image``, EXIF orientation applied), a
+    PIL image (EXIF orientation applied, converted to RGB) or a numpy array: ``uint8``
+    ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA (alpha dropped) or ``[H, W]`` grayscale.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise CATSegError(f"cannot read image {path!r}: no such file")
+        from detectron2.data.detection_utils import read_image
+
+        try:
+            array = read_image(path, format="RGB")
+        except Exception as e:  # PIL raises several types for corrupt / non-image files
+            raise CATSegError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+        return np.ascontiguousarray(array)
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB")).copy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise CATSegError(f"numpy images must be uint8 RGB [H, W, 3], got dtype {image.dtype}")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise CATSegError(f"numpy images must be RGB [H, W, 3], got shape {tuple(image.shape)}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise CATSegError(f"empty image of shape {tuple(image.shape)}")
+        return np.ascontiguousarray(image[:, :, :3])
+    raise CATSegError(
+        f"unsupported image type {type(image).__name__}: give a file path, a PIL image or an RGB uint8 numpy array"
+    )
+
+
+def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
+    """Distinct RGB colours for ``num_classes`` labels: detectron2's palette, then golden-ratio hues."""
+    from detectron2.utils.colormap import colormap
+
+    palette = [tuple(int(v) for v in c) for c in colormap(rgb=True, maximum=255)]
+    colors = palette[:num_classes]
+    for i in range(len(colors), num_classes):
+        hue = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.65 + 0.3 * ((i // 7) % 2), 0.95)
+        colors.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colors
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclass
+class SegmentationResult:
+    """Segmentation of one image.
+
+    Attributes:
+        image: the input, RGB ``uint8`` ``[H, W, 3]``.
+        classes: the vocabulary; ``label_map`` value ``i`` means ``classes[i]``.
+        label_map: ``int32`` ``[H, W]``, :data:`UNLABELED` (-1) where the background
+            handling left the pixel unlabeled.
+        probs: ``float32`` ``[T, H, W]`` (CPU tensor) per-class probabilities of the user
+            classes (with ``background="prompts"`` computed together with the prompts, whose
+            own probabilities are not returned).
+        background: the background setting used (``None``, ``"prompts"`` or a threshold).
+        background_classes: prompts appended for ``background="prompts"`` (else empty).
+        source: the file path for path inputs, else ``None``.
+    """
+
+    image: np.ndarray
+    classes: List[str]
+    label_map: np.ndarray
+    probs: torch.Tensor
+    background: Union[None, str, float] = None
+    background_classes: List[str] = field(default_factory=list)
+    source: Optional[str] = None
+
+    @property
+    def height(self) -> int:
+        return int(self.label_map.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.label_map.shape[1])
+
+    @property
+    def colors(self) -> List[Tuple[int, int, int]]:
+        """RGB colour of each class in :meth:`overlay`."""
+        return class_colors(len(self.classes))
+
+    def areas(self) -> Dict[str, int]:
+        """Pixel count of every class (in vocabulary order, zeros included)."""
+        counts = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+    @property
+    def unlabeled_area(self) -> int:
+        """Number of pixels labeled :data:`UNLABELED`."""
+        return int((self.label_map == UNLABELED).sum())
+
+    def mean_probabilities(self) -> Dict[str, Optional[float]]:
+        """Per class, the mean probability of that class over the pixels labeled with it
+        (the confidence of its segment); ``None`` for classes that label no pixel."""
+        labels = torch.from_numpy(self.label_map).long().ravel()
+        valid = labels >= 0
+        own = self.probs.reshape(len(self.classes), -1).gather(0, labels.clamp(min=0)[None])[0]
+        sums = torch.bincount(labels[valid], weights=own[valid].double(), minlength=len(self.classes))
+        counts = torch.bincount(labels[valid], minlength=len(self.classes))
+        return {
+            name: (float(sums[i] / counts[i]) if counts[i] else None) for i, name in enumerate(self.classes)
+        }
+
+    def overlay(self, alpha: float = 0.6, legend: bool = True, area_threshold: Optional[int] = None) -> np.ndarray:
+        """RGB ``uint8`` ``[H, W, 3]`` visualisation, same size as the image.
+
+        Segments are drawn with detectron2's ``Visualizer.draw_sem_seg`` (class names written
+        on the segments; the first synonym of each class); unlabeled pixels are left as they
+        are. ``legend`` adds a colour legend of the classes present (largest first) in the
+        top-right corner.
+        """
+        from detectron2.data.catalog import Metadata
+        from detectron2.utils.visualizer import ColorMode, Visualizer
+
+        names = [primary_name(c) for c in self.classes]
+        colors = self.colors
+        metadata = Metadata(stuff_classes=names, stuff_colors=[list(c) for c in colors])
+        visualizer = Visualizer(self.image, metadata, instance_mode=ColorMode.IMAGE)
+        # draw_sem_seg skips labels >= len(stuff_classes): map unlabeled pixels there
+        sem_seg = np.where(self.label_map == UNLABELED, len(names), self.label_map)
+        output = visualizer.draw_sem_seg(sem_seg, area_threshold=area_threshold, alpha=alpha)
+        if legend:
+            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size)
+        return output.get_image()
+
+    def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12):
+        from matplotlib.patches import Patch
+
+        areas = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(names))
+        present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
+        if not present:
+            return
+        handles = [
+            Patch(facecolor=np.array(colors[i]) / 255.0, edgecolor="white", label=names[i])
+            for i in present[:max_entries]
+        ]
+        if len(present) > max_entries:
+            handles.append(Patch(facecolor="none", edgecolor="none", label=f"+{len(present) - max_entries} more"))
+        legend = output.ax.legend(
+            handles=handles,
+            loc="upper right",
+            fontsize=font_size * output.scale * 0.9,
+            framealpha=0.75,
+            facecolor="black",
+            labelcolor="white",
+            edgecolor="none",
+            borderaxespad=0.3,
+            handlelength=1.0,
+        )
+        legend.set_zorder(20)  # above the segment names (zorder 10)
+
+    def to_json(self) -> Dict[str, Any]:
+        """JSON-serialisable summary: vocabulary, image size, per-class area and mean probability."""
+        areas = self.areas()
+        mean_probs = self.mean_probabilities()
+        return {
+            "image_size": {"height": self.height, "width": self.width},
+            "classes": list(self.classes),
+            "background": self.background,
+            "background_classes": list(self.background_classes),
+            "unlabeled_value": UNLABELED,
+            "unlabeled_area": self.unlabeled_area,
+            "per_class": [
+                {"index": i, "name": name, "area": areas[name], "mean_probability": mean_probs[name]}
+                for i, name in enumerate(self.classes)
+            ],
+        }
+
+
+@dataclass
+class DenseFeatures:
+    """Per-pixel CLIP-aligned embeddings of one image (and optionally its cost volume).
+
+    The image is resized as for segmentation (``ResizeShortestEdge`` to ``resized_size``),
+    padded at the bottom/right to ``padded_size`` (multiple of the model's size
+    divisibility) and the padded image is resized to the CLIP input ``input_size``; grid cell
+    ``(i, j)`` of the ``[h, w]`` maps covers that patch of the padded image.
+
+    Attributes:
+        embeddings: ``float32`` ``[C, h, w]``, the backbone's ``dense_embeddings`` (not
+            normalised).
+        classes: the vocabulary (empty without one).
+        text_embeddings: ``[T, P, C]`` L2-normalised class embeddings (``P`` prompt
+            templates), or ``None``.
+        cost_volume: ``[T, h, w]`` cosine similarity of each pixel embedding with each class
+            embedding (mean over the ``P`` templates; exact cosine for the released single
+            template), or ``None``.
+        image_size, resized_size, padded_size, input_size: ``(H, W)`` sizes described above.
+    """
+
+    embeddings: torch.Tensor
+    classes: List[str]
+    text_embeddings: Optional[torch.Tensor]
+    cost_volume: Optional[torch.Tensor]
+    image_size: Tuple[int, int]
+    resized_size: Tuple[int, int]
+    padded_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+
+    def to_numpy(self) -> Dict[str, np.ndarray]:
+        """Arrays for ``np.savez`` (sizes as int arrays, classes as a string array)."""
+        out = {
+            "embeddings": self.embeddings.numpy(),
+            "classes": np.array(self.classes, dtype=str),
+            "image_size": np.array(self.image_size),
+            "resized_size": np.array(self.resized_size),
+            "padded_size": np.array(self.padded_size),
+            "input_size": np.array(self.input_size),
+        }
+        if self.cost_volume is not None:
+            out["cost_volume"] = self.cost_volume.numpy()
+            out["text_embeddings"] = self.text_embeddings.numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------------- config
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def build_config(config_file: str, weights: Optional[str] = None, device: Optional[str] = None,
+                 opts: Optional[Sequence[str]] = None):
+    """A frozen detectron2 config for inference, with clear errors for user mistakes.
+
+    ``weights`` overrides ``MODEL.WEIGHTS`` (after ``opts``); ``device`` (default: cuda when
+    available, else cpu) sets ``MODEL.DEVICE``. Checks that the config file and a local
+    weights file exist.
+    """
+    from detectron2.config import get_cfg
+
+    from .config import add_cat_seg_config
+
+    if not config_file or not os.path.isfile(config_file):
+        raise CATSegError(f"config file {config_file!r} not found")
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise CATSegError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+    cfg = add_cat_seg_config(get_cfg())
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(opts)
+    except Exception as e:  # yaml errors, unknown keys, bad values
+        raise CATSegError(f"bad config {config_file!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = os.fspath(weights)
+    if cfg.MODEL.WEIGHTS and not _is_remote(cfg.MODEL.WEIGHTS) and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise CATSegError(f"weights file {cfg.MODEL.WEIGHTS!r} not found")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise CATSegError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    cfg.MODEL.DEVICE = str(device)
+    cfg.freeze()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- segmenter
+class OpenVocabSegmenter:
+    """CAT-Seg inference on arbitrary images with an arbitrary vocabulary.
+
+    Args:
+        cfg: a detectron2 config with the cat-seg keys (see :func:`build_config`);
+            ``MODEL.WEIGHTS`` is loaded with :class:`~cat_seg.checkpoint.CATSegCheckpointer`
+            when set (otherwise the CAT-Seg head keeps its random initialisation).
+
+    Use :meth:`from_config` to build one from a config file. Preprocessing is detectron2's
+    test-time ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``; probabilities
+    are returned at the original image size.
+    """
+
+    def __init__(self, cfg):
+        from detectron2.data import transforms as T
+        from detectron2.modeling import build_model
+
+        from . import modeling  # noqa: F401  (registers the model)
+        from .checkpoint import CATSegCheckpointer
+
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        self.weights = self.cfg.MODEL.WEIGHTS or None
+        if self.weights:
+            try:
+                CATSegCheckpointer(self.model).load(self.weights)
+            except Exception as e:  # corrupt file, not a checkpoint, ...
+                message = f"{type(e).__name__}: {e}".replace("\n", " ")
+                raise CATSegError(f"cannot load weights {self.weights!r}: {message}") from None
+        else:
+            logger.warning("no MODEL.WEIGHTS given: the CAT-Seg model is randomly initialised apart from CLIP")
+        self.resize = T.ResizeShortestEdge(
+            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST
+        )
+
+    @classmethod
+    def from_config(cls, config_file: str, weights: Optional[str] = None, device: Optional[str] = None,
+                    opts: Optional[Sequence[str]] = None) -> "OpenVocabSegmenter":
+        """Build from a config file (``configs/vitb_384.yaml``, ...).
+
+        Args:
+            config_file: YAML config.
+            weights: checkpoint path (default: the config's ``MODEL.WEIGHTS``).
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; default cuda if available, else cpu.
+            opts: extra ``["KEY", "VALUE", ...]`` config overrides.
+        """
+        return cls(build_config(config_file, weights=weights, device=device, opts=opts))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ preprocessing
+    def _prepare(self, image: np.ndarray) -> Dict[str, Any]:
+        """RGB ``[H, W, 3]`` -> model input dict (resized CHW uint8 tensor, original size)."""
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return {"image": tensor, "height": height, "width": width}
+
+    @staticmethod
+    def _check_background(background) -> Union[None, str, float]:
+        if background is None or background == "prompts":
+            return background
+        if isinstance(background, (int, float)) and not isinstance(background, bool):
+            if not 0.0 <= float(background) <= 1.0:
+                raise CATSegError(f"background threshold must be in [0, 1], got {background}")
+            return float(background)
+        raise CATSegError(f"background must be None, 'prompts' or a probability threshold, got {background!r}")
+
+    @staticmethod
+    def background_prompts_for(classes: Sequence[str]) -> List[str]:
+        """:data:`BACKGROUND_PROMPTS` minus those naming a user class."""
+        taken = {primary_name(c).lower() for c in classes}
+        return [p for p in BACKGROUND_PROMPTS if p.lower() not in taken]
+
+    # ------------------------------------------------------------------ segmentation
+    def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], classes: Union[str, Sequence[str]],
+                 background: Union[None, str, float] = None, batch_size: Optional[int] = None):
+        """Segment one image or a list of images.
+
+        Args:
+            images: a path, numpy RGB array or PIL image, or a list of those.
+            classes: the vocabulary (list of names or a string, see :func:`parse_vocabulary`).
+            background: ``None`` (every pixel gets a class), ``"prompts"`` (add
+                :data:`BACKGROUND_PROMPTS`; their pixels become unlabeled) or a float
+                threshold (pixels whose best probability is below it become unlabeled).
+            batch_size: images per forward (default: all). With the whole-image inference
+                images of different resized sizes go through separate forwards, because the
+                model pads a batch to a common size; results never depend on batching.
+        Returns:
+            a :class:`SegmentationResult`, or a list of them for a list input.
+        """
+        single = not isinstance(images, (list, tuple))
+        inputs = [images] if single else list(images)
+        names = parse_vocabulary(classes)
+        background = self._check_background(background)
+        extra = self.background_prompts_for(names) if background == "prompts" else []
+        arrays = [load_image(x) for x in inputs]
+        sources = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else None for x in inputs]
+        probs = self._predict([self._prepare(a) for a in arrays], names + extra, batch_size)
+        results = [
+            self._result(a, p, names, extra, background, s) for a, p, s in zip(arrays, probs, sources)
+        ]
+        return results[0] if single else results
+
+    def _forward_groups(self, prepared: List[Dict], batch_size: Optional[int]) -> List[List[int]]:
+        """Indexes of the inputs that go through one forward together."""
+        if self.model.sliding_window:  # every image is resized to the same canvas
+            groups = [list(range(len(prepared)))]
+        else:
+            by_size: Dict[Tuple[int, int], List[int]] = {}
+            for i, x in enumerate(prepared):
+                by_size.setdefault(tuple(x["image"].shape[-2:]), []).append(i)
+            groups = list(by_size.values())
+        step = batch_size or len(prepared)
+        return [g[s:s + step] for g in groups for s in range(0, len(g), step)]
+
+    def _predict(self, prepared: List[Dict], names: List[str], batch_size: Optional[int]) -> List[torch.Tensor]:
+        """Probabilities ``[T, H, W]`` (float32, CPU) for every prepared input."""
+        out: List[Optional[torch.Tensor]] = [None] * len(prepared)
+        with torch.no_grad():
+            for group in self._forward_groups(prepared, batch_size):
+                results = self.model([prepared[i] for i in group], class_names=names)
+                for i, r in zip(group, results):
+                    out[i] = r["sem_seg"].float().cpu()
+        return out
+
+    @staticmethod
+    def _result(image, probs, names, extra, background, source) -> SegmentationResult:
+        num = len(names)
+        scores, labels = probs.max(dim=0)
+        labels = labels.to(torch.int32)
+        if background == "prompts":
+            labels[labels >= num] = UNLABELED
+        elif background is not None:
+            labels[scores < background] = UNLABELED
+        return SegmentationResult(
+            image=image,
+            classes=list(names),
+            label_map=labels.numpy(),
+            probs=probs[:num].contiguous(),
+            background=background,
+            background_classes=list(extra),
+            source=source,
+        )
+
+    # ------------------------------------------------------------------ dense features
+    def dense_features(self, image: ImageInput, class_names: Union[None, str, Sequence[str]] = None) -> DenseFeatures:
+        """Per-pixel CLIP-aligned embeddings of ``image`` and, with a vocabulary, its cost volume.
+
+        The whole (resized, padded) image is encoded once, as in the whole-image inference;
+        see :class:`DenseFeatures` for the geometry. The cost volume is
+        :func:`~cat_seg.modeling.cosine_cost_volume` of the returned embeddings with the
+        class text embeddings.
+        """
+        from detectron2.structures import ImageList
+
+        from .modeling import cosine_cost_volume
+
+        names = parse_vocabulary(class_names) if class_names is not None else []
+        array = load_image(image)
+        prepared = self._prepare(array)
+        model = self.model
+        with torch.no_grad():
+            normalized = model.normalize(prepared["image"].to(model.device))
+            batch = ImageList.from_tensors([normalized], model.size_divisibility)
+            clip_input = F.interpolate(batch.tensor, size=model.backbone.resolution, mode="bilinear", align_corners=False)
+            embeddings = model.backbone(clip_input)["dense_embeddings"].float()
+            text = cost = None
+            if names:
+                text = model.text_embeddings(names).float()
+                cost = cosine_cost_volume(embeddings, text)[0].mean(dim=0).cpu()
+                text = text.cpu()
+        return DenseFeatures(
+            embeddings=embeddings[0].cpu(),
+            classes=names,
+            text_embeddings=text,
+            cost_volume=cost,
+            image_size=tuple(array.shape[:2]),
+            resized_size=tuple(batch.image_sizes[0]),
+            padded_size=tuple(batch.tensor.shape[-2:]),
+            input_size=tuple(model.backbone.resolution),
+        )
+
