@@ -1,0 +1,268 @@
+"""Python API (``cat_seg.OpenVocabSegmenter``) on the tiny CPU model with saved random weights."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cat_seg import CATSegError, OpenVocabSegmenter, SegmentationResult
+from cat_seg.api import BACKGROUND_PROMPTS, UNLABELED, parse_vocabulary, read_vocabulary_file
+
+VOCAB = ["cat", "dog", "grass"]
+
+
+def test_weights_are_loaded(segmenter, checkpoint):
+    """``weights=`` loads the checkpoint (the fixture built the model from another seed)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    state = segmenter.model.state_dict()
+    assert segmenter.weights == checkpoint
+    for key in ("sem_seg_head.guidance_upsample.0.weight", "backbone.clip.visual.conv1.weight"):
+        assert torch.equal(state[key], saved[key])
+
+
+def test_single_image_result(segmenter, images):
+    image = images[0]
+    result = segmenter(image, VOCAB)
+    assert isinstance(result, SegmentationResult)
+    h, w = image.shape[:2]
+    assert result.classes == VOCAB
+    assert result.label_map.shape == (h, w) and result.label_map.dtype == np.int32
+    assert tuple(result.probs.shape) == (3, h, w) and result.probs.dtype == torch.float32
+    assert result.label_map.min() >= 0 and result.label_map.max() < 3
+    assert np.array_equal(result.label_map, result.probs.argmax(0).numpy())
+    assert np.array_equal(result.image, image)
+    areas = result.areas()
+    assert list(areas) == VOCAB and sum(areas.values()) == h * w
+    summary = json.loads(json.dumps(result.to_json()))
+    assert summary["image_size"] == {"height": h, "width": w}
+    assert [c["area"] for c in summary["per_class"]] == [areas[c] for c in VOCAB]
+    for entry in summary["per_class"]:
+        if entry["area"]:
+            mask = result.label_map == entry["index"]
+            assert entry["mean_probability"] == pytest.approx(float(result.probs[entry["index"]].numpy()[mask].mean()), abs=1e-6)
+        else:
+            assert entry["mean_probability"] is None
+
+
+def test_vocabulary_change_between_calls(segmenter, images):
+    first = segmenter(images[0], "cat, dog")
+    second = segmenter(images[0], ["car", "road", "tree", "sky", "person"])
+    again = segmenter(images[0], "cat, dog")
+    assert first.classes == ["cat", "dog"] and second.classes == ["car", "road", "tree", "sky", "person"]
+    assert first.probs.shape[0] == 2 and second.probs.shape[0] == 5
+    assert first.label_map.max() <= 1
+    assert second.label_map.max() <= 4 and second.label_map.max() >= 2  # the new labels are used
+    # no stale text embeddings: going back to the first vocabulary gives the first result again
+    assert torch.equal(first.probs, again.probs)
+    assert np.array_equal(first.label_map, again.label_map)
+
+
+def assert_same_labels(a: SegmentationResult, b: SegmentationResult):
+    """Labels agree wherever float rounding cannot have flipped the argmax.
+
+    Batched and single forwards differ by float rounding (~1e-7). The argmax can only differ
+    where the two best classes are closer than twice the largest probability difference; the
+    random-weight model has a few such (even exactly tied) pixels. Everywhere else the labels
+    must be identical, and with identical probabilities they must be identical everywhere.
+    """
+    tolerance = 2 * float((a.probs - b.probs).abs().max())
+    best_two = b.probs.topk(2, dim=0).values
+    ambiguous = (best_two[0] - best_two[1] <= tolerance).numpy() if tolerance > 0 else np.zeros(a.label_map.shape, bool)
+    assert ambiguous.mean() < 0.01
+    assert np.array_equal(a.label_map[~ambiguous], b.label_map[~ambiguous])
+
+
+def test_batch_matches_single(segmenter, images):
+    batch = segmenter(images, VOCAB)
+    assert isinstance(batch, list) and len(batch) == len(images)
+    for image, batched in zip(images, batch):
+        single = segmenter(image, VOCAB)
+        assert batched.probs.shape == single.probs.shape
+        assert torch.allclose(batched.probs, single.probs, atol=1e-5, rtol=0)
+        assert_same_labels(batched, single)
+    limited = segmenter(images, VOCAB, batch_size=1)
+    for a, b in zip(batch, limited):
+        assert torch.allclose(a.probs, b.probs, atol=1e-5, rtol=0)
+
+
+def test_same_size_images_share_a_forward(segmenter, images, monkeypatch):
+    calls = []
+    forward = segmenter.model.forward
+
+    def counting(batched_inputs, class_names=None):
+        calls.append(len(batched_inputs))
+        return forward(batched_inputs, class_names)
+
+    monkeypatch.setattr(segmenter.model, "forward", counting)
+    segmenter(images, VOCAB)
+    assert sorted(calls) == [1, 2]  # the two 96x128 images together, the other one alone
+
+
+def test_path_pil_numpy_inputs_agree(segmenter, images, tmp_path):
+    path = tmp_path / "image.png"
+    Image.fromarray(images[2]).save(path)
+    from_path = segmenter(str(path), VOCAB)
+    from_pil = segmenter(Image.open(path), VOCAB)
+    from_numpy = segmenter(images[2], VOCAB)
+    assert from_path.source == str(path) and from_numpy.source is None
+    for other in (from_pil, from_numpy):
+        assert torch.equal(from_path.probs, other.probs)
+        assert np.array_equal(from_path.label_map, other.label_map)
+    grey = segmenter(Image.fromarray(images[2]).convert("L"), VOCAB)
+    assert grey.image.shape == images[2].shape
+
+
+def test_background_threshold(segmenter, images):
+    plain = segmenter(images[1], VOCAB)
+    best = plain.probs.max(0).values
+    threshold = float(best.median())
+    result = segmenter(images[1], VOCAB, background=threshold)
+    unlabeled = result.label_map == UNLABELED
+    assert np.array_equal(unlabeled, (best < threshold).numpy())
+    assert 0 < unlabeled.sum() < unlabeled.size
+    assert np.array_equal(result.label_map[~unlabeled], plain.label_map[~unlabeled])
+    assert torch.equal(result.probs, plain.probs)
+    assert sum(result.areas().values()) + result.unlabeled_area == unlabeled.size
+    assert result.to_json()["unlabeled_area"] == int(unlabeled.sum())
+
+
+def test_background_prompts(segmenter, images):
+    result = segmenter(images[0], VOCAB, background="prompts")
+    assert result.classes == VOCAB and result.probs.shape[0] == 3
+    assert "grass" not in result.background_classes  # a user class is never background
+    assert result.background_classes == [p for p in BACKGROUND_PROMPTS if p != "grass"]
+    full = segmenter(images[0], VOCAB + result.background_classes)
+    winner = full.label_map
+    expected = np.where(winner >= 3, UNLABELED, winner)
+    assert np.array_equal(result.label_map, expected)
+    assert torch.equal(result.probs, full.probs[:3])
+
+
+def test_dense_features(segmenter, images):
+    model = segmenter.model
+    features = segmenter.dense_features(images[0], "cat, dog, grass")
+    grid = model.backbone.grid_size
+    channels = model.backbone.embed_dim
+    assert tuple(features.embeddings.shape) == (channels, *grid)
+    assert features.input_size == model.backbone.resolution
+    assert features.image_size == (96, 128)
+    assert features.resized_size == (160, 213)  # ResizeShortestEdge(160, 640)
+    assert features.padded_size == (160, 224)  # padded to a multiple of 32
+    text = features.text_embeddings
+    assert tuple(text.shape) == (3, 1, channels)
+    assert torch.allclose(text, model.text_embeddings(VOCAB).cpu())
+    image = F.normalize(features.embeddings, dim=0)
+    expected = torch.einsum("chw,tc->thw", image, F.normalize(text[:, 0], dim=-1))
+    assert tuple(features.cost_volume.shape) == (3, *grid)
+    assert torch.allclose(features.cost_volume, expected, atol=1e-5)
+    assert features.cost_volume.abs().max() <= 1 + 1e-5
+    without = segmenter.dense_features(images[0])
+    assert without.cost_volume is None and without.text_embeddings is None
+    assert torch.allclose(without.embeddings, features.embeddings)
+    arrays = features.to_numpy()
+    assert arrays["cost_volume"].shape == (3, *grid) and list(arrays["classes"]) == VOCAB
+
+
+def test_overlay_of_model_output(segmenter, images):
+    result = segmenter(images[2], VOCAB, background="prompts")
+    for legend in (True, False):
+        overlay = result.overlay(legend=legend)
+        assert overlay.shape == images[2].shape and overlay.dtype == np.uint8
+    labeled = result.label_map >= 0
+    changed = (result.overlay(legend=False).astype(int) != images[2].astype(int)).any(axis=2)
+    assert changed[labeled].mean() > 0.5  # fragmented random-weight segments: borders are anti-aliased
+
+
+def test_overlay_colours_labeled_pixels_only(image_factory):
+    """Block label map: three labeled quadrants (interior pixels all recoloured), one unlabeled."""
+    image = image_factory(5, 120, 160)
+    labels = np.full((120, 160), UNLABELED, np.int32)
+    labels[:60, :80], labels[:60, 80:], labels[60:, :80] = 0, 1, 2
+    probs = torch.zeros(3, 120, 160)
+    result = SegmentationResult(image=image, classes=["cat", "dog", "person, human"], label_map=labels, probs=probs)
+    overlay = result.overlay(legend=False)
+    assert overlay.shape == image.shape and overlay.dtype == np.uint8
+    changed = (overlay.astype(int) != image.astype(int)).any(axis=2)
+    interior = np.zeros_like(changed)
+    for y, x in ((0, 0), (0, 80), (60, 0)):
+        interior[y + 3:y + 57, x + 3:x + 77] = True
+    assert changed[interior].all()
+    assert changed[63:117, 83:157].mean() < 0.05  # unlabeled quadrant: input kept
+    with_legend = result.overlay(legend=True)
+    assert with_legend.shape == image.shape
+    assert (with_legend != overlay).any(axis=2)[:60, 80:].mean() > 0.05  # legend in the top-right corner
+
+
+def test_vocabulary_parsing(tmp_path):
+    assert parse_vocabulary("cat, dog") == ["cat", "dog"]
+    assert parse_vocabulary("person,  human ; dog;") == ["person, human", "dog"]
+    assert parse_vocabulary(["building, edifice", " sky "]) == ["building, edifice", "sky"]
+    (tmp_path / "classes.json").write_text(json.dumps(["wall, brick wall", "floor"]))
+    (tmp_path / "classes.txt").write_text("# my classes\ncat\n\nperson, human\n")
+    assert read_vocabulary_file(str(tmp_path / "classes.json")) == ["wall, brick wall", "floor"]
+    assert read_vocabulary_file(str(tmp_path / "classes.txt")) == ["cat", "person, human"]
+
+
+def test_synonyms_use_the_first_name(segmenter, images):
+    with_synonym = segmenter(images[0], "person, human; dog")
+    plain = segmenter(images[0], ["person", "dog"])
+    assert with_synonym.classes == ["person, human", "dog"]
+    assert torch.equal(with_synonym.probs, plain.probs)
+
+
+@pytest.mark.parametrize("vocabulary", ["", " , ,", [], ["", "  "], ";"])
+def test_empty_vocabulary_is_an_error(segmenter, images, vocabulary):
+    with pytest.raises(CATSegError, match="empty vocabulary"):
+        segmenter(images[0], vocabulary)
+
+
+def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(CATSegError, match="cannot read image .*broken.jpg"):
+        segmenter(str(bad), VOCAB)
+    with pytest.raises(CATSegError, match="cannot read image .*missing.png.*no such file"):
+        segmenter([images[0], str(tmp_path / "missing.png")], VOCAB)
+    with pytest.raises(CATSegError, match="uint8"):
+        segmenter(images[0].astype(np.float32), VOCAB)
+    with pytest.raises(CATSegError, match="twice"):
+        segmenter(images[0], "cat, dog, Cat")
+    with pytest.raises(CATSegError, match="background"):
+        segmenter(images[0], VOCAB, background="sky")
+    with pytest.raises(CATSegError, match="weights file .*nowhere.pth.* not found"):
+        OpenVocabSegmenter.from_config(tiny.config, weights=str(tmp_path / "nowhere.pth"), opts=tiny.opts)
+    with pytest.raises(CATSegError, match="config file .*nope.yaml.* not found"):
+        OpenVocabSegmenter.from_config(str(tmp_path / "nope.yaml"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"garbage")
+    with pytest.raises(CATSegError, match="cannot load weights .*corrupt.pth"):
+        OpenVocabSegmenter.from_config(tiny.config, weights=str(corrupt), device="cpu", opts=tiny.opts)
+    for error in ("cannot read image", "empty vocabulary"):
+        try:
+            segmenter(str(bad) if "image" in error else images[0], VOCAB if "image" in error else "")
+        except CATSegError as e:
+            assert "\n" not in str(e)
+
+
+def test_sliding_window_batches_mixed_sizes(checkpoint, images, tiny, monkeypatch):
+    """With TEST.SLIDING_WINDOW every image is resized to the canvas: one forward for all sizes."""
+    seg = OpenVocabSegmenter.from_config(
+        tiny.config, weights=checkpoint, device="cpu", opts=tiny.opts + ["TEST.SLIDING_WINDOW", "True"]
+    )
+    calls = []
+    forward = seg.model.forward
+
+    def counting(batched_inputs, class_names=None):
+        calls.append(len(batched_inputs))
+        return forward(batched_inputs, class_names)
+
+    monkeypatch.setattr(seg.model, "forward", counting)
+    batch = seg([images[0], images[2]], VOCAB)
+    assert calls == [2]
+    for image, batched in zip([images[0], images[2]], batch):
+        single = seg(image, VOCAB)
+        assert batched.label_map.shape == image.shape[:2]
+        assert torch.allclose(batched.probs, single.probs, atol=1e-5, rtol=0)
+        assert_same_labels(batched, single)

@@ -1,0 +1,227 @@
+"""``demo/demo.py``: outputs on a folder, video input, user errors (one line, exit status 2)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cat_seg.api import SegmentationResult
+
+VOCAB = "cat, dog, grass"
+CLASSES = ["cat", "dog", "grass"]
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, image_factory):
+    """3 images: the same file name in two folders, and a JPEG at the top."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    Image.fromarray(image_factory(10, 96, 128)).save(root / "a" / "x.png")
+    Image.fromarray(image_factory(11, 120, 72)).save(root / "b" / "x.png")
+    Image.fromarray(image_factory(12, 80, 100)).save(root / "top.jpg", quality=95)
+    (root / "notes.txt").write_text("not an image, ignored when the folder is expanded")
+    return root
+
+
+def run_main(demo_module, capsys, args):
+    """Call ``demo.main(args)`` in-process; returns ``(exit status, stdout, stderr)``."""
+    try:
+        code = demo_module.main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_cli_on_a_folder(tiny, checkpoint, segmenter, photo_dir, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, tiny.demo, "--config-file", tiny.config, "--input", str(photo_dir), "--output", str(out),
+        "--vocab", VOCAB, "--weights", checkpoint, "--device", "cpu", "--dense-features", "--batch-size", "2",
+        "--opts", *tiny.opts,
+    ]
+    proc = subprocess.run(command, cwd=tiny.repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    inputs = {"a/x": photo_dir / "a" / "x.png", "b/x": photo_dir / "b" / "x.png", "top": photo_dir / "top.jpg"}
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    expected = sorted(f"{stem}{suffix}" for stem in inputs for suffix in ("_overlay.png", "_labels.png", ".json", "_features.npz"))
+    assert written == expected
+    for stem, path in inputs.items():
+        image = np.asarray(Image.open(path).convert("RGB"))
+        h, w = image.shape[:2]
+        info = read_json(out / f"{stem}.json")
+        assert info["input"] == str(path)
+        assert info["classes"] == CLASSES
+        assert info["image_size"] == {"height": h, "width": w}
+        assert info["model"]["weights"] == checkpoint and info["model"]["device"] == "cpu"
+        assert info["model"]["config_file"] == tiny.config
+        assert info["label_png"] == {"dtype": "uint8", "unlabeled_value": 255}
+
+        labels_png = Image.open(out / f"{stem}_labels.png")
+        assert labels_png.mode == "L" and labels_png.size == (w, h)
+        labels = np.asarray(labels_png)
+        assert labels.max() < len(CLASSES)  # label values index the vocabulary
+        areas = [entry["area"] for entry in info["per_class"]]
+        assert [entry["name"] for entry in info["per_class"]] == CLASSES
+        assert areas == np.bincount(labels.ravel(), minlength=3).tolist()
+        assert sum(areas) == h * w - info["unlabeled_area"] and info["unlabeled_area"] == 0
+
+        # the same labels and confidences as the Python API with the same weights
+        api = segmenter(str(path), CLASSES)
+        best_two = api.probs.topk(2, dim=0).values
+        clear = (best_two[0] - best_two[1] > 1e-5).numpy()
+        assert np.array_equal(labels[clear], api.label_map[clear])
+        for entry, expected_mean in zip(info["per_class"], api.mean_probabilities().values()):
+            assert entry["mean_probability"] == pytest.approx(expected_mean, abs=1e-4)
+
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.mode == "RGB" and overlay.size == (w, h)
+        changed = (np.asarray(overlay).astype(int) != image.astype(int)).any(axis=2)
+        assert changed.mean() > 0.5
+
+        features = np.load(out / f"{stem}_features.npz")
+        grid = segmenter.model.backbone.grid_size
+        assert features["embeddings"].shape == (segmenter.model.backbone.embed_dim, *grid)
+        assert features["cost_volume"].shape == (3, *grid)
+        assert list(features["classes"]) == CLASSES and tuple(features["image_size"]) == (h, w)
+
+
+def test_cli_background_and_vocab_file(demo_module, capsys, tiny, checkpoint, photo_dir, tmp_path):
+    vocab_file = tmp_path / "classes.txt"
+    vocab_file.write_text("# two classes, the first with a synonym\nperson, human\ndog\n")
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", photo_dir / "a" / "x.png", photo_dir / "top.jpg",
+        "--output", out, "--vocab-file", vocab_file, "--background", "prompts", "--weights", checkpoint,
+        "--device", "cpu", "--opts", *tiny.opts,
+    ])
+    assert code == 0, err
+    assert sorted(p.name for p in out.rglob("*.json")) == ["top.json", "x.json"]  # not mirrored: a/ and . -> a/x, top
+    assert (out / "a" / "x.json").exists()
+    for stem, shape in (("a/x", (96, 128)), ("top", (80, 100))):
+        info = read_json(out / f"{stem}.json")
+        assert info["classes"] == ["person, human", "dog"]
+        assert info["background"] == "prompts" and "background" in info["background_classes"]
+        labels = np.asarray(Image.open(out / f"{stem}_labels.png"))
+        assert labels.shape == shape
+        assert set(np.unique(labels)) <= {0, 1, 255}
+        assert info["unlabeled_area"] == int((labels == 255).sum()) > 0
+        assert sum(e["area"] for e in info["per_class"]) == labels.size - info["unlabeled_area"]
+
+
+def test_cli_video_input(demo_module, capsys, tiny, checkpoint, tmp_path, image_factory):
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    assert writer.isOpened()
+    for seed in range(3):
+        writer.write(image_factory(seed, 48, 64)[:, :, ::-1].copy())
+    writer.release()
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--video-input", video, "--output", out, "--vocab", VOCAB,
+        "--weights", checkpoint, "--device", "cpu", "--batch-size", "2", "--opts", *tiny.opts,
+    ])
+    assert code == 0, err
+    info = read_json(out / "clip.json")
+    assert info["frames"] == 3 and info["classes"] == CLASSES
+    assert info["frame_size"] == {"height": 48, "width": 64}
+    capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+
+
+def test_cli_error_is_one_line(tiny, photo_dir, tmp_path):
+    """A real process: exit status 2, a single ``error:`` line naming the file, no traceback."""
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    command = [
+        sys.executable, tiny.demo, "--config-file", tiny.config, "--input", str(photo_dir / "top.jpg"), str(bad),
+        "--output", str(tmp_path / "out"), "--vocab", VOCAB, "--opts", *tiny.opts,
+    ]
+    proc = subprocess.run(command, cwd=tiny.repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot read image") and "broken.png" in lines[0]
+
+
+@pytest.mark.parametrize("case", [
+    "missing_config", "missing_weights", "empty_vocab", "empty_vocab_file", "missing_image", "empty_dir",
+    "bad_background", "odd_opts", "no_vocab", "no_display",
+])
+def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeypatch, case):
+    base = {
+        "--config-file": tiny.config, "--input": str(photo_dir / "top.jpg"), "--output": str(tmp_path / "out"),
+        "--vocab": VOCAB,
+    }
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    changes, expected = {
+        "missing_config": ({"--config-file": str(tmp_path / "nope.yaml")}, "config file .*nope.yaml.* not found"),
+        "missing_weights": ({"--weights": str(tmp_path / "w.pth")}, "weights file .*w.pth.* not found"),
+        "empty_vocab": ({"--vocab": " ; "}, "empty vocabulary"),
+        "empty_vocab_file": ({"--vocab": None, "--vocab-file": str(tmp_path / "empty.txt")}, "empty vocabulary"),
+        "missing_image": ({"--input": str(tmp_path / "gone.jpg")}, "cannot read image .*gone.jpg"),
+        "empty_dir": ({"--input": str(tmp_path / "empty")}, "no images found in directory"),
+        "bad_background": ({"--background": "2.5"}, "threshold must be in"),
+        "odd_opts": ({"--opts": "MODEL.WEIGHTS"}, "KEY VALUE pairs"),
+        "no_vocab": ({"--vocab": None}, "--vocab --vocab-file is required"),
+        "no_display": ({"--output": None}, "cannot show the results in a window: .*--output"),
+    }[case]
+    if case == "no_display":
+        monkeypatch.delenv("DISPLAY", raising=False)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    base.update(changes)
+    args = []
+    for key, value in base.items():
+        if value is not None:
+            args += [key, value]
+    code, out, err = run_main(demo_module, capsys, args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    import re
+
+    assert re.search(expected, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_output_stems_do_not_collide(demo_module):
+    stems = demo_module.output_stems(["p/a/x.png", "p/b/x.png", "p/b/x.jpg", "p/y.png"])
+    assert stems == {"p/a/x.png": "a/x", "p/b/x.png": "b/x_png", "p/b/x.jpg": "b/x_jpg", "p/y.png": "y"}
+    assert demo_module.output_stems(["only/one.png"]) == {"only/one.png": "one"}
+
+
+def test_label_png_dtypes(demo_module, tmp_path):
+    """uint8 below 255 classes (unlabeled 255), uint16 from 255 on (unlabeled 65535); PNG round trip."""
+    for num_classes, dtype, unlabeled in ((3, np.uint8, 255), (300, np.uint16, 65535)):
+        labels = np.arange(40 * 30, dtype=np.int32).reshape(40, 30) % num_classes
+        labels[0, :5] = -1
+        result = SegmentationResult(
+            image=np.zeros((40, 30, 3), np.uint8), classes=[f"c{i}" for i in range(num_classes)],
+            label_map=labels, probs=torch.zeros(num_classes, 40, 30),
+        )
+        png = demo_module.label_png(result)
+        assert png.dtype == dtype
+        assert (png[0, :5] == unlabeled).all() and np.array_equal(png[labels >= 0], labels[labels >= 0])
+        path = tmp_path / f"labels_{num_classes}.png"
+        Image.fromarray(png).save(path)
+        assert np.array_equal(np.asarray(Image.open(path)).astype(np.int64), png.astype(np.int64))
