@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 __all__ = [
-    "CLASS_JSONS",
+    "EXPECTED_COUNTS",
     "COCO_STUFF_171_CATEGORIES",
     "ADE150_NAMES",
     "ADE847_CATEGORIES",
@@ -34,6 +34,7 @@ __all__ = [
     "VOC20_NAMES",
     "VOC20B_BACKGROUND_PROMPTS",
     "get_class_names",
+    "class_json_keys",
     "class_json_name",
     "coco_stuff_id_to_contiguous_id",
     "ade847_id_to_train_id",

@@ -71,7 +71,7 @@ def slow_write_bytes(self, data):
     with open(self, "wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
-        time.sleep(0.05)
+        time.sleep(0.2)
         f.write(data[len(data) // 2:])
     return len(data)
 pathlib.Path.write_bytes = slow_write_bytes
@@ -87,11 +87,12 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
     assert prepare(clean, "--workers", "1") == 0
     reference = {k: v[0] for k, v in snapshot(clean / OUT).items()}
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_DRIVER, "--root", str(killed), "--benchmark", "150",
-         "--workers", "2", "--no-progress"],
-        cwd=raw.REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_DRIVER, "--root", str(killed), "--benchmark", "150",
+             "--workers", "2", "--no-progress"],
+            cwd=raw.REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
     out = killed / OUT
     deadline = time.time() + 120
     try:
@@ -100,9 +101,12 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
                 break
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the script and its worker processes
+        except ProcessLookupError:
+            pass
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run: {log.read_text()[-2000:]}"
 
     after_kill = {k: v[0] for k, v in snapshot(out).items()}
     finals = {k: v for k, v in after_kill.items() if not k.startswith(".")}

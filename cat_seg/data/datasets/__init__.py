@@ -1,8 +1,23 @@
 """Dataset registration: importing this package registers every benchmark (spec 5.1) and
 the synthetic toy benchmark under ``$DETECTRON2_DATASETS`` (default ``datasets``)."""
-from .builtin import register_all, register_dataset, registered_names
+from .builtin import register_all, register_dataset
 from .errors import DatasetError, DatasetNotFoundError, DownloadError, PrepareError
 from .layout import LAYOUTS, LAYOUTS_BY_NAME, SemSegLayout, dataset_root, get_layout
 from .loader import load_sem_seg_files
+
+__all__ = [
+    "register_all",
+    "register_dataset",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "PrepareError",
+    "LAYOUTS",
+    "LAYOUTS_BY_NAME",
+    "SemSegLayout",
+    "dataset_root",
+    "get_layout",
+    "load_sem_seg_files",
+]
 
 register_all()

@@ -64,8 +64,3 @@ def register_all(root=None) -> List[str]:
     ``root`` defaults to ``$DETECTRON2_DATASETS`` (else ``datasets``), read now; call again
     to re-register under another root. Returns the registered names."""
     return [register_dataset(layout, root) for layout in LAYOUTS]
-
-
-def registered_names(include_synthetic: bool = True) -> List[str]:
-    """Names registered by :func:`register_all`."""
-    return [l.name for l in LAYOUTS if include_synthetic or not l.name.startswith("synthetic_")]

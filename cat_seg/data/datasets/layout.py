@@ -55,12 +55,6 @@ class SemSegLayout:
             raise ValueError(f"{self.name}: {len(names)} class names, expected {self.num_classes}")
         return names
 
-    def image_path(self, root=None) -> Path:
-        return dataset_root(root) / self.image_dir
-
-    def label_path(self, root=None) -> Path:
-        return dataset_root(root) / self.label_dir
-
 
 _VOC2012 = "VOCdevkit/VOC2012"
 _VOC2010 = "VOCdevkit/VOC2010"
