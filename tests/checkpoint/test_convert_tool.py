@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cat_seg.checkpoint import CATSegCheckpointer
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "convert_official_checkpoint.py"
