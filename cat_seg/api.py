@@ -271,12 +271,16 @@ class SegmentationResult:
         return output.get_image()
 
     def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12):
+        """Legend of the classes present, largest first, covering at most about half the height."""
         from matplotlib.patches import Patch
 
         areas = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(names))
         present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
         if not present:
             return
+        font_size = font_size * output.scale * 0.9
+        line_height = font_size * output.dpi / 72 * 1.8  # pixels per legend row, spacing included
+        max_entries = max(1, min(max_entries, int(0.5 * output.height * output.scale / line_height) - 1))
         handles = [
             Patch(facecolor=np.array(colors[i]) / 255.0, edgecolor="white", label=names[i])
             for i in present[:max_entries]
@@ -286,7 +290,7 @@ class SegmentationResult:
         legend = output.ax.legend(
             handles=handles,
             loc="upper right",
-            fontsize=font_size * output.scale * 0.9,
+            fontsize=font_size,
             framealpha=0.75,
             facecolor="black",
             labelcolor="white",

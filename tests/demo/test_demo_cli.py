@@ -1,6 +1,6 @@
 """``demo/demo.py``: outputs on a folder, video input, user errors (one line, exit status 2)."""
 import json
-import os
+import re
 import subprocess
 import sys
 
@@ -198,8 +198,6 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    import re
-
     assert re.search(expected, lines[0]), lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
