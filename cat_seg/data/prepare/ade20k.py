@@ -86,7 +86,7 @@ def short_side_resize_shape(h: int, w: int, max_short: int = ADE847_MAX_SHORT_SI
 
 def convert_ade847(image_src: str, seg_src: str, image_dst: str, label_dst: str) -> Converted:
     """One ADE20K full validation image: decode, resize, map to trainIds, save JPEG + TIFF."""
-    image = read_array(image_src, "image")
+    image = read_array(image_src, "image", modes=("RGB", "L"))  # e.g. CMYK JPEG -> RGB
     ids = decode_ade_full_seg(read_array(seg_src, "segmentation"), seg_src)
     if ids.shape != image.shape[:2]:
         raise PrepareError(f"{seg_src} is {ids.shape[1]}x{ids.shape[0]} but its image "

@@ -105,8 +105,9 @@ def remove_stale_temp_files(folder: PathLike) -> int:
     return removed
 
 
-def read_array(path: PathLike, what: str = "label") -> np.ndarray:
-    """Read an image file as a numpy array (palette images give their indices).
+def read_array(path: PathLike, what: str = "label", modes=None) -> np.ndarray:
+    """Read an image file as a numpy array (palette images give their indices). With
+    ``modes``, an image in another PIL mode is converted to RGB first.
 
     A missing or unreadable file raises :class:`PrepareError` naming the file."""
     path = Path(path)
@@ -115,6 +116,8 @@ def read_array(path: PathLike, what: str = "label") -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
+            if modes is not None and image.mode not in modes:
+                image = image.convert("RGB")
             return np.asarray(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise PrepareError(f"cannot read {what} file {path}: {exc}") from None
