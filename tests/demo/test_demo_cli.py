@@ -223,3 +223,17 @@ def test_label_png_dtypes(demo_module, tmp_path):
         path = tmp_path / f"labels_{num_classes}.png"
         Image.fromarray(png).save(path)
         assert np.array_equal(np.asarray(Image.open(path)).astype(np.int64), png.astype(np.int64))
+
+
+def test_expand_inputs(demo_module, tmp_path, image_factory):
+    """Directories are searched recursively for images; the output folder inside them is skipped."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("one.png", "sub/two.JPG", "out/one_overlay.png"):
+        Image.fromarray(image_factory(0, 8, 8)).save(tmp_path / name, format="PNG")
+    (tmp_path / "readme.txt").write_text("skip me")
+    files = demo_module.expand_inputs([str(tmp_path)], exclude=str(tmp_path / "out"))
+    assert files == [str(tmp_path / "one.png"), str(tmp_path / "sub" / "two.JPG")]
+    assert demo_module.expand_inputs([str(tmp_path / "*.png")]) == [str(tmp_path / "one.png")]
+    with pytest.raises(demo_module.CATSegError, match="no images match"):
+        demo_module.expand_inputs([str(tmp_path / "*.gif")])
