@@ -96,8 +96,17 @@ class Summary:
 
 
 def _call(item):
+    """Run one task; an unexpected error (a bug, not a :class:`PrepareError`) gets a note
+    naming the input it failed on."""
     convert, task = item
-    return convert(*task.args)
+    try:
+        return convert(*task.args)
+    except PrepareError:
+        raise
+    except Exception as exc:
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"while converting {task.source}")
+        raise
 
 
 def _results(convert: Callable, tasks: Sequence[Task], pool, pool_size: int
@@ -105,7 +114,7 @@ def _results(convert: Callable, tasks: Sequence[Task], pool, pool_size: int
     """Results of ``convert`` over ``tasks``, in this process or (unordered) in ``pool``."""
     if pool is None:
         for task in tasks:
-            yield convert(*task.args)
+            yield _call((convert, task))
         return
     chunksize = max(1, min(32, len(tasks) // (pool_size * 8)))
     yield from pool.imap_unordered(_call, [(convert, t) for t in tasks], chunksize)
