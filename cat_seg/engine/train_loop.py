@@ -1,0 +1,54 @@
+"""Training step with optional mixed precision on any device (detectron2's AMPTrainer is CUDA/fp16 only)."""
+import time
+
+import torch
+from detectron2.engine import SimpleTrainer
+
+
+class MixedPrecisionTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose forward runs under ``torch.autocast(device, dtype)``.
+
+    bf16 needs no loss scaling; fp16 uses a ``GradScaler`` (gradients are unscaled before
+    the optimizer step, so full-model gradient clipping sees true gradients).
+    """
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16, device_type: str = "cpu"):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+        self.device_type = device_type
+        self.grad_scaler = (
+            torch.amp.GradScaler(device_type) if precision == torch.float16 else None
+        )
+
+    def run_step(self):
+        assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.precision):
+            loss_dict = self.model(data)
+            losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
+            if isinstance(loss_dict, torch.Tensor):
+                loss_dict = {"total_loss": loss_dict}
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            self._write_metrics(loss_dict, data_time)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            losses.backward()
+            self._write_metrics(loss_dict, data_time)
+            self.optimizer.step()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,45 @@
+"""Run by test_ddp.py: 2-process CPU (gloo) training that records, after every step, whether
+all ranks hold identical parameters."""
+import json
+import os
+import sys
+
+import torch
+from detectron2.engine import HookBase, default_argument_parser, launch
+from detectron2.utils import comm
+
+sys.path.insert(0, os.environ["CATSEG_REPO"])
+import train_net  # noqa: E402
+from cat_seg.engine import Trainer  # noqa: E402
+
+
+class ParameterParityHook(HookBase):
+    """After every step, all-gather a fingerprint of every parameter and compare across ranks."""
+
+    def __init__(self, report):
+        self.report = report
+        self.steps = []
+
+    def after_step(self):
+        model = self.trainer.model
+        model = model.module if hasattr(model, "module") else model
+        fingerprint = [(name, p.detach().double().sum().item(), p.detach().double().abs().sum().item())
+                       for name, p in model.named_parameters()]
+        gathered = comm.all_gather(fingerprint)
+        self.steps.append(all(g == gathered[0] for g in gathered))
+        if comm.is_main_process():
+            with open(self.report, "w") as f:
+                json.dump({"world_size": comm.get_world_size(), "identical_after_step": self.steps}, f)
+
+
+def main(args):
+    cfg = train_net.setup(args)
+    trainer = Trainer(cfg)
+    trainer.register_hooks([ParameterParityHook(os.path.join(cfg.OUTPUT_DIR, "parity.json"))])
+    trainer.resume_or_load(resume=False)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, dist_url="auto", args=(args,))
