@@ -3,7 +3,7 @@
 Importing the package registers the model components in detectron2's registries.
 """
 from . import modeling  # noqa: F401  (registers backbone, head, meta-architecture)
+from .api import CATSegError, OpenVocabSegmenter, SegmentationResult
 from .config import add_cat_seg_config
-from .api import CATSegError, OpenVocabSegmenter, SegmentationResult  # noqa: F401  (Python API)
 
-__all__ = ["add_cat_seg_config"]
+__all__ = ["add_cat_seg_config", "CATSegError", "OpenVocabSegmenter", "SegmentationResult"]

@@ -3,9 +3,25 @@ import json
 import os
 from typing import List
 
+# The repository (or source tree) that holds configs/ and datasets/*.json.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path: str) -> str:
+    """``path`` as given if it exists, else relative to the repository root if it exists there.
+
+    Config values such as ``configs/clip_models/tiny-vit-b16.json`` or ``datasets/coco.json``
+    are relative to the repository; this lets them work from any working directory.
+    """
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = os.path.join(REPO_ROOT, path)
+    return candidate if os.path.exists(candidate) else path
+
 
 def read_class_json(path: str, key: str = "class json") -> List[str]:
     """Read a flat JSON array of class names (``datasets/*.json``); clear errors otherwise."""
+    path = resolve_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key} {path!r} not found (class-name jsons are written by datasets/prepare_*.py)")
     with open(path) as f:

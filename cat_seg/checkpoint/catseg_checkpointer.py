@@ -9,10 +9,13 @@
 * is strict: any unknown official key, any model key the checkpoint lacks, any key the model
   does not have and any shape mismatch raise one :class:`CheckpointMismatchError` naming
   the keys, before anything is loaded (no parameter is ever left at random init silently);
+* saves crash-safely (temporary file + rename for the checkpoint and ``last_checkpoint``);
 * keeps detectron2's behaviour for our own checkpoints (optimizer / scheduler / trainer
   state and iteration are restored by ``resume_or_load(..., resume=True)``).
 """
 import logging
+import os
+import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -137,3 +140,42 @@ class CATSegCheckpointer(DetectionCheckpointer):
         assert not (incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
         return incompatible
 
+
+    # ------------------------------------------------------------------ crash-safe saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Like detectron2's ``save``, but written to a temporary name and renamed, so a
+        process killed while saving leaves no half-written checkpoint (and ``last_checkpoint``
+        keeps pointing at the previous complete one)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        _atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), mode="w"
+        )
+
+
+def _atomic_write(path: str, write, mode: str):
+    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

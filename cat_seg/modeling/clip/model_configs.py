@@ -16,6 +16,8 @@ from typing import Any, Dict, Optional
 
 import open_clip
 
+from ...utils import resolve_path
+
 # Official CAT-Seg names -> (open_clip model name, default pretrained tag, QuickGELU).
 OFFICIAL_CLIP_NAMES = {
     "ViT-B/16": ("ViT-B-16", "openai", True),
@@ -50,6 +52,7 @@ def resolve_clip_arch(spec: str) -> CLIPArch:
         name, tag, quick_gelu = OFFICIAL_CLIP_NAMES[spec]
         return CLIPArch(name, open_clip.get_model_config(name), tag, quick_gelu)
     if spec.endswith(".json"):
+        spec = resolve_path(spec)
         if not os.path.isfile(spec):
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED={spec!r}: model-config file not found"
