@@ -237,3 +237,36 @@ def test_pos_embed_identity_when_sizes_match(backbone):
     torch.testing.assert_close(
         bb.positional_embedding((native, native)), bb.clip.visual.positional_embedding, rtol=0, atol=0
     )
+
+
+# --------------------------------------------------------------------------- split q/k/v attention
+@pytest.mark.parametrize("variant", ["b", "l"])
+def test_split_attention_equals_packed_open_clip(variant):
+    """The split-q/k/v CLIP computes exactly what open_clip's packed nn.MultiheadAttention does
+    (text tower with its causal mask, and the ordinary image forward)."""
+    import copy
+
+    import open_clip
+
+    from cat_seg.modeling.clip.attention import SplitQKVAttention, replace_multihead_attention
+
+    with open(CLIP_JSONS[variant]) as f:
+        cfg = json.load(f)
+    quick_gelu = cfg.pop("quick_gelu")
+    torch.manual_seed(0)
+    packed = open_clip.CLIP(**cfg, quick_gelu=quick_gelu).eval()
+    perturb_(packed, seed=2)
+    split = copy.deepcopy(packed)
+    n = replace_multihead_attention(split)
+    assert n == cfg["vision_cfg"]["layers"] + cfg["text_cfg"]["layers"]
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in split.modules())
+    attn = split.transformer.resblocks[0].attn
+    assert isinstance(attn, SplitQKVAttention) and attn.in_proj_bias.shape == (3 * cfg["text_cfg"]["width"],)
+    w = cfg["text_cfg"]["width"]
+    packed_w = packed.transformer.resblocks[0].attn.in_proj_weight
+    torch.testing.assert_close(attn.v_proj_weight, packed_w[2 * w:], rtol=0, atol=0)
+    tokens = open_clip.tokenize(["a photo of a cat", "a dog"])
+    image = torch.randn(1, 3, cfg["vision_cfg"]["image_size"], cfg["vision_cfg"]["image_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(split.encode_text(tokens), packed.encode_text(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(split.encode_image(image), packed.encode_image(image), rtol=1e-5, atol=1e-5)

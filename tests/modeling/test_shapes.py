@@ -139,3 +139,21 @@ def test_large_vocabulary_shapes(variant_model, random_images):
     assert logits.shape == (2, PAD_LEN + 6, 4 * GRID, 4 * GRID)
     for b in range(2):
         assert sum(bool((logits[b, t] == -100).all()) for t in range(len(names))) == 6
+
+
+def test_train_and_test_pooling(tiny_model, random_images):
+    """POOLING_SIZES in training, TEST_POOLING_SIZES at inference (official eval uses [1, 1])."""
+    model = tiny_model("b", MODEL__SEM_SEG_HEAD__TEST_POOLING_SIZES=[1, 1])
+    seen = []
+    layer = model.sem_seg_head.aggregator.layers[0].classes
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[2])))
+    try:
+        image = random_images([(32, 32)])[0]
+        model.train()
+        model([{"image": image, "sem_seg": torch.zeros(32, 32, dtype=torch.long)}], class_names=NAMES)
+        model.eval()
+        with torch.no_grad():
+            model([{"image": image}], class_names=NAMES)
+    finally:
+        handle.remove()
+    assert seen == [(2, 2), (1, 1)]
