@@ -1,6 +1,7 @@
 """Dense CLIP image encode (spec 1.4-1.6) against hand-written computations."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from cat_seg.modeling.backbone.clip_vit import (
     interpolate_positional_embedding,
 )
 
-CLIP_JSONS = {"b": "configs/clip_models/tiny-vit-b16.json", "l": "configs/clip_models/tiny-vit-l14.json"}
+REPO = Path(__file__).resolve().parents[2]
+CLIP_JSONS = {v: REPO / f"configs/clip_models/{name}.json" for v, name in (("b", "tiny-vit-b16"), ("l", "tiny-vit-l14"))}
 
 
 # --------------------------------------------------------------------------- reference code

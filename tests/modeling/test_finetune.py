@@ -1,5 +1,6 @@
 """CLIP fine-tuning policies (spec 1.7): trainable parameter sets (names and counts)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_vitb_derived_geometry(vitb):
 
 # --------------------------------------------------------------------------- tiny configs
 def tiny_dims():
-    with open("configs/clip_models/tiny-vit-b16.json") as f:
+    with open(Path(__file__).resolve().parents[2] / "configs/clip_models/tiny-vit-b16.json") as f:
         cfg = json.load(f)
     return cfg["vision_cfg"]["width"], cfg["vision_cfg"]["layers"], cfg["text_cfg"]["width"], cfg["text_cfg"]["layers"]
 
