@@ -119,11 +119,6 @@ def test_batch_equals_alone_same_size(model_b, random_images):
     batch_vs_alone(model_b, random_images([(96, 128), (96, 128)], seed=4), sliding=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug: non-sliding inference squashes the whole padded *batch* to the CLIP "
-    "resolution, so an image's result depends on the sizes of the other images in its batch",
-)
 def test_batch_equals_alone_mixed_sizes(model_b, random_images):
     batch_vs_alone(model_b, random_images([(100, 150), (128, 96)], seed=5), sliding=False)
 

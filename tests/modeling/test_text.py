@@ -89,15 +89,7 @@ def test_cache_invalidated_by_optimizer_step(model):
     torch.testing.assert_close(fresh, direct_text(model, names, [SINGLE]), rtol=1e-5, atol=1e-6)
 
 
-STALE_ASSIGN = pytest.mark.xfail(
-    strict=True,
-    reason="model bug: the text cache is keyed by parameter version counters only; "
-    "load_state_dict(assign=True) (or p.data = ...) installs new tensors with equal counters, "
-    "so stale embeddings of the old weights are returned",
-)
-
-
-@pytest.mark.parametrize("assign", [False, pytest.param(True, marks=STALE_ASSIGN)])
+@pytest.mark.parametrize("assign", [False, True])
 def test_cache_invalidated_by_load_state_dict(model, tiny_model, assign):
     names = ["cat", "dog"]
     model.eval()

@@ -19,8 +19,8 @@ class ClassTextEncoder:
 
     In training mode (``torch.is_grad_enabled()`` and ``training=True``) embeddings are
     recomputed on every call, with gradients (the text tower is fine-tuned). Otherwise results
-    are cached, keyed by the class list, templates, device, dtype and the version counters
-    of the text-tower parameters, so a changed vocabulary or an optimizer step / weight load
+    are cached, keyed by the class list, templates, device, dtype and the identity and version
+    counters of the text-tower parameters, so a changed vocabulary or an optimizer step / weight load
     never returns stale embeddings.
 
     Args:
@@ -55,8 +55,11 @@ class ClassTextEncoder:
         prompts = build_prompts(class_names, self.templates)
         return open_clip.tokenize(prompts, context_length=self.context_length).to(device)
 
-    def _weights_version(self) -> Tuple[int, ...]:
-        return tuple(p._version for p in self.parameters())
+    def _weights_version(self) -> Tuple[Tuple[int, int], ...]:
+        """Identity and version counter of every text-tower tensor: any in-place update
+        (optimizer step, ``load_state_dict``) bumps a counter, and a replaced tensor
+        (``load_state_dict(assign=True)``, ``p.data = ...``) changes the identity."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
     def __call__(self, class_names: Sequence[str], device: torch.device, training: bool = False) -> torch.Tensor:
         """L2-normalised embeddings ``[T, P, C]`` of ``class_names`` (P = number of templates)."""

@@ -183,18 +183,24 @@ class CATSeg(nn.Module):
     def inference(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
         """Whole-image inference for a batch of any size (each image gets its own result).
 
-        The padded batch is squashed to the CLIP resolution (as the official code); the
-        probabilities are resized back to the padded size, the padding is cropped off and the
-        result is resized to the requested output size.
+        Each image is padded to its own multiple of ``size_divisibility`` and squashed to the
+        CLIP resolution (as the official code does for its single image), so results do not
+        depend on the other images of the batch; the probabilities are resized back to the
+        padded size, the padding is cropped off and the result is resized to the requested
+        output size.
         """
         raw = [x["image"].to(self.device) for x in batched_inputs]
-        images = ImageList.from_tensors([self.normalize(x) for x in raw], self.size_divisibility)
-        probs = self.predict_logits(images.tensor, class_names, self.test_pooling).float().sigmoid()
-        padded = images.tensor.shape[-2:]
+        size = self.backbone.resolution
+        clip_images, padded_sizes = [], []
+        for image in raw:
+            padded = ImageList.from_tensors([self.normalize(image)], self.size_divisibility).tensor
+            padded_sizes.append(padded.shape[-2:])
+            clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
+        probs = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling).float().sigmoid()
         results = []
         for i, x in enumerate(batched_inputs):
-            h, w = images.image_sizes[i]
-            prob = F.interpolate(probs[i:i + 1], size=padded, mode="bilinear", align_corners=False)[..., :h, :w]
+            h, w = raw[i].shape[-2:]
+            prob = F.interpolate(probs[i:i + 1], size=padded_sizes[i], mode="bilinear", align_corners=False)[..., :h, :w]
             prob = F.interpolate(prob, size=self._output_size(x, raw[i]), mode="bilinear", align_corners=False)
             results.append({"sem_seg": prob[0]})
         return results
