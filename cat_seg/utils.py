@@ -1,7 +1,8 @@
 """Small shared helpers."""
 import json
 import os
-from typing import List
+import tempfile
+from typing import Callable, List
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,3 +33,31 @@ def read_class_json(path: str, key: str = "class json") -> List[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError(f"{path}: expected a non-empty JSON array of non-empty class-name strings")
     return names
+
+
+def atomic_write(path: str, write: Callable, mode: str = "wb"):
+    """Write ``path`` through a temporary file in the same folder, then rename it into place.
+
+    ``write(f)`` fills the open temporary file. A crash or kill at any moment leaves either
+    the previous file or the complete new one, never a half-written file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: str):
+    """``torch.save`` with :func:`atomic_write`."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -15,12 +15,12 @@
 """
 import logging
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils import atomic_write
 from .errors import CheckpointFormatError, CheckpointMismatchError
 from .official import (
     OFFICIAL,
@@ -155,27 +155,11 @@ class CATSegCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
+        atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write(
+        atomic_write(
             os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), mode="w"
         )
 
-
-def _atomic_write(path: str, write, mode: str):
-    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
