@@ -3,16 +3,25 @@
 This is the official ``sem_seg_head.predictor.transformer`` module (spec 2), split over
 :mod:`.cost_volume`, :mod:`.spatial_aggregation`, :mod:`.class_aggregation` and
 :mod:`.decoder`.
+
+Speed options (:mod:`.fast`): ``token_layout`` (the class maps are kept as a contiguous
+``[B, T, H, W, D]`` tensor; modules exchange ``[B, D, T, H, W]`` views of it),
+``class_chunk_size`` (per-class spatial blocks and decoder on chunks of classes at
+inference) and ``checkpoint_activations`` (training: per-class blocks recomputed in the
+backward pass, chunk by chunk). The cost volume and the class selection are always computed
+in fp32, also under autocast.
 """
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .class_aggregation import ClassAggregation
 from .cost_volume import cosine_cost_volume, expand_text, scatter_class_logits, select_top_classes
 from .decoder import CostDecoder
+from .fast import FastOptions
 from .spatial_aggregation import SpatialAggregation
 
 
@@ -86,6 +95,7 @@ class Aggregator(nn.Module):
             for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
         self.decoder = CostDecoder(hidden_dim, decoder_dims, decoder_guidance_proj_dims)
+        self.fast = FastOptions()
 
     @property
     def upsampling(self) -> int:
@@ -96,7 +106,44 @@ class Aggregator(nn.Module):
         b, p, t, h, w = cost_volume.shape
         x = cost_volume.transpose(1, 2).reshape(b * t, p, h, w)
         x = self.cost_embed(x)
+        if self.fast.token_layout:  # [B, T, H, W, D] storage, returned as a [B, D, T, H, W] view
+            return x.permute(0, 2, 3, 1).contiguous().view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
         return x.view(b, t, -1, h, w).transpose(1, 2)
+
+    def _chunk_size(self, num_classes: int, device: torch.device) -> int:
+        """Classes per chunk for the per-class blocks (0 = no chunking)."""
+        if torch.is_grad_enabled() and self.training:
+            if self.fast.checkpoint_activations:
+                return max(self.fast.class_chunk_size, 0) or num_classes  # at least one image per chunk
+            return 0
+        chunk = self.fast.chunk_size(device)
+        if not chunk or chunk >= num_classes:
+            return 0
+        return -(-num_classes // -(-num_classes // chunk))  # balanced: equal chunks of <= chunk classes
+
+    def _per_class(self, fn: Callable, x: torch.Tensor, guidance: Sequence, chunk: int, decoder: bool = False):
+        """Apply ``fn(x_chunk, *guidance_chunk)`` to chunks of (one image, <= ``chunk`` classes).
+
+        ``x`` is ``[B, D, T, H, W]``; ``guidance`` holds per-image tensors ``[B, ...]`` (or
+        None). ``fn`` returns ``[1, D, c, H, W]`` maps (spatial blocks; reassembled in the
+        ``[B, T, H, W, D]`` token layout) or, with ``decoder``, ``[1, c, H', W']`` logits. With
+        checkpointing (training) each chunk is recomputed in the backward pass.
+        """
+        batch, num_classes = x.shape[0], x.shape[2]
+        use_checkpoint = torch.is_grad_enabled() and self.training and self.fast.checkpoint_activations
+        rows = []
+        for b in range(batch):
+            g = [t[b:b + 1] if t is not None else None for t in guidance]
+            for start in range(0, num_classes, chunk):
+                xs = x[b:b + 1, :, start:start + chunk]
+                y = checkpoint(fn, xs, *g, use_reentrant=False) if use_checkpoint else fn(xs, *g)
+                rows.append(y[0] if decoder else y[0].permute(1, 2, 3, 0))  # [c, H', W'] or [c, H, W, D]
+        out = torch.cat(rows) if len(rows) > 1 else rows[0]
+        out = out.view(batch, num_classes, *out.shape[1:])
+        return out if decoder else out.permute(0, 4, 1, 2, 3)
+
+    def _decode(self, x: torch.Tensor, *guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.decoder(x, list(guidance))
 
     def forward(
         self,
@@ -121,23 +168,34 @@ class Aggregator(nn.Module):
         """
         batch = image_embeddings.shape[0]
         num_classes = text_embeddings.shape[-3]
-        cost_volume = cosine_cost_volume(image_embeddings, text_embeddings)
-        text = F.normalize(expand_text(text_embeddings, batch), dim=-1)
-        kept = None
-        if self.pad_len and num_classes > self.pad_len:
-            cost_volume, text, kept = select_top_classes(cost_volume, text, self.pad_len)
+        with torch.autocast(image_embeddings.device.type, enabled=False):  # cosine scores and top-k in fp32
+            cost_volume = cosine_cost_volume(_full_precision(image_embeddings), _full_precision(text_embeddings))
+            text = F.normalize(expand_text(_full_precision(text_embeddings), batch), dim=-1)
+            kept = None
+            if self.pad_len and num_classes > self.pad_len:
+                cost_volume, text, kept = select_top_classes(cost_volume, text, self.pad_len)
         x = self.embed_cost(cost_volume)
         appearance = self.appearance_guidance_proj(appearance_guidance) if (
             self.appearance_guidance_proj is not None and appearance_guidance is not None) else None
         text_guidance = None
         if self.text_guidance_proj is not None:
             text_guidance = self.text_guidance_proj(F.normalize(text.mean(dim=2), dim=-1))
+        chunk = self._chunk_size(x.shape[2], x.device)
+        use_checkpoint = torch.is_grad_enabled() and self.training and self.fast.checkpoint_activations
         for layer in self.layers:
-            x = layer(x, appearance, text_guidance, pooling)
+            x = self._per_class(layer.spatial, x, [appearance], chunk) if chunk else layer.spatial(x, appearance)
+            if use_checkpoint:
+                x = checkpoint(layer.classes, x, text_guidance, pooling, use_reentrant=False)
+            else:
+                x = layer.classes(x, text_guidance, pooling)
         guidance: List[Optional[torch.Tensor]] = [
             proj(g) if g is not None else None for proj, g in zip(self.decoder_guidance_proj, decoder_guidance)
         ]
-        logits = self.decoder(x, guidance)
+        logits = self._per_class(self._decode, x, guidance, chunk, decoder=True) if chunk else self.decoder(x, guidance)
         if kept is not None:
             logits = scatter_class_logits(logits, kept, num_classes)
         return logits
+
+
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -7,12 +7,65 @@ maps the last features to one logit per class and pixel.
 The guidance is shared by all classes of an image; the first conv is linear in its input,
 so ``conv([up, g]) = conv_up(up) + conv_g(g)`` is evaluated with the guidance term computed
 once per image and broadcast over classes (no T-fold copy of the guidance).
+
+Speed option ``fused_upconv`` (:mod:`.fast`): ``conv3x3(ConvTranspose2d_k2s2(x))`` is linear
+in ``x``, so for each of the four output pixel phases it equals a 2x2 conv of the
+low-resolution input (one conv with ``4 * Cout`` outputs, then a pixel shuffle); the
+transposed-conv bias enters as a fixed map (zero at the padded border) that is added with
+the guidance term, once per image. About half the multiply-adds of the two convs, and the
+upsampled ``[B*T, Cin - G, 2H, 2W]`` tensor is never built. Channels-last inputs (the
+aggregator's token layout) stay channels-last.
 """
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast import FastOptions
+
+
+def fused_upconv_weight(up_weight: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
+    """Weights of ``conv3x3(pad 1) o ConvTranspose2d(k2, s2)`` as a 2x2 conv (pad 1) per output phase.
+
+    Args:
+        up_weight: ``[Cin, M, 2, 2]`` transposed-conv weight.
+        conv_weight: ``[Cout, M, 3, 3]`` conv weight (on the ``M`` upsampled channels).
+    Returns:
+        ``[4 * Cout, Cin, 2, 2]``; output channel ``(2 * py + px) * Cout + o`` holds phase
+        ``(py, px)``: with ``y = conv2d(x, w, padding=1)`` (size ``H+1``),
+        ``out[o, 2i + py, 2j + px] = y[phase * Cout + o, i + py, j + px]``.
+    """
+    cout, cin = conv_weight.shape[0], up_weight.shape[0]
+    # taps[py, dy] = (low-res kernel row ky, transposed-conv kernel row ry) feeding conv row dy
+    rows = []
+    for p in range(2):
+        for d in range(3):
+            high = p + d - 1  # offset in the upsampled map relative to 2i
+            rows.append((p, d, high // 2 + 1 - p, high % 2))
+    # outer[o, c, dy, dx, ry, rx] = sum_m conv[o, m, dy, dx] * up[c, m, ry, rx]
+    outer = torch.einsum("omyx,cmab->ocyxab", conv_weight, up_weight)
+    phases = []
+    for py in range(2):
+        for px in range(2):
+            kernel = conv_weight.new_zeros(cout, cin, 2, 2)
+            for p_y, dy, ky, ry in rows:
+                if p_y != py:
+                    continue
+                for p_x, dx, kx, rx in rows:
+                    if p_x != px:
+                        continue
+                    kernel[:, :, ky, kx] = kernel[:, :, ky, kx] + outer[:, :, dy, dx, ry, rx]
+            phases.append(kernel)
+    return torch.cat(phases)
+
+
+def _add_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+    """``dst[...] = a + b`` in one pass when no gradient is needed (``out=`` is not differentiable)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        dst.copy_(a + b)
+    else:
+        torch.add(a, b, out=dst)
 
 
 class UpBlock(nn.Module):
@@ -35,9 +88,12 @@ class UpBlock(nn.Module):
             nn.GroupNorm(groups, out_channels),
             nn.ReLU(inplace=True),
         )
+        self.fast = FastOptions()
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor], num_classes: int) -> torch.Tensor:
         """``x [B*T, Cin, H, W]``, guidance ``[B, G, 2H, 2W]`` -> ``[B*T, Cout, 2H, 2W]``."""
+        if self.fast.fused_upconv:
+            return self.conv[1:](self._fused_first_conv(x, guidance, num_classes))
         x = self.up(x)
         first = self.conv[0]
         channels = x.shape[1]
@@ -46,6 +102,45 @@ class UpBlock(nn.Module):
             g = F.conv2d(guidance, first.weight[:, channels:], padding=1)  # [B, Cout, 2H, 2W]
             out = (out.unflatten(0, (-1, num_classes)) + g[:, None]).flatten(0, 1)
         return self.conv[1:](out)
+
+    def _fused_first_conv(self, x, guidance, num_classes):
+        """``conv[0](concat(up(x), guidance))`` via :func:`fused_upconv_weight`."""
+        n, _, h, w = x.shape
+        first = self.conv[0]
+        channels = self.up.out_channels
+        cout = first.out_channels
+        with torch.autocast(x.device.type, enabled=False):  # compose the weights in full precision
+            weight = fused_upconv_weight(self.up.weight, first.weight[:, :channels])
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if channels_last:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        phases = F.conv2d(x, weight, padding=1)  # [N, 4 * Cout, H + 1, W + 1]
+        # per-image term: conv of the transposed-conv bias (zero-padded border) + guidance conv
+        bias_map = self.up.bias.view(1, -1, 1, 1).expand(1, channels, 2 * h, 2 * w)
+        term = F.conv2d(bias_map, first.weight[:, :channels], padding=1)  # [1, Cout, 2H, 2W]
+        if guidance is not None and self.guidance_channels:
+            term = term + F.conv2d(guidance, first.weight[:, channels:], padding=1)  # [B, Cout, 2H, 2W]
+        term = term.to(phases.dtype)
+        images = n // num_classes if term.shape[0] > 1 else 1
+        if channels_last:
+            out = phases.new_empty(n, 2 * h, 2 * w, cout)  # NHWC storage
+            out_view = out.view(images, -1, h, 2, w, 2, cout)
+            phase_view = phases.permute(0, 2, 3, 1).unflatten(-1, (2, 2, cout))  # [N, H+1, W+1, 2, 2, Cout]
+            term_view = term.permute(0, 2, 3, 1).reshape(term.shape[0], 1, h, 2, w, 2, cout)
+            for py in range(2):
+                for px in range(2):
+                    src = phase_view[:, py:py + h, px:px + w, py, px].unflatten(0, (images, -1))
+                    _add_into(out_view[:, :, :, py, :, px], src, term_view[:, :, :, py, :, px])
+            return out.permute(0, 3, 1, 2)
+        out = phases.new_empty(n, cout, 2 * h, 2 * w)
+        out_view = out.view(images, -1, cout, h, 2, w, 2)
+        phase_view = phases.unflatten(1, (2, 2, cout))  # [N, 2, 2, Cout, H+1, W+1]
+        term_view = term.reshape(term.shape[0], 1, cout, h, 2, w, 2)
+        for py in range(2):
+            for px in range(2):
+                src = phase_view[:, py, px, :, py:py + h, px:px + w].unflatten(0, (images, -1))
+                _add_into(out_view[:, :, :, :, py, :, px], src, term_view[:, :, :, :, py, :, px])
+        return out
 
 
 class CostDecoder(nn.Module):

@@ -43,13 +43,25 @@ def coverage(canvas: Tuple[int, int], boxes: List[Tuple[int, int]], crop: int, d
     return counts
 
 
+_COVERAGE_CACHE = {}
+
+
+def _cached_coverage(canvas, boxes, crop, device, dtype) -> torch.Tensor:
+    key = (tuple(canvas), tuple(boxes), crop, str(device), dtype)
+    if key not in _COVERAGE_CACHE:
+        counts = coverage(canvas, boxes, crop, device=device).to(dtype)
+        if (counts == 0).any():
+            raise ValueError("sliding windows do not cover the whole canvas")
+        if len(_COVERAGE_CACHE) > 32:
+            _COVERAGE_CACHE.clear()
+        _COVERAGE_CACHE[key] = counts
+    return _COVERAGE_CACHE[key]
+
+
 def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int]) -> torch.Tensor:
     """Average overlapping crop maps ``[n, T, crop, crop]`` into ``[T, H, W]`` (sum / coverage)."""
     crop = windows.shape[-1]
     out = windows.new_zeros((windows.shape[1], *canvas))
     for window, (y, x) in zip(windows, boxes):
         out[:, y:y + crop, x:x + crop] += window
-    counts = coverage(canvas, boxes, crop, device=windows.device).to(windows.dtype)
-    if (counts == 0).any():
-        raise ValueError("sliding windows do not cover the whole canvas")
-    return out / counts
+    return out.div_(_cached_coverage(canvas, boxes, crop, windows.device, windows.dtype))

@@ -8,6 +8,10 @@ queries' and keys' input only (spec 2.6). No relative position bias.
 Implementation note: ``q = Linear([x_hat, g])`` is computed as ``W_x x_hat + (W_g g + b)``
 with the guidance term evaluated once per image and broadcast over the classes, instead of
 repeating the guidance ``T`` times: the same function with far less memory and compute.
+
+Speed options (:mod:`.fast`): ``window_attention_4d`` (4-D SDPA calls, the fused CPU/GPU
+kernels) and ``token_layout`` (contiguous ``[B, T, H, W, D]`` tokens, roll + window
+partition as one gather, q/k/v as one GEMM).
 """
 from functools import lru_cache
 from typing import Optional, Tuple
@@ -15,6 +19,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast import FastOptions
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -47,6 +53,36 @@ def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 def shifted_window_mask(h: int, w: int, window: int, shift: int, device, dtype) -> torch.Tensor:
     """Standard Swin mask ``[nW, window^2, window^2]``: 0 within a region, -100 across regions."""
     return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=64)
+def _partition_index_cpu(h: int, w: int, window: int, shift: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    raster = torch.arange(h * w).view(1, h, w, 1)
+    if shift:
+        raster = torch.roll(raster, shifts=(-shift, -shift), dims=(1, 2))
+    index = window_partition(raster, window).reshape(-1)
+    return index, torch.argsort(index)
+
+
+_DEVICE_CACHE = {}
+
+
+def partition_index(h: int, w: int, window: int, shift: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(index, inverse)`` of a cyclic shift by ``-shift`` followed by the window partition.
+
+    ``tokens[:, index]`` (raster-ordered ``[N, H*W, C]``) gives the tokens in window order
+    (``[N, nW*window^2, C]``, as :func:`window_partition` of the rolled map);
+    ``windows[:, inverse]`` undoes both.
+    """
+    key = (h, w, window, shift, str(device))
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE[key] = tuple(t.to(device) for t in _partition_index_cpu(h, w, window, shift))
+    return _DEVICE_CACHE[key]
+
+
+@lru_cache(maxsize=16)
+def _mask_free_windows(h: int, w: int, window: int, shift: int) -> Tuple[bool, ...]:
+    return tuple(bool((m == 0).all()) for m in _shift_mask_cpu(h, w, window, shift))
 
 
 class GuidedLinear(nn.Module):
@@ -90,29 +126,76 @@ class WindowAttention(nn.Module):
         self.k = GuidedLinear(dim, guidance_dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
+        self.fast = FastOptions()
 
-    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        guidance: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        mask_free: Optional[Tuple[bool, ...]] = None,
+    ) -> torch.Tensor:
         """Attention within windows.
 
         Args:
             x: ``[B, T, nW, N, D]`` normalised cost features in windows (N = window^2).
             guidance: ``[B, 1, nW, N, G]`` guidance in the same windows, or None.
             mask: additive ``[nW, N, N]`` mask or None.
+            mask_free: optional per-window flags, True where ``mask[w]`` is all zeros
+                (lets the 4-D path skip the mask there).
         Returns:
             ``[B, T, nW, N, D]``.
         """
-        heads = self.num_heads
+        if self.fast.token_layout:
+            q, k, v = self._qkv_fused(x, guidance)
+        else:
+            heads = self.num_heads
 
-        def split(t):  # [..., N, D] -> [..., heads, N, D/heads]
-            return t.unflatten(-1, (heads, -1)).transpose(-2, -3)
+            def split(t):  # [..., N, D] -> [..., heads, N, D/heads]
+                return t.unflatten(-1, (heads, -1)).transpose(-2, -3)
 
-        q = split(self.q(x, self.q.project_guidance(guidance)))
-        k = split(self.k(x, self.k.project_guidance(guidance)))
-        v = split(self.v(x))
-        if mask is not None:
-            mask = mask[:, None]  # [nW, 1, N, N] broadcasts over batch, classes and heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out.transpose(-2, -3).flatten(-2))
+            q = split(self.q(x, self.q.project_guidance(guidance)))
+            k = split(self.k(x, self.k.project_guidance(guidance)))
+            v = split(self.v(x))
+        if self.fast.window_attention_4d:
+            out = self._attention_4d(q, k, v, mask, mask_free)
+        else:
+            if mask is not None:
+                mask = mask.to(q.dtype)[:, None]  # [nW, 1, N, N] broadcasts over batch, classes and heads
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            out = out.transpose(-2, -3).flatten(-2)
+        return self.proj(out)
+
+    def _qkv_fused(self, x, guidance):
+        """q, k, v ``[B, T, nW, heads, N, d]`` (views of one ``[..., N, 3, heads, d]`` buffer) from one GEMM."""
+        dim = x.shape[-1]
+        weight = torch.cat([self.q.weight[:, :dim], self.k.weight[:, :dim], self.v.weight])
+        qkv = F.linear(x, weight)
+        if guidance is not None:
+            term = torch.cat([self.q.project_guidance(guidance), self.k.project_guidance(guidance),
+                              self.v.bias.expand(*guidance.shape[:-1], dim)], dim=-1)
+        else:
+            term = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        qkv = qkv.add_(term.to(qkv.dtype))
+        qkv = qkv.unflatten(-1, (3, self.num_heads, -1)).transpose(-3, -2)  # [B, T, nW, N, heads, 3, d]
+        return (qkv[..., i, :].transpose(-2, -3) for i in range(3))
+
+    def _attention_4d(self, q, k, v, mask, mask_free):
+        """SDPA on 4-D ``[batch, heads, N, d]`` tensors; returns ``[B, T, nW, N, D]``."""
+        b, t, windows, heads, n, d = q.shape
+        if mask is None:
+            out = F.scaled_dot_product_attention(
+                q.flatten(0, 2), k.flatten(0, 2), v.flatten(0, 2), scale=self.scale)
+            return out.view(b, t, windows, heads, n, d).transpose(3, 4).reshape(b, t, windows, n, heads * d)
+        out = q.new_empty(b, t, windows, n, heads, d)
+        mask = mask.to(q.dtype)
+        for w in range(windows):
+            window_mask = None if (mask_free is not None and mask_free[w]) else mask[w]
+            o = F.scaled_dot_product_attention(
+                q[:, :, w].flatten(0, 1), k[:, :, w].flatten(0, 1), v[:, :, w].flatten(0, 1),
+                attn_mask=window_mask, scale=self.scale)
+            out[:, :, w] = o.view(b, t, heads, n, d).transpose(2, 3)
+        return out.flatten(-2)
 
 
 class Mlp(nn.Module):
@@ -160,6 +243,8 @@ class SwinBlock(nn.Module):
         window, shift = self.geometry(h, w)
         if h % window or w % window:
             raise ValueError(f"cost map {h}x{w} is not divisible by the window size {window} (WINDOW_SIZES)")
+        if self.attn.fast.token_layout:
+            return self._forward_tokens(x, guidance, window, shift)
         shortcut = x
         x = self.norm1(x)
         if shift:
@@ -171,11 +256,26 @@ class SwinBlock(nn.Module):
         if guidance is not None:
             g_windows = window_partition(guidance, window)[:, None]  # [B, 1, nW, N, G]
         mask = shifted_window_mask(h, w, window, shift, x.device, x.dtype) if shift else None
-        out = self.attn(x_windows, g_windows, mask)
+        out = self.attn(x_windows, g_windows, mask, _mask_free_windows(h, w, window, shift) if shift else None)
         out = window_reverse(out.flatten(0, 1), window, h, w).view(b, t, h, w, d)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
         x = shortcut + out
+        return x + self.mlp(self.norm2(x))
+
+    def _forward_tokens(self, x, guidance, window, shift):
+        """Same block on ``[B, T, H, W, D]`` tokens: shift + partition and their inverse are one gather each."""
+        b, t, h, w, d = x.shape
+        windows, n = (h // window) * (w // window), window * window
+        index, inverse = partition_index(h, w, window, shift, x.device)
+        x_windows = self.norm1(x).reshape(b * t, h * w, d).index_select(1, index).view(b, t, windows, n, d)
+        g_windows = None
+        if guidance is not None:
+            g_windows = guidance.reshape(b, h * w, -1).index_select(1, index).view(b, 1, windows, n, -1)
+        mask = shifted_window_mask(h, w, window, shift, x.device, x.dtype) if shift else None
+        out = self.attn(x_windows, g_windows, mask, _mask_free_windows(h, w, window, shift) if shift else None)
+        out = out.view(b * t, h * w, d).index_select(1, inverse).view(b, t, h, w, d)
+        x = out.add_(x) if out.dtype == torch.promote_types(out.dtype, x.dtype) else out + x
         return x + self.mlp(self.norm2(x))
 
 

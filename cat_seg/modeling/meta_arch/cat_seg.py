@@ -10,6 +10,8 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ...utils import read_class_json
+from ..cost_volume import PRUNED_CLASS_LOGIT
+from ..fast import FastOptions, set_fast_options
 from ..losses import sem_seg_bce_loss
 from ..sliding_window import crop_windows, merge_windows, window_boxes, window_stride
 
@@ -32,6 +34,8 @@ class CATSeg(nn.Module):
         window_crop, window_overlap, window_canvas: its geometry (384, 0.333, 640).
         inference_autocast: None for the exact fp32 computation, or a dtype
             (``torch.bfloat16``/``torch.float16``) for mixed-precision inference.
+        fast_options: speed options (:class:`~cat_seg.modeling.fast.FastOptions`, from
+            ``MODEL.FAST.*`` / ``TEST.CLASS_CHUNK_SIZE``), shared with every submodule.
     """
 
     @configurable
@@ -53,6 +57,7 @@ class CATSeg(nn.Module):
         window_overlap: float = 0.333,
         window_canvas: int = 640,
         inference_autocast: Optional[torch.dtype] = None,
+        fast_options: Optional[FastOptions] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -71,6 +76,8 @@ class CATSeg(nn.Module):
         self.window_stride = window_stride(window_crop, window_overlap)
         self.window_canvas = (window_canvas, window_canvas)
         self.inference_autocast = inference_autocast
+        self.fast = fast_options if fast_options is not None else FastOptions()
+        set_fast_options(self, self.fast)
 
     @classmethod
     def from_config(cls, cfg):
@@ -100,6 +107,7 @@ class CATSeg(nn.Module):
             "window_overlap": cfg.TEST.SLIDING_WINDOW_OVERLAP,
             "window_canvas": cfg.TEST.SLIDING_WINDOW_CANVAS,
             "inference_autocast": _AUTOCAST_DTYPES[fast.AUTOCAST_DTYPE] if fast.INFERENCE_AUTOCAST else None,
+            "fast_options": FastOptions.from_config(cfg),
         }
 
     @property
@@ -225,12 +233,48 @@ class CATSeg(nn.Module):
         per_image = len(boxes) + 1
         logits = self.predict_logits(self.normalize(torch.cat(views)), class_names, self.test_pooling)
         results = []
-        for i, x in enumerate(batched_inputs):
-            image_logits = logits[i * per_image:(i + 1) * per_image].float()
-            probs = F.interpolate(image_logits, size=(crop, crop), mode="bilinear", align_corners=False).sigmoid()
+        with torch.autocast(self.device.type, enabled=False):
+            for i, x in enumerate(batched_inputs):
+                image_logits = logits[i * per_image:(i + 1) * per_image]
+                out_size = self._output_size(x, raws[i][0])
+                results.append({"sem_seg": self.merge_sliding_window(image_logits, boxes, out_size)})
+        return results
+
+    def merge_sliding_window(self, logits: torch.Tensor, boxes, out_size) -> torch.Tensor:
+        """Per-view logits ``[n + 1, T, h, w]`` (crops at ``boxes``, then the global view) -> ``[T, *out_size]``.
+
+        Every view's logits are upsampled to the crop size, then sigmoid; crops are averaged
+        over their coverage of the canvas, averaged 50/50 with the global view upsampled to
+        the canvas, and the result is resized to ``out_size``. Per class, so it runs on chunks
+        of ``class_chunk_size`` classes (bounded memory); with ``skip_pruned_classes`` the
+        classes whose logits are -100 in every view (pruned everywhere) get ``sigmoid(-100)``.
+        """
+        crop, canvas = self.window_crop, self.window_canvas
+        num_classes = logits.shape[1]
+
+        def merge(chunk: torch.Tensor) -> torch.Tensor:
+            probs = F.interpolate(chunk.float(), size=(crop, crop), mode="bilinear", align_corners=False).sigmoid_()
             windows = merge_windows(probs[:-1], boxes, canvas)
             global_probs = F.interpolate(probs[-1:], size=canvas, mode="bilinear", align_corners=False)[0]
-            merged = (windows + global_probs) / 2
-            out = F.interpolate(merged[None], size=self._output_size(x, raws[i][0]), mode="bilinear", align_corners=False)
-            results.append({"sem_seg": out[0]})
-        return results
+            merged = windows.add_(global_probs).div_(2)
+            return F.interpolate(merged[None], size=out_size, mode="bilinear", align_corners=False)[0]
+
+        chunk = self.fast.chunk_size(logits.device)
+        live = None
+        if self.fast.skip_pruned_classes:
+            pruned = (logits == PRUNED_CLASS_LOGIT).flatten(2).all(dim=2).all(dim=0)  # [T]
+            if pruned.any():
+                live = (~pruned).nonzero().squeeze(1)
+        if live is None and not chunk:
+            return merge(logits)
+        out = torch.empty((num_classes, *out_size), dtype=torch.float32, device=logits.device)
+        if live is None:
+            for start in range(0, num_classes, chunk):
+                out[start:start + chunk] = merge(logits[:, start:start + chunk])
+            return out
+        out.fill_(torch.sigmoid(torch.tensor(PRUNED_CLASS_LOGIT)).item())
+        step = chunk or max(len(live), 1)
+        for start in range(0, len(live), step):
+            index = live[start:start + step]
+            out[index] = merge(logits[:, index])
+        return out
