@@ -134,4 +134,5 @@ def add_cat_seg_config(cfg):
     cfg.MODEL.FAST.PADDING_CLOSED_FORM = True  # class-attention padding tokens in closed form
     cfg.MODEL.FAST.FUSED_UPCONV = True  # decoder transposed conv + first conv as one low-res conv
     cfg.MODEL.FAST.SKIP_PRUNED_CLASSES = True  # sliding window: classes pruned in every view -> constant
+    cfg.MODEL.FAST.TRUNCATE_TEXT = True  # text tower on prompts cut after the last end-of-text token
     return cfg

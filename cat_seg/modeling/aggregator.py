@@ -132,10 +132,11 @@ class Aggregator(nn.Module):
         batch, num_classes = x.shape[0], x.shape[2]
         use_checkpoint = torch.is_grad_enabled() and self.training and self.fast.checkpoint_activations
         rows = []
-        for b in range(batch):
-            g = [t[b:b + 1] if t is not None else None for t in guidance]
-            for start in range(0, num_classes, chunk):
-                xs = x[b:b + 1, :, start:start + chunk]
+        # split (backward: one cat) rather than slicing (backward: a zero-filled copy per slice)
+        per_image_guidance = [t.split(1) if t is not None else [None] * batch for t in guidance]
+        for b, image in enumerate(x.split(1)):
+            g = [t[b] for t in per_image_guidance]
+            for xs in image.split(chunk, dim=2):
                 y = checkpoint(fn, xs, *g, use_reentrant=False) if use_checkpoint else fn(xs, *g)
                 rows.append(y[0] if decoder else y[0].permute(1, 2, 3, 0))  # [c, H', W'] or [c, H, W, D]
         out = torch.cat(rows) if len(rows) > 1 else rows[0]

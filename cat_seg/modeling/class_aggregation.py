@@ -286,8 +286,8 @@ class ClassAggregation(nn.Module):
         term = torch.cat([attn.q.project_guidance(guidance), attn.k.project_guidance(guidance),
                           attn.v.bias.expand(*(guidance.shape[:-1] if guidance is not None else ()), d)], dim=-1)
         qkv = qkv.add_(term.to(qkv.dtype).unsqueeze(-2) if term.dim() > 1 else term.to(qkv.dtype))
-        e_q, e_k = F.elu(qkv[..., :d]), F.elu(qkv[..., d:2 * d])  # [B, S, L, D]
-        v = qkv[..., 2 * d:]
+        qk, v = qkv.split([2 * d, d], dim=-1)  # split/unbind: cheap backward (no zero-filled copies)
+        e_q, e_k = F.elu(qk).split(d, dim=-1)  # [B, S, L, D]
         acc = torch.promote_types(qkv.dtype, torch.float32)
         head_of = torch.arange(d, device=z.device) // (d // heads)
         block = (head_of[:, None] == head_of[None, :]).to(acc)  # [D, D] same-head mask
@@ -303,9 +303,9 @@ class ClassAggregation(nn.Module):
             pad_kv = count * pad_k[:, None] * pad_v[None, :]
             pad_k = count * pad_k
         out = []
-        for i in range(b):
-            ek = e_k[i].transpose(0, 1)  # [L, S, D] strided views of the qkv buffer
-            vi = v[i].transpose(0, 1)
+        for eqi, eki, vi in zip(e_q.unbind(0), e_k.unbind(0), v.unbind(0)):
+            ek = eki.transpose(0, 1)  # [L, S, D] strided views of the qkv buffer
+            vi = vi.transpose(0, 1)
             kv = torch.bmm(ek.transpose(1, 2), vi).to(acc)  # [L, D, D] = elu(K)^T V
             kv = kv + vi.sum(dim=1, dtype=acc)[:, None, :]  # + 1 colsum(V)
             k_sum = ek.sum(dim=1, dtype=acc) + length - count  # colsum(phi(K)) over the real classes
@@ -314,12 +314,13 @@ class ClassAggregation(nn.Module):
                 k_sum = k_sum + pad_k
             ext = torch.cat([kv * block, k_sum[:, :, None] * heads_onehot], dim=2)  # [L, D, D + H]
             shift = ext.sum(dim=1, keepdim=True)  # phi(q) M = elu(q) M + colsum(M)
-            num = torch.baddbmm(shift.to(qkv.dtype), e_q[i].transpose(0, 1), ext.to(qkv.dtype))  # [L, S, D + H]
+            num = torch.baddbmm(shift.to(qkv.dtype), eqi.transpose(0, 1), ext.to(qkv.dtype))  # [L, S, D + H]
             den = num[..., d:].to(acc) + 1e-6
             att = (num[..., :d].to(acc).unflatten(-1, (heads, -1)) / den[..., None]).flatten(-2)
-            out.append(att.to(qkv.dtype)[:, :t])
+            out.append(att.to(qkv.dtype)[:, :t] if att.shape[1] != t else att.to(qkv.dtype))
         delta = torch.stack(out).transpose(1, 2)  # [B, T, L, D] view of [B, L, T, D]
-        z = z[:, :t]
+        if z.shape[1] != t:
+            z = z[:, :t]
         if self.residual_quirk:
             hidden = z + delta
             return hidden + self.mlp(self.norm2(hidden))

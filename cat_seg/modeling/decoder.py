@@ -122,6 +122,8 @@ class UpBlock(nn.Module):
             term = term + F.conv2d(guidance, first.weight[:, channels:], padding=1)  # [B, Cout, 2H, 2W]
         term = term.to(phases.dtype)
         images = n // num_classes if term.shape[0] > 1 else 1
+        if torch.is_grad_enabled() and (phases.requires_grad or term.requires_grad):
+            return self._interleave_phases(phases, term, images, h, w, cout, channels_last)
         if channels_last:
             out = phases.new_empty(n, 2 * h, 2 * w, cout)  # NHWC storage
             out_view = out.view(images, -1, h, 2, w, 2, cout)
@@ -141,6 +143,18 @@ class UpBlock(nn.Module):
                 src = phase_view[:, py, px, :, py:py + h, px:px + w].unflatten(0, (images, -1))
                 _add_into(out_view[:, :, :, :, py, :, px], src, term_view[:, :, :, :, py, :, px])
         return out
+
+
+    @staticmethod
+    def _interleave_phases(phases, term, images, h, w, cout, channels_last):
+        """Differentiable pixel shuffle of the four phases plus the per-image term (training)."""
+        n = phases.shape[0]
+        rows = phases.unflatten(1, (2, 2, cout)).unbind(1)  # unbind: backward is a stack, not zero-fills
+        parts = [part[..., py:py + h, px:px + w] for py, row in enumerate(rows) for px, part in enumerate(row.unbind(1))]
+        out = torch.stack(parts, dim=-1).view(n, cout, h, w, 2, 2)  # [..., py, px]
+        out = out.permute(0, 1, 2, 4, 3, 5).reshape(n, cout, 2 * h, 2 * w)
+        out = (out.unflatten(0, (images, -1)) + term[:, None]).flatten(0, 1)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class CostDecoder(nn.Module):

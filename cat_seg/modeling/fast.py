@@ -34,6 +34,10 @@ Options (config key -> attribute; measured effect in ``docs/benchmarks.md``):
   many tokens; this bounds memory for large vocabularies (0 = all at once; -1 = auto:
   :data:`CPU_CHUNK` on CPU, where small chunks stay in cache and in malloc's heap instead
   of being page-faulted in as fresh mmaps, and 0 on GPUs, where launch overhead dominates).
+* ``MODEL.FAST.TRUNCATE_TEXT`` -> ``truncate_text``: the CLIP text tower runs on the
+  prompts cut after the last end-of-text token of the batch instead of all 77 positions
+  (causal mask: the pooled end-of-text features do not change). Training recomputes the
+  text features every step, so this is ~4x less text-tower time and memory there.
 * ``MODEL.FAST.CHECKPOINT_ACTIVATIONS`` -> ``checkpoint_activations``: in training, the
   spatial blocks, class aggregation and decoder blocks are recomputed in the backward pass
   instead of storing their activations.
@@ -55,6 +59,7 @@ class FastOptions:
     padding_closed_form: bool = True
     fused_upconv: bool = True
     skip_pruned_classes: bool = True
+    truncate_text: bool = True
     class_chunk_size: int = -1
     checkpoint_activations: bool = False
 
@@ -69,7 +74,7 @@ class FastOptions:
         """Every option off: the reference computation."""
         return cls(
             window_attention_4d=False, token_layout=False, padding_closed_form=False, fused_upconv=False,
-            skip_pruned_classes=False, class_chunk_size=0, checkpoint_activations=False,
+            skip_pruned_classes=False, truncate_text=False, class_chunk_size=0, checkpoint_activations=False,
         )
 
     @classmethod
@@ -81,6 +86,7 @@ class FastOptions:
             padding_closed_form=bool(fast.PADDING_CLOSED_FORM),
             fused_upconv=bool(fast.FUSED_UPCONV),
             skip_pruned_classes=bool(fast.SKIP_PRUNED_CLASSES),
+            truncate_text=bool(fast.TRUNCATE_TEXT),
             class_chunk_size=int(cfg.TEST.CLASS_CHUNK_SIZE),
             checkpoint_activations=bool(fast.CHECKPOINT_ACTIVATIONS),
         )
@@ -107,4 +113,7 @@ def set_fast_options(model: nn.Module, options: Optional[FastOptions] = None, **
     for module in model.modules():
         if isinstance(getattr(module, "fast", None), FastOptions):
             module.fast = options
+        text_encoder = getattr(module, "text_encoder", None)
+        if hasattr(text_encoder, "clear_cache"):  # cached text features may depend on the options
+            text_encoder.clear_cache()
     return options

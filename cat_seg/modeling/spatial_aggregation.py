@@ -177,8 +177,9 @@ class WindowAttention(nn.Module):
         else:
             term = torch.cat([self.q.bias, self.k.bias, self.v.bias])
         qkv = qkv.add_(term.to(qkv.dtype))
-        qkv = qkv.unflatten(-1, (3, self.num_heads, -1)).transpose(-3, -2)  # [B, T, nW, N, heads, 3, d]
-        return (qkv[..., i, :].transpose(-2, -3) for i in range(3))
+        qkv = qkv.unflatten(-1, (3, self.num_heads, -1))  # [B, T, nW, N, 3, heads, d]
+        # unbind (backward: one stack) rather than indexing (backward: a zero-filled copy each)
+        return (t.transpose(-2, -3) for t in qkv.unbind(-3))
 
     def _attention_4d(self, q, k, v, mask, mask_free):
         """SDPA on 4-D ``[batch, heads, N, d]`` tensors; returns ``[B, T, nW, N, D]``."""
@@ -187,15 +188,14 @@ class WindowAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q.flatten(0, 2), k.flatten(0, 2), v.flatten(0, 2), scale=self.scale)
             return out.view(b, t, windows, heads, n, d).transpose(3, 4).reshape(b, t, windows, n, heads * d)
-        out = q.new_empty(b, t, windows, n, heads, d)
         mask = mask.to(q.dtype)
-        for w in range(windows):
+        outs = []
+        for w, (qw, kw, vw) in enumerate(zip(q.unbind(2), k.unbind(2), v.unbind(2))):
             window_mask = None if (mask_free is not None and mask_free[w]) else mask[w]
-            o = F.scaled_dot_product_attention(
-                q[:, :, w].flatten(0, 1), k[:, :, w].flatten(0, 1), v[:, :, w].flatten(0, 1),
-                attn_mask=window_mask, scale=self.scale)
-            out[:, :, w] = o.view(b, t, heads, n, d).transpose(2, 3)
-        return out.flatten(-2)
+            o = F.scaled_dot_product_attention(qw.flatten(0, 1), kw.flatten(0, 1), vw.flatten(0, 1),
+                                               attn_mask=window_mask, scale=self.scale)
+            outs.append(o.view(b, t, heads, n, d).transpose(2, 3))  # [B, T, N, heads, d]
+        return torch.stack(outs, dim=2).flatten(-2)
 
 
 class Mlp(nn.Module):

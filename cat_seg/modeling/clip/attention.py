@@ -79,6 +79,7 @@ class SplitQKVAttention(nn.Module):
             raise ValueError("SplitQKVAttention does not return attention weights")
         key = query if key is None else key
         value = key if value is None else value
+        self_attention = key is query and value is query
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, length, _ = query.shape
@@ -87,9 +88,14 @@ class SplitQKVAttention(nn.Module):
         def split_heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, -1, heads, head_dim).transpose(1, 2)
 
-        q = split_heads(self.project(query, "q"))
-        k = split_heads(self.project(key, "k"))
-        v = split_heads(self.project(value, "v"))
+        if self_attention:  # one GEMM for q, k and v
+            weight = torch.cat([self.q_proj_weight, self.k_proj_weight, self.v_proj_weight])
+            qkv = F.linear(query, weight, self.in_proj_bias).reshape(n, length, 3, heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, L, head_dim]
+        else:
+            q = split_heads(self.project(query, "q"))
+            k = split_heads(self.project(key, "k"))
+            v = split_heads(self.project(value, "v"))
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             attn_mask = attn_mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
