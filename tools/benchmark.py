@@ -25,7 +25,9 @@ as used), ``opts`` (extra config overrides), ``batch``, ``classes``, ``size``, `
 ``cpu_median_s`` (process CPU seconds, CPU only: less sensitive to other load),
 ``threads``, ``peak_memory_bytes``, ``peak_memory_gib``, ``memory_kind``
 (``cuda_max_memory_allocated`` or ``cpu_peak_rss``), ``date``, ``git_commit``, ``smoke``,
-``exact``, ``tf32``, ``compiled_modules``, ``optimizer`` (train: the AdamW implementation).
+``exact``, ``tf32``, ``compiled_modules``, ``optimizer`` (train: the AdamW implementation),
+``memory_baseline_bytes`` (memory held before the timed iterations: weights, optimizer
+state, runtime; ``peak - baseline`` is what the step itself adds).
 """
 import argparse
 import datetime
@@ -144,6 +146,20 @@ class PeakMemory:
         except OSError:
             self.kind = "cpu_lifetime_max_rss"
 
+    def current(self) -> int:
+        """Memory held now (CUDA ``memory_allocated`` or the resident set size)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.memory_allocated(self.device))
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
     def peak(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -228,6 +244,7 @@ def timed(fn, device, iters: int, warmup: int, memory: PeakMemory):
         sync(device)
         logger.info(f"warm-up {i + 1}/{warmup}: {time.perf_counter() - t0:.3f} s")
     memory.reset()
+    baseline = memory.current()
     times, cpu_times = [], []
     for i in range(iters):
         sync(device)
@@ -237,7 +254,7 @@ def timed(fn, device, iters: int, warmup: int, memory: PeakMemory):
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
         logger.info(f"iter {i + 1}/{iters}: {times[-1]:.3f} s (cpu {cpu_times[-1]:.3f} s)")
-    return times, cpu_times, memory.peak()
+    return times, cpu_times, memory.peak(), baseline
 
 
 def sync(device):
@@ -306,7 +323,7 @@ def run(args, config_file: str, smoke: bool):
             with torch.no_grad():
                 model(inputs, class_names=names)
 
-    times, cpu_times, peak = timed(step, device, args.iters, args.warmup, memory)
+    times, cpu_times, peak, baseline = timed(step, device, args.iters, args.warmup, memory)
     if args.profile:
         profile(step, device, args.profile)
     median = statistics.median(times)
@@ -339,6 +356,7 @@ def run(args, config_file: str, smoke: bool):
         "peak_memory_bytes": peak,
         "peak_memory_gib": round(peak / 2 ** 30, 3),
         "memory_kind": memory.kind,
+        "memory_baseline_bytes": baseline,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "smoke": smoke,

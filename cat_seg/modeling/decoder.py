@@ -16,6 +16,7 @@ the guidance term, once per image. About half the multiply-adds of the two convs
 upsampled ``[B*T, Cin - G, 2H, 2W]`` tensor is never built. Channels-last inputs (the
 aggregator's token layout) stay channels-last.
 """
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import torch
@@ -23,6 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast import FastOptions
+
+
+@lru_cache(maxsize=8)
+def _upconv_taps(device: str) -> torch.Tensor:
+    """0/1 tensor ``[phase(4), ky, kx, dy, dx, ry, rx]``: which (conv tap, transposed-conv tap) pair
+    lands on low-resolution kernel position ``(ky, kx)`` of each output phase."""
+    taps = torch.zeros(4, 2, 2, 3, 3, 2, 2)
+    for py in range(2):
+        for px in range(2):
+            for dy in range(3):
+                for dx in range(3):
+                    hy, hx = py + dy - 1, px + dx - 1  # offsets in the upsampled map relative to (2i, 2j)
+                    taps[2 * py + px, hy // 2 + 1 - py, hx // 2 + 1 - px, dy, dx, hy % 2, hx % 2] = 1
+    return taps.to(device)
 
 
 def fused_upconv_weight(up_weight: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
@@ -36,28 +51,10 @@ def fused_upconv_weight(up_weight: torch.Tensor, conv_weight: torch.Tensor) -> t
         ``(py, px)``: with ``y = conv2d(x, w, padding=1)`` (size ``H+1``),
         ``out[o, 2i + py, 2j + px] = y[phase * Cout + o, i + py, j + px]``.
     """
-    cout, cin = conv_weight.shape[0], up_weight.shape[0]
-    # taps[py, dy] = (low-res kernel row ky, transposed-conv kernel row ry) feeding conv row dy
-    rows = []
-    for p in range(2):
-        for d in range(3):
-            high = p + d - 1  # offset in the upsampled map relative to 2i
-            rows.append((p, d, high // 2 + 1 - p, high % 2))
-    # outer[o, c, dy, dx, ry, rx] = sum_m conv[o, m, dy, dx] * up[c, m, ry, rx]
-    outer = torch.einsum("omyx,cmab->ocyxab", conv_weight, up_weight)
-    phases = []
-    for py in range(2):
-        for px in range(2):
-            kernel = conv_weight.new_zeros(cout, cin, 2, 2)
-            for p_y, dy, ky, ry in rows:
-                if p_y != py:
-                    continue
-                for p_x, dx, kx, rx in rows:
-                    if p_x != px:
-                        continue
-                    kernel[:, :, ky, kx] = kernel[:, :, ky, kx] + outer[:, :, dy, dx, ry, rx]
-            phases.append(kernel)
-    return torch.cat(phases)
+    taps = _upconv_taps(str(conv_weight.device)).to(conv_weight.dtype)
+    pair = torch.einsum("omab,cmrs->ocabrs", conv_weight, up_weight)  # [Cout, Cin, 3, 3, 2, 2]
+    weight = torch.einsum("pyxabrs,ocabrs->pocyx", taps, pair)  # [4, Cout, Cin, 2, 2]
+    return weight.flatten(0, 1)
 
 
 def _add_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor):

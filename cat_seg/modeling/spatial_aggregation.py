@@ -52,7 +52,13 @@ def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int, device, dtype) -> torch.Tensor:
     """Standard Swin mask ``[nW, window^2, window^2]``: 0 within a region, -100 across regions."""
-    return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
+    key = ("mask", h, w, window, shift, str(device), dtype)
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE[key] = _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
+    return _DEVICE_CACHE[key]
+
+
+_DEVICE_CACHE = {}  # small constant tensors per (geometry, device)
 
 
 @lru_cache(maxsize=64)
@@ -62,9 +68,6 @@ def _partition_index_cpu(h: int, w: int, window: int, shift: int) -> Tuple[torch
         raster = torch.roll(raster, shifts=(-shift, -shift), dims=(1, 2))
     index = window_partition(raster, window).reshape(-1)
     return index, torch.argsort(index)
-
-
-_DEVICE_CACHE = {}
 
 
 def partition_index(h: int, w: int, window: int, shift: int, device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@ REPO = Path(__file__).resolve().parents[2]
 FIELDS = {
     "mode", "config", "device", "device_name", "torch", "precision", "compile", "options", "opts", "batch",
     "classes", "size", "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "cpu_median_s",
-    "threads", "peak_memory_bytes", "peak_memory_gib", "memory_kind", "date", "git_commit", "smoke",
+    "threads", "peak_memory_bytes", "peak_memory_gib", "memory_kind", "memory_baseline_bytes", "date", "git_commit",
+    "smoke", "exact", "tf32", "optimizer",
 }
 OPTIONS = {"window_attention_4d", "token_layout", "padding_closed_form", "fused_upconv", "skip_pruned_classes",
            "truncate_text",
