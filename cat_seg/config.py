@@ -125,6 +125,9 @@ def add_cat_seg_config(cfg):
     # Exact mode (fp32, TF32 off) when False: the reference computation.
     cfg.MODEL.FAST.INFERENCE_AUTOCAST = False
     cfg.MODEL.FAST.AUTOCAST_DTYPE = "bf16"
+    # Under autocast (inference or SOLVER.AMP), run the CLIP image tower in the autocast dtype
+    # too; False keeps it in fp32 (slower, closer to the exact mode).
+    cfg.MODEL.FAST.AUTOCAST_CLIP = True
     # Activation checkpointing of the per-class aggregation/decoder in training.
     cfg.MODEL.FAST.CHECKPOINT_ACTIVATIONS = False
     # Exact reorganisations of the computation (outputs within 1e-4 of all-off, the

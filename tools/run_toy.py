@@ -3,7 +3,7 @@
 
     python tools/run_toy.py [--output output/toy] [--max-iter N] [--clip-steps N] [--num-train N]
 
-1. generate the synthetic coloured-shapes benchmark (``datasets/synthetic``, seconds);
+1. generate the synthetic benchmark of coloured, patterned shapes (``datasets/synthetic``, seconds);
 2. pre-train the tiny CLIP on the *training* split (seen classes only; CAT-Seg needs a
    pre-trained CLIP and no weights can be downloaded here): dense contrastive alignment of
    its per-pixel embeddings with the class captions;
@@ -25,6 +25,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "toy_synthetic.yaml")
+# Overlays leave pixels unlabeled where no class reaches this probability (the toy's
+# background is not a class, so without it every background pixel gets some class).
+OVERLAY_MIN_PROBABILITY = 0.1
 
 
 def log(message):
@@ -84,7 +87,8 @@ def pretrain_tiny_clip(path, steps):
     log(f"pre-training the tiny CLIP on {len(images)} training images ({len(train_class_names())} seen classes), "
         f"{steps} steps")
     start = time.time()
-    losses = pretrain_clip_dense(backbone, images, labels, train_class_names(), steps=steps, lr=3e-3, seed=cfg.SEED)
+    losses = pretrain_clip_dense(backbone, images, labels, train_class_names(), steps=steps, lr=3e-3,
+                                 warmup_steps=min(100, steps // 10), seed=cfg.SEED)
     log(f"CLIP pre-training loss {losses[0]:.3f} -> {losses[-1]:.3f} in {time.time() - start:.0f} s")
     atomic_torch_save(backbone.clip.state_dict(), path)
 
@@ -112,8 +116,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/toy")
     parser.add_argument("--max-iter", type=int, default=None, help="CAT-Seg training iterations (config default)")
-    parser.add_argument("--clip-steps", type=int, default=800, help="tiny-CLIP pre-training steps")
-    parser.add_argument("--num-train", type=int, default=2000, help="synthetic training images")
+    parser.add_argument("--clip-steps", type=int, default=1500, help="tiny-CLIP pre-training steps")
+    parser.add_argument("--num-train", type=int, default=3000, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=100, help="synthetic val images")
     parser.add_argument("--overlays", type=int, default=6, help="val images to draw")
     args = parser.parse_args(argv)
@@ -149,6 +153,7 @@ def main(argv=None):
         run([sys.executable, "demo/demo.py", "--config-file", CONFIG, "--weights",
              os.path.join(output, "model_final.pth"), "--input", *val, "--output", os.path.join(output, "overlays"),
              "--vocab-file", "datasets/synthetic_val.json", "--device", "cpu",
+             "--background", str(OVERLAY_MIN_PROBABILITY),
              "--opts", "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"])
     with open(os.path.join(output, "summary.md"), "w") as f:
         f.write(text)

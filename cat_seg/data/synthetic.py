@@ -1,10 +1,17 @@
-"""Embedded toy open-vocabulary benchmark: coloured shapes on textured backgrounds.
+"""Embedded toy open-vocabulary benchmark: patterned, coloured shapes on textured backgrounds.
 
-16 classes = 4 colours x 4 shapes, named like ``"red circle"``. The train split uses the 12
-*seen* combinations only; 4 *unseen* combinations (one per colour and one per shape, so every
-colour word and every shape word is still seen in training) appear only in the val split,
-which contains all 16 classes. A model that learns colour and shape from the class names can
-segment unseen combinations: the open-vocabulary setting in miniature.
+16 classes = 4 colours x 4 fill patterns, named like ``"red striped"``; the outline of each
+object (circle, square, triangle or star) is random and not part of its class. The train split
+uses the 12 *seen* combinations only; 4 *unseen* combinations (one per colour and one per
+pattern, so every colour word and every pattern word is still seen in training) appear only in
+the val split, which contains all 16 classes. A model that learns colour and pattern from the
+class names can segment unseen combinations: the open-vocabulary setting in miniature.
+
+Why patterns and not outlines as the second attribute: the toy run trains a 4-block CLIP from
+scratch on a CPU in minutes. Colour and fill pattern are visible inside every 16x16 patch;
+telling a circle from a square needs the whole outline, which such a model does not learn in
+that budget (measured with the same dense pre-training: 16.5 val mIoU for colour x outline
+classes, 38 for colour x pattern).
 
 On-disk format is the one of the real benchmarks (same loader, same evaluator):
 ``<root>/synthetic/images/{train,val}/<id>.jpg`` and
@@ -39,19 +46,21 @@ COLOURS = {  # RGB
     "blue": (35, 70, 215),
     "yellow": (235, 205, 30),
 }
+PATTERNS = ("striped", "dotted", "speckled", "plain")
+# outlines are drawn at random; they are not part of the class
 SHAPES = ("circle", "square", "triangle", "star")
-# One unseen combination per colour and per shape (a diagonal of the colour x shape grid).
-UNSEEN_CLASSES = ("red star", "green triangle", "blue square", "yellow circle")
+# One unseen combination per colour and per pattern (a diagonal of the colour x pattern grid).
+UNSEEN_CLASSES = ("red plain", "green speckled", "blue dotted", "yellow striped")
 IGNORE_LABEL = 255
 TRAIN = get_layout("synthetic_train_sem_seg")
 VAL = get_layout("synthetic_val_sem_seg")
 INFO_FILE = "synthetic/synthetic_info.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def val_class_names() -> List[str]:
-    """All 16 classes (val label order): colour-major, ``"red circle", "red square", ...``."""
-    return [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    """All 16 classes (val label order): colour-major, ``"red striped", "red dotted", ...``."""
+    return [f"{colour} {pattern}" for colour in COLOURS for pattern in PATTERNS]
 
 
 def train_class_names() -> List[str]:
@@ -146,6 +155,32 @@ def _draw(canvas: np.ndarray, shape: str, cx, cy, r, angle, value) -> None:
         cv2.fillPoly(canvas, [_polygon(shape, cx, cy, r, angle)], value, lineType=cv2.LINE_8)
 
 
+def _fill(pattern: str, rng: np.random.Generator, size: int, rgb: np.ndarray) -> np.ndarray:
+    """``size`` x ``size`` x 3 float32 fill of one object: ``rgb`` with a darker pattern.
+
+    Stripe and dot periods are 15-22 pixels at 256x256 (8-11 at the toy run's 128x128 input):
+    coarse enough to survive the downscaling, fine enough that each 16x16 CLIP patch sees one
+    or two; specks are 3x3 pixel cells darkened at random."""
+    yy, xx = _grid(size)
+    if pattern == "striped":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(16, 22)
+        lit = np.sin((xx * np.float32(np.cos(angle)) + yy * np.float32(np.sin(angle)))
+                     * np.float32(2 * np.pi / period)) > 0
+    elif pattern == "dotted":
+        spacing = rng.uniform(15, 19)
+        ox, oy = rng.uniform(0, spacing, size=2)
+        lit = ((xx + ox) % spacing - spacing / 2) ** 2 + ((yy + oy) % spacing - spacing / 2) ** 2 \
+            >= (0.3 * spacing) ** 2
+    elif pattern == "speckled":  # random dark 3x3 specks, no period and no orientation
+        cells = rng.random((size // 3 + 1, size // 3 + 1)) < 0.4
+        lit = ~np.kron(cells, np.ones((3, 3), bool))[:size, :size]
+    elif pattern == "plain":
+        lit = np.ones((size, size), bool)
+    else:
+        raise ValueError(f"unknown fill pattern {pattern!r}; expected one of {PATTERNS}")
+    return np.where(lit[..., None], rgb.astype(np.float32), (0.35 * rgb).astype(np.float32))
+
+
 def render_sample(rng: np.random.Generator, size: int, classes: Sequence[int],
                   names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
     """One image (RGB uint8) and its label map (index into ``names``, background 255) with
@@ -154,7 +189,7 @@ def render_sample(rng: np.random.Generator, size: int, classes: Sequence[int],
     label = np.full((size, size), IGNORE_LABEL, np.uint8)
     placed: List[Tuple[float, float, float]] = []
     for n, class_index in enumerate(classes):
-        colour, shape = names[class_index].split(" ")
+        colour, pattern = names[class_index].split(" ")
         for _ in range(30):
             r = rng.uniform(0.12, 0.21) * size
             cx, cy = rng.uniform(r * 1.1, size - r * 1.1, size=2)
@@ -164,6 +199,7 @@ def render_sample(rng: np.random.Generator, size: int, classes: Sequence[int],
             if n:
                 continue  # no room left: fewer shapes in this image
         placed.append((cx, cy, r))
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
         angle = rng.uniform(0, 2 * np.pi)
         mask = np.zeros((size, size), np.uint8)
         _draw(mask, shape, cx, cy, r, angle, 1)
@@ -171,7 +207,8 @@ def render_sample(rng: np.random.Generator, size: int, classes: Sequence[int],
                       + rng.uniform(-18, 18, size=3), 0, 255)
         inside = mask.astype(bool)
         shading = (_grid(size)[0][inside] - cy) / size * rng.uniform(-30, 30)
-        image[inside] = rgb + shading[:, None] + rng.normal(0, 5, (int(inside.sum()), 3))
+        image[inside] = (_fill(pattern, rng, size, rgb)[inside] + shading[:, None]
+                         + rng.normal(0, 5, (int(inside.sum()), 3)))
         label[inside] = class_index
     image = cv2.GaussianBlur(np.clip(image, 0, 255).astype(np.uint8), (3, 3), 0.6)
     return image, label
@@ -270,7 +307,7 @@ def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI of ``datasets/prepare_synthetic.py``."""
     parser = argparse.ArgumentParser(
-        description="Generate the synthetic open-vocabulary toy benchmark (coloured shapes).")
+        description="Generate the synthetic open-vocabulary toy benchmark (coloured, patterned shapes).")
     parser.add_argument("--root", default=None,
                         help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets); "
                              "files go to <root>/synthetic")

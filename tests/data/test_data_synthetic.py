@@ -21,13 +21,15 @@ def files(root):
 def test_class_split():
     val = synthetic.val_class_names()
     train = synthetic.train_class_names()
-    assert len(val) == 16 and len(train) == 12 and val[0] == "red circle"
+    assert len(val) == 16 and len(train) == 12 and val[0] == "red striped"
     unseen = [val[i] for i in synthetic.unseen_class_indices()]
     assert sorted(unseen) == sorted(synthetic.UNSEEN_CLASSES)
     assert [val[i] for i in synthetic.seen_class_indices()] == train
-    # every colour word and every shape word is still seen in training
+    # one unseen class per colour and per pattern; every word is still seen in training
+    assert sorted(n.split()[0] for n in unseen) == sorted(synthetic.COLOURS)
+    assert sorted(n.split()[1] for n in unseen) == sorted(synthetic.PATTERNS)
     assert {n.split()[0] for n in train} == set(synthetic.COLOURS)
-    assert {n.split()[1] for n in train} == set(synthetic.SHAPES)
+    assert {n.split()[1] for n in train} == set(synthetic.PATTERNS)
     assert get_class_names("synthetic_train") == train
     assert get_class_names("synthetic_val") == val
 
@@ -69,9 +71,12 @@ def test_layout_counts_labels_and_registration(tmp_path, restore_registration):
     assert meta.stuff_classes == synthetic.val_class_names() and meta.ignore_label == 255
 
 
-def test_shape_pixels_have_their_colour(tmp_path):
-    """Labels agree with the image: a class's pixels are closest to that class's colour."""
-    out = synthetic.generate_synthetic(tmp_path, seed=1, verbose=False, **SMALL)
+def test_shape_pixels_have_their_colour_and_pattern(tmp_path):
+    """Labels agree with the image: the lit half of a class's pixels is closest to that
+    class's colour, and only ``plain`` objects are flat (the patterns darken part of them)."""
+    out = synthetic.generate_synthetic(tmp_path, seed=1, verbose=False, num_train=4, num_val=16,
+                                       image_size=256)
+    checked = set()
     names = synthetic.val_class_names()
     palette = np.array(list(synthetic.COLOURS.values()), float)
     for i in range(16):
@@ -79,11 +84,28 @@ def test_shape_pixels_have_their_colour(tmp_path):
         label = synthetic.cv2.imread(str(out / f"annotations/val/{i:06d}.png"), -1)
         for k in set(np.unique(label).tolist()) - {255}:
             eroded = synthetic.cv2.erode((label == k).astype(np.uint8), np.ones((3, 3)))
-            if eroded.sum() < 20:
+            if eroded.sum() < 200:
                 continue
-            mean = image[eroded.astype(bool)].mean(axis=0)
-            nearest = list(synthetic.COLOURS)[np.argmin(((palette - mean) ** 2).sum(1))]
-            assert nearest == names[k].split()[0]
+            pixels = image[eroded.astype(bool)].astype(float)
+            luminance = pixels.mean(axis=1)
+            lit = pixels[luminance >= np.median(luminance)].mean(axis=0)
+            colour, pattern = names[k].split()
+            nearest = list(synthetic.COLOURS)[np.argmin(((palette - lit) ** 2).sum(1))]
+            assert nearest == colour
+            # relative spread of the luminance: plain objects only have shading and grain
+            # (measured <= 0.08), patterns darken part of the object to 0.35x (>= 0.29)
+            spread = luminance.std() / luminance.mean()
+            if pattern == "plain":
+                assert spread < 0.15, (i, names[k], spread)
+            else:
+                assert spread > 0.2, (i, names[k], spread)
+            checked.add(pattern)
+    assert checked == set(synthetic.PATTERNS)
+
+
+def test_unknown_pattern_is_rejected():
+    with pytest.raises(ValueError, match="unknown fill pattern 'wavy'"):
+        synthetic._fill("wavy", np.random.default_rng(0), 16, np.ones(3))
 
 
 def test_rerun_skips_and_new_parameters_regenerate(tmp_path, capsys):

@@ -7,7 +7,7 @@ import sys
 from engine_helpers import REPO
 
 # Short schedule: fewer images and steps than `make demo`; still enough to learn well above chance.
-SHORT = ["--num-train", "600", "--num-val", "40", "--clip-steps", "300", "--max-iter", "150", "--overlays", "2"]
+SHORT = ["--num-train", "600", "--num-val", "40", "--clip-steps", "300", "--max-iter", "100", "--overlays", "2"]
 CHANCE_MIOU = 100.0 / 16  # 16 val classes
 
 
@@ -24,8 +24,9 @@ def test_toy_run_learns_and_writes_table_and_overlays(tmp_path):
                           "sem_seg_results.json").read_text())
     metrics = results["metrics"]
     assert results["num_images"] == 40
-    # learned: seen classes clearly above chance (this short schedule reached 16.1 seen mIoU;
-    # an untrained model scores about chance, see the README for the full `make demo` figures)
-    assert metrics["mIoU-seen"] > 2 * CHANCE_MIOU, metrics
+    # learned: seen classes far above chance (this short schedule reached 30.9 seen mIoU on
+    # CPU, torch 2.14.1; an untrained model scores about chance; the full `make demo` figures
+    # are in the README)
+    assert metrics["mIoU-seen"] > 3 * CHANCE_MIOU, metrics
     overlays = sorted(p.name for p in (out / "overlays").iterdir() if p.name.endswith("_overlay.png"))
     assert len(overlays) == 2

@@ -72,6 +72,16 @@ def test_inference_forward_uses_cache(model, random_images):
     assert counter.calls == 2 and out[0]["sem_seg"].shape[0] == 3
 
 
+def test_cached_embeddings_are_full_precision_under_autocast(model):
+    """The first call of a vocabulary may come from a bf16 inference: what is cached (and
+    served to later fp32 calls) is still the fp32 computation."""
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = model.text_embeddings(["cat", "dog"])
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, direct_text(model, ["cat", "dog"], [SINGLE]), rtol=1e-5, atol=1e-6)
+
+
 def test_cache_invalidated_by_optimizer_step(model):
     names = ["cat", "dog"]
     model.eval()

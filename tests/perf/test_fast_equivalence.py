@@ -156,6 +156,25 @@ def test_bf16_autocast_is_safe(sliding_model, random_images, num_classes):
         assert (fast - exact).abs().max() < 0.05  # bf16 rounding only (random weights, unsaturated)
 
 
+def test_autocast_clip_off_keeps_clip_in_fp32(tiny_model, random_images):
+    """MODEL.FAST.AUTOCAST_CLIP False: under bf16 autocast the CLIP image tower returns fp32
+    features (the aggregator still runs in bf16); True: bf16 features."""
+    image = random_images([(128, 128)], seed=9)[0]
+    dtypes = {}
+    for autocast_clip in (True, False):
+        model = tiny_model("b", MODEL__FAST__AUTOCAST_CLIP=autocast_clip)
+        assert model.autocast_clip is autocast_clip
+        model.inference_autocast = torch.bfloat16
+        seen = []
+        handle = model.backbone.register_forward_hook(lambda m, i, out: seen.append(out["dense_embeddings"].dtype))
+        with torch.no_grad():
+            probs = model([{"image": image}], class_names=names(5))[0]["sem_seg"]
+        handle.remove()
+        assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
+        dtypes[autocast_clip] = seen[0]
+    assert dtypes == {True: torch.bfloat16, False: torch.float32}
+
+
 def test_bf16_training_step_runs(tiny_model, random_images):
     model = tiny_model("b", train=True)
     set_fast_options(model, FastOptions(checkpoint_activations=True))

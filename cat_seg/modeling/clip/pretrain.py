@@ -16,6 +16,14 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+def warmup_cosine_lr(lr: float, step: int, steps: int, warmup_steps: int) -> float:
+    """Learning rate at ``step`` (0-based) of ``steps``: linear warm-up from ``lr / warmup_steps``
+    over ``warmup_steps`` steps, then cosine decay from ``lr`` to 0 over the remaining ones."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+
 def pretrain_clip_dense(
     backbone: nn.Module,
     images: torch.Tensor,
@@ -25,6 +33,7 @@ def pretrain_clip_dense(
     steps: int = 300,
     batch_size: int = 16,
     lr: float = 1e-3,
+    warmup_steps: int = 0,
     ignore_value: int = 255,
     seed: int = 0,
 ) -> Sequence[float]:
@@ -35,6 +44,8 @@ def pretrain_clip_dense(
     embeddings of the backbone's forward (the representation CAT-Seg builds its cost volume
     from) are aligned with the text embeddings: per pixel, a cross-entropy over the scaled
     cosine similarities with the ``T`` class captions (bilinearly upsampled to the labels).
+    AdamW with a linear warm-up over ``warmup_steps`` then cosine decay (a transformer trained
+    from scratch at a high learning rate without warm-up can stall: measured on the toy run).
 
     Args:
         images: ``[N, 3, H, W]`` CLIP-normalised images at the backbone's resolution.
@@ -51,7 +62,7 @@ def pretrain_clip_dense(
     losses = []
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = warmup_cosine_lr(lr, step, steps, warmup_steps)
         index = torch.randint(len(images), (batch_size,), generator=generator)
         dense = F.normalize(backbone(images[index])["dense_embeddings"], dim=1)  # [B, C, h, w]
         text = backbone.text_encoder(list(class_names), images.device, training=True)[:, 0]  # [T, C]

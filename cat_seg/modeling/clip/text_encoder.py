@@ -72,7 +72,9 @@ class ClassTextEncoder:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        with torch.no_grad():
+        # cached embeddings are always computed in full precision (once per vocabulary, so
+        # the cost does not matter), whatever autocast context the first call came from
+        with torch.no_grad(), torch.autocast(torch.device(device).type, enabled=False):
             embeddings = self._encode(class_names, device)
         self._cache[key] = embeddings
         while len(self._cache) > self.cache_size:

@@ -34,6 +34,8 @@ class CATSeg(nn.Module):
         window_crop, window_overlap, window_canvas: its geometry (384, 0.333, 640).
         inference_autocast: None for the exact fp32 computation, or a dtype
             (``torch.bfloat16``/``torch.float16``) for mixed-precision inference.
+        autocast_clip: under autocast (inference or training), run the CLIP image tower in
+            the autocast dtype too; False keeps it in fp32.
         fast_options: speed options (:class:`~cat_seg.modeling.fast.FastOptions`, from
             ``MODEL.FAST.*`` / ``TEST.CLASS_CHUNK_SIZE``), shared with every submodule.
     """
@@ -57,6 +59,7 @@ class CATSeg(nn.Module):
         window_overlap: float = 0.333,
         window_canvas: int = 640,
         inference_autocast: Optional[torch.dtype] = None,
+        autocast_clip: bool = True,
         fast_options: Optional[FastOptions] = None,
     ):
         super().__init__()
@@ -76,6 +79,7 @@ class CATSeg(nn.Module):
         self.window_stride = window_stride(window_crop, window_overlap)
         self.window_canvas = (window_canvas, window_canvas)
         self.inference_autocast = inference_autocast
+        self.autocast_clip = autocast_clip
         self.fast = fast_options if fast_options is not None else FastOptions()
         set_fast_options(self, self.fast)
 
@@ -107,6 +111,7 @@ class CATSeg(nn.Module):
             "window_overlap": cfg.TEST.SLIDING_WINDOW_OVERLAP,
             "window_canvas": cfg.TEST.SLIDING_WINDOW_CANVAS,
             "inference_autocast": _AUTOCAST_DTYPES[fast.AUTOCAST_DTYPE] if fast.INFERENCE_AUTOCAST else None,
+            "autocast_clip": fast.AUTOCAST_CLIP,
             "fast_options": FastOptions.from_config(cfg),
         }
 
@@ -144,7 +149,11 @@ class CATSeg(nn.Module):
         size = self.backbone.resolution
         if tuple(clip_images.shape[-2:]) != size:
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
-        features = self.backbone(clip_images)
+        clip_precision = (
+            contextlib.nullcontext() if self.autocast_clip else torch.autocast(self.device.type, enabled=False)
+        )
+        with clip_precision:
+            features = self.backbone(clip_images)
         text = self.text_embeddings(class_names)
         return self.sem_seg_head(features, text, pooling=pooling)
 
