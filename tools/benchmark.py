@@ -58,6 +58,7 @@ SPEED_FLAGS = {
     "skip-pruned-classes": ("MODEL.FAST.SKIP_PRUNED_CLASSES", "skip_pruned_classes"),
     "truncate-text": ("MODEL.FAST.TRUNCATE_TEXT", "truncate_text"),
     "checkpoint-activations": ("MODEL.FAST.CHECKPOINT_ACTIVATIONS", "checkpoint_activations"),
+    "autocast-clip": ("MODEL.FAST.AUTOCAST_CLIP", "autocast_clip"),
 }
 
 
@@ -340,7 +341,7 @@ def run(args, config_file: str, smoke: bool):
         "optimizer": f"AdamW ({args.optimizer})" if args.mode == "train" else None,
         "exact": bool(args.exact),
         "options": dict(fast.as_dict(), class_chunk_size_effective=fast.chunk_size(device),
-                        inference_autocast=str(model.inference_autocast)),
+                        inference_autocast=str(model.inference_autocast), autocast_clip=model.autocast_clip),
         "opts": overrides,
         "batch": batch,
         "classes": len(names),

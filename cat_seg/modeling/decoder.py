@@ -193,5 +193,5 @@ class CostDecoder(nn.Module):
         # The logits leave in fp32 also under autocast: bf16 keeps 8 significant bits, which
         # flips the label of pixels where two classes are close (measured on the toy model).
         with torch.autocast(x.device.type, enabled=False):
-            logits = F.conv2d(x.float(), self.head.weight.float(), self.head.bias.float(), padding=1)
+            logits = self.head(x.float())
         return logits.view(b, t, *x.shape[-2:])
