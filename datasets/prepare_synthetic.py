@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the synthetic open-vocabulary toy benchmark (coloured shapes) in seconds.
+"""Generate the synthetic open-vocabulary toy benchmark (coloured, patterned shapes) in seconds.
 
 Files go to ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``); see
 ``cat_seg/data/synthetic.py`` for the classes, the seen/unseen split and the format, and
