@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -124,6 +125,19 @@ def git_commit() -> str:
         return ""
 
 
+def _proc_status_bytes(field: str) -> Optional[int]:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, in kB there) in bytes;
+    None where the file or the field is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class PeakMemory:
     """Peak memory over a region: CUDA ``max_memory_allocated`` or the process peak RSS.
 
@@ -152,28 +166,14 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.memory_allocated(self.device))
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return _proc_status_bytes("VmRSS") or 0
 
     def peak(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return int(torch.cuda.max_memory_allocated(self.device))
-        if self.kind == "cpu_peak_rss":
-            try:
-                with open("/proc/self/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            return int(line.split()[1]) * 1024
-            except OSError:
-                pass
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peak = _proc_status_bytes("VmHWM") if self.kind == "cpu_peak_rss" else None
+        return peak if peak is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 # ---------------------------------------------------------------------------- model

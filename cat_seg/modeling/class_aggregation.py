@@ -200,16 +200,22 @@ class ClassAggregation(nn.Module):
             update = update.view(b, d, t, h, w)
         return x + update
 
+    def _padding_token(self, dtype: torch.dtype, guidance: Optional[torch.Tensor]):
+        """``(normalised padding token [D], its guidance [G] or None)`` for the closed-form padding;
+        the guidance is used only when the block has text guidance (``guidance`` not None)."""
+        token = self.norm1(self.padding_tokens.to(dtype)).reshape(-1)
+        token_guidance = None
+        if guidance is not None and self.padding_guidance is not None:
+            token_guidance = self.padding_guidance.to(guidance.dtype).reshape(-1)
+        return token, token_guidance
+
     def _update(self, z: torch.Tensor, text_guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """The block's update ``[B, L, T, D]`` of the class sequences ``z`` (padding handled here)."""
         b, locations, t, d = z.shape
         guidance = text_guidance[:, None] if text_guidance is not None else None  # [B, 1, T, G]
         count = self.pad_len - t if self.pad_len and t < self.pad_len else 0
         if count and self.fast.padding_closed_form:
-            token = self.norm1(self.padding_tokens.to(z.dtype)).reshape(d)
-            token_guidance = None
-            if guidance is not None and self.padding_guidance is not None:
-                token_guidance = self.padding_guidance.to(guidance.dtype).reshape(-1)
+            token, token_guidance = self._padding_token(z.dtype, guidance)
             delta = self.attn(self.norm1(z), guidance, padding=(token, token_guidance, count))
         else:
             if count:
@@ -282,9 +288,9 @@ class ClassAggregation(nn.Module):
         weight = torch.cat([attn.q.weight[:, :d], attn.k.weight[:, :d], attn.v.weight])
         zn = self.norm1(z)
         qkv = F.linear(zn, weight)  # [B, S, L, 3D]
-        guidance = text_guidance if text_guidance is not None else None
-        term = torch.cat([attn.q.project_guidance(guidance), attn.k.project_guidance(guidance),
-                          attn.v.bias.expand(*(guidance.shape[:-1] if guidance is not None else ()), d)], dim=-1)
+        term = torch.cat([attn.q.project_guidance(text_guidance), attn.k.project_guidance(text_guidance),
+                          attn.v.bias.expand(*(text_guidance.shape[:-1] if text_guidance is not None else ()), d)],
+                         dim=-1)
         qkv = qkv.add_(term.to(qkv.dtype).unsqueeze(-2) if term.dim() > 1 else term.to(qkv.dtype))
         qk, v = qkv.split([2 * d, d], dim=-1)  # split/unbind: cheap backward (no zero-filled copies)
         e_q, e_k = F.elu(qk).split(d, dim=-1)  # [B, S, L, D]
@@ -294,10 +300,7 @@ class ClassAggregation(nn.Module):
         heads_onehot = (head_of[:, None] == torch.arange(heads, device=z.device)[None, :]).to(acc)  # [D, H]
         pad_kv = pad_k = None
         if count:
-            token = self.norm1(self.padding_tokens.to(z.dtype)).reshape(d)
-            token_guidance = None
-            if text_guidance is not None and self.padding_guidance is not None:
-                token_guidance = self.padding_guidance.to(text_guidance.dtype).reshape(-1)
+            token, token_guidance = self._padding_token(z.dtype, text_guidance)
             pad_k = F.elu(attn.k(token, attn.k.project_guidance(token_guidance)).to(acc)) + 1
             pad_v = attn.v(token).to(acc)
             pad_kv = count * pad_k[:, None] * pad_v[None, :]

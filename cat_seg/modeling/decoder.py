@@ -141,7 +141,6 @@ class UpBlock(nn.Module):
                 _add_into(out_view[:, :, :, :, py, :, px], src, term_view[:, :, :, :, py, :, px])
         return out
 
-
     @staticmethod
     def _interleave_phases(phases, term, images, h, w, cout, channels_last):
         """Differentiable pixel shuffle of the four phases plus the per-image term (training)."""

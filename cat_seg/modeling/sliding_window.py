@@ -5,6 +5,7 @@ The official protocol resizes each test image to a square canvas (640x640), cuts
 overlapping crop predictions (coverage counts 1/2/4) and averages that 50/50 with the global
 prediction.
 """
+from functools import lru_cache
 from typing import List, Tuple
 
 import torch
@@ -43,19 +44,13 @@ def coverage(canvas: Tuple[int, int], boxes: List[Tuple[int, int]], crop: int, d
     return counts
 
 
-_COVERAGE_CACHE = {}
-
-
-def _cached_coverage(canvas, boxes, crop, device, dtype) -> torch.Tensor:
-    key = (tuple(canvas), tuple(boxes), crop, str(device), dtype)
-    if key not in _COVERAGE_CACHE:
-        counts = coverage(canvas, boxes, crop, device=device).to(dtype)
-        if (counts == 0).any():
-            raise ValueError("sliding windows do not cover the whole canvas")
-        if len(_COVERAGE_CACHE) > 32:
-            _COVERAGE_CACHE.clear()
-        _COVERAGE_CACHE[key] = counts
-    return _COVERAGE_CACHE[key]
+@lru_cache(maxsize=32)
+def _cached_coverage(canvas: Tuple[int, int], boxes: Tuple[Tuple[int, int], ...], crop: int, device: str,
+                     dtype) -> torch.Tensor:
+    counts = coverage(canvas, list(boxes), crop, device=device).to(dtype)
+    if (counts == 0).any():
+        raise ValueError("sliding windows do not cover the whole canvas")
+    return counts
 
 
 def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int]) -> torch.Tensor:
@@ -64,4 +59,5 @@ def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: T
     out = windows.new_zeros((windows.shape[1], *canvas))
     for window, (y, x) in zip(windows, boxes):
         out[:, y:y + crop, x:x + crop] += window
-    return out.div_(_cached_coverage(canvas, boxes, crop, windows.device, windows.dtype))
+    return out.div_(_cached_coverage(tuple(canvas), tuple(map(tuple, boxes)), crop, str(windows.device),
+                                     windows.dtype))

@@ -52,13 +52,12 @@ def _shift_mask_cpu(h: int, w: int, window: int, shift: int) -> torch.Tensor:
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int, device, dtype) -> torch.Tensor:
     """Standard Swin mask ``[nW, window^2, window^2]``: 0 within a region, -100 across regions."""
-    key = ("mask", h, w, window, shift, str(device), dtype)
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
-    return _DEVICE_CACHE[key]
+    return _shift_mask_on(h, w, window, shift, str(device), dtype)
 
 
-_DEVICE_CACHE = {}  # small constant tensors per (geometry, device)
+@lru_cache(maxsize=64)
+def _shift_mask_on(h: int, w: int, window: int, shift: int, device: str, dtype) -> torch.Tensor:
+    return _shift_mask_cpu(h, w, window, shift).to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)
@@ -77,10 +76,12 @@ def partition_index(h: int, w: int, window: int, shift: int, device) -> Tuple[to
     (``[N, nW*window^2, C]``, as :func:`window_partition` of the rolled map);
     ``windows[:, inverse]`` undoes both.
     """
-    key = (h, w, window, shift, str(device))
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE[key] = tuple(t.to(device) for t in _partition_index_cpu(h, w, window, shift))
-    return _DEVICE_CACHE[key]
+    return _partition_index_on(h, w, window, shift, str(device))
+
+
+@lru_cache(maxsize=64)
+def _partition_index_on(h: int, w: int, window: int, shift: int, device: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return tuple(t.to(device) for t in _partition_index_cpu(h, w, window, shift))
 
 
 @lru_cache(maxsize=16)
