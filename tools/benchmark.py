@@ -60,6 +60,8 @@ SPEED_FLAGS = {
     "truncate-text": ("MODEL.FAST.TRUNCATE_TEXT", "truncate_text"),
     "checkpoint-activations": ("MODEL.FAST.CHECKPOINT_ACTIVATIONS", "checkpoint_activations"),
     "autocast-clip": ("MODEL.FAST.AUTOCAST_CLIP", "autocast_clip"),
+    "fp32-cost-embedding": ("MODEL.FAST.FP32_COST_EMBEDDING", "fp32_cost_embedding"),
+    "fp32-last-decoder-block": ("MODEL.FAST.FP32_LAST_DECODER_BLOCK", "fp32_last_decoder_block"),
 }
 
 
@@ -341,7 +343,9 @@ def run(args, config_file: str, smoke: bool):
         "optimizer": f"AdamW ({args.optimizer})" if args.mode == "train" else None,
         "exact": bool(args.exact),
         "options": dict(fast.as_dict(), class_chunk_size_effective=fast.chunk_size(device),
-                        inference_autocast=str(model.inference_autocast), autocast_clip=model.autocast_clip),
+                        inference_autocast=str(model.inference_autocast), autocast_clip=model.autocast_clip,
+                        fp32_cost_embedding=model.sem_seg_head.aggregator.fp32_cost_embedding,
+                        fp32_last_decoder_block=model.sem_seg_head.aggregator.decoder.fp32_last_block),
         "opts": overrides,
         "batch": batch,
         "classes": len(names),

@@ -54,6 +54,12 @@ class Aggregator(nn.Module):
         pad_len: class-sequence length (256); larger vocabularies are pruned to the top
             ``pad_len`` classes per image (0 = no padding, no pruning).
         residual_quirk: see :class:`ClassAggregation`.
+        fp32_cost_embedding: at inference under autocast, compute the cost embedding in fp32
+            and keep its fp32 output, so the per-class maps stay fp32 through the residual additions of
+            the aggregator layers (their linear/conv layers still compute in the autocast
+            dtype). Classes with similar names can differ in cosine score by less than bf16's
+            spacing (2^-9 ~ 0.002 between 0.25 and 0.5); rounding the scores erases that.
+        fp32_last_decoder_block: see :class:`CostDecoder` (``fp32_last_block``).
     """
 
     def __init__(
@@ -74,9 +80,12 @@ class Aggregator(nn.Module):
         attention_type: str = "linear",
         pad_len: int = 256,
         residual_quirk: bool = True,
+        fp32_cost_embedding: bool = False,
+        fp32_last_decoder_block: bool = False,
     ):
         super().__init__()
         self.pad_len = pad_len
+        self.fp32_cost_embedding = fp32_cost_embedding
         self.cost_embed = nn.Conv2d(num_templates, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.layers = nn.ModuleList(
             AggregatorLayer(hidden_dim, appearance_guidance_proj_dim, text_guidance_proj_dim, num_heads, window,
@@ -94,7 +103,8 @@ class Aggregator(nn.Module):
             nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
             for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
-        self.decoder = CostDecoder(hidden_dim, decoder_dims, decoder_guidance_proj_dims)
+        self.decoder = CostDecoder(hidden_dim, decoder_dims, decoder_guidance_proj_dims,
+                                   fp32_last_block=fp32_last_decoder_block)
         self.fast = FastOptions()
 
     @property
@@ -105,7 +115,11 @@ class Aggregator(nn.Module):
         """``[B, P, T, H, W]`` -> ``[B, D, T, H, W]`` (7x7 conv on each class map)."""
         b, p, t, h, w = cost_volume.shape
         x = cost_volume.transpose(1, 2).reshape(b * t, p, h, w)
-        x = self.cost_embed(x)
+        if self.fp32_cost_embedding and not self.training and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                x = self.cost_embed(_full_precision(x))
+        else:
+            x = self.cost_embed(x)
         if self.fast.token_layout:  # [B, T, H, W, D] storage, returned as a [B, D, T, H, W] view
             return x.permute(0, 2, 3, 1).contiguous().view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
         return x.view(b, t, -1, h, w).transpose(1, 2)

@@ -160,12 +160,17 @@ class CostDecoder(nn.Module):
         in_channels: hidden dim D of the aggregated cost.
         decoder_dims: output channels of each up-block (official ``[64, 32]``).
         guidance_dims: channels of the projected decoder guidance per block (``[32, 16]``).
+        fp32_last_block: at inference under autocast, run the last up-block (the
+            full-resolution features the logits are read from) in fp32; the other blocks, and
+            training (SOLVER.AMP), follow autocast.
 
     State-dict keys: ``blocks.{i}``, ``head``.
     """
 
-    def __init__(self, in_channels: int, decoder_dims: Sequence[int], guidance_dims: Sequence[int]):
+    def __init__(self, in_channels: int, decoder_dims: Sequence[int], guidance_dims: Sequence[int],
+                 fp32_last_block: bool = False):
         super().__init__()
+        self.fp32_last_block = fp32_last_block
         if len(decoder_dims) != len(guidance_dims):
             raise ValueError(
                 f"DECODER_DIMS {list(decoder_dims)} and DECODER_GUIDANCE_PROJ_DIMS {list(guidance_dims)} "
@@ -187,8 +192,13 @@ class CostDecoder(nn.Module):
         """``cost [B, D, T, H, W]`` + per-block guidance ``[B, G_i, H*2^i, W*2^i]`` -> logits ``[B, T, H', W']``."""
         b, d, t, h, w = cost.shape
         x = cost.transpose(1, 2).reshape(b * t, d, h, w)
-        for block, g in zip(self.blocks, guidance):
-            x = block(x, g, t)
+        last = len(self.blocks) - 1
+        for i, (block, g) in enumerate(zip(self.blocks, guidance)):
+            if i == last and self.fp32_last_block and not self.training and torch.is_autocast_enabled(x.device.type):
+                with torch.autocast(x.device.type, enabled=False):
+                    x = block(x.float(), g.float() if g is not None else None, t)
+            else:
+                x = block(x, g, t)
         # The logits leave in fp32 also under autocast: bf16 keeps 8 significant bits, which
         # flips the label of pixels where two classes are close (measured on the toy model).
         with torch.autocast(x.device.type, enabled=False):

@@ -5,11 +5,12 @@ class, its pixels are ignored by the evaluation and hold near-ties between class
 Needs the toy run's checkpoint ``output/toy/model_final.pth`` and its val split
 (``tools/run_toy.py`` / ``make demo``); the test trains nothing and is skipped without them.
 
-The issue's target, >= 99.5%, is NOT met on this toy model (docs/benchmarks.md): measured
-99.46-99.50% with the CLIP image tower kept in fp32 (``MODEL.FAST.AUTOCAST_CLIP False``) and
-99.3-99.4% with everything in bf16 (the tiny model's class probabilities are close together:
-the winning probability is ~0.2 and bf16 flips near-ties). This test guards the measured level
-against regressions (>= 99%); it does not claim the target.
+The issue's target is >= 99.5% on the val split (100 images). Measured with the defaults
+(``MODEL.FAST.FP32_COST_EMBEDDING`` and ``FP32_LAST_DECODER_BLOCK`` on): 99.78-99.80% for the
+four combinations below; with both off (everything after the cost volume in bf16)
+99.57-99.61% (docs/benchmarks.md). The toy model is a hard case: its unseen classes come in
+near-identical pairs (e.g. ``green dotted`` / ``green speckled`` at 0.4587 / 0.4587), so 17%
+of the scored pixels have a top-2 probability margin below 1e-3.
 """
 from pathlib import Path
 
@@ -22,19 +23,18 @@ from cat_seg.modeling.fast import FastOptions, set_fast_options
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "output" / "toy" / "model_final.pth"
 TOY_CONFIG = REPO / "configs" / "quick_schedules" / "toy_synthetic.yaml"
-NUM_IMAGES = 16
-MIN_AGREEMENT = 0.99  # regression guard; the target 0.995 is not reached (see above)
+MIN_AGREEMENT = 0.995
 
 
 def _val_samples():
-    """``[(uint8 RGB [3, H, W], label [H, W])]`` of the first val images, or [] when absent."""
+    """``[(uint8 RGB [3, H, W], label [H, W])]`` of the val images, or [] when absent."""
     from detectron2.data import DatasetCatalog
     from PIL import Image
 
     import cat_seg.data  # noqa: F401  (registers the datasets)
 
     try:
-        records = DatasetCatalog.get("synthetic_val_sem_seg")[:NUM_IMAGES]
+        records = DatasetCatalog.get("synthetic_val_sem_seg")
     except Exception:
         return []
     return [(torch.from_numpy(np.asarray(Image.open(r["file_name"]).convert("RGB")).copy()).permute(2, 0, 1),

@@ -186,3 +186,64 @@ def test_bf16_training_step_runs(tiny_model, random_images):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _aggregator(**kwargs):
+    from cat_seg.modeling.aggregator import Aggregator
+
+    torch.manual_seed(0)
+    return Aggregator(text_dim=16, appearance_dim=16, hidden_dim=32, text_guidance_proj_dim=8,
+                      appearance_guidance_proj_dim=8, decoder_dims=(16, 16), decoder_guidance_dims=(8, 8),
+                      decoder_guidance_proj_dims=(4, 4), num_layers=1, num_heads=2, window=4, pad_len=0,
+                      **kwargs).eval()
+
+
+def test_fp32_cost_embedding_separates_scores_closer_than_bf16_spacing():
+    """Two classes whose cosine scores differ by 2e-4 (bf16 spacing between 0.25 and 0.5 is 2^-9 ~ 2e-3):
+    with MODEL.FAST.FP32_COST_EMBEDDING their embedded cost maps differ under bf16 autocast
+    and stay fp32; without it bf16 rounds both score maps to the same values."""
+    cost = torch.full((1, 1, 2, 8, 8), 0.25)
+    cost[:, :, 1] += 2e-4
+    embedded = {}
+    for fp32, training in ((True, False), (False, False), (True, True)):
+        aggregator = _aggregator(fp32_cost_embedding=fp32).train(training)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            embedded[fp32, training] = aggregator.embed_cost(cost)
+    assert embedded[True, True].dtype == torch.bfloat16  # training (SOLVER.AMP) follows autocast
+    embedded = {fp32: out for (fp32, training), out in embedded.items() if not training}
+    assert embedded[True].dtype == torch.float32 and embedded[False].dtype == torch.bfloat16
+    assert not torch.equal(embedded[True][:, :, 0], embedded[True][:, :, 1])
+    assert torch.equal(embedded[False][:, :, 0], embedded[False][:, :, 1])
+
+
+def test_fp32_last_decoder_block_runs_in_fp32_under_autocast():
+    """MODEL.FAST.FP32_LAST_DECODER_BLOCK: at inference the first up-block follows autocast
+    (bf16 output), the last one computes in fp32; in training both follow autocast; the
+    logits are fp32 either way."""
+    for fp32, training in ((True, False), (False, False), (True, True)):
+        decoder = _aggregator(fp32_last_decoder_block=fp32).decoder.train(training)
+        seen = []
+        hooks = [block.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for block in decoder.blocks]
+        cost = torch.randn(1, 32, 3, 4, 4)
+        guidance = [torch.randn(1, 4, 8, 8), torch.randn(1, 4, 16, 16)]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = decoder(cost, guidance)
+        for hook in hooks:
+            hook.remove()
+        assert logits.shape == (1, 3, 16, 16) and logits.dtype == torch.float32
+        assert seen == [torch.bfloat16, torch.float32 if fp32 and not training else torch.bfloat16]
+
+
+def test_precision_options_do_not_change_fp32_outputs():
+    """Without autocast the fp32 options are no-ops: outputs are bit-identical."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 16, 4, 4, generator=g)
+    text = torch.randn(5, 1, 16, generator=g)
+    guidance = [torch.randn(2, 8, 8, 8, generator=g), torch.randn(2, 8, 16, 16, generator=g)]
+    outputs = []
+    for fp32 in (True, False):
+        aggregator = _aggregator(fp32_cost_embedding=fp32, fp32_last_decoder_block=fp32)
+        with torch.no_grad():
+            outputs.append(aggregator(image, text, image, guidance))
+    assert outputs[0].shape == (2, 5, 16, 16)
+    assert torch.equal(outputs[0], outputs[1])

@@ -69,6 +69,8 @@ class CATSegHead(nn.Module):
             attention_type=head.ATTENTION_TYPE,
             pad_len=head.PAD_LEN,
             residual_quirk=head.CLASS_RESIDUAL_QUIRK,
+            fp32_cost_embedding=cfg.MODEL.FAST.FP32_COST_EMBEDDING,
+            fp32_last_decoder_block=cfg.MODEL.FAST.FP32_LAST_DECODER_BLOCK,
         )
         return {"aggregator": aggregator, "guidance_upsample": upsample, "guidance_features": guidance_features}
 
