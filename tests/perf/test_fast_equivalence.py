@@ -247,3 +247,10 @@ def test_precision_options_do_not_change_fp32_outputs():
             outputs.append(aggregator(image, text, image, guidance))
     assert outputs[0].shape == (2, 5, 16, 16)
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_precision_config_keys_reach_the_modules(tiny_model):
+    for value in (True, False):
+        model = tiny_model("b", MODEL__FAST__FP32_COST_EMBEDDING=value, MODEL__FAST__FP32_LAST_DECODER_BLOCK=not value)
+        aggregator = model.sem_seg_head.aggregator
+        assert aggregator.fp32_cost_embedding is value and aggregator.decoder.fp32_last_block is (not value)
