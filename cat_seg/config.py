@@ -131,7 +131,7 @@ def add_cat_seg_config(cfg):
     # At inference under autocast, compute in fp32 where bf16 rounding flips the label
     # between similar classes: the cost embedding (reads the fp32 cosine scores; its fp32
     # output keeps the per-class maps fp32 through the aggregator's residual additions) and
-    # the last decoder up-block. Both on: ~1/3 fewer label changes against the exact mode,
+    # the last decoder up-block. Both on: about half the label changes against the exact mode,
     # ~20% slower on CPU (docs/benchmarks.md). Training (SOLVER.AMP) is not affected.
     cfg.MODEL.FAST.FP32_COST_EMBEDDING = False
     cfg.MODEL.FAST.FP32_LAST_DECODER_BLOCK = False

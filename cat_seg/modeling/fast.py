@@ -41,6 +41,11 @@ Options (config key -> attribute; measured effect in ``docs/benchmarks.md``):
 * ``MODEL.FAST.CHECKPOINT_ACTIVATIONS`` -> ``checkpoint_activations``: in training, the
   spatial blocks, class aggregation and decoder blocks are recomputed in the backward pass
   instead of storing their activations.
+
+Precision (not exact; constructor arguments of the modules they concern, set from the config):
+``MODEL.FAST.INFERENCE_AUTOCAST`` / ``AUTOCAST_DTYPE`` and ``AUTOCAST_CLIP`` on the
+meta-architecture, ``FP32_COST_EMBEDDING`` and ``FP32_LAST_DECODER_BLOCK`` on the
+:class:`~cat_seg.modeling.aggregator.Aggregator` and its decoder.
 """
 from dataclasses import dataclass, fields
 from typing import Optional
