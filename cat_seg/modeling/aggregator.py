@@ -55,10 +55,10 @@ class Aggregator(nn.Module):
             ``pad_len`` classes per image (0 = no padding, no pruning).
         residual_quirk: see :class:`ClassAggregation`.
         fp32_cost_embedding: at inference under autocast, compute the cost embedding in fp32
-            and keep its fp32 output, so the per-class maps stay fp32 through the residual additions of
-            the aggregator layers (their linear/conv layers still compute in the autocast
-            dtype). Classes with similar names can differ in cosine score by less than bf16's
-            spacing (2^-9 ~ 0.002 between 0.25 and 0.5); rounding the scores erases that.
+            and keep its fp32 output, so the per-class maps stay fp32 through the residual
+            additions of the aggregator layers (their linear/conv layers still compute in the
+            autocast dtype). Classes with similar names can differ in cosine score by less
+            than bf16's spacing (2^-9 ~ 0.002 between 0.25 and 0.5); rounding erases that.
         fp32_last_decoder_block: see :class:`CostDecoder` (``fp32_last_block``).
     """
 

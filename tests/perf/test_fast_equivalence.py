@@ -199,9 +199,9 @@ def _aggregator(**kwargs):
 
 
 def test_fp32_cost_embedding_separates_scores_closer_than_bf16_spacing():
-    """Two classes whose cosine scores differ by 2e-4 (bf16 spacing between 0.25 and 0.5 is 2^-9 ~ 2e-3):
-    with MODEL.FAST.FP32_COST_EMBEDDING their embedded cost maps differ under bf16 autocast
-    and stay fp32; without it bf16 rounds both score maps to the same values."""
+    """Two classes whose cosine scores differ by 2e-4 (bf16 spacing between 0.25 and 0.5 is
+    2^-9 ~ 2e-3): with MODEL.FAST.FP32_COST_EMBEDDING their embedded cost maps differ under
+    bf16 autocast and stay fp32; without it bf16 rounds both score maps to the same values."""
     cost = torch.full((1, 1, 2, 8, 8), 0.25)
     cost[:, :, 1] += 2e-4
     embedded = {}
