@@ -40,24 +40,24 @@ def linear_attention(
         ``Z = 1 / (phi(q) . sum_s phi(k_s) + eps)``. No ``1/sqrt(d)`` scaling.
 
     The sums and the normaliser are computed in fp32 (also under autocast); the result has
-    the dtype of ``q``.
+    the dtype of ``q``. The ``1 / S`` of ``KV`` and the ``S`` factor cancel and are left out
+    (``(phi(q) sum_s phi(k_s)^T v_s) * Z``): no ``v / S`` copy, no extra pass over the output.
     """
     out_dtype = q.dtype
     dtype = torch.promote_types(q.dtype, torch.float32)
     with torch.autocast(q.device.type, enabled=False):
-        q = F.elu(q.to(dtype)) + 1
-        k = F.elu(k.to(dtype)) + 1
-        v = v.to(dtype)
-        length = v.shape[1] + (padding[2] if padding is not None else 0)
-        kv = torch.einsum("nshd,nshv->nhdv", k, v / length)
+        # in-place "+ 1" on elu's fresh output (elu's backward reads its input, not its output)
+        q = F.elu(q.to(dtype)).add_(1)
+        k = F.elu(k.to(dtype)).add_(1)
+        kv = torch.einsum("nshd,nshv->nhdv", k, v.to(dtype))
         k_sum = k.sum(dim=1)
         if padding is not None and padding[2]:
             pad_k = F.elu(padding[0].to(dtype)) + 1
             count = padding[2]
-            kv = kv + count * torch.einsum("hd,hv->hdv", pad_k, padding[1].to(dtype) / length)
+            kv = kv + count * torch.einsum("hd,hv->hdv", pad_k, padding[1].to(dtype))
             k_sum = k_sum + count * pad_k
         z = 1.0 / (torch.einsum("nlhd,nhd->nlh", q, k_sum) + eps)
-        return (torch.einsum("nlhd,nhdv->nlhv", q, kv) * (z * length).unsqueeze(-1)).to(out_dtype)
+        return torch.einsum("nlhd,nhdv->nlhv", q, kv).mul_(z.unsqueeze(-1)).to(out_dtype)
 
 
 def full_attention(
