@@ -27,20 +27,34 @@ TOY_CONFIG = REPO / "configs" / "quick_schedules" / "toy_synthetic.yaml"
 MIN_AGREEMENT = 0.995
 
 
-def _val_samples():
-    """``[(uint8 RGB [3, H, W], label [H, W])]`` of the val images, or [] when absent."""
+@pytest.fixture(scope="module")
+def val_samples(build_cfg):
+    """``[(uint8 RGB [3, H, W], label [H, W])]`` of the toy config's test split, read once."""
     from detectron2.data import DatasetCatalog
     from PIL import Image
 
     import cat_seg.data  # noqa: F401  (registers the datasets)
 
     try:
-        records = DatasetCatalog.get("synthetic_val_sem_seg")
+        records = DatasetCatalog.get(build_cfg(TOY_CONFIG).DATASETS.TEST[0])
     except Exception:
-        return []
+        records = []
+    if not records:
+        pytest.skip("the synthetic val split is not generated (run tools/run_toy.py)")
     return [(torch.from_numpy(np.asarray(Image.open(r["file_name"]).convert("RGB")).copy()).permute(2, 0, 1),
              torch.from_numpy(np.asarray(Image.open(r["sem_seg_file_name"])).astype(np.int64)))
             for r in records]
+
+
+@pytest.fixture(scope="module")
+def exact_labels():
+    """Exact-mode labels per sliding setting (the precision options have no effect there)."""
+    return {}
+
+
+def _labels(model, samples):
+    with torch.no_grad():
+        return [model([{"image": image}])[0]["sem_seg"].argmax(0) for image, _ in samples]
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(),
@@ -50,15 +64,14 @@ def _val_samples():
     (False, True, False), (True, True, False), (False, False, False), (True, False, False),
     (False, True, True), (True, True, True),
 ])
-def test_bf16_agrees_with_exact_mode_on_scored_pixels(build_cfg, sliding, autocast_clip, fp32_parts):
+def test_bf16_agrees_with_exact_mode_on_scored_pixels(build_cfg, val_samples, exact_labels, sliding, autocast_clip,
+                                                      fp32_parts):
     from detectron2.modeling import build_model
 
     import cat_seg.modeling  # noqa: F401
     from cat_seg.checkpoint import CATSegCheckpointer
+    from cat_seg.data.synthetic import IGNORE_LABEL
 
-    samples = _val_samples()
-    if not samples:
-        pytest.skip("the synthetic val split is not generated (run tools/run_toy.py)")
     cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding,
                     MODEL__FAST__AUTOCAST_CLIP=autocast_clip, MODEL__FAST__FP32_COST_EMBEDDING=fp32_parts,
                     MODEL__FAST__FP32_LAST_DECODER_BLOCK=fp32_parts)
@@ -66,18 +79,17 @@ def test_bf16_agrees_with_exact_mode_on_scored_pixels(build_cfg, sliding, autoca
     model = build_model(cfg).eval()
     CATSegCheckpointer(model).load(str(CHECKPOINT))
 
-    agree = total = 0
-    for image, label in samples:
-        batch = [{"image": image}]
+    if sliding not in exact_labels:
         set_fast_options(model, FastOptions.exact())
         model.inference_autocast = None
-        with torch.no_grad():
-            exact = model(batch)[0]["sem_seg"].argmax(0)
-        set_fast_options(model, FastOptions())
-        model.inference_autocast = torch.bfloat16
-        with torch.no_grad():
-            fast = model(batch)[0]["sem_seg"].argmax(0)
-        scored = label != 255
+        exact_labels[sliding] = _labels(model, val_samples)
+    set_fast_options(model, FastOptions())
+    model.inference_autocast = torch.bfloat16
+    fast_labels = _labels(model, val_samples)
+
+    agree = total = 0
+    for (_, label), exact, fast in zip(val_samples, exact_labels[sliding], fast_labels):
+        scored = label != IGNORE_LABEL
         agree += int((exact == fast)[scored].sum())
         total += int(scored.sum())
     assert total > 0
