@@ -1,0 +1,88 @@
+"""Compute precision: one setting, ``MODEL.PRECISION``, for training and inference.
+
+Values:
+
+* ``fp32``: everything in float32 (with TF32 off this is the reference computation);
+* ``bf16`` / ``fp16``: ``torch.autocast`` with that dtype around the model;
+* ``auto`` (default): bf16 where the device computes it natively (CUDA GPUs with bf16
+  support; CPUs with AVX512-BF16 or AMX), fp32 everywhere else.
+
+A reduced precision the device does not compute natively is not used: on a CPU without
+native bf16 a bf16 matmul is emulated and is tens of times slower than fp32 (measured on an
+AVX2-only AMD EPYC: 4.8 s against 0.067 s for a 768x768 matmul). Asking for it explicitly
+then falls back to fp32 with a one-line warning.
+"""
+import logging
+from functools import lru_cache
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=None)
+def _cpu_native(dtype: torch.dtype) -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def supports_native(dtype: torch.dtype, device) -> bool:
+    """Whether ``device`` computes ``dtype`` (bf16 / fp16) natively, i.e. faster than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if dtype == torch.bfloat16:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        return True
+    if device.type == "cpu":
+        return _cpu_native(dtype)
+    return False
+
+
+def cpu_instruction_sets() -> str:
+    """The CPU's vector extensions relevant to speed, e.g. ``"AVX2"`` or ``"AVX512, AVX512-BF16"``
+    (what ``torch.backends.cpu.get_cpu_capability()`` reports, plus native bf16/fp16)."""
+    names = [torch.backends.cpu.get_cpu_capability()]
+    if _cpu_native(torch.bfloat16):
+        names.append("native bf16")
+    if _cpu_native(torch.float16):
+        names.append("native fp16")
+    return ", ".join(names)
+
+
+_warned = set()
+
+
+def resolve_precision(setting: str, device, key: str = "MODEL.PRECISION") -> Optional[torch.dtype]:
+    """The autocast dtype for ``setting`` on ``device``, or None for fp32.
+
+    Raises ``ValueError`` (one line naming ``key``) for an unknown setting. An explicit
+    ``bf16``/``fp16`` the device does not compute natively falls back to fp32 with a
+    one-line warning (logged once per setting and device type).
+    """
+    setting = str(setting).lower()
+    if setting not in PRECISIONS:
+        raise ValueError(f"{key}={setting!r}: expected one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if setting == "fp32":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if supports_native(torch.bfloat16, device) else None
+    dtype = _DTYPES[setting]
+    if supports_native(dtype, device):
+        return dtype
+    if (setting, device.type) not in _warned:
+        _warned.add((setting, device.type))
+        what = f"this CPU ({cpu_instruction_sets()})" if device.type == "cpu" else f"device {device}"
+        logger.warning(f"{key}={setting}: {what} has no native {setting}, running in fp32 instead "
+                       f"(emulated {setting} is many times slower)")
+    return None
