@@ -120,7 +120,15 @@ def add_cat_seg_config(cfg):
     # recomputation chunk in training (0 or -1 = one image).
     cfg.TEST.CLASS_CHUNK_SIZE = -1
 
-    # ---------------------------------------------------------------- speed
+    # ---------------------------------------------------------------- precision and speed
+    # Compute precision for training and inference: auto | fp32 | bf16 | fp16
+    # (cat_seg/modeling/precision.py; auto = bf16 where the device computes it natively).
+    cfg.MODEL.PRECISION = "auto"
+    # torch.compile the aggregator and decoder.
+    cfg.MODEL.COMPILE = False
+    # Training: recompute the per-class aggregation/decoder activations in the backward pass.
+    cfg.MODEL.CHECKPOINT_ACTIVATIONS = False
+
     cfg.MODEL.FAST = CN()
     # Exact mode (fp32, TF32 off) when False: the reference computation.
     cfg.MODEL.FAST.INFERENCE_AUTOCAST = False

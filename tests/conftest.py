@@ -83,6 +83,9 @@ def build_cfg(path, opts=None, **overrides):
     classes = _class_json_dir()
     head.TRAIN_CLASS_JSON = str(classes / "train.json")
     head.TEST_CLASS_JSON = str(classes / "test.json")
+    # fp32 unless a test asks otherwise: MODEL.PRECISION auto would pick bf16 on CPUs with
+    # native bf16 only, and results must not depend on the machine running the suite
+    cfg.MODEL.PRECISION = "fp32"
     for key, value in dict(opts or {}).items():
         _set_key(cfg, key, value)
     for key, value in overrides.items():
