@@ -14,6 +14,7 @@ reason) are the one place that describes the mapping. :func:`convert_official_st
 applies it and returns a :class:`ConversionReport`; a state dict already in our layout is
 passed through untouched.
 """
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -291,8 +292,27 @@ def read_checkpoint(path: str) -> Any:
     except IsADirectoryError:
         raise CheckpointFormatError(f"{path} is a directory, not a checkpoint file") from None
     except Exception as e:  # unpickling errors come in many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointFormatError(f"{path} is not a readable torch checkpoint ({reason})") from None
+        raise CheckpointFormatError(_not_a_checkpoint(path, e)) from None
+
+
+def _not_a_checkpoint(path: str, error: Exception) -> str:
+    """One line saying what ``path`` is not, from the ``torch.load(weights_only=True)`` error.
+
+    torch's own message advises ``weights_only=False``; that is not offered here: a file that
+    needs it holds arbitrary Python objects (which could run code when unpickled), not a
+    checkpoint of tensors.
+    """
+    text = str(error)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return (f"{path} is not a readable torch checkpoint: it is not only tensors, it holds a pickled "
+                f"{unsafe.group(1)} object (not unpickled, as that could run code from the file)")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"{path} is not a readable torch checkpoint: the file is empty"
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return f"{path} is not a readable torch checkpoint: a damaged or truncated torch.save zip archive"
+    return f"{path} is not a readable torch checkpoint: neither a torch.save zip archive nor a pickle of tensors"
 
 
 def unwrap_checkpoint(obj: Any, source: str = "checkpoint") -> Tuple[Dict[str, Any], Dict[str, Any]]:
