@@ -22,6 +22,7 @@ below the threshold get the label :data:`UNLABELED` (-1).
 import colorsys
 import json
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -84,6 +85,23 @@ def _check_vocabulary(classes: List[str], source: str) -> List[str]:
     return classes
 
 
+def _clean_classes(parts: Sequence[str], source: str, trailing_separator: bool = False) -> List[str]:
+    """Clean every entry; a blank entry is an error naming its position (label numbers must
+    match the caller's list), unless every entry is blank (an empty vocabulary) or it is the
+    one left by a trailing separator of a string (``"cat; dog;"``)."""
+    cleaned = [_clean_class(p) for p in parts]
+    if trailing_separator and len(cleaned) > 1 and not cleaned[-1]:
+        cleaned = cleaned[:-1]
+    if any(cleaned):
+        for position, name in enumerate(cleaned):
+            if not name:
+                raise CATSegError(
+                    f"class name at position {position} of {source} is blank: give a name for every class "
+                    f"(label i is the i-th class, so blank names are not dropped)"
+                )
+    return _check_vocabulary([c for c in cleaned if c], source)
+
+
 def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     """Turn a user vocabulary into the list of class names (label ``i`` = ``classes[i]``).
 
@@ -92,31 +110,31 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
       (``"person, human; dog"`` -> ``["person, human", "dog"]``);
     * any other string: classes separated by ``,`` (``"cat, dog"`` -> ``["cat", "dog"]``).
 
-    Whitespace is normalised and empty entries dropped. Raises :class:`CATSegError` for an
-    empty vocabulary or a class given twice.
+    Whitespace is normalised. Raises :class:`CATSegError` for an empty vocabulary, a class
+    given twice, or a blank class name among others (its position is named; only a trailing
+    separator in a string, ``"cat, dog,"``, is allowed).
     """
     if isinstance(vocabulary, str):
         parts = vocabulary.split(";") if ";" in vocabulary else vocabulary.split(",")
-        source = repr(vocabulary)
-    elif isinstance(vocabulary, (list, tuple)):
-        parts = list(vocabulary)
-        source = "class list"
-        for part in parts:
+        return _clean_classes(parts, repr(vocabulary), trailing_separator=True)
+    if isinstance(vocabulary, (list, tuple)):
+        for position, part in enumerate(vocabulary):
             if not isinstance(part, str):
-                raise CATSegError(f"class names must be strings, got {type(part).__name__}: {part!r}")
-    elif vocabulary is None:
+                raise CATSegError(
+                    f"class names must be strings, got {type(part).__name__} {part!r} at position {position}"
+                )
+        return _clean_classes(list(vocabulary), "the class list")
+    if vocabulary is None:
         raise CATSegError("empty vocabulary: give at least one class name")
-    else:
-        raise CATSegError(f"vocabulary must be a string or a list of strings, got {type(vocabulary).__name__}")
-    return _check_vocabulary([c for c in (_clean_class(p) for p in parts) if c], source)
+    raise CATSegError(f"vocabulary must be a string or a list of strings, got {type(vocabulary).__name__}")
 
 
 def read_vocabulary_file(path: str) -> List[str]:
     """Read classes from a file.
 
     ``.json``: a JSON array of class names (the ``datasets/*.json`` format, entries may hold
-    ``", "`` synonyms). Anything else: a text file with one class per line (``", "`` synonyms
-    allowed), blank lines and lines starting with ``#`` ignored.
+    ``", "`` synonyms; a blank entry is an error). Anything else: a text file with one class
+    per line (``", "`` synonyms allowed), blank lines and lines starting with ``#`` ignored.
     """
     if not os.path.isfile(path):
         raise CATSegError(f"vocabulary file {path!r} not found")
@@ -132,10 +150,9 @@ def read_vocabulary_file(path: str) -> List[str]:
             raise CATSegError(f"vocabulary file {path!r} is not valid JSON: {e}") from None
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise CATSegError(f"vocabulary file {path!r} must hold a JSON array of class-name strings")
-        lines = data
-    else:
-        lines = [line for line in text.splitlines() if not line.strip().startswith("#")]
-    return _check_vocabulary([c for c in (_clean_class(x) for x in lines) if c], f"file {path}")
+        return _clean_classes(data, f"file {path}")
+    lines = [line for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return _clean_classes(lines, f"file {path}")
 
 
 # ---------------------------------------------------------------------------------- images
@@ -144,10 +161,14 @@ def load_image(image: ImageInput) -> np.ndarray:
 
     Accepts a file path (read with detectron2's ``read_image``, EXIF orientation applied), a
     PIL image (EXIF orientation applied, converted to RGB) or a numpy array: ``uint8``
-    ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA (alpha dropped) or ``[H, W]`` grayscale.
+    ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA (alpha dropped), ``[H, W]`` or ``[H, W, 1]``
+    grayscale. Anything else raises :class:`CATSegError` saying what was expected.
     """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
+        if os.path.isdir(path):
+            raise CATSegError(f"cannot read image {path!r}: it is a directory (the API takes image files; "
+                              "list the files, or use the demo's --input DIR)")
         if not os.path.isfile(path):
             raise CATSegError(f"cannot read image {path!r}: no such file")
         from detectron2.data.detection_utils import read_image
@@ -155,23 +176,50 @@ def load_image(image: ImageInput) -> np.ndarray:
         try:
             array = read_image(path, format="RGB")
         except Exception as e:  # PIL raises several types for corrupt / non-image files
-            raise CATSegError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+            message = f"{type(e).__name__}: {e}".replace("\n", " ")
+            raise CATSegError(f"cannot read image {path!r}: {message}") from None
+        if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise CATSegError(f"cannot read image {path!r}: empty image of shape {tuple(array.shape)}")
         return np.ascontiguousarray(array)
     if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise CATSegError(f"empty image of size {image.size}")
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB")).copy()
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise CATSegError(f"numpy images must be uint8 RGB [H, W, 3], got dtype {image.dtype}")
+            hint = " (scale floats in [0, 1] with (image * 255).round().astype(np.uint8))" if image.dtype.kind == "f" else ""
+            raise CATSegError(f"numpy images must be uint8 RGB [H, W, 3], got dtype {image.dtype}{hint}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise CATSegError(f"numpy images must be RGB [H, W, 3], got shape {tuple(image.shape)}")
+            hint = " (channels first? use image.transpose(1, 2, 0))" if image.ndim == 3 and image.shape[0] in (1, 3, 4) else ""
+            raise CATSegError(f"numpy images must be RGB [H, W, 3], got shape {tuple(image.shape)}{hint}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise CATSegError(f"empty image of shape {tuple(image.shape)}")
         return np.ascontiguousarray(image[:, :, :3])
+    if isinstance(image, torch.Tensor):
+        raise CATSegError(
+            f"torch tensors are not accepted as images (got shape {tuple(image.shape)}): give an RGB uint8 numpy "
+            "array [H, W, 3], e.g. tensor.permute(1, 2, 0).cpu().numpy() for a CHW uint8 tensor"
+        )
     raise CATSegError(
         f"unsupported image type {type(image).__name__}: give a file path, a PIL image or an RGB uint8 numpy array"
     )
+
+
+def _load_images(inputs: Sequence[ImageInput]) -> List[np.ndarray]:
+    """:func:`load_image` of every input; errors of a list name the position of the bad image."""
+    if len(inputs) == 1:
+        return [load_image(inputs[0])]
+    arrays = []
+    for position, image in enumerate(inputs):
+        try:
+            arrays.append(load_image(image))
+        except CATSegError as e:
+            raise CATSegError(f"image at position {position} of {len(inputs)}: {e}") from None
+    return arrays
 
 
 def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
@@ -369,13 +417,163 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def available_devices() -> List[str]:
+    """Devices this machine can run the model on: ``cpu``, then ``cuda``, ``cuda:0``, ... when
+    CUDA is available, and ``mps`` on Apple GPUs."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: Union[str, torch.device]) -> str:
+    """The validated device string; :class:`CATSegError` naming the value and the devices that
+    exist here for an unknown type (``"tpu"``), CUDA without CUDA, or ``"cuda:3"`` on a machine
+    with fewer GPUs."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise CATSegError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__} {device!r}")
+    available = available_devices()
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise CATSegError(f"unknown device {device!r}: available here: {', '.join(available)}") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CATSegError(f"device {device!r} requested but CUDA is not available here (available: cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise CATSegError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(available: {', '.join(available)})"
+            )
+        return device
+    if parsed.type == "mps" and "mps" in available:
+        return device
+    raise CATSegError(f"device {device!r} is not available: available here: {', '.join(available)}")
+
+
+def _check_batch_size(batch_size) -> Optional[int]:
+    """``None`` (all images in one forward per size group) or a positive int."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise CATSegError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return int(batch_size)
+
+
+# ------------------------------------------------------------------------- offline checks
+#: Seconds to wait for the weights host before reporting that it cannot be reached.
+CONNECT_TIMEOUT_S = 3.0
+#: The CLIP download command suggested when the weights are missing (``{name}``, ``{tag}``).
+_FETCH_CLIP = ("python -c \"import open_clip; open_clip.download_pretrained("
+               "open_clip.get_pretrained_cfg('{name}', '{tag}'))\"")
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set (read now, not at huggingface_hub's import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _host_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds. Behind an
+    HTTP(S) proxy the direct connection says nothing, so the answer is then ``True`` (the
+    download itself decides)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _pretrained_cached(pretrained_cfg: Dict[str, Any]) -> bool:
+    """Whether open_clip would find this pretrained entry without downloading (same order of
+    sources as ``open_clip.download_pretrained``: local file, Hugging Face hub, URL cache)."""
+    from open_clip import pretrained as oc_pretrained
+
+    if pretrained_cfg.get("file"):
+        return os.path.isfile(pretrained_cfg["file"])
+    hub = pretrained_cfg.get("hf_hub", "")
+    if hub and oc_pretrained.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(hub)
+        filename = filename or oc_pretrained.HF_WEIGHTS_NAME
+        alternatives = getattr(oc_pretrained, "_get_safe_alternatives", lambda name: [])
+        return any(isinstance(try_to_load_from_cache(model_id, name), str)
+                   for name in [*alternatives(filename), filename])
+    url = pretrained_cfg.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def check_weights_available(cfg) -> None:
+    """Fail in seconds, before the model is built, when CLIP weights would have to be
+    downloaded but cannot be (``HF_HUB_OFFLINE`` set, or the hub not reachable within
+    :data:`CONNECT_TIMEOUT_S`): a :class:`CATSegError` saying what to pass instead. Without
+    this check open_clip retries the download for about a minute and raises a traceback.
+
+    ``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS`` ``none`` / a file / a cached download need no network.
+    """
+    from .modeling.clip.builder import NO_WEIGHTS
+    from .modeling.clip.model_configs import resolve_clip_arch
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    weights = str(head.CLIP_WEIGHTS)
+    if weights in NO_WEIGHTS:
+        return
+    if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not os.path.isfile(weights):
+            raise CATSegError(f"CLIP weights file {weights!r} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found")
+        return
+    try:
+        resolved = resolve_clip_arch(head.CLIP_PRETRAINED)
+    except ValueError as e:
+        raise CATSegError(str(e).replace("\n", " ")) from None
+    import open_clip
+
+    tag = resolved.default_tag if weights == "default" else weights
+    pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
+    if not pretrained_cfg or _pretrained_cached(pretrained_cfg):
+        return  # an unknown tag is reported by the model builder, with the known tags
+    if pretrained_cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import constants
+
+        host = constants.ENDPOINT
+    else:
+        host = pretrained_cfg.get("url", "")
+    if _hub_offline() and pretrained_cfg.get("hf_hub"):
+        reason = "HF_HUB_OFFLINE is set"
+    elif not _host_reachable(host):
+        reason = f"{host} cannot be reached"
+    else:
+        return
+    fetch = _FETCH_CLIP.format(name=resolved.name, tag=tag)
+    raise CATSegError(
+        f"CLIP weights {resolved.name}/{tag} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS {weights}) are not downloaded and "
+        f"{reason}: pass a CAT-Seg checkpoint (--weights FILE / MODEL.WEIGHTS, it holds the CLIP weights too), "
+        f"a local CLIP file (--opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS FILE), --opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none "
+        f"(random CLIP, for testing only), or fetch them once with internet: {fetch}"
+    )
+
+
 def build_config(config_file: str, weights: Optional[str] = None, device: Optional[str] = None,
                  opts: Optional[Sequence[str]] = None):
     """A frozen detectron2 config for inference, with clear errors for user mistakes.
 
     ``weights`` overrides ``MODEL.WEIGHTS`` (after ``opts``); ``device`` (default: cuda when
-    available, else cpu) sets ``MODEL.DEVICE``. Checks that the config file and a local
-    weights file exist.
+    available, else cpu; validated with :func:`check_device`) sets ``MODEL.DEVICE``. Checks
+    that the config file and a local weights file exist.
     """
     from detectron2.config import get_cfg
 
@@ -398,9 +596,7 @@ def build_config(config_file: str, weights: Optional[str] = None, device: Option
         raise CATSegError(f"weights file {cfg.MODEL.WEIGHTS!r} not found")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise CATSegError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
-    cfg.MODEL.DEVICE = str(device)
+    cfg.MODEL.DEVICE = check_device(device)
     cfg.freeze()
     return cfg
 
@@ -426,14 +622,30 @@ class OpenVocabSegmenter:
         from . import modeling  # noqa: F401  (registers the model)
         from .checkpoint import CATSegCheckpointer
 
+        from .checkpoint import CheckpointError
+        from .modeling.clip.builder import NO_WEIGHTS, CLIPLoadError
+
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
+        self.cfg.defrost()
+        self.cfg.MODEL.DEVICE = check_device(self.cfg.MODEL.DEVICE)
+        if self.cfg.MODEL.WEIGHTS and str(self.cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:
+            # The checkpointer loads every parameter strictly (CLIP included): downloading the
+            # CLIP weights first would be wasted, and impossible offline.
+            self.cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+        self.cfg.freeze()
+        check_weights_available(self.cfg)
+        try:
+            self.model = build_model(self.cfg)
+        except CLIPLoadError as e:  # a CLIP weights file or tag that does not fit: a user error
+            raise CATSegError(str(e).replace("\n", " ")) from None
         self.model.eval()
         self.weights = self.cfg.MODEL.WEIGHTS or None
         if self.weights:
             try:
                 CATSegCheckpointer(self.model).load(self.weights)
-            except Exception as e:  # corrupt file, not a checkpoint, ...
+            except CheckpointError as e:  # its message names the file and what is wrong
+                raise CATSegError(f"cannot load weights: {e}".replace("\n", " ")) from None
+            except Exception as e:  # anything else the loader raises for a bad file
                 message = f"{type(e).__name__}: {e}".replace("\n", " ")
                 raise CATSegError(f"cannot load weights {self.weights!r}: {message}") from None
         else:
@@ -494,18 +706,22 @@ class OpenVocabSegmenter:
             background: ``None`` (every pixel gets a class), ``"prompts"`` (add
                 :data:`BACKGROUND_PROMPTS`; their pixels become unlabeled) or a float
                 threshold (pixels whose best probability is below it become unlabeled).
-            batch_size: images per forward (default: all). With the whole-image inference
+            batch_size: images per forward, a positive int (default ``None``: all). With the whole-image inference
                 images of different resized sizes go through separate forwards, because the
                 model pads a batch to a common size; results never depend on batching.
         Returns:
-            a :class:`SegmentationResult`, or a list of them for a list input.
+            a :class:`SegmentationResult`, or a list of them for a list input (an empty
+            list for an empty list).
         """
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         names = parse_vocabulary(classes)
         background = self._check_background(background)
+        batch_size = _check_batch_size(batch_size)
+        if not inputs:
+            return []
         extra = self.background_prompts_for(names) if background == "prompts" else []
-        arrays = [load_image(x) for x in inputs]
+        arrays = _load_images(inputs)
         sources = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else None for x in inputs]
         probs = self._predict([self._prepare(a) for a in arrays], names + extra, batch_size)
         results = [

@@ -1,5 +1,4 @@
 """Fixtures for the demo / Python API tests: a tiny CPU CAT-Seg with saved random weights."""
-import importlib.util
 import os
 from types import SimpleNamespace
 
@@ -15,6 +14,19 @@ TINY_OPTS = ["MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", os.path.join(REPO, "configs",
 DEMO = os.path.join(REPO, "demo", "demo.py")
 
 
+def subprocess_env(**changes) -> dict:
+    """Environment for subprocesses: this checkout's ``cat_seg`` first on the path (the
+    editable install may point at another checkout), plus ``changes`` (``None`` removes)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def make_image(seed: int, height: int, width: int) -> np.ndarray:
     """A smooth random RGB image (blocky colour regions, so segments are not single pixels)."""
     rng = np.random.default_rng(seed)
@@ -24,8 +36,9 @@ def make_image(seed: int, height: int, width: int) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny():
-    """Paths of the tiny setup: ``repo``, ``config``, ``opts`` (config overrides), ``demo``."""
-    return SimpleNamespace(repo=REPO, config=TINY_CONFIG, opts=list(TINY_OPTS), demo=DEMO)
+    """Paths of the tiny setup: ``repo``, ``config``, ``opts`` (config overrides), ``demo``
+    (the wrapper script), ``env`` (subprocess environment importing this checkout)."""
+    return SimpleNamespace(repo=REPO, config=TINY_CONFIG, opts=list(TINY_OPTS), demo=DEMO, env=subprocess_env())
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +77,7 @@ def images():
 
 @pytest.fixture(scope="session")
 def demo_module():
-    """``demo/demo.py`` imported as a module (to call ``main`` in-process)."""
-    spec = importlib.util.spec_from_file_location("cat_seg_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The demo's module :mod:`cat_seg.cli.demo` (to call ``main`` in-process)."""
+    from cat_seg.cli import demo
+
+    return demo

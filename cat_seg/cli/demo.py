@@ -1,0 +1,435 @@
+"""CAT-Seg demo (console command ``cat-seg-demo``; ``python demo/demo.py`` is a wrapper):
+segment your own images, videos or webcam stream with your own class names.
+
+Examples::
+
+    cat-seg-demo --config-file configs/vitb_384.yaml --weights model_final.pth \\
+        --input photos/ --output out/ --vocab "cat, dog, grass"
+    cat-seg-demo --config-file configs/vitb_384.yaml --input "photos/*.jpg" \\
+        --output out/ --vocab-file classes.txt --background prompts --opts MODEL.WEIGHTS model_final.pth
+
+Vocabulary: ``--vocab "cat, dog"`` gives two classes. To give synonyms of one class, separate
+classes with ``;`` instead: ``--vocab "person, human; dog"`` gives the classes ``person, human``
+and ``dog`` (CAT-Seg convention: only the first synonym is fed to the model).
+``--vocab-file`` reads a JSON array of class names or a text file with one class per line.
+
+Outputs per image in ``--output`` (the input folder layout is mirrored, so files with the same
+name in different folders do not collide):
+
+* ``<stem>_overlay.png``: the image with coloured segments, class names and a legend;
+* ``<stem>_labels.png``: the label map as an index PNG, value ``i`` = ``i``-th class of the
+  vocabulary; uint8 when there are fewer than 255 classes (unlabeled = 255), else uint16
+  (unlabeled = 65535);
+* ``<stem>.json``: vocabulary, image size, per-class pixel area and mean probability, config,
+  weights and device;
+* ``<stem>_features.npz`` with ``--dense-features``: per-pixel CLIP embeddings and cost volume.
+
+Videos (``--video-input``) and the webcam (``--webcam``) are processed frame by frame; with
+``--output`` the overlays are written to ``<stem>_overlay.mp4``, otherwise shown in a window.
+Exit status: 0 when every input was processed; 1 when some images could not be read (they
+are skipped, the others processed and written, and a summary lists the skipped files on
+stderr); 2 for a user error (bad option, config, weights, vocabulary, device, no readable
+image, weights that would need a download without internet), reported as one ``error: ...``
+line with nothing written; 130 when interrupted. The guide is ``docs/segment_your_images.md``.
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# third-party deprecation noise (fvcore uses torch.jit.script) would clutter error output
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ..api import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    CATSegError,
+    OpenVocabSegmenter,
+    SegmentationResult,
+    build_config,
+    check_weights_available,
+    load_image,
+    parse_vocabulary,
+    read_vocabulary_file,
+)
+
+WINDOW_NAME = "CAT-Seg"
+#: Exit status when some images could not be read (skipped; the others were written).
+EXIT_SOME_FAILED = 1
+#: Exit status of a user error (one ``error: ...`` line).
+EXIT_USER_ERROR = 2
+#: Value of unlabeled pixels in the index PNG, by PNG dtype.
+PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose errors are one ``error: ...`` line (exit status 2)."""
+
+    def error(self, message):
+        print_error(f"{message} (see --help)")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def print_error(message: str):
+    """Print a one-line user error to stderr."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def default_config() -> str:
+    """``configs/vitb_384.yaml`` of the checkout this package is installed from (editable
+    install), so the console command works from any directory; else the relative path."""
+    relative = os.path.join("configs", "vitb_384.yaml")
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), relative)
+    return relative if os.path.isfile(relative) or not os.path.isfile(checkout) else checkout
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cat-seg-demo",
+        description="CAT-Seg open-vocabulary segmentation demo (guide: docs/segment_your_images.md)",
+        epilog="exit status: 0 all inputs processed, 1 some images unreadable (skipped, listed on stderr), "
+               "2 user error (one 'error:' line)",
+    )
+    parser.add_argument("--config-file", default=default_config(), metavar="FILE",
+                        help="path to config file (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="checkpoint (same as --opts MODEL.WEIGHTS PATH)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, globs (quote them) or directories (searched recursively)")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="take frames from the webcam")
+    parser.add_argument("--output", help="output directory (default: show the results in a window)")
+    vocab = parser.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms')
+    vocab.add_argument("--vocab-file", help="JSON array of class names or text file with one class per line")
+    parser.add_argument(
+        "--background", default=None, metavar="prompts|THRESH",
+        help='"prompts": add generic background prompts whose pixels stay unlabeled; '
+             "a number in [0, 1]: leave pixels whose best probability is below it unlabeled",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument("--dense-features", action="store_true", help="also write <stem>_features.npz")
+    parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return parser
+
+
+def parse_background(value: Optional[str]):
+    """``None`` | ``"prompts"`` | a float threshold in ``[0, 1]``."""
+    if value is None or value == "prompts":
+        return value
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise CATSegError(f"--background must be 'prompts' or a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise CATSegError(f"--background threshold must be in [0, 1], got {value}")
+    return threshold
+
+
+def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> List[str]:
+    """Files, globs and directories (searched recursively for image extensions) -> sorted files.
+
+    Files under ``exclude`` (the output directory) are skipped when directories and globs are
+    expanded. Raises :class:`CATSegError` for a pattern that matches nothing.
+    """
+    exclude_prefix = os.path.abspath(exclude) + os.sep if exclude else None
+
+    def wanted(path: str) -> bool:
+        inside = exclude_prefix is not None and os.path.abspath(path).startswith(exclude_prefix)
+        return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path) and not inside
+
+    files = set()
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            matches = [os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names]
+            matches = [m for m in matches if wanted(m)]
+            if not matches:
+                raise CATSegError(f"no images found in directory {pattern!r}")
+        elif os.path.isfile(pattern):
+            matches = [pattern]  # an explicitly named file is taken whatever its extension
+        elif glob.has_magic(pattern):
+            matches = [m for m in glob.glob(pattern, recursive=True) if wanted(m)]
+            if not matches:
+                raise CATSegError(f"no images match {pattern!r}")
+        else:
+            raise CATSegError(f"cannot read image {pattern!r}: no such file or directory")
+        files.update(os.path.normpath(m) for m in matches)
+    return sorted(files)
+
+
+def output_stems(files: Sequence[str]) -> Dict[str, str]:
+    """Output name (without suffix) of each input, relative to the output directory.
+
+    The path relative to the deepest folder containing all inputs is mirrored, so
+    ``a/x.jpg`` and ``b/x.jpg`` give ``a/x`` and ``b/x``; inputs that still share a name
+    (``x.jpg``, ``x.png``) get their extension appended (``x_jpg``, ``x_png``).
+    """
+    absolute = {f: os.path.abspath(f) for f in files}
+    base = os.path.commonpath([os.path.dirname(p) for p in absolute.values()])
+    stems = {f: os.path.splitext(os.path.relpath(p, base))[0] for f, p in absolute.items()}
+    counts = Counter(stems.values())
+    for f, stem in stems.items():
+        if counts[stem] > 1:
+            stems[f] = f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower()}"
+    return stems
+
+
+def check_readable(files: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
+    """Split ``files`` into those whose image header can be read and the others.
+
+    Cheap (the pixels are not decoded), so it runs before the model is built. Returns
+    ``(readable, skipped)``, ``skipped`` mapping each unreadable file to the reason. Raises
+    :class:`CATSegError` when no file is readable (nothing to do: a user error).
+    """
+    readable, skipped = [], {}
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.size
+            readable.append(path)
+        except Exception as e:
+            skipped[path] = " ".join(f"{type(e).__name__}: {e}".split())
+    if not readable:
+        if len(skipped) == 1:
+            path, reason = next(iter(skipped.items()))
+            raise CATSegError(f"cannot read image {path!r}: {reason}")
+        raise CATSegError(f"none of the {len(skipped)} input images can be read: "
+                          + "; ".join(f"{p!r} ({r})" for p, r in skipped.items()))
+    return readable, skipped
+
+
+def report_skipped(skipped: Dict[str, str], total: int):
+    """The summary of the images that could not be read (stderr)."""
+    print(f"skipped {len(skipped)} of {total} images that could not be read:", file=sys.stderr)
+    for path, reason in skipped.items():
+        print(f"  {path}: {reason}", file=sys.stderr)
+
+
+def display_problem() -> Optional[str]:
+    """Why an OpenCV window cannot be shown here, or ``None`` when it can."""
+    try:
+        import cv2
+    except ImportError:
+        return "OpenCV (cv2) is not installed"
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    if gui and gui.group(1).upper() == "NONE":
+        return "this OpenCV build has no GUI support (opencv-python-headless)"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display ($DISPLAY is not set)"
+    return None
+
+
+def label_png(result: SegmentationResult) -> np.ndarray:
+    """The label map as an index image: uint8 (< 255 classes) or uint16, unlabeled = max value."""
+    dtype = np.uint8 if len(result.classes) < 255 else np.uint16
+    labels = result.label_map
+    return np.where(labels < 0, PNG_UNLABELED[dtype], labels).astype(dtype)
+
+
+def model_info(args, seg: OpenVocabSegmenter) -> Dict:
+    return {
+        "config_file": args.config_file,
+        "weights": seg.weights,
+        "device": str(seg.device),
+        "opts": list(args.opts),
+        "clip": seg.cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED,
+        "sliding_window": bool(seg.cfg.TEST.SLIDING_WINDOW),
+    }
+
+
+def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, seg: OpenVocabSegmenter, names):
+    """Write overlay, index PNG, JSON (and features) of one image."""
+    target = os.path.join(args.output, stem)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    outputs = {"overlay": target + "_overlay.png", "labels": target + "_labels.png"}
+    Image.fromarray(result.overlay()).save(outputs["overlay"])
+    png = label_png(result)
+    Image.fromarray(png).save(outputs["labels"])
+    if args.dense_features:
+        outputs["features"] = target + "_features.npz"
+        features = seg.dense_features(result.image, names)
+        np.savez(outputs["features"], **features.to_numpy())
+    info = {"input": path}
+    info.update(result.to_json())
+    del info["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
+    info["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
+    info["model"] = model_info(args, seg)
+    info["outputs"] = {k: os.path.relpath(v, args.output) for k, v in outputs.items()}
+    with open(target + ".json", "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def show(window_image_rgb: np.ndarray, wait: int) -> bool:
+    """Show an RGB image in the demo window; False when the user pressed ESC or q."""
+    import cv2
+
+    cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+    cv2.imshow(WINDOW_NAME, window_image_rgb[:, :, ::-1])
+    return cv2.waitKey(wait) not in (27, ord("q"))
+
+
+def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str], background,
+               skipped: Dict[str, str]) -> None:
+    """Segment ``files`` in batches of ``--batch-size``; files that fail to decode are added to
+    ``skipped`` (path -> reason) and the others processed."""
+    from tqdm import tqdm
+
+    stems = output_stems(files)
+    step = max(args.batch_size, 1)
+    with tqdm(total=len(files), unit="img", disable=True if len(files) < 2 else None) as bar:
+        for start in range(0, len(files), step):
+            chunk, arrays = [], []
+            for path in files[start:start + step]:
+                try:
+                    arrays.append(load_image(path))
+                    chunk.append(path)
+                except CATSegError as e:  # truncated / corrupt pixel data behind a valid header
+                    skipped[path] = str(e).split(f"{path!r}: ", 1)[-1]
+                    bar.update(1)
+            if not chunk:
+                continue
+            results = seg(arrays, names, background=background, batch_size=step)
+            for path, result in zip(chunk, results):
+                if args.output:
+                    save_image_outputs(result, path, stems[path], args, seg, names)
+                elif not show(result.overlay(), 0):
+                    return
+                bar.update(1)
+
+
+def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
+    """Segment a video file or the webcam frame by frame (optionally writing an mp4)."""
+    import cv2
+    from tqdm import tqdm
+
+    source = args.video_input if args.video_input else 0
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise CATSegError(f"cannot read video {args.video_input!r}: no such file")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise CATSegError(f"cannot open video {args.video_input!r}" if args.video_input else "cannot open the webcam")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 15.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if args.video_input else 0
+    stem = os.path.splitext(os.path.basename(args.video_input))[0] if args.video_input else "webcam"
+    writer, frames, size = None, 0, None
+    step = max(args.batch_size, 1)
+
+    def emit(batch) -> bool:
+        nonlocal writer, frames
+        for result in seg(batch, names, background=background, batch_size=step):
+            overlay = result.overlay()
+            frames += 1
+            bar.update(1)
+            if args.output:
+                if writer is None:
+                    path = os.path.join(args.output, stem + "_overlay.mp4")
+                    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (overlay.shape[1], overlay.shape[0]))
+                    if not writer.isOpened():
+                        raise CATSegError(f"cannot write video {path!r} (no mp4v encoder in this OpenCV build)")
+                writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
+            elif not show(overlay, 1):
+                return False
+        return True
+
+    with tqdm(total=total or None, unit="frame", disable=None) as bar:
+        try:
+            batch = []
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                size = frame.shape[:2]
+                batch.append(np.ascontiguousarray(frame[:, :, ::-1]))
+                if len(batch) == step:
+                    if not emit(batch):
+                        break
+                    batch = []
+            if batch:
+                emit(batch)
+        except KeyboardInterrupt:  # stopping a webcam stream: keep what was written
+            pass
+        finally:
+            capture.release()
+            if writer is not None:
+                writer.release()
+    if frames == 0:
+        raise CATSegError(f"no frames could be read from {args.video_input!r}" if args.video_input else "no webcam frames")
+    if args.output:
+        info = {
+            "input": args.video_input or "webcam",
+            "classes": names,
+            "background": background,
+            "frames": frames,
+            "fps": fps,
+            "frame_size": {"height": size[0], "width": size[1]},
+            "model": model_info(args, seg),
+            "outputs": {"overlay": stem + "_overlay.mp4"},
+        }
+        with open(os.path.join(args.output, stem + ".json"), "w") as f:
+            json.dump(info, f, indent=2)
+
+
+def make_output_dir(path: str) -> bool:
+    """Create the output directory; ``True`` when it did not exist before. One-line
+    :class:`CATSegError` when it cannot be created or written."""
+    existed = os.path.isdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CATSegError(f"cannot create output directory {path!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CATSegError(f"output directory {path!r} is not writable")
+    return not existed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns the exit status (0 ok, 1 some images skipped, 2 user error)."""
+    try:
+        args = get_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    created_output = False
+    skipped: Dict[str, str] = {}
+    inputs: List[str] = []
+    try:
+        names = read_vocabulary_file(args.vocab_file) if args.vocab_file else parse_vocabulary(args.vocab)
+        background = parse_background(args.background)
+        if args.batch_size < 1:
+            raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")
+        cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts)
+        if args.input:
+            inputs = expand_inputs(args.input, exclude=args.output)
+            files, skipped = check_readable(inputs)
+        if not args.output:
+            problem = display_problem()
+            if problem:
+                raise CATSegError(f"cannot show the results in a window: {problem}; pass --output DIR to save them")
+        check_weights_available(cfg)  # before anything is written: fails in seconds offline
+        if args.output:
+            created_output = make_output_dir(args.output)
+        seg = OpenVocabSegmenter(cfg)
+        if args.input:
+            run_images(seg, args, files, names, background, skipped)
+        else:
+            run_video(seg, args, names, background)
+    except CATSegError as e:
+        if created_output and not os.listdir(args.output):
+            os.rmdir(args.output)  # leave nothing behind for a run that wrote nothing
+        print_error(str(e))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if skipped:
+        report_skipped(skipped, len(inputs))
+        return EXIT_SOME_FAILED
+    return 0

@@ -1,0 +1,353 @@
+"""Robustness of the demo and the Python API (issue: every user error a one-line message).
+
+Each test reproduces one gap: blank class names silently dropped, ``batch_size=-1``,
+unknown devices, bad image arguments, a corrupt file stopping a folder run, minutes of hub
+retries without internet, and the garbage-checkpoint message advising ``weights_only=False``.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cat_seg.api import (
+    CATSegError,
+    OpenVocabSegmenter,
+    build_config,
+    check_device,
+    check_weights_available,
+    load_image,
+    parse_vocabulary,
+    read_vocabulary_file,
+)
+
+VOCAB = ["cat", "dog", "grass"]
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ vocabulary
+@pytest.mark.parametrize("vocabulary,position", [
+    (["", "cat", "dog"], 0),
+    (["cat", "   ", "dog"], 1),
+    (["cat", "dog", " , "], 2),
+    ("cat,,dog", 1),
+    ("cat; ;dog", 1),
+    (", cat", 0),
+])
+def test_blank_class_name_is_an_error_naming_its_position(vocabulary, position):
+    with pytest.raises(CATSegError, match=f"class name at position {position} of .* is blank") as error:
+        parse_vocabulary(vocabulary)
+    assert "\n" not in str(error.value)
+
+
+def test_blank_class_name_through_the_segmenter_and_files(segmenter, images, tmp_path):
+    with pytest.raises(CATSegError, match="position 0"):
+        segmenter(images[0], ["", "cat", "dog"])
+    (tmp_path / "classes.json").write_text(json.dumps(["cat", " ", "dog"]))
+    with pytest.raises(CATSegError, match="position 1 of file .*classes.json is blank"):
+        read_vocabulary_file(str(tmp_path / "classes.json"))
+    # a trailing separator and blank lines of a text file are formatting, not classes
+    assert parse_vocabulary("cat, dog,") == ["cat", "dog"]
+    (tmp_path / "classes.txt").write_text("cat\n\n   \ndog\n")
+    assert read_vocabulary_file(str(tmp_path / "classes.txt")) == ["cat", "dog"]
+
+
+def test_label_numbers_follow_the_callers_list(segmenter, images):
+    """Without blanks, label i is always the caller's i-th name."""
+    result = segmenter(images[0], [" cat ", "dog", "grass"])
+    assert result.classes == VOCAB
+    assert set(np.unique(result.label_map)) <= {0, 1, 2}
+
+
+# ------------------------------------------------------------------------------ batch size
+@pytest.mark.parametrize("batch_size", [-1, 0, 1.5, "2", True])
+def test_bad_batch_size_is_a_one_line_error(segmenter, images, batch_size):
+    with pytest.raises(CATSegError, match=r"batch_size must be a positive integer or None, got") as error:
+        segmenter(images[:2], VOCAB, batch_size=batch_size)
+    assert repr(batch_size) in str(error.value)
+
+
+def test_numpy_integer_batch_size_and_empty_list(segmenter, images):
+    batched = segmenter(images[:2], VOCAB, batch_size=np.int64(1))
+    assert [r.label_map.shape for r in batched] == [images[0].shape[:2], images[1].shape[:2]]
+    assert segmenter([], VOCAB) == []
+
+
+# ------------------------------------------------------------------------------ devices
+def test_unknown_device_names_the_value_and_what_exists():
+    with pytest.raises(CATSegError, match=r"unknown device 'tpu': available here: cpu"):
+        check_device("tpu")
+    with pytest.raises(CATSegError, match="must be a string"):
+        check_device(3)
+    assert check_device("cpu") == "cpu"
+    assert check_device(torch.device("cpu")) == "cpu"
+
+
+def test_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(CATSegError, match=f"device '{device}' requested but CUDA is not available here"):
+            check_device(device)
+
+
+def test_cuda_index_out_of_range(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(CATSegError, match=r"'cuda:3' does not exist: this machine has 1 CUDA device\(s\) "
+                                          r"\(available: cpu, cuda, cuda:0"):
+        check_device("cuda:3")
+    assert check_device("cuda:0") == "cuda:0"
+
+
+def test_device_checked_by_the_api(tiny):
+    with pytest.raises(CATSegError, match="unknown device 'tpu'"):
+        OpenVocabSegmenter.from_config(tiny.config, device="tpu", opts=tiny.opts)
+    cfg = build_config(tiny.config, device="cpu", opts=tiny.opts)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "tpu"  # a config built by hand is checked too
+    with pytest.raises(CATSegError, match="unknown device 'tpu'"):
+        OpenVocabSegmenter(cfg)
+
+
+# ------------------------------------------------------------------------------ images
+def test_image_arguments_give_clear_errors(segmenter, images, tmp_path):
+    image = images[0]
+    cases = [
+        (image.astype(np.float32) / 255, r"dtype float32 \(scale floats in \[0, 1\]"),
+        (np.ascontiguousarray(image.transpose(2, 0, 1)), r"got shape \(3, 96, 128\) \(channels first\?"),
+        (torch.from_numpy(image.copy()), "torch tensors are not accepted as images"),
+        (str(tmp_path), "it is a directory"),
+        (None, "unsupported image type NoneType"),
+        (np.zeros((0, 5, 3), np.uint8), "empty image"),
+    ]
+    for bad, expected in cases:
+        with pytest.raises(CATSegError, match=expected) as error:
+            segmenter(bad, VOCAB)
+        assert "\n" not in str(error.value)
+    with pytest.raises(CATSegError, match=r"image at position 1 of 3: unsupported image type int"):
+        segmenter([image, 7, image], VOCAB)
+
+
+def test_single_channel_images_are_grayscale(images):
+    gray = images[0][:, :, 0]
+    expected = np.repeat(gray[:, :, None], 3, axis=2)
+    assert np.array_equal(load_image(gray[:, :, None]), expected)
+    assert np.array_equal(load_image(gray), expected)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_garbage_checkpoint_message_has_no_weights_only_advice(tiny, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CATSegError) as error:
+        OpenVocabSegmenter.from_config(tiny.config, weights=str(garbage), device="cpu", opts=tiny.opts)
+    message = str(error.value)
+    assert "\n" not in message and "garbage.pth" in message
+    assert "weights_only" not in message and "likely succeed" not in message
+    assert "is not a readable torch checkpoint: neither a torch.save zip archive nor a pickle of tensors" in message
+
+
+class Unpicklable:
+    """A class ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("empty", "the file is empty"),
+    ("truncated", "a damaged or truncated torch.save zip archive"),
+    ("object", r"holds a pickled \S*Unpicklable object"),
+])
+def test_unreadable_checkpoint_says_what_the_file_is_not(tmp_path, kind, expected):
+    from cat_seg.checkpoint import CheckpointFormatError, read_checkpoint
+
+    path = tmp_path / f"{kind}.pth"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save({"model": {"w": torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    else:  # a pickled object of a class weights_only does not allow
+        torch.save({"model": {"w": torch.zeros(1)}, "extra": Unpicklable()}, path)
+    with pytest.raises(CheckpointFormatError) as error:
+        read_checkpoint(str(path))
+    message = str(error.value)
+    assert re.search(expected, message) and str(path) in message
+    assert "\n" not in message and "weights_only" not in message
+
+
+# ------------------------------------------------------------------------------ offline
+def _vitb(tiny):
+    return os.path.join(tiny.repo, "configs", "vitb_384.yaml")
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """No internet, an empty hub cache, no proxy, ``HF_HUB_OFFLINE`` unset."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for key in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path / "hub"
+
+
+def test_api_without_weights_offline_fails_with_what_to_pass(tiny, no_network, monkeypatch):
+    import detectron2.modeling
+
+    def never(cfg):
+        raise AssertionError("the model must not be built (open_clip would retry the download)")
+
+    monkeypatch.setattr(detectron2.modeling, "build_model", never)
+    with pytest.raises(CATSegError) as error:
+        OpenVocabSegmenter.from_config(_vitb(tiny), device="cpu")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "CLIP weights ViT-B-16/openai" in message and "cannot be reached" in message
+    assert "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none" in message and "--weights" in message
+    assert "open_clip.download_pretrained" in message
+
+
+def test_cached_clip_weights_need_no_network(tiny, no_network):
+    """A hub-cache entry of the CLIP weights (as open_clip downloads them) passes the check."""
+    import open_clip
+
+    model_id, filename = os.path.split(open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"])
+    repo = no_network / f"models--{model_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    cfg = build_config(_vitb(tiny), device="cpu")
+    with pytest.raises(CATSegError, match="cannot be reached"):
+        check_weights_available(cfg)
+    (snapshot / (filename or "open_clip_pytorch_model.bin")).write_bytes(b"weights")
+    check_weights_available(cfg)  # no error: open_clip would load the cached file
+
+
+def test_hf_hub_offline_and_no_weights_needed(tiny, no_network, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CATSegError, match="are not downloaded and HF_HUB_OFFLINE is set"):
+        check_weights_available(build_config(_vitb(tiny), device="cpu"))
+    check_weights_available(build_config(_vitb(tiny), device="cpu",
+                                         opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]))
+    with pytest.raises(CATSegError, match="CLIP weights file .*clip.pt.* not found"):
+        check_weights_available(build_config(_vitb(tiny), device="cpu",
+                                             opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "/nowhere/clip.pt"]))
+
+
+def test_a_checkpoint_needs_no_clip_download(tiny, checkpoint, no_network, images):
+    """With MODEL.WEIGHTS the CLIP weights come from the checkpoint: a CLIP tag is not fetched.
+    (The tiny CLIP has no pretrained tags: fetching one would fail in the model builder.)"""
+    opts = tiny.opts + ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "openai"]
+    seg = OpenVocabSegmenter.from_config(tiny.config, weights=checkpoint, device="cpu", opts=opts)
+    assert seg.cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
+    assert seg(images[0], VOCAB).label_map.shape == images[0].shape[:2]
+    with pytest.raises(CATSegError, match="CLIP_WEIGHTS='openai' is neither a file nor a pretrained tag"):
+        OpenVocabSegmenter.from_config(tiny.config, device="cpu", opts=opts)
+
+
+def test_demo_default_config_offline_is_one_line_in_seconds(tiny, tmp_path, image_factory):
+    """A real process without --config-file (the ViT-B default), offline: exit 2, one line, nothing
+    written (it used to retry the hub for about a minute and end in a FileNotFoundError)."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(image_factory(3, 64, 80)).save(photo)
+    env = {k: v for k, v in tiny.env.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    command = [sys.executable, tiny.demo, "--input", str(photo), "--output", str(tmp_path / "out"), "--vocab", "cat"]
+    proc = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "HF_HUB_OFFLINE is set" in line and "--opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none" in line
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ demo CLI
+def run_main(demo_module, capsys, args):
+    code = demo_module.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, image_factory):
+    """Two good images, a corrupt file that sorts first and a truncated PNG (valid header)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_corrupt.png").write_bytes(b"\x89PNG but not really")
+    Image.fromarray(image_factory(20, 64, 80)).save(folder / "b_good.png")
+    Image.fromarray(image_factory(21, 64, 80)).save(folder / "c_truncated.png")
+    data = (folder / "c_truncated.png").read_bytes()
+    (folder / "c_truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(image_factory(22, 72, 56)).save(folder / "d_good.jpg")
+    return folder
+
+
+def test_folder_run_skips_bad_files(demo_module, capsys, tiny, checkpoint, mixed_folder, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", mixed_folder, "--output", out, "--vocab", "cat, dog",
+        "--weights", checkpoint, "--device", "cpu", "--batch-size", "2", "--opts", *tiny.opts,
+    ])
+    assert code == demo_module.EXIT_SOME_FAILED == 1, err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{stem}{suffix}" for stem in ("b_good", "d_good")
+                             for suffix in (".json", "_labels.png", "_overlay.png"))
+    lines = err.strip().splitlines()
+    assert lines[0] == "skipped 2 of 4 images that could not be read:"
+    assert lines[1].startswith(f"  {mixed_folder / 'a_corrupt.png'}: ")
+    assert lines[2].startswith(f"  {mixed_folder / 'c_truncated.png'}: ") and "truncated" in lines[2]
+    assert len(lines) == 3
+
+
+def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
+    """The ``demo/demo.py`` wrapper (a real process): 1 with some images skipped, 2 when none is readable."""
+    base = [sys.executable, tiny.demo, "--config-file", tiny.config, "--vocab", "cat, dog", "--weights", checkpoint,
+            "--device", "cpu"]
+    proc = subprocess.run(base + ["--input", str(mixed_folder / "a_corrupt.png"), str(mixed_folder / "b_good.png"),
+                                  "--output", str(tmp_path / "out"), "--opts", *tiny.opts],
+                          cwd=tiny.repo, capture_output=True, text=True, env=tiny.env, timeout=1800)
+    assert proc.returncode == 1, proc.stderr
+    assert "skipped 1 of 2 images" in proc.stderr and (tmp_path / "out" / "b_good_labels.png").is_file()
+    proc = subprocess.run(base + ["--input", str(mixed_folder / "a_corrupt.png"), str(mixed_folder / "c_truncated.png"),
+                                  "--output", str(tmp_path / "none"), "--opts", *tiny.opts],
+                          cwd=tiny.repo, capture_output=True, text=True, env=tiny.env, timeout=1800)
+    # the truncated PNG has a valid header: it is skipped while running, so the exit status is 1
+    assert proc.returncode == 1, proc.stderr
+    assert not any((tmp_path / "none").iterdir())
+
+
+@pytest.mark.parametrize("case", ["device_tpu", "batch_negative", "output_under_file", "all_corrupt", "blank_class"])
+def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_path, case):
+    (tmp_path / "file").write_text("a regular file")
+    args = {"--config-file": tiny.config, "--input": str(mixed_folder / "b_good.png"),
+            "--output": str(tmp_path / "out"), "--vocab": "cat, dog", "--device": "cpu"}
+    change, expected = {
+        "device_tpu": ({"--device": "tpu"}, "unknown device 'tpu': available here: cpu"),
+        "batch_negative": ({"--batch-size": "-1"}, "--batch-size must be >= 1, got -1"),
+        "output_under_file": ({"--output": str(tmp_path / "file" / "out")}, "cannot create output directory .*file/out"),
+        "all_corrupt": ({"--input": str(mixed_folder / "a_corrupt.png")}, "cannot read image .*a_corrupt.png"),
+        "blank_class": ({"--vocab": "cat, , dog"}, "class name at position 1 of 'cat, , dog' is blank"),
+    }[case]
+    args.update(change)
+    argv = [str(x) for kv in args.items() for x in kv] + ["--opts", *tiny.opts]
+    code, _, err = run_main(demo_module, capsys, argv)
+    assert code == 2
+    assert re.search(expected, one_error_line(err)), err
+    assert not (tmp_path / "out").exists()
