@@ -433,3 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report_skipped(skipped, len(inputs))
         return EXIT_SOME_FAILED
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

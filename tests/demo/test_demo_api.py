@@ -237,7 +237,7 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
         OpenVocabSegmenter.from_config(str(tmp_path / "nope.yaml"))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"garbage")
-    with pytest.raises(CATSegError, match="cannot load weights .*corrupt.pth"):
+    with pytest.raises(CATSegError, match="cannot load weights: .*corrupt.pth is not a readable torch checkpoint"):
         OpenVocabSegmenter.from_config(tiny.config, weights=str(corrupt), device="cpu", opts=tiny.opts)
     for call in (lambda: segmenter(str(bad), VOCAB), lambda: segmenter(images[0], "")):
         with pytest.raises(CATSegError) as error:
