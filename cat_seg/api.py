@@ -194,7 +194,11 @@ def load_image(image: ImageInput) -> np.ndarray:
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
-            hint = " (channels first? use image.transpose(1, 2, 0))" if image.ndim == 3 and image.shape[0] in (1, 3, 4) else ""
+            hint = ""
+            if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+                hint = " (channels first? use image.transpose(1, 2, 0))"
+            elif image.ndim == 4:
+                hint = " (for a batch, pass a list of [H, W, 3] arrays: list(images))"
             raise CATSegError(f"numpy images must be RGB [H, W, 3], got shape {tuple(image.shape)}{hint}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise CATSegError(f"empty image of shape {tuple(image.shape)}")
@@ -523,14 +527,16 @@ def check_weights_available(cfg) -> None:
     :data:`CONNECT_TIMEOUT_S`): a :class:`CATSegError` saying what to pass instead. Without
     this check open_clip retries the download for about a minute and raises a traceback.
 
-    ``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS`` ``none`` / a file / a cached download need no network.
+    ``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS`` ``none`` / a file / a cached download need no network,
+    and neither does any CLIP tag when ``MODEL.WEIGHTS`` is set (the checkpoint holds CLIP:
+    :class:`OpenVocabSegmenter` then does not fetch it).
     """
     from .modeling.clip.builder import NO_WEIGHTS
     from .modeling.clip.model_configs import resolve_clip_arch
 
     head = cfg.MODEL.SEM_SEG_HEAD
     weights = str(head.CLIP_WEIGHTS)
-    if weights in NO_WEIGHTS:
+    if weights in NO_WEIGHTS or cfg.MODEL.WEIGHTS:
         return
     if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
         if not os.path.isfile(weights):

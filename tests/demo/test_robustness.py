@@ -131,6 +131,7 @@ def test_image_arguments_give_clear_errors(segmenter, images, tmp_path):
         (str(tmp_path), "it is a directory"),
         (None, "unsupported image type NoneType"),
         (np.zeros((0, 5, 3), np.uint8), "empty image"),
+        (np.stack([image, image]), r"for a batch, pass a list of \[H, W, 3\] arrays"),
     ]
     for bad, expected in cases:
         with pytest.raises(CATSegError, match=expected) as error:
@@ -241,12 +242,13 @@ def test_cached_clip_weights_need_no_network(tiny, no_network):
     check_weights_available(cfg)  # no error: open_clip would load the cached file
 
 
-def test_hf_hub_offline_and_no_weights_needed(tiny, no_network, monkeypatch):
+def test_hf_hub_offline_and_no_weights_needed(tiny, checkpoint, no_network, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CATSegError, match="are not downloaded and HF_HUB_OFFLINE is set"):
         check_weights_available(build_config(_vitb(tiny), device="cpu"))
     check_weights_available(build_config(_vitb(tiny), device="cpu",
                                          opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]))
+    check_weights_available(build_config(_vitb(tiny), weights=checkpoint, device="cpu"))  # CLIP in the checkpoint
     with pytest.raises(CATSegError, match="CLIP weights file .*clip.pt.* not found"):
         check_weights_available(build_config(_vitb(tiny), device="cpu",
                                              opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "/nowhere/clip.pt"]))
