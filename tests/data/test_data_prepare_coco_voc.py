@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
 
-from cat_seg.data.class_names import get_class_names
+from cat_seg.data.catalog import class_names as get_class_names
 from cat_seg.data.datasets import PrepareError, register_all
 from cat_seg.data.prepare import coco_stuff, voc
 

@@ -8,7 +8,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cat_seg.data.datasets as datasets_pkg
-from cat_seg.data.class_names import get_class_names
+from cat_seg.data.catalog import class_names as get_class_names
 from cat_seg.data.datasets import DatasetNotFoundError, register_all
 
 # name -> (number of classes, ignore label, evaluator type, class json, label extension)
