@@ -1,7 +1,7 @@
 """Small shared helpers."""
 import json
 import os
-import tempfile
+import threading
 from typing import Callable, List
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
@@ -21,11 +21,24 @@ def resolve_path(path: str) -> str:
 
 
 def read_class_json(path: str, key: str = "class json") -> List[str]:
-    """Read a flat JSON array of class names (``datasets/*.json``); clear errors otherwise."""
-    path = resolve_path(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key} {path!r} not found (class-name jsons are written by datasets/prepare_*.py)")
-    with open(path) as f:
+    """Read a flat JSON array of class names; clear errors otherwise.
+
+    An existing file wins (``path`` as given, or relative to the repository); otherwise a
+    name of a vocabulary shipped with the package (``datasets/coco.json``, as configs written
+    for the official code name them, or ``coco.json``) reads the packaged file.
+    """
+    resolved = resolve_path(path)
+    if not os.path.isfile(resolved):
+        from .data.catalog import vocabulary_path
+
+        try:
+            resolved = str(vocabulary_path(path))
+        except KeyError as e:
+            raise FileNotFoundError(
+                f"{key} {path!r} not found, and it names no packaged vocabulary ({e.args[0]})"
+            ) from None
+    path = resolved
+    with open(path, encoding="utf-8") as f:
         try:
             names = json.load(f)
         except json.JSONDecodeError as e:
@@ -35,20 +48,29 @@ def read_class_json(path: str, key: str = "class json") -> List[str]:
     return names
 
 
-def atomic_write(path: str, write: Callable, mode: str = "wb"):
+def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
-    ``write(f)`` fills the open temporary file. A crash or kill at any moment leaves either
-    the previous file or the complete new one, never a half-written file.
+    ``write(f)`` fills the open temporary file, named ``.<name>.<pid>.<thread>.tmp`` and
+    created with the usual permissions (``0o666`` less the umask). A crash
+    or kill of the process at any moment leaves either the previous file or the complete new
+    one, never a half-written file under the final name. ``durable`` also flushes the data to
+    disk before the rename (survives a power loss; costs a disk sync, so the preparation
+    scripts that write many thousands of small files turn it off).
     """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
+    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -23,7 +23,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "toy_synthetic.yaml")
 # Overlays leave pixels unlabeled where no class reaches this probability (the toy's
 # background is not a class, so without it every background pixel gets some class).
@@ -126,7 +125,8 @@ def main(argv=None):
     start = time.time()
 
     import cat_seg.data  # noqa: F401  (registers the synthetic benchmark)
-    from cat_seg.data.synthetic import generate_synthetic
+    from cat_seg.data.catalog import vocabulary_path
+    from cat_seg.data.synthetic import VAL, generate_synthetic
 
     generate_synthetic(num_train=args.num_train, num_val=args.num_val)
     clip_path = os.path.join(output, "tiny_clip_pretrained.pth")
@@ -152,7 +152,7 @@ def main(argv=None):
     if val:
         run([sys.executable, "demo/demo.py", "--config-file", CONFIG, "--weights",
              os.path.join(output, "model_final.pth"), "--input", *val, "--output", os.path.join(output, "overlays"),
-             "--vocab-file", "datasets/synthetic_val.json", "--device", "cpu",
+             "--vocab-file", str(vocabulary_path(VAL.class_key)), "--device", "cpu",
              "--background", str(OVERLAY_MIN_PROBABILITY),
              "--opts", "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"])
     with open(os.path.join(output, "summary.md"), "w") as f:

@@ -1,7 +1,7 @@
-"""Public downloads of every benchmark (one table) and a resumable downloader / extractor.
+"""A resumable downloader / extractor for the public downloads of the catalog.
 
-* :data:`ARCHIVES` lists each public file: URL, where it is extracted (relative to the dataset
-  root), what it provides there, and its MD5 where known.
+* :data:`cat_seg.data.catalog.ARCHIVES` lists each public file: URL, where it is extracted
+  (relative to the dataset root), what it provides there, and its MD5 where known.
 * :func:`download` fetches a URL into a file, resuming an interrupted transfer with an HTTP
   ``Range`` request (``<file>.part`` holds the bytes so far), shows a progress bar and checks
   the size (and MD5 when known) before renaming the ``.part`` file into place.
@@ -21,90 +21,18 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
 from tqdm import tqdm
 
+from .catalog import ARCHIVES, Archive, get_archive  # noqa: F401  (the download table)
 from .datasets.errors import DownloadError, PrepareError
 
-
-@dataclass(frozen=True)
-class Archive:
-    """A public download: ``url`` saved as ``filename``, unpacked into ``extract_to`` (relative
-    to the dataset root; a file that is no archive is just placed there), after which
-    ``provides`` exists. ``manual`` downloads need a registration and are never fetched."""
-
-    url: str
-    filename: str
-    extract_to: str
-    provides: str
-    md5: Optional[str] = None
-    size: Optional[int] = None
-    manual: bool = False
-    note: str = ""
-
-
-# fmt: off
-ARCHIVES = {
-    "coco_train2017": Archive(
-        "http://images.cocodataset.org/zips/train2017.zip", "train2017.zip",
-        "coco-stuff/images", "coco-stuff/images/train2017"),
-    "coco_val2017": Archive(
-        "http://images.cocodataset.org/zips/val2017.zip", "val2017.zip",
-        "coco-stuff/images", "coco-stuff/images/val2017"),
-    "coco_stuffthingmaps": Archive(
-        "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/"
-        "stuffthingmaps_trainval2017.zip", "stuffthingmaps_trainval2017.zip",
-        "coco-stuff/annotations", "coco-stuff/annotations/val2017"),
-    "ade20k_challenge": Archive(
-        "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
-        "ADEChallengeData2016.zip", "", "ADEChallengeData2016"),
-    "ade20k_full": Archive(
-        "https://groups.csail.mit.edu/vision/datasets/ADE20K/request_data/",
-        "ADE20K_2021_17_01.zip", "", "ADE20K_2021_17_01", manual=True,
-        note="needs a free registration on the ADE20K site; the download link arrives by e-mail"),
-    "voc2012": Archive(
-        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-        "VOCtrainval_11-May-2012.tar", "", "VOCdevkit/VOC2012/JPEGImages",
-        md5="6cd6e144f989b92b3379bac3b3de84fd"),
-    "voc2012_aug": Archive(
-        "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip?dl=1",
-        "SegmentationClassAug.zip", "VOCdevkit/VOC2012",
-        "VOCdevkit/VOC2012/SegmentationClassAug",
-        note="SBD-augmented VOC masks as distributed for DeepLab"),
-    "voc2010": Archive(
-        "http://host.robots.ox.ac.uk/pascal/VOC/voc2010/VOCtrainval_03-May-2010.tar",
-        "VOCtrainval_03-May-2010.tar", "", "VOCdevkit/VOC2010/JPEGImages",
-        md5="da459979d0c395079b5c75ee67908abb"),
-    "pascal_context_59": Archive(
-        "https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
-        "trainval_merged.json", "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/trainval_merged.json",
-        note="Detail API annotations of Pascal Context"),
-    "pascal_context_459": Archive(
-        "https://cs.stanford.edu/~roozbeh/pascal-context/trainval.tar.gz", "trainval.tar.gz",
-        "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/trainval",
-        note="per-image .mat files with the 459-class LabelMap, and labels.txt"),
-    "pascal_context_459_val_list": Archive(
-        "https://drive.google.com/uc?export=download&id=1BCbiOKtLvozjVnlTJX51koIveUZHCcUh",
-        "pascalcontext_val.txt", "VOCdevkit/VOC2010", "VOCdevkit/VOC2010/pascalcontext_val.txt",
-        note="the list of 5104 validation ids distributed with CAT-Seg (datasets/ of its "
-             "repository), mirrored on Google Drive"),
-}
-# fmt: on
 
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
               TimeoutError, OSError)
-
-
-def get_archive(key: str) -> Archive:
-    """The table entry ``key`` of :data:`ARCHIVES`."""
-    try:
-        return ARCHIVES[key]
-    except KeyError:
-        raise KeyError(f"unknown download {key!r}; known: {', '.join(ARCHIVES)}") from None
 
 
 def how_to_get(key: str, root) -> str:

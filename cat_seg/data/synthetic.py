@@ -1,6 +1,7 @@
 """Embedded toy open-vocabulary benchmark: patterned, coloured shapes on textured backgrounds.
 
-16 classes = 4 colours x 4 fill patterns, named like ``"red striped"``; the outline of each
+16 classes = 4 colours x 4 fill patterns, named like ``"red striped"`` (the vocabularies
+``synthetic_val`` and ``synthetic_train`` of :mod:`cat_seg.data.catalog`); the outline of each
 object (circle, square, triangle or star) is random and not part of its class. The train split
 uses the 12 *seen* combinations only; 4 *unseen* combinations (one per colour and one per
 pattern, so every colour word and every pattern word is still seen in training) appear only in
@@ -16,10 +17,12 @@ val mIoU over the 16 colour x outline classes, 38.2 over colour x pattern classe
 On-disk format is the one of the real benchmarks (same loader, same evaluator):
 ``<root>/synthetic/images/{train,val}/<id>.jpg`` and
 ``<root>/synthetic/annotations/{train,val}/<id>.png`` (uint8). Train labels index the 12
-seen classes (``datasets/synthetic_train.json``), val labels the 16 classes
-(``datasets/synthetic_val.json``). The background is not a class: its pixels carry the ignore
-value 255, so only shape pixels are scored. ``<root>/synthetic/synthetic_info.json`` records
-the generation parameters and is written last (its presence marks a complete benchmark).
+seen classes (``synthetic_train.json``), val labels the 16 classes (``synthetic_val.json``);
+both class lists are also written to ``<root>/synthetic_{train,val}.json`` (with the default
+root: ``datasets/synthetic_val.json``, the file the demo commands pass as ``--vocab-file``).
+The background is not a class: its pixels carry the ignore value 255, so only shape pixels are
+scored. ``<root>/synthetic/synthetic_info.json`` records the generation parameters and is
+written last (its presence marks a complete benchmark).
 
 Generation is deterministic from the seed (each image has its own random stream derived from
 ``(seed, split, index)``) and takes a few seconds for the default 400 + 100 images of 256x256.
@@ -37,7 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .datasets.layout import dataset_root, get_layout
+from .catalog import class_names, dataset_root, get_layout
 from .prepare.io import atomic_write_bytes
 
 COLOURS = {  # RGB
@@ -49,33 +52,39 @@ COLOURS = {  # RGB
 PATTERNS = ("striped", "dotted", "speckled", "plain")
 # outlines are drawn at random; they are not part of the class
 SHAPES = ("circle", "square", "triangle", "star")
-# One unseen combination per colour and per pattern (a diagonal of the colour x pattern grid).
-UNSEEN_CLASSES = ("red plain", "green speckled", "blue dotted", "yellow striped")
-IGNORE_LABEL = 255
 TRAIN = get_layout("synthetic_train_sem_seg")
 VAL = get_layout("synthetic_val_sem_seg")
+IGNORE_LABEL = VAL.ignore_label
 INFO_FILE = "synthetic/synthetic_info.json"
 FORMAT_VERSION = 2
 
 
 def val_class_names() -> List[str]:
-    """All 16 classes (val label order): colour-major, ``"red striped", "red dotted", ...``."""
-    return [f"{colour} {pattern}" for colour in COLOURS for pattern in PATTERNS]
+    """All 16 classes (val label order): colour-major, ``"red striped", "red dotted", ...``.
+
+    Each name is ``"<colour> <pattern>"`` with a colour of :data:`COLOURS` and a pattern of
+    :data:`PATTERNS`."""
+    return class_names(VAL.class_key)
 
 
 def train_class_names() -> List[str]:
-    """The 12 seen classes (train label order), in the order of :func:`val_class_names`."""
-    return [name for name in val_class_names() if name not in UNSEEN_CLASSES]
+    """The 12 seen classes (train label order), in the order of :func:`val_class_names`.
+
+    The 4 unseen ones are one per colour and one per pattern (a diagonal of the colour x
+    pattern grid), so every colour word and every pattern word is seen in training."""
+    return class_names(TRAIN.class_key)
 
 
 def seen_class_indices() -> List[int]:
     """Indices into :func:`val_class_names` of the classes seen in training."""
-    return [i for i, name in enumerate(val_class_names()) if name not in UNSEEN_CLASSES]
+    seen = set(train_class_names())
+    return [i for i, name in enumerate(val_class_names()) if name in seen]
 
 
 def unseen_class_indices() -> List[int]:
     """Indices into :func:`val_class_names` of the classes never seen in training."""
-    return [i for i, name in enumerate(val_class_names()) if name in UNSEEN_CLASSES]
+    seen = set(train_class_names())
+    return [i for i, name in enumerate(val_class_names()) if name not in seen]
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,9 @@ def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
         raise ValueError("counts must be >= 0 and image_size >= 64")
     root = dataset_root(root)
     out = synthetic_root(root)
+    for layout in (TRAIN, VAL):  # the class lists beside the data, for --vocab-file
+        names = json.dumps(class_names(layout.class_key), indent=1, ensure_ascii=False) + "\n"
+        atomic_write_bytes(root / f"{layout.class_key}.json", names.encode())
     if not force and _complete(root, config):
         if verbose:
             print(f"synthetic benchmark already complete in {out} (use --force to regenerate)")

@@ -1,4 +1,5 @@
-"""Photometric augmentation of the train mapper (spec 4.5 step 4)."""
+"""Photometric augmentation of the train mapper (SSD-style colour jitter, as in the official
+MaskFormer / CAT-Seg training)."""
 import random
 
 import cv2

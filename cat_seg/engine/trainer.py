@@ -2,25 +2,25 @@
 import logging
 import os
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer
 from ..data.dataset_mappers import MaskFormerSemanticDatasetMapper
 from ..evaluation import build_evaluator
+from ..modeling.precision import resolve_precision
 from ..solver import build_lr_scheduler, build_optimizer
 from .data import build_deterministic_train_loader
 from .train_loop import MixedPrecisionTrainer
 
-_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TRAIN_MAPPERS = {"mask_former_semantic": MaskFormerSemanticDatasetMapper}
+# TEST.IMS_PER_BATCH = 0 ("auto"): images per evaluation forward on each device type.
+AUTO_TEST_BATCH = {"cuda": 8}
 
 
 class DataSeed:
@@ -44,46 +44,51 @@ def resolve_seed(cfg) -> int:
     return int(comm.all_gather(seed)[0]) if comm.get_world_size() > 1 else seed
 
 
+def resolve_test_batch_size(cfg) -> int:
+    """Images per evaluation forward: ``TEST.IMS_PER_BATCH``, or for 0 ("auto") 8 on CUDA and
+    1 elsewhere (on CPU a batch is no faster per image and needs more memory)."""
+    size = int(cfg.TEST.IMS_PER_BATCH)
+    if size < 0:
+        raise ValueError(f"TEST.IMS_PER_BATCH={size}: expected 0 (auto) or a positive number")
+    if size == 0:
+        size = AUTO_TEST_BATCH.get(torch.device(cfg.MODEL.DEVICE).type, 1)
+    return size
+
+
 class Trainer(DefaultTrainer):
     """Training and evaluation of CAT-Seg.
 
     Differences from ``DefaultTrainer``: CAT-Seg's train mapper, optimizer (per-parameter
     groups, CLIP LR multiplier, full-model gradient clipping) and evaluators; a
-    deterministic data stream that ``--resume`` continues exactly; mixed precision
-    (``SOLVER.AMP.ENABLED`` with ``SOLVER.AMP.PRECISION`` bf16/fp16) on CPU or GPU;
-    evaluation with ``TEST.IMS_PER_BATCH`` images per forward.
+    deterministic data stream that ``--resume`` continues exactly (its seed is saved in the
+    checkpoints); mixed precision from ``MODEL.PRECISION`` on CPU or GPU; evaluation with
+    ``TEST.IMS_PER_BATCH`` images per forward (0 = auto). Hooks, resuming, ``test`` and the
+    other builders are ``DefaultTrainer``'s.
     """
 
     def __init__(self, cfg):
-        logger = logging.getLogger("detectron2")
-        if not logger.isEnabledFor(logging.INFO):
+        # DefaultTrainer.__init__ in the same order, except for three things it hard-codes:
+        # DDP options (static_graph; no device_ids for CPU processes), the step
+        # (AMPTrainer is CUDA-only and fp16-only) and the checkpointer (crash-safe writes that
+        # also save the data seed).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.cfg = cfg
         self.data_seed = DataSeed(resolve_seed(cfg))
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        self.cfg = cfg
-        data_loader = self._build_train_loader(cfg, start_iter=0)
+        data_loader = self.build_train_loader(cfg)
         # static_graph: the last visual block's q/k weights are trainable in some fine-tuning
         # modes but unused by the dense forward; DDP must tolerate that without the cost of
-        # find_unused_parameters. CPU processes (gloo) take no device_ids.
+        # find_unused_parameters.
         on_gpu = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         model = create_ddp_model(
             model, broadcast_buffers=False, static_graph=True,
             device_ids=[comm.get_local_rank()] if on_gpu else None,
         )
-        if cfg.SOLVER.AMP.ENABLED:
-            precision = cfg.SOLVER.AMP.PRECISION
-            if precision not in _PRECISIONS:
-                raise ValueError(f"SOLVER.AMP.PRECISION={precision!r}: expected one of {sorted(_PRECISIONS)}")
-            device_type = torch.device(cfg.MODEL.DEVICE).type
-            self._trainer = MixedPrecisionTrainer(model, data_loader, optimizer, _PRECISIONS[precision], device_type)
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-        # TrainerBase state
-        self._hooks = []
-        self.iter = 0
-        self.storage = None
+        self._trainer = self.build_train_step(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = CATSegCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), data_seed=self.data_seed
@@ -92,15 +97,29 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.register_hooks(self.build_hooks())
 
+    @classmethod
+    def build_train_step(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        """``SimpleTrainer``, or :class:`MixedPrecisionTrainer` when ``MODEL.PRECISION``
+        resolves to bf16 / fp16 on ``MODEL.DEVICE``."""
+        dtype = resolve_precision(cfg.MODEL.PRECISION, cfg.MODEL.DEVICE)
+        if dtype is None:
+            return SimpleTrainer(model, data_loader, optimizer)
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        return MixedPrecisionTrainer(model, data_loader, optimizer, dtype, device_type)
+
     # ------------------------------------------------------------------ resume
     def resume_or_load(self, resume=True):
         """Load ``MODEL.WEIGHTS`` or resume; then position the data stream at ``start_iter``."""
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
-            self._trainer.data_loader = self._build_train_loader(self.cfg, self.start_iter)
+            self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None
 
-    def _build_train_loader(self, cfg, start_iter: int):
+    # ------------------------------------------------------------------ builders
+    def build_train_loader(self, cfg):
+        """The deterministic training stream from sample ``start_iter * SOLVER.IMS_PER_BATCH``
+        on (an instance method, unlike ``DefaultTrainer``'s: it needs the data seed and
+        the iteration to resume at)."""
         name = cfg.INPUT.DATASET_MAPPER_NAME
         if name not in TRAIN_MAPPERS:
             raise ValueError(f"INPUT.DATASET_MAPPER_NAME={name!r}: expected one of {sorted(TRAIN_MAPPERS)}")
@@ -111,15 +130,10 @@ class Trainer(DefaultTrainer):
             dataset,
             TRAIN_MAPPERS[name](cfg, True),
             seed=self.data_seed.seed,
-            start_iter=start_iter,
+            start_iter=self.start_iter,
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
-
-    # ------------------------------------------------------------------ builders
-    @classmethod
-    def build_train_loader(cls, cfg):
-        raise NotImplementedError("Trainer builds its own resumable loader (see _build_train_loader)")
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -137,13 +151,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=DatasetMapper(cfg, False), batch_size=cfg.TEST.IMS_PER_BATCH
-        )
+        """detectron2's test loader with :func:`resolve_test_batch_size` images per batch."""
+        return build_detection_test_loader(cfg, dataset_name, batch_size=resolve_test_batch_size(cfg))
 
     @classmethod
     def check_vocabulary(cls, cfg, model, dataset_name):
-        """The test class json must list the evaluator's classes in order (spec Q24)."""
+        """The test class json must list the evaluator's classes in order: scores are read
+        by channel index, so another list would score the wrong classes silently."""
         meta = MetadataCatalog.get(dataset_name)
         classes = getattr(meta, "stuff_classes", None)
         if classes is None or getattr(meta, "evaluator_type", "sem_seg") != "sem_seg":
@@ -157,19 +171,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Evaluate on every ``DATASETS.TEST`` (vocabulary: ``TEST_CLASS_JSON``)."""
-        logger = logging.getLogger(__name__)
+        """``DefaultTrainer.test`` on every ``DATASETS.TEST`` (vocabulary: ``TEST_CLASS_JSON``),
+        after checking that the vocabulary matches each dataset."""
         core = model.module if hasattr(model, "module") else model
-        results = OrderedDict()
-        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+        for dataset_name in cfg.DATASETS.TEST:
             cls.check_vocabulary(cfg, core, dataset_name)
-            data_loader = cls.build_test_loader(cfg, dataset_name)
-            evaluator = evaluators[index] if evaluators is not None else cls.build_evaluator(cfg, dataset_name)
-            result = inference_on_dataset(model, data_loader, evaluator)
-            results[dataset_name] = result
-            if comm.is_main_process():
-                logger.info(f"Evaluation results for {dataset_name} in csv format:")
-                print_csv_format(result)
-        if len(results) == 1:
-            results = list(results.values())[0]
-        return results
+        return super().test(cfg, model, evaluators)

@@ -1,16 +1,4 @@
-"""Evaluators (spec 4.6)."""
-from .sem_seg_evaluation import (
-    SemSegEvaluator,
-    VOCbEvaluator,
-    build_evaluator,
-    compute_sem_seg_metrics,
-    load_sem_seg_gt,
-)
+"""Evaluators (detectron2's ``SemSegEvaluator`` with CAT-Seg's additions) and the benchmarks."""
+from .sem_seg_evaluation import SemSegEvaluator, VOCbEvaluator, build_evaluator, load_sem_seg_gt
 
-__all__ = [
-    "SemSegEvaluator",
-    "VOCbEvaluator",
-    "build_evaluator",
-    "compute_sem_seg_metrics",
-    "load_sem_seg_gt",
-]
+__all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]

@@ -1,6 +1,13 @@
-"""The open-vocabulary benchmarks of the evaluation protocol (spec 5.4), in one table."""
+"""The open-vocabulary benchmarks of the evaluation protocol, as ``eval.sh`` runs them.
+
+Which benchmarks exist (dataset, vocabulary, title) is read from
+:mod:`cat_seg.data.catalog`; this module adds the command-line overrides of the protocol.
+"""
 from collections import OrderedDict
 from typing import List, NamedTuple
+
+from ..data.catalog import BENCHMARKS as _LAYOUTS
+from ..data.catalog import PAPER_BENCHMARKS
 
 
 class Benchmark(NamedTuple):
@@ -11,23 +18,15 @@ class Benchmark(NamedTuple):
 
 
 BENCHMARKS = OrderedDict(
-    (b.key, b)
-    for b in [
-        Benchmark("ade150", "ade20k_150_test_sem_seg", "datasets/ade150.json", "ADE20K-150"),
-        Benchmark("ade847", "ade20k_full_sem_seg_freq_val_all", "datasets/ade847.json", "ADE20K-847"),
-        Benchmark("voc20", "voc_2012_test_sem_seg", "datasets/voc20.json", "PASCAL VOC-20"),
-        Benchmark("voc20b", "voc_2012_test_background_sem_seg", "datasets/voc20b.json", "PASCAL VOC-20b"),
-        Benchmark("pc59", "context_59_test_sem_seg", "datasets/pc59.json", "PASCAL Context-59"),
-        Benchmark("pc459", "context_459_test_sem_seg", "datasets/pc459.json", "PASCAL Context-459"),
-        Benchmark("synthetic", "synthetic_val_sem_seg", "datasets/synthetic_val.json", "Synthetic toy (val)"),
-    ]
+    (key, Benchmark(key, layout.name, layout.class_json, layout.title))
+    for key, layout in _LAYOUTS.items()
 )
 
-# The six benchmarks of the paper's protocol (eval.sh default order).
-PAPER_BENCHMARKS: List[str] = ["ade150", "ade847", "voc20", "voc20b", "pc59", "pc459"]
-
-# Overrides eval.sh applies to every benchmark (official protocol).
+# Overrides eval.sh applies to every benchmark: the official protocol evaluates with sliding
+# windows and without pooling in the class aggregation (POOLING_SIZES [1,1]).
 PROTOCOL_OPTS = ["TEST.SLIDING_WINDOW", "True", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[1,1]"]
+
+__all__ = ["Benchmark", "BENCHMARKS", "PAPER_BENCHMARKS", "PROTOCOL_OPTS", "benchmark_opts"]
 
 
 def benchmark_opts(benchmark: Benchmark) -> List[str]:

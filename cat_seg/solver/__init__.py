@@ -1,4 +1,4 @@
-"""Optimizer / LR scheduler construction (spec 4.4)."""
+"""Optimizer / LR scheduler construction (the official CAT-Seg recipe)."""
 from .build import (
     NORM_MODULE_TYPES,
     build_lr_scheduler,

@@ -1,4 +1,4 @@
-"""Optimizer and LR schedule of the official CAT-Seg recipe (spec 4.4).
+"""Optimizer and LR schedule of the official CAT-Seg recipe.
 
 ``build_optimizer`` creates one parameter group per trainable parameter so that every
 parameter can carry its own learning rate and weight decay:
@@ -9,7 +9,8 @@ parameter can carry its own learning rate and weight decay:
 * Weight decay: ``SOLVER.WEIGHT_DECAY``, except ``SOLVER.WEIGHT_DECAY_NORM`` for parameters
   of normalisation modules, ``SOLVER.WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and 0 for
   parameters named ``relative_position_bias_table`` / ``absolute_pos_embed``. Biases,
-  padding tokens etc. get the full weight decay (quirk Q15).
+  padding tokens etc. get the full weight decay, as in the official code (kept so that
+  training reproduces its results).
 
 Gradient clipping of type ``full_model`` clips the global norm over all parameters of all
 groups jointly before every step; other clip types are delegated to detectron2.
@@ -107,7 +108,7 @@ def maybe_add_full_model_gradient_clipping(
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """
-    Build the optimizer of spec 4.4 for ``model``.
+    Build the optimizer of the official recipe for ``model``.
 
     ``SOLVER.OPTIMIZER``: ``ADAMW`` (``torch.optim.AdamW``, betas (0.9, 0.999), eps 1e-8) or
     ``SGD`` (momentum ``SOLVER.MOMENTUM``). Gradient clipping as described in the module

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog
 
-from cat_seg.data.class_names import get_class_names
+from cat_seg.data.catalog import class_names
 from cat_seg.data.datasets import PrepareError, register_all
 from cat_seg.data.prepare import coco_stuff, voc
 
@@ -26,7 +26,7 @@ def test_coco_stuff_remapping(tmp_path, raw):
     np.testing.assert_array_equal(raw.read(out / "train2017/000000000009.png"), expected[::-1])
     register_all(tmp_path)
     try:
-        coco = get_class_names("coco")
+        coco = class_names("coco")
         assert coco[161] == "wall-other" and coco[106] == "floor-wood" and coco[11] == "stop sign"
         records = DatasetCatalog.get("coco_2017_test_stuff_all_sem_seg")
         assert len(records) == 1 and records[0]["sem_seg_file_name"].endswith("000000000139.png")

@@ -48,9 +48,9 @@ def test_context59_paints_in_file_order_and_maps_ids(tmp_path, raw):
 
 def test_context59_every_listed_id(tmp_path, raw):
     """Each of the 59 ids lands on its index in pc59.json order; id 0 and others on 255."""
-    from cat_seg.data.class_names import PC59_CATEGORIES
+    from cat_seg.data.catalog import raw_label_ids
 
-    ids = [0] + [i for i, _ in PC59_CATEGORIES] + [1, 3, 459]
+    ids = [0] + raw_label_ids("pc59") + [1, 3, 459]
     w = len(ids)
     annotations = [(1, cat, raw.rle(box(1, w, 0, x, 1, x + 1))) for x, cat in enumerate(ids)]
     raw.make_context59(tmp_path, [("2008_000002.jpg", 1, "val", (1, w))], annotations)

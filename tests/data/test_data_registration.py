@@ -8,7 +8,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import cat_seg.data.datasets as datasets_pkg
-from cat_seg.data.class_names import get_class_names
+from cat_seg.data.catalog import class_names
 from cat_seg.data.datasets import DatasetNotFoundError, register_all
 
 # name -> (number of classes, ignore label, evaluator type, class json, label extension)
@@ -38,10 +38,10 @@ def test_all_names_and_metadata(tmp_path, restore_registration):
         assert meta.image_root.startswith(str(tmp_path)) and meta.sem_seg_root.startswith(
             str(tmp_path))
         if key != "voc20b":
-            assert meta.stuff_classes == get_class_names(key)
+            assert meta.stuff_classes == class_names(key)
     bg = MetadataCatalog.get("voc_2012_test_background_sem_seg")
-    assert bg.stuff_classes == get_class_names("voc20") + ["background"]
-    assert len(get_class_names(bg.class_json)) == 59
+    assert bg.stuff_classes == class_names("voc20") + ["background"]
+    assert len(class_names(bg.class_json)) == 59
     coco = MetadataCatalog.get("coco_2017_test_stuff_all_sem_seg")
     mapping = coco.stuff_dataset_id_to_contiguous_id
     assert len(mapping) == 171 and sorted(mapping.values()) == list(range(171))

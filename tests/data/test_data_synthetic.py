@@ -6,7 +6,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cat_seg.data import synthetic
-from cat_seg.data.class_names import get_class_names
+from cat_seg.data.catalog import class_names
 from cat_seg.data.datasets import register_all
 
 SMALL = dict(num_train=24, num_val=16, image_size=64)
@@ -23,15 +23,15 @@ def test_class_split():
     train = synthetic.train_class_names()
     assert len(val) == 16 and len(train) == 12 and val[0] == "red striped"
     unseen = [val[i] for i in synthetic.unseen_class_indices()]
-    assert sorted(unseen) == sorted(synthetic.UNSEEN_CLASSES)
+    assert unseen == ["red plain", "green speckled", "blue dotted", "yellow striped"]
     assert [val[i] for i in synthetic.seen_class_indices()] == train
     # one unseen class per colour and per pattern; every word is still seen in training
     assert sorted(n.split()[0] for n in unseen) == sorted(synthetic.COLOURS)
     assert sorted(n.split()[1] for n in unseen) == sorted(synthetic.PATTERNS)
     assert {n.split()[0] for n in train} == set(synthetic.COLOURS)
     assert {n.split()[1] for n in train} == set(synthetic.PATTERNS)
-    assert get_class_names("synthetic_train") == train
-    assert get_class_names("synthetic_val") == val
+    assert class_names("synthetic_train") == train
+    assert class_names("synthetic_val") == val
 
 
 def test_deterministic_from_seed(tmp_path):

@@ -1,4 +1,4 @@
-"""MaskFormerSemanticDatasetMapper and ColorAugSSDTransform (spec 4.5)."""
+"""MaskFormerSemanticDatasetMapper and ColorAugSSDTransform (the official train mapper)."""
 import random
 
 import cv2

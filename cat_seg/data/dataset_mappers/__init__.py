@@ -1,4 +1,4 @@
-"""Dataset mappers (spec 4.5). The test mapper is detectron2's DatasetMapper(is_train=False)."""
+"""Dataset mappers (training). The test mapper is detectron2's DatasetMapper(is_train=False)."""
 from .semantic_mapper import (
     MaskFormerSemanticDatasetMapper,
     SemanticTrainMapper,

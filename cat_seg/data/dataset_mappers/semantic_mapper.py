@@ -1,4 +1,5 @@
-"""Train-time dataset mapper for semantic segmentation (spec 4.5)."""
+"""Train-time dataset mapper for semantic segmentation (the official MaskFormer / CAT-Seg
+training mapper)."""
 import copy
 import logging
 from typing import List, Union
@@ -17,7 +18,9 @@ __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_trai
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PAD_VALUE = 128  # raw pixel value of the padding, before normalisation (quirk Q16)
+# Raw pixel value of the padding, before normalisation: the official mapper pads images with
+# 128 (not 0), and the padded area is seen by the model, so we keep it.
+IMAGE_PAD_VALUE = 128
 
 
 def _cfg_value(cfg, key: str):
@@ -33,7 +36,7 @@ def _cfg_value(cfg, key: str):
 
 def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     """
-    Augmentations of spec 4.5, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
+    Augmentations of the official training recipe, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
     (``INPUT.CROP.ENABLED``), ColorAugSSDTransform (``INPUT.COLOR_AUG_SSD``), RandomFlip
     (``INPUT.RANDOM_FLIP``: horizontal / vertical / none).
     """

@@ -1,8 +1,9 @@
-"""Dataset registration: importing this package registers every benchmark (spec 5.1) and
-the synthetic toy benchmark under ``$DETECTRON2_DATASETS`` (default ``datasets``)."""
+"""Dataset registration: importing this package registers every dataset of
+:mod:`cat_seg.data.catalog` (the paper's benchmarks and the synthetic toy benchmark) under
+``$DETECTRON2_DATASETS`` (default ``datasets``)."""
+from ..catalog import LAYOUTS, LAYOUTS_BY_NAME, SemSegLayout, dataset_root, get_layout
 from .builtin import register_all, register_dataset
 from .errors import DatasetError, DatasetNotFoundError, DownloadError, PrepareError
-from .layout import LAYOUTS, LAYOUTS_BY_NAME, SemSegLayout, dataset_root, get_layout
 from .loader import load_sem_seg_files
 
 __all__ = [

@@ -9,15 +9,14 @@ from typing import List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..class_names import coco_stuff_id_to_contiguous_id
-from .layout import LAYOUTS, SemSegLayout, dataset_root
+from ..catalog import LAYOUTS, SemSegLayout, dataset_root, raw_id_to_label
 from .loader import load_sem_seg_files
 
 
 def _extra_metadata(layout: SemSegLayout) -> dict:
     """Metadata keys that only some benchmarks have."""
     if layout.class_key == "coco":
-        return {"stuff_dataset_id_to_contiguous_id": coco_stuff_id_to_contiguous_id()}
+        return {"stuff_dataset_id_to_contiguous_id": raw_id_to_label("coco")}
     if layout.evaluator_type == "sem_seg_background":
         return {"background_class": layout.num_classes - 1}
     if layout.class_key == "synthetic_val":
@@ -59,7 +58,7 @@ def register_dataset(layout: SemSegLayout, root=None) -> str:
 
 
 def register_all(root=None) -> List[str]:
-    """Register the eight benchmarks of the paper and the synthetic toy benchmark.
+    """Register every dataset of the catalog (the paper's and the synthetic toy benchmark).
 
     ``root`` defaults to ``$DETECTRON2_DATASETS`` (else ``datasets``), read now; call again
     to re-register under another root. Returns the registered names."""

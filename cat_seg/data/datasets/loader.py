@@ -10,7 +10,7 @@ import os
 from typing import Dict, List
 
 from .errors import DatasetNotFoundError
-from .layout import ENV_VAR
+from ..catalog import ENV_VAR
 
 logger = logging.getLogger(__name__)
 

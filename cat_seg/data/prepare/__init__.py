@@ -5,5 +5,5 @@
   progress and a summary with a label-histogram sanity check;
 * :mod:`.cli`: the common command-line options and error handling;
 * :mod:`.coco_stuff`, :mod:`.ade20k`, :mod:`.voc`, :mod:`.pascal_context`: the conversions
-  of spec section 5.2.
+  of the raw annotations into label maps (described in ``docs/datasets.md``).
 """

@@ -22,10 +22,9 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..class_names import ADE847_CATEGORIES
 from ..datasets.errors import PrepareError
 from ..download import how_to_get
-from ..datasets.layout import get_layout
+from ..catalog import get_layout, raw_id_to_label
 from . import cli
 from .io import check_values, read_array, read_label, save_array
 from .runner import Converted, Task, label_histogram, run_tasks
@@ -45,7 +44,7 @@ _ADE150_LUT = ((np.arange(256) - 1) % 256).astype(np.uint8)
 def _ade847_lut() -> np.ndarray:
     """Object id (0..floor(255/10)*256+255) -> trainId, 65535 for unlisted ids."""
     lut = np.full(25 * 256 + 256, 65535, dtype=np.uint16)
-    for train_id, (raw_id, _) in enumerate(ADE847_CATEGORIES):
+    for raw_id, train_id in raw_id_to_label("ade847").items():
         lut[raw_id] = train_id
     return lut
 
@@ -162,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
-    keys = {"150": ["ade20k_challenge"], "847": ["ade20k_full"]}
+    keys = {"150": ADE150.archives, "847": ADE847.archives}
     cli.fetch_if_asked(args, [k for b in benchmarks for k in keys[b]])
     # validate every selected raw layout before converting anything
     plans = []

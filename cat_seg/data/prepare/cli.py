@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Sequence
 
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
-from ..datasets.layout import ENV_VAR, dataset_root
+from ..catalog import ENV_VAR, dataset_root
 from .runner import default_workers
 
 

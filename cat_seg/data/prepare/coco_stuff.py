@@ -11,9 +11,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..class_names import COCO_STUFF_171_CATEGORIES
 from ..datasets.errors import PrepareError
-from ..datasets.layout import get_layout
+from ..catalog import get_layout, raw_id_to_label
 from . import cli
 from .io import check_values, read_label, save_array
 from .runner import Converted, Task, label_histogram, run_tasks
@@ -23,7 +22,9 @@ SPLITS = {
     "val2017": get_layout("coco_2017_test_stuff_all_sem_seg"),
 }
 RAW_LABELS = "coco-stuff/annotations/{split}"
-IMAGE_ARCHIVES = {"train2017": "coco_train2017", "val2017": "coco_val2017"}
+# each split's layout lists its image archive, then the label archive
+IMAGE_ARCHIVES = {split: layout.archives[0] for split, layout in SPLITS.items()}
+LABEL_ARCHIVE = SPLITS["val2017"].archives[1]
 
 # Raw value v = COCO id - 1; valid raw values are 0..181 and 255.
 _VALID = np.zeros(256, dtype=bool)
@@ -33,7 +34,7 @@ _VALID[255] = True
 
 def _lut() -> np.ndarray:
     lut = np.full(256, 255, dtype=np.uint8)
-    for train_id, (coco_id, _) in enumerate(COCO_STUFF_171_CATEGORIES):
+    for coco_id, train_id in raw_id_to_label("coco").items():
         lut[coco_id - 1] = train_id
     return lut
 
@@ -56,7 +57,7 @@ def convert(src: str, dst: str) -> Converted:
 def split_tasks(root: Path, split: str) -> List[Task]:
     layout = SPLITS[split]
     raw = RAW_LABELS.format(split=split)
-    cli.require(root, raw, "coco_stuffthingmaps", "folder")
+    cli.require(root, raw, LABEL_ARCHIVE, "folder")
     cli.require(root, layout.image_dir, IMAGE_ARCHIVES[split], "folder")
     out_dir = root / layout.label_dir
     tasks = [Task(str(src), (out_dir / src.name,), (str(src), str(out_dir / src.name)))
@@ -74,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     splits = [s for s in SPLITS if s in set(args.split or SPLITS)]
-    cli.fetch_if_asked(args, ["coco_stuffthingmaps"] + [IMAGE_ARCHIVES[s] for s in splits])
+    cli.fetch_if_asked(args, [LABEL_ARCHIVE] + [IMAGE_ARCHIVES[s] for s in splits])
     plans = [(split, split_tasks(root, split)) for split in splits]
     for split, tasks in plans:
         layout = SPLITS[split]

@@ -1,7 +1,7 @@
 """Crash-safe file writing and checked reading of label / image files.
 
-Every output is written to a hidden temporary name in the destination folder
-(``.<name>.<pid>.tmp``) and renamed into place, so an interrupted run never leaves a partial
+Every output is written with :func:`cat_seg.utils.atomic_write` (a hidden temporary name
+``.<name>.<pid>.<thread>.tmp`` in the destination folder, renamed into place), so an interrupted run never leaves a partial
 file under a final name, and a rerun can skip the files that exist. Temporary files left by a
 killed run are removed by :func:`remove_stale_temp_files` at the start of the next run, which
 holds a lock on the output folders (:func:`exclusive_folders`) so that two runs never write
@@ -12,7 +12,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, List, Union
+from typing import Iterable, List, Union
 
 try:
     import fcntl
@@ -22,36 +22,20 @@ except ImportError:  # not POSIX: no locking
 import numpy as np
 from PIL import Image
 
+from ...utils import atomic_write
 from ..datasets.errors import PrepareError
 
 PathLike = Union[str, os.PathLike]
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
+_TEMP_RE = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # the temporary names of atomic_write
 LOCK_FILE = ".prepare.lock"
 
 
-def temp_path(path: PathLike) -> Path:
-    """The temporary name under which ``path`` is written before being renamed."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` to create a temporary file, then rename it to ``path``."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    """Write ``data`` to ``path`` atomically (no disk sync: a rerun redoes what a power loss
+    may have lost)."""
+    atomic_write(path, lambda f: f.write(data), durable=False)
+    return Path(path)
 
 
 def save_array(path: PathLike, array: np.ndarray, fmt: str, **params) -> Path:

@@ -25,9 +25,8 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..class_names import PC59_CATEGORIES
 from ..datasets.errors import PrepareError
-from ..datasets.layout import get_layout
+from ..catalog import get_layout, raw_label_ids
 from . import cli
 from .io import read_id_list, save_array
 from .runner import Converted, Task, label_histogram
@@ -39,7 +38,7 @@ PC459_MATS = "VOCdevkit/VOC2010/trainval"
 PC459_VAL_LIST = "VOCdevkit/VOC2010/pascalcontext_val.txt"
 
 # The sorted 60 category ids of Pascal Context 59 (0 = background, mapped to ignore).
-PC59_IDS = (0,) + tuple(cat_id for cat_id, _ in PC59_CATEGORIES)
+PC59_IDS = (0,) + tuple(raw_label_ids("pc59"))
 
 
 def _pc59_lut() -> np.ndarray:

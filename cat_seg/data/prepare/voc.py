@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..datasets.errors import PrepareError
-from ..datasets.layout import get_layout
+from ..catalog import get_layout
 from . import cli, pascal_context
 from .io import check_values, read_id_list, read_label, save_array
 from .runner import Converted, Task, label_histogram, run_tasks
@@ -24,10 +24,11 @@ VOC20 = get_layout("voc_2012_test_sem_seg")
 VOC20B = get_layout("voc_2012_test_background_sem_seg")
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
 AUG_LABELS = "VOCdevkit/VOC2012/SegmentationClassAug"
+# what each --benchmark choice is prepared from
 ARCHIVE_KEYS = {
-    "voc": ["voc2012", "voc2012_aug"],
-    "pc59": ["voc2010", "pascal_context_59"],
-    "pc459": ["voc2010", "pascal_context_459", "pascal_context_459_val_list"],
+    "voc": list(VOC20.archives),
+    "pc59": list(pascal_context.PC59.archives),
+    "pc459": list(pascal_context.PC459.archives),
 }
 
 _VALID = np.zeros(256, dtype=bool)
