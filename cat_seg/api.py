@@ -329,14 +329,17 @@ class SegmentationResult:
         sem_seg = np.where(label_map == UNLABELED, len(names), label_map)
         output = visualizer.draw_sem_seg(sem_seg, area_threshold=area_threshold, alpha=alpha)
         if legend:
-            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size)
+            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size, label_map=label_map)
         return output.get_image()
 
-    def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12):
-        """Legend of the classes present, largest first, covering at most about half the height."""
+    def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12,
+                     label_map: Optional[np.ndarray] = None):
+        """Legend of the classes present in ``label_map`` (default :attr:`label_map`; the drawn,
+        possibly downscaled one), largest first, covering at most about half the height."""
         from matplotlib.patches import Patch
 
-        areas = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(names))
+        label_map = self.label_map if label_map is None else label_map
+        areas = np.bincount(label_map.ravel() + 1, minlength=len(names) + 1)[1:]  # UNLABELED (-1) -> 0
         present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
         if not present:
             return
