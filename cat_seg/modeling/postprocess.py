@@ -37,6 +37,9 @@ CPU_CLASS_CHUNK = 32
 # At most this many float32 elements (256 MB) per class chunk at the output resolution:
 # whatever the chunk setting, a 6000x4000 output is expanded 2 classes at a time.
 MAX_CHUNK_ELEMENTS = 1 << 26
+# Bound on the float rounding of a bilinear resize of probabilities (values in [0, 1]; a few
+# float32 ulps): a class is only left out of the output-size argmax when it loses by more.
+ROUNDING_MARGIN = 1e-5
 
 
 def resolve_chunk_size(setting: int, device: Union[str, torch.device]) -> int:
@@ -55,7 +58,8 @@ class ClassMaps:
     """Per-class maps of one image at the model resolution, expandable to the output size.
 
     Subclasses store ``data`` with classes on dimension ``class_dim`` and implement
-    :meth:`_expand` (the exact output-stage computation for some classes). Only the distinct
+    :meth:`_source` (the exact output-stage computation for some classes up to the last step,
+    a bilinear resize to the output size, done by :meth:`_expand`). Only the distinct
     maps are kept ("rows", in class order): all live classes and the first pruned class,
     which stands for every pruned class.
 
@@ -92,31 +96,76 @@ class ClassMaps:
     def num_rows(self) -> int:
         return int(self.row_classes.numel())
 
-    def _expand(self, rows: slice) -> torch.Tensor:
-        """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``."""
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """float32 ``[len(rows), h', w']`` maps of the stored rows ``rows`` just before the last
+        step, the bilinear resize to the output size."""
+        raise NotImplementedError
+
+    def _source_size(self) -> Tuple[int, int]:
         raise NotImplementedError
 
     def _elements_per_class(self) -> int:
-        """Elements allocated per class by :meth:`_expand` (intermediate sizes included)."""
+        """Elements allocated per class by :meth:`_source` (intermediate sizes included)."""
         raise NotImplementedError
 
-    def chunk_size(self) -> int:
-        """Rows expanded at once: the chunk setting, capped by :data:`MAX_CHUNK_ELEMENTS`."""
-        chunk = resolve_chunk_size(self.chunk_setting, self.device) or self.num_rows
-        return max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(self._elements_per_class(), 1)))
+    def _expand(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``."""
+        return _bilinear(self._source(rows)[None], self.out_size)[0]
 
-    def _chunks(self):
-        step = self.chunk_size()
+    def chunk_size(self, per_class: Optional[int] = None) -> int:
+        """Rows expanded at once: the chunk setting, capped by :data:`MAX_CHUNK_ELEMENTS`
+        (``per_class`` elements per row, default those of :meth:`_expand`)."""
+        if per_class is None:
+            per_class = self._elements_per_class() + self.out_size[0] * self.out_size[1]
+        chunk = resolve_chunk_size(self.chunk_setting, self.device) or self.num_rows
+        return max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(per_class, 1)))
+
+    def _chunks(self, rows: Optional[torch.Tensor] = None, expand: bool = True):
+        """``(start, maps)`` for chunks of ``rows`` (default all; ``maps`` of ``rows[start:...]``),
+        at the output size (``expand``) or before the last resize."""
+        per_class = None if expand else 3 * self._elements_per_class()
+        step = self.chunk_size(per_class)
+        count = self.num_rows if rows is None else len(rows)
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
-            for start in range(0, self.num_rows, step):
-                rows = slice(start, min(start + step, self.num_rows))
-                yield rows, self._expand(rows)
+            for start in range(0, count, step):
+                index = slice(start, min(start + step, count)) if rows is None else rows[start:start + step]
+                yield start, (self._expand(index) if expand else self._source(index))
+
+    def candidate_rows(self) -> torch.Tensor:
+        """Rows that can be the highest at some output pixel ``[R']`` (ascending).
+
+        Every output pixel of the last bilinear resize (align_corners False, any scale) is a
+        convex combination of a 2x2 block of the source maps. A row whose maximum over every
+        2x2 block is below (by :data:`ROUNDING_MARGIN`) the best minimum of another row over
+        the same block can therefore never win nor tie; it is left out of the output-size
+        computation, which changes neither the labels nor the confidence.
+        """
+        size = self._source_size()
+        kernel = (min(2, size[0]), min(2, size[1]))
+        lower = None
+        for _, maps in self._chunks(expand=False):
+            block_min = (-F.max_pool2d(-maps[None], kernel, stride=1)[0]).amax(dim=0)  # best min per block
+            lower = block_min if lower is None else torch.maximum(lower, block_min)
+        lower.sub_(ROUNDING_MARGIN)
+        keep = []
+        for _, maps in self._chunks(expand=False):
+            block_max = F.max_pool2d(maps[None], kernel, stride=1)[0]
+            keep.append((block_max > lower).flatten(1).any(dim=1))
+        return torch.cat(keep).nonzero().squeeze(1)
 
     def labels_and_confidence(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(labels [H, W] int64, confidence [H, W] float32)``: argmax and max over classes
-        of the output-size probabilities (identical to ``probabilities().max(dim=0)``)."""
+        of the output-size probabilities (identical to ``probabilities().max(dim=0)``).
+
+        When the output is larger than the maps before the last resize, only the
+        :meth:`candidate_rows` are expanded to the output size.
+        """
+        rows = None
+        source = self._source_size()
+        if self.num_rows > 1 and self.out_size[0] * self.out_size[1] > source[0] * source[1]:
+            rows = self.candidate_rows()
         best = labels = None
-        for rows, probs in self._chunks():
+        for start, probs in self._chunks(rows):
             value, index = probs.max(dim=0)
             del probs
             if best is None:
@@ -124,8 +173,10 @@ class ClassMaps:
                 continue
             better = value > best  # strict: on ties the earlier (lower) class keeps the pixel
             torch.where(better, value, best, out=best)
-            torch.where(better, index.add_(rows.start), labels, out=labels)
+            torch.where(better, index.add_(start), labels, out=labels)
             del value, index, better
+        if rows is not None:  # position in ``rows`` -> row
+            labels = rows[labels]
         if self.num_rows != self.num_classes:  # row -> class index
             labels = self.row_classes[labels]
         return labels, best
@@ -137,17 +188,17 @@ class ClassMaps:
         device = self.device if device is None else torch.device(device)
         if classes is None and self.num_rows == self.num_classes:  # every class, no pruned class
             out = torch.empty((self.num_classes, *self.out_size), dtype=dtype, device=device)
-            for rows, probs in self._chunks():
-                out[rows] = probs.to(device=device, dtype=dtype)
+            for start, probs in self._chunks():
+                out[start:start + len(probs)] = probs.to(device=device, dtype=dtype)
             return out
         classes = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
         out = torch.empty((len(classes), *self.out_size), dtype=dtype, device=device)
         wanted_rows = self.class_rows.cpu()[classes.cpu()]
-        for rows, probs in self._chunks():
-            for row in range(rows.start, rows.stop):
+        for start, probs in self._chunks():
+            for row in range(start, start + len(probs)):
                 positions = (wanted_rows == row).nonzero().squeeze(1)
                 if positions.numel():
-                    out[positions.to(device)] = probs[row - rows.start].to(device=device, dtype=dtype)
+                    out[positions.to(device)] = probs[row - start].to(device=device, dtype=dtype)
         return out
 
     def to(self, device: Union[str, torch.device]) -> "ClassMaps":
@@ -175,13 +226,14 @@ class WholeImageMaps(ClassMaps):
         self.image_size = tuple(int(s) for s in image_size)
 
     def _elements_per_class(self) -> int:
-        padded = self.padded_size[0] * self.padded_size[1]
-        return 2 * padded + self.out_size[0] * self.out_size[1]
+        return self.data[0].numel() + self.padded_size[0] * self.padded_size[1]
 
-    def _expand(self, rows: slice) -> torch.Tensor:
+    def _source_size(self) -> Tuple[int, int]:
+        return self.image_size
+
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
         probs = self.data[rows].float().sigmoid()[None]
-        probs = _bilinear(probs, self.padded_size)[..., :self.image_size[0], :self.image_size[1]]
-        return _bilinear(probs, self.out_size)[0]
+        return _bilinear(probs, self.padded_size)[0, :, :self.image_size[0], :self.image_size[1]]
 
 
 class SlidingWindowMaps(ClassMaps):
@@ -202,12 +254,13 @@ class SlidingWindowMaps(ClassMaps):
         self.canvas = tuple(int(s) for s in canvas)
 
     def _elements_per_class(self) -> int:
-        views = self.data.shape[0] * self.crop * self.crop
-        return views + 3 * self.canvas[0] * self.canvas[1] + self.out_size[0] * self.out_size[1]
+        return self.data.shape[0] * self.crop * self.crop + 3 * self.canvas[0] * self.canvas[1]
 
-    def _expand(self, rows: slice) -> torch.Tensor:
-        merged = merge_views(self.data[:, rows], self.boxes, self.crop, self.canvas)
-        return _bilinear(merged[None], self.out_size)[0]
+    def _source_size(self) -> Tuple[int, int]:
+        return self.canvas
+
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        return merge_views(self.data[:, rows], self.boxes, self.crop, self.canvas)
 
 
 @dataclass(frozen=True)

@@ -92,12 +92,26 @@ def test_element_cap_splits_chunks(monkeypatch):
     """A large output is expanded a few classes at a time whatever the chunk setting."""
     logits = random_logits((11, 16, 24), 0, [])
     maps = whole_maps(logits, 0)
-    per_class = 2 * 64 * 96 + 77 * 131
+    per_class = 16 * 24 + 64 * 96 + 77 * 131  # logits, padded-size maps, output
     monkeypatch.setattr(postprocess, "MAX_CHUNK_ELEMENTS", 2 * per_class + 1)
     assert maps.chunk_size() == 2
     labels, confidence = maps.labels_and_confidence()
     best, argmax = full_whole_image(logits, **WHOLE).max(dim=0)
     assert torch.equal(labels, argmax) and torch.equal(confidence, best)
+
+
+def test_candidate_rows_leave_out_only_losers():
+    """A class below another one by a margin everywhere is not expanded; tied classes are."""
+    logits = random_logits((6, 16, 24), 0, [])
+    logits[0] = 6 + logits[0] / 30  # probability near 0.997 everywhere
+    logits[2] = logits[0] - 5  # about 0.73 everywhere: never the highest
+    logits[4] = logits[1]
+    maps = whole_maps(logits, 2)
+    candidates = maps.candidate_rows().tolist()
+    assert 2 not in candidates and {0, 1, 4} <= set(candidates)
+    want = full_whole_image(logits, **WHOLE)
+    labels, confidence = maps.labels_and_confidence()
+    assert torch.equal(labels, want.argmax(0)) and torch.equal(confidence, want.amax(0))
 
 
 def test_ties_go_to_the_lowest_class():
