@@ -166,15 +166,15 @@ class ClassMaps:
             rows = self.candidate_rows()
         best = labels = None
         for start, probs in self._chunks(rows):
-            value, index = probs.max(dim=0)
+            for offset, probs_k in enumerate(probs):  # one class at a time: 3 passes, no index maps
+                if best is None:
+                    best = probs_k.clone()
+                    labels = torch.zeros(self.out_size, dtype=torch.long, device=best.device)
+                    continue
+                better = torch.gt(probs_k, best)  # strict: on ties the earlier (lower) class keeps the pixel
+                torch.maximum(best, probs_k, out=best)
+                labels.masked_fill_(better, start + offset)
             del probs
-            if best is None:
-                best, labels = value, index
-                continue
-            better = value > best  # strict: on ties the earlier (lower) class keeps the pixel
-            torch.where(better, value, best, out=best)
-            torch.where(better, index.add_(start), labels, out=labels)
-            del value, index, better
         if rows is not None:  # position in ``rows`` -> row
             labels = rows[labels]
         if self.num_rows != self.num_classes:  # row -> class index
