@@ -194,11 +194,11 @@ class ClassMaps:
         classes = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
         out = torch.empty((len(classes), *self.out_size), dtype=dtype, device=device)
         wanted_rows = self.class_rows.cpu()[classes.cpu()]
-        for start, probs in self._chunks():
-            for row in range(start, start + len(probs)):
+        rows = wanted_rows.unique()  # sorted; only these are expanded
+        for start, probs in self._chunks(rows.to(self.device)):
+            for offset, row in enumerate(rows[start:start + len(probs)].tolist()):
                 positions = (wanted_rows == row).nonzero().squeeze(1)
-                if positions.numel():
-                    out[positions.to(device)] = probs[row - start].to(device=device, dtype=dtype)
+                out[positions.to(device)] = probs[offset].to(device=device, dtype=dtype)
         return out
 
     def to(self, device: Union[str, torch.device]) -> "ClassMaps":
