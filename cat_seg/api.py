@@ -609,19 +609,12 @@ class OpenVocabSegmenter:
         of every prepared input, from which labels, confidence and (on demand) probabilities
         are computed at the original image size."""
         out: List[Optional[ClassMaps]] = [None] * len(prepared)
-        previous = getattr(self.model, "output_request", None)
-        self.model.output_request = OutputRequest(probabilities=False, maps=True)
-        try:
-            with torch.no_grad():
-                for group in self._forward_groups(prepared, batch_size):
-                    results = self.model([prepared[i] for i in group], class_names=names)
-                    for i, r in zip(group, results):
-                        out[i] = r["sem_seg_maps"]
-        finally:
-            if previous is None:
-                del self.model.output_request
-            else:
-                self.model.output_request = previous
+        request = OutputRequest(probabilities=False, maps=True)  # per input: the model is not modified
+        with torch.no_grad():
+            for group in self._forward_groups(prepared, batch_size):
+                results = self.model([dict(prepared[i], output_request=request) for i in group], class_names=names)
+                for i, r in zip(group, results):
+                    out[i] = r["sem_seg_maps"]
         return out
 
     @staticmethod

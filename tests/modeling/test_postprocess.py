@@ -228,3 +228,13 @@ def test_model_labels_never_allocate_all_class_maps(model, random_images, slidin
     with LargestAllocation() as probabilities_mode:  # the check sees the [T, H, W] maps when asked for
         run(model, inputs, OutputRequest(), sliding)
     assert probabilities_mode.largest >= all_maps
+
+
+def test_request_per_input_overrides_the_model(model, random_images):
+    image = random_images([(64, 96)], seed=4)[0]
+    labels_request = OutputRequest(probabilities=False, labels=True)
+    with torch.no_grad():
+        out = model([{"image": image, "output_request": labels_request}, {"image": image}], class_names=NAMES)
+    assert set(out[0]) == {"sem_seg_labels", "sem_seg_confidence"} and set(out[1]) == {"sem_seg"}
+    assert torch.equal(out[0]["sem_seg_labels"], out[1]["sem_seg"].argmax(0))
+    assert not hasattr(model, "output_request") or model.output_request == OutputRequest()

@@ -205,8 +205,9 @@ class CATSeg(nn.Module):
         depend on the other images of the batch. The output stage (sigmoid, resize back to the
         padded size, crop off the padding, resize to the requested output size) is
         :class:`~cat_seg.modeling.postprocess.WholeImageMaps`; what each result dict holds is
-        set by the model's ``output_request``
-        (:class:`~cat_seg.modeling.postprocess.OutputRequest`, default ``sem_seg`` probabilities).
+        set by the input's ``"output_request"`` key, else the model's ``output_request``
+        attribute (:class:`~cat_seg.modeling.postprocess.OutputRequest`, default ``sem_seg``
+        probabilities).
         """
         raw = [x["image"].to(self.device) for x in batched_inputs]
         size = self.backbone.resolution
@@ -216,13 +217,13 @@ class CATSeg(nn.Module):
             padded_sizes.append(padded.shape[-2:])
             clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
         logits = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling)
-        request = getattr(self, "output_request", PROBABILITIES)
+        default_request = getattr(self, "output_request", PROBABILITIES)
         chunk_setting = getattr(self, "class_chunk_size", -1)
         results = []
         for i, x in enumerate(batched_inputs):
             maps = WholeImageMaps(logits[i], padded_sizes[i], raw[i].shape[-2:], self._output_size(x, raw[i]),
                                   chunk_setting)
-            results.append(request.outputs(maps))
+            results.append(x.get("output_request", default_request).outputs(maps))
         return results
 
     def inference_sliding_window(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
@@ -231,7 +232,7 @@ class CATSeg(nn.Module):
         Per image: resize to the square canvas, cut the crops, add the whole image resized to
         the crop size as a global view; all crops of all images go through the model together.
         The views are merged by :meth:`merge_sliding_window`; what each result dict holds is
-        set by the model's ``output_request`` as in :meth:`inference`.
+        set by ``output_request`` as in :meth:`inference`.
         """
         crop, canvas = self.window_crop, self.window_canvas
         boxes = window_boxes(canvas, crop, self.window_stride)
@@ -244,12 +245,12 @@ class CATSeg(nn.Module):
             views.append(torch.cat([crop_windows(canvas_image, boxes, crop), global_view]))
         per_image = len(boxes) + 1
         logits = self.predict_logits(self.normalize(torch.cat(views)), class_names, self.test_pooling)
-        request = getattr(self, "output_request", PROBABILITIES)
+        default_request = getattr(self, "output_request", PROBABILITIES)
         results = []
         for i, x in enumerate(batched_inputs):
             image_logits = logits[i * per_image:(i + 1) * per_image]
             maps = self.merge_sliding_window(image_logits, boxes, self._output_size(x, raws[i][0]))
-            results.append(request.outputs(maps))
+            results.append(x.get("output_request", default_request).outputs(maps))
         return results
 
     def merge_sliding_window(self, logits: torch.Tensor, boxes, out_size) -> SlidingWindowMaps:
