@@ -7,8 +7,13 @@ Example::
     seg = OpenVocabSegmenter.from_config("configs/vitb_384.yaml", weights="model_final.pth")
     result = seg("photo.jpg", ["cat", "dog", "grass"])
     result.label_map      # np.int32 [H, W]: index into result.classes, -1 = unlabeled
-    result.probs          # torch.float32 [T, H, W] per-class probabilities (CPU)
+    result.confidence     # np.float32 [H, W]: probability of the winning class
+    result.probs          # torch.float32 [T, H, W] per-class probabilities (CPU), computed on first use
     result.overlay()      # np.uint8 [H, W, 3] RGB visualisation with names and a legend
+
+Labels and confidence are computed without holding the ``[T, H, W]`` probability maps (memory
+bounded by the image, not by image x classes); the maps are only built when ``probs`` or
+:meth:`SegmentationResult.probabilities` is used.
 
 Vocabularies are plain class names; a class name may carry synonyms separated by ``", "``
 (the CAT-Seg convention, e.g. ``"person, human"``): only the first synonym is given to the
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
+from .modeling.postprocess import ClassMaps, OutputRequest
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +246,25 @@ def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
 
 
 # ---------------------------------------------------------------------------------- results
+#: Overlays of images with more pixels are drawn at this many pixels (full HD stays full size).
+OVERLAY_MAX_PIXELS = 1 << 21
+
+
+def _display_size(height: int, width: int, max_pixels: Optional[int]) -> Tuple[int, int]:
+    """``(h, w)`` of at most ``max_pixels`` pixels with the aspect ratio of ``height x width``."""
+    if not max_pixels or height * width <= max_pixels:
+        return height, width
+    scale = (max_pixels / (height * width)) ** 0.5
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def _nearest_resize(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (pixel centres, like ``cv2.INTER_NEAREST_EXACT``)."""
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(np.int64), labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
 @dataclass
 class SegmentationResult:
     """Segmentation of one image.
@@ -251,19 +276,28 @@ class SegmentationResult:
             handling left the pixel unlabeled.
         probs: ``float32`` ``[T, H, W]`` (CPU tensor) per-class probabilities of the user
             classes (with ``background="prompts"`` computed together with the prompts, whose
-            own probabilities are not returned).
+            own probabilities are not returned). For results of :class:`OpenVocabSegmenter`
+            they are computed from ``class_maps`` on first access and then kept (``T x H x W``
+            floats: use :meth:`probabilities` for another dtype without keeping them).
         background: the background setting used (``None``, ``"prompts"`` or a threshold).
         background_classes: prompts appended for ``background="prompts"`` (else empty).
         source: the file path for path inputs, else ``None``.
+        confidence: ``float32`` ``[H, W]``, the highest probability of each pixel over all
+            classes (prompts included), i.e. the probability of its class where it is labeled;
+            ``None`` when built by hand without it (then taken from ``probs``).
+        class_maps: the model-resolution per-class maps the probabilities are computed from
+            (:class:`~cat_seg.modeling.postprocess.ClassMaps`, on the CPU), or ``None``.
     """
 
     image: np.ndarray
     classes: List[str]
     label_map: np.ndarray
-    probs: torch.Tensor
+    probs: Optional[torch.Tensor] = field(default=None, repr=False, compare=False)  # property below
     background: Union[None, str, float] = None
     background_classes: List[str] = field(default_factory=list)
     source: Optional[str] = None
+    confidence: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    class_maps: Optional[ClassMaps] = field(default=None, repr=False, compare=False)
 
     @property
     def height(self) -> int:
@@ -277,6 +311,21 @@ class SegmentationResult:
     def colors(self) -> List[Tuple[int, int, int]]:
         """RGB colour of each class in :meth:`overlay`."""
         return class_colors(len(self.classes))
+
+    def probabilities(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``[T, H, W]`` probabilities of the user classes on the CPU in ``dtype`` (not kept)."""
+        if self.class_maps is None:
+            if self._probs is None:
+                raise ValueError("this result holds neither probabilities nor the class maps to compute them")
+            return self._probs.to(dtype)
+        return self.class_maps.probabilities(classes=range(len(self.classes)), dtype=dtype, device="cpu")
+
+    def _confidence(self) -> torch.Tensor:
+        """``[H, W]`` float32: :attr:`confidence`, or the probability of each pixel's label."""
+        if self.confidence is not None:
+            return torch.from_numpy(self.confidence)
+        labels = torch.from_numpy(self.label_map).long()
+        return self.probs.gather(0, labels.clamp(min=0)[None])[0]
 
     def areas(self) -> Dict[str, int]:
         """Pixel count of every class (in vocabulary order, zeros included)."""
@@ -293,40 +342,56 @@ class SegmentationResult:
         (the confidence of its segment); ``None`` for classes that label no pixel."""
         labels = torch.from_numpy(self.label_map).long().ravel()
         valid = labels >= 0
-        own = self.probs.reshape(len(self.classes), -1).gather(0, labels.clamp(min=0)[None])[0]
+        own = self._confidence().ravel()
         sums = torch.bincount(labels[valid], weights=own[valid].double(), minlength=len(self.classes))
         counts = torch.bincount(labels[valid], minlength=len(self.classes))
         return {
             name: (float(sums[i] / counts[i]) if counts[i] else None) for i, name in enumerate(self.classes)
         }
 
-    def overlay(self, alpha: float = 0.6, legend: bool = True, area_threshold: Optional[int] = None) -> np.ndarray:
-        """RGB ``uint8`` ``[H, W, 3]`` visualisation, same size as the image.
+    def overlay(self, alpha: float = 0.6, legend: bool = True, area_threshold: Optional[int] = None,
+                max_pixels: Optional[int] = OVERLAY_MAX_PIXELS) -> np.ndarray:
+        """RGB ``uint8`` visualisation: ``[H, W, 3]`` (the image size) up to ``max_pixels``
+        pixels, larger images are drawn at the display resolution of ``max_pixels`` pixels
+        (same aspect ratio; ``max_pixels=None`` draws any image at full size, slowly).
 
         Segments are drawn with detectron2's ``Visualizer.draw_sem_seg`` (class names written
         on the segments; the first synonym of each class); unlabeled pixels are left as they
         are. ``legend`` adds a colour legend of the classes present (largest first) in the
-        top-right corner.
+        top-right corner. ``area_threshold`` (segments smaller than that many pixels of the
+        image are not drawn) is scaled to the drawing size.
         """
         from detectron2.data.catalog import Metadata
         from detectron2.utils.visualizer import ColorMode, Visualizer
 
         names = [primary_name(c) for c in self.classes]
         colors = self.colors
+        size = _display_size(self.height, self.width, max_pixels)
+        image, label_map = self.image, self.label_map
+        if size != (self.height, self.width):
+            # detectron2 draws every segment as polygons at the image resolution (minutes at 24 MP):
+            # draw the downscaled image and label map instead
+            image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR, reducing_gap=2.0))
+            label_map = _nearest_resize(label_map, size)
+            if area_threshold is not None:
+                area_threshold = area_threshold * size[0] * size[1] / (self.height * self.width)
         metadata = Metadata(stuff_classes=names, stuff_colors=[list(c) for c in colors])
-        visualizer = Visualizer(self.image, metadata, instance_mode=ColorMode.IMAGE)
+        visualizer = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE)
         # draw_sem_seg skips labels >= len(stuff_classes): map unlabeled pixels there
-        sem_seg = np.where(self.label_map == UNLABELED, len(names), self.label_map)
+        sem_seg = np.where(label_map == UNLABELED, len(names), label_map)
         output = visualizer.draw_sem_seg(sem_seg, area_threshold=area_threshold, alpha=alpha)
         if legend:
-            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size)
+            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size, label_map=label_map)
         return output.get_image()
 
-    def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12):
-        """Legend of the classes present, largest first, covering at most about half the height."""
+    def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12,
+                     label_map: Optional[np.ndarray] = None):
+        """Legend of the classes present in ``label_map`` (default :attr:`label_map`; the drawn,
+        possibly downscaled one), largest first, covering at most about half the height."""
         from matplotlib.patches import Patch
 
-        areas = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(names))
+        label_map = self.label_map if label_map is None else label_map
+        areas = np.bincount(label_map.ravel() + 1, minlength=len(names) + 1)[1:]  # UNLABELED (-1) -> 0
         present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
         if not present:
             return
@@ -368,6 +433,20 @@ class SegmentationResult:
                 for i, name in enumerate(self.classes)
             ],
         }
+
+
+def _get_probs(self: SegmentationResult) -> Optional[torch.Tensor]:
+    if self._probs is None and self.class_maps is not None:
+        self._probs = self.probabilities()
+    return self._probs
+
+
+def _set_probs(self: SegmentationResult, value: Optional[torch.Tensor]):
+    self._probs = value
+
+
+# ``probs`` is a dataclass field (constructor argument) computed on first access
+SegmentationResult.probs = property(_get_probs, _set_probs, doc="``[T, H, W]`` float32 probabilities (CPU).")
 
 
 @dataclass
@@ -747,20 +826,25 @@ class OpenVocabSegmenter:
         step = batch_size or len(prepared)
         return [g[s:s + step] for g in groups for s in range(0, len(g), step)]
 
-    def _predict(self, prepared: List[Dict], names: List[str], batch_size: Optional[int]) -> List[torch.Tensor]:
-        """Probabilities ``[T, H, W]`` (float32, CPU) for every prepared input."""
-        out: List[Optional[torch.Tensor]] = [None] * len(prepared)
+    def _predict(self, prepared: List[Dict], names: List[str], batch_size: Optional[int]) -> List[ClassMaps]:
+        """Model-resolution per-class maps (:class:`~cat_seg.modeling.postprocess.ClassMaps`)
+        of every prepared input, from which labels, confidence and (on demand) probabilities
+        are computed at the original image size."""
+        out: List[Optional[ClassMaps]] = [None] * len(prepared)
+        request = OutputRequest(probabilities=False, maps=True)  # per input: the model is not modified
         with torch.no_grad():
             for group in self._forward_groups(prepared, batch_size):
-                results = self.model([prepared[i] for i in group], class_names=names)
+                results = self.model([dict(prepared[i], output_request=request) for i in group], class_names=names)
                 for i, r in zip(group, results):
-                    out[i] = r["sem_seg"].float().cpu()
+                    out[i] = r["sem_seg_maps"]
         return out
 
     @staticmethod
-    def _result(image, probs, names, extra, background, source) -> SegmentationResult:
+    def _result(image, maps: ClassMaps, names, extra, background, source) -> SegmentationResult:
+        """Labels and confidence streamed over the classes of ``maps`` (no ``[T, H, W]`` maps);
+        the maps are moved to the CPU and kept for the probabilities, computed on demand."""
         num = len(names)
-        scores, labels = probs.max(dim=0)
+        labels, scores = maps.labels_and_confidence()
         labels = labels.to(torch.int32)
         if background == "prompts":
             labels[labels >= num] = UNLABELED
@@ -769,11 +853,12 @@ class OpenVocabSegmenter:
         return SegmentationResult(
             image=image,
             classes=list(names),
-            label_map=labels.numpy(),
-            probs=probs[:num].contiguous(),
+            label_map=labels.cpu().numpy(),
             background=background,
             background_classes=list(extra),
             source=source,
+            confidence=scores.float().cpu().numpy(),
+            class_maps=maps.to("cpu"),
         )
 
     # ------------------------------------------------------------------ dense features

@@ -1,4 +1,4 @@
-"""Sliding-window geometry of the evaluation protocol (spec 3.3).
+"""Sliding-window geometry of the evaluation protocol and the merge of the views on the canvas.
 
 The official protocol resizes each test image to a square canvas (640x640), cuts crops of
 384 with stride ``int(384 * (1 - 0.333)) = 256`` (4 crops), adds a global view, averages the
@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 
 
 def window_stride(crop: int, overlap: float) -> int:
@@ -61,3 +62,17 @@ def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: T
         out[:, y:y + crop, x:x + crop] += window
     return out.div_(_cached_coverage(tuple(canvas), tuple(map(tuple, boxes)), crop, str(windows.device),
                                      windows.dtype))
+
+
+def merge_views(logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, canvas: Tuple[int, int]) -> torch.Tensor:
+    """Per-view logits ``[n + 1, T, h, w]`` (crops at ``boxes``, then the global view) -> ``[T, *canvas]``.
+
+    Every view's logits are upsampled to the crop size, then sigmoid; crops are averaged over
+    their coverage of the canvas (:func:`merge_windows`) and the result averaged 50/50 with the
+    global view upsampled to the canvas. Each class is computed on its own (float32), so the
+    classes may be merged in chunks with identical results.
+    """
+    probs = F.interpolate(logits.float(), size=(crop, crop), mode="bilinear", align_corners=False).sigmoid_()
+    windows = merge_windows(probs[:-1], boxes, canvas)
+    global_probs = F.interpolate(probs[-1:], size=tuple(canvas), mode="bilinear", align_corners=False)[0]
+    return windows.add_(global_probs).div_(2)

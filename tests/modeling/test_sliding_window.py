@@ -1,9 +1,16 @@
-"""Sliding-window geometry and merging (spec 3.3, step 2 and 5)."""
+"""Sliding-window geometry and merging (crops, coverage, the merge of the views on the canvas)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cat_seg.modeling.sliding_window import coverage, crop_windows, merge_windows, window_boxes, window_stride
+from cat_seg.modeling.sliding_window import (
+    coverage,
+    crop_windows,
+    merge_views,
+    merge_windows,
+    window_boxes,
+    window_stride,
+)
 
 CROP, CANVAS = 384, (640, 640)
 
@@ -80,3 +87,20 @@ def test_bad_geometry_errors():
         window_stride(384, 1.0)
     with pytest.raises(ValueError):
         window_boxes((300, 300), 384, 256)
+
+
+def test_merge_views_matches_fold_and_is_per_class():
+    """Views -> canvas: upsample to the crop, sigmoid, fold-average the crops, average with the
+    global view; each class on its own, so merging chunks of classes gives the same bits."""
+    g = torch.Generator().manual_seed(2)
+    crop, canvas, stride = 128, (213, 213), 85
+    boxes = window_boxes(canvas, crop, stride)
+    logits = torch.randn(len(boxes) + 1, 5, 32, 32, generator=g) * 3
+    merged = merge_views(logits, boxes, crop, canvas)
+    probs = F.interpolate(logits, size=(crop, crop), mode="bilinear", align_corners=False).sigmoid()
+    cols = probs[:-1].reshape(len(boxes), -1).T[None]
+    windows = F.fold(cols, canvas, crop, stride=stride) / F.fold(torch.ones_like(cols), canvas, crop, stride=stride)
+    global_view = F.interpolate(probs[-1:], size=canvas, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(merged, ((windows + global_view) / 2)[0], rtol=1e-6, atol=1e-6)
+    chunks = torch.cat([merge_views(logits[:, i:i + 2], boxes, crop, canvas) for i in range(0, 5, 2)])
+    assert torch.equal(chunks, merged)

@@ -10,10 +10,10 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ...utils import read_class_json
-from ..cost_volume import PRUNED_CLASS_LOGIT
 from ..fast import FastOptions, set_fast_options
 from ..losses import sem_seg_bce_loss
-from ..sliding_window import crop_windows, merge_windows, window_boxes, window_stride
+from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
+from ..sliding_window import crop_windows, window_boxes, window_stride
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -202,9 +202,12 @@ class CATSeg(nn.Module):
 
         Each image is padded to its own multiple of ``size_divisibility`` and squashed to the
         CLIP resolution (as the official code does for its single image), so results do not
-        depend on the other images of the batch; the probabilities are resized back to the
-        padded size, the padding is cropped off and the result is resized to the requested
-        output size.
+        depend on the other images of the batch. The output stage (sigmoid, resize back to the
+        padded size, crop off the padding, resize to the requested output size) is
+        :class:`~cat_seg.modeling.postprocess.WholeImageMaps`; what each result dict holds is
+        set by the input's ``"output_request"`` key, else the model's ``output_request``
+        attribute (:class:`~cat_seg.modeling.postprocess.OutputRequest`, default ``sem_seg``
+        probabilities).
         """
         raw = [x["image"].to(self.device) for x in batched_inputs]
         size = self.backbone.resolution
@@ -213,22 +216,23 @@ class CATSeg(nn.Module):
             padded = ImageList.from_tensors([self.normalize(image)], self.size_divisibility).tensor
             padded_sizes.append(padded.shape[-2:])
             clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
-        probs = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling).float().sigmoid()
+        logits = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling)
+        default_request = getattr(self, "output_request", PROBABILITIES)
+        chunk_setting = getattr(self, "class_chunk_size", -1)
         results = []
         for i, x in enumerate(batched_inputs):
-            h, w = raw[i].shape[-2:]
-            prob = F.interpolate(probs[i:i + 1], size=padded_sizes[i], mode="bilinear", align_corners=False)[..., :h, :w]
-            prob = F.interpolate(prob, size=self._output_size(x, raw[i]), mode="bilinear", align_corners=False)
-            results.append({"sem_seg": prob[0]})
+            maps = WholeImageMaps(logits[i], padded_sizes[i], raw[i].shape[-2:], self._output_size(x, raw[i]),
+                                  chunk_setting)
+            results.append(x.get("output_request", default_request).outputs(maps))
         return results
 
     def inference_sliding_window(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
-        """Sliding-window protocol (spec 3.3) for every image of the batch in one forward.
+        """Sliding-window protocol for every image of the batch in one forward.
 
         Per image: resize to the square canvas, cut the crops, add the whole image resized to
         the crop size as a global view; all crops of all images go through the model together.
-        Per-crop logits are upsampled to the crop size, then sigmoid; crops are averaged over
-        their coverage and the result averaged 50/50 with the upsampled global view.
+        The views are merged by :meth:`merge_sliding_window`; what each result dict holds is
+        set by ``output_request`` as in :meth:`inference`.
         """
         crop, canvas = self.window_crop, self.window_canvas
         boxes = window_boxes(canvas, crop, self.window_stride)
@@ -241,49 +245,24 @@ class CATSeg(nn.Module):
             views.append(torch.cat([crop_windows(canvas_image, boxes, crop), global_view]))
         per_image = len(boxes) + 1
         logits = self.predict_logits(self.normalize(torch.cat(views)), class_names, self.test_pooling)
+        default_request = getattr(self, "output_request", PROBABILITIES)
         results = []
-        with torch.autocast(self.device.type, enabled=False):
-            for i, x in enumerate(batched_inputs):
-                image_logits = logits[i * per_image:(i + 1) * per_image]
-                out_size = self._output_size(x, raws[i][0])
-                results.append({"sem_seg": self.merge_sliding_window(image_logits, boxes, out_size)})
+        for i, x in enumerate(batched_inputs):
+            image_logits = logits[i * per_image:(i + 1) * per_image]
+            maps = self.merge_sliding_window(image_logits, boxes, self._output_size(x, raws[i][0]))
+            results.append(x.get("output_request", default_request).outputs(maps))
         return results
 
-    def merge_sliding_window(self, logits: torch.Tensor, boxes, out_size) -> torch.Tensor:
-        """Per-view logits ``[n + 1, T, h, w]`` (crops at ``boxes``, then the global view) -> ``[T, *out_size]``.
+    def merge_sliding_window(self, logits: torch.Tensor, boxes, out_size) -> SlidingWindowMaps:
+        """Per-view logits ``[n + 1, T, h, w]`` (crops at ``boxes``, then the global view) ->
+        the image's :class:`~cat_seg.modeling.postprocess.SlidingWindowMaps`.
 
         Every view's logits are upsampled to the crop size, then sigmoid; crops are averaged
         over their coverage of the canvas, averaged 50/50 with the global view upsampled to
-        the canvas, and the result is resized to ``out_size``. Per class, so it runs on chunks
-        of ``class_chunk_size`` classes (bounded memory); with ``skip_pruned_classes`` the
-        classes whose logits are -100 in every view (pruned everywhere) get ``sigmoid(-100)``.
+        the canvas, and the result is resized to ``out_size``. This runs on chunks of classes
+        when the maps are read (``.probabilities()``, ``.labels_and_confidence()``), so memory
+        is bounded by the chunk, not by the vocabulary; classes pruned in every view are
+        expanded once.
         """
-        crop, canvas = self.window_crop, self.window_canvas
-        num_classes = logits.shape[1]
-
-        def merge(chunk: torch.Tensor) -> torch.Tensor:
-            probs = F.interpolate(chunk.float(), size=(crop, crop), mode="bilinear", align_corners=False).sigmoid_()
-            windows = merge_windows(probs[:-1], boxes, canvas)
-            global_probs = F.interpolate(probs[-1:], size=canvas, mode="bilinear", align_corners=False)[0]
-            merged = windows.add_(global_probs).div_(2)
-            return F.interpolate(merged[None], size=out_size, mode="bilinear", align_corners=False)[0]
-
-        chunk = self.fast.chunk_size(logits.device)
-        live = None
-        if self.fast.skip_pruned_classes:
-            pruned = (logits == PRUNED_CLASS_LOGIT).flatten(2).all(dim=2).all(dim=0)  # [T]
-            if pruned.any():
-                live = (~pruned).nonzero().squeeze(1)
-        if live is None and not chunk:
-            return merge(logits)
-        out = torch.empty((num_classes, *out_size), dtype=torch.float32, device=logits.device)
-        if live is None:
-            for start in range(0, num_classes, chunk):
-                out[start:start + chunk] = merge(logits[:, start:start + chunk])
-            return out
-        out.fill_(torch.sigmoid(torch.tensor(PRUNED_CLASS_LOGIT)).item())
-        step = chunk or max(len(live), 1)
-        for start in range(0, len(live), step):
-            index = live[start:start + step]
-            out[index] = merge(logits[:, index])
-        return out
+        return SlidingWindowMaps(logits, boxes, self.window_crop, self.window_canvas, out_size,
+                                 getattr(self, "class_chunk_size", -1))

@@ -1,0 +1,303 @@
+"""Output stage of inference: per-class maps at the model resolution -> what the caller asked for.
+
+The model predicts per-class maps at a low resolution (the cost-map stride / 4, or one such
+map per sliding-window view). Bringing them to the output size is per class and linear up to
+the sigmoid, so :class:`ClassMaps` keeps them at the model resolution and expands chunks of
+classes on demand:
+
+* :meth:`ClassMaps.labels_and_confidence`: ``argmax`` and ``max`` over classes of the
+  full-resolution probabilities, streamed over class chunks with a running max. Every class
+  goes through exactly the same float operations as in the all-classes computation (the
+  resizes treat each class map on its own), so the labels and the confidence are
+  bit-identical to ``probs.max(dim=0)`` of the full ``[T, H, W]`` tensor, ties included (the
+  lowest class index wins), while memory stays ``O(chunk * H * W)``.
+* :meth:`ClassMaps.probabilities`: the full ``[T, H, W]`` maps, only when asked for, in the
+  dtype and on the device the caller chose (e.g. float16 on the CPU for a GPU model),
+  filled chunk by chunk.
+
+Classes dropped by the top-k pruning of large vocabularies have the constant logit
+:data:`~cat_seg.modeling.cost_volume.PRUNED_CLASS_LOGIT` in every view, hence identical maps:
+only the first of them is expanded and stands for all of them (it is also the one an argmax
+over the full tensor would pick among them).
+
+:class:`OutputRequest` says which of these a forward returns (``sem_seg`` probabilities for
+detectron2's evaluator by default).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .cost_volume import PRUNED_CLASS_LOGIT
+from .sliding_window import merge_views
+
+# Classes per chunk of ``class_chunk_size = -1`` (auto) on CPU.
+CPU_CLASS_CHUNK = 32
+# At most this many float32 elements (256 MB) per class chunk at the output resolution:
+# whatever the chunk setting, a 6000x4000 output is expanded 2 classes at a time.
+MAX_CHUNK_ELEMENTS = 1 << 26
+# Bound on the float rounding of a bilinear resize of probabilities (values in [0, 1]; a few
+# float32 ulps): a class is only left out of the output-size argmax when it loses by more.
+ROUNDING_MARGIN = 1e-5
+
+
+def resolve_chunk_size(setting: int, device: Union[str, torch.device]) -> int:
+    """Classes per chunk for the class-chunk setting: ``-1`` (auto) is :data:`CPU_CLASS_CHUNK`
+    on CPU and 0 on GPUs; 0 means all classes at once."""
+    if setting < 0:
+        return CPU_CLASS_CHUNK if torch.device(device).type == "cpu" else 0
+    return int(setting)
+
+
+def _bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class ClassMaps:
+    """Per-class maps of one image at the model resolution, expandable to the output size.
+
+    Subclasses store ``data`` with classes on dimension ``class_dim`` and implement
+    :meth:`_source` (the exact output-stage computation for some classes up to the last step,
+    a bilinear resize to the output size, done by :meth:`_expand`). Only the distinct
+    maps are kept ("rows", in class order): all live classes and the first pruned class,
+    which stands for every pruned class.
+
+    Args:
+        data: the model output of this image, classes on ``class_dim``.
+        class_dim: the class dimension of ``data``.
+        out_size: ``(H, W)`` output size.
+        chunk_setting: the model's class-chunk setting (see :func:`resolve_chunk_size`).
+    """
+
+    class_dim = 0
+
+    def __init__(self, data: torch.Tensor, out_size: Sequence[int], chunk_setting: int = -1):
+        self.num_classes = data.shape[self.class_dim]
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        self.chunk_setting = chunk_setting
+        pruned = (data.movedim(self.class_dim, 0) == PRUNED_CLASS_LOGIT).flatten(1).all(dim=1)  # [T]
+        keep = ~pruned
+        if pruned.any():
+            keep[pruned.nonzero()[0, 0]] = True
+        #: class index of each kept row ``[R]`` (ascending)
+        self.row_classes = keep.nonzero().squeeze(1)
+        #: row of each class ``[T]`` (the representative row for pruned classes)
+        self.class_rows = torch.cumsum(keep.long(), 0) - 1
+        if pruned.any():
+            self.class_rows[pruned] = int(self.class_rows[pruned.nonzero()[0, 0]])
+        self.data = data.index_select(self.class_dim, self.row_classes) if pruned.any() else data
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.row_classes.numel())
+
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """float32 ``[len(rows), h', w']`` maps of the stored rows ``rows`` just before the last
+        step, the bilinear resize to the output size."""
+        raise NotImplementedError
+
+    def _source_size(self) -> Tuple[int, int]:
+        raise NotImplementedError
+
+    def _elements_per_class(self) -> int:
+        """Elements allocated per class by :meth:`_source` (intermediate sizes included)."""
+        raise NotImplementedError
+
+    def _expand(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``."""
+        return _bilinear(self._source(rows)[None], self.out_size)[0]
+
+    def chunk_size(self, per_class: Optional[int] = None) -> int:
+        """Rows expanded at once: the chunk setting, capped by :data:`MAX_CHUNK_ELEMENTS`
+        (``per_class`` elements per row, default those of :meth:`_expand`)."""
+        if per_class is None:
+            per_class = self._elements_per_class() + self.out_size[0] * self.out_size[1]
+        chunk = resolve_chunk_size(self.chunk_setting, self.device) or self.num_rows
+        return max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(per_class, 1)))
+
+    def _chunks(self, rows: Optional[torch.Tensor] = None, expand: bool = True):
+        """``(start, maps)`` for chunks of ``rows`` (default all; ``maps`` of ``rows[start:...]``),
+        at the output size (``expand``) or before the last resize."""
+        per_class = None if expand else 3 * self._elements_per_class()
+        step = self.chunk_size(per_class)
+        count = self.num_rows if rows is None else len(rows)
+        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+            for start in range(0, count, step):
+                index = slice(start, min(start + step, count)) if rows is None else rows[start:start + step]
+                yield start, (self._expand(index) if expand else self._source(index))
+
+    def candidate_rows(self) -> torch.Tensor:
+        """Rows that can be the highest at some output pixel ``[R']`` (ascending).
+
+        Every output pixel of the last bilinear resize (align_corners False, any scale) is a
+        convex combination of a 2x2 block of the source maps. A row whose maximum over every
+        2x2 block is below (by :data:`ROUNDING_MARGIN`) the best minimum of another row over
+        the same block can therefore never win nor tie; it is left out of the output-size
+        computation, which changes neither the labels nor the confidence.
+        """
+        size = self._source_size()
+        kernel = (min(2, size[0]), min(2, size[1]))
+        lower = None
+        for _, maps in self._chunks(expand=False):
+            block_min = (-F.max_pool2d(-maps[None], kernel, stride=1)[0]).amax(dim=0)  # best min per block
+            lower = block_min if lower is None else torch.maximum(lower, block_min)
+        lower.sub_(ROUNDING_MARGIN)
+        keep = []
+        for _, maps in self._chunks(expand=False):
+            block_max = F.max_pool2d(maps[None], kernel, stride=1)[0]
+            keep.append((block_max > lower).flatten(1).any(dim=1))
+        return torch.cat(keep).nonzero().squeeze(1)
+
+    def labels_and_confidence(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(labels [H, W] int64, confidence [H, W] float32)``: argmax and max over classes
+        of the output-size probabilities (identical to ``probabilities().max(dim=0)``).
+
+        When the output is larger than the maps before the last resize, only the
+        :meth:`candidate_rows` are expanded to the output size.
+        """
+        rows = None
+        source = self._source_size()
+        if self.num_rows > 1 and self.out_size[0] * self.out_size[1] > source[0] * source[1]:
+            rows = self.candidate_rows()
+        best = labels = None
+        for start, probs in self._chunks(rows):
+            for offset, probs_k in enumerate(probs):  # one class at a time: 3 passes, no index maps
+                if best is None:
+                    best = probs_k.clone()
+                    labels = torch.zeros(self.out_size, dtype=torch.long, device=best.device)
+                    continue
+                better = torch.gt(probs_k, best)  # strict: on ties the earlier (lower) class keeps the pixel
+                torch.maximum(best, probs_k, out=best)
+                labels.masked_fill_(better, start + offset)
+            del probs
+        if rows is not None:  # position in ``rows`` -> row
+            labels = rows[labels]
+        if self.num_rows != self.num_classes:  # row -> class index
+            labels = self.row_classes[labels]
+        return labels, best
+
+    def probabilities(self, classes: Optional[Sequence[int]] = None, dtype: torch.dtype = torch.float32,
+                      device: Union[None, str, torch.device] = None) -> torch.Tensor:
+        """Output-size probabilities ``[len(classes), H, W]`` (default all ``T`` classes) in
+        ``dtype`` on ``device`` (default: where the maps are), filled chunk by chunk."""
+        device = self.device if device is None else torch.device(device)
+        if classes is None and self.num_rows == self.num_classes:  # every class, no pruned class
+            out = torch.empty((self.num_classes, *self.out_size), dtype=dtype, device=device)
+            for start, probs in self._chunks():
+                out[start:start + len(probs)] = probs.to(device=device, dtype=dtype)
+            return out
+        classes = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+        out = torch.empty((len(classes), *self.out_size), dtype=dtype, device=device)
+        wanted_rows = self.class_rows.cpu()[classes.cpu()]
+        rows = wanted_rows.unique()  # sorted; only these are expanded
+        for start, probs in self._chunks(rows.to(self.device)):
+            for offset, row in enumerate(rows[start:start + len(probs)].tolist()):
+                positions = (wanted_rows == row).nonzero().squeeze(1)
+                out[positions.to(device)] = probs[offset].to(device=device, dtype=dtype)
+        return out
+
+    def to(self, device: Union[str, torch.device]) -> "ClassMaps":
+        """Move the stored maps to ``device`` (in place; returns ``self``)."""
+        self.data = self.data.to(device)
+        self.row_classes = self.row_classes.to(device)
+        self.class_rows = self.class_rows.to(device)
+        return self
+
+
+class WholeImageMaps(ClassMaps):
+    """Whole-image inference output of one image.
+
+    ``logits`` ``[T, h, w]`` were predicted for the image padded to ``padded_size`` and squashed
+    to the CLIP resolution: sigmoid, resize to ``padded_size``, crop the ``image_size``
+    (``[:H', :W']``, the padding removed), resize to ``out_size``.
+    """
+
+    class_dim = 0
+
+    def __init__(self, logits: torch.Tensor, padded_size: Sequence[int], image_size: Sequence[int],
+                 out_size: Sequence[int], chunk_setting: int = -1):
+        super().__init__(logits, out_size, chunk_setting)
+        self.padded_size = tuple(int(s) for s in padded_size)
+        self.image_size = tuple(int(s) for s in image_size)
+
+    def _elements_per_class(self) -> int:
+        return self.data[0].numel() + self.padded_size[0] * self.padded_size[1]
+
+    def _source_size(self) -> Tuple[int, int]:
+        return self.image_size
+
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        probs = self.data[rows].float().sigmoid()[None]
+        return _bilinear(probs, self.padded_size)[0, :, :self.image_size[0], :self.image_size[1]]
+
+
+class SlidingWindowMaps(ClassMaps):
+    """Sliding-window inference output of one image.
+
+    ``logits`` ``[n + 1, T, h, w]``: the crops at ``boxes`` of the ``canvas``, then the global
+    view; merged on the canvas by :func:`~cat_seg.modeling.sliding_window.merge_views`, then
+    resized to ``out_size``.
+    """
+
+    class_dim = 1
+
+    def __init__(self, logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, canvas: Sequence[int],
+                 out_size: Sequence[int], chunk_setting: int = -1):
+        super().__init__(logits, out_size, chunk_setting)
+        self.boxes = boxes
+        self.crop = crop
+        self.canvas = tuple(int(s) for s in canvas)
+
+    def _elements_per_class(self) -> int:
+        return self.data.shape[0] * self.crop * self.crop + 3 * self.canvas[0] * self.canvas[1]
+
+    def _source_size(self) -> Tuple[int, int]:
+        return self.canvas
+
+    def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
+        return merge_views(self.data[:, rows], self.boxes, self.crop, self.canvas)
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """What an inference forward returns per image (keys of its result dict).
+
+    Attributes:
+        probabilities: ``"sem_seg"``: ``[T, H, W]`` probabilities (what detectron2's
+            ``SemSegEvaluator`` reads), in ``dtype`` on ``device`` (default: the model's).
+        labels: ``"sem_seg_labels"`` ``[H, W]`` int64 (argmax over classes) and
+            ``"sem_seg_confidence"`` ``[H, W]`` float32 (max probability), without
+            materialising the ``[T, H, W]`` maps.
+        maps: ``"sem_seg_maps"``: the :class:`ClassMaps` themselves (model resolution), to
+            expand later.
+    """
+
+    probabilities: bool = True
+    labels: bool = False
+    maps: bool = False
+    dtype: torch.dtype = torch.float32
+    device: Optional[str] = None
+
+    def outputs(self, maps: ClassMaps) -> Dict[str, object]:
+        """The result dict of one image."""
+        out: Dict[str, object] = {}
+        if self.probabilities:
+            out["sem_seg"] = maps.probabilities(dtype=self.dtype, device=self.device)
+        if self.labels:
+            if self.probabilities and self.dtype == torch.float32:
+                confidence, labels = out["sem_seg"].max(dim=0)  # same values as streaming
+            else:
+                labels, confidence = maps.labels_and_confidence()
+            out["sem_seg_labels"], out["sem_seg_confidence"] = labels, confidence
+        if self.maps:
+            out["sem_seg_maps"] = maps
+        return out
+
+
+#: The default request: ``sem_seg`` probabilities only (detectron2 convention).
+PROBABILITIES = OutputRequest()

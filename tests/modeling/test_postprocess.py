@@ -1,0 +1,240 @@
+"""Output stage (``cat_seg.modeling.postprocess``): streamed labels/confidence and chunked
+probabilities are identical to the all-classes computation, and memory is bounded by the chunk."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cat_seg.modeling import postprocess
+from cat_seg.modeling.cost_volume import PRUNED_CLASS_LOGIT
+from cat_seg.modeling.postprocess import (
+    OutputRequest,
+    SlidingWindowMaps,
+    WholeImageMaps,
+    resolve_chunk_size,
+)
+from cat_seg.modeling.sliding_window import coverage, window_boxes, window_stride
+
+
+def bilinear(x, size):
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def full_whole_image(logits, padded, image_size, out_size):
+    """All classes at once, as the output stage was written before streaming."""
+    probs = bilinear(logits.float().sigmoid()[None], padded)[..., :image_size[0], :image_size[1]]
+    return bilinear(probs, out_size)[0]
+
+
+def full_sliding(logits, boxes, crop, canvas, out_size):
+    """All classes at once: upsample every view to the crop, sigmoid, average the crops over
+    their coverage (loop over the boxes), average with the global view, resize."""
+    probs = bilinear(logits.float(), (crop, crop)).sigmoid()
+    summed = torch.zeros(probs.shape[1], *canvas)
+    for window, (y, x) in zip(probs[:-1], boxes):
+        summed[:, y:y + crop, x:x + crop] += window
+    merged = (summed / coverage(canvas, boxes, crop) + bilinear(probs[-1:], canvas)[0]) / 2
+    return bilinear(merged[None], out_size)[0]
+
+
+def random_logits(shape, class_dim, pruned, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g) * 3
+    index = [slice(None)] * len(shape)
+    index[class_dim] = pruned
+    logits[tuple(index)] = PRUNED_CLASS_LOGIT
+    return logits
+
+
+WHOLE = dict(padded=(64, 96), image_size=(50, 90), out_size=(77, 131))
+PRUNED = [1, 4, 5, 9]
+
+
+def whole_maps(logits, chunk):
+    return WholeImageMaps(logits, WHOLE["padded"], WHOLE["image_size"], WHOLE["out_size"], chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 0, -1])
+@pytest.mark.parametrize("pruned", [[], PRUNED])
+def test_whole_image_streamed_equals_full(chunk, pruned):
+    logits = random_logits((11, 16, 24), 0, pruned)
+    want = full_whole_image(logits, **WHOLE)
+    maps = whole_maps(logits, chunk)
+    assert maps.num_rows == (11 - len(pruned) + 1 if pruned else 11)  # pruned classes share one row
+    torch.testing.assert_close(maps.probabilities(), want, rtol=0, atol=0)
+    labels, confidence = maps.labels_and_confidence()
+    best, argmax = want.max(dim=0)
+    assert labels.dtype == torch.int64 and confidence.dtype == torch.float32
+    assert torch.equal(labels, argmax) and torch.equal(labels, want.argmax(dim=0))
+    assert torch.equal(confidence, best)
+    assert len(labels.unique()) > 3  # several classes win somewhere
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 0])
+@pytest.mark.parametrize("pruned", [[], [0, 2, 3]])
+def test_sliding_window_streamed_equals_full(chunk, pruned):
+    crop, canvas = 40, (66, 66)
+    boxes = window_boxes(canvas, crop, window_stride(crop, 0.333))
+    logits = random_logits((len(boxes) + 1, 7, 10, 10), 1, pruned, seed=1)
+    if not pruned:  # a class pruned in some views only is not pruned
+        logits[:2, 3] = PRUNED_CLASS_LOGIT
+    out_size = (90, 55)
+    want = full_sliding(logits, boxes, crop, canvas, out_size)
+    maps = SlidingWindowMaps(logits, boxes, crop, canvas, out_size, chunk)
+    assert maps.num_rows == (7 - len(pruned) + 1 if pruned else 7)
+    torch.testing.assert_close(maps.probabilities(), want, rtol=0, atol=0)
+    labels, confidence = maps.labels_and_confidence()
+    best, argmax = want.max(dim=0)
+    assert torch.equal(labels, argmax) and torch.equal(confidence, best)
+
+
+def test_element_cap_splits_chunks(monkeypatch):
+    """A large output is expanded a few classes at a time whatever the chunk setting."""
+    logits = random_logits((11, 16, 24), 0, [])
+    maps = whole_maps(logits, 0)
+    per_class = 16 * 24 + 64 * 96 + 77 * 131  # logits, padded-size maps, output
+    monkeypatch.setattr(postprocess, "MAX_CHUNK_ELEMENTS", 2 * per_class + 1)
+    assert maps.chunk_size() == 2
+    labels, confidence = maps.labels_and_confidence()
+    best, argmax = full_whole_image(logits, **WHOLE).max(dim=0)
+    assert torch.equal(labels, argmax) and torch.equal(confidence, best)
+
+
+def test_candidate_rows_leave_out_only_losers():
+    """A class below another one by a margin everywhere is not expanded; tied classes are."""
+    logits = random_logits((6, 16, 24), 0, [])
+    logits[0] = 6 + logits[0] / 30  # probability near 0.997 everywhere
+    logits[2] = logits[0] - 5  # about 0.73 everywhere: never the highest
+    logits[4] = logits[1]
+    maps = whole_maps(logits, 2)
+    candidates = maps.candidate_rows().tolist()
+    assert 2 not in candidates and {0, 1, 4} <= set(candidates)
+    want = full_whole_image(logits, **WHOLE)
+    labels, confidence = maps.labels_and_confidence()
+    assert torch.equal(labels, want.argmax(0)) and torch.equal(confidence, want.amax(0))
+
+
+def test_ties_go_to_the_lowest_class():
+    """Identical maps in different chunks: the first class wins, as with argmax."""
+    logits = random_logits((6, 16, 24), 0, [])
+    logits[4] = logits[1]
+    logits[5] = logits[1] + 50  # class 5 wins everywhere
+    logits[3] = logits[5]  # ... tied with class 3, in an earlier chunk
+    maps = whole_maps(logits, 2)
+    labels, _ = maps.labels_and_confidence()
+    assert (labels == 3).all()
+
+
+def test_pruned_classes_can_win():
+    """Where no live class beats the pruned constant (all underflow to 0 here), the argmax over
+    the full tensor is the lowest class index, here the first pruned class: streaming agrees."""
+    logits = random_logits((6, 16, 24), 0, [0, 4])
+    logits[[1, 2, 3, 5], :8] = -300.0
+    want = full_whole_image(logits, **WHOLE)
+    labels, confidence = whole_maps(logits, 1).labels_and_confidence()
+    assert torch.equal(labels, want.argmax(dim=0)) and torch.equal(confidence, want.amax(dim=0))
+    assert (labels == 0).any() and not (labels == 4).any()
+
+
+def test_probabilities_subset_dtype_device():
+    logits = random_logits((11, 16, 24), 0, PRUNED)
+    want = full_whole_image(logits, **WHOLE)
+    maps = whole_maps(logits, 3)
+    classes = [9, 0, 4, 10]
+    got = maps.probabilities(classes=classes, dtype=torch.float16, device="cpu")
+    assert got.dtype == torch.float16 and got.shape == (4, *WHOLE["out_size"])
+    assert torch.equal(got, want[classes].half())
+
+
+def test_output_request_keys():
+    logits = random_logits((5, 16, 24), 0, [])
+    want = full_whole_image(logits, **WHOLE)
+    assert set(OutputRequest().outputs(whole_maps(logits, 2))) == {"sem_seg"}
+    labels_only = OutputRequest(probabilities=False, labels=True).outputs(whole_maps(logits, 2))
+    assert set(labels_only) == {"sem_seg_labels", "sem_seg_confidence"}
+    assert torch.equal(labels_only["sem_seg_labels"], want.argmax(0))
+    both = OutputRequest(labels=True, maps=True, dtype=torch.bfloat16).outputs(whole_maps(logits, 2))
+    assert both["sem_seg"].dtype == torch.bfloat16
+    assert torch.equal(both["sem_seg_labels"], want.argmax(0)) and torch.equal(both["sem_seg_confidence"], want.amax(0))
+    assert isinstance(both["sem_seg_maps"], WholeImageMaps)
+
+
+def test_resolve_chunk_size():
+    assert resolve_chunk_size(-1, "cpu") == postprocess.CPU_CLASS_CHUNK
+    assert resolve_chunk_size(-1, torch.device("cuda", 0)) == 0
+    assert resolve_chunk_size(0, "cpu") == 0 and resolve_chunk_size(7, "cuda") == 7
+
+
+# --------------------------------------------------------------------------- the model
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+NAMES = [f"class {i}" for i in range(40)]  # more than the tiny PAD_LEN (32): 8 classes pruned
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    model = tiny_model("b").eval()
+    model.class_chunk_size = 4
+    return model
+
+
+def run(model, inputs, request, sliding):
+    model.sliding_window, model.output_request = sliding, request
+    try:
+        with torch.no_grad():
+            return model(inputs, class_names=NAMES)
+    finally:
+        model.sliding_window, model.output_request = False, OutputRequest()
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_model_labels_equal_argmax_of_probabilities(model, random_images, sliding):
+    images = random_images([(64, 96), (80, 60)], seed=2)
+    inputs = [{"image": images[0], "height": 130, "width": 190}, {"image": images[1]}]
+    full = run(model, inputs, OutputRequest(), sliding)
+    streamed = run(model, inputs, OutputRequest(probabilities=False, labels=True), sliding)
+    for f, s in zip(full, streamed):
+        probs = f["sem_seg"]
+        assert set(s) == {"sem_seg_labels", "sem_seg_confidence"}
+        assert s["sem_seg_labels"].shape == probs.shape[1:]
+        pruned = (probs == probs[:, :1, :1]).flatten(1).all(1)  # constant maps: the pruned classes
+        assert (8 if not sliding else 1) <= int(pruned.sum()) < len(NAMES)  # sliding: pruned in every view
+        assert torch.equal(s["sem_seg_labels"], probs.argmax(dim=0))
+        assert torch.equal(s["sem_seg_confidence"], probs.amax(dim=0))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_model_labels_never_allocate_all_class_maps(model, random_images, sliding):
+    image = random_images([(64, 96)], seed=3)[0]
+    inputs = [{"image": image, "height": 400, "width": 600}]
+    all_maps = len(NAMES) * 400 * 600
+    with LargestAllocation() as labels_mode:
+        out = run(model, inputs, OutputRequest(probabilities=False, labels=True), sliding)
+    assert out[0]["sem_seg_labels"].shape == (400, 600)
+    assert labels_mode.largest <= 4 * 400 * 600 + 4 * 3 * 213 * 213  # one chunk of 4 classes
+    with LargestAllocation() as probabilities_mode:  # the check sees the [T, H, W] maps when asked for
+        run(model, inputs, OutputRequest(), sliding)
+    assert probabilities_mode.largest >= all_maps
+
+
+def test_request_per_input_overrides_the_model(model, random_images):
+    image = random_images([(64, 96)], seed=4)[0]
+    labels_request = OutputRequest(probabilities=False, labels=True)
+    with torch.no_grad():
+        out = model([{"image": image, "output_request": labels_request}, {"image": image}], class_names=NAMES)
+    assert set(out[0]) == {"sem_seg_labels", "sem_seg_confidence"} and set(out[1]) == {"sem_seg"}
+    assert torch.equal(out[0]["sem_seg_labels"], out[1]["sem_seg"].argmax(0))
+    assert not hasattr(model, "output_request") or model.output_request == OutputRequest()
