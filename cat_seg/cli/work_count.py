@@ -186,7 +186,7 @@ class WorkCounter(TorchDispatchMode):
             for path, module in root.named_modules():
                 depth = path.count(".") + 1 if path else 0
                 group = next((g for g, match in rules if match(module, path)), None)
-                self._module_group[module] = (depth, group or "other")
+                self._module_group[module] = (depth, group)  # None: inherits the enclosing module's
         self._active_fw: Counter = Counter()
         self._active_bw: Counter = Counter()
         self._regions: List[str] = []
@@ -199,14 +199,17 @@ class WorkCounter(TorchDispatchMode):
     def current_group(self) -> str:
         if self._regions:
             return self._regions[-1]
-        best = None
+        best, inside = None, False
         for active in (self._active_fw, self._active_bw):
             for module, count in active.items():
-                if count > 0 and module in self._module_group:
-                    entry = self._module_group[module]
-                    if best is None or entry[0] > best[0]:
+                entry = self._module_group.get(module)
+                if count > 0 and entry is not None:
+                    inside = True
+                    if entry[1] is not None and (best is None or entry[0] > best[0]):
                         best = entry
-        return best[1] if best is not None else "outside_model"
+        if best is not None:
+            return best[1]
+        return "other" if inside else "outside_model"
 
     @contextlib.contextmanager
     def region(self, group: str):
