@@ -27,7 +27,7 @@ around the step, so the requested precision is what runs.
 
 Fields of every record: ``mode``, ``config``, ``device`` (``cpu``/``cuda``), ``device_name``
 (GPU name or CPU model), ``cpu_instruction_sets``, ``torch``, ``git_commit``, ``date``,
-``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
+``tag`` (``--tag``), ``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
 ``exact``, ``compile``, ``settings`` (the speed keys as used), ``opts`` (every config
 override), ``batch``, ``classes``, ``size``, ``threads``, ``smoke``, ``kind`` (``time`` or
 ``count``).
@@ -85,6 +85,9 @@ def parse_args(argv=None):
     parser.add_argument("--class-json", default=None, help="vocabulary from a class-name json instead")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="inference image size (default 512 683); training crops are 384x384")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="training crop size (default 384; --smoke: the config's INPUT.CROP.SIZE)")
+    parser.add_argument("--tag", default="", help="a name recorded in the JSON line (field tag)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed (uncounted with --count) steps first: compilation, caches, optimizer state")
@@ -321,7 +324,7 @@ def make_step(args, cfg, model, device, smoke: bool):
 
     if args.mode == "train":
         model.train()
-        crop = cfg.INPUT.CROP.SIZE[0] if smoke else 384
+        crop = args.crop or (cfg.INPUT.CROP.SIZE[0] if smoke else 384)
         size = (crop, crop)
         inputs = []
         for _ in range(batch):
@@ -382,7 +385,7 @@ def build(args, config_file: str):
 def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, kind):
     from cat_seg.modeling.precision import resolve_precision  # noqa: F401  (checked in make_step)
 
-    record = {"kind": kind, "mode": args.mode, "config": config_file}
+    record = {"kind": kind, "tag": args.tag, "mode": args.mode, "config": config_file}
     record.update(environment(device))
     record.update({
         "precision": cfg.MODEL.PRECISION,
@@ -521,7 +524,7 @@ def _main(args) -> int:
         torch.backends.cudnn.allow_tf32 = allow
     if args.class_json and not os.path.isfile(args.class_json):
         raise UserError(f"--class-json {args.class_json}: no such file")
-    for name in ("iters", "warmup", "batch", "classes"):
+    for name in ("iters", "warmup", "batch", "classes", "crop"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             raise UserError(f"--{name} {value}: expected a positive number")

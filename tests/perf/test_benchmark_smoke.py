@@ -95,3 +95,49 @@ def test_user_errors_are_one_line_exit_2(args, message):
     assert proc.stdout == ""
     last = proc.stderr.strip().splitlines()[-1]
     assert message in last and "Traceback" not in proc.stderr
+
+
+def run_gpu_script(tmp_path, **env):
+    env = dict(os.environ, **{"OUT": str(tmp_path / "out"), "SMOKE": "1", "DEVICE": "cpu", "PYTHON": sys.executable,
+                              "WHEELS": str(tmp_path / "no-wheels"),
+                              "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env})
+    return subprocess.run(["bash", "tools/gpu_benchmark.sh"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800, env=env)
+
+
+def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
+    proc = run_gpu_script(tmp_path, SMOKE="0", DEVICE="cuda", DRY_RUN="1")
+    assert proc.returncode == 0, proc.stderr
+    steps = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
+    for name in ("vitb_infer_150", "vitb_infer_847", "vitb_train_b4", "vitb_infer_150_compile",
+                 "vitb_infer_150_cudagraphs", "vitl_infer_150", "vitl_infer_847", "vitl_train_b4",
+                 "vitb_count_infer_150", "vitb_infer_150_profile", "vitb_train_profile"):
+        assert name in steps, name
+        assert f"--tag {name}" in steps[name] and "--device cuda" in steps[name]
+    assert "--compile" in steps["vitb_infer_150_compile"] and "--cuda-graphs" in steps["vitb_infer_150_cudagraphs"]
+    assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
+    assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
+
+
+def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
+    proc = run_gpu_script(tmp_path, ONLY="vitb_infer_150 vitb_train_b2 vitb_infer_150_profile vitb_count_infer_150")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in records] == ["vitb_infer_150", "vitb_train_b2", "vitb_infer_150_profile",
+                                           "vitb_count_infer_150"]
+    assert [r["kind"] for r in records] == ["time", "time", "time", "count"]
+    steps = (out / "steps.tsv").read_text().splitlines()
+    assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 5
+    summary = (out / "summary.md").read_text()
+    assert "| vitb_train_b2 | train | 171 | 2 | fp32 |" in summary and "Counted work, vitb_count_infer_150" in summary
+    assert "aten::" in (out / "profile_infer.txt").read_text()
+    assert "torch" in (out / "env.txt").read_text()
+
+
+def test_gpu_script_skips_steps_past_the_time_limit(tmp_path):
+    proc = run_gpu_script(tmp_path, TIME_LIMIT="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()[1:]
+    assert steps and all("\tskipped (" in line for line in steps)
+    assert (tmp_path / "out" / "results.jsonl").read_text() == ""
