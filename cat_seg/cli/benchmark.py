@@ -240,6 +240,8 @@ def build_cfg(args, config_file: str):
 
     from cat_seg.config import add_cat_seg_config
 
+    if not os.path.isfile(config_file) and os.path.isfile(os.path.join(REPO, config_file)):
+        config_file = os.path.join(REPO, config_file)  # the repository's configs, from any folder
     if not os.path.isfile(config_file):
         raise UserError(f"--config-file {config_file}: no such file")
     cfg = add_cat_seg_config(get_cfg())
@@ -383,8 +385,6 @@ def build(args, config_file: str):
 
 
 def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, kind):
-    from cat_seg.modeling.precision import resolve_precision  # noqa: F401  (checked in make_step)
-
     record = {"kind": kind, "tag": args.tag, "mode": args.mode, "config": config_file}
     record.update(environment(device))
     record.update({
@@ -535,8 +535,7 @@ def _main(args) -> int:
             args.mode = mode
             args.batch = 2 if mode == "train" else 1
             args.classes = classes
-            run(args, os.path.join(REPO, SMOKE_CONFIG) if not os.path.isfile(SMOKE_CONFIG) else SMOKE_CONFIG,
-                smoke=True)
+            run(args, SMOKE_CONFIG, smoke=True)
         return 0
     run(args, args.config_file, smoke=False)
     return 0
