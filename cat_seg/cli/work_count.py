@@ -27,16 +27,19 @@ storage instead (what a naive "sum of storage sizes" gives; a slice of a large t
 counts as the large tensor).
 
 Attribution to named groups (:data:`GROUPS`): the counter keeps the set of modules running
-(global forward pre/post hooks; in the backward pass, ``register_multi_grad_hook`` on the
-module outputs and inputs: the scheme of ``torch.utils.module_tracker.ModuleTracker``, which
-only exposes names, while the groups are decided on the module objects). Each op goes to
-the group of the innermost running module that has one (see :func:`default_group_rules`:
-by type first, by the attribute path otherwise), or to an explicit :meth:`WorkCounter.region`
-(which wins), or to ``"other"`` (inside the model, no group) / ``"outside_model"``. In the
-backward pass the attribution is approximate where the autograd engine interleaves branches.
+(global forward pre/post hooks). Each forward op goes to the group of the innermost running
+module that has one (see :func:`default_group_rules`: by type first, by the attribute path
+otherwise), or to an explicit :meth:`WorkCounter.region` (which wins), or to ``"other"``
+(inside the model, no group) / ``"outside_model"``. Each backward op goes to the group of
+the forward op that created its autograd node (matched by the node's sequence number);
+where there is no such node (the seed gradient, gradient accumulation) it goes to the
+modules whose backward is running, tracked with ``register_multi_grad_hook`` on module
+outputs and inputs (the scheme of ``torch.utils.module_tracker.ModuleTracker``, which only
+exposes names, while the groups are decided on the module objects).
 The counts do not depend on the device load or speed (they are deterministic for a given
 program, shapes and dtypes).
 """
+import bisect
 import contextlib
 import re
 from collections import Counter, defaultdict
@@ -49,6 +52,10 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+
+# the autograd sequence counter (torch >= 2.4 has it; without it backward ops are attributed by
+# the module hooks alone)
+_sequence_nr = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
 # Named groups of the CAT-Seg step, in report order.
 GROUPS = (
@@ -194,6 +201,9 @@ class WorkCounter(TorchDispatchMode):
         self._hooks = []
         self._bw_callback_queued = False
         self._flops: Optional[FlopCounterMode] = None
+        # forward ops in order: the autograd sequence number after each, and its group
+        self._seq_after: List[int] = []
+        self._seq_group: List[str] = []
 
     # ------------------------------------------------------------------ attribution
     def current_group(self) -> str:
@@ -290,11 +300,31 @@ class WorkCounter(TorchDispatchMode):
         self._hooks, self._grad_hooks = [], []
         return result
 
+    def _group_of_op(self, backward: bool) -> str:
+        """The group of the op being dispatched. A backward op goes to the group of the forward
+        op that made its autograd node (the node's sequence number); where that is unknown
+        (the seed of the backward pass, gradient accumulation, torch without the sequence
+        counter), to the modules whose backward is running (module hooks)."""
+        if backward and self._seq_after and not self._regions:
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                i = bisect.bisect_right(self._seq_after, node._sequence_nr())
+                if i < len(self._seq_after):
+                    return self._seq_group[i]
+        return self.current_group()
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = self._kinds.get(func)
         if kind is None:
             kind = self._kinds[func] = _OpKind(func)
+        backward = torch._C._current_graph_task_id() != -1
+        group = self._group_of_op(backward)
+        if not backward and _sequence_nr is not None and torch.is_grad_enabled():
+            # autograd made this op's node (if any) before dispatching here: its sequence
+            # number is below the counter now, above the one of the previous op
+            self._seq_after.append(_sequence_nr())
+            self._seq_group.append(group)
         flops_before = self._flops.get_total_flops()
         out = func(*args, **kwargs)  # the FlopCounterMode below counts it
         if kind.view or kind.allocation:
@@ -329,15 +359,14 @@ class WorkCounter(TorchDispatchMode):
                     written_keys.add(key)
                     written += _tensor_bytes(t)
                     storage += _storage_bytes(t)
-        group = self.current_group()
-        phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+        phase = "backward" if backward else "forward"
         for tally in (self._tallies[group], self._phase_tallies[phase]):
             tally.flops += flops
             tally.bytes_read += read
             tally.bytes_written += written
             tally.ops += 1
         self.bytes_storage += storage
-        self._per_op[kind.name] += 1
+        self._per_op[(group, phase, kind.name)] += 1
         return out
 
     # ------------------------------------------------------------------ results
@@ -366,9 +395,14 @@ class WorkCounter(TorchDispatchMode):
         """``forward`` / ``backward`` totals."""
         return {p: t.as_dict() for p, t in sorted(self._phase_tallies.items())}
 
-    def top_ops(self, n: int = 15) -> List[Tuple[str, int]]:
-        """The ``n`` most frequent computing ops (aten name, count)."""
-        return self._per_op.most_common(n)
+    def top_ops(self, n: int = 15, group: Optional[str] = None, phase: Optional[str] = None) -> List[Tuple[str, int]]:
+        """The ``n`` most frequent computing ops (aten name, count), of one group and/or phase
+        (``forward``/``backward``) if given."""
+        counts: Counter = Counter()
+        for (g, p, name), c in self._per_op.items():
+            if (group is None or g == group) and (phase is None or p == phase):
+                counts[name] += c
+        return counts.most_common(n)
 
 
 # ---------------------------------------------------------------------------- group rules
