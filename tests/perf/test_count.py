@@ -160,3 +160,30 @@ def test_bytes_follow_the_dtype(dtype, size):
     with WorkCounter() as counter:
         x + x
     assert counter.totals()["bytes"] == 2 * 7 * size
+
+
+class Branches(nn.Module):
+    """A side branch computed first and used last: in the backward pass its gradient is ready
+    early, but its own backward runs after the main branch's."""
+
+    def __init__(self):
+        super().__init__()
+        self.side = nn.Sequential(nn.Sequential(nn.Linear(4, 4, bias=False)))  # deeper than main
+        self.main = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        g = self.side(x)
+        h = self.main(x)
+        return (self.main(h) * g).sum()
+
+
+def test_backward_ops_follow_the_forward_op_that_made_them():
+    net = Branches()
+    x = torch.randn(2, 4, requires_grad=True)
+    counter = WorkCounter(net, [("side", lambda m, p: p == "side"), ("main", lambda m, p: p == "main")])
+    with counter:
+        net(x).backward()
+    groups = counter.groups()
+    mm = 2 * 2 * 4 * 4
+    assert groups["side"]["flops"] == 3 * mm  # forward, grad of the input, grad of the weight
+    assert groups["main"]["flops"] == 2 * 3 * mm
