@@ -15,7 +15,7 @@
 #   profile_infer.txt, profile_train.txt   torch.profiler tables (top ops by self CUDA time)
 #
 # Environment:
-#   OUT          output folder (default ./gpu_benchmark_out)
+#   OUT          output folder (default /tmp/gpu_benchmark_out)
 #   TIME_LIMIT   seconds for everything (default 530: one device command may run 600)
 #   WHEELS       carried wheels (default .gpu_wheels; absent: use the installed packages)
 #   PYTHON       default python3
@@ -25,7 +25,7 @@
 #   ONLY="a b"   run only these steps (names as in steps.tsv)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_benchmark_out}
+OUT=${OUT:-/tmp/gpu_benchmark_out}
 TIME_LIMIT=${TIME_LIMIT:-530}
 WHEELS=${WHEELS:-.gpu_wheels}
 PYTHON=${PYTHON:-python3}
@@ -35,10 +35,12 @@ DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
 start=$(date +%s)
 deadline=$((start + TIME_LIMIT))
-mkdir -p "$OUT"
-: > "$OUT/results.jsonl"
-: > "$OUT/log.txt"
-printf 'step\tstatus\tseconds\n' > "$OUT/steps.tsv"
+if [ "$DRY_RUN" != 1 ]; then
+  mkdir -p "$OUT"
+  : > "$OUT/results.jsonl"
+  : > "$OUT/log.txt"
+  printf 'step\tstatus\tseconds\n' > "$OUT/steps.tsv"
+fi
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 
 if [ "$DRY_RUN" != 1 ]; then
