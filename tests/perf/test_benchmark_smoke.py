@@ -1,33 +1,143 @@
-"""``tools/benchmark.py --smoke`` prints one valid JSON object per line (infer, train) and nothing else."""
+"""``tools/benchmark.py --smoke`` (timing) and ``--smoke --count`` (counted work) on the tiny CPU config:
+one valid JSON object per line and nothing else on stdout, the documented fields, consistent counts."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cat_seg.cli.work_count import GROUPS
+
 REPO = Path(__file__).resolve().parents[2]
-FIELDS = {
-    "mode", "config", "device", "device_name", "torch", "precision", "compile", "options", "opts", "batch",
-    "classes", "size", "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "cpu_median_s",
-    "threads", "peak_memory_bytes", "peak_memory_gib", "memory_kind", "memory_baseline_bytes", "date", "git_commit",
-    "smoke", "exact", "tf32", "optimizer",
+COMMON_FIELDS = {
+    "kind", "mode", "config", "device", "device_name", "cpu_instruction_sets", "torch", "git_commit", "date",
+    "threads", "precision", "precision_resolved", "tf32", "exact", "compile", "settings", "opts", "batch", "classes",
+    "size", "smoke",
 }
-OPTIONS = {"window_attention_4d", "token_layout", "padding_closed_form", "fused_upconv", "skip_pruned_classes",
-           "truncate_text",
-           "class_chunk_size", "class_chunk_size_effective", "checkpoint_activations", "inference_autocast"}
+TIME_FIELDS = {
+    "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "first_call_s", "cpu_median_s",
+    "peak_memory_bytes", "peak_memory_gib", "memory_kind", "memory_baseline_bytes",
+}
+COUNT_KEYS = {"flops", "bytes", "bytes_read", "bytes_written", "ops"}
 
 
-def test_smoke_prints_json_records():
-    proc = subprocess.run([sys.executable, "tools/benchmark.py", "--smoke", "--threads", "2"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+def run_tool(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "tools/benchmark.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800, env=env)
+
+
+def records_of(proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2, proc.stdout
     records = [json.loads(line) for line in lines]
     assert [r["mode"] for r in records] == ["infer", "train"]
     for record in records:
-        assert FIELDS <= set(record), FIELDS - set(record)
-        assert OPTIONS <= set(record["options"]), OPTIONS - set(record["options"])
-        assert record["smoke"] is True and record["device"] == "cpu" and record["precision"] == "fp32"
+        assert COMMON_FIELDS <= set(record), COMMON_FIELDS - set(record)
+        assert record["smoke"] is True and record["device"] == "cpu"
+        assert record["precision"] == "fp32" and record["precision_resolved"] == "fp32"
+        assert record["classes"] == 40
+        assert record["settings"]["MODEL.PRECISION"] == "fp32"
+        assert record["cpu_instruction_sets"] and record["torch"]
+    return records
+
+
+def test_smoke_timing_records():
+    records = records_of(run_tool("--smoke", "--threads", "2"))
+    for record in records:
+        assert record["kind"] == "time"
+        assert TIME_FIELDS <= set(record), TIME_FIELDS - set(record)
         assert record["median_s"] > 0 and record["peak_memory_bytes"] > 0
-        assert record["classes"] == 40 and len(record["times_s"]) == record["iters"] == 1
+        assert len(record["times_s"]) == record["iters"] == 1
         assert record["memory_kind"] in ("cpu_peak_rss", "cpu_lifetime_max_rss")
+    assert records[1]["optimizer"] == "AdamW (fused)"
+
+
+def test_smoke_count_records():
+    infer, train = records_of(run_tool("--smoke", "--count", "--threads", "2", "--class-chunk-size", "0"))
+    for record in (infer, train):
+        assert record["kind"] == "count"
+        assert record["settings"]["TEST.CLASS_CHUNK_SIZE"] == 0
+        totals, groups = record["totals"], record["groups"]
+        assert COUNT_KEYS | {"bytes_storage", "views", "flops_flop_counter"} <= set(totals)
+        assert set(groups) <= set(GROUPS), set(groups) - set(GROUPS)
+        for key in COUNT_KEYS:  # the groups partition the total
+            assert sum(g[key] for g in groups.values()) == totals[key], key
+        assert totals["flops"] == totals["flops_flop_counter"] > 0
+        assert totals["bytes"] == totals["bytes_read"] + totals["bytes_written"] > 0
+        assert totals["ops"] > 0 and totals["views"] > 0
+        # the heavy groups of the model are all found (the module rules work on this model)
+        for group in ("clip_image", "cost_volume", "spatial_blocks", "class_blocks", "decoder", "pre_post_processing"):
+            assert groups.get(group, {}).get("flops", 0) > 0 or groups.get(group, {}).get("bytes", 0) > 0, group
+        assert "other" not in groups, groups.get("other")
+    # inference: text embeddings are cached, counted once on the side; no backward
+    assert "clip_text" not in infer["groups"] and infer["text_embeddings"]["flops"] > 0
+    assert set(infer["phases"]) == {"forward"}
+    # training: the text tower is fine-tuned (runs every step), backward and optimizer are counted
+    assert train["groups"]["clip_text"]["flops"] > 0 and train["groups"]["optimizer"]["bytes"] > 0
+    assert set(train["phases"]) == {"forward", "backward"}
+    assert train["phases"]["backward"]["flops"] > train["phases"]["forward"]["flops"]
+    assert sum(p["bytes"] for p in train["phases"].values()) == train["totals"]["bytes"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--exact", "--precision", "bf16"], "--exact means fp32"),
+    (["--opts", "MODEL.PRECISION"], "--opts needs KEY VALUE pairs"),
+    (["--opts", "MODEL.NO_SUCH_KEY", "1"], "MODEL.NO_SUCH_KEY is not a config key"),
+    (["--config-file", "no/such.yaml"], "--config-file no/such.yaml: no such file"),
+])
+def test_user_errors_are_one_line_exit_2(args, message):
+    proc = run_tool("--device", "cpu", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    last = proc.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in proc.stderr
+
+
+def run_gpu_script(tmp_path, **env):
+    env = dict(os.environ, **{"OUT": str(tmp_path / "out"), "SMOKE": "1", "DEVICE": "cpu", "PYTHON": sys.executable,
+                              "WHEELS": str(tmp_path / "no-wheels"),
+                              "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env})
+    return subprocess.run(["bash", "tools/gpu_benchmark.sh"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800, env=env)
+
+
+def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
+    proc = run_gpu_script(tmp_path, SMOKE="0", DEVICE="cuda", DRY_RUN="1")
+    assert proc.returncode == 0, proc.stderr
+    steps = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
+    for name in ("vitb_infer_150", "vitb_infer_847", "vitb_train_b4", "vitb_infer_150_compile",
+                 "vitb_infer_150_cudagraphs", "vitl_infer_150", "vitl_infer_847", "vitl_train_b4",
+                 "vitb_count_infer_150", "vitb_infer_150_profile", "vitb_train_profile"):
+        assert name in steps, name
+        assert f"--tag {name}" in steps[name] and "--device cuda" in steps[name]
+    assert "--compile" in steps["vitb_infer_150_compile"] and "--cuda-graphs" in steps["vitb_infer_150_cudagraphs"]
+    assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
+    assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
+
+
+def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
+    proc = run_gpu_script(tmp_path, ONLY="vitb_infer_150 vitb_train_b2 vitb_infer_150_profile vitb_count_infer_150")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in records] == ["vitb_infer_150", "vitb_train_b2", "vitb_infer_150_profile",
+                                           "vitb_count_infer_150"]
+    assert [r["kind"] for r in records] == ["time", "time", "time", "count"]
+    steps = (out / "steps.tsv").read_text().splitlines()
+    assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 5
+    summary = (out / "summary.md").read_text()
+    assert "| vitb_train_b2 | train | 171 | 2 | fp32 |" in summary and "Counted work, vitb_count_infer_150" in summary
+    assert "aten::" in (out / "profile_infer.txt").read_text()
+    assert "torch" in (out / "env.txt").read_text()
+
+
+def test_gpu_script_skips_steps_past_the_time_limit(tmp_path):
+    proc = run_gpu_script(tmp_path, TIME_LIMIT="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()[1:]
+    assert steps and all("\tskipped (" in line for line in steps)
+    assert (tmp_path / "out" / "results.jsonl").read_text() == ""

@@ -1,0 +1,593 @@
+"""Speed, memory and counted work of CAT-Seg (training step and sliding-window inference).
+
+One process, one JSON object per measurement on stdout (nothing else); logs go to stderr.
+Random CLIP weights (speed does not depend on the weight values), synthetic images and
+class names. See docs/benchmarks.md for the measured figures and the exact commands.
+
+Examples::
+
+    # sliding-window inference, one 512x683 image, ADE-150-sized vocabulary, MODEL.PRECISION of the config
+    cat-seg-benchmark --mode infer --classes 150
+    # the exact reference computation (fp32, TF32 off, no class chunking)
+    cat-seg-benchmark --mode infer --classes 150 --exact
+    # training step (forward + backward + AdamW), batch 4 of 384x384, 171 classes, bf16
+    cat-seg-benchmark --mode train --precision bf16 --checkpoint-activations
+    # FLOPs, bytes moved and ops of one inference, total and per module group (any device)
+    cat-seg-benchmark --mode infer --classes 150 --precision fp32 --class-chunk-size 0 --count
+    # seconds-long run of both modes on the tiny CPU config (CI; timings meaningless)
+    cat-seg-benchmark --smoke            # add --count for the counted work
+
+The speed settings are config keys, passed as overrides: ``--precision`` ->
+``MODEL.PRECISION`` (auto | fp32 | bf16 | fp16), ``--class-chunk-size`` ->
+``TEST.CLASS_CHUNK_SIZE``, ``--checkpoint-activations`` -> ``MODEL.CHECKPOINT_ACTIVATIONS``,
+``--compile`` -> ``MODEL.COMPILE``, ``--cuda-graphs`` -> ``TEST.CUDA_GRAPHS`` (where the
+config has it); ``--exact`` = fp32, TF32 off, no class chunking. The resolved precision
+(:func:`cat_seg.modeling.precision.resolve_precision`) is also applied as ``torch.autocast``
+around the step, so the requested precision is what runs.
+
+Fields of every record: ``mode``, ``config``, ``device`` (``cpu``/``cuda``), ``device_name``
+(GPU name or CPU model), ``cpu_instruction_sets``, ``torch``, ``git_commit``, ``date``,
+``tag`` (``--tag``), ``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
+``exact``, ``compile``, ``settings`` (the speed keys as used), ``opts`` (every config
+override), ``batch``, ``classes``, ``size``, ``threads``, ``smoke``, ``kind`` (``time`` or
+``count``).
+
+Timing records add ``iters``, ``warmup``, ``median_s``, ``min_s``, ``times_s``,
+``per_image_s`` (median / batch), ``first_call_s`` (the first call, compilation included),
+``cpu_median_s`` (process CPU seconds, CPU only), ``peak_memory_bytes``,
+``peak_memory_gib``, ``memory_kind`` (``cuda_max_memory_allocated`` or ``cpu_peak_rss``),
+``memory_baseline_bytes`` (held before the timed iterations), ``optimizer`` (train).
+
+Count records (``--count``, see :mod:`cat_seg.cli.work_count` for exactly what is counted)
+add ``totals`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written``, ``ops``,
+``bytes_storage``, ``views``), ``groups`` (the same per module group: ``clip_image``,
+``clip_text``, ``cost_volume``, ``guidance``, ``spatial_blocks``, ``class_blocks``,
+``decoder``, ``pre_post_processing``, ``optimizer``, ``other``, ``outside_model``),
+``phases`` (forward / backward), ``top_ops`` and, at inference, ``text_embeddings``: the
+totals of computing the vocabulary's text embeddings once (cached, so not part of an
+inference).
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger("cat_seg.benchmark")
+
+SMOKE_CONFIG = "configs/quick_schedules/tiny_vitb_cpu.yaml"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class UserError(Exception):
+    """A wrong argument or config value: reported as one line, exit code 2."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="cat-seg-benchmark", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["train", "infer"], default="infer")
+    parser.add_argument("--config-file", default="configs/vitb_384.yaml")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per step: train default 4 (384x384 crops), infer default 1")
+    parser.add_argument("--classes", type=int, default=None, help="vocabulary size (train 171, infer 150)")
+    parser.add_argument("--class-json", default=None, help="vocabulary from a class-name json instead")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="inference image size (default 512 683); training crops are 384x384")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="training crop size (default 384; --smoke: the config's INPUT.CROP.SIZE)")
+    parser.add_argument("--tag", default="", help="a name recorded in the JSON line (field tag)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed (uncounted with --count) steps first: compilation, caches, optimizer state")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                        help="MODEL.PRECISION (default: the config's)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA (off by default)")
+    parser.add_argument("--compile", action="store_true", help="MODEL.COMPILE True")
+    parser.add_argument("--cuda-graphs", action="store_true", help="TEST.CUDA_GRAPHS True (inference)")
+    parser.add_argument("--class-chunk-size", type=int, default=None, help="TEST.CLASS_CHUNK_SIZE (0 = off)")
+    parser.add_argument("--checkpoint-activations", action=argparse.BooleanOptionalAction, default=None,
+                        help="MODEL.CHECKPOINT_ACTIVATIONS on/off (default: the config's)")
+    parser.add_argument("--exact", action="store_true",
+                        help="reference computation: fp32, TF32 off, no class chunking")
+    parser.add_argument("--optimizer", choices=["fused", "foreach", "for-loop"], default="fused",
+                        help="AdamW implementation in --mode train (the for-loop one, torch's CPU default, "
+                             "is ~50x slower on CPU)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="extra config overrides, KEY VALUE pairs")
+    parser.add_argument("--count", action="store_true",
+                        help="count FLOPs, bytes moved and ops of one step (per module group) instead of timing")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="after timing, profile one iteration and log the top ROWS ops to stderr")
+    parser.add_argument("--profile-out", default=None, metavar="FILE",
+                        help="with --profile: also write the table to FILE")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long run of both modes on the tiny CPU config (checks the tool, not speed)")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- environment
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """Short commit id of the checkout (``+dirty`` with uncommitted changes to tracked files)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment(device: torch.device) -> dict:
+    """Device name, CPU instruction sets, torch version, commit, date, threads."""
+    from cat_seg.modeling.precision import cpu_instruction_sets
+
+    return {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
+        "cpu_instruction_sets": cpu_instruction_sets(),
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _proc_status_bytes(field: str) -> Optional[int]:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, in kB there) in bytes;
+    None where the file or the field is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory over a region: CUDA ``max_memory_allocated`` or the process peak RSS.
+
+    On Linux the RSS high-water mark is reset by writing ``5`` to ``/proc/self/clear_refs``
+    and read from ``VmHWM`` in ``/proc/self/status``; where that is not possible the
+    lifetime ``ru_maxrss`` is reported (``memory_kind`` says which).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss"
+
+    def reset(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.kind = "cpu_lifetime_max_rss"
+
+    def current(self) -> int:
+        """Memory held now (CUDA ``memory_allocated`` or the resident set size)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.memory_allocated(self.device))
+        return _proc_status_bytes("VmRSS") or 0
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
+        peak = _proc_status_bytes("VmHWM") if self.kind == "cpu_peak_rss" else None
+        return peak if peak is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# ---------------------------------------------------------------------------- config and model
+def config_overrides(args) -> list:
+    """The config overrides (``KEY VALUE`` list) the command line asks for."""
+    overrides = list(args.opts)
+    if len(overrides) % 2:
+        raise UserError(f"--opts needs KEY VALUE pairs, got {len(overrides)} items")
+    if args.exact:
+        if args.precision not in (None, "fp32"):
+            raise UserError(f"--exact means fp32: drop --precision {args.precision}")
+        if args.class_chunk_size not in (None, 0):
+            raise UserError(f"--exact means no class chunking: drop --class-chunk-size {args.class_chunk_size}")
+        overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0"]
+    if args.precision is not None:
+        overrides += ["MODEL.PRECISION", args.precision]
+    if args.class_chunk_size is not None:
+        overrides += ["TEST.CLASS_CHUNK_SIZE", str(args.class_chunk_size)]
+    if args.checkpoint_activations is not None:
+        overrides += ["MODEL.CHECKPOINT_ACTIVATIONS", str(bool(args.checkpoint_activations))]
+    if args.compile:
+        overrides += ["MODEL.COMPILE", "True"]
+    if args.cuda_graphs:
+        overrides += ["TEST.CUDA_GRAPHS", "True"]
+    return overrides
+
+
+def build_cfg(args, config_file: str):
+    from detectron2.config import get_cfg
+
+    from cat_seg.config import add_cat_seg_config
+
+    if not os.path.isfile(config_file) and os.path.isfile(os.path.join(REPO, config_file)):
+        config_file = os.path.join(REPO, config_file)  # the repository's configs, from any folder
+    if not os.path.isfile(config_file):
+        raise UserError(f"--config-file {config_file}: no such file")
+    cfg = add_cat_seg_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.MODEL.DEVICE = args.device_resolved
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    cfg.MODEL.WEIGHTS = ""
+    if args.mode == "infer":
+        cfg.TEST.SLIDING_WINDOW = True
+        cfg.MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES = [1, 1]  # the official evaluation setting
+    overrides = config_overrides(args)
+    try:
+        cfg.merge_from_list(overrides)
+    except (KeyError, ValueError, AssertionError) as e:
+        keys = overrides[::2]
+        missing = [k for k in keys if not _has_key(cfg, k)]
+        what = f"{missing[0]} is not a config key of this version" if missing else str(e).splitlines()[0]
+        raise UserError(f"config override: {what}") from None
+    cfg.freeze()
+    return cfg, overrides
+
+
+def _has_key(cfg, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def speed_settings(cfg) -> dict:
+    """The speed keys as the run used them."""
+    keys = ["MODEL.PRECISION", "TEST.CLASS_CHUNK_SIZE", "MODEL.CHECKPOINT_ACTIVATIONS", "MODEL.COMPILE",
+            "TEST.CUDA_GRAPHS", "TEST.IMS_PER_BATCH"]
+    out = {}
+    for key in keys:
+        if _has_key(cfg, key):
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            out[key] = node
+    return out
+
+
+def class_names(args, default: int):
+    if args.class_json:
+        from cat_seg.utils import read_class_json
+
+        return read_class_json(args.class_json, "--class-json")
+    return [f"class {i}" for i in range(args.classes or default)]
+
+
+def text_encoder_regions(model):
+    """``(object, attribute, "clip_text")`` for the text encoders that are plain callables (not
+    modules) inside ``model``, so their whole work counts as the text tower."""
+    regions = []
+    for module in model.modules():
+        encoder = getattr(module, "text_encoder", None)
+        if encoder is not None and not isinstance(encoder, torch.nn.Module) and callable(
+                getattr(encoder, "encode_tokens", None)):
+            regions.append((encoder, "encode_tokens", "clip_text"))
+    return regions
+
+
+# ---------------------------------------------------------------------------- runs
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(args, cfg, model, device, smoke: bool):
+    """The step to time or count: ``(step, batch, names, size, extra)``."""
+    from cat_seg.modeling.precision import resolve_precision
+
+    batch = args.batch or (4 if args.mode == "train" else 1)
+    generator = torch.Generator().manual_seed(0)
+    names = class_names(args, 171 if args.mode == "train" else 150)
+    dtype = resolve_precision(cfg.MODEL.PRECISION, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    extra = {"precision_resolved": _DTYPE_NAMES[dtype]}
+
+    if args.mode == "train":
+        model.train()
+        crop = args.crop or (cfg.INPUT.CROP.SIZE[0] if smoke else 384)
+        size = (crop, crop)
+        inputs = []
+        for _ in range(batch):
+            labels = torch.randint(0, len(names), size, generator=generator)
+            labels[torch.rand(size, generator=generator) < 0.1] = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+            inputs.append({"image": torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator),
+                           "sem_seg": labels})
+        params = [p for p in model.parameters() if p.requires_grad]
+        impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
+        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, **impl)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        extra["optimizer"] = f"AdamW ({args.optimizer})"
+
+        def step(counter=None):
+            """One training step; with a :class:`WorkCounter`, the optimizer's work is its own group."""
+            optimizer_region = (lambda: counter.region("optimizer")) if counter is not None else contextlib.nullcontext
+            with autocast():
+                losses = model(inputs, class_names=names)
+            loss = sum(losses.values())
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                with optimizer_region():
+                    scaler.step(optimizer)
+                    scaler.update()
+            else:
+                loss.backward()
+                with optimizer_region():
+                    optimizer.step()
+            with optimizer_region():
+                optimizer.zero_grad(set_to_none=True)
+
+    else:
+        model.eval()
+        size = tuple(args.size) if args.size else ((170, 230) if smoke else (512, 683))
+        inputs = [{"image": torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator)}
+                  for _ in range(batch)]
+
+        def step(counter=None):
+            with torch.no_grad(), autocast():
+                model(inputs, class_names=names)
+
+    return step, batch, names, size, extra
+
+
+def build(args, config_file: str):
+    from detectron2.modeling import build_model
+
+    import cat_seg.modeling  # noqa: F401  (registers the model)
+
+    device = torch.device(args.device_resolved)
+    cfg, overrides = build_cfg(args, config_file)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.to(device)
+    return cfg, overrides, model, device
+
+
+def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, kind):
+    record = {"kind": kind, "tag": args.tag, "mode": args.mode, "config": config_file}
+    record.update(environment(device))
+    record.update({
+        "precision": cfg.MODEL.PRECISION,
+        "tf32": bool(args.tf32 and device.type == "cuda" and not args.exact),
+        "exact": bool(args.exact),
+        "compile": bool(cfg.MODEL.get("COMPILE", False)),
+        "settings": speed_settings(cfg),
+        "opts": overrides,
+        "batch": batch,
+        "classes": len(names),
+        "size": list(size),
+        "smoke": smoke,
+    })
+    record.update(extra)
+    return record
+
+
+def run_timed(args, config_file: str, smoke: bool) -> dict:
+    cfg, overrides, model, device = build(args, config_file)
+    step, batch, names, size, extra = make_step(args, cfg, model, device, smoke)
+    memory = PeakMemory(device)
+    if args.mode == "infer":
+        t0 = time.perf_counter()
+        with torch.no_grad():  # text features are computed once per vocabulary and cached
+            model.text_embeddings(names)
+        sync(device)
+        logger.info(f"text features for {len(names)} classes: {time.perf_counter() - t0:.3f} s (cached)")
+    first = None
+    for i in range(args.warmup):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        elapsed = time.perf_counter() - t0
+        first = elapsed if first is None else first
+        logger.info(f"warm-up {i + 1}/{args.warmup}: {elapsed:.3f} s")
+    memory.reset()
+    baseline = memory.current()
+    times, cpu_times = [], []
+    for i in range(args.iters):
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+        logger.info(f"iter {i + 1}/{args.iters}: {times[-1]:.3f} s (cpu {cpu_times[-1]:.3f} s)")
+    peak = memory.peak()
+    if args.profile:
+        profile(step, device, args.profile, args.profile_out)
+    median = statistics.median(times)
+    record = base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, "time")
+    record.update({
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "median_s": round(median, 5),
+        "min_s": round(min(times), 5),
+        "times_s": [round(t, 5) for t in times],
+        "per_image_s": round(median / batch, 5),
+        "first_call_s": round(first if first is not None else times[0], 5),
+        "cpu_median_s": round(statistics.median(cpu_times), 5) if device.type == "cpu" else None,
+        "peak_memory_bytes": peak,
+        "peak_memory_gib": round(peak / 2 ** 30, 3),
+        "memory_kind": memory.kind,
+        "memory_baseline_bytes": baseline,
+    })
+    return record
+
+
+def run_count(args, config_file: str, smoke: bool) -> dict:
+    """Count one step (after ``--warmup`` uncounted ones): see :mod:`cat_seg.cli.work_count`."""
+    from .work_count import WorkCounter, format_table
+
+    cfg, overrides, model, device = build(args, config_file)
+    step, batch, names, size, extra = make_step(args, cfg, model, device, smoke)
+    regions = text_encoder_regions(model)
+    record = base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, "count")
+    if args.mode == "infer":
+        t0 = time.perf_counter()
+
+        def embed():
+            with torch.no_grad():
+                model.text_embeddings(names)
+
+        text = WorkCounter(model)
+        with text.regions(regions), text:
+            embed()
+        logger.info(f"counted the text embeddings of {len(names)} classes in {time.perf_counter() - t0:.1f} s")
+        record["text_embeddings"] = text.totals()
+    for i in range(args.warmup):
+        t0 = time.perf_counter()
+        step()
+        logger.info(f"warm-up {i + 1}/{args.warmup}: {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    counter = WorkCounter(model)
+    with counter.regions(regions), counter:
+        step(counter)
+    logger.info(f"counted one {args.mode} step in {time.perf_counter() - t0:.1f} s")
+    record.update({"totals": counter.totals(), "groups": counter.groups(), "phases": counter.phases(),
+                   "top_ops": counter.top_ops()})
+    if args.verbose or not smoke:
+        logger.info("counted work:\n" + format_table(record["groups"], record["totals"]))
+    return record
+
+
+def profile(step, device, rows: int, out_path: Optional[str] = None):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows)
+    logger.info("profile of one iteration:\n" + table)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(table + "\n")
+
+
+def run(args, config_file: str, smoke: bool) -> dict:
+    record = run_count(args, config_file, smoke) if args.count else run_timed(args, config_file, smoke)
+    emit(record)
+    return record
+
+
+def _main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device_resolved = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if args.device_resolved.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {args.device_resolved}: CUDA is not available here")
+        allow = bool(args.tf32) and not args.exact
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
+    if args.class_json and not os.path.isfile(args.class_json):
+        raise UserError(f"--class-json {args.class_json}: no such file")
+    for name in ("iters", "warmup", "batch", "classes", "crop"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            raise UserError(f"--{name} {value}: expected a positive number")
+    if args.smoke:
+        args.iters, args.warmup = 1, 0
+        classes = args.classes or 40  # more than PAD_LEN (32) of the tiny config: exercises pruning
+        for mode in ("infer", "train"):
+            args.mode = mode
+            args.batch = 2 if mode == "train" else 1
+            args.classes = classes
+            run(args, SMOKE_CONFIG, smoke=True)
+        return 0
+    run(args, args.config_file, smoke=False)
+    return 0
+
+
+_JSON_OUT = None
+
+
+def emit(record: dict):
+    """Write one JSON line to the real stdout (everything else printed goes to stderr)."""
+    stream = _JSON_OUT or sys.stdout
+    stream.write(json.dumps(record) + "\n")
+    stream.flush()
+
+
+@contextlib.contextmanager
+def _stdout_for_json_only():
+    """Keep the real stdout for the JSON lines; send fd 1 (Python and C-level prints) to
+    stderr meanwhile; restored on exit."""
+    global _JSON_OUT
+    sys.stdout.flush()
+    try:
+        saved_fd = os.dup(1)
+    except OSError:  # no file descriptor (embedded interpreters): leave stdout alone
+        yield
+        return
+    saved_stdout = sys.stdout
+    _JSON_OUT = os.fdopen(os.dup(saved_fd), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _JSON_OUT.close()
+        _JSON_OUT = None
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved_stdout
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if (args.verbose or not args.smoke) else logging.WARNING,
+                        stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    with _stdout_for_json_only():
+        try:
+            return _main(args)
+        except UserError as e:
+            print(f"cat-seg-benchmark: error: {e}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The counting class of ``--count`` (:class:`cat_seg.cli.work_count.WorkCounter`) on op sequences
+whose FLOPs and bytes are computed here by hand."""
+import pytest
+import torch
+from torch import nn
+
+from cat_seg.cli.work_count import WorkCounter, count
+
+F32 = 4
+
+
+def test_mm_flops_and_bytes():
+    m, k, n = 3, 5, 7
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    with WorkCounter() as counter:
+        torch.mm(a, b)
+    totals = counter.totals()
+    assert totals["flops"] == totals["flops_flop_counter"] == 2 * m * n * k
+    assert totals["bytes_read"] == (m * k + k * n) * F32
+    assert totals["bytes_written"] == m * n * F32
+    assert totals["bytes"] == (m * k + k * n + m * n) * F32
+    assert totals["ops"] == 1 and totals["views"] == 0
+    assert counter.groups() == {"outside_model": {k: totals[k] for k in ("flops", "bytes", "bytes_read",
+                                                                          "bytes_written", "ops")}}
+
+
+def test_views_cost_nothing_and_copies_do():
+    x = torch.randn(4, 6)
+    with WorkCounter() as counter:
+        y = x.t()  # view
+        z = y.reshape(24)  # non-contiguous: a copy (clone) then a free _unsafe_view
+        x.view(2, 12).permute(1, 0).unsqueeze(0)  # views
+    totals = counter.totals()
+    assert totals["ops"] == 1 and totals["bytes"] == 2 * 24 * F32
+    assert totals["views"] >= 5 and totals["flops"] == 0
+    assert z.shape == (24,)
+
+
+def test_in_place_ops_read_and_write_their_target_and_repeated_inputs_count_once():
+    a = torch.randn(10)
+    with WorkCounter() as counter:
+        a.add_(1.0)  # reads a, writes a
+        a.mul_(a)  # reads a once, writes a
+        a.zero_()  # only writes a
+        b = torch.empty(10)  # allocation: not counted
+        b.copy_(a)  # reads a, writes b
+    totals = counter.totals()
+    assert totals["bytes_read"] == 3 * 10 * F32
+    assert totals["bytes_written"] == 4 * 10 * F32
+    assert totals["ops"] == 4
+
+
+def test_broadcast_inputs_count_their_distinct_elements_and_out_arguments_are_written_only():
+    x, bias = torch.randn(8, 16), torch.randn(16)
+    out = torch.empty(8, 16)
+    with WorkCounter() as counter:
+        torch.add(x, bias.expand(8, 16), out=out)
+    totals = counter.totals()
+    assert totals["bytes_read"] == (8 * 16 + 16) * F32
+    assert totals["bytes_written"] == 8 * 16 * F32
+    # storage sums count the whole storage of every tensor
+    assert totals["bytes_storage"] == (8 * 16 + 16 + 8 * 16) * F32
+
+
+def test_slices_count_what_they_address_not_their_storage():
+    x = torch.randn(100, 10)
+    with WorkCounter() as counter:
+        x[:5].sum()
+    totals = counter.totals()
+    assert totals["bytes_read"] == 5 * 10 * F32 and totals["bytes_written"] == F32
+    assert totals["bytes_storage"] == (100 * 10 + 1) * F32
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4, bias=False)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(self.inner(x) * 2)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.head = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        return self.head(self.block(x) + 1)
+
+
+def rules():
+    return [("block", lambda m, p: isinstance(m, Block)), ("head", lambda m, p: p == "head"),
+            ("root", lambda m, p: p == "")]
+
+
+def test_ops_go_to_the_innermost_grouped_module_forward_and_backward():
+    net = Net()
+    x = torch.randn(2, 4, requires_grad=True)
+    counter = WorkCounter(net, rules())
+    with counter:
+        y = net(x)
+        y.sum().backward()
+    groups = counter.groups()
+    # forward matmuls: block.inner 2*2*4*4, head 2*2*4*3; backward: grad input and weight of each
+    assert groups["block"]["flops"] == 3 * (2 * 2 * 4 * 4)
+    assert groups["head"]["flops"] == 3 * (2 * 2 * 4 * 3)
+    assert "root" in groups  # the "+ 1" of Net.forward
+    assert groups["outside_model"]["ops"] >= 1  # the sum and its backward seed
+    totals = counter.totals()
+    for key in ("flops", "bytes", "ops"):
+        assert sum(g[key] for g in groups.values()) == totals[key]
+    phases = counter.phases()
+    assert phases["forward"]["flops"] == 2 * 2 * 4 * 4 + 2 * 2 * 4 * 3
+    assert phases["backward"]["flops"] == 2 * phases["forward"]["flops"]
+
+
+def test_regions_override_module_groups_and_wrap_plain_callables():
+    net = Net()
+
+    class Encoder:  # not a module, like the cached text encoder
+        def encode(self, x):
+            return net.block(x)
+
+    encoder, x = Encoder(), torch.randn(2, 4)
+    counter = count(lambda: encoder.encode(x), net, [(encoder, "encode", "text")])
+    assert set(counter.groups()) == {"text"}
+    assert counter.groups()["text"]["flops"] == 2 * 2 * 4 * 4
+    assert encoder.encode.__func__ is Encoder.encode  # restored afterwards
+
+
+def test_counts_do_not_depend_on_the_values():
+    net = Net()
+    results = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        x = torch.randn(2, 4)
+        counter = count(lambda: net(x), net, [])
+        results.append((counter.totals(), counter.groups()))
+    assert results[0] == results[1]
+
+
+def test_modules_without_group_inherit_or_go_to_other():
+    net, x = Net(), torch.randn(2, 4)
+    # default CAT-Seg rules: the root of a model is pre/post-processing, inherited by the
+    # submodules no rule matches
+    assert set(count(lambda: net(x), net, []).groups()) == {"pre_post_processing"}
+    counter = WorkCounter(net, [("head", lambda m, p: p == "head")])
+    with counter:
+        net(x)
+    groups = counter.groups()
+    assert set(groups) == {"head", "other"} and groups["head"]["flops"] == 2 * 2 * 4 * 3
+
+
+@pytest.mark.parametrize("dtype, size", [(torch.float32, 4), (torch.bfloat16, 2), (torch.int64, 8)])
+def test_bytes_follow_the_dtype(dtype, size):
+    x = torch.ones(7, dtype=dtype)
+    with WorkCounter() as counter:
+        x + x
+    assert counter.totals()["bytes"] == 2 * 7 * size
+
+
+class Branches(nn.Module):
+    """A side branch computed first and used last: in the backward pass its gradient is ready
+    early, but its own backward runs after the main branch's."""
+
+    def __init__(self):
+        super().__init__()
+        self.side = nn.Sequential(nn.Sequential(nn.Linear(4, 4, bias=False)))  # deeper than main
+        self.main = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        g = self.side(x)
+        h = self.main(x)
+        return (self.main(h) * g).sum()
+
+
+def test_backward_ops_follow_the_forward_op_that_made_them():
+    net = Branches()
+    x = torch.randn(2, 4, requires_grad=True)
+    counter = WorkCounter(net, [("side", lambda m, p: p == "side"), ("main", lambda m, p: p == "main")])
+    with counter:
+        net(x).backward()
+    groups = counter.groups()
+    mm = 2 * 2 * 4 * 4
+    assert groups["side"]["flops"] == 3 * mm  # forward, grad of the input, grad of the weight
+    assert groups["main"]["flops"] == 2 * 3 * mm

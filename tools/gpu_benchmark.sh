@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The GPU measurements of cat-seg in ONE command, for a session that is lent a GPU machine
+# (torch preinstalled, no package index; see docs/benchmarks.md, section GPU):
+#
+#   here:   scripts/fetch_gpu_wheels.sh                      # once: .gpu_wheels/ (ignored by git)
+#   device: run(command="tools/gpu_benchmark.sh", carry=[".gpu_wheels"], timeout_s=600)
+#
+# It installs the carried wheels into /tmp/site, then runs the benchmark commands in order of
+# importance under a total time limit, and writes into $OUT (at most 7 files):
+#   results.jsonl   every JSON line of cat-seg-benchmark (field "tag" names the step)
+#   summary.md      one table row per timing record, and the counted work
+#   steps.tsv       step, status (ok | failed rc | skipped), seconds
+#   log.txt         stderr of every step
+#   env.txt         nvidia-smi, python, torch, packages
+#   profile_infer.txt, profile_train.txt   torch.profiler tables (top ops by self CUDA time)
+#
+# Environment:
+#   OUT          output folder (default /tmp/gpu_benchmark_out)
+#   TIME_LIMIT   seconds for everything (default 530: one device command may run 600)
+#   WHEELS       carried wheels (default .gpu_wheels; absent: use the installed packages)
+#   PYTHON       default python3
+#   DEVICE       cuda (default) | cpu
+#   SMOKE=1      tiny CPU config, 1 iteration, no compile/CUDA graphs/ViT-L (tests the script)
+#   DRY_RUN=1    print the steps, run nothing
+#   ONLY="a b"   run only these steps (names as in steps.tsv)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_benchmark_out}
+TIME_LIMIT=${TIME_LIMIT:-530}
+WHEELS=${WHEELS:-.gpu_wheels}
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-0}
+DRY_RUN=${DRY_RUN:-0}
+ONLY=${ONLY:-}
+start=$(date +%s)
+deadline=$((start + TIME_LIMIT))
+if [ "$DRY_RUN" != 1 ]; then
+  mkdir -p "$OUT"
+  : > "$OUT/results.jsonl"
+  : > "$OUT/log.txt"
+  printf 'step\tstatus\tseconds\n' > "$OUT/steps.tsv"
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+
+if [ "$DRY_RUN" != 1 ]; then
+  if [ -d "$WHEELS" ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$WHEELS"/*.whl >> "$OUT/log.txt" 2>&1 || { echo "wheel install failed (see log.txt)"; exit 1; }
+    [ -d "$WHEELS/site" ] && cp -r "$WHEELS"/site/. /tmp/site/
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  {
+    date -u
+    nvidia-smi 2>&1 | head -15 || true
+    "$PYTHON" -c "import sys, torch, detectron2, open_clip, cat_seg; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'); print('detectron2', detectron2.__version__, 'open_clip', open_clip.__version__)"
+    git log --oneline -1 2>/dev/null || true
+  } > "$OUT/env.txt" 2>&1
+  if ! grep -q '^torch' "$OUT/env.txt"; then
+    echo "imports failed:"; cat "$OUT/env.txt"; exit 1
+  fi
+fi
+
+if [ "$SMOKE" = 1 ]; then
+  VITB="--config-file configs/quick_schedules/tiny_vitb_cpu.yaml --size 170 230 --crop 128"
+  VITL=""
+  ITERS="--iters 1 --warmup 0"
+  BIG=40
+  TRAIN_BATCH=2
+  PRECISION="--precision fp32"
+else
+  VITB="--config-file configs/vitb_384.yaml"
+  VITL="--config-file configs/vitl_336.yaml"
+  ITERS="--iters 10 --warmup 3"
+  BIG=847
+  TRAIN_BATCH=4
+  PRECISION=""  # MODEL.PRECISION of the config (auto: bf16 on the GPU)
+fi
+BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
+
+# step NAME MIN_SECONDS ARGS...: run one benchmark command if MIN_SECONDS are left; it is
+# stopped at the deadline. Its JSON line goes to results.jsonl, its stderr to log.txt.
+step() {
+  local name=$1 need=$2; shift 2
+  local now left t0 rc
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  now=$(date +%s); left=$((deadline - now))
+  if [ "$DRY_RUN" = 1 ]; then echo "$name: $BENCH --tag $name $*"; return; fi
+  if [ "$left" -lt "$need" ]; then
+    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
+  fi
+  echo "=== $name: $*" >> "$OUT/log.txt"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$left" $BENCH --tag "$name" "$@" >> "$OUT/results.jsonl" 2>> "$OUT/log.txt"
+  rc=$?
+  local status=ok; [ "$rc" = 0 ] || status="failed $rc"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
+  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+}
+
+# in order of importance: what the issue's targets need first
+step vitb_infer_150       40 --mode infer --classes 150 $VITB $PRECISION $ITERS
+step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
+step vitb_train_b$TRAIN_BATCH 60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS
+step vitb_infer_150_profile 40 --mode infer --classes 150 $VITB $PRECISION --iters 1 --warmup 2 \
+    --profile 40 --profile-out "$OUT/profile_infer.txt"
+step vitb_train_profile   60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION --iters 1 --warmup 2 \
+    --profile 40 --profile-out "$OUT/profile_train.txt"
+if [ "$SMOKE" != 1 ]; then
+  step vitb_infer_150_compile     150 --mode infer --classes 150 $VITB $ITERS --compile
+  step vitb_infer_150_cudagraphs   60 --mode infer --classes 150 $VITB $ITERS --cuda-graphs
+  step vitb_infer_150_compile_cudagraphs 150 --mode infer --classes 150 $VITB $ITERS --compile --cuda-graphs
+  step vitl_infer_150              60 --mode infer --classes 150 $VITL $ITERS
+  step vitl_infer_847              60 --mode infer --classes 847 $VITL $ITERS
+  step vitl_train_b4               80 --mode train --batch 4 --classes 171 $VITL $ITERS
+  step vitb_train_b4_compile      200 --mode train --batch 4 --classes 171 $VITB $ITERS --compile
+  step vitb_train_b4_checkpoint    60 --mode train --batch 4 --classes 171 $VITB $ITERS --checkpoint-activations
+  step vitb_infer_150_exact        40 --mode infer --classes 150 $VITB $ITERS --exact
+fi
+step vitb_count_infer_150 40 --mode infer --classes 150 $VITB --precision fp32 --class-chunk-size 0 --count --warmup 1
+[ "$DRY_RUN" = 1 ] && exit 0
+
+"$PYTHON" - "$OUT" <<'PY' || echo "summary failed"
+import json, sys
+out = sys.argv[1]
+records = [json.loads(line) for line in open(f"{out}/results.jsonl") if line.strip().startswith("{")]
+lines = []
+if records:
+    r = records[0]
+    lines += [f"Device: {r['device_name']} ({r['device']}), torch {r['torch']}, commit {r['git_commit']}, "
+              f"{r['date']}; CPU {r['cpu_instruction_sets']}", ""]
+lines += ["| step | mode | classes | batch | precision | compile | median s | per image s | first call s "
+          "| peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+for r in records:
+    if r.get("kind") == "time":
+        lines.append(f"| {r['tag']} | {r['mode']} | {r['classes']} | {r['batch']} | {r['precision_resolved']} "
+                     f"| {r['compile']} | {r['median_s']} | {r['per_image_s']} | {r['first_call_s']} "
+                     f"| {r['peak_memory_gib']} |")
+for r in records:
+    if r.get("kind") == "count":
+        t = r["totals"]
+        lines += ["", f"Counted work, {r['tag']}: {t['flops'] / 1e12:.3f} TFLOP, {t['bytes'] / 1e9:.2f} GB moved, "
+                  f"{t['ops']} ops", "", "| group | GFLOP | GB | ops |", "|---|---|---|---|"]
+        for name, g in r["groups"].items():
+            lines.append(f"| {name} | {g['flops'] / 1e9:.1f} | {g['bytes'] / 1e9:.2f} | {g['ops']} |")
+open(f"{out}/summary.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "total $(( $(date +%s) - start )) s; files in $OUT"
