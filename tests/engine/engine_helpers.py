@@ -38,7 +38,7 @@ def train_net_cmd(*args):
     return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", TINY_CONFIG, *args]
 
 
-def run_train_net(bench, *args, timeout=240):
+def run_train_net(bench, *args, timeout=1800):  # hang guard only, never a pass/fail time limit
     proc = subprocess.run(train_net_cmd(*args), env=run_env(bench), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]

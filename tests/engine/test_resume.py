@@ -28,7 +28,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     proc = subprocess.Popen(train_net_cmd(*opts(killed_dir)), env=run_env(tiny_benchmark),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(killed_dir, "last_checkpoint")
-    deadline = time.time() + 180
+    deadline = time.time() + 1800  # hang guard only: under load the checkpoint may come late
     try:
         while time.time() < deadline and proc.poll() is None:
             if os.path.isfile(marker) and open(marker).read().strip() == f"model_{PERIOD - 1:07d}.pth":
