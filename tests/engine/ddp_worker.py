@@ -3,7 +3,6 @@ all ranks hold identical parameters."""
 import json
 import os
 
-import torch
 from detectron2.engine import HookBase, default_argument_parser, launch
 from detectron2.utils import comm
 
