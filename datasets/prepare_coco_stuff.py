@@ -5,11 +5,9 @@ Run `python datasets/prepare_coco_stuff.py --help` for the options; docs/dataset
 downloads, the resulting layout and the expected file counts. The conversion itself lives in
 `cat_seg/data/prepare/coco_stuff.py`.
 """
-import os
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # importing detectron2 (dataset registration) imports torch, which warns about TorchScript
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
 

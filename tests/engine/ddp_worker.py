@@ -2,15 +2,12 @@
 all ranks hold identical parameters."""
 import json
 import os
-import sys
 
-import torch
 from detectron2.engine import HookBase, default_argument_parser, launch
 from detectron2.utils import comm
 
-sys.path.insert(0, os.environ["CATSEG_REPO"])
-import train_net  # noqa: E402
-from cat_seg.engine import Trainer  # noqa: E402
+from cat_seg.cli.train_net import setup
+from cat_seg.engine import Trainer
 
 
 class ParameterParityHook(HookBase):
@@ -33,7 +30,7 @@ class ParameterParityHook(HookBase):
 
 
 def main(args):
-    cfg = train_net.setup(args)
+    cfg = setup(args)
     trainer = Trainer(cfg)
     trainer.register_hooks([ParameterParityHook(os.path.join(cfg.OUTPUT_DIR, "parity.json"))])
     trainer.resume_or_load(resume=False)

@@ -1,31 +1,116 @@
-"""eval.sh on the toy benchmark prints the Markdown table; missing benchmarks are skipped, not crashed on."""
+"""eval.sh on the toy benchmark prints the Markdown table; missing benchmarks are skipped, a
+failing one makes the exit status 1, and mistakes in the arguments, config or checkpoint are
+one line (exit 2) before any benchmark starts."""
 import os
 import subprocess
 
+import pytest
+
+from cat_seg.cli import evaluate_benchmarks
 from engine_helpers import REPO, TINY_CONFIG, run_env, run_train_net, train_opts
 
+HANG_GUARD_S = 1800  # never a pass/fail time limit
+HEADER = "| benchmark | mIoU | fwIoU | pACC | images | seconds |"
 
-def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, tmp_path):
-    out = str(tmp_path / "run")
+
+@pytest.fixture(scope="module")
+def trained(tiny_benchmark, tmp_path_factory):
+    """OUTPUT_DIR of a 2-step training run (holds model_final.pth)."""
+    out = str(tmp_path_factory.mktemp("eval_sh") / "run")
     run_train_net(tiny_benchmark, *train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 2, "DATASETS.TEST": "()"}))
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
-    env = run_env(tiny_benchmark)
-    env["BENCHMARKS"] = "synthetic ade150"
-    # the tiny model's input geometry; eval.sh itself sets each benchmark's class json and dataset
-    opts = train_opts(tiny_benchmark, out)
-    geometry = [x for key, value in zip(opts[::2], opts[1::2]) if key.startswith(("INPUT.", "MODEL.SEM_SEG_HEAD.F",
-                                                                                  "MODEL.SEM_SEG_HEAD.W"))
-                for x in (key, value)]
-    proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", out, *geometry],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return out
+
+
+def geometry(bench, out):
+    """The tiny model's input geometry; eval.sh itself sets each benchmark's class json and dataset."""
+    opts = train_opts(bench, out)
+    return [x for key, value in zip(opts[::2], opts[1::2])
+            if key.startswith(("INPUT.", "MODEL.SEM_SEG_HEAD.F", "MODEL.SEM_SEG_HEAD.W")) for x in (key, value)]
+
+
+def eval_sh(bench, *args, benchmarks="synthetic"):
+    env = run_env(bench)
+    env["BENCHMARKS"] = benchmarks
+    return subprocess.run(["sh", os.path.join(REPO, "eval.sh"), *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=HANG_GUARD_S)
+
+
+def row(stdout, title):
+    line = next(line for line in stdout.strip().splitlines() if line.startswith(f"| {title} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, trained):
+    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *geometry(tiny_benchmark, trained),
+                   benchmarks="synthetic ade150")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == "| benchmark | mIoU | fwIoU | pACC | images | seconds |"
-    toy = next(line for line in lines if line.startswith("| Synthetic toy (val) |"))
-    cells = [c.strip() for c in toy.strip("|").split("|")]
-    assert 0.0 <= float(cells[1]) <= 100.0 and 0.0 <= float(cells[3]) <= 100.0
-    assert cells[4] == "6"  # images evaluated
-    ade = next(line for line in lines if line.startswith("| ADE20K-150 |"))
-    assert "skipped" in ade and "ADEChallengeData2016" in ade and "prepare_ade20k.py" in ade
-    with open(os.path.join(out, "eval", "results.md")) as f:
+    assert lines[0] == HEADER
+    toy = row(proc.stdout, "Synthetic toy (val)")
+    assert 0.0 <= float(toy[1]) <= 100.0 and 0.0 <= float(toy[3]) <= 100.0
+    assert toy[4] == "6"  # images evaluated
+    ade = row(proc.stdout, "ADE20K-150")
+    assert ade[1].startswith("skipped: ") and "ADEChallengeData2016" in ade[1] and "prepare_ade20k.py" in ade[1]
+    assert not os.path.exists(os.path.join(trained, "eval", "ade150"))  # no process started for it
+    assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 1 evaluated, 1 skipped (missing data), "
+                                                    "0 failed")
+    with open(os.path.join(trained, "eval", "results.md")) as f:
         assert f.read().strip() == proc.stdout.strip()
+
+
+def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained):
+    # a vocabulary that does not fit the benchmark (12 training classes for the 16 val classes):
+    # the config is valid, the evaluation process fails
+    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *geometry(tiny_benchmark, trained),
+                   "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", tiny_benchmark["train_json"], benchmarks="ade150 synthetic")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    toy = row(proc.stdout, "Synthetic toy (val)")
+    assert toy[1].startswith("failed: ") and "exit code 1" in toy[1] and "stderr.log" in toy[1]
+    assert row(proc.stdout, "ADE20K-150")[1].startswith("skipped: ")
+    assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 0 evaluated, 1 skipped (missing data), "
+                                                    "1 failed")
+
+
+def test_bad_num_gpus_is_one_line_before_any_benchmark(tiny_benchmark, tmp_path):
+    out = str(tmp_path / "run")
+    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "abc", out)
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: NUM_GPUS 'abc': expected a positive integer (processes per benchmark); "
+                           "usage: sh eval.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]\n")
+    assert proc.stdout == "" and not os.path.exists(out)
+
+
+def test_run_sh_checks_its_arguments(tmp_path):
+    proc = subprocess.run(["sh", os.path.join(REPO, "run.sh"), TINY_CONFIG, "two", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: NUM_GPUS 'two': expected a positive integer")
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found"])
+def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BENCHMARKS", "synthetic ade150")
+    out = tmp_path / "run"
+    out.mkdir()
+    config, extra = TINY_CONFIG, []
+    if case != "no checkpoint":
+        (out / "model_final.pth").write_bytes(b"")  # only its existence is checked here
+    if case == "misspelt key":
+        extra = ["MODEL.SEM_SEG_HEAD.TEST_CLASS_JSONS", "x.json"]
+    elif case == "missing config":
+        config = str(tmp_path / "nope.yaml")
+    elif case == "weights not found":
+        extra = ["MODEL.WEIGHTS", str(tmp_path / "other.pth")]
+    assert evaluate_benchmarks.main([config, "1", str(out), *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "[eval]" not in captured.err
+    expected = {
+        "no checkpoint": f"error: no checkpoint '{out / 'model_final.pth'}': train first",
+        "misspelt key": "error: unknown config key 'MODEL.SEM_SEG_HEAD.TEST_CLASS_JSONS' in the command line; "
+                        "did you mean 'MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON'?",
+        "missing config": f"error: config file '{config}' not found",
+        "weights not found": f"error: MODEL.WEIGHTS '{tmp_path / 'other.pth'}' not found",
+    }[case]
+    assert captured.err.startswith(expected), captured.err
+    assert not (out / "eval").exists()  # nothing started, nothing written

@@ -166,7 +166,7 @@ CPU_SCRIPT = textwrap.dedent(
 def test_cpu_only_end_to_end():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", CPU_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=1800)  # hang guard only
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CPU-OK" in proc.stdout
 

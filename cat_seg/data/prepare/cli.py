@@ -10,13 +10,24 @@ from ..catalog import ENV_VAR, dataset_root
 from .runner import default_workers
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
 def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None
                  ) -> argparse.ArgumentParser:
     """Parser with the options every prepare script has (and ``--benchmark`` if given)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", default=None,
                         help=f"dataset root (default: ${ENV_VAR}, else ./datasets)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
+    parser.add_argument("--workers", type=_positive_int, default=default_workers(),
                         help="worker processes (default: all cores)")
     parser.add_argument("--force", action="store_true",
                         help="convert again files that already exist")
@@ -60,11 +71,18 @@ def fetch_if_asked(args, keys: Sequence[str]) -> None:
 
 
 def run(main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
-    """Run a script's ``main``: user errors print ``error: ...`` and give exit status 2."""
+    """Run a script's ``main``: user errors (:class:`DatasetError`, an ``OSError`` on a named
+    file such as a read-only output folder) print ``error: ...`` and give exit status 2."""
     try:
         return main(argv)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a file of the user: an internal error
+            raise
+        # a folder that cannot be written (read-only, under a regular file, disk full)
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; rerun the same command to resume",

@@ -1,0 +1,119 @@
+"""Convert an official CAT-Seg checkpoint to the cat-seg layout; the ``cat-seg-convert`` command.
+
+    cat-seg-convert IN.pth OUT.pth [--config-file CFG] [--verbose]
+    python tools/convert_official_checkpoint.py IN.pth OUT.pth ...   # the same
+
+IN is an official checkpoint (``model_base.pth`` / ``model_large.pth``: a detectron2
+``{"model": ...}`` file or a bare state dict); OUT gets ``{"model": converted,
+"__author__": ..., "matching_heuristics": False}`` in our layout (written atomically).
+Training extras of IN (optimizer, scheduler, iteration) are not copied. What was mapped,
+dropped (and why) is printed. ``--config-file`` also checks that the result fits the model
+of that config (e.g. ``configs/vitb_384.yaml`` for model_base.pth) before writing.
+
+Converting is optional: ``MODEL.WEIGHTS model_base.pth`` loads official files directly.
+Bad input gives one ``error: ...`` line and exit status 2.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+from cat_seg.checkpoint.errors import CheckpointError, CheckpointFormatError, show_keys
+from cat_seg.checkpoint.official import (
+    OFFICIAL,
+    OURS,
+    convert_official_state_dict,
+    read_checkpoint,
+    unwrap_checkpoint,
+)
+
+from .errors import UserError, run_main
+
+
+def _model_state_of_config(config_file: str):
+    """State dict (shapes) of the model built from ``config_file`` with random CLIP."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from cat_seg import add_cat_seg_config
+
+    from .errors import merge_config
+
+    try:
+        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file)
+    except UserError as exc:
+        raise CheckpointFormatError(str(exc)) from None
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    cfg.MODEL.DEVICE = "cpu"
+    return build_model(cfg).state_dict()
+
+
+def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False) -> str:
+    """Convert ``src`` to ``dst``; returns the report text. Raises :class:`CheckpointError`."""
+    state, extras = unwrap_checkpoint(read_checkpoint(src), src)
+    converted, report = convert_official_state_dict(state)
+    if report.layout == OURS:
+        raise CheckpointFormatError(f"{src} is already in the cat-seg layout: nothing to convert")
+    if report.layout != OFFICIAL:
+        raise CheckpointFormatError(
+            f"{src} is not an official CAT-Seg checkpoint (no sem_seg_head.predictor.* / upsample1/2.* keys; "
+            f"first keys: {', '.join(list(state)[:3])})"
+        )
+    if report.unknown:
+        raise CheckpointFormatError(
+            f"{src}: {len(report.unknown)} unknown official key(s): {show_keys(report.unknown)} (no conversion rule)"
+        )
+    if config_file:
+        from cat_seg.checkpoint.catseg_checkpointer import check_state_dict_fits
+
+        check_state_dict_fits(_model_state_of_config(config_file), converted, src, report)
+    text = report.summary(verbose=verbose)
+    ignored = [k for k in extras if k not in ("__author__", "matching_heuristics")]
+    if ignored:
+        text += f"\n  not copied (training state of the official run): {', '.join(ignored)}"
+    out = {
+        "model": converted,
+        "__author__": f"cat-seg convert_official_checkpoint from official CAT-Seg {os.path.basename(src)}",
+        "matching_heuristics": False,
+    }
+    directory = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(directory):
+        raise CheckpointFormatError(f"output directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(out, f)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return text + f"\nwrote {dst}"
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", metavar="IN.pth", help="official CAT-Seg checkpoint")
+    parser.add_argument("dst", metavar="OUT.pth", help="output checkpoint in the cat-seg layout")
+    parser.add_argument("--config-file", default="", help="also check the result against this config's model")
+    parser.add_argument("--verbose", action="store_true", help="list every mapped key")
+    args = parser.parse_args(argv)
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise UserError(f"IN and OUT are the same file ({args.src}); expected a different OUT.pth")
+    try:
+        print(convert_file(args.src, args.dst, args.config_file, args.verbose))
+    except (CheckpointError, OSError, ValueError) as e:  # unreadable or unwritable files, bad contents
+        raise UserError(str(e)) from None
+    return 0
+
+
+def main(argv=None) -> int:
+    """``cat-seg-convert``: exit status 0, or 2 with one ``error: ...`` line for bad input."""
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""User errors of the command-line programs: one ``error: ...`` line, exit status 2.
+
+Interface (used by every ``cat_seg.cli`` program and the prepare scripts):
+
+- :class:`UserError`: raise it for a mistake of the user (a bad argument, a missing file, a
+  misspelt config key); its message is one line naming the key, file or value and what was
+  expected.
+- :func:`run_main`: ``sys.exit(run_main(main_impl, argv, user_errors=(...)))`` runs
+  ``main_impl(argv)`` and turns :class:`UserError` (and the extra exception types
+  ``user_errors``) into that one line on stderr and exit status 2. Any other exception is an
+  internal error and keeps its traceback. ``CATSEG_DEBUG=1`` shows the traceback of user
+  errors too.
+- :func:`merge_config`: ``merge_config(cfg, config_file, opts)`` merges a YAML file and
+  ``KEY VALUE`` pairs into a detectron2 config; a missing file, a YAML error, a bad value or
+  an unknown key raise :class:`UserError` (an unknown key names the closest valid key).
+- :func:`check_config_keys`: the unknown-key check itself, for callers that merge on their own.
+"""
+import difflib
+import os
+import sys
+import warnings
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type
+
+DEBUG_ENV = "CATSEG_DEBUG"
+
+
+class UserError(Exception):
+    """A user mistake; ``str(error)`` is the one-line message (without ``error:``)."""
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded into spaces."""
+    return " ".join(str(message).split())
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None,
+             user_errors: Tuple[Type[BaseException], ...] = ()) -> int:
+    """Run ``main(argv)`` and return its exit status (``None`` counts as 0).
+
+    :class:`UserError` and ``user_errors`` print ``error: <message>`` (one line) on stderr and
+    return 2; ``KeyboardInterrupt`` returns 130; anything else propagates with its traceback.
+    """
+    # torch warns at import time that TorchScript is deprecated (detectron2/open_clip use it):
+    # noise, not a message for the user
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+    try:
+        status = main(argv)
+    except (UserError, *user_errors) as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0 if status is None else int(status)
+
+
+# ----------------------------------------------------------------------------- config keys
+def _leaf_keys(node, prefix: str = "") -> List[str]:
+    """Full dotted names of the leaf keys of a (nested) config node / dict."""
+    keys = []
+    for name, value in node.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):  # detectron2's CfgNode is a dict
+            keys += _leaf_keys(value, full + ".")
+        else:
+            keys.append(full)
+    return keys
+
+
+def _is_known(cfg, key: str) -> bool:
+    """``key`` exists in ``cfg`` (or lies under a node that accepts new keys), or is a
+    deprecated/renamed key that detectron2 handles itself."""
+    if cfg.key_is_deprecated(key) or cfg.key_is_renamed(key):
+        return True
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return False
+        if part not in node:
+            return bool(getattr(node, "is_new_allowed", lambda: False)())
+        node = node[part]
+    return True
+
+
+def closest_key(cfg, key: str) -> Optional[str]:
+    """The valid full key of ``cfg`` closest to ``key`` (``difflib``), or ``None``."""
+    candidates = _leaf_keys(cfg)
+    upper = {k.upper(): k for k in candidates}
+    matches = difflib.get_close_matches(key.upper(), list(upper), n=1, cutoff=0.6)
+    return upper[matches[0]] if matches else None
+
+
+def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
+    """Raise :class:`UserError` for the first of ``keys`` that ``cfg`` does not have.
+
+    ``source`` says where the key came from (a file name, ``"the command line"``). The
+    message names the closest valid key.
+    """
+    for key in keys:
+        if key == "_BASE_" or key == "VERSION" or _is_known(cfg, key):
+            continue
+        guess = closest_key(cfg, key)
+        hint = f"did you mean {guess!r}?" if guess else "not a cat-seg/detectron2 config key (see cat_seg/config.py)"
+        raise UserError(f"unknown config key {key!r} in {source}; {hint}")
+
+
+def _file_keys(config_file: str) -> List[str]:
+    """The dotted keys set by a YAML config file (its ``_BASE_`` files included)."""
+    from detectron2.config import CfgNode
+
+    return _leaf_keys(CfgNode.load_yaml_with_base(config_file, allow_unsafe=True))
+
+
+def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = ()):
+    """Merge ``config_file`` (if given) then the ``KEY VALUE`` list ``opts`` into ``cfg``.
+
+    Returns ``cfg``. Raises :class:`UserError` for a missing config file, an odd ``opts``
+    list, a YAML error, an unknown key (naming the closest valid key) or a value of the wrong
+    type, so that a command line gets one line instead of detectron2's traceback.
+    """
+    opts = list(opts)
+    if config_file is not None:
+        if not os.path.isfile(config_file):
+            what = "is a directory, expected a YAML file" if os.path.isdir(config_file) else "not found"
+            raise UserError(f"config file {config_file!r} {what}")
+        try:
+            cfg.merge_from_file(config_file)
+        except Exception as exc:  # unknown key, YAML syntax, bad value, unreadable _BASE_
+            try:
+                check_config_keys(cfg, _file_keys(config_file), f"config file {config_file!r}")
+            except UserError:
+                raise
+            except Exception:  # the file itself cannot be read: report the merge error below
+                pass
+            raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
+    if len(opts) % 2:
+        hint = "; options (--...) go before the KEY VALUE pairs" if any(o.startswith("--") for o in opts) else ""
+        raise UserError(f"config overrides must be KEY VALUE pairs, got an odd number of items: "
+                        f"{' '.join(opts)}{hint}")
+    check_config_keys(cfg, opts[0::2], "the command line")
+    try:
+        cfg.merge_from_list(opts)
+    except Exception as exc:  # a value of the wrong type or a value that does not parse
+        raise UserError(f"bad config override on the command line: {type(exc).__name__}: {one_line(exc)}") from None
+    return cfg

@@ -1,0 +1,184 @@
+"""Evaluate a CAT-Seg model on the open-vocabulary benchmarks and print one Markdown table.
+
+    sh eval.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]
+    python -m cat_seg.cli.evaluate_benchmarks CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]
+
+One ``cat_seg.cli.train_net --eval-only`` process per benchmark (official protocol: sliding
+window, pooling [1,1], the benchmark's class json; ``MODEL.WEIGHTS`` defaults to
+``OUTPUT_DIR/model_final.pth``); extra ``KEY VALUE`` options are appended last and win.
+``BENCHMARKS="ade150 pc59"`` selects benchmarks (default: the six of the paper; ``synthetic``
+is the toy benchmark).
+
+Before any benchmark starts, the arguments, the config (file and keys), ``OUTPUT_DIR`` and the
+checkpoint are checked once: a mistake there is one ``error: ...`` line and exit status 2.
+A benchmark whose data is missing is listed as skipped with the reason; one that fails for any
+other reason is listed as failed, and the exit status is then 1. The last line on stderr
+counts the evaluated, skipped and failed benchmarks. Results: ``OUTPUT_DIR/eval/<benchmark>/``,
+the table also in ``OUTPUT_DIR/eval/results.md``.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import List, NamedTuple, Optional, Sequence
+
+from .errors import UserError, run_main
+
+USAGE = "sh eval.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]"
+
+
+class Row(NamedTuple):
+    """One benchmark's line of the table; ``status`` is ``evaluated``, ``skipped`` or ``failed``."""
+
+    title: str
+    status: str
+    miou: Optional[float] = None
+    fwiou: Optional[float] = None
+    pacc: Optional[float] = None
+    images: Optional[int] = None
+    seconds: float = 0.0
+    reason: str = ""
+
+
+def parse_num_gpus(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"NUM_GPUS {text!r}: expected a positive integer (processes per benchmark); usage: {USAGE}")
+    return value
+
+
+def selected_benchmarks() -> List[str]:
+    from cat_seg.evaluation.benchmarks import BENCHMARKS, PAPER_BENCHMARKS
+
+    keys = os.environ.get("BENCHMARKS", " ".join(PAPER_BENCHMARKS)).split()
+    unknown = [k for k in keys if k not in BENCHMARKS]
+    if unknown or not keys:
+        raise UserError(f"BENCHMARKS={os.environ.get('BENCHMARKS', '')!r}: unknown benchmark(s) "
+                        f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)}")
+    return keys
+
+
+def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]) -> str:
+    """Check the config (file, keys, values), ``OUTPUT_DIR`` and the checkpoint before any
+    benchmark runs; returns the checkpoint path. Raises :class:`UserError`."""
+    from .train_net import check_output_dir, check_weights, load_config
+
+    default_weights = os.path.join(output_dir, "model_final.pth")
+    opts = ["MODEL.WEIGHTS", default_weights, "OUTPUT_DIR", os.path.join(output_dir, "eval")] + list(extra)
+    cfg = load_config(argparse.Namespace(config_file=config, opts=opts))
+    check_output_dir(cfg.OUTPUT_DIR)
+    if cfg.MODEL.WEIGHTS == default_weights and not os.path.isfile(default_weights):
+        raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
+                        f"MODEL.WEIGHTS FILE after OUTPUT_DIR")
+    check_weights(cfg, resume=False)
+    return cfg.MODEL.WEIGHTS
+
+
+def missing_data(dataset: str) -> str:
+    """Why ``dataset``'s files cannot be loaded (its one-line message), or "" if they can."""
+    import cat_seg.data  # noqa: F401  (registers the datasets)
+    from cat_seg.data.datasets.errors import DatasetNotFoundError
+    from detectron2.data import DatasetCatalog
+
+    try:
+        DatasetCatalog.get(dataset)
+    except DatasetNotFoundError as exc:
+        return str(exc)
+    return ""
+
+
+def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_opts: Sequence[str],
+             keys: Sequence[str]) -> List[Row]:
+    from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
+
+    rows = []
+    for key in keys:
+        bench = BENCHMARKS[key]
+        reason = missing_data(bench.dataset)
+        if reason:
+            rows.append(Row(bench.title, "skipped", reason=reason))
+            print(f"[eval] {bench.title}: skipped: {reason}", file=sys.stderr, flush=True)
+            continue
+        out = os.path.join(output_dir, "eval", key)
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, "-m", "cat_seg.cli.train_net", "--config-file", config,
+               "--num-gpus", str(num_gpus), "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out]
+        cmd += benchmark_opts(bench) + list(extra_opts)
+        print(f"[eval] {bench.title}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        start = time.time()
+        with open(os.path.join(out, "stderr.log"), "w") as err:
+            proc = subprocess.run(cmd, stdout=err, stderr=subprocess.PIPE, text=True)
+            err.write(proc.stderr)
+        seconds = time.time() - start
+        result_file = os.path.join(out, "inference", bench.dataset, "sem_seg_results.json")
+        if proc.returncode == 0 and os.path.isfile(result_file):
+            with open(result_file) as f:
+                res = json.load(f)
+            metrics = res["metrics"]
+            rows.append(Row(bench.title, "evaluated", metrics.get("mIoU"), metrics.get("fwIoU"), metrics.get("pACC"),
+                            res.get("num_images"), seconds))
+        else:
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit code {proc.returncode}"
+            if proc.returncode == 0:
+                reason = f"no {result_file} written"
+            reason += f" (exit code {proc.returncode}; log: {os.path.join(out, 'stderr.log')})"
+            rows.append(Row(bench.title, "failed", seconds=seconds, reason=reason))
+            print(f"[eval] {bench.title}: failed: {reason}", file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    def num(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = ["| benchmark | mIoU | fwIoU | pACC | images | seconds |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.status == "evaluated":
+            lines.append(f"| {row.title} | {num(row.miou)} | {num(row.fwiou)} | {num(row.pacc)} | "
+                         f"{num(row.images, '{}')} | {row.seconds:.1f} |")
+        else:
+            reason = row.reason.replace("|", "/")
+            lines.append(f"| {row.title} | {row.status}: {reason} | | | | {row.seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def counts(rows: Sequence[Row]) -> str:
+    n = {s: sum(r.status == s for r in rows) for s in ("evaluated", "skipped", "failed")}
+    return (f"{len(rows)} benchmark(s): {n['evaluated']} evaluated, {n['skipped']} skipped (missing data), "
+            f"{n['failed']} failed")
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if len(argv) < 3:
+        raise UserError(f"expected CONFIG NUM_GPUS OUTPUT_DIR, got {len(argv)} argument(s); usage: {USAGE}")
+    config, num_gpus, output_dir, extra = argv[0], parse_num_gpus(argv[1]), argv[2], argv[3:]
+    keys = selected_benchmarks()
+    weights = check_once(config, num_gpus, output_dir, extra)
+    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys)
+    table = markdown_table(rows)
+    os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
+    with open(os.path.join(output_dir, "eval", "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table, flush=True)
+    print(f"[eval] {counts(rows)}", file=sys.stderr, flush=True)
+    return 1 if any(r.status == "failed" for r in rows) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 all requested benchmarks evaluated or skipped for missing data, 1 some
+    failed, 2 a user error found before any benchmark ran."""
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Train and evaluate CAT-Seg (detectron2 conventions); the ``cat-seg-train`` command.
+
+    cat-seg-train --config-file configs/vitb_384.yaml --num-gpus 4
+    cat-seg-train --config-file configs/vitb_384.yaml --eval-only MODEL.WEIGHTS model_base.pth
+    cat-seg-train --config-file CFG --resume            # continue after a crash or kill
+    cat-seg-train --config-file CFG --check-only [--eval-only] KEY VALUE ...   # check, run nothing
+
+(``python train_net.py ...`` and ``python -m cat_seg.cli.train_net ...`` are the same.)
+Multi-node: ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT``. On a machine
+without GPUs ``--num-gpus N`` starts N CPU processes (gloo backend).
+
+Before any process starts, the config (file and ``KEY VALUE`` overrides), ``OUTPUT_DIR``,
+the class jsons, the datasets and, with ``--eval-only``, ``MODEL.WEIGHTS`` are checked; a
+mistake there prints one ``error: ...`` line and exits with status 2. ``CATSEG_DEBUG=1``
+shows the traceback instead.
+"""
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from .errors import UserError, merge_config, run_main
+
+logger = logging.getLogger("cat_seg")
+
+
+def build_parser():
+    from detectron2.engine import default_argument_parser
+
+    parser = default_argument_parser()
+    parser.add_argument("--check-only", action="store_true",
+                        help="check the config, OUTPUT_DIR, datasets and (with --eval-only) the weights, then exit")
+    return parser
+
+
+def load_config(args):
+    """Unfrozen config from defaults + ``--config-file`` + command-line ``KEY VALUE`` pairs.
+
+    Raises :class:`UserError` for a missing config file or an unknown/ill-typed key.
+    """
+    from detectron2.config import get_cfg
+
+    from cat_seg import add_cat_seg_config
+
+    if not args.config_file:
+        raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
+    return merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
+
+
+def setup(args):
+    """Frozen config of one training/evaluation process; also sets up logging, the config dump
+    in ``OUTPUT_DIR``, seeds and the matmul precision (``detectron2.engine.default_setup``)."""
+    import torch
+    from detectron2.engine import default_setup
+
+    cfg = load_config(args)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"  # laptop use: same code, only slower
+    cfg.freeze()
+    default_setup(cfg, args)  # logging, output/config.yaml dump, seeds, cudnn benchmark
+    # matmul precision: "high" lets fp32 matmuls use TF32 on Ampere+ GPUs, as the official code.
+    torch.set_float32_matmul_precision("high")
+    return cfg
+
+
+# ------------------------------------------------------------------------------ checks
+def check_output_dir(output_dir: str) -> None:
+    """``output_dir`` is a folder that exists and is writable, or can be created; creates nothing."""
+    if not output_dir:
+        raise UserError("OUTPUT_DIR is empty; expected a folder for checkpoints and logs")
+    path = os.path.abspath(output_dir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == path else f"lies under {existing!r}, which is"
+        raise UserError(f"OUTPUT_DIR {output_dir!r} {where} a regular file; expected a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "is" if existing == path else f"would be created in {existing!r}, which is"
+        raise UserError(f"OUTPUT_DIR {output_dir!r} {where} not writable (read-only or no permission); "
+                        f"expected a writable folder")
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def check_weights(cfg, resume: bool) -> None:
+    """For ``--eval-only``: ``MODEL.WEIGHTS`` names an existing file (or a URL), unless
+    ``--resume`` finds a checkpoint in ``OUTPUT_DIR``."""
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
+                        "output/model_final.pth); it is empty")
+    if not _is_remote(weights) and not os.path.isfile(weights):
+        raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected a checkpoint file (.pth/.pkl) for --eval-only")
+
+
+def check_class_jsons(cfg, eval_only: bool) -> None:
+    from cat_seg.utils import read_class_json
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    keys = ["TEST_CLASS_JSON"] if eval_only else ["TRAIN_CLASS_JSON", "TEST_CLASS_JSON"]
+    for key in keys:
+        if key == "TEST_CLASS_JSON" and not cfg.DATASETS.TEST:
+            continue
+        try:
+            read_class_json(head.get(key), f"MODEL.SEM_SEG_HEAD.{key}")
+        except (OSError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+
+
+def check_datasets(cfg, eval_only: bool) -> None:
+    """The datasets of ``DATASETS.TRAIN`` (unless ``eval_only``) and ``DATASETS.TEST`` are
+    registered and their files present (cat-seg's loaders raise ``DatasetNotFoundError``)."""
+    import difflib
+
+    import cat_seg.data  # noqa: F401  (registers the datasets)
+    from detectron2.data import DatasetCatalog
+
+    names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    for name in names:
+        if name not in DatasetCatalog.list():
+            guess = difflib.get_close_matches(name, DatasetCatalog.list(), n=1)
+            hint = f"did you mean {guess[0]!r}?" if guess else "see cat_seg/data/datasets/builtin.py"
+            raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
+                            f"is not registered; {hint}")
+        DatasetCatalog.get(name)
+
+
+def check(args):
+    """All checks that run before any process starts; returns the (unfrozen) config."""
+    cfg = load_config(args)
+    check_output_dir(cfg.OUTPUT_DIR)
+    if args.eval_only:
+        check_weights(cfg, args.resume)
+    check_class_jsons(cfg, args.eval_only)
+    check_datasets(cfg, args.eval_only)
+    return cfg
+
+
+# ------------------------------------------------------------------------------ run
+def train_or_evaluate(args):
+    """One process of a (distributed) run: what ``launch`` starts on every GPU/CPU process."""
+    from cat_seg.checkpoint import CATSegCheckpointer
+    from cat_seg.engine import Trainer
+
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        CATSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def user_error_types():
+    """Exception types of cat-seg that mean a user mistake (bad data, checkpoint, CLIP weights)."""
+    from cat_seg.checkpoint.errors import CheckpointError
+    from cat_seg.data.datasets.errors import DatasetError
+    from cat_seg.modeling.clip.builder import CLIPLoadError
+
+    return (DatasetError, CheckpointError, CLIPLoadError)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    import torch
+    from detectron2.engine import launch
+
+    args = build_parser().parse_args(argv)
+    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise UserError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
+                        f"{args.machine_rank}: expected --num-gpus >= 1 and 0 <= --machine-rank < --num-machines")
+    cfg = check(args)
+    if args.check_only:
+        what = f"weights {cfg.MODEL.WEIGHTS!r}, " if args.eval_only else ""
+        print(f"ok: config {args.config_file!r}, {what}OUTPUT_DIR {cfg.OUTPUT_DIR!r}")
+        return 0
+    print("Command Line Args:", args)
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        logger.info(f"no GPU: running {args.num_gpus} CPU processes (gloo)")
+    launch(
+        train_or_evaluate,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``cat-seg-train``: exit status 0 on success, 2 on a user error (one line on stderr)."""
+    return run_main(_main, argv, user_errors=user_error_types())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
