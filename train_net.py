@@ -10,12 +10,8 @@ without GPUs ``--num-gpus N`` starts N CPU processes (gloo backend). The code is
 ``cat_seg/cli/train_net.py``.
 """
 import sys
-import warnings
 
-# importing detectron2/open_clip imports torch, which warns about TorchScript
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-
-from cat_seg.cli.train_net import main, setup  # noqa: E402, F401  (setup: for scripts that import train_net)
+from cat_seg.cli.train_net import main, setup  # noqa: F401  (setup: for scripts that import train_net)
 
 if __name__ == "__main__":
     sys.exit(main())

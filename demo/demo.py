@@ -4,13 +4,8 @@
 Run ``python demo/demo.py --help`` for the options; the guide is ``docs/segment_your_images.md``.
 """
 import sys
-import warnings
 
-# fvcore (imported with detectron2) calls the deprecated torch.jit.script at import: noise
-# that would clutter the demo's one-line errors
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from cat_seg.cli.demo import main  # noqa: E402
+from cat_seg.cli.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())
