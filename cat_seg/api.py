@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.postprocess import ClassMaps, OutputRequest
+from .utils import resolve_vocabulary_path
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +139,15 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
 def read_vocabulary_file(path: str) -> List[str]:
     """Read classes from a file.
 
-    ``.json``: a JSON array of class names (the ``datasets/*.json`` format, entries may hold
+    ``path`` is a file, or names a vocabulary shipped with the package (``datasets/ade150.json``,
+    ``ade150.json``). ``.json``: a JSON array of class names (entries may hold
     ``", "`` synonyms; a blank entry is an error). Anything else: a text file with one class
     per line (``", "`` synonyms allowed), blank lines and lines starting with ``#`` ignored.
     """
-    if not os.path.isfile(path):
-        raise CATSegError(f"vocabulary file {path!r} not found")
+    try:
+        path = resolve_vocabulary_path(path, "vocabulary file")
+    except FileNotFoundError as e:
+        raise CATSegError(str(e)) from None
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

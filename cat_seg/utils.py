@@ -20,24 +20,28 @@ def resolve_path(path: str) -> str:
     return candidate if os.path.exists(candidate) else path
 
 
+def resolve_vocabulary_path(path: str, key: str = "class json") -> str:
+    """The file a vocabulary path names: an existing file wins (``path`` as given, or relative to
+    the repository); otherwise a vocabulary shipped with the package, named as configs written
+    for the official code name it (``datasets/coco.json``) or by its file name (``coco.json``).
+    Raises ``FileNotFoundError`` (one line naming ``key`` and ``path``) when it is neither."""
+    resolved = resolve_path(path)
+    if os.path.isfile(resolved):
+        return resolved
+    from .data.catalog import vocabulary_path
+
+    try:
+        return str(vocabulary_path(path))
+    except KeyError as e:
+        raise FileNotFoundError(f"{key} {path!r} not found, and it names no packaged vocabulary ({e.args[0]})") from None
+
+
 def read_class_json(path: str, key: str = "class json") -> List[str]:
     """Read a flat JSON array of class names; clear errors otherwise.
 
-    An existing file wins (``path`` as given, or relative to the repository); otherwise a
-    name of a vocabulary shipped with the package (``datasets/coco.json``, as configs written
-    for the official code name them, or ``coco.json``) reads the packaged file.
+    ``path`` is resolved by :func:`resolve_vocabulary_path` (a file, or a packaged vocabulary).
     """
-    resolved = resolve_path(path)
-    if not os.path.isfile(resolved):
-        from .data.catalog import vocabulary_path
-
-        try:
-            resolved = str(vocabulary_path(path))
-        except KeyError as e:
-            raise FileNotFoundError(
-                f"{key} {path!r} not found, and it names no packaged vocabulary ({e.args[0]})"
-            ) from None
-    path = resolved
+    path = resolve_vocabulary_path(path, key)
     with open(path, encoding="utf-8") as f:
         try:
             names = json.load(f)

@@ -205,6 +205,19 @@ def test_vocabulary_parsing(tmp_path):
     assert read_vocabulary_file(str(tmp_path / "classes.txt")) == ["cat", "person, human"]
 
 
+def test_vocabulary_file_names_a_packaged_vocabulary(tmp_path, monkeypatch):
+    """``datasets/ade150.json`` (as the official configs and the guide name it) reads the packaged
+    list when no such file exists; an existing file of that name wins."""
+    monkeypatch.chdir(tmp_path)
+    ade = read_vocabulary_file("datasets/ade150.json")
+    assert len(ade) == 150 and ade[0] == "wall"
+    assert read_vocabulary_file("pc59.json")[:2] == ["aeroplane", "bag"]
+    (tmp_path / "pc59.json").write_text(json.dumps(["mine"]))
+    assert read_vocabulary_file("pc59.json") == ["mine"]
+    with pytest.raises(CATSegError, match="vocabulary file 'nope.txt' not found, and it names no packaged"):
+        read_vocabulary_file("nope.txt")
+
+
 def test_synonyms_use_the_first_name(segmenter, images):
     with_synonym = segmenter(images[0], "person, human; dog")
     plain = segmenter(images[0], ["person", "dog"])
