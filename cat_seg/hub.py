@@ -170,7 +170,7 @@ def resolve_weights(weights: str) -> str:
     entry = get_released(weights)
     if entry is None:
         return weights
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub import constants as hf_constants
 
     cache_dir = hub_cache_dir()
@@ -185,17 +185,18 @@ def resolve_weights(weights: str) -> str:
            f"--repo-type {entry.repo_type})")
     if _env_true("HF_HUB_OFFLINE") or hf_constants.is_offline_mode():
         raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
-        path = hf_hub_download(
-            revision=entry.revision,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            etag_timeout=METADATA_TIMEOUT_S,
-            **kwargs,
-        )
+        # One quick metadata probe without retries first: hf_hub_download retries an unreachable
+        # hub with back-off for about a minute before giving up, and we want one line in seconds.
+        url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
+                         endpoint=endpoint)
+        get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+        path = hf_hub_download(revision=entry.revision, endpoint=endpoint, etag_timeout=METADATA_TIMEOUT_S, **kwargs)
     except Exception as e:  # no network, hub error, HTTP 404, disk full: all end the same way for the user
         reason = " ".join(f"{type(e).__name__}: {e}".split())
-        if len(reason) > 200:
-            reason = reason[:197] + "..."
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
         raise WeightsUnavailableError(f"{entry.name}: cannot download ({reason}); {how}") from None
     _check(entry, path, fresh=True)
     return path
