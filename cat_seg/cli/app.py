@@ -317,7 +317,7 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
         return gr.Error(str(error), print_exception=False)
 
     def run(files, vocab_text, model_choice, config_box, weights_box, threshold, prompts,
-            progress=gr.Progress()):
+            progress=gr.Progress(track_tqdm=True)):  # tqdm: a first download of released weights
         try:
             results, stems, files_out, status = app.segment(
                 files, vocab_text, model_choice, config_box, weights_box, threshold, prompts, progress)
@@ -357,7 +357,8 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
     def clicked_class(evt: gr.SelectData):
         return f"selected: {evt.value}"
 
-    with gr.Blocks(title="CAT-Seg: open-vocabulary segmentation") as page:
+    # analytics off: a local research tool sends nothing anywhere
+    with gr.Blocks(title="CAT-Seg: open-vocabulary segmentation", analytics_enabled=False) as page:
         gr.Markdown("## CAT-Seg: open-vocabulary semantic segmentation\n"
                     "Upload images, name the classes you want, press **Segment**.")
         with gr.Row():
