@@ -3,7 +3,6 @@ the background threshold, runs, and the page's overlay, legend, table, click rea
 downloaded files are compared with the Python API's output for the same input."""
 import io
 import json
-import os
 import re
 import time
 import urllib.request
@@ -132,10 +131,6 @@ def test_segment_in_the_browser_matches_the_api(app_server, browser, test_image,
     assert abs(x - 80) <= 2 and abs(y - 56) <= 2  # the centre of the 160 x 112 image
     label = int(api_result.label_map[y, x])
     assert match.group(3).startswith(api_result.classes[label] + " (confidence" if label >= 0 else "unlabeled")
-
-    screenshot = os.environ.get("CATSEG_APP_SCREENSHOT")
-    if screenshot:  # docs/images/app.png is taken this way
-        driver.save_screenshot(screenshot)
 
 
 def test_bad_inputs_give_the_library_messages(app_server, browser, tmp_path):
