@@ -6,12 +6,8 @@ downloads, the resulting layout and the expected file counts. The conversion its
 `cat_seg/data/prepare/ade20k.py`.
 """
 import sys
-import warnings
 
-# importing detectron2 (dataset registration) imports torch, which warns about TorchScript
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-
-from cat_seg.data.prepare import ade20k, cli  # noqa: E402
+from cat_seg.data.prepare.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(ade20k.main))
+    sys.exit(main(["ade20k", *sys.argv[1:]]))

@@ -6,12 +6,8 @@ downloads, the resulting layout and the expected file counts. The conversion its
 `cat_seg/data/prepare/coco_stuff.py`.
 """
 import sys
-import warnings
 
-# importing detectron2 (dataset registration) imports torch, which warns about TorchScript
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-
-from cat_seg.data.prepare import coco_stuff, cli  # noqa: E402
+from cat_seg.data.prepare.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(coco_stuff.main))
+    sys.exit(main(["coco-stuff", *sys.argv[1:]]))

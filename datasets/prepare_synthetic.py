@@ -6,13 +6,8 @@ Files go to ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``);
 ``python datasets/prepare_synthetic.py --help`` for the options.
 """
 import sys
-import warnings
 
-# importing detectron2 (dataset registration) imports torch, which warns about TorchScript
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-
-from cat_seg.data import synthetic  # noqa: E402
-from cat_seg.data.prepare import cli  # noqa: E402
+from cat_seg.data.prepare.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(synthetic.main))
+    sys.exit(main(["synthetic", *sys.argv[1:]]))

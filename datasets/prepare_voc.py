@@ -6,12 +6,8 @@ downloads, the resulting layout and the expected file counts. The conversion its
 `cat_seg/data/prepare/voc.py`.
 """
 import sys
-import warnings
 
-# importing detectron2 (dataset registration) imports torch, which warns about TorchScript
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
-
-from cat_seg.data.prepare import voc, cli  # noqa: E402
+from cat_seg.data.prepare.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(voc.main))
+    sys.exit(main(["voc", *sys.argv[1:]]))

@@ -49,7 +49,7 @@ elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   rm -rf "$site/detectron2"
   cp -r "$tmp/detectron2" "$site/detectron2"
 fi
-echo "[setup] installing cat-seg (editable)"
-$PIP install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c "import torch, detectron2, open_clip, cat_seg; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| open_clip', open_clip.__version__)"
+echo "[setup] installing cat-seg (editable) with the app and test extras (gradio, pytest, selenium)"
+$PIP install -q --no-build-isolation -e ".[app,test]" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -c "import torch, detectron2, open_clip, gradio, pytest, cat_seg; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| open_clip', open_clip.__version__)"
 echo "$want" > "$stamp"

@@ -3,6 +3,8 @@
 ``CATSegCheckpointer`` is what ``train_net.py``, the demo and the Python API use for
 ``MODEL.WEIGHTS`` and for resuming. Compared with ``DetectionCheckpointer`` it
 
+* accepts the released checkpoints by name (``catseg-vitb``, ``catseg-vitl``: downloaded once
+  into the Hugging Face cache, see :mod:`cat_seg.hub`);
 * reads official CAT-Seg checkpoints (``model_base.pth`` / ``model_large.pth``) directly:
   the official layout is detected and converted (:mod:`.official`), training extras of an
   official checkpoint (optimizer, scheduler, iteration, trainer) are ignored;
@@ -83,6 +85,10 @@ class CATSegCheckpointer(DetectionCheckpointer):
         self._loading: str = "checkpoint"
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        if path:
+            from ..hub import resolve_weights  # released names (catseg-vitb, ...) -> file in the hub cache
+
+            path = resolve_weights(path)
         self._loading = path or "checkpoint"
         return super().load(path, *args, **kwargs)
 

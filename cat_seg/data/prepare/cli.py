@@ -88,3 +88,33 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
         print("interrupted: finished files are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
+
+
+# ``cat-seg-prepare DATASET [options]``: DATASET -> (module under cat_seg.data, what it prepares)
+PROGRAMS = {
+    "coco-stuff": ("prepare.coco_stuff", "COCO-Stuff 171 (training and validation)"),
+    "ade20k": ("prepare.ade20k", "ADE20K-150 and ADE20K-847"),
+    "voc": ("prepare.voc", "Pascal VOC-20/20b and Pascal Context 59/459"),
+    "synthetic": ("synthetic", "the synthetic toy benchmark (no download)"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``cat-seg-prepare DATASET [options]``: the preparation script of DATASET (``--help`` per dataset)."""
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PROGRAMS:
+        listing = "\n".join(f"  {name:<11} {what}" for name, (_, what) in PROGRAMS.items())
+        usage = f"usage: cat-seg-prepare DATASET [options]  (cat-seg-prepare DATASET --help)\ndatasets:\n{listing}"
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown dataset {argv[0]!r}: expected one of {', '.join(PROGRAMS)}", file=sys.stderr)
+            return 2
+        print(usage, file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    module = importlib.import_module(f"cat_seg.data.{PROGRAMS[argv[0]][0]}")
+    return run(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""CAT-Seg web app: segment your own images with your own words, in the browser.
+
+    cat-seg-app                                   # http://127.0.0.1:7860
+    cat-seg-app --model catseg-vitb               # released CAT-Seg (B), downloaded once
+    cat-seg-app --config-file configs/vitb_384.yaml --weights model_final.pth --port 8080
+    python demo/app.py --help                     # the same program from a checkout
+
+The page (Gradio) takes one or several images (or an example), a vocabulary (typed:
+comma-separated, ``;`` between classes that carry ``", "`` synonyms, or one class per line;
+or a benchmark vocabulary: ADE-150, PC-59, COCO-Stuff, ...), a model (released ViT-B / ViT-L
+by name, the toy model of ``make demo``, or a local config + checkpoint) and a background
+threshold. It shows the overlay with a legend, the segments as an annotated image (hover or
+click a class, or click the overlay to read the class under the cursor), a table of classes
+with area and mean confidence, and offers the label PNG, the overlay and the JSON for
+download (the same files as ``cat-seg-demo --output``).
+
+Inputs are validated by the library (:func:`cat_seg.api.parse_vocabulary`,
+:func:`cat_seg.api.load_image`, :func:`cat_seg.api.build_config`): a bad input gives the same
+one-line message as the command line. Segmenters are cached per (config, weights, device,
+overrides) and keep their text features cached per vocabulary, so a second request with the
+same model and words only runs the image through the model.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# third-party deprecation noise (fvcore uses torch.jit.script) would clutter the console
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+import numpy as np  # noqa: E402
+
+from ..api import (  # noqa: E402
+    CATSegError,
+    OpenVocabSegmenter,
+    SegmentationResult,
+    build_config,
+    load_image,
+    parse_vocabulary,
+)
+from ..hub import RELEASED_WEIGHTS, config_opts_for, is_released_name  # noqa: E402
+from ..utils import read_class_json, resolve_path  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Benchmark vocabularies offered in the page: label -> class json (``read_class_json`` path).
+BENCHMARK_VOCABULARIES: "OrderedDict[str, str]" = OrderedDict([
+    ("ADE-150", "datasets/ade150.json"),
+    ("ADE-847", "datasets/ade847.json"),
+    ("PC-59", "datasets/pc59.json"),
+    ("PC-459", "datasets/pc459.json"),
+    ("COCO-Stuff (171)", "datasets/coco.json"),
+    ("VOC-20", "datasets/voc20.json"),
+    ("VOC-20 + background", "datasets/voc20b.json"),
+])
+TOY_VOCABULARY = "synthetic toy (16 shapes)"
+CUSTOM_VOCABULARY = "your own words"
+
+#: The toy model that ``make demo`` trains.
+TOY_CONFIG = "configs/quick_schedules/toy_synthetic.yaml"
+TOY_WEIGHTS = "output/toy/model_final.pth"
+LOCAL_MODEL = "local config + checkpoint"
+TOY_MODEL = "toy model (make demo)"
+EXAMPLES_DIR = os.path.join("demo", "examples")
+
+#: Value of unlabeled pixels in the label PNG, by dtype (as in ``cat-seg-demo``'s ``*_labels.png``).
+PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
+
+
+# ---------------------------------------------------------------------------------- models
+def model_choices() -> List[str]:
+    """Model dropdown entries: released names, the toy model, a local config + checkpoint."""
+    return [f"{name}: {entry.description}" for name, entry in RELEASED_WEIGHTS.items()] + [TOY_MODEL, LOCAL_MODEL]
+
+
+def model_spec(choice: str, config_file: str, weights: str) -> Tuple[str, Optional[str], List[str]]:
+    """Dropdown entry (+ the local config / weights boxes) -> ``(config file, weights, extra opts)``."""
+    name = choice.split(":", 1)[0]
+    if name in RELEASED_WEIGHTS:
+        entry = RELEASED_WEIGHTS[name]
+        return resolve_path(entry.config_file), name, config_opts_for(name)
+    if choice == TOY_MODEL:
+        weights = resolve_path(TOY_WEIGHTS)
+        if not os.path.isfile(weights):
+            raise CATSegError(f"toy model {TOY_WEIGHTS!r} not found: run `make demo` first (trains it on CPU)")
+        return resolve_path(TOY_CONFIG), weights, []
+    if choice != LOCAL_MODEL:
+        raise CATSegError(f"unknown model choice {choice!r}")
+    weights = (weights or "").strip()
+    if weights.lower() == "none":
+        weights = ""
+    return (config_file or "").strip(), (weights or None), config_opts_for(weights)
+
+
+class SegmenterCache:
+    """The last ``size`` segmenters, keyed by (config file, weights, device, overrides).
+
+    Thread-safe: the page may serve several requests at once; a model is built once.
+    """
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: "OrderedDict[tuple, OpenVocabSegmenter]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config_file: str, weights: Optional[str], device: Optional[str], opts: Sequence[str]):
+        released = weights is not None and is_released_name(weights)
+        # the library validates config, overrides, device and a local weights file (CLI messages);
+        # a released name is resolved (downloaded once) by the checkpointer when the model loads
+        cfg = build_config(config_file, weights=None if released else weights, device=device, opts=list(opts))
+        if released:
+            cfg.defrost()
+            cfg.MODEL.WEIGHTS = weights
+            cfg.freeze()
+        key = (os.path.abspath(config_file), cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE, tuple(opts))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            segmenter = OpenVocabSegmenter(cfg)
+            self._items[key] = segmenter
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return segmenter
+
+    def __len__(self):
+        return len(self._items)
+
+
+# ---------------------------------------------------------------------------------- inputs
+def vocabulary_from_text(text: str) -> List[str]:
+    """The vocabulary box -> class names, with the CLI's rules: several non-empty lines are one
+    class per line (each may hold ``", "`` synonyms, as in a ``--vocab-file``); a single line is
+    read like ``--vocab`` (``,`` between classes, or ``;`` when classes carry synonyms)."""
+    lines = [line for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+    if len(lines) > 1:
+        return parse_vocabulary(lines)
+    return parse_vocabulary(lines[0] if lines else "")
+
+
+def benchmark_vocabulary(choice: str) -> Optional[List[str]]:
+    """Class names of a benchmark vocabulary entry (``None`` for the custom entry)."""
+    if choice == TOY_VOCABULARY:
+        from ..data.synthetic import val_class_names
+
+        return val_class_names()
+    if choice in BENCHMARK_VOCABULARIES:
+        try:
+            return read_class_json(BENCHMARK_VOCABULARIES[choice])
+        except (OSError, ValueError) as e:
+            raise CATSegError(str(e)) from None
+    return None
+
+
+def parse_threshold(value) -> Optional[float]:
+    """Slider value -> background threshold (0 = off: every pixel gets a class)."""
+    if value is None or float(value) <= 0:
+        return None
+    return float(value)
+
+
+def _upload_paths(files) -> List[str]:
+    """Gradio's File value (path strings or file objects) -> paths."""
+    if files is None:
+        return []
+    files = files if isinstance(files, (list, tuple)) else [files]
+    return [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
+
+
+# ---------------------------------------------------------------------------------- outputs
+def label_png(result: SegmentationResult) -> np.ndarray:
+    """The label map as an index image: uint8 (< 255 classes) or uint16, unlabeled = max value."""
+    dtype = np.uint8 if len(result.classes) < 255 else np.uint16
+    return np.where(result.label_map < 0, PNG_UNLABELED[dtype], result.label_map).astype(dtype)
+
+
+def hex_color(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+def class_table(result: SegmentationResult) -> List[List]:
+    """Rows ``[class, area px, area %, mean confidence]`` of the classes present, largest first,
+    then the unlabeled pixels (if any)."""
+    areas = result.areas()
+    confidence = result.mean_probabilities()
+    total = result.height * result.width
+    rows = [[name, areas[name], round(100.0 * areas[name] / total, 2), round(confidence[name], 4)]
+            for name in sorted(result.classes, key=lambda n: -areas[n]) if areas[name] > 0]
+    if result.unlabeled_area:
+        rows.append(["(unlabeled)", result.unlabeled_area, round(100.0 * result.unlabeled_area / total, 2), None])
+    return rows
+
+
+def annotations(result: SegmentationResult):
+    """``gr.AnnotatedImage`` value and colour map: one mask per class present, overlay colours."""
+    masks = [((result.label_map == i).astype(np.float32), name)
+             for i, name in enumerate(result.classes) if (result.label_map == i).any()]
+    colors = {name: hex_color(c) for name, c in zip(result.classes, result.colors)}
+    return (result.image, masks), colors
+
+
+def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict) -> Dict[str, str]:
+    """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files)."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = {
+        "labels": os.path.join(folder, stem + "_labels.png"),
+        "overlay": os.path.join(folder, stem + "_overlay.png"),
+        "json": os.path.join(folder, stem + ".json"),
+    }
+    png = label_png(result)
+    Image.fromarray(png).save(paths["labels"])
+    Image.fromarray(result.overlay()).save(paths["overlay"])
+    info = {"input": stem}
+    info.update(result.to_json())
+    del info["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
+    info["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
+    info["model"] = model
+    info["outputs"] = {k: os.path.basename(v) for k, v in paths.items() if k != "json"}
+    with open(paths["json"], "w") as f:
+        json.dump(info, f, indent=2)
+    return paths
+
+
+def _stems(paths: Sequence[str]) -> List[str]:
+    """Output names of the uploads: file stems, made unique with a counter."""
+    stems, seen = [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+# ---------------------------------------------------------------------------------- the page
+class App:
+    """The app's state and request handlers (independent of Gradio, apart from progress)."""
+
+    def __init__(self, device: Optional[str] = None, opts: Sequence[str] = (), cache_size: int = 2,
+                 output_root: Optional[str] = None):
+        self.device = device
+        self.opts = list(opts)
+        self.segmenters = SegmenterCache(cache_size)
+        self.output_root = output_root or tempfile.mkdtemp(prefix="cat-seg-app-")
+
+    def segment(self, files, vocabulary_text: str, model_choice: str, config_file: str, weights: str,
+                threshold, background_prompts: bool, progress=None):
+        """Run one request. Returns ``(results, stems, file paths, status)``; raises
+        :class:`CATSegError` for user errors."""
+        progress = progress or (lambda *args, **kwargs: None)
+        paths = _upload_paths(files)
+        if not paths:
+            raise CATSegError("no image given: upload one or several images, or pick an example")
+        names = vocabulary_from_text(vocabulary_text)
+        background = "prompts" if background_prompts else parse_threshold(threshold)
+        images = [load_image(p) for p in paths]  # same checks as the CLI and the API, before the model
+        config, model_weights, model_opts = model_spec(model_choice, config_file, weights)
+        progress(0.05, desc=f"loading the model ({os.path.basename(config)}"
+                            + (f", {model_weights})" if model_weights else ")"))
+        segmenter = self.segmenters.get(config, model_weights, self.device, self.opts + model_opts)
+        folder = tempfile.mkdtemp(dir=self.output_root)
+        stems = _stems(paths)
+        results, files_out = [], []
+        model_info = {"config_file": config, "weights": segmenter.weights, "device": str(segmenter.device),
+                      "opts": self.opts + model_opts}
+        for i, (image, stem) in enumerate(zip(images, stems)):
+            progress((i, len(images)), desc=f"segmenting {stem} ({i + 1}/{len(images)})", unit="images")
+            result = segmenter(image, names, background=background)
+            written = save_outputs(result, folder, stem, model_info)
+            results.append(result)
+            files_out += [written["labels"], written["overlay"], written["json"]]
+        status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"
+                  + (f" + `{model_weights}`" if model_weights else " (random head: no weights)")
+                  + f" on {segmenter.device}")
+        return results, stems, files_out, status
+
+
+def _view(result: SegmentationResult):
+    """Page values shown for one result: overlay, annotated image, colour map, table, click state."""
+    annotated, colors = annotations(result)
+    own = result.probs.gather(0, _labels_index(result))[0].numpy()
+    click = {"label_map": result.label_map, "confidence": own, "classes": list(result.classes)}
+    return result.overlay(), annotated, colors, class_table(result), click
+
+
+def _labels_index(result: SegmentationResult):
+    import torch
+
+    return torch.from_numpy(result.label_map).long().clamp(min=0)[None]
+
+
+def describe_pixel(click: Optional[Dict], x: int, y: int) -> str:
+    """``"(x, y): class (confidence 0.87)"`` for a click on the overlay."""
+    if not click:
+        return "run a segmentation first"
+    label_map = click["label_map"]
+    if not (0 <= y < label_map.shape[0] and 0 <= x < label_map.shape[1]):
+        return f"({x}, {y}) is outside the image"
+    label = int(label_map[y, x])
+    if label < 0:
+        return f"({x}, {y}): unlabeled"
+    return f"({x}, {y}): {click['classes'][label]} (confidence {float(click['confidence'][y, x]):.2f})"
+
+
+def build_app(app: App, default_model: str, config_file: str = "", weights: str = ""):
+    """The Gradio Blocks page around ``app``."""
+    import gradio as gr
+
+    def fail(error: CATSegError):
+        return gr.Error(str(error), print_exception=False)
+
+    def run(files, vocab_text, model_choice, config_box, weights_box, threshold, prompts,
+            progress=gr.Progress(track_tqdm=True)):  # tqdm: a first download of released weights
+        try:
+            results, stems, files_out, status = app.segment(
+                files, vocab_text, model_choice, config_box, weights_box, threshold, prompts, progress)
+        except CATSegError as e:
+            raise fail(e) from None
+        overlay, annotated, colors, table, click = _view(results[0])
+        state = {"results": results, "stems": stems}
+        return (
+            status,
+            gr.Dropdown(choices=stems, value=stems[0], visible=len(stems) > 1),
+            overlay,
+            gr.AnnotatedImage(value=annotated, color_map=colors),
+            table,
+            files_out,
+            state,
+            click,
+            "click the overlay to read the class under the cursor",
+        )
+
+    def show(stem, state):
+        if not state or stem not in state["stems"]:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        overlay, annotated, colors, table, click = _view(state["results"][state["stems"].index(stem)])
+        return overlay, gr.AnnotatedImage(value=annotated, color_map=colors), table, click
+
+    def pick_vocabulary(choice):
+        try:
+            names = benchmark_vocabulary(choice)
+        except CATSegError as e:
+            raise fail(e) from None
+        return gr.skip() if names is None else "\n".join(names)
+
+    def clicked(click, evt: gr.SelectData):
+        x, y = (int(v) for v in evt.index)
+        return describe_pixel(click, x, y)
+
+    def clicked_class(evt: gr.SelectData):
+        return f"selected: {evt.value}"
+
+    # analytics off: a local research tool sends nothing anywhere
+    with gr.Blocks(title="CAT-Seg: open-vocabulary segmentation", analytics_enabled=False) as page:
+        gr.Markdown("## CAT-Seg: open-vocabulary semantic segmentation\n"
+                    "Upload images, name the classes you want, press **Segment**.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="images")
+                vocab_choice = gr.Dropdown(
+                    [CUSTOM_VOCABULARY, TOY_VOCABULARY] + list(BENCHMARK_VOCABULARIES), value=CUSTOM_VOCABULARY,
+                    label="Vocabulary", elem_id="vocab-choice")
+                vocab_text = gr.Textbox(
+                    label="Classes", lines=4, elem_id="vocab",
+                    placeholder="cat, dog, grass  (or one class per line; use ';' between classes to give "
+                                "', ' synonyms: person, human; dog)")
+                model_choice = gr.Dropdown(model_choices(), value=default_model, label="Model", elem_id="model")
+                with gr.Row():
+                    config_box = gr.Textbox(config_file, label="Config file (local model)", elem_id="config")
+                    weights_box = gr.Textbox(weights, label="Checkpoint (local model; empty = none)",
+                                             elem_id="weights")
+                threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, elem_id="threshold",
+                                      label="Background threshold (pixels below it stay unlabeled; 0 = off)")
+                prompts = gr.Checkbox(False, label="Generic background prompts (sky, wall, ... stay unlabeled)",
+                                      elem_id="prompts")
+                button = gr.Button("Segment", variant="primary", elem_id="run")
+                examples_dir = resolve_path(EXAMPLES_DIR)
+                if os.path.isdir(examples_dir):
+                    from ..data.synthetic import val_class_names
+
+                    toy_words = ", ".join(val_class_names())
+                    gr.Examples(
+                        [[[os.path.join(examples_dir, f)], toy_words] for f in sorted(os.listdir(examples_dir))
+                         if f.endswith(".png")],
+                        inputs=[files, vocab_text], label="Examples (synthetic toy shapes; use the toy model)")
+            with gr.Column(scale=2):
+                status = gr.Markdown(elem_id="status")
+                which = gr.Dropdown([], label="Result shown", visible=False, elem_id="which")
+                with gr.Row():
+                    overlay = gr.Image(label="Overlay (click to read a class)", format="png", interactive=False,
+                                       height=420, elem_id="overlay")
+                    annotated = gr.AnnotatedImage(label="Segments (hover or click a class)", format="png",
+                                                  height=420, elem_id="segments")
+                pixel = gr.Textbox(label="Class under the cursor", interactive=False, elem_id="pixel")
+                table = gr.Dataframe(headers=["class", "area (px)", "area (%)", "mean confidence"],
+                                     datatype=["str", "number", "number", "number"], interactive=False,
+                                     label="Classes", elem_id="table")
+                downloads = gr.File(label="Downloads: label PNG, overlay, JSON", file_count="multiple",
+                                    interactive=False, elem_id="downloads")
+        results = gr.State()
+        click_state = gr.State()
+
+        vocab_choice.change(pick_vocabulary, vocab_choice, vocab_text)
+        button.click(run, [files, vocab_text, model_choice, config_box, weights_box, threshold, prompts],
+                     [status, which, overlay, annotated, table, downloads, results, click_state, pixel])
+        which.change(show, [which, results], [overlay, annotated, table, click_state])
+        overlay.select(clicked, click_state, pixel)
+        annotated.select(clicked_class, None, pixel)
+    return page
+
+
+# ---------------------------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose errors are one ``error: ...`` line (exit status 2)."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cat-seg-app", description="CAT-Seg web app: open-vocabulary segmentation in the browser")
+    parser.add_argument("--model", default=None,
+                        help=f"model selected at start: {', '.join(RELEASED_WEIGHTS)} (released, downloaded once), "
+                             "'toy' (after make demo) or 'local' (--config-file/--weights); default: local when "
+                             "--config-file is given, else toy when trained, else catseg-vitb")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="config of the local model")
+    parser.add_argument("--weights", default="", help="checkpoint of the local model (path or released name)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return parser
+
+
+def default_model_choice(args) -> str:
+    choices = model_choices()
+    by_name = {c.split(":", 1)[0]: c for c in choices}
+    model = (args.model or "").strip()
+    if model in by_name:
+        return by_name[model]
+    if model == "toy":
+        return TOY_MODEL
+    if model == "local" or (not model and args.config_file):
+        return LOCAL_MODEL
+    if model:
+        raise CATSegError(f"--model must be one of {', '.join(list(RELEASED_WEIGHTS) + ['toy', 'local'])}, got {model!r}")
+    return TOY_MODEL if os.path.isfile(resolve_path(TOY_WEIGHTS)) else choices[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise CATSegError("the web app needs Gradio: pip install 'cat-seg[app]' (or: pip install gradio)") from None
+        default = default_model_choice(args)
+        if args.config_file and not os.path.isfile(args.config_file):
+            raise CATSegError(f"config file {args.config_file!r} not found")
+        if len(args.opts) % 2:
+            raise CATSegError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(args.opts)}")
+        app = App(device=args.device, opts=args.opts)
+        page = build_app(app, default, args.config_file, args.weights)
+    except CATSegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"cat-seg-app: http://{args.host}:{args.port}", flush=True)
+    page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
+                        allowed_paths=[app.output_root], footer_links=["gradio"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Released CAT-Seg weights by short name (``MODEL.WEIGHTS catseg-vitb``, ``--weights catseg-vitl``).
+
+:data:`RELEASED_WEIGHTS` is the one table of released checkpoints. A name is resolved to a
+local file by :func:`resolve_weights`, which ``CATSegCheckpointer.load`` calls for every
+``MODEL.WEIGHTS`` value (anything that is not a registered name is returned unchanged):
+
+* the file is downloaded once with ``huggingface_hub.hf_hub_download`` into the Hugging Face
+  cache (``HF_HUB_CACHE`` / ``HF_HOME``; interrupted downloads resume), and later runs read it
+  from the cache without touching the network;
+* ``HF_ENDPOINT`` (a mirror) and ``HF_HUB_OFFLINE`` are honoured when the call is made;
+* size / sha256 are checked where the table knows them;
+* offline (or unreachable hub) without a cached copy: one :class:`WeightsUnavailableError`
+  line saying which URL to download and where to pass it, within seconds (short metadata
+  timeout, no retries).
+
+The official checkpoints hold the whole model, CLIP included, and the checkpointer refuses a
+checkpoint that lacks any model tensor; so a released name needs no separate CLIP weights:
+:func:`config_opts_for` gives the overrides (``CLIP_WEIGHTS none``) that skip downloading
+OpenAI's CLIP before the checkpoint replaces it.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .api import CATSegError
+from .checkpoint.errors import CheckpointError
+
+#: Seconds to wait for the hub's metadata (HEAD) answer before concluding it is unreachable.
+#: ``HF_HUB_ETAG_TIMEOUT`` in the environment takes precedence (huggingface_hub's own rule).
+METADATA_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReleasedWeights:
+    """One released checkpoint.
+
+    Attributes:
+        name: the short name accepted by ``MODEL.WEIGHTS`` / ``--weights``.
+        repo_id, repo_type, filename, revision: where it lives on the Hugging Face Hub.
+        config_file: the config it belongs to (relative to the repository / package).
+        clip_arch: ``MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED`` of that config.
+        size: expected size in bytes, ``None`` where unverified.
+        sha256: expected sha256 (hex), ``None`` where unverified.
+        description: one line for listings.
+    """
+
+    name: str
+    repo_id: str
+    repo_type: str
+    filename: str
+    config_file: str
+    clip_arch: str
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    revision: str = "main"
+    description: str = ""
+
+    @property
+    def url(self) -> str:
+        """The public download URL (what to fetch by hand when offline)."""
+        prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[self.repo_type]
+        return f"https://huggingface.co/{prefix}{self.repo_id}/resolve/{self.revision}/{self.filename}"
+
+
+# The official CAT-Seg release (github.com/KU-CVLAB/CAT-Seg, "Weights Preparation") hosts the
+# checkpoints in the Hugging Face *space* hamacojr/CAT-Seg-weights. Size and sha256 could not
+# be checked from here (no network access when this table was written): both unverified.
+RELEASED_WEIGHTS: Dict[str, ReleasedWeights] = {
+    entry.name: entry
+    for entry in (
+        ReleasedWeights(
+            name="catseg-vitb",
+            repo_id="hamacojr/CAT-Seg-weights",
+            repo_type="space",
+            filename="model_base.pth",
+            config_file="configs/vitb_384.yaml",
+            clip_arch="ViT-B/16",
+            description="CAT-Seg (B): CLIP ViT-B/16, trained on COCO-Stuff",
+        ),
+        ReleasedWeights(
+            name="catseg-vitl",
+            repo_id="hamacojr/CAT-Seg-weights",
+            repo_type="space",
+            filename="model_large.pth",
+            config_file="configs/vitl_336.yaml",
+            clip_arch="ViT-L/14@336px",
+            description="CAT-Seg (L): CLIP ViT-L/14 at 336 px, trained on COCO-Stuff",
+        ),
+    )
+}
+
+
+class WeightsUnavailableError(CATSegError, CheckpointError):
+    """Released weights could not be obtained or failed their check (one-line message).
+
+    A :class:`~cat_seg.api.CATSegError` for the demo / app / API and a ``ValueError`` (through
+    :class:`~cat_seg.checkpoint.CheckpointError`) for ``train_net``'s one-line errors."""
+
+
+def released_names() -> List[str]:
+    return sorted(RELEASED_WEIGHTS)
+
+
+def get_released(name: str) -> Optional[ReleasedWeights]:
+    """The table entry of ``name`` (case-insensitive), or ``None`` when it is not a released name."""
+    if not isinstance(name, str):
+        return None
+    return RELEASED_WEIGHTS.get(name.strip().lower())
+
+
+def is_released_name(weights) -> bool:
+    return get_released(weights) is not None
+
+
+def config_opts_for(weights) -> List[str]:
+    """Config overrides that a released checkpoint needs: it contains the full CLIP, so CLIP
+    is built without pretrained weights (no download of OpenAI's CLIP) and then loaded from it."""
+    return ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"] if is_released_name(weights) else []
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at call time (huggingface_hub
+    reads it once at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check(entry: ReleasedWeights, path: str, fresh: bool):
+    """Size always (cheap), sha256 after a fresh download (the cache blob is then trusted)."""
+    if entry.size is not None and os.path.getsize(path) != entry.size:
+        raise WeightsUnavailableError(
+            f"{entry.name}: {path} has {os.path.getsize(path)} bytes, expected {entry.size}; "
+            f"delete it and run again to download {entry.url} anew"
+        )
+    if fresh and entry.sha256 is not None:
+        actual = _sha256(path)
+        if actual != entry.sha256.lower():
+            raise WeightsUnavailableError(
+                f"{entry.name}: sha256 of {path} is {actual}, expected {entry.sha256}; "
+                f"delete it and run again to download {entry.url} anew"
+            )
+
+
+def resolve_weights(weights: str) -> str:
+    """``MODEL.WEIGHTS`` value -> local checkpoint path.
+
+    A released name (:data:`RELEASED_WEIGHTS`) is downloaded on first use and then read from the
+    hub cache; anything else (a path, a URL detectron2 handles, ``""``) is returned unchanged.
+    Raises :class:`WeightsUnavailableError` with one line when the file can be neither found in
+    the cache nor downloaded.
+    """
+    entry = get_released(weights)
+    if entry is None:
+        return weights
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub import constants as hf_constants
+
+    cache_dir = hub_cache_dir()
+    kwargs = dict(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type, cache_dir=cache_dir)
+    # A released file never changes: once cached it is used without asking the hub.
+    cached = try_to_load_from_cache(revision=entry.revision, **kwargs)
+    if isinstance(cached, str) and os.path.isfile(cached):
+        _check(entry, cached, fresh=False)
+        return cached
+    how = (f"download {entry.url} and pass its path as --weights / MODEL.WEIGHTS "
+           f"(or put it in the hub cache {cache_dir} with: hf download {entry.repo_id} {entry.filename} "
+           f"--repo-type {entry.repo_type})")
+    if _env_true("HF_HUB_OFFLINE") or hf_constants.is_offline_mode():
+        raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        # One quick metadata probe without retries first: hf_hub_download retries an unreachable
+        # hub with back-off for about a minute before giving up, and we want one line in seconds.
+        url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
+                         endpoint=endpoint)
+        get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+        path = hf_hub_download(revision=entry.revision, endpoint=endpoint, etag_timeout=METADATA_TIMEOUT_S, **kwargs)
+    except Exception as e:  # no network, hub error, HTTP 404, disk full: all end the same way for the user
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise WeightsUnavailableError(f"{entry.name}: cannot download ({reason}); {how}") from None
+    _check(entry, path, fresh=True)
+    return path

@@ -1,0 +1,109 @@
+"""The web app's request handling without a browser: vocabulary and model parsing, the
+segmenter cache, outputs against the API, and the command line's one-line errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cat_seg.api import CATSegError, OpenVocabSegmenter, parse_vocabulary
+from cat_seg.cli import app as app_cli
+
+
+def test_vocabulary_box_follows_the_cli_rules():
+    assert app_cli.vocabulary_from_text("cat, dog") == parse_vocabulary("cat, dog") == ["cat", "dog"]
+    assert app_cli.vocabulary_from_text("person, human; dog") == ["person, human", "dog"]
+    # one class per line, each may carry synonyms (the --vocab-file text format)
+    assert app_cli.vocabulary_from_text("person, human\n\n# comment\ndog\n") == ["person, human", "dog"]
+    for bad in ("", "  \n ", "cat\nCat"):
+        with pytest.raises(CATSegError) as ours:
+            app_cli.vocabulary_from_text(bad)
+        lines = [x for x in bad.splitlines() if x.strip()]
+        with pytest.raises(CATSegError) as library:
+            parse_vocabulary(lines if len(lines) > 1 else (lines[0] if lines else ""))
+        assert str(ours.value) == str(library.value)
+
+
+def test_benchmark_vocabularies_are_read_from_the_class_jsons():
+    ade = app_cli.benchmark_vocabulary("ADE-150")
+    assert len(ade) == 150 and ade[0] == "wall"
+    assert len(app_cli.benchmark_vocabulary("PC-59")) == 59
+    assert len(app_cli.benchmark_vocabulary("COCO-Stuff (171)")) == 171
+    assert len(app_cli.benchmark_vocabulary(app_cli.TOY_VOCABULARY)) == 16
+    assert app_cli.benchmark_vocabulary(app_cli.CUSTOM_VOCABULARY) is None
+
+
+def test_model_choices():
+    choices = app_cli.model_choices()
+    vitb = next(c for c in choices if c.startswith("catseg-vitb:"))
+    config, weights, opts = app_cli.model_spec(vitb, "", "")
+    assert config.endswith("configs/vitb_384.yaml") and weights == "catseg-vitb"
+    assert opts == ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]  # the checkpoint carries CLIP
+    assert app_cli.model_spec(app_cli.LOCAL_MODEL, " a.yaml ", " none ") == ("a.yaml", None, [])
+    assert app_cli.model_spec(app_cli.LOCAL_MODEL, "a.yaml", "w.pth") == ("a.yaml", "w.pth", [])
+
+
+def test_threshold_and_click_readout():
+    assert app_cli.parse_threshold(0) is None and app_cli.parse_threshold(0.25) == 0.25
+    click = {"label_map": np.array([[0, -1]]), "confidence": np.array([[0.875, 0.1]]), "classes": ["cat", "dog"]}
+    assert app_cli.describe_pixel(click, 0, 0) == "(0, 0): cat (confidence 0.88)"
+    assert app_cli.describe_pixel(click, 1, 0) == "(1, 0): unlabeled"
+    assert app_cli.describe_pixel(click, 5, 0) == "(5, 0) is outside the image"
+
+
+@pytest.fixture(scope="module")
+def local_app(tiny_checkpoint, tmp_path_factory):
+    return app_cli.App(device="cpu", output_root=str(tmp_path_factory.mktemp("app-out")))
+
+
+def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint, tmp_path):
+    from cat_seg.data.synthetic import render_sample, val_class_names
+
+    image, _ = render_sample(np.random.default_rng(5), 96, [1, 2], val_class_names())
+    paths = [tmp_path / "a.png", tmp_path / "sub_a.png"]
+    Image.fromarray(image).save(paths[0])
+    Image.fromarray(image[:, ::-1]).save(paths[1])
+    config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
+    args = ([str(p) for p in paths], "red dotted\nred speckled\nsky", app_cli.LOCAL_MODEL, config, tiny_checkpoint)
+    results, stems, files, status = local_app.segment(*args, 0.3, False)
+    assert stems == ["a", "sub_a"] and len(files) == 6 and "2 image(s), 3 class(es)" in status
+    api = OpenVocabSegmenter.from_config(config, weights=tiny_checkpoint, device="cpu")
+    expected = api([str(p) for p in paths], ["red dotted", "red speckled", "sky"], background=0.3)
+    for result, want, stem in zip(results, expected, stems):
+        np.testing.assert_array_equal(result.label_map, want.label_map)
+        folder = [f for f in files if f.endswith(f"/{stem}_labels.png")][0].rsplit("/", 1)[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(f"{folder}/{stem}_labels.png")), app_cli.label_png(want))
+        info = json.load(open(f"{folder}/{stem}.json"))
+        assert info["background"] == 0.3
+        for got, ref in zip(info["per_class"], want.to_json()["per_class"]):  # app: one image per forward
+            assert got["area"] == ref["area"] and got["mean_probability"] == pytest.approx(ref["mean_probability"])
+        rows = app_cli.class_table(result)
+        assert [r[0] for r in rows if r[0] != "(unlabeled)"] == sorted(
+            [n for n, a in want.areas().items() if a], key=lambda n: -want.areas()[n])
+    segmenter = next(iter(local_app.segmenters._items.values()))
+    local_app.segment(*args, 0.0, False)  # same model: no new segmenter, text features reused
+    assert len(local_app.segmenters) == 1 and next(iter(local_app.segmenters._items.values())) is segmenter
+
+
+def test_bad_inputs_raise_the_library_errors(local_app, tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
+    with pytest.raises(CATSegError, match="no image given"):
+        local_app.segment([], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    with pytest.raises(CATSegError, match=r"cannot read image .*broken\.png"):
+        local_app.segment([str(broken)], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    with pytest.raises(CATSegError, match=r"weights file '.*missing\.pth' not found"):
+        local_app.segment([str(good)], "cat", app_cli.LOCAL_MODEL, config, str(tmp_path / "missing.pth"), 0, False)
+    with pytest.raises(CATSegError, match=r"config file 'nope\.yaml' not found"):
+        local_app.segment([str(good)], "cat", app_cli.LOCAL_MODEL, "nope.yaml", "", 0, False)
+
+
+def test_command_line_errors_are_one_line(capsys):
+    assert app_cli.main(["--model", "nonsense"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --model must be one of catseg-vitb, catseg-vitl, toy, local") and "\n" not in err
+    assert app_cli.main(["--config-file", "missing.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == "error: config file 'missing.yaml' not found"

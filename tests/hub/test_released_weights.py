@@ -1,0 +1,160 @@
+"""Released weights by name (cat_seg.hub), against a Hugging Face Hub file server on loopback."""
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cat_seg import hub
+from cat_seg.api import CATSegError
+from cat_seg.checkpoint import CATSegCheckpointer, CheckpointError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_release(monkeypatch, loopback_hub, official_tiny_bytes):
+    """A released-weights entry for the tiny model, served by the loopback hub."""
+    data, state = official_tiny_bytes
+    entry = hub.ReleasedWeights(
+        name="catseg-tiny-test", repo_id="tests/tiny-weights", repo_type="space", filename="model_tiny.pth",
+        config_file="configs/quick_schedules/tiny_vitb_cpu.yaml", clip_arch="configs/clip_models/tiny-vit-b16.json",
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+    )
+    monkeypatch.setitem(hub.RELEASED_WEIGHTS, entry.name, entry)
+    loopback_hub.add(entry.repo_type, entry.repo_id, entry.filename, data)
+    return entry, state
+
+
+def test_registry_entries_match_the_official_release():
+    vitb, vitl = hub.RELEASED_WEIGHTS["catseg-vitb"], hub.RELEASED_WEIGHTS["catseg-vitl"]
+    assert vitb.url == "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth"
+    assert vitl.url == "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_large.pth"
+    from detectron2.config import get_cfg
+
+    from cat_seg.config import add_cat_seg_config
+
+    for entry in (vitb, vitl):  # config file and CLIP arch of the table agree with the configs
+        cfg = add_cat_seg_config(get_cfg())
+        cfg.merge_from_file(str(REPO / entry.config_file))
+        assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == entry.clip_arch
+    assert hub.is_released_name("CatSeg-ViTB") and not hub.is_released_name("model_base.pth")
+    assert hub.config_opts_for("catseg-vitl") == ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]
+    assert hub.config_opts_for("some/file.pth") == []
+
+
+def test_paths_pass_through_untouched(loopback_hub):
+    assert hub.resolve_weights("output/model_final.pth") == "output/model_final.pth"
+    assert loopback_hub.requests == []
+
+
+def test_released_name_downloads_once_into_the_hub_cache(loopback_hub):
+    data = b"not really a checkpoint, but served under the official name" * 10
+    loopback_hub.add("space", "hamacojr/CAT-Seg-weights", "model_base.pth", data)
+    path = hub.resolve_weights("catseg-vitb")
+    assert Path(path).read_bytes() == data
+    assert Path(path).resolve().is_relative_to(Path(os.environ["HF_HUB_CACHE"]).resolve())
+    assert [r[1] for r in loopback_hub.downloads("model_base.pth")] == [
+        "/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth"
+    ]
+    count = len(loopback_hub.requests)
+    assert hub.resolve_weights("catseg-vitb") == path  # second call: from the cache, no request at all
+    assert len(loopback_hub.requests) == count
+
+
+def test_checkpointer_loads_released_name_like_the_file(tiny_model, tiny_release, tmp_path, official_tiny_bytes):
+    entry, official_state = tiny_release
+    by_name = tiny_model("b", seed=1).eval()
+    CATSegCheckpointer(by_name).resume_or_load(entry.name, resume=False)
+    local = tmp_path / "model_tiny.pth"
+    local.write_bytes(official_tiny_bytes[0])
+    by_file = tiny_model("b", seed=2).eval()
+    CATSegCheckpointer(by_file).load(str(local))
+    a, b = by_name.state_dict(), by_file.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a CLIP tensor of the official file landed in the model (the checkpoint carries the full CLIP)
+    key = "sem_seg_head.predictor.clip_model.token_embedding.weight"
+    assert torch.equal(a["backbone.clip.token_embedding.weight"], official_state[key])
+
+
+def test_api_segmenter_with_released_name(build_cfg, tiny_release):
+    from cat_seg.api import OpenVocabSegmenter
+
+    entry, _ = tiny_release
+    cfg = build_cfg("b")
+    cfg.MODEL.WEIGHTS = entry.name
+    seg = OpenVocabSegmenter(cfg)
+    result = seg(torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8).numpy(), "sky, tree")
+    assert result.label_map.shape == (40, 56)
+
+
+def test_interrupted_download_resumes(monkeypatch, loopback_hub, tiny_release):
+    """A connection dropped mid-file is resumed with a Range request, and the result is complete."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 500)  # default 10 MB: larger than the tiny file
+    entry, _ = tiny_release
+    data = loopback_hub.files[(entry.repo_type, entry.repo_id, entry.filename)]
+    loopback_hub.cut_next_get_after = 1000
+    path = hub.resolve_weights(entry.name)  # also checks size and sha256 of the result
+    assert Path(path).read_bytes() == data
+    assert [r[2] for r in loopback_hub.downloads(entry.filename)] == [None, "bytes=1000-"]
+
+
+def test_checksum_mismatch_is_one_line(monkeypatch, loopback_hub, tiny_release):
+    entry, _ = tiny_release
+    monkeypatch.setitem(hub.RELEASED_WEIGHTS, entry.name, dataclasses.replace(entry, sha256="0" * 64))
+    with pytest.raises(hub.WeightsUnavailableError, match=r"catseg-tiny-test: sha256 of .* expected 0{64}") as info:
+        hub.resolve_weights(entry.name)
+    assert "\n" not in str(info.value)
+    monkeypatch.setitem(hub.RELEASED_WEIGHTS, entry.name, dataclasses.replace(entry, size=entry.size + 1))
+    with pytest.raises(hub.WeightsUnavailableError, match=rf"has {entry.size} bytes, expected {entry.size + 1}"):
+        hub.resolve_weights(entry.name)
+
+
+def test_offline_without_cache_says_what_to_download(monkeypatch, loopback_hub):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CATSegError) as info:
+        hub.resolve_weights("catseg-vitl")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_large.pth" in message
+    assert "--weights" in message and os.environ["HF_HUB_CACHE"] in message
+    assert loopback_hub.requests == []
+    assert isinstance(info.value, CheckpointError)  # a ValueError for train_net's one-line errors
+
+
+def test_unreachable_hub_without_cache_fails_with_one_line(monkeypatch, loopback_hub):
+    loopback_hub.close()  # nothing listens on the port any more: connection refused
+    with pytest.raises(hub.WeightsUnavailableError, match=r"catseg-vitb: cannot download .*model_base.pth") as info:
+        hub.resolve_weights("catseg-vitb")
+    assert "\n" not in str(info.value)
+
+
+def test_offline_with_cache_works(monkeypatch, loopback_hub, tiny_release):
+    entry, _ = tiny_release
+    path = hub.resolve_weights(entry.name)
+    loopback_hub.close()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve_weights(entry.name) == path
+
+
+def test_train_net_style_error_for_missing_name_on_hub(loopback_hub):
+    """A name whose file the hub does not have (404) is a user error, not a crash."""
+    with pytest.raises(hub.WeightsUnavailableError, match="catseg-vitb: cannot download"):
+        hub.resolve_weights("catseg-vitb")
+
+
+def test_offline_message_from_a_fresh_process_is_fast_and_one_line(tmp_path):
+    """The user-facing path: a fresh interpreter, HF_HUB_OFFLINE, empty cache -> one line."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"))
+    code = "from cat_seg.hub import resolve_weights; resolve_weights('catseg-vitb')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cat_seg.hub.WeightsUnavailableError: catseg-vitb: not in the Hugging Face cache")
