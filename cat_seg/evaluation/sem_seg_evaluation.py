@@ -6,8 +6,10 @@ the per-class ``IoU-<name>`` / ``ACC-<name>``) are computed by detectron2. This 
 * a ground-truth reader that works with numpy >= 2 (detectron2's default reader calls
   ``np.array(..., copy=False)``, which numpy 2 rejects) and reads 16-bit TIFF label maps
   (ADE20K-847, Pascal Context-459), passed as detectron2's ``sem_seg_loading_fn``;
-* checks with one-line messages (score channels vs. classes, prediction vs. GT size, GT label
-  values outside the classes and ``ignore_label``);
+* predictions given as labels ``output["sem_seg_labels"]`` ``[H, W]`` (what the model returns
+  during evaluation, without the ``[T, H, W]`` probabilities) or as scores ``output["sem_seg"]``;
+* checks with one-line messages (score channels vs. classes, label values, prediction vs. GT
+  size, GT label values outside the classes and ``ignore_label``);
 * ``mIoU-seen``, ``mIoU-unseen`` and their harmonic mean ``hIoU`` when the dataset metadata
   lists ``seen_classes`` / ``unseen_classes``;
 * ``sem_seg_results.json`` and ``per_class_iou.csv`` in ``output_dir``;
