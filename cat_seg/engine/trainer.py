@@ -7,12 +7,14 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer
 from ..data.dataset_mappers import MaskFormerSemanticDatasetMapper
-from ..evaluation import build_evaluator
+from ..evaluation import SemSegEvaluator, build_evaluator
+from ..modeling.postprocess import OutputRequest
 from ..modeling.precision import resolve_precision
 from ..solver import build_lr_scheduler, build_optimizer
 from .data import build_deterministic_train_loader
@@ -21,6 +23,10 @@ from .train_loop import MixedPrecisionTrainer
 TRAIN_MAPPERS = {"mask_former_semantic": MaskFormerSemanticDatasetMapper}
 # TEST.IMS_PER_BATCH = 0 ("auto"): images per evaluation forward on each device type.
 AUTO_TEST_BATCH = {"cuda": 8}
+# What the model returns per image during evaluation by SemSegEvaluator: the predicted
+# classes [H, W] only, never the [T, H, W] probability maps (1.2 GB per ADE-847 image).
+EVAL_OUTPUT_REQUEST = OutputRequest(probabilities=False, labels=True)
+_UNSET = object()
 
 
 class DataSeed:
@@ -62,7 +68,8 @@ class Trainer(DefaultTrainer):
     groups, CLIP LR multiplier, full-model gradient clipping) and evaluators; a
     deterministic data stream that ``--resume`` continues exactly (its seed is saved in the
     checkpoints); mixed precision from ``MODEL.PRECISION`` on CPU or GPU; evaluation with
-    ``TEST.IMS_PER_BATCH`` images per forward (0 = auto). Hooks, resuming, ``test`` and the
+    ``TEST.IMS_PER_BATCH`` images per forward (0 = auto), the model returning the predicted
+    classes without the ``[T, H, W]`` probability maps. Hooks, resuming, ``test`` and the
     other builders are ``DefaultTrainer``'s.
     """
 
@@ -172,8 +179,36 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """``DefaultTrainer.test`` on every ``DATASETS.TEST`` (vocabulary: ``TEST_CLASS_JSON``),
-        after checking that the vocabulary matches each dataset."""
+        after checking that the vocabulary matches each dataset.
+
+        When every evaluator is a :class:`~cat_seg.evaluation.SemSegEvaluator` (those of
+        :meth:`build_evaluator` when ``evaluators`` is None), the model returns the predicted
+        classes only (:data:`EVAL_OUTPUT_REQUEST`) for the duration of the call; other
+        evaluators get detectron2's ``sem_seg`` probabilities."""
         core = model.module if hasattr(model, "module") else model
         for dataset_name in cfg.DATASETS.TEST:
             cls.check_vocabulary(cfg, core, dataset_name)
-        return super().test(cfg, model, evaluators)
+        if not cls.evaluators_read_labels(evaluators):
+            return super().test(cfg, model, evaluators)
+        previous = core.__dict__.get("output_request", _UNSET)
+        core.output_request = EVAL_OUTPUT_REQUEST
+        try:
+            return super().test(cfg, model, evaluators)
+        finally:
+            if previous is _UNSET:
+                del core.output_request
+            else:
+                core.output_request = previous
+
+    @classmethod
+    def evaluators_read_labels(cls, evaluators) -> bool:
+        """Whether ``evaluators`` (one evaluator, a list, detectron2's ``DatasetEvaluators``,
+        or None: those of :meth:`build_evaluator`) are all :class:`SemSegEvaluator`, which
+        score ``sem_seg_labels``."""
+        if evaluators is None:  # a subclass's build_evaluator may need the probabilities
+            return cls.build_evaluator.__func__ is Trainer.build_evaluator.__func__
+        if isinstance(evaluators, DatasetEvaluators):
+            evaluators = evaluators._evaluators
+        elif isinstance(evaluators, DatasetEvaluator):
+            return isinstance(evaluators, SemSegEvaluator)
+        return all(cls.evaluators_read_labels(e) for e in evaluators)

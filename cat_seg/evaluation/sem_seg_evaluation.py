@@ -6,8 +6,10 @@ the per-class ``IoU-<name>`` / ``ACC-<name>``) are computed by detectron2. This 
 * a ground-truth reader that works with numpy >= 2 (detectron2's default reader calls
   ``np.array(..., copy=False)``, which numpy 2 rejects) and reads 16-bit TIFF label maps
   (ADE20K-847, Pascal Context-459), passed as detectron2's ``sem_seg_loading_fn``;
-* checks with one-line messages (score channels vs. classes, prediction vs. GT size, GT label
-  values outside the classes and ``ignore_label``);
+* predictions given as labels ``output["sem_seg_labels"]`` ``[H, W]`` (what the model returns
+  during evaluation, without the ``[T, H, W]`` probabilities) or as scores ``output["sem_seg"]``;
+* checks with one-line messages (score channels vs. classes, label values, prediction vs. GT
+  size, GT label values outside the classes and ``ignore_label``);
 * ``mIoU-seen``, ``mIoU-unseen`` and their harmonic mean ``hIoU`` when the dataset metadata
   lists ``seen_classes`` / ``unseen_classes``;
 * ``sem_seg_results.json`` and ``per_class_iou.csv`` in ``output_dir``;
@@ -75,9 +77,12 @@ class SemSegEvaluator(_D2SemSegEvaluator):
 
     ``process(inputs, outputs)`` takes any number of images: ``inputs[i]["file_name"]``
     identifies the image (its GT file is the dataset record's ``sem_seg_file_name``, or
-    ``inputs[i]["sem_seg_file_name"]`` if present) and ``outputs[i]["sem_seg"]`` is a score
-    tensor ``[K, H, W]`` at the GT resolution (K = number of ``stuff_classes``); the
-    prediction is its argmax over K.
+    ``inputs[i]["sem_seg_file_name"]`` if present). The prediction at the GT resolution is
+    ``outputs[i]["sem_seg_labels"]`` (int ``[H, W]``, class indexes in ``0..K-1``) when
+    present, else the argmax over K of the scores ``outputs[i]["sem_seg"]`` ``[K, H, W]``
+    (K = number of ``stuff_classes``). The model returns the labels without materialising
+    the ``[K, H, W]`` maps (``OutputRequest(probabilities=False, labels=True)`` in
+    ``cat_seg.modeling.postprocess``); both give the same metrics.
 
     Metadata used (``MetadataCatalog.get(dataset_name)``): ``stuff_classes`` (K names),
     ``ignore_label``, optionally ``seen_classes`` / ``unseen_classes`` (lists of class
@@ -138,20 +143,53 @@ class SemSegEvaluator(_D2SemSegEvaluator):
             )
         return gt.astype(dtype, copy=False)
 
-    def _scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Checked ``[K, H, W]`` scores whose argmax is the predicted class."""
+    def _labels_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Predicted classes ``[H, W]`` of the scores ``[K, H, W]`` (argmax; ties: lowest index)."""
         if scores.dim() != 3 or scores.shape[0] != self._num_classes:
             raise ValueError(
                 f"output['sem_seg'] must have shape [{self._num_classes}, H, W] for dataset "
                 f"{self._dataset_name!r}, got {tuple(scores.shape)}"
             )
-        return scores
+        return scores.argmax(dim=0)
+
+    def _map_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Predicted classes ``[H, W]`` of the model's labels ``[H, W]``: the same labels,
+        checked to be in ``0..K-1``."""
+        self._check_label_range(labels, self._num_classes)
+        return labels
+
+    def _check_label_range(self, labels: torch.Tensor, num_channels: Optional[int]):
+        if labels.dim() != 2 or labels.dtype.is_floating_point or labels.dtype.is_complex \
+                or labels.dtype == torch.bool:
+            raise ValueError(
+                f"output['sem_seg_labels'] must be an integer tensor [H, W], got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        if labels.numel() == 0:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_channels is not None and high >= num_channels):
+            expected = f"0..{num_channels - 1}" if num_channels is not None else ">= 0"
+            raise ValueError(
+                f"output['sem_seg_labels'] has class index {low if low < 0 else high} outside "
+                f"{expected} for dataset {self._dataset_name!r}"
+            )
+
+    def predicted_labels(self, output: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The predicted classes ``[H, W]`` (values ``0..K-1``) of one model output dict:
+        its ``"sem_seg_labels"`` if present, else computed from its ``"sem_seg"`` scores."""
+        if "sem_seg_labels" in output:
+            return self._map_labels(output["sem_seg_labels"])
+        if "sem_seg" not in output:
+            raise KeyError("model output has neither 'sem_seg_labels' nor 'sem_seg'")
+        return self._labels_from_scores(output["sem_seg"])
 
     def process(self, inputs, outputs):
         """
         Args:
             inputs: list of dataset dicts (``file_name``, optionally ``sem_seg_file_name``).
-            outputs: list of dicts with ``"sem_seg"``: scores ``[T, H, W]``.
+            outputs: list of dicts with ``"sem_seg_labels"``: classes ``[H, W]``, or
+                ``"sem_seg"``: scores ``[T, H, W]``.
         """
         if len(inputs) != len(outputs):
             raise ValueError(f"process() got {len(inputs)} inputs but {len(outputs)} outputs")
@@ -165,11 +203,11 @@ class SemSegEvaluator(_D2SemSegEvaluator):
                     f"image {file_name!r} has no sem_seg_file_name in dataset "
                     f"{self._dataset_name!r}"
                 )
-            scores = self._scores(output["sem_seg"])
+            labels = self.predicted_labels(output)
             # one image per call so that _load_gt can check the GT size against this one
-            self._expected_gt = tuple(scores.shape[-2:])
+            self._expected_gt = tuple(labels.shape)
             try:
-                super().process([input], [{"sem_seg": scores}])
+                super().process([input], [{"sem_seg": _ArgmaxIs(labels)}])
             finally:
                 self._expected_gt = None
                 self.input_file_to_gt_file = gt_files
@@ -260,18 +298,37 @@ class VOCbEvaluator(SemSegEvaluator):
                 f"in the metadata of {dataset_name!r}, got {self._num_classes}"
             )
 
-    def _scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """``[T, H, W]`` -> ``[21, H, W]``: channel 20 is the max over channels 20..T-1.
-
-        The argmax is the same as mapping the argmax over T to ``min(index, 20)``: on ties
-        both pick the lowest index."""
+    def _labels_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores ``[T, H, W]`` -> classes ``[H, W]``: the argmax over T, indexes >= 20 mapped
+        to background (20). On ties the lowest index wins, so this is also the argmax over
+        the 20 VOC channels plus one background channel holding the max of channels 20..T-1."""
         if scores.dim() != 3 or scores.shape[0] <= self.BACKGROUND:
             raise ValueError(
                 f"output['sem_seg'] must have shape [T, H, W] with T > {self.BACKGROUND}, "
                 f"got {tuple(scores.shape)}"
             )
-        background = scores[self.BACKGROUND:].amax(dim=0, keepdim=True)
-        return torch.cat([scores[: self.BACKGROUND], background], dim=0)
+        return scores.argmax(dim=0).clamp_(max=self.BACKGROUND)
+
+    def _map_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The model's labels ``[H, W]`` (indexes into its T >= 21 prompts) -> classes
+        ``[H, W]``, indexes >= 20 mapped to background (20), as for the scores."""
+        self._check_label_range(labels, None)
+        return labels.clamp(max=self.BACKGROUND)
+
+
+class _ArgmaxIs:
+    """Stands for ``output["sem_seg"]`` in detectron2's ``SemSegEvaluator.process``, which
+    reads the prediction as ``output["sem_seg"].argmax(dim=0)``: hands it labels ``[H, W]``
+    already computed, so that detectron2's confusion-matrix update stays the one
+    implementation for both the labels and the scores of a model output."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels
+
+    def argmax(self, dim: int = 0) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError(f"the class dimension is 0, got argmax(dim={dim})")
+        return self.labels
 
 
 def _json_float(value: float):

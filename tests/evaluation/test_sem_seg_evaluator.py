@@ -308,3 +308,121 @@ def test_same_numbers_as_detectron2s_own_evaluator(make_dataset):
              records, preds, 4)["sem_seg"]
     d2 = {k: v for k, v in d2.items() if "B-Iou" not in k and not k.startswith("BoundaryIoU")}
     nan_equal_dicts(ours, d2)
+
+
+# ---------------------------------------------------------------- labels instead of scores
+def run_outputs(evaluator, records, outputs, batch_size=2):
+    """Evaluate ready-made output dicts (one per record)."""
+    evaluator.reset()
+    for start in range(0, len(records), batch_size):
+        chunk = range(start, min(start + batch_size, len(records)))
+        evaluator.process([{"file_name": records[i]["file_name"]} for i in chunk], [outputs[i] for i in chunk])
+    return evaluator.evaluate()
+
+
+def tied_scores(rng, num_channels, shape):
+    """Scores [T, H, W] from few distinct values, so that most pixels have tied maxima."""
+    return torch.as_tensor(rng.integers(0, 3, size=(num_channels, *shape)).astype(np.float32) / 2)
+
+
+def first_argmax(scores):
+    """Lowest channel index of the maximum [H, W] (numpy's argmax: the first one)."""
+    return torch.as_tensor(np.argmax(scores.numpy(), axis=0))
+
+
+@pytest.mark.parametrize("seen_unseen", [False, True])
+def test_labels_give_the_same_metrics_as_scores(make_dataset, seen_unseen, tmp_path):
+    rng = np.random.default_rng(4)
+    num_classes, shapes = 6, [(5, 7), (8, 3), (6, 6), (4, 9)]
+    gts = []
+    for h, w in shapes:
+        gt = rng.integers(0, num_classes, size=(h, w)).astype(np.uint8)
+        gt[rng.random((h, w)) < 0.15] = 255
+        gts.append(gt)
+    meta = {"seen_classes": [0, 2, 4], "unseen_classes": [1, 3, 5]} if seen_unseen else {}
+    name, records = make_dataset(gts, [f"k{i}" for i in range(num_classes)], **meta)
+    scores = [tied_scores(rng, num_classes, shape) for shape in shapes]
+    assert any(((s == s.max(0).values).sum(0) > 1).any() for s in scores)  # ties present
+    labels = [first_argmax(s) for s in scores]
+    by_scores = SemSegEvaluator(name, output_dir=str(tmp_path / "scores"))
+    res_scores = run_outputs(by_scores, records, [{"sem_seg": s} for s in scores])["sem_seg"]
+    by_labels = SemSegEvaluator(name, output_dir=str(tmp_path / "labels"))
+    # what the model returns in labels mode: labels + confidence, no "sem_seg"
+    outputs = [{"sem_seg_labels": lab, "sem_seg_confidence": s.max(0).values} for lab, s in zip(labels, scores)]
+    res_labels = run_outputs(by_labels, records, outputs)["sem_seg"]
+    nan_equal_dicts(res_labels, res_scores)
+    np.testing.assert_array_equal(by_labels._conf_matrix, by_scores._conf_matrix)
+    assert ("hIoU" in res_labels) == seen_unseen
+    expected = _brute_force_metrics(gts, [lab.numpy() for lab in labels], num_classes, 255)
+    for key, value in expected.items():
+        assert res_labels[key] == pytest.approx(value, rel=1e-12), key
+    for sub in ("scores", "labels"):  # the same files
+        assert json.loads((tmp_path / sub / "sem_seg_results.json").read_text())["num_images"] == len(shapes)
+    assert (tmp_path / "labels" / "per_class_iou.csv").read_text() == \
+        (tmp_path / "scores" / "per_class_iou.csv").read_text()
+    # labels win over scores when both are given (the scores are then not read)
+    both = [{"sem_seg_labels": lab, "sem_seg": torch.zeros(num_classes, *lab.shape)} for lab in labels]
+    nan_equal_dicts(run_outputs(SemSegEvaluator(name), records, both)["sem_seg"], res_scores)
+
+
+def test_voc20b_labels_give_the_same_metrics_as_scores(make_dataset):
+    classes = [f"voc{i}" for i in range(20)] + ["background"]
+    rng = np.random.default_rng(5)
+    num_prompts, shapes = 25, [(6, 5), (4, 7), (5, 5)]
+    gts = []
+    for h, w in shapes:
+        gt = rng.integers(0, 21, size=(h, w)).astype(np.uint8)
+        gt[:, 0] = 20  # plenty of background in GT
+        gt[rng.random((h, w)) < 0.1] = 255
+        gts.append(gt)
+    name, records = make_dataset(gts, classes, evaluator_type="sem_seg_background",
+                                 seen_classes=list(range(10)), unseen_classes=list(range(10, 21)))
+    scores = []
+    for h, w in shapes:
+        s = tied_scores(rng, num_prompts, (h, w))
+        s[rng.integers(0, 20), :2] = 2.0  # VOC class tied with ...
+        s[22, :2] = 2.0  # ... a background prompt: the VOC class wins
+        s[21, -1], s[23, -1] = 3.0, 3.0  # two background prompts tied
+        scores.append(s)
+    labels = [first_argmax(s) for s in scores]  # raw prompt indexes 0..24
+    assert all(int(lab.max()) >= 20 for lab in labels)
+    by_scores, by_labels = VOCbEvaluator(name), VOCbEvaluator(name)
+    res_scores = run_outputs(by_scores, records, [{"sem_seg": s} for s in scores])["sem_seg"]
+    res_labels = run_outputs(by_labels, records, [{"sem_seg_labels": lab} for lab in labels])["sem_seg"]
+    nan_equal_dicts(res_labels, res_scores)
+    np.testing.assert_array_equal(by_labels._conf_matrix, by_scores._conf_matrix)
+    assert {"mIoU-seen", "mIoU-unseen", "hIoU"} <= set(res_labels)
+    # both equal the brute force on predictions min(argmax over the prompts, 20)
+    expected = _brute_force_metrics(gts, [np.minimum(lab.numpy(), 20) for lab in labels], 21, 255)
+    for key, value in expected.items():
+        assert res_labels[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_voc20b_hand_computed_with_labels(make_dataset):
+    classes = [f"voc{i}" for i in range(20)] + ["background"]
+    gt = np.array([[0, 20, 20, 255, 3]], dtype=np.uint8)
+    name, records = make_dataset([gt], classes, evaluator_type="sem_seg_background")
+    res = run_outputs(VOCbEvaluator(name), records, [{"sem_seg_labels": torch.tensor([[0, 22, 5, 24, 3]])}])
+    res = res["sem_seg"]  # the same numbers as test_voc20b_maps_extra_channels_to_background
+    assert res["IoU-background"] == pytest.approx(100 * 1 / 2)
+    assert res["mIoU"] == pytest.approx(100 * 2.5 / 3)
+    assert res["pACC"] == pytest.approx(100 * 3 / 4)
+
+
+def test_bad_labels_are_refused(make_dataset):
+    name, records = make_dataset([GT0], ["a", "b", "c"])
+    evaluator = SemSegEvaluator(name)
+    for labels, message in (
+        (torch.tensor([[0, 1, 1, 3], [0, 0, 2, 1]]), r"class index 3 outside 0\.\.2"),
+        (torch.tensor([[0, 1, 1, -1], [0, 0, 2, 1]]), r"class index -1 outside"),
+        (torch.zeros(2, 4), r"integer tensor \[H, W\]"),
+        (torch.zeros(1, 2, 4, dtype=torch.long), r"integer tensor \[H, W\]"),
+        (torch.zeros(3, 4, dtype=torch.long), "does not match GT"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_outputs(evaluator, records, [{"sem_seg_labels": labels}])
+    with pytest.raises(KeyError, match="neither 'sem_seg_labels' nor 'sem_seg'"):
+        run_outputs(evaluator, records, [{"sem_seg_confidence": torch.zeros(2, 4)}])
+    voc, voc_records = make_dataset([GT0], [f"v{i}" for i in range(21)], evaluator_type="sem_seg_background")
+    with pytest.raises(ValueError, match="class index -2 outside >= 0"):
+        run_outputs(VOCbEvaluator(voc), voc_records, [{"sem_seg_labels": torch.full((2, 4), -2)}])
