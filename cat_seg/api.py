@@ -656,18 +656,25 @@ def check_weights_available(cfg) -> None:
     )
 
 
-def build_config(config_file: str, weights: Optional[str] = None, device: Optional[str] = None,
+def build_config(config_file: Optional[str] = None, weights: Optional[str] = None, device: Optional[str] = None,
                  opts: Optional[Sequence[str]] = None):
     """A frozen detectron2 config for inference, with clear errors for user mistakes.
 
-    ``weights`` overrides ``MODEL.WEIGHTS`` (after ``opts``); ``device`` (default: cuda when
-    available, else cpu; validated with :func:`check_device`) sets ``MODEL.DEVICE``. Checks
-    that the config file and a local weights file exist.
+    ``weights`` overrides ``MODEL.WEIGHTS`` (after ``opts``): a checkpoint file, a URL or a
+    released name (``catseg-vitb``, ``catseg-vitl``: :mod:`cat_seg.hub`, downloaded when the
+    model loads); without ``config_file`` a released name brings its own config. ``device``
+    (default: cuda when available, else cpu; validated with :func:`check_device`) sets
+    ``MODEL.DEVICE``. Checks that the config file and a local weights file exist.
     """
     from detectron2.config import get_cfg
 
     from .config import add_cat_seg_config
+    from .hub import apply_released_defaults, get_released, is_released_name
+    from .utils import resolve_path
 
+    released = get_released(weights) if weights is not None else None
+    if not config_file and released is not None:
+        config_file = resolve_path(released.config_file)
     if not config_file or not os.path.isfile(config_file):
         raise CATSegError(f"config file {config_file!r} not found")
     opts = list(opts or [])
@@ -681,8 +688,10 @@ def build_config(config_file: str, weights: Optional[str] = None, device: Option
         raise CATSegError(f"bad config {config_file!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
     if weights is not None:
         cfg.MODEL.WEIGHTS = os.fspath(weights)
-    if cfg.MODEL.WEIGHTS and not _is_remote(cfg.MODEL.WEIGHTS) and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise CATSegError(f"weights file {cfg.MODEL.WEIGHTS!r} not found")
+    apply_released_defaults(cfg, opts)
+    weights = cfg.MODEL.WEIGHTS
+    if weights and not _is_remote(weights) and not is_released_name(weights) and not os.path.isfile(weights):
+        raise CATSegError(f"weights file {weights!r} not found")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
@@ -744,13 +753,14 @@ class OpenVocabSegmenter:
         )
 
     @classmethod
-    def from_config(cls, config_file: str, weights: Optional[str] = None, device: Optional[str] = None,
-                    opts: Optional[Sequence[str]] = None) -> "OpenVocabSegmenter":
-        """Build from a config file (``configs/vitb_384.yaml``, ...).
+    def from_config(cls, config_file: Optional[str] = None, weights: Optional[str] = None,
+                    device: Optional[str] = None, opts: Optional[Sequence[str]] = None) -> "OpenVocabSegmenter":
+        """Build from a config file (``configs/vitb_384.yaml``, ...) and/or released weights.
 
         Args:
-            config_file: YAML config.
-            weights: checkpoint path (default: the config's ``MODEL.WEIGHTS``).
+            config_file: YAML config (optional with a released name as ``weights``).
+            weights: checkpoint path or released name (``catseg-vitb``, ``catseg-vitl``; default:
+                the config's ``MODEL.WEIGHTS``).
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; default cuda if available, else cpu.
             opts: extra ``["KEY", "VALUE", ...]`` config overrides.
         """

@@ -119,6 +119,17 @@ def config_opts_for(weights) -> List[str]:
     return ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"] if is_released_name(weights) else []
 
 
+def apply_released_defaults(cfg, user_opts=()) -> None:
+    """When ``cfg.MODEL.WEIGHTS`` is a released name, set what that checkpoint needs
+    (:func:`config_opts_for`) on the unfrozen ``cfg``, except keys the user set in ``user_opts``
+    (``[KEY, VALUE, ...]``). The one place the API, the demo, the web app and ``train_net`` do this."""
+    given = set(list(user_opts)[::2])
+    opts = config_opts_for(cfg.MODEL.WEIGHTS)
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key not in given:
+            cfg.merge_from_list([key, value])
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 

@@ -44,7 +44,7 @@ from ..api import (  # noqa: E402
     load_image,
     parse_vocabulary,
 )
-from ..hub import RELEASED_WEIGHTS, config_opts_for, is_released_name  # noqa: E402
+from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -110,14 +110,9 @@ class SegmenterCache:
         self._lock = threading.Lock()
 
     def get(self, config_file: str, weights: Optional[str], device: Optional[str], opts: Sequence[str]):
-        released = weights is not None and is_released_name(weights)
         # the library validates config, overrides, device and a local weights file (CLI messages);
         # a released name is resolved (downloaded once) by the checkpointer when the model loads
-        cfg = build_config(config_file, weights=None if released else weights, device=device, opts=list(opts))
-        if released:
-            cfg.defrost()
-            cfg.MODEL.WEIGHTS = weights
-            cfg.freeze()
+        cfg = build_config(config_file, weights=weights, device=device, opts=list(opts))
         key = (os.path.abspath(config_file), cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE, tuple(opts))
         with self._lock:
             if key in self._items:

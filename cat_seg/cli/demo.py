@@ -39,17 +39,13 @@ import logging
 import os
 import re
 import sys
-import warnings
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-# third-party deprecation noise (fvcore uses torch.jit.script) would clutter error output
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ..api import (  # noqa: E402
+from ..api import (
     IMAGE_EXTENSIONS,
     CATSegError,
     OpenVocabSegmenter,
@@ -60,6 +56,7 @@ from ..api import (  # noqa: E402
     parse_vocabulary,
     read_vocabulary_file,
 )
+from ..utils import resolve_path
 
 WINDOW_NAME = "CAT-Seg"
 #: Exit status when some images could not be read (skipped; the others were written).
@@ -83,12 +80,14 @@ def print_error(message: str):
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
-def default_config() -> str:
-    """``configs/vitb_384.yaml`` of the checkout this package is installed from (editable
-    install), so the console command works from any directory; else the relative path."""
-    relative = os.path.join("configs", "vitb_384.yaml")
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), relative)
-    return relative if os.path.isfile(relative) or not os.path.isfile(checkout) else checkout
+def default_config(weights: Optional[str] = None) -> str:
+    """The config used without ``--config-file``: a released checkpoint's own config for
+    ``--weights catseg-vitb``/``catseg-vitl``, else ``configs/vitb_384.yaml``; both resolved
+    against the checkout this package is installed from, so the command works from any directory."""
+    from ..hub import get_released
+
+    released = get_released(weights) if weights else None
+    return resolve_path(released.config_file if released else os.path.join("configs", "vitb_384.yaml"))
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -98,9 +97,12 @@ def get_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 all inputs processed, 1 some images unreadable (skipped, listed on stderr), "
                "2 user error (one 'error:' line)",
     )
-    parser.add_argument("--config-file", default=default_config(), metavar="FILE",
-                        help="path to config file (default: %(default)s)")
-    parser.add_argument("--weights", default=None, help="checkpoint (same as --opts MODEL.WEIGHTS PATH)")
+    parser.add_argument("--config-file", default=None, metavar="FILE",
+                        help="path to config file (default: the config of a released --weights name, "
+                             "else configs/vitb_384.yaml)")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint file, or a released name: catseg-vitb, catseg-vitl (downloaded once); "
+                             "same as --opts MODEL.WEIGHTS ...")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) or directories (searched recursively)")
     source.add_argument("--video-input", help="a video file")
@@ -405,6 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")
+        args.config_file = args.config_file or default_config(args.weights)
         cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts)
         if args.input:
             inputs = expand_inputs(args.input, exclude=args.output)

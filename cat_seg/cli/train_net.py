@@ -44,7 +44,11 @@ def load_config(args):
 
     if not args.config_file:
         raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
-    return merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
+    from cat_seg.hub import apply_released_defaults
+
+    cfg = merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
+    apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: no CLIP download
+    return cfg
 
 
 def setup(args):
@@ -94,7 +98,9 @@ def check_weights(cfg, resume: bool) -> None:
     if not weights:
         raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
                         "output/model_final.pth); it is empty")
-    if not _is_remote(weights) and not os.path.isfile(weights):
+    from cat_seg.hub import is_released_name
+
+    if not _is_remote(weights) and not is_released_name(weights) and not os.path.isfile(weights):
         raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected a checkpoint file (.pth/.pkl) for --eval-only")
 
 

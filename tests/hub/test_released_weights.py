@@ -158,3 +158,36 @@ def test_offline_message_from_a_fresh_process_is_fast_and_one_line(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cat_seg.hub.WeightsUnavailableError: catseg-vitb: not in the Hugging Face cache")
+
+
+def test_build_config_takes_a_released_name_without_config_file(tiny_release):
+    """``build_config(weights=NAME)``: the release's own config, no CLIP download (CLIP_WEIGHTS none,
+    unless the caller overrides it), no "file not found" for the name; ``train_net`` does the same."""
+    from types import SimpleNamespace
+
+    from cat_seg.api import build_config
+    from cat_seg.cli.train_net import load_config
+
+    entry, _ = tiny_release
+    cfg = build_config(weights=entry.name, device="cpu")
+    assert cfg.MODEL.WEIGHTS == entry.name
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED.endswith("tiny-vit-b16.json")  # from the release's config
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
+    cfg = build_config(weights=entry.name, device="cpu", opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "clip.pt"])
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "clip.pt"
+    with pytest.raises(CATSegError, match="weights file 'catseg-nope' not found"):
+        build_config(entry.config_file, weights="catseg-nope", device="cpu")
+
+    args = SimpleNamespace(config_file=entry.config_file, opts=["MODEL.WEIGHTS", entry.name])
+    cfg = load_config(args)
+    assert cfg.MODEL.WEIGHTS == entry.name and cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
+
+
+def test_demo_default_config_follows_the_released_name(tiny_release):
+    from cat_seg.cli.demo import default_config
+    from cat_seg.utils import resolve_path
+
+    entry, _ = tiny_release
+    assert default_config(entry.name) == resolve_path(entry.config_file)
+    assert default_config(None) == resolve_path("configs/vitb_384.yaml")
+    assert default_config("model_final.pth") == resolve_path("configs/vitb_384.yaml")
