@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Label of pixels left unlabeled by the background handling (in ``label_map``).
 UNLABELED = -1
+#: Value of unlabeled pixels in the index PNG of :meth:`SegmentationResult.label_png`, by PNG dtype.
+PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
 
 #: Generic "stuff" prompts appended to the vocabulary with ``background="prompts"``; pixels
 #: won by one of them are left unlabeled. Prompts that equal a user class (first synonym,
@@ -420,6 +422,41 @@ class SegmentationResult:
             handlelength=1.0,
         )
         legend.set_zorder(20)  # above the segment names (zorder 10)
+
+    def label_png(self) -> np.ndarray:
+        """The label map as an index image (what the demo and the web app save as ``*_labels.png``):
+        uint8 for fewer than 255 classes, else uint16; unlabeled pixels get :data:`PNG_UNLABELED`
+        of that dtype (255 / 65535)."""
+        dtype = np.uint8 if len(self.classes) < 255 else np.uint16
+        return np.where(self.label_map < 0, PNG_UNLABELED[dtype], self.label_map).astype(dtype)
+
+    def save(self, target: str, info: Optional[Dict[str, Any]] = None, relative_to: Optional[str] = None,
+             extra_outputs: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """Write the files of the demo and the web app: ``<target>_labels.png`` (:meth:`label_png`),
+        ``<target>_overlay.png`` (:meth:`overlay`) and ``<target>.json``.
+
+        The JSON holds ``info`` (e.g. ``input``, ``model``), :meth:`to_json`, the PNG's dtype and
+        unlabeled value, and ``outputs``: the files' paths relative to ``relative_to`` (default:
+        the folder of ``target``), including ``extra_outputs`` (name -> path) written by the caller.
+        Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones).
+        """
+        folder = os.path.dirname(target) or "."
+        os.makedirs(folder, exist_ok=True)
+        paths = {"overlay": target + "_overlay.png", "labels": target + "_labels.png"}
+        png = self.label_png()
+        Image.fromarray(self.overlay()).save(paths["overlay"])
+        Image.fromarray(png).save(paths["labels"])
+        paths.update(extra_outputs or {})
+        record = dict(info or {})
+        record.update(self.to_json())
+        del record["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
+        record["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
+        base = relative_to or folder
+        record["outputs"] = {name: os.path.relpath(path, base) for name, path in paths.items()}
+        paths["json"] = target + ".json"
+        with open(paths["json"], "w") as f:
+            json.dump(record, f, indent=2)
+        return paths
 
     def to_json(self) -> Dict[str, Any]:
         """JSON-serialisable summary: vocabulary, image size, per-class area and mean probability."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -109,6 +110,28 @@ def random_images(sizes, seed=0):
     """uint8 RGB images ``[3, h, w]`` for each ``(h, w)`` in ``sizes``."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns (checks that no
+    ``[T, H, W]`` all-class map at full resolution is built)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.fixture(name="largest_allocation", scope="session")
+def largest_allocation_fixture():
+    """The :class:`LargestAllocation` dispatch mode: ``with largest_allocation() as mode: ...``."""
+    return LargestAllocation
 
 
 @pytest.fixture(scope="session")

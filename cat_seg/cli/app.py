@@ -21,7 +21,6 @@ overrides) and keep their text features cached per vocabulary, so a second reque
 same model and words only runs the image through the model.
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -70,7 +69,6 @@ TOY_MODEL = "toy model (make demo)"
 EXAMPLES_DIR = os.path.join("demo", "examples")
 
 #: Value of unlabeled pixels in the label PNG, by dtype (as in ``cat-seg-demo``'s ``*_labels.png``).
-PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
 
 
 # ---------------------------------------------------------------------------------- models
@@ -169,12 +167,6 @@ def _upload_paths(files) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------- outputs
-def label_png(result: SegmentationResult) -> np.ndarray:
-    """The label map as an index image: uint8 (< 255 classes) or uint16, unlabeled = max value."""
-    dtype = np.uint8 if len(result.classes) < 255 else np.uint16
-    return np.where(result.label_map < 0, PNG_UNLABELED[dtype], result.label_map).astype(dtype)
-
-
 def hex_color(rgb) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
 
@@ -202,26 +194,7 @@ def annotations(result: SegmentationResult):
 
 def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict) -> Dict[str, str]:
     """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files)."""
-    from PIL import Image
-
-    os.makedirs(folder, exist_ok=True)
-    paths = {
-        "labels": os.path.join(folder, stem + "_labels.png"),
-        "overlay": os.path.join(folder, stem + "_overlay.png"),
-        "json": os.path.join(folder, stem + ".json"),
-    }
-    png = label_png(result)
-    Image.fromarray(png).save(paths["labels"])
-    Image.fromarray(result.overlay()).save(paths["overlay"])
-    info = {"input": stem}
-    info.update(result.to_json())
-    del info["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
-    info["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
-    info["model"] = model
-    info["outputs"] = {k: os.path.basename(v) for k, v in paths.items() if k != "json"}
-    with open(paths["json"], "w") as f:
-        json.dump(info, f, indent=2)
-    return paths
+    return result.save(os.path.join(folder, stem), info={"input": stem, "model": model})
 
 
 def _stems(paths: Sequence[str]) -> List[str]:

@@ -63,8 +63,6 @@ WINDOW_NAME = "CAT-Seg"
 EXIT_SOME_FAILED = 1
 #: Exit status of a user error (one ``error: ...`` line).
 EXIT_USER_ERROR = 2
-#: Value of unlabeled pixels in the index PNG, by PNG dtype.
-PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,13 +227,6 @@ def display_problem() -> Optional[str]:
     return None
 
 
-def label_png(result: SegmentationResult) -> np.ndarray:
-    """The label map as an index image: uint8 (< 255 classes) or uint16, unlabeled = max value."""
-    dtype = np.uint8 if len(result.classes) < 255 else np.uint16
-    labels = result.label_map
-    return np.where(labels < 0, PNG_UNLABELED[dtype], labels).astype(dtype)
-
-
 def model_info(args, seg: OpenVocabSegmenter) -> Dict:
     return {
         "config_file": args.config_file,
@@ -250,23 +241,13 @@ def model_info(args, seg: OpenVocabSegmenter) -> Dict:
 def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, seg: OpenVocabSegmenter, names):
     """Write overlay, index PNG, JSON (and features) of one image."""
     target = os.path.join(args.output, stem)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    outputs = {"overlay": target + "_overlay.png", "labels": target + "_labels.png"}
-    Image.fromarray(result.overlay()).save(outputs["overlay"])
-    png = label_png(result)
-    Image.fromarray(png).save(outputs["labels"])
+    extra = {}
     if args.dense_features:
-        outputs["features"] = target + "_features.npz"
-        features = seg.dense_features(result.image, names)
-        np.savez(outputs["features"], **features.to_numpy())
-    info = {"input": path}
-    info.update(result.to_json())
-    del info["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
-    info["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
-    info["model"] = model_info(args, seg)
-    info["outputs"] = {k: os.path.relpath(v, args.output) for k, v in outputs.items()}
-    with open(target + ".json", "w") as f:
-        json.dump(info, f, indent=2)
+        extra["features"] = target + "_features.npz"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        np.savez(extra["features"], **seg.dense_features(result.image, names).to_numpy())
+    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
+                extra_outputs=extra)
 
 
 def show(window_image_rgb: np.ndarray, wait: int) -> bool:

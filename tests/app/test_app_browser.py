@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from cat_seg.api import CATSegError, OpenVocabSegmenter, parse_vocabulary
-from cat_seg.cli.app import label_png
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs/quick_schedules/tiny_vitb_cpu.yaml"
@@ -111,8 +110,8 @@ def test_segment_in_the_browser_matches_the_api(app_server, browser, test_image,
     links["scene_labels.png"].click()
     target = driver.download_dir / "scene_labels.png"
     _wait(lambda: target.is_file() and not list(driver.download_dir.glob("*.crdownload")), "the label PNG download")
-    np.testing.assert_array_equal(np.asarray(Image.open(target)), label_png(api_result))
-    assert (label_png(api_result) == 255).any() and (label_png(api_result) < 255).any()  # threshold applied
+    np.testing.assert_array_equal(np.asarray(Image.open(target)), api_result.label_png())
+    assert (api_result.label_png() == 255).any() and (api_result.label_png() < 255).any()  # threshold applied
 
     # the JSON (fetched from its link) carries the same statistics as the API
     with urllib.request.urlopen(links["scene.json"].get_attribute("href"), timeout=60) as r:

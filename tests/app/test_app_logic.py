@@ -72,7 +72,7 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
     for result, want, stem in zip(results, expected, stems):
         np.testing.assert_array_equal(result.label_map, want.label_map)
         folder = [f for f in files if f.endswith(f"/{stem}_labels.png")][0].rsplit("/", 1)[0]
-        np.testing.assert_array_equal(np.asarray(Image.open(f"{folder}/{stem}_labels.png")), app_cli.label_png(want))
+        np.testing.assert_array_equal(np.asarray(Image.open(f"{folder}/{stem}_labels.png")), want.label_png())
         info = json.load(open(f"{folder}/{stem}.json"))
         assert info["background"] == 0.3
         for got, ref in zip(info["per_class"], want.to_json()["per_class"]):  # app: one image per forward

@@ -215,7 +215,7 @@ def test_label_png_dtypes(demo_module, tmp_path):
             image=np.zeros((40, 30, 3), np.uint8), classes=[f"c{i}" for i in range(num_classes)],
             label_map=labels, probs=torch.zeros(num_classes, 40, 30),
         )
-        png = demo_module.label_png(result)
+        png = result.label_png()
         assert png.dtype == dtype
         assert (png[0, :5] == unlabeled).all() and np.array_equal(png[labels >= 0], labels[labels >= 0])
         path = tmp_path / f"labels_{num_classes}.png"

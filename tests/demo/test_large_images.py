@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cat_seg import SegmentationResult
 from cat_seg.api import OVERLAY_MAX_PIXELS, UNLABELED, _nearest_resize
@@ -12,29 +11,14 @@ from cat_seg.api import OVERLAY_MAX_PIXELS, UNLABELED, _nearest_resize
 MANY = [f"class {i}" for i in range(100)]  # more than the tiny PAD_LEN (32): most classes pruned
 
 
-class LargestAllocation(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.fixture(scope="module")
 def large(image_factory):
     return image_factory(7, 240, 360)
 
 
-def test_many_classes_without_full_maps(segmenter, large):
+def test_many_classes_without_full_maps(segmenter, large, largest_allocation):
     height, width = large.shape[:2]
-    with LargestAllocation() as mode:
+    with largest_allocation() as mode:
         result = segmenter(large, MANY)
     assert mode.largest < len(MANY) * height * width // 2
     assert result._probs is None  # not computed until asked for

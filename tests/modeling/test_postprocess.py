@@ -3,7 +3,6 @@ probabilities are identical to the all-classes computation, and memory is bounde
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from cat_seg.modeling import postprocess
 from cat_seg.modeling.cost_volume import PRUNED_CLASS_LOGIT
@@ -166,21 +165,6 @@ def test_resolve_chunk_size():
 
 
 # --------------------------------------------------------------------------- the model
-class LargestAllocation(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 NAMES = [f"class {i}" for i in range(40)]  # more than the tiny PAD_LEN (32): 8 classes pruned
 
 
@@ -217,15 +201,15 @@ def test_model_labels_equal_argmax_of_probabilities(model, random_images, slidin
 
 
 @pytest.mark.parametrize("sliding", [False, True])
-def test_model_labels_never_allocate_all_class_maps(model, random_images, sliding):
+def test_model_labels_never_allocate_all_class_maps(model, random_images, sliding, largest_allocation):
     image = random_images([(64, 96)], seed=3)[0]
     inputs = [{"image": image, "height": 400, "width": 600}]
     all_maps = len(NAMES) * 400 * 600
-    with LargestAllocation() as labels_mode:
+    with largest_allocation() as labels_mode:
         out = run(model, inputs, OutputRequest(probabilities=False, labels=True), sliding)
     assert out[0]["sem_seg_labels"].shape == (400, 600)
     assert labels_mode.largest <= 4 * 400 * 600 + 4 * 3 * 213 * 213  # one chunk of 4 classes
-    with LargestAllocation() as probabilities_mode:  # the check sees the [T, H, W] maps when asked for
+    with largest_allocation() as probabilities_mode:  # the check sees the [T, H, W] maps when asked for
         run(model, inputs, OutputRequest(), sliding)
     assert probabilities_mode.largest >= all_maps
 
