@@ -157,7 +157,7 @@ def counts(rows: Sequence[Row]) -> str:
 def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(f"usage: cat-seg-eval CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]  (or: {USAGE})\n\n{__doc__.strip()}")
         return 0
     if len(argv) < 3:
         raise UserError(f"expected CONFIG NUM_GPUS OUTPUT_DIR, got {len(argv)} argument(s); usage: {USAGE}")
