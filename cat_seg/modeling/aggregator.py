@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from .class_aggregation import ClassAggregation
 from .cost_volume import cosine_cost_volume, expand_text, scatter_class_logits, select_top_classes
 from .decoder import CostDecoder
-from .precision import full_precision
+from .precision import full_precision, full_precision_tensor
 from .spatial_aggregation import SpatialAggregation
 
 # Classes per chunk of ``TEST.CLASS_CHUNK_SIZE -1`` (auto) on CPU (fastest measured, docs/benchmarks.md).
@@ -183,8 +183,9 @@ class Aggregator(nn.Module):
         batch = image_embeddings.shape[0]
         num_classes = text_embeddings.shape[-3]
         with full_precision(image_embeddings):  # cosine scores and the top-k selection in fp32
-            cost_volume = cosine_cost_volume(image_embeddings.float(), text_embeddings.float())
-            text = F.normalize(expand_text(text_embeddings.float(), batch), dim=-1)
+            text_embeddings = full_precision_tensor(text_embeddings)
+            cost_volume = cosine_cost_volume(full_precision_tensor(image_embeddings), text_embeddings)
+            text = F.normalize(expand_text(text_embeddings, batch), dim=-1)
             kept = None
             if self.pad_len and num_classes > self.pad_len:
                 cost_volume, text, kept = select_top_classes(cost_volume, text, self.pad_len)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import full_precision
+from .precision import full_precision, full_precision_tensor
 
 
 def upconv_taps() -> torch.Tensor:
@@ -154,5 +154,5 @@ class CostDecoder(nn.Module):
         for block, g in zip(self.blocks, guidance):
             x = block(x, g, t)
         with full_precision(x):
-            logits = self.head(x.float())
+            logits = self.head(full_precision_tensor(x))
         return logits.view(b, t, *x.shape[-2:])

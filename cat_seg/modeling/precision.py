@@ -114,7 +114,12 @@ def autocast(dtype: Optional[torch.dtype], device):
 def full_precision(tensor_or_device):
     """Context of an fp32 region of the precision policy: autocast off on that device type.
 
-    Inputs computed under autocast must still be cast with ``.float()`` inside the region.
+    Inputs computed under autocast must still be cast with :func:`full_precision_tensor`.
     """
     device = tensor_or_device.device if isinstance(tensor_or_device, torch.Tensor) else torch.device(tensor_or_device)
     return torch.autocast(device.type, enabled=False)
+
+
+def full_precision_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 if it is in a reduced precision (fp16 / bf16), else unchanged (fp32, fp64)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
