@@ -126,9 +126,22 @@ IGNORED_KEYS = {
 }
 
 
+# Leaves of the ignored nodes: a file skips a whole node, a command line names leaves.
+_IGNORED_LEAVES = {
+    "MODEL.SWIN": ("PRETRAIN_IMG_SIZE", "PATCH_SIZE", "EMBED_DIM", "DEPTHS", "NUM_HEADS", "WINDOW_SIZE", "MLP_RATIO",
+                   "QKV_BIAS", "QK_SCALE", "DROP_RATE", "ATTN_DROP_RATE", "DROP_PATH_RATE", "APE", "PATCH_NORM",
+                   "OUT_FEATURES", "USE_CHECKPOINT"),
+    "MODEL.FAST": ("INFERENCE_AUTOCAST", "AUTOCAST_DTYPE", "AUTOCAST_CLIP", "FP32_COST_EMBEDDING",
+                   "FP32_LAST_DECODER_BLOCK", "CHECKPOINT_ACTIVATIONS", "WINDOW_ATTENTION_4D", "TOKEN_LAYOUT",
+                   "PADDING_CLOSED_FORM", "FUSED_UPCONV", "SKIP_PRUNED_CLASSES", "TRUNCATE_TEXT"),
+}
+
+
 def add_official_compat_keys(cfg):
     """Accept (and ignore, with a log line) the keys of :data:`IGNORED_KEYS` when merging into ``cfg``."""
-    for key in IGNORED_KEYS:
+    keys = list(IGNORED_KEYS)
+    keys += [f"{node}.{leaf}" for node, leaves in _IGNORED_LEAVES.items() for leaf in leaves]
+    for key in keys:
         if not cfg.key_is_deprecated(key):
             cfg.register_deprecated_key(key)
     return cfg
