@@ -1,4 +1,4 @@
-"""The official CAT-Seg checkpoint layout (spec section 6) and its mapping onto our modules.
+"""The official CAT-Seg checkpoint layout and its mapping onto our modules.
 
 Official checkpoints (``model_base.pth``, ``model_large.pth``) are detectron2 checkpoints of
 the official code: ``{"model": state_dict, ...}`` (possibly with ``optimizer`` /
@@ -37,7 +37,7 @@ _CLIP_BLOCK_PARAM = (
     r"attn\.(?:q|k|v)_proj_weight|attn\.in_proj_bias|attn\.out_proj\.(?:weight|bias)"
     r"|ln_[12]\.(?:weight|bias)|mlp\.c_(?:fc|proj)\.(?:weight|bias)"
 )
-# Every CLIP parameter name of the official model (OpenAI CLIP, spec 1.2 / 6).
+# Every CLIP parameter name of the official model (OpenAI CLIP).
 _CLIP_PARAM = (
     r"positional_embedding|text_projection|logit_scale|token_embedding\.weight|ln_final\.(?:weight|bias)"
     r"|visual\.(?:class_embedding|positional_embedding|proj|conv1\.weight|ln_pre\.(?:weight|bias)"

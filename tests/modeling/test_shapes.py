@@ -1,4 +1,4 @@
-"""Shapes through every stage (spec 2.8) for the tiny B-like and L-like configs.
+"""Shapes through every stage for the tiny B-like and L-like configs.
 
 Expected sizes are derived from the tiny CLIP jsons and the tiny yaml values, not from the
 built modules: grid 8x8 (FEATURE_RESOLUTION), hidden 32, guidance projections 16, decoder

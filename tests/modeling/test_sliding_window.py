@@ -1,4 +1,4 @@
-"""Sliding-window geometry and merging (spec 3.3, step 2 and 5)."""
+"""Sliding-window geometry and merging (the official protocol, ``docs/architecture.md``)."""
 import pytest
 import torch
 import torch.nn.functional as F

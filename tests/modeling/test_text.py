@@ -1,4 +1,4 @@
-"""Class-name text embeddings (spec 1.8): prompt templates, synonyms, and the inference cache."""
+"""Class-name text embeddings: prompt templates, synonyms, and the inference cache."""
 import open_clip
 import pytest
 import torch
