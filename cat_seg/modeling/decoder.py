@@ -94,24 +94,41 @@ class UpBlock(nn.Module):
         if guidance is not None and self.guidance_channels:
             term = term + F.conv2d(guidance, first.weight[:, channels:], padding=1)  # [B, Cout, 2H, 2W]
         images = n // num_classes if term.shape[0] > 1 else 1
-        out = phases.new_empty(n, 2 * h, 2 * w, cout)  # NHWC storage
-        out_view = out.view(images, -1, h, 2, w, 2, cout)
-        phase_view = phases.permute(0, 2, 3, 1).unflatten(-1, (2, 2, cout))  # [N, H+1, W+1, 2, 2, Cout]
-        term_view = term.to(phases.dtype).permute(0, 2, 3, 1).reshape(term.shape[0], 1, h, 2, w, 2, cout)
-        for py in range(2):
-            for px in range(2):
-                src = phase_view[:, py:py + h, px:px + w, py, px].unflatten(0, (images, -1))
-                _add_into(out_view[:, :, :, py, :, px], src, term_view[:, :, :, py, :, px])
-        return out.permute(0, 3, 1, 2)
+        term = term.to(phases.dtype)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (phases.requires_grad or term.requires_grad)):
+            return _interleave_differentiable(phases, term, images, h, w, cout)
+        return _interleave_in_place(phases, term, images, h, w, cout)
 
 
-def _add_into(dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
-    """``dst[...] = a + b``: in one pass (``out=``) in eager inference; a differentiable copy
-    into the view when a gradient is needed or under ``torch.compile`` (which fuses it)."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
-        dst.copy_(a + b)
-    else:
-        torch.add(a, b, out=dst)
+# The phase interleave (a pixel shuffle of shifted windows plus the per-image term) is
+# written twice only because the one-pass form writes through ``out=``, which autograd and
+# torch.compile do not support; both compute the same values.
+def _interleave_in_place(phases, term, images, h, w, cout):
+    """``out[n, 2i + py, 2j + px] = phases[n, phase(py, px), i + py, j + px] + term``: one pass
+    (inference). ``phases [N, 4C, H+1, W+1]``, ``term [1 or B, C, 2H, 2W]`` -> ``[N, C, 2H, 2W]``
+    (channels-last)."""
+    n = phases.shape[0]
+    out = phases.new_empty(n, 2 * h, 2 * w, cout)  # NHWC storage
+    out_view = out.view(images, -1, h, 2, w, 2, cout)
+    phase_view = phases.permute(0, 2, 3, 1).unflatten(-1, (2, 2, cout))  # [N, H+1, W+1, 2, 2, Cout]
+    term_view = term.permute(0, 2, 3, 1).reshape(term.shape[0], 1, h, 2, w, 2, cout)
+    for py in range(2):
+        for px in range(2):
+            src = phase_view[:, py:py + h, px:px + w, py, px].unflatten(0, (images, -1))
+            torch.add(src, term_view[:, :, :, py, :, px], out=out_view[:, :, :, py, :, px])
+    return out.permute(0, 3, 1, 2)
+
+
+def _interleave_differentiable(phases, term, images, h, w, cout):
+    """:func:`_interleave_in_place` for training: a stack of the phase windows (backward:
+    views), then the term."""
+    n = phases.shape[0]
+    rows = phases.unflatten(1, (2, 2, cout)).unbind(1)  # unbind: backward is a stack, not zero-fills
+    parts = [part[..., py:py + h, px:px + w] for py, row in enumerate(rows) for px, part in enumerate(row.unbind(1))]
+    out = torch.stack(parts, dim=-1).view(n, cout, h, w, 2, 2)  # [..., py, px]
+    out = out.permute(0, 1, 2, 4, 3, 5).reshape(n, cout, 2 * h, 2 * w)
+    out = (out.unflatten(0, (images, -1)) + term[:, None]).flatten(0, 1)
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 class CostDecoder(nn.Module):
