@@ -27,16 +27,16 @@ from .spatial_aggregation import SpatialAggregation
 CPU_CLASS_CHUNK = 32
 
 
-def resolve_class_chunk_size(setting: int, device) -> int:
+def resolve_class_chunk_size(setting: int, device, compiled: bool = False) -> int:
     """``TEST.CLASS_CHUNK_SIZE`` for ``device``: classes per chunk at inference, 0 = no chunks.
 
     -1 (auto): :data:`CPU_CLASS_CHUNK` on CPU, where small chunks stay in cache and in
     malloc's heap instead of being page-faulted in as fresh maps; 0 on GPUs, where launch
-    overhead dominates.
+    overhead dominates, and for a compiled aggregator (one graph for any vocabulary size).
     """
     setting = int(setting)
     if setting < 0:
-        return CPU_CLASS_CHUNK if torch.device(device).type == "cpu" else 0
+        return CPU_CLASS_CHUNK if torch.device(device).type == "cpu" and not compiled else 0
     return setting
 
 

@@ -98,3 +98,24 @@ def test_model_compile_key_compiles_the_aggregator(tiny_model):
     model = tiny_model("b", MODEL__COMPILE=True)
     assert model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is not None
     assert tiny_model("b").sem_seg_head.aggregator._compiled_call_impl is None
+
+
+def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
+    """Through the model (the head marks the class dimension dynamic; auto chunking is off
+    when compiled): three vocabulary sizes, one graph, the eager results."""
+    model = tiny_model("b", MODEL__COMPILE=True).eval()
+    eager = tiny_model("b").eval()
+    compilations = []
+
+    def backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        return graph_module.forward
+
+    model.sem_seg_head.aggregator.compile(backend=backend)  # the product compiles with inductor
+    images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for size in (5, 9, 3):
+            names = [f"thing {i}" for i in range(size)]
+            out = model.predict_logits(images, names, (1, 1))
+            assert (out - eager.predict_logits(images, names, (1, 1))).abs().max() <= 1e-4
+    assert len(compilations) == 1

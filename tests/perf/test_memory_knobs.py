@@ -32,6 +32,8 @@ def test_chunk_size_resolution():
     assert resolve_class_chunk_size(-1, "cpu") == CPU_CLASS_CHUNK
     assert resolve_class_chunk_size(-1, "cuda") == 0
     assert resolve_class_chunk_size(0, "cpu") == 0 and resolve_class_chunk_size(7, "cuda") == 7
+    assert resolve_class_chunk_size(-1, "cpu", compiled=True) == 0  # one graph for any vocabulary size
+    assert resolve_class_chunk_size(7, "cpu", compiled=True) == 7
 
 
 def test_chunk_size_comes_from_the_config(tiny_model):

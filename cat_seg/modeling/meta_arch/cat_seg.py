@@ -162,7 +162,7 @@ class CATSeg(nn.Module):
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
         features = self.backbone(clip_images)
         text = self.text_embeddings(class_names)
-        chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device)
+        chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device, self.compiled)
         return self.sem_seg_head(features, text, pooling=pooling, class_chunk=chunk)
 
     def forward(self, batched_inputs: List[Dict], class_names: Optional[Sequence[str]] = None):
