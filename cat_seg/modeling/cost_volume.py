@@ -1,10 +1,14 @@
-"""Cosine cost volume between dense image embeddings and class text embeddings (spec 2.2-2.3)."""
+"""Cosine cost volume between dense image embeddings and class text embeddings, and the
+top-k class selection of large vocabularies (``docs/architecture.md``, "Cost volume").
+
+The volume is returned as ``[B, P, T, H, W]`` (the official axis order) but stored as
+``[B, T, P, H, W]``: the cost embedding reads it as ``[B*T, P, H, W]`` without a copy."""
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
-# Logit given to the classes dropped by the top-k pruning of large vocabularies (spec 2.3).
+# Logit given to the classes dropped by the top-k pruning of large vocabularies.
 PRUNED_CLASS_LOGIT = -100.0
 
 
@@ -27,26 +31,28 @@ def cosine_cost_volume(image_embeddings: torch.Tensor, text_embeddings: torch.Te
         text_embeddings: ``[B, T, P, C]`` or ``[T, P, C]``.
     Returns:
         cost volume ``[B, P, T, H, W]`` with
-        ``cost[b, p, t, i, j] = <img[b, :, i, j] / |.|, text[b, t, p] / |.|>`` (eps 1e-12).
+        ``cost[b, p, t, i, j] = <img[b, :, i, j] / |.|, text[b, t, p] / |.|>`` (eps 1e-12),
+        a view of ``[B, T, P, H, W]`` storage.
     """
     image = F.normalize(image_embeddings, dim=1)
     text = F.normalize(text_embeddings, dim=-1)
     if text.dim() == 3:
-        return torch.einsum("bchw,tpc->bpthw", image, text)
-    return torch.einsum("bchw,btpc->bpthw", image, text)
+        return torch.einsum("bchw,tpc->btphw", image, text).transpose(1, 2)
+    return torch.einsum("bchw,btpc->btphw", image, text).transpose(1, 2)
 
 
 def select_top_classes(
     cost_volume: torch.Tensor, text_embeddings: torch.Tensor, k: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep, per image, the ``k`` classes with the highest maximum cosine score (spec 2.3).
+    """Keep, per image, the ``k`` classes with the highest maximum cosine score.
 
     Args:
         cost_volume: ``[B, P, T, H, W]`` with ``T > k``.
         text_embeddings: ``[B, T, P, C]`` or ``[T, P, C]`` (any normalisation).
         k: number of classes kept.
     Returns:
-        ``(cost_volume [B, P, k, H, W], text [B, k, P, C] (L2-normalised), indices [B, k])``.
+        ``(cost_volume [B, P, k, H, W] (a view of ``[B, k, P, H, W]`` storage), text
+        [B, k, P, C] (L2-normalised), indices [B, k])``.
         The kept classes are in descending score order; the order does not matter downstream
         (class aggregation is permutation-equivariant and results are scattered back).
     """
@@ -56,8 +62,9 @@ def select_top_classes(
     text = F.normalize(expand_text(text_embeddings, batch), dim=-1)
     gather_index = indices[:, :, None, None].expand(-1, -1, text.shape[2], text.shape[3])
     text = torch.gather(text, 1, gather_index)
-    cost_index = indices[:, None, :, None, None].expand(-1, cost_volume.shape[1], -1, *cost_volume.shape[3:])
-    return torch.gather(cost_volume, 2, cost_index), text, indices
+    by_class = cost_volume.transpose(1, 2)  # [B, T, P, H, W]
+    cost_index = indices[:, :, None, None, None].expand(-1, -1, *by_class.shape[2:])
+    return torch.gather(by_class, 1, cost_index).transpose(1, 2), text, indices
 
 
 def scatter_class_logits(logits: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:

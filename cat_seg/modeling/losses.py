@@ -1,4 +1,4 @@
-"""Training loss of CAT-Seg (spec 3.1, quirk Q7)."""
+"""Training loss of CAT-Seg (``docs/architecture.md``, "Training loss")."""
 import torch
 import torch.nn.functional as F
 

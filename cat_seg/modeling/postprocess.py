@@ -29,25 +29,16 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from .aggregator import resolve_class_chunk_size
 from .cost_volume import PRUNED_CLASS_LOGIT
 from .sliding_window import merge_views
 
-# Classes per chunk of ``class_chunk_size = -1`` (auto) on CPU.
-CPU_CLASS_CHUNK = 32
 # At most this many float32 elements (256 MB) per class chunk at the output resolution:
 # whatever the chunk setting, a 6000x4000 output is expanded 2 classes at a time.
 MAX_CHUNK_ELEMENTS = 1 << 26
 # Bound on the float rounding of a bilinear resize of probabilities (values in [0, 1]; a few
 # float32 ulps): a class is only left out of the output-size argmax when it loses by more.
 ROUNDING_MARGIN = 1e-5
-
-
-def resolve_chunk_size(setting: int, device: Union[str, torch.device]) -> int:
-    """Classes per chunk for the class-chunk setting: ``-1`` (auto) is :data:`CPU_CLASS_CHUNK`
-    on CPU and 0 on GPUs; 0 means all classes at once."""
-    if setting < 0:
-        return CPU_CLASS_CHUNK if torch.device(device).type == "cpu" else 0
-    return int(setting)
 
 
 def _bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -67,7 +58,7 @@ class ClassMaps:
         data: the model output of this image, classes on ``class_dim``.
         class_dim: the class dimension of ``data``.
         out_size: ``(H, W)`` output size.
-        chunk_setting: the model's class-chunk setting (see :func:`resolve_chunk_size`).
+        chunk_setting: the model's class-chunk setting (see :func:`~cat_seg.modeling.aggregator.resolve_class_chunk_size`).
     """
 
     class_dim = 0
@@ -117,7 +108,7 @@ class ClassMaps:
         (``per_class`` elements per row, default those of :meth:`_expand`)."""
         if per_class is None:
             per_class = self._elements_per_class() + self.out_size[0] * self.out_size[1]
-        chunk = resolve_chunk_size(self.chunk_setting, self.device) or self.num_rows
+        chunk = resolve_class_chunk_size(self.chunk_setting, self.device) or self.num_rows
         return max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(per_class, 1)))
 
     def _chunks(self, rows: Optional[torch.Tensor] = None, expand: bool = True):

@@ -11,7 +11,23 @@ A reduced precision the device does not compute natively is not used: on a CPU w
 native bf16 a bf16 matmul is emulated and is tens of times slower than fp32 (measured on an
 AVX2-only AMD EPYC: 4.8 s against 0.067 s for a 768x768 matmul). Asking for it explicitly
 then falls back to fp32 with a one-line warning.
+
+Precision policy under autocast (the one description; ``docs/architecture.md``,
+"Precision"): everything follows autocast except three fp32 regions, each entered with
+:func:`full_precision`:
+
+* the cosine cost volume and the top-k class selection (``Aggregator.forward``): classes
+  with similar names differ in cosine score by less than bf16's spacing, and the selection
+  must not depend on rounding;
+* the logit head (``CostDecoder.forward``): bf16 keeps 8 significant bits, which flips the
+  label of pixels where two classes are close;
+* the cached text embeddings (``TextEncoder``): computed once per vocabulary, so fp32 costs
+  nothing and every later call (fp32 or not) gets the same embeddings.
+
+The model applies autocast itself at inference (:func:`autocast`, from ``MODEL.PRECISION``);
+in training the trainer does, with the same setting.
 """
+import contextlib
 import logging
 from functools import lru_cache
 from typing import Optional
@@ -86,3 +102,24 @@ def resolve_precision(setting: str, device, key: str = "MODEL.PRECISION") -> Opt
         logger.warning(f"{key}={setting}: {what} has no native {setting}, running in fp32 instead "
                        f"(emulated {setting} is many times slower)")
     return None
+
+
+def autocast(dtype: Optional[torch.dtype], device):
+    """``torch.autocast`` with ``dtype`` on ``device``'s type, or a no-op context for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def full_precision(tensor_or_device):
+    """Context of an fp32 region of the precision policy: autocast off on that device type.
+
+    Inputs computed under autocast must still be cast with :func:`full_precision_tensor`.
+    """
+    device = tensor_or_device.device if isinstance(tensor_or_device, torch.Tensor) else torch.device(tensor_or_device)
+    return torch.autocast(device.type, enabled=False)
+
+
+def full_precision_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 if it is in a reduced precision (fp16 / bf16), else unchanged (fp32, fp64)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor

@@ -1,4 +1,4 @@
-"""The official key layout (spec 6) of the generator, and the official -> ours key mapping."""
+"""The official key layout of the generator, and the official -> ours key mapping."""
 import math
 
 import pytest
@@ -26,7 +26,7 @@ def test_generator_matches_spec_counts(arch, keys, aggregator, upsamplers, clip)
 
 
 def test_generator_vitb_shapes_from_spec_text():
-    """Literal lines of spec section 6 (ViT-B)."""
+    """Official ViT-B key shapes, written out."""
     s = official_key_shapes("vit-b")
     expected = {
         CLIP + "positional_embedding": (77, 512),
@@ -75,7 +75,7 @@ def test_generated_tiny_state(official_tiny):
     assert all(v.dtype == torch.float32 for v in official_tiny.values())
 
 
-# Hand-written official -> ours pairs (spec 6 / the brief), independent of the rule table.
+# Hand-written official -> ours pairs, independent of the rule table.
 EXPECTED_PAIRS = [
     (CLIP + "visual.transformer.resblocks.3.attn.q_proj_weight", "backbone.clip.visual.transformer.resblocks.3.attn.q_proj_weight"),
     (CLIP + "transformer.resblocks.1.attn.in_proj_bias", "backbone.clip.transformer.resblocks.1.attn.in_proj_bias"),

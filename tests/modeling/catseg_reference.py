@@ -1,6 +1,6 @@
-"""Hand-written reference computations of the aggregator parts (spec 2.2-2.7).
+"""Hand-written reference computations of the aggregator parts (``docs/architecture.md``).
 
-Written from the spec with explicit loops over images, classes, windows and locations,
+Written from the official computation with explicit loops over images, classes, windows and locations,
 reading only the parameters of the modules under test (never calling their forward).
 Used by several test modules of tests/modeling.
 """
@@ -27,7 +27,7 @@ def gelu_exact(x):
 
 # --------------------------------------------------------------------------- class aggregation
 def linear_attention(q, k, v):
-    """Spec 2.6 per head, q/k/v ``[S, d]``: elu+1 features, KV/S, Z with eps 1e-6, times S."""
+    """Official linear attention per head, q/k/v ``[S, d]``: elu+1 features, KV/S, Z with eps 1e-6, times S."""
     phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
     s = v.shape[0]
     kv = phi_k.T @ (v / s)
@@ -44,7 +44,7 @@ ATTENTION = {"linear": linear_attention, "full": full_attention}
 
 def class_layer(layer, x, g, pooling, attention, heads, quirk=True):
     """Class block: pool, pad to pad_len, per-location transformer over classes, upsample
-    (bilinear, align_corners=True), residual ``x + up(z)`` (Q4: z contains the pooled input)."""
+    (bilinear, align_corners=True), residual ``x + up(z)`` (the official residual: z contains the pooled input)."""
     b, d, t, h, w = x.shape
     ph, pw = h // pooling[0], w // pooling[1]
     out = torch.empty_like(x)
@@ -170,7 +170,7 @@ def decoder(dec, x, guidance):
 
 # --------------------------------------------------------------------------- whole aggregator
 def aggregator(agg, img, text, decoder_guidance, pooling, heads, window, attention):
-    """Spec 2.2-2.7 for ``img [B, C, H, W]`` (also the appearance guidance), ``text [T, P, C]``."""
+    """The official aggregator for ``img [B, C, H, W]`` (also the appearance guidance), ``text [T, P, C]``."""
     b = img.shape[0]
     num_classes = text.shape[0]
     img_n = F.normalize(img, dim=1)

@@ -1,4 +1,4 @@
-"""Dense CLIP image encode (spec 1.4-1.6) against hand-written computations."""
+"""Dense CLIP image encode (``docs/architecture.md``, "Backbone") against hand-written computations."""
 import json
 import math
 from pathlib import Path
@@ -57,7 +57,7 @@ def ref_standard_block(block, x, heads):
 
 
 def ref_dense_last_block(block, x):
-    """Spec 1.5: v-path only, out_proj on v, residual = class-token row of the input, MLP."""
+    """Dense last block: v-path only, out_proj on v, residual = class-token row of the input, MLP."""
     _q, _k, v = packed_qkv(block, x)
     v = out_proj(block, v)
     v = v + x[:, :1]
@@ -123,7 +123,7 @@ def test_mlp_activation_is_quick_gelu(backbone):
     torch.testing.assert_close(act(x), quick_gelu(x))
 
 
-def test_dense_last_block_matches_spec(backbone):
+def test_dense_last_block_matches_hand_written(backbone):
     bb, heads, _ = backbone
     block = bb.clip.visual.transformer.resblocks[-1]
     g = torch.Generator().manual_seed(3)
@@ -159,7 +159,7 @@ def test_dense_last_block_ignores_q_and_k(backbone):
 
 @pytest.mark.parametrize("size", [(128, 128), (128, 96)])
 def test_dense_encode_matches_spec_pipeline(backbone, size):
-    """Whole dense encode (spec 1.4) incl. pos-embed interpolation and guidance features."""
+    """Whole dense encode  incl. pos-embed interpolation and guidance features."""
     bb, heads, vision = backbone
     patch = vision["patch_size"]
     size = tuple(s // 16 * patch for s in size)  # same grid for both patch sizes

@@ -23,6 +23,7 @@ def one_line(excinfo):
         ("MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "configs/clip_models/does-not-exist.json",
          ["CLIP_PRETRAINED", "does-not-exist.json", "not found"]),
         ("MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "ViT-Z/99", ["CLIP_PRETRAINED", "ViT-Z/99"]),
+        ("MODEL.PRECISION", "fp8", ["MODEL.PRECISION", "fp8", "bf16"]),
     ],
 )
 def test_bad_values_fail_at_build(build_cfg, key, value, words):

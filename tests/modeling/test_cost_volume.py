@@ -1,4 +1,4 @@
-"""Cosine cost volume (spec 2.2) and top-k class pruning with -100 scatter-back (spec 2.3)."""
+"""Cosine cost volume and top-k class pruning with -100 scatter-back."""
 import itertools
 
 import pytest

@@ -1,4 +1,4 @@
-"""CLIP fine-tuning policies (spec 1.7): trainable parameter sets (names and counts)."""
+"""CLIP fine-tuning policies: trainable parameter sets (names and counts)."""
 import json
 from pathlib import Path
 

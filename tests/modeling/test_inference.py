@@ -1,4 +1,4 @@
-"""Inference (spec 3.2-3.3): hand-written pipelines, batch == alone, CPU-only end to end."""
+"""Inference (``docs/architecture.md``): hand-written pipelines, batch == alone, CPU-only end to end."""
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def model(request, tiny_model):
     return tiny_model(request.param).eval()
 
 
-# the official CLIP statistics x 255 (spec 1.3), independent of the model's buffers
+# the official CLIP statistics x 255 (the official values), independent of the model's buffers
 MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(-1, 1, 1)
 STD = torch.tensor([68.5005327, 66.6321579, 70.3231630]).view(-1, 1, 1)
 
@@ -40,7 +40,7 @@ def bilinear(x, size):
 
 
 def ref_whole_image(model, image, out_size):
-    """Spec 3.2 with the padding removed: normalise, pad to /32 with zeros, squash to the CLIP
+    """Official whole-image inference with the padding removed: normalise, pad to /32 with zeros, squash to the CLIP
     resolution, sigmoid, back to the padded size, crop, resize to the output size."""
     h, w = image.shape[-2:]
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
@@ -51,7 +51,7 @@ def ref_whole_image(model, image, out_size):
 
 
 def ref_sliding(model, image, out_size, crop=128, canvas=(213, 213), stride=85):
-    """Spec 3.3 with unfold/fold as in the official code."""
+    """Official sliding-window protocol with unfold/fold as in the official code."""
     img = image.float()[None]
     canvas_img = bilinear(img, canvas)
     cols = F.unfold(canvas_img, crop, stride=stride)  # [1, 3*crop*crop, n]

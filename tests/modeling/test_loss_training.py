@@ -1,4 +1,4 @@
-"""Training loss (spec 3.1, quirk Q7) and a few optimisation steps on a fixed batch."""
+"""Training loss (``docs/architecture.md``) and a few optimisation steps on a fixed batch."""
 import pytest
 import torch
 import torch.nn.functional as F

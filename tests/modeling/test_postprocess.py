@@ -10,7 +10,6 @@ from cat_seg.modeling.postprocess import (
     OutputRequest,
     SlidingWindowMaps,
     WholeImageMaps,
-    resolve_chunk_size,
 )
 from cat_seg.modeling.sliding_window import coverage, window_boxes, window_stride
 
@@ -156,12 +155,6 @@ def test_output_request_keys():
     assert both["sem_seg"].dtype == torch.bfloat16
     assert torch.equal(both["sem_seg_labels"], want.argmax(0)) and torch.equal(both["sem_seg_confidence"], want.amax(0))
     assert isinstance(both["sem_seg_maps"], WholeImageMaps)
-
-
-def test_resolve_chunk_size():
-    assert resolve_chunk_size(-1, "cpu") == postprocess.CPU_CLASS_CHUNK
-    assert resolve_chunk_size(-1, torch.device("cuda", 0)) == 0
-    assert resolve_chunk_size(0, "cpu") == 0 and resolve_chunk_size(7, "cuda") == 7
 
 
 # --------------------------------------------------------------------------- the model

@@ -1,4 +1,4 @@
-"""Shapes through every stage (spec 2.8) for the tiny B-like and L-like configs.
+"""Shapes through every stage for the tiny B-like and L-like configs.
 
 Expected sizes are derived from the tiny CLIP jsons and the tiny yaml values, not from the
 built modules: grid 8x8 (FEATURE_RESOLUTION), hidden 32, guidance projections 16, decoder
@@ -105,9 +105,10 @@ def test_training_forward_shapes(variant_model, random_images, monkeypatch):
     assert rec.inp("appearance") == (b, c, GRID, GRID) and rec.out("appearance") == (b, APP_G, GRID, GRID)
     assert rec.inp("text") == (b, t, c) and rec.out("text") == (b, t, TXT_G)
     for i in range(2):
-        assert rec.inp(f"spatial{i}") == (b, D, t, GRID, GRID)
-        assert rec.out(f"spatial{i}") == (b, D, t, GRID, GRID)
-        assert rec.out(f"classes{i}") == (b, D, t, GRID, GRID)
+        # per-class maps are [B, T, H, W, D] tokens between the aggregator's modules
+        assert rec.inp(f"spatial{i}") == (b, t, GRID, GRID, D)
+        assert rec.out(f"spatial{i}") == (b, t, GRID, GRID, D)
+        assert rec.out(f"classes{i}") == (b, t, GRID, GRID, D)
     assert rec.out("dec_proj0") == (b, DEC_GP[0], 2 * GRID, 2 * GRID)
     assert rec.out("dec_proj1") == (b, DEC_GP[1], 4 * GRID, 4 * GRID)
     assert rec.out("dec_block0") == (b * t, DEC[0], 2 * GRID, 2 * GRID)

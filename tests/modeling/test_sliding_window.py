@@ -1,4 +1,4 @@
-"""Sliding-window geometry and merging (crops, coverage, the merge of the views on the canvas)."""
+"""Sliding-window geometry and merging (the official protocol, ``docs/architecture.md``)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Class-name text embeddings (spec 1.8): prompt templates, synonyms, and the inference cache."""
+"""Class-name text embeddings: prompt templates, synonyms, and the inference cache."""
 import open_clip
 import pytest
 import torch
@@ -32,7 +32,7 @@ def model(tiny_model):
 
 
 def test_training_recomputes_with_grad(model):
-    counter = CountingEncoder(model.backbone.text_encoder)
+    counter = CountingEncoder(model.text_encoder)
     model.train()
     names = ["cat", "dog"]
     a = model.text_embeddings(names)
@@ -45,7 +45,7 @@ def test_training_recomputes_with_grad(model):
 
 
 def test_inference_cache_keyed_by_class_list(model):
-    counter = CountingEncoder(model.backbone.text_encoder)
+    counter = CountingEncoder(model.text_encoder)
     model.eval()
     first = model.text_embeddings(["cat", "dog"])
     assert counter.calls == 1 and not first.requires_grad
@@ -60,7 +60,7 @@ def test_inference_cache_keyed_by_class_list(model):
 
 
 def test_inference_forward_uses_cache(model, random_images):
-    counter = CountingEncoder(model.backbone.text_encoder)
+    counter = CountingEncoder(model.text_encoder)
     model.eval()
     batch = [{"image": im} for im in random_images([(64, 64)])]
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_cache_invalidated_by_optimizer_step(model):
     names = ["cat", "dog"]
     model.eval()
     stale = model.text_embeddings(names).clone()
-    counter = CountingEncoder(model.backbone.text_encoder)
+    counter = CountingEncoder(model.text_encoder)
     model.train()
     params = [p for p in model.backbone.clip.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
@@ -159,7 +159,7 @@ def test_templates_run_through_model(tiny_model, random_images, ensemble, num_te
 
 def test_synonyms_use_first_name_only(model):
     model.eval()
-    enc = model.backbone.text_encoder
+    enc = model.text_encoder
     tokens = enc.tokenize(["building, edifice"], torch.device("cpu"))
     assert torch.equal(tokens, open_clip.tokenize(["A photo of a building in the scene"]))
     syn = model.text_embeddings(["building, edifice", "sky"])

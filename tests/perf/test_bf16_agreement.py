@@ -1,15 +1,16 @@
-"""bf16 fast mode against the exact mode on the toy-trained model: agreement of the predicted
-labels on the scored pixels (those with a ground-truth label; the toy's background is not a
-class, its pixels are ignored by the evaluation and hold near-ties between classes).
+"""bf16 inference (``MODEL.PRECISION bf16``) against fp32 on the toy-trained model: agreement
+of the predicted labels on the scored pixels (those with a ground-truth label; the toy's
+background is not a class, its pixels are ignored by the evaluation and hold near-ties
+between classes).
 
 Needs the toy run's checkpoint ``output/toy/model_final.pth`` and its val split
 (``tools/run_toy.py`` / ``make demo``); the test trains nothing and is skipped without them.
+The bf16 run enters autocast itself, so the test also measures bf16 on CPUs without native
+bf16 (where ``MODEL.PRECISION bf16`` would fall back to fp32).
 
-The issue's target is >= 99.5% on the val split (100 images). Measured (docs/benchmarks.md):
-99.57-99.61% with the defaults (everything after the cost volume in bf16), 99.61-99.65% with
-the CLIP image tower in fp32 (``MODEL.FAST.AUTOCAST_CLIP False``), 99.78-99.80% with
-``MODEL.FAST.FP32_COST_EMBEDDING`` and ``FP32_LAST_DECODER_BLOCK`` on. The toy model is a
-hard case: its unseen classes come in near-identical pairs (``green dotted`` and ``green
+Target: >= 99.5% on the val split (100 images); measured 99.57-99.61% with the precision
+policy of ``cat_seg/modeling/precision.py`` (docs/benchmarks.md). The toy model is a hard
+case: its unseen classes come in near-identical pairs (``green dotted`` and ``green
 speckled`` both at 0.4587 on the same pixels), so 17% of the scored pixels have a top-2
 probability margin below 1e-3.
 """
@@ -19,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 
-from cat_seg.modeling.fast import FastOptions, set_fast_options
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "output" / "toy" / "model_final.pth"
@@ -46,12 +46,6 @@ def val_samples(build_cfg):
             for r in records]
 
 
-@pytest.fixture(scope="module")
-def exact_labels():
-    """Exact-mode labels per sliding setting (the precision options have no effect there)."""
-    return {}
-
-
 def _labels(model, samples):
     with torch.no_grad():
         return [model([{"image": image}])[0]["sem_seg"].argmax(0) for image, _ in samples]
@@ -60,37 +54,30 @@ def _labels(model, samples):
 @pytest.mark.skipif(not CHECKPOINT.is_file(),
                     reason=f"no toy-trained checkpoint at {CHECKPOINT.relative_to(REPO)} (run tools/run_toy.py); "
                            "this test trains nothing")
-@pytest.mark.parametrize("sliding,autocast_clip,fp32_parts", [
-    (False, True, False), (True, True, False), (False, False, False), (True, False, False),
-    (False, True, True), (True, True, True),
-])
-def test_bf16_agrees_with_exact_mode_on_scored_pixels(build_cfg, val_samples, exact_labels, sliding, autocast_clip,
-                                                      fp32_parts):
+@pytest.mark.parametrize("sliding", [False, True])
+def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding, monkeypatch):
     from detectron2.modeling import build_model
 
     import cat_seg.modeling  # noqa: F401
     from cat_seg.checkpoint import CATSegCheckpointer
     from cat_seg.data.synthetic import IGNORE_LABEL
+    from cat_seg.modeling.meta_arch import cat_seg as meta_arch
 
-    cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding,
-                    MODEL__FAST__AUTOCAST_CLIP=autocast_clip, MODEL__FAST__FP32_COST_EMBEDDING=fp32_parts,
-                    MODEL__FAST__FP32_LAST_DECODER_BLOCK=fp32_parts)
+    cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding)
     cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON = str(REPO / "datasets" / "synthetic_val.json")
     model = build_model(cfg).eval()
     CATSegCheckpointer(model).load(str(CHECKPOINT))
 
-    if sliding not in exact_labels:
-        set_fast_options(model, FastOptions.exact())
-        model.inference_autocast = None
-        exact_labels[sliding] = _labels(model, val_samples)
-    set_fast_options(model, FastOptions())
-    model.inference_autocast = torch.bfloat16
-    fast_labels = _labels(model, val_samples)
+    assert model.precision == "fp32"
+    fp32_labels = _labels(model, val_samples)
+    model.precision = "bf16"
+    monkeypatch.setattr(meta_arch, "resolve_precision", lambda setting, device: torch.bfloat16)
+    bf16_labels = _labels(model, val_samples)
 
     agree = total = 0
-    for (_, label), exact, fast in zip(val_samples, exact_labels[sliding], fast_labels):
+    for (_, label), exact, fast in zip(val_samples, fp32_labels, bf16_labels):
         scored = label != IGNORE_LABEL
         agree += int((exact == fast)[scored].sum())
         total += int(scored.sum())
     assert total > 0
-    assert agree / total >= MIN_AGREEMENT, f"bf16 fast mode agrees on {agree / total:.4%} of the scored pixels"
+    assert agree / total >= MIN_AGREEMENT, f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels"

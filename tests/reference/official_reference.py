@@ -1,7 +1,6 @@
 """Plain-PyTorch reference of the OFFICIAL CAT-Seg computation, on official-layout weights.
 
-Written from the spec (``/work/shared/reference/catseg-spec.md`` sections 1.4-1.6, 1.8,
-2.2-2.7, 3.2-3.3) and independent of ``cat_seg.modeling``: every step is spelled out with
+Written from the official code's computation (see ``docs/architecture.md``) and independent of ``cat_seg.modeling``: every step is spelled out with
 ``F.linear`` / ``F.conv2d`` on the tensors of an official state dict (keys
 ``sem_seg_head.predictor.clip_model.*``, ``sem_seg_head.predictor.transformer.*``,
 ``upsample1/2.*``), following the official code's order of operations (sequence-first CLIP
@@ -13,7 +12,7 @@ compare against; keep it slow and obvious.
 Public API:
 
 * :func:`make_official_state_dict` / :func:`official_key_shapes`: random weights with
-  exactly the official key names and shapes (spec 6), ViT-B (``vit-b``), ViT-L (``vit-l``)
+  exactly the official key names and shapes, ViT-B (``vit-b``), ViT-L (``vit-l``)
   or the tiny test model (``tiny-b``: ``configs/quick_schedules/tiny_vitb_cpu.yaml`` +
   ``configs/clip_models/tiny-vit-b16.json``).
 * :data:`REFERENCE_CONFIGS` (:class:`ReferenceConfig`): hyper-parameters not stored in
@@ -86,7 +85,7 @@ REFERENCE_CONFIGS: Dict[str, ReferenceConfig] = {
     "tiny-b": ReferenceConfig(128, 16, 3, 2, (0, 1), (8, 8), 2, 4, 32, sliding_kernel=128, sliding_out_res=213),
 }
 
-# Architecture sizes for the state-dict generator (spec 1.1 and 6; tiny from the configs).
+# Architecture sizes for the state-dict generator (official models; tiny from the configs).
 _ARCHS = {
     "vit-b": dict(embed=512, text_width=512, text_layers=12, vocab=49408, context=77,
                   vis_width=768, vis_layers=12, patch=16, pos_rows=197, hidden=128, layers=2,
@@ -124,7 +123,7 @@ def _clip_block_shapes(prefix: str, width: int) -> List[Tuple[str, Tuple[int, ..
 
 
 def official_key_shapes(arch: str = "vit-b") -> "OrderedDict[str, Tuple[int, ...]]":
-    """Official key -> shape for ``arch`` (``vit-b``, ``vit-l``, ``tiny-b``), spec section 6.
+    """Official key -> shape for ``arch`` (``vit-b``, ``vit-l``, ``tiny-b``).
 
     Includes the ``block_2.attn_mask`` buffers (stored by the official Swin blocks).
     """
@@ -319,7 +318,7 @@ def _residual_block(x: torch.Tensor, state, prefix: str, heads: int, mask=None) 
 
 
 def _dense_last_block(x: torch.Tensor, state, prefix: str) -> torch.Tensor:
-    """Spec 1.5 in the official order: packed in-projection, out_proj on each of q/k/v,
+    """The dense last block in the official order: packed in-projection, out_proj on each of q/k/v,
     keep v, add the class-token row of the block input, MLP residual. ``x`` ``[L, N, W]``."""
     width = x.shape[-1]
     y = _layer_norm(x, state, prefix + ".ln_1")
@@ -334,7 +333,7 @@ def _dense_last_block(x: torch.Tensor, state, prefix: str) -> torch.Tensor:
 
 
 def _resized_positional_embedding(pos: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Spec 1.4 step 3: keep the class row, bicubic-resize the square patch table."""
+    """Keep the class row, bicubic-resize the square patch table."""
     rows, width = pos.shape
     in_side = int(math.isqrt(rows - 1))
     tgt_side = int((tokens - 1) ** 0.5)
@@ -349,7 +348,7 @@ def _count_blocks(state, prefix: str) -> int:
 
 
 def clip_dense_encode(state, images: torch.Tensor, cfg: ReferenceConfig) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """Official dense image encode (spec 1.4-1.6).
+    """Official dense image encode.
 
     Args:
         images: ``[B, 3, S, S]`` CLIP-normalised images at the CLIP resolution.
@@ -403,7 +402,7 @@ def clip_encode_text(state, tokens: torch.Tensor, cfg: ReferenceConfig) -> torch
 
 
 def reference_text_embeddings(state, class_names: Sequence[str], cfg: ReferenceConfig) -> torch.Tensor:
-    """``[T, 1, C]`` L2-normalised class embeddings with the ``single`` template (spec 1.8);
+    """``[T, 1, C]`` L2-normalised class embeddings with the ``single`` template;
     only the first synonym of ``"a, b"`` names is used."""
     import open_clip  # the OpenAI BPE tokenizer (not part of the computation under test)
 
@@ -537,7 +536,7 @@ def _class_layer(x, text_guidance, state, prefix, cfg: ReferenceConfig, pooling)
     z = z.reshape(b, hp, wp, padded, d).permute(0, 3, 4, 1, 2).reshape(b * padded, d, hp, wp)
     z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=True)
     z = z.reshape(b, padded, d, h, w).permute(0, 2, 1, 3, 4)[:, :, :t]
-    return x + z  # quirk Q4: z already contains the pooled input
+    return x + z  # official residual: z already contains the pooled input
 
 
 def _group_norm(x, state, prefix):
@@ -557,7 +556,7 @@ def _up_block(x, guidance, state, prefix):
 
 
 def aggregator_forward(state, img_feats, text_feats, guidance, cfg: ReferenceConfig, pooling=(1, 1)) -> torch.Tensor:
-    """Official ``Aggregator.forward`` (spec 2.2-2.7).
+    """Official ``Aggregator.forward``.
 
     Args:
         img_feats: ``[B, C, h, w]`` (res3).
@@ -647,12 +646,12 @@ def _clip_normalize(images: torch.Tensor) -> torch.Tensor:
 
 def reference_inference_probs(state, image, text_embeddings, cfg: ReferenceConfig, pooling=(1, 1),
                               height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
-    """Official non-sliding inference (spec 3.2) of one image ``[3, H, W]`` (0..255 float):
+    """Official non-sliding inference of one image ``[3, H, W]`` (0..255 float):
     normalise, zero-pad to ``size_divisibility``, squash to the CLIP resolution, sigmoid at
     the logit resolution, resize to ``(height, width)`` -> ``[T, height, width]``.
 
     (The official crop ``[:, :img_h, :img_w]`` is applied to the small logit map and is a
-    no-op; quirk Q13.)
+    no-op.)
     """
     height = image.shape[-2] if height is None else height
     width = image.shape[-1] if width is None else width
@@ -667,7 +666,7 @@ def reference_inference_probs(state, image, text_embeddings, cfg: ReferenceConfi
 
 def reference_sliding_window_probs(state, image, text_embeddings, cfg: ReferenceConfig, pooling=(1, 1),
                                    height: Optional[int] = None, width: Optional[int] = None) -> torch.Tensor:
-    """Official sliding-window inference (spec 3.3) of one image ``[3, H, W]`` (0..255 float).
+    """Official sliding-window inference of one image ``[3, H, W]`` (0..255 float).
 
     Resize to the ``out_res`` canvas, unfold ``kernel`` crops (stride
     ``int(kernel * (1 - overlap))``) plus the whole image resized to ``kernel`` as a global

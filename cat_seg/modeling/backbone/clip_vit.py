@@ -1,11 +1,13 @@
 """The CLIP ViT backbone of CAT-Seg: dense image embeddings plus guidance features.
 
-The backbone owns the whole CLIP model (both towers: the text tower is fine-tuned with the
-image tower and used by :class:`~cat_seg.modeling.clip.ClassTextEncoder`). Its forward
-returns, explicitly and without hooks:
+The backbone is the CLIP image tower (``docs/architecture.md``, "Backbone"). It holds the
+CLIP model's parameters (``backbone.clip.*``, the layout of official and our checkpoints;
+the text tower among them is used by :class:`~cat_seg.modeling.clip.TextEncoder`, which
+references it), and its forward runs the image tower only, returning explicitly and
+without hooks:
 
-* ``dense_embeddings`` ``[B, C, h, w]``: every patch token after the special dense last
-  block (spec 1.5), ``ln_post`` and ``proj``: CLIP-aligned per-patch embeddings;
+* ``dense_embeddings`` ``[B, C, h, w]``: every patch token after the dense last block,
+  ``ln_post`` and ``proj``: CLIP-aligned per-patch embeddings;
 * ``guidance`` list of ``[B, W, h, w]``: raw residual-stream outputs of the intermediate
   blocks chosen by ``guidance_blocks`` (no ln_post, no proj).
 """
@@ -18,8 +20,7 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
-from ..clip import ClassTextEncoder, apply_clip_finetune, build_clip_model
-from ..fast import FastOptions
+from ..clip import apply_clip_finetune, build_clip_model
 
 
 def default_guidance_blocks(depth: int) -> List[int]:
@@ -36,7 +37,7 @@ def interpolate_positional_embedding(pos_embed: torch.Tensor, grid: Sequence[int
     """Resize a ViT positional table ``[1 + g*g, W]`` to ``[1 + grid[0]*grid[1], W]``.
 
     Row 0 (class position) is kept; the patch rows are reshaped to their square grid and
-    resized with bicubic interpolation (align_corners=False), as in spec 1.4. Returns the
+    resized with bicubic interpolation (align_corners=False), as the official code does. Returns the
     table unchanged when it already has the right size.
     """
     num_patches = pos_embed.shape[0] - 1
@@ -54,11 +55,12 @@ def interpolate_positional_embedding(pos_embed: torch.Tensor, grid: Sequence[int
 
 @BACKBONE_REGISTRY.register()
 class CLIPVisionBackbone(Backbone):
-    """CLIP ViT image tower with CAT-Seg's dense forward (and the CLIP text tower).
+    """CLIP ViT image tower with CAT-Seg's dense forward.
 
     Args:
         clip_model: an ``open_clip.CLIP`` with split q/k/v attention (see
-            :func:`~cat_seg.modeling.clip.build_clip_model`).
+            :func:`~cat_seg.modeling.clip.build_clip_model`); both towers are held (and
+            fine-tuned by ``finetune``), the forward uses ``clip_model.visual``.
         resolution: ``(H, W)`` of the input fed to CLIP (images are resized to it). The
             official recipe feeds a 24x24 patch grid: 384 px for ViT-B/16, 336 for ViT-L/14.
         guidance_blocks: indexes of the blocks whose outputs are returned as guidance.
@@ -66,7 +68,6 @@ class CLIPVisionBackbone(Backbone):
         prompt_depth, prompt_length: deep visual prompts (``prompt`` mode): ``length``
             learned tokens inserted after the class token before each of the first
             ``depth`` blocks and removed after it.
-        prompt_ensemble_type: templates for the class-name text embeddings.
     """
 
     @configurable
@@ -79,7 +80,6 @@ class CLIPVisionBackbone(Backbone):
         finetune: str = "attention",
         prompt_depth: int = 0,
         prompt_length: int = 0,
-        prompt_ensemble_type: str = "single",
     ):
         super().__init__()
         self.clip = clip_model
@@ -108,14 +108,7 @@ class CLIPVisionBackbone(Backbone):
         prompts = [self.visual_prompt_tokens] if self.visual_prompt_tokens is not None else []
         apply_clip_finetune(self.clip, finetune, prompts)
         self.finetune = finetune
-        self.text_encoder = ClassTextEncoder(
-            encode_tokens=self.encode_text,
-            parameters=self.text_parameters,
-            prompt_ensemble_type=prompt_ensemble_type,
-            context_length=clip_model.context_length,
-        )
         self._out_features = ["dense_embeddings"] + [f"block{i}" for i in self.guidance_blocks]
-        self.fast = FastOptions()
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -134,7 +127,6 @@ class CLIPVisionBackbone(Backbone):
             "finetune": head.CLIP_FINETUNE,
             "prompt_depth": head.PROMPT_DEPTH,
             "prompt_length": head.PROMPT_LENGTH,
-            "prompt_ensemble_type": cfg.MODEL.PROMPT_ENSEMBLE_TYPE,
         }
 
     # ------------------------------------------------------------------ shapes
@@ -151,7 +143,7 @@ class CLIPVisionBackbone(Backbone):
 
     # ------------------------------------------------------------------ image tower
     def positional_embedding(self, grid: Sequence[int]) -> torch.Tensor:
-        """Positional table for a patch grid (interpolated from the stored table; spec 1.4)."""
+        """Positional table for a patch grid (interpolated from the stored table)."""
         return interpolate_positional_embedding(self.clip.visual.positional_embedding, grid)
 
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
@@ -167,7 +159,7 @@ class CLIPVisionBackbone(Backbone):
 
     @staticmethod
     def dense_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The dense computation of the last block (spec 1.5), ``[B, L, W] -> [B, L, W]``.
+        """The dense computation of the last block, ``[B, L, W] -> [B, L, W]`` (``docs/architecture.md``).
 
         ``v = out_proj(W_v ln_1(x) + b_v)`` (no softmax attention), residual = the class-token
         row of the block input broadcast to every position, then the block's MLP residual.
@@ -218,35 +210,3 @@ class CLIPVisionBackbone(Backbone):
     def _tokens_to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Drop the class token and lay the patch tokens out row-major: ``[B, 1+hw, D] -> [B, D, h, w]``."""
         return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
-
-    # ------------------------------------------------------------------ text tower
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[N, context]`` token ids -> ``[N, C]`` text embeddings (not normalised).
-
-        With ``truncate_text`` (:mod:`..fast`) the sequences are cut after the last
-        end-of-text token of the batch: with the causal mask, positions up to a prompt's EOT
-        never attend to later ones, so the pooled EOT features are the same, for a fraction
-        of the 77-token cost (prompts are ~10-20 tokens).
-        """
-        clip = self.clip
-        mask = getattr(clip, "attn_mask", None)
-        if (not self.fast.truncate_text or getattr(clip, "text_pool_type", "argmax") != "argmax"
-                or not isinstance(mask, torch.Tensor) or tokens.dim() != 2):
-            return clip.encode_text(tokens)
-        eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
-        length = int(eot.max()) + 1
-        if length >= tokens.shape[1]:
-            return clip.encode_text(tokens)
-        cast_dtype = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)
-        x = x + clip.positional_embedding[:length].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=mask[:length, :length])
-        x = clip.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
-        if clip.text_projection is None:
-            return x
-        return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-
-    def text_parameters(self) -> List[nn.Parameter]:
-        """Parameters of the text tower (everything of CLIP outside ``visual``)."""
-        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.")]

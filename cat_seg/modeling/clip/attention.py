@@ -1,7 +1,7 @@
 """Multi-head attention with separate q/k/v projection weights.
 
 CAT-Seg fine-tunes only the query and value projection *weights* of every CLIP block
-(``attention`` mode, spec 1.7). With PyTorch's packed ``in_proj_weight`` that cannot be
+(``attention`` mode, ``docs/architecture.md``). With PyTorch's packed ``in_proj_weight`` that cannot be
 expressed as a set of trainable parameters, so every ``nn.MultiheadAttention`` of the CLIP
 towers is replaced by :class:`SplitQKVAttention`, which stores ``q_proj_weight``,
 ``k_proj_weight``, ``v_proj_weight`` (each ``[W, W]``), the packed ``in_proj_bias`` ``[3W]``

@@ -1,11 +1,11 @@
-"""CLIP fine-tuning policies (``MODEL.SEM_SEG_HEAD.CLIP_FINETUNE``, spec 1.7).
+"""CLIP fine-tuning policies (``MODEL.SEM_SEG_HEAD.CLIP_FINETUNE``; ``docs/architecture.md``).
 
 The rule is applied to every parameter name of the CLIP model (official names):
 
 * names without ``transformer`` (patch conv, embeddings, ln_pre/ln_post, projections,
   logit_scale) are frozen in every mode;
 * ``attention``: only ``attn.q_proj_weight`` and ``attn.v_proj_weight`` of every block of
-  both towers (biases, k, out_proj, positional embeddings stay frozen: quirk Q2);
+  both towers (biases, k, out_proj, positional embeddings stay frozen, as in the official code);
 * ``prompt``: only the deep visual prompt tokens;
 * ``full``: every ``transformer`` parameter;
 * ``none``: everything frozen.

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .text_encoder import TextEncoder
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,6 +60,7 @@ def pretrain_clip_dense(
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    text_encoder = TextEncoder(backbone.clip).train()  # single template: one caption per class
     backbone.train()
     losses = []
     for step in range(steps):
@@ -65,7 +68,7 @@ def pretrain_clip_dense(
             group["lr"] = warmup_cosine_lr(lr, step, steps, warmup_steps)
         index = torch.randint(len(images), (batch_size,), generator=generator)
         dense = F.normalize(backbone(images[index])["dense_embeddings"], dim=1)  # [B, C, h, w]
-        text = backbone.text_encoder(list(class_names), images.device, training=True)[:, 0]  # [T, C]
+        text = text_encoder(list(class_names))[:, 0]  # [T, C]
         logits = backbone.clip.logit_scale.exp() * torch.einsum("bchw,tc->bthw", dense, text)
         logits = F.interpolate(logits, size=label_maps.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, label_maps[index].long(), ignore_index=ignore_value)

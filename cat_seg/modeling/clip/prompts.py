@@ -42,7 +42,7 @@ def get_templates(ensemble_type: str) -> Tuple[str, ...]:
 
 
 def primary_name(class_name: str) -> str:
-    """First synonym of a ``", "``-separated class name (official behaviour, quirk Q3).
+    """First synonym of a ``", "``-separated class name (official behaviour, ``docs/architecture.md``).
 
     ``"building, edifice"`` -> ``"building"``; surrounding whitespace is removed.
     """

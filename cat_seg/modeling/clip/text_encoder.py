@@ -1,48 +1,42 @@
 """Class-name embeddings: prompts -> tokens -> CLIP text tower, with an inference cache."""
 from collections import OrderedDict
-from typing import Callable, Hashable, Sequence, Tuple
+from typing import Hashable, List, Sequence, Tuple
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import full_precision
 from .prompts import build_prompts, get_templates
 
 
-class ClassTextEncoder:
-    """Embeds a vocabulary of class names with a CLIP text tower.
+class TextEncoder(nn.Module):
+    """Embeds a vocabulary of class names with the CLIP text tower (``docs/architecture.md``, "Text encoder").
 
-    Not an ``nn.Module``: it owns no parameters. ``encode_tokens`` is the text tower
-    (``tokens [N, context] -> [N, C]``), and ``parameters`` the tensors whose values the
-    embeddings depend on (for cache invalidation).
+    The CLIP model (an ``open_clip.CLIP``, both towers) is *referenced*, not registered as a
+    submodule: its parameters are owned, saved and loaded under ``backbone.clip.*`` (the
+    layout of official and our checkpoints), and this module has no state of its own. The
+    text tower is fine-tuned together with the image tower.
 
-    In training mode (``torch.is_grad_enabled()`` and ``training=True``) embeddings are
-    recomputed on every call, with gradients (the text tower is fine-tuned). Otherwise results
-    are cached, keyed by the class list, templates, device, dtype and the identity and version
-    counters of the text-tower parameters, so a changed vocabulary or an optimizer step / weight load
-    never returns stale embeddings.
+    In training mode with gradients enabled, embeddings are recomputed on every call, with
+    gradients. Otherwise results are cached, keyed by the class list, templates, device,
+    dtype and the identity and version counters of the text-tower parameters, so a changed
+    vocabulary, an optimizer step or a weight load never returns stale embeddings. Cached
+    embeddings are computed in fp32 whatever autocast context the first call came from
+    (precision policy, :mod:`..precision`).
 
     Args:
-        encode_tokens: the text tower.
-        parameters: callable returning the text-tower parameters.
+        clip_model: the CLIP model whose text tower is used.
         prompt_ensemble_type: ``single`` | ``imagenet`` | ``imagenet_select``.
-        context_length: tokenizer context length (77 for CLIP).
         cache_size: vocabularies kept in the cache.
     """
 
-    def __init__(
-        self,
-        encode_tokens: Callable[[torch.Tensor], torch.Tensor],
-        parameters: Callable[[], Sequence[nn.Parameter]],
-        prompt_ensemble_type: str = "single",
-        context_length: int = 77,
-        cache_size: int = 8,
-    ):
-        self.encode_tokens = encode_tokens
-        self.parameters = parameters
+    def __init__(self, clip_model: nn.Module, prompt_ensemble_type: str = "single", cache_size: int = 8):
+        super().__init__()
+        self.__dict__["clip"] = clip_model  # a reference: not a submodule (see the class docstring)
         self.templates = get_templates(prompt_ensemble_type)
-        self.context_length = context_length
+        self.context_length = clip_model.context_length
         self.cache_size = cache_size
         self._cache: "OrderedDict[Hashable, torch.Tensor]" = OrderedDict()
 
@@ -50,40 +44,69 @@ class ClassTextEncoder:
     def num_templates(self) -> int:
         return len(self.templates)
 
-    def tokenize(self, class_names: Sequence[str], device: torch.device) -> torch.Tensor:
+    @property
+    def device(self) -> torch.device:
+        return self.clip.token_embedding.weight.device
+
+    def text_parameters(self) -> List[nn.Parameter]:
+        """Parameters of the text tower (everything of CLIP outside ``visual``)."""
+        return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.")]
+
+    def tokenize(self, class_names: Sequence[str], device=None) -> torch.Tensor:
         """``[T*P, context]`` token ids in class-major order."""
         prompts = build_prompts(class_names, self.templates)
-        return open_clip.tokenize(prompts, context_length=self.context_length).to(device)
+        return open_clip.tokenize(prompts, context_length=self.context_length).to(device or self.device)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[N, context]`` token ids -> ``[N, C]`` text embeddings (not normalised).
+
+        The sequences are cut after the last end-of-text token of the batch: with the causal
+        mask, positions up to a prompt's end-of-text token never attend to later ones, so the
+        pooled features are the same for a fraction of the 77-token cost (prompts are ~10-20
+        tokens). Models that pool otherwise run open_clip's ``encode_text`` unchanged.
+        """
+        clip = self.clip
+        mask = getattr(clip, "attn_mask", None)
+        if getattr(clip, "text_pool_type", "argmax") != "argmax" or not isinstance(mask, torch.Tensor):
+            return clip.encode_text(tokens)
+        eot = tokens.argmax(dim=-1)  # the end-of-text token has the largest id
+        length = int(eot.max()) + 1
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)
+        x = x + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=mask[:length, :length])
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        if clip.text_projection is None:
+            return x
+        return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
     def _weights_version(self) -> Tuple[Tuple[int, int], ...]:
         """Identity and version counter of every text-tower tensor: any in-place update
         (optimizer step, ``load_state_dict``) bumps a counter, and a replaced tensor
         (``load_state_dict(assign=True)``, ``p.data = ...``) changes the identity."""
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+        return tuple((p.data_ptr(), p._version) for p in self.text_parameters())
 
-    def __call__(self, class_names: Sequence[str], device: torch.device, training: bool = False) -> torch.Tensor:
+    def forward(self, class_names: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings ``[T, P, C]`` of ``class_names`` (P = number of templates)."""
         if not class_names:
             raise ValueError("the vocabulary is empty: give at least one class name")
-        if training and torch.is_grad_enabled():
-            return self._encode(class_names, device)
-        params = self.parameters()
-        key = (tuple(class_names), self.templates, str(device), params[0].dtype, self._weights_version())
+        if self.training and torch.is_grad_enabled():
+            return self._encode(class_names)
+        key = (tuple(class_names), self.templates, str(self.device), self.clip.token_embedding.weight.dtype,
+               self._weights_version())
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        # cached embeddings are always computed in full precision (once per vocabulary, so
-        # the cost does not matter), whatever autocast context the first call came from
-        with torch.no_grad(), torch.autocast(torch.device(device).type, enabled=False):
-            embeddings = self._encode(class_names, device)
+        with torch.no_grad(), full_precision(self.device):
+            embeddings = self._encode(class_names)
         self._cache[key] = embeddings
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return embeddings
 
-    def _encode(self, class_names: Sequence[str], device: torch.device) -> torch.Tensor:
-        tokens = self.tokenize(class_names, device)
-        embeddings = F.normalize(self.encode_tokens(tokens), dim=-1)
+    def _encode(self, class_names: Sequence[str]) -> torch.Tensor:
+        embeddings = F.normalize(self.encode_tokens(self.tokenize(class_names)), dim=-1)
         return embeddings.view(len(class_names), self.num_templates, -1)
 
     def clear_cache(self):

@@ -1,5 +1,4 @@
 """``CATSegHead``: guidance upsampling + cost aggregation, registered in detectron2."""
-import logging
 from typing import Dict, List, Sequence
 
 import torch
@@ -8,8 +7,6 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, ShapeSpec
 from torch import nn
 
 from ..aggregator import Aggregator
-
-logger = logging.getLogger(__name__)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -41,9 +38,6 @@ class CATSegHead(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         embed_dim = input_shape["dense_embeddings"].channels
         guidance_features = sorted((k for k in input_shape if k.startswith("block")), key=lambda k: int(k[5:]))
-        for key, derived in (("TEXT_GUIDANCE_DIM", embed_dim), ("APPEARANCE_GUIDANCE_DIM", embed_dim)):
-            if head.get(key) != derived:
-                logger.info(f"MODEL.SEM_SEG_HEAD.{key}={head.get(key)} ignored: the CLIP model gives {derived}")
         if len(guidance_features) != len(head.DECODER_GUIDANCE_DIMS):
             raise ValueError(
                 f"the backbone returns {len(guidance_features)} guidance blocks but DECODER_GUIDANCE_DIMS has "
@@ -69,19 +63,23 @@ class CATSegHead(nn.Module):
             attention_type=head.ATTENTION_TYPE,
             pad_len=head.PAD_LEN,
             residual_quirk=head.CLASS_RESIDUAL_QUIRK,
-            fp32_cost_embedding=cfg.MODEL.FAST.FP32_COST_EMBEDDING,
-            fp32_last_decoder_block=cfg.MODEL.FAST.FP32_LAST_DECODER_BLOCK,
+            checkpoint_activations=cfg.MODEL.CHECKPOINT_ACTIVATIONS,
         )
         return {"aggregator": aggregator, "guidance_upsample": upsample, "guidance_features": guidance_features}
 
-    def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1)) -> torch.Tensor:
+    def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1),
+                class_chunk: int = 0) -> torch.Tensor:
         """Logits ``[B, T, 4h, 4w]`` from backbone ``features`` and ``text_embeddings`` ``[T, P, C]``.
 
         ``features["dense_embeddings"]`` ``[B, C, h, w]`` is both the image side of the cost
-        volume and the appearance guidance.
+        volume and the appearance guidance. ``class_chunk``: see
+        :meth:`~cat_seg.modeling.aggregator.Aggregator.forward`.
         """
         image = features["dense_embeddings"]
         decoder_guidance: List[torch.Tensor] = [
             up(features[name]) for up, name in zip(self.guidance_upsample, self.guidance_features)
         ]
-        return self.aggregator(image, text_embeddings, image, decoder_guidance, pooling)
+        # the vocabulary size is a dynamic dimension of a compiled aggregator: a new size does
+        # not recompile it (no effect in eager mode)
+        torch._dynamo.maybe_mark_dynamic(text_embeddings, text_embeddings.dim() - 3)
+        return self.aggregator(image, text_embeddings, image, decoder_guidance, pooling, class_chunk)

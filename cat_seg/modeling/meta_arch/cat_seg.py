@@ -1,5 +1,4 @@
 """``CATSeg`` meta-architecture: preprocessing, training loss, (sliding-window) inference."""
-import contextlib
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -10,20 +9,23 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ...utils import read_class_json
-from ..fast import FastOptions, set_fast_options
+from ..aggregator import resolve_class_chunk_size
+from ..clip import TextEncoder
 from ..losses import sem_seg_bce_loss
 from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
+from ..precision import PRECISIONS, autocast, resolve_precision
 from ..sliding_window import crop_windows, window_boxes, window_stride
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @META_ARCH_REGISTRY.register()
 class CATSeg(nn.Module):
-    """CAT-Seg: CLIP backbone -> cosine cost volume -> aggregation -> per-class logits.
+    """CAT-Seg: CLIP image tower + text encoder -> cosine cost volume -> aggregation -> per-class logits.
+
+    See ``docs/architecture.md`` for the data flow.
 
     Args:
-        backbone: :class:`~cat_seg.modeling.backbone.CLIPVisionBackbone`.
+        backbone: :class:`~cat_seg.modeling.backbone.CLIPVisionBackbone` (the image tower).
+        text_encoder: :class:`~cat_seg.modeling.clip.TextEncoder` (the text tower, with its cache).
         sem_seg_head: :class:`~cat_seg.modeling.heads.CATSegHead`.
         train_class_json, test_class_json: class-name jsons (read on first use).
         clip_pixel_mean, clip_pixel_std: CLIP normalisation on 0..255 RGB.
@@ -32,12 +34,14 @@ class CATSeg(nn.Module):
         train_pooling, test_pooling: class-aggregation pooling in training / inference.
         sliding_window: use the sliding-window protocol at inference.
         window_crop, window_overlap, window_canvas: its geometry (384, 0.333, 640).
-        inference_autocast: None for the exact fp32 computation, or a dtype
-            (``torch.bfloat16``/``torch.float16``) for mixed-precision inference.
-        autocast_clip: under autocast (inference or training), run the CLIP image tower in
-            the autocast dtype too; False keeps it in fp32.
-        fast_options: speed options (:class:`~cat_seg.modeling.fast.FastOptions`, from
-            ``MODEL.FAST.*`` / ``TEST.CLASS_CHUNK_SIZE``), shared with every submodule.
+        precision: ``MODEL.PRECISION`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``): the
+            autocast dtype of inference, resolved for the model's device on every call
+            (:func:`~cat_seg.modeling.precision.resolve_precision`). Training precision is
+            the trainer's (same key).
+        class_chunk_size: ``TEST.CLASS_CHUNK_SIZE`` (-1 = auto, see
+            :func:`~cat_seg.modeling.aggregator.resolve_class_chunk_size`).
+        compile: ``MODEL.COMPILE``: ``torch.compile`` the aggregator (cost volume,
+            aggregation layers and decoder) in place.
     """
 
     @configurable
@@ -45,6 +49,7 @@ class CATSeg(nn.Module):
         self,
         *,
         backbone: nn.Module,
+        text_encoder: nn.Module,
         sem_seg_head: nn.Module,
         train_class_json: str = "",
         test_class_json: str = "",
@@ -58,12 +63,13 @@ class CATSeg(nn.Module):
         window_crop: int = 384,
         window_overlap: float = 0.333,
         window_canvas: int = 640,
-        inference_autocast: Optional[torch.dtype] = None,
-        autocast_clip: bool = True,
-        fast_options: Optional[FastOptions] = None,
+        precision: str = "fp32",
+        class_chunk_size: int = -1,
+        compile: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
+        self.text_encoder = text_encoder
         self.sem_seg_head = sem_seg_head
         self.train_class_json = train_class_json
         self.test_class_json = test_class_json
@@ -78,25 +84,29 @@ class CATSeg(nn.Module):
         self.window_crop = window_crop
         self.window_stride = window_stride(window_crop, window_overlap)
         self.window_canvas = (window_canvas, window_canvas)
-        self.inference_autocast = inference_autocast
-        self.autocast_clip = autocast_clip
-        self.fast = fast_options if fast_options is not None else FastOptions()
-        set_fast_options(self, self.fast)
+        if str(precision).lower() not in PRECISIONS:
+            raise ValueError(f"MODEL.PRECISION={precision!r}: expected one of {', '.join(PRECISIONS)}")
+        self.precision = str(precision).lower()
+        self.class_chunk_size = int(class_chunk_size)
+        # what inference returns per image unless an input dict has "output_request"
+        # (cat_seg.modeling.postprocess: probabilities by default; evaluation asks for labels)
+        self.output_request = PROBABILITIES
+        self.compiled = bool(compile)
+        if self.compiled:
+            self.sem_seg_head.aggregator.compile()
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        num_templates = backbone.text_encoder.num_templates
+        text_encoder = TextEncoder(backbone.clip, cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
         # the head needs the number of prompt templates (cost-embedding channels) besides the shapes
         sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(
-            cfg, backbone.output_shape(), num_templates=num_templates
+            cfg, backbone.output_shape(), num_templates=text_encoder.num_templates
         )
         head = cfg.MODEL.SEM_SEG_HEAD
-        fast = cfg.MODEL.FAST
-        if fast.AUTOCAST_DTYPE not in _AUTOCAST_DTYPES:
-            raise ValueError(f"MODEL.FAST.AUTOCAST_DTYPE={fast.AUTOCAST_DTYPE!r}: expected one of {sorted(_AUTOCAST_DTYPES)}")
         return {
             "backbone": backbone,
+            "text_encoder": text_encoder,
             "sem_seg_head": sem_seg_head,
             "train_class_json": head.TRAIN_CLASS_JSON,
             "test_class_json": head.TEST_CLASS_JSON,
@@ -110,9 +120,9 @@ class CATSeg(nn.Module):
             "window_crop": cfg.TEST.SLIDING_WINDOW_CROP,
             "window_overlap": cfg.TEST.SLIDING_WINDOW_OVERLAP,
             "window_canvas": cfg.TEST.SLIDING_WINDOW_CANVAS,
-            "inference_autocast": _AUTOCAST_DTYPES[fast.AUTOCAST_DTYPE] if fast.INFERENCE_AUTOCAST else None,
-            "autocast_clip": fast.AUTOCAST_CLIP,
-            "fast_options": FastOptions.from_config(cfg),
+            "precision": cfg.MODEL.PRECISION,
+            "class_chunk_size": cfg.TEST.CLASS_CHUNK_SIZE,
+            "compile": cfg.MODEL.COMPILE,
         }
 
     @property
@@ -135,7 +145,11 @@ class CATSeg(nn.Module):
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[T, P, C]`` embeddings of ``class_names`` (recomputed in training, cached otherwise)."""
-        return self.backbone.text_encoder(list(class_names), self.device, training=self.training)
+        return self.text_encoder(list(class_names))
+
+    def inference_dtype(self) -> Optional[torch.dtype]:
+        """Autocast dtype of inference on the model's device (None = fp32), from ``precision``."""
+        return resolve_precision(self.precision, self.device)
 
     # ------------------------------------------------------------------ core
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -149,13 +163,10 @@ class CATSeg(nn.Module):
         size = self.backbone.resolution
         if tuple(clip_images.shape[-2:]) != size:
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
-        clip_precision = (
-            contextlib.nullcontext() if self.autocast_clip else torch.autocast(self.device.type, enabled=False)
-        )
-        with clip_precision:
-            features = self.backbone(clip_images)
+        features = self.backbone(clip_images)
         text = self.text_embeddings(class_names)
-        return self.sem_seg_head(features, text, pooling=pooling)
+        chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device, self.compiled)
+        return self.sem_seg_head(features, text, pooling=pooling, class_chunk=chunk)
 
     def forward(self, batched_inputs: List[Dict], class_names: Optional[Sequence[str]] = None):
         """detectron2 interface.
@@ -172,11 +183,7 @@ class CATSeg(nn.Module):
         if self.training:
             return self.losses(batched_inputs, class_names)
         names = list(class_names) if class_names is not None else self.class_names("test")
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.inference_autocast)
-            if self.inference_autocast is not None else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast(self.inference_dtype(), self.device):
             if self.sliding_window:
                 return self.inference_sliding_window(batched_inputs, names)
             return self.inference(batched_inputs, names)
@@ -217,8 +224,8 @@ class CATSeg(nn.Module):
             padded_sizes.append(padded.shape[-2:])
             clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
         logits = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling)
-        default_request = getattr(self, "output_request", PROBABILITIES)
-        chunk_setting = getattr(self, "class_chunk_size", -1)
+        default_request = self.output_request
+        chunk_setting = self.class_chunk_size
         results = []
         for i, x in enumerate(batched_inputs):
             maps = WholeImageMaps(logits[i], padded_sizes[i], raw[i].shape[-2:], self._output_size(x, raw[i]),
@@ -227,7 +234,7 @@ class CATSeg(nn.Module):
         return results
 
     def inference_sliding_window(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
-        """Sliding-window protocol for every image of the batch in one forward.
+        """Sliding-window protocol (``docs/architecture.md``) for every image of the batch in one forward.
 
         Per image: resize to the square canvas, cut the crops, add the whole image resized to
         the crop size as a global view; all crops of all images go through the model together.
@@ -245,7 +252,7 @@ class CATSeg(nn.Module):
             views.append(torch.cat([crop_windows(canvas_image, boxes, crop), global_view]))
         per_image = len(boxes) + 1
         logits = self.predict_logits(self.normalize(torch.cat(views)), class_names, self.test_pooling)
-        default_request = getattr(self, "output_request", PROBABILITIES)
+        default_request = self.output_request
         results = []
         for i, x in enumerate(batched_inputs):
             image_logits = logits[i * per_image:(i + 1) * per_image]
@@ -265,4 +272,4 @@ class CATSeg(nn.Module):
         expanded once.
         """
         return SlidingWindowMaps(logits, boxes, self.window_crop, self.window_canvas, out_size,
-                                 getattr(self, "class_chunk_size", -1))
+                                 self.class_chunk_size)

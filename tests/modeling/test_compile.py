@@ -1,0 +1,121 @@
+"""``torch.compile`` of the aggregator (``MODEL.COMPILE``): one graph without breaks, the same
+results as eager, and a vocabulary size that is a dynamic dimension (no recompilation per size).
+
+Tiny aggregator on CPU. The graph-break and recompilation checks trace with dynamo only
+(``aot_eager``: the traced graph run by PyTorch's kernels); one test runs inductor's code
+generation (a C++ compiler is needed; it is the slowest test here, the kernels are cached
+by inductor across runs).
+"""
+import pytest
+import torch
+import torch._dynamo
+
+from cat_seg.modeling.aggregator import Aggregator
+
+PAD_LEN = 8
+
+
+def make_aggregator(attention_type="linear"):
+    torch.manual_seed(0)
+    aggregator = Aggregator(text_dim=16, appearance_dim=16, hidden_dim=16, text_guidance_proj_dim=8,
+                            appearance_guidance_proj_dim=8, decoder_dims=(8, 8), decoder_guidance_dims=(8, 8),
+                            decoder_guidance_proj_dims=(4, 4), num_layers=1, num_heads=2, window=4,
+                            pad_len=PAD_LEN, attention_type=attention_type).eval()
+    with torch.no_grad():  # non-trivial padding tokens
+        for layer in aggregator.layers:
+            layer.classes.padding_tokens.normal_()
+            layer.classes.padding_guidance.normal_()
+    return aggregator
+
+
+def make_inputs(num_classes, seed=0, size=8):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(2, 16, size, size, generator=g)
+    text = torch.randn(num_classes, 1, 16, generator=g)
+    guidance = [torch.randn(2, 8, 2 * size, 2 * size, generator=g), torch.randn(2, 8, 4 * size, 4 * size, generator=g)]
+    torch._dynamo.maybe_mark_dynamic(text, 0)  # as CATSegHead.forward does
+    return image, text, image, guidance
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("attention_type", ["linear", "full"])
+@pytest.mark.parametrize("num_classes", [5, 12])  # padded / top-k pruned
+def test_no_graph_breaks(attention_type, num_classes):
+    aggregator = make_aggregator(attention_type)
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(aggregator)(*make_inputs(num_classes))
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_no_graph_breaks_with_shifted_windows():
+    """A 16x16 map with window 4: the shifted block masks the border windows only."""
+    aggregator = make_aggregator()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(aggregator)(*make_inputs(5, size=16))
+    assert explanation.graph_break_count == 0
+
+
+def test_compiled_equals_eager_and_vocabulary_size_is_dynamic():
+    aggregator = make_aggregator()
+    compilations = []
+
+    def backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        from torch._dynamo.backends.common import aot_autograd
+
+        return aot_autograd(fw_compiler=lambda gm, _: gm.forward)(graph_module, example_inputs)
+
+    compiled = torch.compile(aggregator, backend=backend)
+    with torch.no_grad():
+        for num_classes in (5, 7, 3):  # below PAD_LEN: padded
+            inputs = make_inputs(num_classes, seed=num_classes)
+            out = compiled(*inputs)
+            assert out.shape == (2, num_classes, 32, 32)
+            assert (out - aggregator(*inputs)).abs().max() <= 1e-4
+        assert len(compilations) == 1  # one graph for every padded vocabulary size
+        for num_classes in (12, 15):  # above PAD_LEN: the top-k branch, one more graph
+            inputs = make_inputs(num_classes, seed=num_classes)
+            assert (compiled(*inputs) - aggregator(*inputs)).abs().max() <= 1e-4
+        assert len(compilations) == 2
+
+
+def test_inductor_compiled_equals_eager():
+    aggregator = make_aggregator()
+    compiled = torch.compile(aggregator)  # inductor: generated C++ kernels on CPU
+    with torch.no_grad():
+        inputs = make_inputs(5)
+        assert (compiled(*inputs) - aggregator(*inputs)).abs().max() <= 1e-4
+
+
+def test_model_compile_key_compiles_the_aggregator(tiny_model):
+    model = tiny_model("b", MODEL__COMPILE=True)
+    assert model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is not None
+    assert tiny_model("b").sem_seg_head.aggregator._compiled_call_impl is None
+
+
+def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
+    """Through the model (the head marks the class dimension dynamic; auto chunking is off
+    when compiled): three vocabulary sizes, one graph, the eager results."""
+    model = tiny_model("b", MODEL__COMPILE=True).eval()
+    eager = tiny_model("b").eval()
+    compilations = []
+
+    def backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        return graph_module.forward
+
+    model.sem_seg_head.aggregator.compile(backend=backend)  # the product compiles with inductor
+    images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for size in (5, 9, 3):
+            names = [f"thing {i}" for i in range(size)]
+            out = model.predict_logits(images, names, (1, 1))
+            assert (out - eager.predict_logits(images, names, (1, 1))).abs().max() <= 1e-4
+    assert len(compilations) == 1
