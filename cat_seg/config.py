@@ -88,8 +88,12 @@ def add_cat_seg_config(cfg):
     cfg.TEST.SLIDING_WINDOW_CROP = 384
     cfg.TEST.SLIDING_WINDOW_OVERLAP = 0.333
     cfg.TEST.SLIDING_WINDOW_CANVAS = 640
-    # Images per forward during evaluation (the official code is fixed at 1).
-    cfg.TEST.IMS_PER_BATCH = 1
+    # Images per evaluation forward (the official code is fixed at 1); 0 = auto: 8 on CUDA,
+    # 1 elsewhere (cat_seg.engine.trainer.resolve_test_batch_size).
+    cfg.TEST.IMS_PER_BATCH = 0
+    # Inference on CUDA: replay the per-view forward (CLIP image tower + head) as CUDA graphs,
+    # one capture per (views, vocabulary size, dtype); no effect on CPU (cat_seg/modeling/cuda_graphs.py).
+    cfg.TEST.CUDA_GRAPHS = False
     # Classes per chunk (per image) of the per-class blocks, the decoder and the
     # sliding-window post-processing at inference (0 = all at once; -1 = auto: 32 on CPU,
     # where small chunks stay in cache, all at once on GPU or with MODEL.COMPILE). Bounds

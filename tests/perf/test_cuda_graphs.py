@@ -128,3 +128,17 @@ def test_cuda_graph_replay_matches_eager_and_recaptures_per_vocabulary():
         weight.mul_(2)  # parameters are read by the graph at replay time
         torch.testing.assert_close(graphed(views, text), fn(views, text))
         assert graphed.captures == 2
+
+
+def test_model_with_cuda_graphs_on_cpu_runs_eagerly_and_equal(tiny_model, random_images):
+    """``TEST.CUDA_GRAPHS True`` wires the per-view forward through :class:`GraphedForward`; on a
+    CPU it runs eagerly (no capture) and gives the same probabilities as without it."""
+    image = random_images([(64, 96)], seed=5)[0]
+    plain = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True)
+    graphed = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True, TEST__CUDA_GRAPHS=True)
+    assert graphed._graphed_views.enabled and not plain._graphed_views.enabled
+    with torch.no_grad():
+        want = plain([{"image": image}])[0]["sem_seg"]
+        got = graphed([{"image": image}])[0]["sem_seg"]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert graphed._graphed_views.captures == 0 and graphed._graphed_views.replays == 0

@@ -11,6 +11,7 @@ from torch import nn
 from ...utils import read_class_json
 from ..aggregator import resolve_class_chunk_size
 from ..clip import TextEncoder
+from ..cuda_graphs import GraphedForward
 from ..losses import sem_seg_bce_loss
 from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
 from ..precision import PRECISIONS, autocast, resolve_precision
@@ -42,6 +43,8 @@ class CATSeg(nn.Module):
             :func:`~cat_seg.modeling.aggregator.resolve_class_chunk_size`).
         compile: ``MODEL.COMPILE``: ``torch.compile`` the aggregator (cost volume,
             aggregation layers and decoder) in place.
+        cuda_graphs: ``TEST.CUDA_GRAPHS``: at inference on CUDA, replay :meth:`views_to_logits`
+            as CUDA graphs (:class:`~cat_seg.modeling.cuda_graphs.GraphedForward`).
     """
 
     @configurable
@@ -66,6 +69,7 @@ class CATSeg(nn.Module):
         precision: str = "fp32",
         class_chunk_size: int = -1,
         compile: bool = False,
+        cuda_graphs: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -94,6 +98,9 @@ class CATSeg(nn.Module):
         self.compiled = bool(compile)
         if self.compiled:
             self.sem_seg_head.aggregator.compile()
+        # inference on CUDA: the per-view forward replayed as CUDA graphs (eager on CPU, in
+        # training and with gradients); call .reset() after replacing parameters by new tensors
+        self._graphed_views = GraphedForward(self.views_to_logits, enabled=bool(cuda_graphs))
 
     @classmethod
     def from_config(cls, cfg):
@@ -123,6 +130,7 @@ class CATSeg(nn.Module):
             "precision": cfg.MODEL.PRECISION,
             "class_chunk_size": cfg.TEST.CLASS_CHUNK_SIZE,
             "compile": cfg.MODEL.COMPILE,
+            "cuda_graphs": cfg.TEST.CUDA_GRAPHS,
         }
 
     @property
@@ -163,10 +171,17 @@ class CATSeg(nn.Module):
         size = self.backbone.resolution
         if tuple(clip_images.shape[-2:]) != size:
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
-        features = self.backbone(clip_images)
         text = self.text_embeddings(class_names)
         chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device, self.compiled)
-        return self.sem_seg_head(features, text, pooling=pooling, class_chunk=chunk)
+        forward = self.views_to_logits if self.training else self._graphed_views
+        return forward(clip_images, text, tuple(pooling), chunk)
+
+    def views_to_logits(self, clip_images: torch.Tensor, text: torch.Tensor, pooling: Sequence[int],
+                        class_chunk: int) -> torch.Tensor:
+        """The per-view forward: ``[V, 3, S, S]`` images at the CLIP resolution and ``[T, P, C]``
+        text embeddings -> logits ``[V, T, 4h, 4w]`` (what CUDA graphs capture at inference)."""
+        features = self.backbone(clip_images)
+        return self.sem_seg_head(features, text, pooling=pooling, class_chunk=class_chunk)
 
     def forward(self, batched_inputs: List[Dict], class_names: Optional[Sequence[str]] = None):
         """detectron2 interface.
