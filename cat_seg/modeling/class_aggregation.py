@@ -27,7 +27,7 @@ ATTENTION_TYPES = ("linear", "full")
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: Optional[torch.Tensor] = None,
                      pad_v: Optional[torch.Tensor] = None, count: int = 0, eps: float = 1e-6) -> torch.Tensor:
-    """Linear attention over classes with the ``elu(x) + 1`` feature map (no ``1/sqrt(d)`` scale).
+    """Linear attention over classes with the ``phi = elu(x) + 1`` feature map (no ``1/sqrt(d)`` scale).
 
     Args:
         q, k, v: ``[B, S, L, H, d]`` (S classes, L locations, H heads; any strides).
@@ -37,23 +37,40 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: O
         ``[B, S, L, H, d]`` = ``phi(q) KV / (phi(q) . K_sum + eps)`` with
         ``KV = sum_s phi(k_s) v_s^T`` and ``K_sum = sum_s phi(k_s)`` per location and head.
 
-    The sums and the normaliser are accumulated in fp32 (also under autocast); the result has
-    the dtype of ``q``. (The official code divides ``v`` by ``S`` and multiplies the output
-    by ``S``; the factors cancel and are left out.)
+    Only the feature map and two GEMMs per image touch the big ``[S, L, D]`` tensors, in their
+    own dtype (bf16 under autocast; no fp32 copies of q/k/v): the heads are one block-diagonal
+    ``[D, D]`` matrix ``KV`` per location, and the normaliser comes out of the same GEMM as
+    extra columns (``K_sum`` per head). The per-location sums and the division are fp32.
+    (The official code divides ``v`` by ``S`` and multiplies the output by ``S``; the factors
+    cancel and are left out.)
     """
-    out_dtype = q.dtype
-    acc = torch.promote_types(q.dtype, torch.float32)
-    with torch.autocast(q.device.type, enabled=False):
-        phi_k = F.elu(k.to(acc)).add_(1)  # in place on elu's fresh output (its backward reads the input)
-        phi_q = F.elu(q.to(acc)).add_(1)
-        kv = torch.einsum("bslhd,bslhe->blhde", phi_k, v.to(acc))
-        k_sum = phi_k.sum(dim=1)  # [B, L, H, d]
+    b, s, locations, heads, d = q.shape
+    dim = heads * d
+    dtype = q.dtype
+    acc = torch.promote_types(dtype, torch.float32)
+    head_of = torch.arange(dim, device=q.device) // d
+    same_head = (head_of[:, None] == head_of[None, :]).to(acc)  # [D, D] block-diagonal mask
+    head_columns = (head_of[:, None] == torch.arange(heads, device=q.device)[None, :]).to(acc)  # [D, H]
+    # phi in place on elu's fresh output (elu's backward reads its input, not its output)
+    phi_q, phi_k = F.elu(q).add_(1).flatten(-2), F.elu(k).add_(1).flatten(-2)  # [B, S, L, D]
+    v = v.flatten(-2)
+    if count:
+        pad_phi = F.elu(pad_k.to(acc)).add_(1).reshape(dim)
+        pad_kv = count * pad_phi[:, None] * pad_v.to(acc).reshape(1, dim)
+    out = []
+    for pq, pk, vi in zip(phi_q.unbind(0), phi_k.unbind(0), v.unbind(0)):  # one image: [S, L, D]
+        pq, pk, vi = pq.transpose(0, 1), pk.transpose(0, 1), vi.transpose(0, 1)  # [L, S, D] strided views
+        kv = torch.bmm(pk.transpose(1, 2), vi).to(acc)  # [L, D, D]
+        k_sum = pk.sum(dim=1, dtype=acc)  # [L, D]
         if count:
-            pad_phi = F.elu(pad_k.to(acc)) + 1
-            kv = kv + count * pad_phi[:, :, None] * pad_v.to(acc)[:, None, :]
+            kv = kv + pad_kv
             k_sum = k_sum + count * pad_phi
-        z = torch.einsum("bslhd,blhd->bslh", phi_q, k_sum).add_(eps).reciprocal_()
-        return torch.einsum("bslhd,blhde->bslhe", phi_q, kv).mul_(z.unsqueeze(-1)).to(out_dtype)
+        ext = torch.cat([kv * same_head, k_sum[:, :, None] * head_columns], dim=2)  # [L, D, D + H]
+        num = torch.bmm(pq, ext.to(dtype))  # [L, S, D + H]
+        z = (num[..., dim:].to(acc) + eps).reciprocal_()  # [L, S, H]
+        att = num[..., :dim].to(acc).unflatten(-1, (heads, d)).mul_(z[..., None])
+        out.append(att.to(dtype))  # [L, S, H, d]
+    return torch.stack(out).transpose(1, 2)  # [B, S, L, H, d]
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: Optional[torch.Tensor] = None,
@@ -163,9 +180,9 @@ class ClassAggregation(nn.Module):
             text_guidance: ``[B, T, G]`` or None.
             pooling: average-pooling kernel ``(ph, pw)`` applied to each class map first; the
                 update is upsampled back (bilinear, align_corners=True).
-            location_chunk: without pooling, run the (per-location independent) layer on
-                chunks of at most this many locations (0 = all at once; bounds the memory of
-                the q/k/v and MLP temporaries at inference).
+            location_chunk: at inference without pooling, run the (per-location independent)
+                layer per image on chunks of at most this many locations (0 = all at once;
+                bounds the memory of the q/k/v and MLP temporaries). Not differentiable.
         Returns:
             ``[B, T, H, W, D]``.
         """
@@ -178,11 +195,16 @@ class ClassAggregation(nn.Module):
         z = pooled.reshape(b, t, ph * pw, d)  # [B, T, L, D]
         guidance = text_guidance[:, :, None] if text_guidance is not None else None  # [B, T, 1, G]
         if (ph, pw) == (h, w):
-            if location_chunk and location_chunk < h * w:
+            if location_chunk and (location_chunk < h * w or b > 1):
+                # inference: one image and at most location_chunk locations at a time, so the
+                # q/k/v and MLP temporaries stay small (in cache on a CPU)
                 out = torch.empty_like(z)
-                for start in range(0, h * w, location_chunk):
-                    part = z[:, :, start:start + location_chunk]
-                    out[:, :, start:start + location_chunk] = part + self.update(part, guidance)
+                for i in range(b):
+                    image_guidance = guidance[i:i + 1] if guidance is not None else None
+                    for start in range(0, h * w, location_chunk):
+                        part = z[i:i + 1, :, start:start + location_chunk]
+                        torch.add(part, self.update(part, image_guidance),
+                                  out=out[i:i + 1, :, start:start + location_chunk])
                 return out.view(b, t, h, w, d)
             return (z + self.update(z, guidance)).view(b, t, h, w, d)
         update = self.update(z, guidance).reshape(b * t, ph, pw, d).permute(0, 3, 1, 2)  # channels-last
