@@ -42,17 +42,17 @@ def vocabulary(num_classes: int):
     """``num_classes`` distinct names: a few common ones, then ADE-150 / ADE-847 names, then
     numbered filler names."""
     from cat_seg.modeling.clip.prompts import primary_name
+    from cat_seg.utils import read_class_json
 
     if num_classes <= len(SMALL_VOCABULARY):
         return SMALL_VOCABULARY[:num_classes]
     names, seen = [], set()
     for file in ("ade150.json", "ade847.json"):
-        with open(os.path.join(REPO, "datasets", file)) as f:
-            for name in json.load(f):
-                key = primary_name(name).lower()
-                if key not in seen:
-                    seen.add(key)
-                    names.append(name)
+        for name in read_class_json(file):  # the packaged vocabularies
+            key = primary_name(name).lower()
+            if key not in seen:
+                seen.add(key)
+                names.append(name)
     names += [f"object {i}" for i in range(max(0, num_classes - len(names)))]
     return names[:num_classes]
 
