@@ -26,7 +26,6 @@ AUTO_TEST_BATCH = {"cuda": 8}
 # What the model returns per image during evaluation by SemSegEvaluator: the predicted
 # classes [H, W] only, never the [T, H, W] probability maps (1.2 GB per ADE-847 image).
 EVAL_OUTPUT_REQUEST = OutputRequest(probabilities=False, labels=True)
-_UNSET = object()
 
 
 class DataSeed:
@@ -190,15 +189,12 @@ class Trainer(DefaultTrainer):
             cls.check_vocabulary(cfg, core, dataset_name)
         if not cls.evaluators_read_labels(evaluators):
             return super().test(cfg, model, evaluators)
-        previous = core.__dict__.get("output_request", _UNSET)
+        previous = core.output_request
         core.output_request = EVAL_OUTPUT_REQUEST
         try:
             return super().test(cfg, model, evaluators)
         finally:
-            if previous is _UNSET:
-                del core.output_request
-            else:
-                core.output_request = previous
+            core.output_request = previous
 
     @classmethod
     def evaluators_read_labels(cls, evaluators) -> bool:

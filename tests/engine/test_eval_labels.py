@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 
 from cat_seg.engine.trainer import EVAL_OUTPUT_REQUEST, Trainer
 from cat_seg.evaluation import SemSegEvaluator
-from cat_seg.modeling.postprocess import OutputRequest
+from cat_seg.modeling.postprocess import PROBABILITIES, OutputRequest
 
 NUM_CLASSES = 40  # more than the class chunk below: a [T, H, W] map can only come from the full tensor
 CLASS_CHUNK = 8
@@ -112,7 +112,7 @@ def nan_equal(a, b):
 def test_labels_mode_same_metrics_and_no_full_maps(build_cfg, dataset, tmp_path, sliding):
     cfg = make_cfg(build_cfg, dataset, tmp_path, sliding)
     model = make_model(cfg)
-    assert "output_request" not in model.__dict__
+    assert model.output_request is PROBABILITIES  # the model's default
     name = dataset["name"]
 
     # probabilities (the model's default), evaluated as before
@@ -136,7 +136,7 @@ def test_labels_mode_same_metrics_and_no_full_maps(build_cfg, dataset, tmp_path,
 
     # the default evaluators (built by Trainer.test itself) report the same numbers
     nan_equal(Trainer.test(cfg, model)["sem_seg"], res_probs)
-    assert "output_request" not in model.__dict__  # left as it was
+    assert model.output_request is PROBABILITIES  # left as it was
 
 
 def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, dataset, tmp_path):
@@ -174,7 +174,7 @@ def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, 
         Trainer.test(cfg, model, [Failing(name, distributed=False)])
     assert model.output_request is own_request
 
-    # a wrapped model (DDP): the request is set on the wrapped module, then removed
+    # a wrapped model (DDP): the request is set on the wrapped module, then restored
     class Wrapper(torch.nn.Module):
         def __init__(self, module):
             super().__init__()
@@ -183,11 +183,11 @@ def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, 
         def forward(self, inputs):
             return self.module(inputs)
 
-    del model.output_request
+    model.output_request = PROBABILITIES
     seen = RecordingEvaluator(name, distributed=False)
     Trainer.test(cfg, Wrapper(model), [seen])
     assert seen.keys == [{"sem_seg_labels", "sem_seg_confidence"}] * len(IMAGE_SIZES)
-    assert "output_request" not in model.__dict__
+    assert model.output_request is PROBABILITIES
 
 
 def test_evaluators_read_labels():
