@@ -17,6 +17,8 @@ run kernels) and counts, per op:
   a second time. Ops whose results alias an input without writing it (views: ``view``,
   ``permute``, ``expand``, ``slice``, ``split``, ``_unsafe_view``, ``detach`` ...) and
   allocations (``empty``, ``empty_strided``) count 0 bytes and are not counted as ops.
+  In-place indexed writes (``index_put_``: ``t[index] = values``) read the indices and values
+  and write only the indexed region of their target (also read when accumulating).
   Scalars and Python numbers are not counted. Cache effects are ignored: this is the
   traffic a kernel-per-op execution moves, the quantity that kernel fusion reduces.
 * **ops**: the number of computing ops (every op but the views and allocations above), a
@@ -41,6 +43,7 @@ program, shapes and dtypes).
 """
 import bisect
 import contextlib
+import math
 import re
 from collections import Counter, defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -82,6 +85,9 @@ _WRITE_ONLY_SELF = frozenset({
     "aten::copy_", "aten::fill_", "aten::zero_", "aten::normal_", "aten::uniform_", "aten::bernoulli_",
     "aten::random_", "aten::exponential_", "aten::index_fill_", "aten::masked_fill_",
 })
+# in-place indexed writes ``self[indices] = values`` (``accumulate``: ``+=``): they write (and,
+# accumulating, read) only the indexed region of ``self``, not all of it
+_INDEXED_WRITES = frozenset({"aten::index_put_", "aten::_index_put_impl_"})
 # metadata queries (no kernel)
 _METADATA = frozenset({
     "aten::size", "aten::sym_size", "aten::stride", "aten::sym_stride", "aten::dim", "aten::numel",
@@ -106,6 +112,24 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     except (RuntimeError, NotImplementedError):  # tensors without storage (some subclasses)
         return nbytes
     return min(nbytes, max(available, 0))
+
+
+def _indexed_write_bytes(args, kwargs) -> Tuple[int, int]:
+    """``(read, written)`` bytes of ``self[indices] = values`` (``index_put_``): the indices and
+    the values are read, the indexed region of ``self`` is written (and read when accumulating).
+    The region is the indexed shape: the broadcast index shape, then the dimensions of ``self``
+    after the indexed ones."""
+    names = ("self", "indices", "values", "accumulate")
+    bound = dict(zip(names, args), **kwargs)
+    target, indices, values = bound["self"], bound["indices"], bound["values"]
+    indices = list(indices)
+    index_tensors = [i for i in indices if i is not None]
+    index_shape = torch.broadcast_shapes(*(i.shape for i in index_tensors)) if index_tensors else ()
+    region = target.dtype.itemsize * math.prod(index_shape) * math.prod(target.shape[len(indices):])
+    read = _tensor_bytes(values) + sum(_tensor_bytes(i) for i in index_tensors)
+    if bound.get("accumulate", False):
+        read += region
+    return read, region
 
 
 def _storage_bytes(t: torch.Tensor) -> int:
@@ -331,6 +355,11 @@ class WorkCounter(TorchDispatchMode):
             self.views += kind.view
             return out
         flops = self._flops.get_total_flops() - flops_before
+        if kind.name in _INDEXED_WRITES:
+            read, written = _indexed_write_bytes(args, kwargs)
+            self._tally(group, backward, kind.name, flops, read, written)
+            self.bytes_storage += read + written
+            return out
         read = written = storage = 0
         seen = set()
         written_keys = set()
@@ -359,15 +388,18 @@ class WorkCounter(TorchDispatchMode):
                     written_keys.add(key)
                     written += _tensor_bytes(t)
                     storage += _storage_bytes(t)
+        self._tally(group, backward, kind.name, flops, read, written)
+        self.bytes_storage += storage
+        return out
+
+    def _tally(self, group: str, backward: bool, name: str, flops: int, read: int, written: int):
         phase = "backward" if backward else "forward"
         for tally in (self._tallies[group], self._phase_tallies[phase]):
             tally.flops += flops
             tally.bytes_read += read
             tally.bytes_written += written
             tally.ops += 1
-        self.bytes_storage += storage
-        self._per_op[(group, phase, kind.name)] += 1
-        return out
+        self._per_op[(group, phase, name)] += 1
 
     # ------------------------------------------------------------------ results
     def totals(self) -> Dict[str, int]:

@@ -185,11 +185,19 @@ class ClassMaps:
         classes = torch.arange(self.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
         out = torch.empty((len(classes), *self.out_size), dtype=dtype, device=device)
         wanted_rows = self.class_rows.cpu()[classes.cpu()]
-        rows = wanted_rows.unique()  # sorted; only these are expanded
+        rows, inverse, counts = wanted_rows.unique(return_inverse=True, return_counts=True)  # rows sorted
+        single = counts[inverse] == 1  # classes that are the only ones of their row
         for start, probs in self._chunks(rows.to(self.device)):
-            for offset, row in enumerate(rows[start:start + len(probs)].tolist()):
-                positions = (wanted_rows == row).nonzero().squeeze(1)
-                out[positions.to(device)] = probs[offset].to(device=device, dtype=dtype)
+            probs = probs.to(device=device, dtype=dtype)
+            in_chunk = (inverse >= start) & (inverse < start + len(probs))
+            # every class that has a row of its own: one indexed write per chunk
+            positions = (in_chunk & single).nonzero().squeeze(1)
+            if positions.numel():
+                out[positions.to(device)] = probs[(inverse[positions] - start).to(device)]
+            # a row shared by several classes (the pruned classes' representative): broadcast
+            for offset in (counts[start:start + len(probs)] > 1).nonzero().squeeze(1).tolist():
+                positions = (inverse == start + offset).nonzero().squeeze(1)
+                out[positions.to(device)] = probs[offset]
         return out
 
     def to(self, device: Union[str, torch.device]) -> "ClassMaps":

@@ -50,6 +50,22 @@ def test_in_place_ops_read_and_write_their_target_and_repeated_inputs_count_once
     assert totals["ops"] == 4
 
 
+def test_indexed_writes_count_the_indexed_region_not_the_whole_target():
+    out = torch.zeros(100, 8, 8)
+    rows, values, three = torch.tensor([3, 7, 9]), torch.ones(8, 8), torch.ones(3, 8, 8)
+    with WorkCounter() as counter:
+        out[rows] = values  # index_put_: reads the index and the values, writes 3 rows
+    totals = counter.totals()
+    assert totals["ops"] == 1
+    assert totals["bytes_read"] == 3 * 8 + 8 * 8 * F32  # int64 index + the broadcast values
+    assert totals["bytes_written"] == 3 * 8 * 8 * F32
+    with WorkCounter() as counter:
+        out.index_put_((rows,), three, accumulate=True)  # += reads the region too
+    totals = counter.totals()
+    assert totals["bytes_read"] == 3 * 8 + 3 * 8 * 8 * F32 + 3 * 8 * 8 * F32
+    assert totals["bytes_written"] == 3 * 8 * 8 * F32
+
+
 def test_broadcast_inputs_count_their_distinct_elements_and_out_arguments_are_written_only():
     x, bias = torch.randn(8, 16), torch.randn(16)
     out = torch.empty(8, 16)
