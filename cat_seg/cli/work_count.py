@@ -286,8 +286,10 @@ class WorkCounter(TorchDispatchMode):
         if module not in self._module_group:
             return
         self._enter(self._active_fw, module)
+        # (only while gradients are recorded: under no_grad a view of a parameter says
+        # requires_grad but has no gradient function to hook)
         tensors = [a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor) and a.requires_grad]
-        if tensors:  # backward: the module is done when the gradients of its inputs are
+        if tensors and torch.is_grad_enabled():  # backward: the module is done when the gradients of its inputs are
             self._grad_hooks.append(register_multi_grad_hook(tensors, lambda _: self._leave(self._active_bw, module)))
 
     def _fw_post(self, module, args, output):
@@ -295,7 +297,7 @@ class WorkCounter(TorchDispatchMode):
             return
         self._leave(self._active_fw, module)
         tensors = [a for a in tree_flatten(output)[0] if isinstance(a, torch.Tensor) and a.requires_grad]
-        if tensors:  # backward: the module starts when the gradients of its outputs are there
+        if tensors and torch.is_grad_enabled():  # backward: the module starts when the gradients of its outputs are there
             self._grad_hooks.append(register_multi_grad_hook(tensors, lambda _: self._bw_enter(module)))
 
     def _bw_enter(self, module):

@@ -219,7 +219,10 @@ class ClassAggregation(nn.Module):
         if count:
             token = self.norm1(self.padding_tokens.to(z.dtype)).reshape(-1)
             if guidance is not None and self.padding_guidance is not None:
-                token_guidance = self.padding_guidance.to(guidance.dtype).reshape(-1)
+                # [1, 1, G] (broadcasts like [G]); not a reshaped view: under no_grad a view of a
+                # parameter claims requires_grad without a gradient function, which module hooks
+                # (torch.utils.module_tracker, used by FlopCounterMode) cannot handle
+                token_guidance = self.padding_guidance.to(guidance.dtype)
         delta = self.attn(self.norm1(z), guidance, token, token_guidance, count)
         hidden = z + delta
         mlp = self.mlp(self.norm2(hidden))

@@ -66,6 +66,18 @@ def test_indexed_writes_count_the_indexed_region_not_the_whole_target():
     assert totals["bytes_written"] == 3 * 8 * 8 * F32
 
 
+def test_counts_inference_with_padded_class_sequences(tiny_model, random_images):
+    """Inference with fewer classes than PAD_LEN (the padding tokens take part) is counted under
+    no_grad; FlopCounterMode's module tracker and the counter's own hooks only see module inputs
+    that autograd can hook."""
+    model = tiny_model("b")
+    image = random_images([(64, 64)])[0]
+    with torch.no_grad(), WorkCounter(model) as counter:
+        model([{"image": image}], class_names=["sky", "tree", "road"])
+    groups = counter.groups()
+    assert groups["class_blocks"]["ops"] > 0 and groups["class_blocks"]["flops"] > 0
+
+
 def test_broadcast_inputs_count_their_distinct_elements_and_out_arguments_are_written_only():
     x, bias = torch.randn(8, 16), torch.randn(16)
     out = torch.empty(8, 16)
