@@ -62,19 +62,28 @@ def test_worker_processes_give_identical_outputs(tmp_path, raw, capsys):
     assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
 
 
-# Runs the real script's code with every file write slowed down half-way (half the bytes,
-# a pause, the rest), so that a SIGKILL lands mid-run and most likely mid-write: a file written
-# in place would then be left truncated under its final name.
+# Runs the real script's code with every output write slowed down half-way (half the bytes,
+# a pause, the rest; patched into the one writer the preparation uses), so that a SIGKILL lands
+# mid-run and most likely mid-write, on an idle machine as on a loaded one: a file written in
+# place would then be left truncated under its final name.
 SLOW_DRIVER = """
-import pathlib, sys, time
-def slow_write_bytes(self, data):
-    with open(self, "wb") as f:
-        f.write(data[: len(data) // 2])
+import sys, time
+from cat_seg.data.prepare import io as prepare_io
+atomic_write = prepare_io.atomic_write
+def slow_atomic_write(path, write, mode="wb", durable=True):
+    def slow(f):  # every output spends 0.2 s half-written under its temporary name
+        data = []
+        class Half:
+            def write(self, b):
+                data.append(bytes(b))
+        write(Half())
+        blob = b"".join(data)
+        f.write(blob[: len(blob) // 2])
         f.flush()
         time.sleep(0.2)
-        f.write(data[len(data) // 2:])
-    return len(data)
-pathlib.Path.write_bytes = slow_write_bytes
+        f.write(blob[len(blob) // 2:])
+    return atomic_write(path, slow, mode, durable)
+prepare_io.atomic_write = slow_atomic_write  # the writer every output goes through
 from cat_seg.data.prepare import ade20k, cli
 sys.exit(cli.run(ade20k.main, sys.argv[1:]))
 """
