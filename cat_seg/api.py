@@ -537,10 +537,6 @@ class DenseFeatures:
 
 
 # ---------------------------------------------------------------------------------- config
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def available_devices() -> List[str]:
     """Devices this machine can run the model on: ``cpu``, then ``cuda``, ``cuda:0``, ... when
     CUDA is available, and ``mps`` on Apple GPUs."""
@@ -599,11 +595,6 @@ _FETCH_CLIP = ("python -c \"import open_clip; open_clip.download_pretrained("
                "open_clip.get_pretrained_cfg('{name}', '{tag}'))\"")
 
 
-def _hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set (read now, not at huggingface_hub's import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _host_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds. Behind an
     HTTP(S) proxy the direct connection says nothing, so the answer is then ``True`` (the
@@ -651,6 +642,7 @@ def check_weights_available(cfg) -> None:
     and neither does any CLIP tag when ``MODEL.WEIGHTS`` is set (the checkpoint holds CLIP:
     :class:`OpenVocabSegmenter` then does not fetch it).
     """
+    from .hub import hub_offline
     from .modeling.clip.builder import NO_WEIGHTS
     from .modeling.clip.model_configs import resolve_clip_arch
 
@@ -678,7 +670,7 @@ def check_weights_available(cfg) -> None:
         host = constants.ENDPOINT
     else:
         host = pretrained_cfg.get("url", "")
-    if _hub_offline() and pretrained_cfg.get("hf_hub"):
+    if hub_offline() and pretrained_cfg.get("hf_hub"):
         reason = "HF_HUB_OFFLINE is set"
     elif not _host_reachable(host):
         reason = f"{host} cannot be reached"
@@ -706,7 +698,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     from detectron2.config import get_cfg
 
     from .config import add_cat_seg_config
-    from .hub import apply_released_defaults, get_released, is_released_name
+    from .hub import apply_released_defaults, get_released, weights_file_missing
     from .utils import resolve_path
 
     released = get_released(weights) if weights is not None else None
@@ -727,7 +719,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
         cfg.MODEL.WEIGHTS = os.fspath(weights)
     apply_released_defaults(cfg, opts)
     weights = cfg.MODEL.WEIGHTS
-    if weights and not _is_remote(weights) and not is_released_name(weights) and not os.path.isfile(weights):
+    if weights_file_missing(weights):
         raise CATSegError(f"weights file {weights!r} not found")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

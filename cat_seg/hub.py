@@ -130,8 +130,15 @@ def apply_released_defaults(cfg, user_opts=()) -> None:
             cfg.merge_from_list([key, value])
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set (read at call time, not at huggingface_hub's import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def weights_file_missing(weights: str) -> bool:
+    """``MODEL.WEIGHTS`` names a local checkpoint that does not exist: not empty, not a URL
+    (detectron2 downloads those), not a released name, and no such file."""
+    return bool(weights) and "://" not in weights and not is_released_name(weights) and not os.path.isfile(weights)
 
 
 def hub_cache_dir() -> str:
@@ -194,7 +201,7 @@ def resolve_weights(weights: str) -> str:
     how = (f"download {entry.url} and pass its path as --weights / MODEL.WEIGHTS "
            f"(or put it in the hub cache {cache_dir} with: hf download {entry.repo_id} {entry.filename} "
            f"--repo-type {entry.repo_type})")
-    if _env_true("HF_HUB_OFFLINE") or hf_constants.is_offline_mode():
+    if hub_offline() or hf_constants.is_offline_mode():
         raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:

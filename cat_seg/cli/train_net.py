@@ -85,10 +85,6 @@ def check_output_dir(output_dir: str) -> None:
                         f"expected a writable folder")
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def check_weights(cfg, resume: bool) -> None:
     """For ``--eval-only``: ``MODEL.WEIGHTS`` names an existing file (or a URL), unless
     ``--resume`` finds a checkpoint in ``OUTPUT_DIR``."""
@@ -98,9 +94,9 @@ def check_weights(cfg, resume: bool) -> None:
     if not weights:
         raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
                         "output/model_final.pth); it is empty")
-    from cat_seg.hub import is_released_name
+    from cat_seg.hub import weights_file_missing
 
-    if not _is_remote(weights) and not is_released_name(weights) and not os.path.isfile(weights):
+    if weights_file_missing(weights):
         raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected a checkpoint file (.pth/.pkl) for --eval-only")
 
 
