@@ -13,6 +13,7 @@
 #   log.txt         stderr of every step
 #   env.txt         nvidia-smi, python, torch, packages
 #   profile_infer.txt, profile_train.txt   torch.profiler tables (top ops by self CUDA time)
+# and runs the CUDA-only tests (step cuda_tests, output in log.txt).
 #
 # Environment:
 #   OUT          output folder (default /tmp/gpu_benchmark_out)
@@ -100,18 +101,39 @@ step() {
   echo "$name: $status ($(( $(date +%s) - t0 )) s)"
 }
 
+# check NAME MIN_SECONDS: the CUDA-only tests (graph capture/replay, inductor on CUDA, the
+# fp32/bf16 CUDA paths against CPU/fp32), output to log.txt
+check() {
+  local name=$1 need=$2 now left t0 rc status
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  if [ "$DRY_RUN" = 1 ]; then echo "$name: pytest tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py"; return; fi
+  now=$(date +%s); left=$((deadline - now))
+  if [ "$left" -lt "$need" ]; then
+    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
+  fi
+  echo "=== $name" >> "$OUT/log.txt"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$left" "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
+      tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py >> "$OUT/log.txt" 2>&1
+  rc=$?
+  status=ok; [ "$rc" = 0 ] || status="failed $rc"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
+  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+}
+
 # in order of importance: what the targets need first
 step vitb_infer_150       40 --mode infer --classes 150 $VITB $PRECISION $ITERS
 step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
+[ "$SMOKE" = 1 ] || check cuda_tests 60
 step vitb_train_b$TRAIN_BATCH 60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS
 step vitb_infer_150_profile 40 --mode infer --classes 150 $VITB $PRECISION --iters 1 --warmup 2 \
     --profile 40 --profile-out "$OUT/profile_infer.txt"
 step vitb_train_profile   60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION --iters 1 --warmup 2 \
     --profile 40 --profile-out "$OUT/profile_train.txt"
 if [ "$SMOKE" != 1 ]; then
-  step vitb_infer_150_compile     150 --mode infer --classes 150 $VITB $ITERS --compile
+  step vitb_infer_150_compile     100 --mode infer --classes 150 $VITB $ITERS --compile
   step vitb_infer_150_cudagraphs   60 --mode infer --classes 150 $VITB $ITERS --cuda-graphs
-  step vitb_infer_150_compile_cudagraphs 150 --mode infer --classes 150 $VITB $ITERS --compile --cuda-graphs
+  step vitb_infer_150_compile_cudagraphs 100 --mode infer --classes 150 $VITB $ITERS --compile --cuda-graphs
   step vitl_infer_150              60 --mode infer --classes 150 $VITL $ITERS
   step vitl_infer_847              60 --mode infer --classes 847 $VITL $ITERS
   step vitl_train_b4               80 --mode train --batch 4 --classes 171 $VITL $ITERS
