@@ -93,7 +93,7 @@ def add_cat_seg_config(cfg):
     cfg.TEST.IMS_PER_BATCH = 0
     # Inference on CUDA: replay the per-view forward (CLIP image tower + head) as CUDA graphs,
     # one capture per (views, vocabulary size, dtype); no effect on CPU (cat_seg/modeling/cuda_graphs.py).
-    cfg.TEST.CUDA_GRAPHS = False
+    cfg.TEST.CUDA_GRAPHS = True
     # Classes per chunk (per image) of the per-class blocks, the decoder and the
     # sliding-window post-processing at inference (0 = all at once; -1 = auto: 32 on CPU,
     # where small chunks stay in cache, all at once on GPU or with MODEL.COMPILE). Bounds
@@ -105,8 +105,11 @@ def add_cat_seg_config(cfg):
     # Compute precision for training and inference: auto | fp32 | bf16 | fp16
     # (cat_seg/modeling/precision.py; auto = bf16 where the device computes it natively).
     cfg.MODEL.PRECISION = "auto"
-    # torch.compile the aggregator and decoder (one graph, dynamic vocabulary size).
-    cfg.MODEL.COMPILE = False
+    # torch.compile the aggregator and decoder (one graph, dynamic vocabulary size):
+    # True | False | auto (null, the default: on CUDA devices, eager on CPU;
+    # cat_seg.modeling.meta_arch.cat_seg.resolve_compile). None so that yacs accepts both
+    # booleans and "auto".
+    cfg.MODEL.COMPILE = None
     # Training: recompute the per-class aggregation/decoder activations in the backward pass.
     cfg.MODEL.CHECKPOINT_ACTIVATIONS = False
     add_official_compat_keys(cfg)

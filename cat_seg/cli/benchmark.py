@@ -43,7 +43,9 @@ add ``totals`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written``, ``ops``
 ``bytes_storage``, ``views``), ``groups`` (the same per module group: ``clip_image``,
 ``clip_text``, ``cost_volume``, ``guidance``, ``spatial_blocks``, ``class_blocks``,
 ``decoder``, ``pre_post_processing``, ``optimizer``, ``other``, ``outside_model``),
-``phases`` (forward / backward), ``top_ops`` and, at inference, ``text_embeddings``: the
+``phases`` (forward / backward), ``top_ops``, ``saved_activations`` (training: bytes saved
+for the backward pass per group and ``total``, the activation memory held at the end of
+the forward) and, at inference, ``text_embeddings``: the
 totals of computing the vocabulary's text embeddings once (cached, so not part of an
 inference).
 """
@@ -94,8 +96,10 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                         help="MODEL.PRECISION (default: the config's)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA (off by default)")
-    parser.add_argument("--compile", action="store_true", help="MODEL.COMPILE True")
-    parser.add_argument("--cuda-graphs", action="store_true", help="TEST.CUDA_GRAPHS True (inference)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="MODEL.COMPILE True/False (default: the config's; auto = on CUDA)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="TEST.CUDA_GRAPHS True/False (inference; default: the config's)")
     parser.add_argument("--class-chunk-size", type=int, default=None, help="TEST.CLASS_CHUNK_SIZE (0 = off)")
     parser.add_argument("--checkpoint-activations", action=argparse.BooleanOptionalAction, default=None,
                         help="MODEL.CHECKPOINT_ACTIVATIONS on/off (default: the config's)")
@@ -221,17 +225,23 @@ def config_overrides(args) -> list:
             raise UserError(f"--exact means fp32: drop --precision {args.precision}")
         if args.class_chunk_size not in (None, 0):
             raise UserError(f"--exact means no class chunking: drop --class-chunk-size {args.class_chunk_size}")
-        overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0"]
+        if args.compile:
+            raise UserError("--exact means the eager model: drop --compile")
+        overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0", "MODEL.COMPILE", "False"]
     if args.precision is not None:
         overrides += ["MODEL.PRECISION", args.precision]
     if args.class_chunk_size is not None:
         overrides += ["TEST.CLASS_CHUNK_SIZE", str(args.class_chunk_size)]
     if args.checkpoint_activations is not None:
         overrides += ["MODEL.CHECKPOINT_ACTIVATIONS", str(bool(args.checkpoint_activations))]
-    if args.compile:
-        overrides += ["MODEL.COMPILE", "True"]
-    if args.cuda_graphs:
-        overrides += ["TEST.CUDA_GRAPHS", "True"]
+    if args.count:  # the counter watches the aten ops of the eager model
+        if args.compile:
+            raise UserError("--count counts the eager model's ops: drop --compile")
+        overrides += ["MODEL.COMPILE", "False", "TEST.CUDA_GRAPHS", "False"]
+    if args.compile is not None:
+        overrides += ["MODEL.COMPILE", str(bool(args.compile))]
+    if args.cuda_graphs is not None:
+        overrides += ["TEST.CUDA_GRAPHS", str(bool(args.cuda_graphs))]
     return overrides
 
 
@@ -385,13 +395,15 @@ def build(args, config_file: str):
 
 
 def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, kind):
+    from cat_seg.modeling.meta_arch.cat_seg import resolve_compile
+
     record = {"kind": kind, "tag": args.tag, "mode": args.mode, "config": config_file}
     record.update(environment(device))
     record.update({
         "precision": cfg.MODEL.PRECISION,
         "tf32": bool(args.tf32 and device.type == "cuda" and not args.exact),
         "exact": bool(args.exact),
-        "compile": bool(cfg.MODEL.get("COMPILE", False)),
+        "compile": resolve_compile(cfg.MODEL.get("COMPILE"), device),
         "settings": speed_settings(cfg),
         "opts": overrides,
         "batch": batch,
@@ -484,9 +496,12 @@ def run_count(args, config_file: str, smoke: bool) -> dict:
         step(counter)
     logger.info(f"counted one {args.mode} step in {time.perf_counter() - t0:.1f} s")
     record.update({"totals": counter.totals(), "groups": counter.groups(), "phases": counter.phases(),
-                   "top_ops": counter.top_ops()})
+                   "top_ops": counter.top_ops(), "saved_activations": counter.saved_activations()})
     if args.verbose or not smoke:
         logger.info("counted work:\n" + format_table(record["groups"], record["totals"]))
+        if record["saved_activations"]:
+            logger.info("saved for backward (GiB): " + ", ".join(
+                f"{g} {b / 2 ** 30:.2f}" for g, b in record["saved_activations"].items()))
     return record
 
 

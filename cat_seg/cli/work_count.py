@@ -38,6 +38,13 @@ where there is no such node (the seed gradient, gradient accumulation) it goes t
 modules whose backward is running, tracked with ``register_multi_grad_hook`` on module
 outputs and inputs (the scheme of ``torch.utils.module_tracker.ModuleTracker``, which only
 exposes names, while the groups are decided on the module objects).
+
+**saved activations** (training): the bytes of the distinct tensor storages autograd saves
+for the backward pass during the forward (``torch.autograd.graph.saved_tensors_hooks``;
+parameters excluded, a storage saved by several ops counted once, for the group that
+saved it first). They are all alive at the end of the forward, so their sum is the
+activation memory a training step holds at its peak, before the backward frees them.
+
 The counts do not depend on the device load or speed (they are deterministic for a given
 program, shapes and dtypes).
 """
@@ -228,6 +235,10 @@ class WorkCounter(TorchDispatchMode):
         # forward ops in order: the autograd sequence number after each, and its group
         self._seq_after: List[int] = []
         self._seq_group: List[str] = []
+        # storages saved for backward: key -> (group, bytes); the tensors are kept alive
+        # by autograd until the backward, so their keys cannot be reused meanwhile
+        self._saved: Dict[Tuple[str, int], Tuple[str, int]] = {}
+        self._saved_hooks = None
 
     # ------------------------------------------------------------------ attribution
     def current_group(self) -> str:
@@ -311,15 +322,26 @@ class WorkCounter(TorchDispatchMode):
             torch.autograd.Variable._execution_engine.queue_callback(reset)
         self._enter(self._active_bw, module)
 
+    def _pack_saved(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, nn.Parameter) and not (tensor.is_leaf and tensor.requires_grad):
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key not in self._saved:
+                self._saved[key] = (self.current_group(), storage.nbytes())
+        return tensor
+
     # ------------------------------------------------------------------ context
     def __enter__(self):
         self._hooks = [register_module_forward_pre_hook(self._fw_pre), register_module_forward_hook(self._fw_post)]
         self._flops = FlopCounterMode(display=False)
         self._flops.__enter__()
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_saved, lambda tensor: tensor)
+        self._saved_hooks.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         result = super().__exit__(*exc)
+        self._saved_hooks.__exit__(*exc)
         self._flops.__exit__(*exc)
         for handle in self._hooks + self._grad_hooks:
             handle.remove()
@@ -424,6 +446,18 @@ class WorkCounter(TorchDispatchMode):
         """Per group (the non-empty ones of :data:`GROUPS`, then any region name), the counts."""
         order = list(GROUPS) + sorted(set(self._tallies) - set(GROUPS))
         return {g: self._tallies[g].as_dict() for g in order if g in self._tallies}
+
+    def saved_activations(self) -> Dict[str, int]:
+        """Bytes saved for the backward pass per group (non-empty groups, :data:`GROUPS`
+        order) and ``total`` (see the module docstring); empty without gradients."""
+        per_group: Counter = Counter()
+        for group, nbytes in self._saved.values():
+            per_group[group] += nbytes
+        order = list(GROUPS) + sorted(set(per_group) - set(GROUPS))
+        out = {g: per_group[g] for g in order if per_group[g]}
+        if out:
+            out["total"] = sum(per_group.values())
+        return out
 
     def phases(self) -> Dict[str, Dict[str, int]]:
         """``forward`` / ``backward`` totals."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norms import LayerNorm
+
 from .spatial_aggregation import GuidedLinear, fused_qkv
 
 ATTENTION_TYPES = ("linear", "full")
@@ -166,9 +168,9 @@ class ClassAggregation(nn.Module):
         self.padding_guidance = (
             nn.Parameter(torch.zeros(1, 1, guidance_dim)) if self.pad_len and guidance_dim > 0 else None
         )
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = ClassAttention(dim, guidance_dim, num_heads, attention_type)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.ReLU(), nn.Linear(int(dim * mlp_ratio), dim))
 
     def forward(self, x: torch.Tensor, text_guidance: Optional[torch.Tensor], pooling: Sequence[int] = (1, 1),

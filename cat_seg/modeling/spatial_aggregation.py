@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from .norms import LayerNorm
+
 # Additive attention logit between tokens of different regions of a shifted window (Swin's value).
 CROSS_REGION_LOGIT = -100.0
 
@@ -177,9 +179,9 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, guidance_dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.window, self.shift = window, shift
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = WindowAttention(dim, guidance_dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def geometry(self, h: int, w: int) -> Tuple[int, int]:
@@ -217,7 +219,7 @@ class SpatialAggregation(nn.Module):
         super().__init__()
         self.block_1 = SwinBlock(dim, guidance_dim, num_heads, window, shift=0)
         self.block_2 = SwinBlock(dim, guidance_dim, num_heads, window, shift=window // 2)
-        self.guidance_norm = nn.LayerNorm(guidance_dim) if guidance_dim > 0 else None
+        self.guidance_norm = LayerNorm(guidance_dim) if guidance_dim > 0 else None
 
     def normalize_guidance(self, appearance_guidance: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Projected appearance guidance ``[B, H, W, G]`` -> normalised ``[B, H, W, G]`` (or None)."""

@@ -2,6 +2,7 @@
 computations of ``catseg_reference`` (``docs/architecture.md``)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import catseg_reference as ref
 from cat_seg.modeling.aggregator import Aggregator
@@ -99,3 +100,18 @@ def test_aggregator_matches_reference(num_classes, pad_len, attention, pooling):
         want = ref.aggregator(agg, img, text, dec, pooling, HEADS, WINDOW, ref.ATTENTION[attention])
     assert got.shape == (2, num_classes, 32, 32)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logit_head_equals_fp32_convolution(dtype):
+    """The head's matrix-product form is the fp32 3x3 convolution (zero padding) of its input."""
+    from cat_seg.modeling.decoder import single_output_conv3x3
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 7, 5, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(1, 8, 3, 3, generator=g), torch.randn(1, generator=g)
+    out = single_output_conv3x3(x, weight, bias)
+    assert out.dtype == torch.float32 and out.shape == (3, 1, 7, 5)
+    torch.testing.assert_close(out, F.conv2d(x.float(), weight, bias, padding=1), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 whatever the autocast context
+        torch.testing.assert_close(single_output_conv3x3(x, weight, bias), out, rtol=0, atol=0)

@@ -119,3 +119,56 @@ def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
             out = model.predict_logits(images, names, (1, 1))
             assert (out - eager.predict_logits(images, names, (1, 1))).abs().max() <= 1e-4
     assert len(compilations) == 1
+
+
+def test_compile_setting_resolution():
+    from cat_seg.modeling.meta_arch.cat_seg import resolve_compile
+
+    assert resolve_compile(None, "cuda") and resolve_compile("auto", "cuda:0") and resolve_compile("AUTO", "cuda")
+    assert not resolve_compile(None, "cpu") and not resolve_compile("auto", torch.device("cpu"))
+    assert not resolve_compile(None, None)  # device unknown (construction): only an explicit True
+    assert resolve_compile(True, "cpu") and resolve_compile("true", None)
+    assert not resolve_compile(False, "cuda") and not resolve_compile("False", "cuda")
+    with pytest.raises(ValueError, match="MODEL.COMPILE='yes': expected True, False or auto"):
+        resolve_compile("yes", "cuda")
+
+
+@pytest.mark.parametrize("value, expected", [("True", True), ("False", False), ("auto", "auto"), ("None", None)])
+def test_compile_key_accepts_booleans_and_auto(value, expected):
+    """The key defaults to None (auto) so that yacs takes booleans as well as ``auto``."""
+    from detectron2.config import get_cfg
+
+    from cat_seg.config import add_cat_seg_config
+
+    cfg = add_cat_seg_config(get_cfg())
+    assert cfg.MODEL.COMPILE is None
+    cfg.merge_from_list(["MODEL.COMPILE", value])
+    assert cfg.MODEL.COMPILE == expected
+
+
+def test_auto_compile_stays_eager_on_cpu(tiny_model):
+    model = tiny_model("b").eval()  # MODEL.COMPILE auto (the default)
+    with torch.no_grad():
+        model.predict_logits(torch.zeros(1, 3, 128, 128), ["a", "b"], (1, 1))
+    assert not model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is None
+
+
+def test_compiled_training_step_equals_eager(tiny_model, random_images):
+    """A training step through the compiled aggregator (what MODEL.COMPILE auto does on CUDA):
+    the traced forward and backward give the eager loss and gradients (graph traced by dynamo
+    and AOTAutograd, run by PyTorch's kernels: no C++ build)."""
+    images = random_images([(64, 64), (64, 64)], seed=3)
+    g = torch.Generator().manual_seed(4)
+    batch = [{"image": im, "sem_seg": torch.randint(0, 5, (64, 64), generator=g)} for im in images]
+    eager = tiny_model("b", train=True)
+    compiled = tiny_model("b", train=True)
+    compiled.sem_seg_head.aggregator.compile(backend="aot_eager")
+    losses = []
+    for model in (eager, compiled):
+        loss = model(batch)["loss_sem_seg"]
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

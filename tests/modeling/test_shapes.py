@@ -51,7 +51,7 @@ def watch(model):
         "upsample0": head.guidance_upsample[0], "upsample1": head.guidance_upsample[1],
         "cost_embed": agg.cost_embed, "appearance": agg.appearance_guidance_proj, "text": agg.text_guidance_proj,
         "dec_proj0": agg.decoder_guidance_proj[0], "dec_proj1": agg.decoder_guidance_proj[1],
-        "dec_block0": agg.decoder.blocks[0], "dec_block1": agg.decoder.blocks[1], "dec_head": agg.decoder.head,
+        "dec_block0": agg.decoder.blocks[0], "dec_block1": agg.decoder.blocks[1],
         "decoder": agg.decoder, "aggregator": agg, "head": head,
     }
     for i, layer in enumerate(agg.layers):
@@ -113,7 +113,7 @@ def test_training_forward_shapes(variant_model, random_images, monkeypatch):
     assert rec.out("dec_proj1") == (b, DEC_GP[1], 4 * GRID, 4 * GRID)
     assert rec.out("dec_block0") == (b * t, DEC[0], 2 * GRID, 2 * GRID)
     assert rec.out("dec_block1") == (b * t, DEC[1], 4 * GRID, 4 * GRID)
-    assert rec.out("dec_head") == (b * t, 1, 4 * GRID, 4 * GRID)
+    assert model.sem_seg_head.aggregator.decoder.head.weight.shape == (1, DEC[1], 3, 3)  # the logit head (applied as a function)
     assert rec.out("decoder") == rec.out("aggregator") == rec.out("head") == (b, t, 4 * GRID, 4 * GRID)
 
 

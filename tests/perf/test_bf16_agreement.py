@@ -80,4 +80,5 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
         agree += int((exact == fast)[scored].sum())
         total += int(scored.sum())
     assert total > 0
+    print(f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels (sliding window: {sliding})")
     assert agree / total >= MIN_AGREEMENT, f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels"

@@ -20,9 +20,21 @@ def images(batch=1, size=128, device="cuda"):
     return torch.randn(batch, 3, size, size, generator=g).to(device)
 
 
+def eager(tiny_model, **overrides):
+    """The tiny model on CUDA without compilation or graphs (the defaults turn both on there)."""
+    settings = {"MODEL__DEVICE": "cuda", "MODEL__COMPILE": False, "TEST__CUDA_GRAPHS": False}
+    return tiny_model("b", **{**settings, **overrides}).eval()
+
+
+def test_defaults_on_cuda_compile_and_graph(tiny_model):
+    model = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    assert model.compiled and model._graphed_views.enabled
+    assert not tiny_model("b").eval().compiled  # CPU: eager
+
+
 def test_cuda_fp32_equals_cpu(tiny_model):
     cpu = tiny_model("b").eval()
-    gpu = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    gpu = eager(tiny_model)
     with torch.no_grad():
         for size in SIZES:
             expected = cpu.predict_logits(images(device="cpu"), names(size), (1, 1))
@@ -36,43 +48,56 @@ def test_inductor_on_cuda_equals_eager_and_compiles_once(tiny_model):
     import torch._dynamo
 
     torch._dynamo.reset()
-    eager = tiny_model("b", MODEL__DEVICE="cuda").eval()
-    compiled = tiny_model("b", MODEL__DEVICE="cuda", MODEL__COMPILE=True).eval()
+    reference = eager(tiny_model)
+    compiled = eager(tiny_model, MODEL__COMPILE=True)
     counters = torch._dynamo.utils.counters
     counters.clear()
     with torch.no_grad():
         for size in (5, 7, 3):
             out = compiled.predict_logits(images(), names(size), (1, 1))
-            assert (out - eager.predict_logits(images(), names(size), (1, 1))).abs().max() <= 1e-4, size
+            assert (out - reference.predict_logits(images(), names(size), (1, 1))).abs().max() <= 1e-4, size
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
 
 
-def test_cuda_graph_replay_equals_eager(tiny_model):
-    model = tiny_model("b", MODEL__DEVICE="cuda", TEST__CUDA_GRAPHS=True).eval()
-    eager = tiny_model("b", MODEL__DEVICE="cuda").eval()
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_graph_replay_equals_eager(tiny_model, compiled):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = eager(tiny_model, TEST__CUDA_GRAPHS=True, MODEL__COMPILE=compiled)
+    reference = eager(tiny_model)
     graphed = model._graphed_views
     with torch.no_grad():
         for seed in range(3):
             views = torch.randn(5, 3, 128, 128, generator=torch.Generator().manual_seed(seed)).cuda()
             out = model.predict_logits(views, names(9), (1, 1)).clone()
-            assert (out - eager.predict_logits(views, names(9), (1, 1))).abs().max() <= 1e-4
+            assert (out - reference.predict_logits(views, names(9), (1, 1))).abs().max() <= 1e-4
         assert graphed.captures == 1 and graphed.replays == 3
         model.predict_logits(images(), names(5), (1, 1))  # another vocabulary / batch: another graph
         assert graphed.captures == 2
+    torch._dynamo.reset()
 
 
-def test_sliding_window_inference_with_graphs_and_bf16(tiny_model):
-    """The whole detectron2 inference path on CUDA: graphs change nothing; bf16 keeps the
-    fp32 labels on nearly every pixel (random weights: a lower bar than the toy model's)."""
+def test_sliding_window_inference_defaults_and_bf16(tiny_model):
+    """The whole detectron2 inference path on CUDA: the defaults (compiled, graphs) change
+    nothing; bf16 keeps the fp32 label wherever fp32 is not near a tie (random weights make
+    many near-ties, so pixels whose top-2 fp32 margin is below 0.01 are not compared)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     g = torch.Generator().manual_seed(1)
     inputs = [{"image": torch.randint(0, 256, (3, 170, 230), generator=g, dtype=torch.uint8)}]
-    fp32 = tiny_model("b", MODEL__DEVICE="cuda").eval()
-    graphs = tiny_model("b", MODEL__DEVICE="cuda", TEST__CUDA_GRAPHS=True).eval()
-    bf16 = tiny_model("b", MODEL__DEVICE="cuda", MODEL__PRECISION="bf16").eval()
+    fp32 = eager(tiny_model)
+    defaults = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    bf16 = eager(tiny_model, MODEL__PRECISION="bf16")
     with torch.no_grad():
         reference = fp32(inputs, names(9))[0]["sem_seg"]
-        assert (graphs(inputs, names(9))[0]["sem_seg"] - reference).abs().max() <= 1e-4
+        assert (defaults(inputs, names(9))[0]["sem_seg"] - reference).abs().max() <= 1e-4
         labels = bf16(inputs, names(9))[0]["sem_seg"].argmax(0)
-    assert (labels == reference.argmax(0)).float().mean() >= 0.95
+    top2 = reference.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) >= 0.01
+    assert clear.float().mean() > 0.5
+    assert (labels == reference.argmax(0))[clear].float().mean() >= 0.995
+    torch._dynamo.reset()
