@@ -200,11 +200,21 @@ def test_pos_embed_matches_direct_interpolate():
     )
     assert got.shape == (1 + 48, 10)
     torch.testing.assert_close(got[0], table[0], rtol=0, atol=0)  # class row unchanged
-    torch.testing.assert_close(got[1:], direct[0].permute(1, 2, 0).reshape(48, 10), rtol=1e-6, atol=1e-6)
+    # the two one-axis passes are the 2-D call's arithmetic: equal bit for bit
+    torch.testing.assert_close(got[1:], direct[0].permute(1, 2, 0).reshape(48, 10), rtol=0, atol=0)
     # not the bilinear / align_corners=True variants
     for kwargs in ({"mode": "bilinear", "align_corners": False}, {"mode": "bicubic", "align_corners": True}):
         other = F.interpolate(table[1:].reshape(1, 4, 4, 10).permute(0, 3, 1, 2), size=(8, 6), **kwargs)
         assert (got[1:] - other[0].permute(1, 2, 0).reshape(48, 10)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("side, grid, width", [(14, (24, 24), 768), (16, (24, 24), 1024), (7, (9, 5), 3)])
+def test_pos_embed_equals_2d_bicubic_bit_for_bit(side, grid, width):
+    """ViT-B/16 and ViT-L/14 table sizes (14 or 16 -> 24 per side) and a non-square grid."""
+    table = _table(side, width, seed=side)
+    direct = F.interpolate(table[1:].reshape(1, side, side, width).permute(0, 3, 1, 2), size=grid,
+                           mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(-1, width)
+    assert torch.equal(interpolate_positional_embedding(table, grid)[1:], direct)
 
 
 def test_pos_embed_constant_table_stays_constant():
