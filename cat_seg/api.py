@@ -694,6 +694,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     model loads); without ``config_file`` a released name brings its own config. ``device``
     (default: cuda when available, else cpu; validated with :func:`check_device`) sets
     ``MODEL.DEVICE``. Checks that the config file and a local weights file exist.
+    ``MODEL.COMPILE`` auto becomes False here (interactive use; set True explicitly to compile).
     """
     from detectron2.config import get_cfg
 
@@ -724,6 +725,12 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
+    if cfg.MODEL.COMPILE is None or str(cfg.MODEL.COMPILE).lower() == "auto":
+        # Interactive use (demo, web app, this API) stays eager unless MODEL.COMPILE True is
+        # asked for: the first compiled call takes over a minute (82 s for ViT-B on an H200,
+        # docs/benchmarks.md) and a handful of images never repays it; training and
+        # evaluation keep the auto default (compiled on CUDA).
+        cfg.MODEL.COMPILE = False
     cfg.freeze()
     return cfg
 

@@ -353,3 +353,12 @@ def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_pat
     assert code == 2
     assert re.search(expected, one_error_line(err)), err
     assert not (tmp_path / "out").exists()
+
+
+def test_interactive_config_is_eager_unless_compile_is_asked(tmp_path):
+    """MODEL.COMPILE auto (the default: compiled on CUDA for training and evaluation) is
+    False for the demo, the web app and the Python API; an explicit True is kept."""
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules", "tiny_vitb_cpu.yaml")
+    assert build_config(config, device="cpu").MODEL.COMPILE is False
+    assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "auto"]).MODEL.COMPILE is False
+    assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "True"]).MODEL.COMPILE is True
