@@ -24,6 +24,9 @@ Precision policy under autocast (the one description; ``docs/architecture.md``,
 * the cached text embeddings (``TextEncoder``): computed once per vocabulary, so fp32 costs
   nothing and every later call (fp32 or not) gets the same embeddings.
 
+The aggregator's and decoder's norms compute in their input's dtype instead of autocast's
+fp32 (:mod:`.norms`).
+
 The model applies autocast itself at inference (:func:`autocast`, from ``MODEL.PRECISION``);
 in training the trainer does, with the same setting.
 """

@@ -131,3 +131,31 @@ def test_training_steps_reduce_loss(tiny_model, random_images):
     trace = losses + [final]
     assert all(b < a for a, b in zip(trace, trace[1:])), trace
     assert final < losses[0] - 0.05, trace
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_resized_loss_equals_resize_then_bce_value_and_gradient(chunk):
+    """Low-resolution logits: the loss resizes them to the targets' size itself (a chunk of
+    classes at a time, recomputed in the backward). Same value and gradient as resizing the
+    whole tensor first and taking the one-hot BCE."""
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(2, 7, 4, 5, generator=g)).requires_grad_()
+    targets = random_targets((2, 12, 15), 7, seed=4)
+    loss = sem_seg_bce_loss(logits, targets, IGNORE, chunk=chunk)
+    (grad,) = torch.autograd.grad(loss, logits)
+    reference = logits.detach().clone().requires_grad_()
+    resized = F.interpolate(reference, size=(12, 15), mode="bilinear", align_corners=False)
+    want = hand_bce(resized, targets)
+    (want_grad,) = torch.autograd.grad(want, reference)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_resized_loss_never_holds_all_target_size_maps(largest_allocation):
+    """With 40 classes and chunks of 8, no tensor of the forward or backward has more than
+    8 target-size class maps."""
+    logits = torch.randn(2, 40, 8, 8).requires_grad_()
+    targets = random_targets((2, 32, 32), 40)
+    with largest_allocation() as watch:
+        sem_seg_bce_loss(logits, targets, IGNORE, chunk=8).backward()
+    assert watch.largest <= 2 * 8 * 32 * 32

@@ -248,7 +248,7 @@ class CATSeg(nn.Module):
             [x["sem_seg"].to(self.device) for x in batched_inputs], self.size_divisibility, pad_value=self.ignore_value
         ).tensor
         logits = self.predict_logits(images.tensor, names, self.train_pooling)
-        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        # resized to the targets' size inside the loss, a chunk of classes at a time
         return {"loss_sem_seg": sem_seg_bce_loss(logits, targets, self.ignore_value)}
 
     @staticmethod
