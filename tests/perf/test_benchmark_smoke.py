@@ -109,12 +109,15 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     proc = run_gpu_script(tmp_path, SMOKE="0", DEVICE="cuda", DRY_RUN="1")
     assert proc.returncode == 0, proc.stderr
     steps = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
-    for name in ("vitb_infer_150", "vitb_infer_847", "vitb_train_b4", "vitb_infer_150_compile",
-                 "vitb_infer_150_cudagraphs", "vitl_infer_150", "vitl_infer_847", "vitl_train_b4",
+    for name in ("vitb_infer_150", "vitb_infer_847", "vitb_train_b4", "vitb_infer_150_eager", "vitb_train_b4_eager",
+                 "vitb_infer_150_nographs", "vitl_infer_150", "vitl_infer_847", "vitl_train_b4",
                  "vitb_count_infer_150", "vitb_infer_150_profile", "vitb_train_profile"):
         assert name in steps, name
         assert f"--tag {name}" in steps[name] and "--device cuda" in steps[name]
-    assert "--compile" in steps["vitb_infer_150_compile"] and "--cuda-graphs" in steps["vitb_infer_150_cudagraphs"]
+    assert "compile" not in steps["vitb_infer_150"]  # the defaults: compiled and graphed on CUDA
+    assert "--no-compile --no-cuda-graphs" in steps["vitb_infer_150_eager"]
+    assert "--no-cuda-graphs" in steps["vitb_infer_150_nographs"]
+    assert "pytest" in steps["cuda_tests"]
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
 

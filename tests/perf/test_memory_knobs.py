@@ -144,7 +144,7 @@ def test_precision_policy_under_autocast(tiny_model):
     hooks = [
         aggregator.cost_embed.register_forward_pre_hook(lambda m, args: record("cost", args[0])),
         aggregator.layers[0].spatial.register_forward_hook(lambda m, i, out: record("maps", out)),
-        aggregator.decoder.head.register_forward_hook(lambda m, i, out: record("logits", out)),
+        aggregator.decoder.register_forward_hook(lambda m, i, out: record("logits", out)),
     ]
     images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     try:
