@@ -194,8 +194,8 @@ def single_output_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     (``[9, C] @ [C, N*H*W]``) and the sum of the nine shifted tap maps. The same values as
     the convolution (fp32 accumulation; checked against ``F.conv2d`` in the tests), but a
     1-output-channel fp32 convolution gets a slow cuDNN kernel (4.4 ms of a 61 ms ViT-B
-    inference on an H200); the product is memory-bound and its input cast fuses with the
-    preceding norm when compiled.
+    inference on an H200); the product is memory-bound, and a compiler can fuse its input
+    cast into the preceding norm.
     """
     n, c, h, w = x.shape
     with full_precision(x):  # precision policy: the logit head in fp32 (see .precision)

@@ -116,8 +116,8 @@ def mlp_recomputing_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` (timm ``Mlp``: fc1, GELU, fc2); while gradients are recorded, the GELU and
     fc2 are recomputed in the backward pass from fc1's output instead of storing the GELU's
     output: the hidden layer is 4x the width of the per-class maps, and this halves what the
-    MLP keeps for the backward (1.6 GB of a ViT-B training step at batch 4) for one more GELU
-    and fc2 in the backward (about 1% of the step)."""
+    MLP keeps for the backward (1.5 GiB of a bf16 ViT-B training step at batch 4, counted)
+    for one more GELU and fc2 in the backward (0.2 TFLOP at batch 4; docs/benchmarks.md)."""
     hidden = mlp.fc1(x)
     if not (torch.is_grad_enabled() and hidden.requires_grad):
         return mlp.fc2(mlp.act(hidden))
