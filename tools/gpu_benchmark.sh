@@ -135,6 +135,10 @@ step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
 step vitb_infer_150_eager 30 --mode infer --classes 150 $VITB $PRECISION $ITERS $EAGER
 step vitb_train_b${TRAIN_BATCH}_eager 30 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS $EAGER
 if [ "$SMOKE" != 1 ]; then
+  # the same shapes again in a new process: first_call_s with inductor's on-disk cache
+  step vitb_infer_150_cached     30 --mode infer --classes 150 $VITB $ITERS
+  # evaluation throughput: 8 images (40 views) per forward, TEST.IMS_PER_BATCH auto on CUDA
+  step vitb_infer_150_b8         40 --mode infer --classes 150 --batch 8 $VITB $ITERS
   step vitb_infer_150_nographs   30 --mode infer --classes 150 $VITB $ITERS --no-cuda-graphs
   step vitl_infer_150            60 --mode infer --classes 150 $VITL $ITERS
   step vitl_train_b4             60 --mode train --batch 4 --classes 171 $VITL $ITERS

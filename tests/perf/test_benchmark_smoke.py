@@ -117,6 +117,7 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "compile" not in steps["vitb_infer_150"]  # the defaults: compiled and graphed on CUDA
     assert "--no-compile --no-cuda-graphs" in steps["vitb_infer_150_eager"]
     assert "--no-cuda-graphs" in steps["vitb_infer_150_nographs"]
+    assert "--batch 8" in steps["vitb_infer_150_b8"] and "vitb_infer_150_cached" in steps
     assert "pytest" in steps["cuda_tests"]
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
