@@ -41,8 +41,8 @@ exposes names, while the groups are decided on the module objects).
 
 **saved activations** (training): the bytes of the distinct tensor storages autograd saves
 for the backward pass during the forward (``torch.autograd.graph.saved_tensors_hooks``;
-parameters excluded, a storage saved by several ops counted once, for the group that
-saved it first). They are all alive at the end of the forward, so their sum is the
+parameters and their views excluded, a storage saved by several ops counted once, for the
+group that saved it first). They are all alive at the end of the forward, so their sum is the
 activation memory a training step holds at its peak, before the backward frees them.
 
 The counts do not depend on the device load or speed (they are deterministic for a given
@@ -323,7 +323,12 @@ class WorkCounter(TorchDispatchMode):
         self._enter(self._active_bw, module)
 
     def _pack_saved(self, tensor: torch.Tensor) -> torch.Tensor:
-        if not isinstance(tensor, nn.Parameter) and not (tensor.is_leaf and tensor.requires_grad):
+        """Record a tensor saved for backward during the forward pass (activation
+        checkpointing's inputs are saved this way too; what its recomputation saves in the
+        backward pass is not recorded)."""
+        in_backward = torch._C._current_autograd_node() is not None
+        base = tensor._base if tensor._base is not None else tensor  # a parameter's view (W.t()) is the parameter
+        if not in_backward and not (base.is_leaf and base.requires_grad):
             storage = tensor.untyped_storage()
             key = (str(tensor.device), storage.data_ptr())
             if key not in self._saved:

@@ -215,3 +215,31 @@ def test_backward_ops_follow_the_forward_op_that_made_them():
     mm = 2 * 2 * 4 * 4
     assert groups["side"]["flops"] == 3 * mm  # forward, grad of the input, grad of the weight
     assert groups["main"]["flops"] == 2 * 3 * mm
+
+
+def test_saved_activations_count_distinct_storages_and_follow_recomputation():
+    """Linear -> GELU -> Linear on a [16, 4] fp32 input that needs no gradient: the first
+    linear saves its input (256 B), the GELU its input (512 B), the second linear the GELU's
+    output (512 B); recomputing GELU + second linear in the backward keeps only the first
+    linear's output (the checkpoint's input); parameters are not counted; nothing without
+    gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    first, second, act = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2), torch.nn.GELU()
+    x = torch.randn(16, 4)
+
+    def saved(fn):
+        counter = WorkCounter()
+        with counter:
+            out = fn()
+        return counter.saved_activations(), out
+
+    plain, out = saved(lambda: second(act(first(x))).sum())
+    assert plain == {"outside_model": 1280, "total": 1280}
+    out.backward()
+    recomputed, out = saved(lambda: checkpoint(lambda h: second(act(h)), first(x), use_reentrant=False).sum())
+    assert recomputed == {"outside_model": 768, "total": 768}
+    out.backward()  # the recomputation in the backward is not recorded
+    with torch.no_grad():
+        assert saved(lambda: second(act(first(x))))[0] == {}
