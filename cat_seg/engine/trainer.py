@@ -183,18 +183,23 @@ class Trainer(DefaultTrainer):
         When every evaluator is a :class:`~cat_seg.evaluation.SemSegEvaluator` (those of
         :meth:`build_evaluator` when ``evaluators`` is None), the model returns the predicted
         classes only (:data:`EVAL_OUTPUT_REQUEST`) for the duration of the call; other
-        evaluators get detectron2's ``sem_seg`` probabilities."""
+        evaluators get detectron2's ``sem_seg`` probabilities. Afterwards the model's CUDA
+        graphs are released (``CATSeg.release_cuda_graphs``)."""
         core = model.module if hasattr(model, "module") else model
         for dataset_name in cfg.DATASETS.TEST:
             cls.check_vocabulary(cfg, core, dataset_name)
-        if not cls.evaluators_read_labels(evaluators):
-            return super().test(cfg, model, evaluators)
         previous = core.output_request
-        core.output_request = EVAL_OUTPUT_REQUEST
+        if cls.evaluators_read_labels(evaluators):
+            core.output_request = EVAL_OUTPUT_REQUEST
         try:
             return super().test(cfg, model, evaluators)
         finally:
             core.output_request = previous
+            # a periodic evaluation during training: the CUDA graphs it captured (and their
+            # memory) are not kept for the rest of the training
+            release = getattr(core, "release_cuda_graphs", None)
+            if release is not None:
+                release()
 
     @classmethod
     def evaluators_read_labels(cls, evaluators) -> bool:

@@ -124,8 +124,10 @@ class GraphedForward:
         return output
 
     def reset(self):
-        """Drop every captured graph (e.g. after the weights were replaced by new tensors)."""
+        """Drop every captured graph and the memory pool they share (e.g. after the weights
+        were replaced by new tensors, or to give the memory back)."""
         self._graphs.clear()
+        self._pool = None
 
     def _capture(self, args: tuple, kwargs: dict) -> _Graph:
         """Warm up on a side stream, then capture one call with static copies of the inputs."""

@@ -185,9 +185,11 @@ def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, 
 
     model.output_request = PROBABILITIES
     seen = RecordingEvaluator(name, distributed=False)
+    model._graphed_views._graphs["captured during the evaluation"] = object()  # what a CUDA run leaves
     Trainer.test(cfg, Wrapper(model), [seen])
     assert seen.keys == [{"sem_seg_labels", "sem_seg_confidence"}] * len(IMAGE_SIZES)
     assert model.output_request is PROBABILITIES
+    assert not model._graphed_views._graphs  # released for the rest of the training
 
 
 def test_evaluators_read_labels():

@@ -165,6 +165,11 @@ class CATSeg(nn.Module):
         """Whether the aggregator runs compiled on the model's current device (``MODEL.COMPILE``)."""
         return resolve_compile(self.compile_setting, self.device)
 
+    def release_cuda_graphs(self):
+        """Drop the captured CUDA graphs of inference and their memory (e.g. after an
+        evaluation during training); later inference captures again."""
+        self._graphed_views.reset()
+
     def _compile_aggregator(self):
         if not self._aggregator_compiled:
             self.sem_seg_head.aggregator.compile()
