@@ -120,7 +120,7 @@ def mlp_recomputing_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     for one more GELU and fc2 in the backward (0.2 TFLOP at batch 4; docs/benchmarks.md)."""
     hidden = mlp.fc1(x)
     if not (torch.is_grad_enabled() and hidden.requires_grad):
-        return mlp.fc2(mlp.act(hidden))
+        return _activation_and_fc2(mlp, hidden)
     return checkpoint(_activation_and_fc2, mlp, hidden, use_reentrant=False)
 
 
