@@ -700,6 +700,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
 
     from .config import add_cat_seg_config
     from .hub import apply_released_defaults, get_released, weights_file_missing
+    from .modeling.meta_arch.cat_seg import compile_is_auto
     from .utils import resolve_path
 
     released = get_released(weights) if weights is not None else None
@@ -725,7 +726,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
-    if cfg.MODEL.COMPILE is None or str(cfg.MODEL.COMPILE).lower() == "auto":
+    if compile_is_auto(cfg.MODEL.COMPILE):
         # Interactive use (demo, web app, this API) stays eager unless MODEL.COMPILE True is
         # asked for: the first compiled call takes over a minute (82 s for ViT-B on an H200,
         # docs/benchmarks.md) and a handful of images never repays it; training and

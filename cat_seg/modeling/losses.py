@@ -13,6 +13,13 @@ def _resize(logits: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
+def _chunk_targets(labels, valid, start, count):
+    """``(inside [B, H, W], index [B, 1, H, W])``: the pixels whose class is one of the chunk's
+    ``count`` classes from ``start``, and their class's position in the chunk (0 elsewhere)."""
+    inside = valid & (labels >= start) & (labels < start + count)
+    return inside, (labels - start).clamp(0, count - 1).unsqueeze(1)
+
+
 class _ResizedBCE(torch.autograd.Function):
     """Sum over classes and pixels of ``softplus(x) - onehot * x`` for ``x`` the logits resized
     to the targets' size, one chunk of classes at a time; the backward recomputes each chunk's
@@ -25,8 +32,7 @@ class _ResizedBCE(torch.autograd.Function):
         for start in range(0, logits.shape[1], chunk):
             resized = _resize(logits[:, start:start + chunk], size)  # [B, c, H, W]
             total += F.softplus(resized).sum()
-            inside = valid & (labels >= start) & (labels < start + resized.shape[1])
-            index = (labels - start).clamp(0, resized.shape[1] - 1).unsqueeze(1)
+            inside, index = _chunk_targets(labels, valid, start, resized.shape[1])
             total -= (resized.gather(1, index).squeeze(1) * inside).sum()
         ctx.save_for_backward(logits, labels, valid)
         ctx.chunk = chunk
@@ -42,8 +48,7 @@ class _ResizedBCE(torch.autograd.Function):
             with torch.enable_grad():
                 resized = _resize(piece, size)
             grad = resized.detach().sigmoid()  # d softplus(x) / dx
-            inside = valid & (labels >= start) & (labels < start + resized.shape[1])
-            index = (labels - start).clamp(0, resized.shape[1] - 1).unsqueeze(1)
+            inside, index = _chunk_targets(labels, valid, start, resized.shape[1])
             grad.scatter_add_(1, index, -inside.unsqueeze(1).to(grad.dtype))  # - onehot
             grads.append(torch.autograd.grad(resized, piece, grad.mul_(grad_total))[0])
         return torch.cat(grads, dim=1), None, None, None

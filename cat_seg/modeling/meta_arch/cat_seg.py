@@ -21,6 +21,11 @@ from ..sliding_window import crop_windows, window_boxes, window_stride
 COMPILE_SETTINGS = (None, "auto", True, False)
 
 
+def compile_is_auto(setting: Optional[Union[bool, str]]) -> bool:
+    """Whether ``MODEL.COMPILE`` is the auto setting (None, the default, or ``"auto"``)."""
+    return setting is None or (isinstance(setting, str) and setting.lower() == "auto")
+
+
 def resolve_compile(setting: Optional[Union[bool, str]], device) -> bool:
     """``MODEL.COMPILE`` for ``device``: whether the aggregator is compiled.
 
@@ -30,12 +35,12 @@ def resolve_compile(setting: Optional[Union[bool, str]], device) -> bool:
     call would build C++ kernels for minutes). ``device`` None: only an explicit True is on.
     Raises ``ValueError`` (one line) for another value.
     """
+    if compile_is_auto(setting):
+        return device is not None and torch.device(device).type == "cuda"
     if isinstance(setting, str):
-        setting = {"auto": None, "true": True, "false": False}.get(setting.lower(), setting)
+        setting = {"true": True, "false": False}.get(setting.lower(), setting)
     if setting not in COMPILE_SETTINGS:
         raise ValueError(f"MODEL.COMPILE={setting!r}: expected True, False or auto")
-    if setting is None:
-        return device is not None and torch.device(device).type == "cuda"
     return bool(setting)
 
 
