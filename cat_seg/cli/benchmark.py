@@ -45,7 +45,9 @@ add ``totals`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written``, ``ops``
 ``decoder``, ``pre_post_processing``, ``optimizer``, ``other``, ``outside_model``),
 ``phases`` (forward / backward), ``top_ops``, ``saved_activations`` (training: bytes saved
 for the backward pass per group and ``total``, the activation memory held at the end of
-the forward) and, at inference, ``text_embeddings``: the
+the forward), ``memory`` (the peak of the live tensor storages on the device, what
+``torch.cuda.max_memory_allocated`` reports, estimated on any device: ``peak_bytes``,
+``peak_at``, ``live_at_peak`` by who made them) and, at inference, ``text_embeddings``: the
 totals of computing the vocabulary's text embeddings once (cached, so not part of an
 inference).
 """
@@ -324,7 +326,8 @@ def sync(device):
 
 
 def make_step(args, cfg, model, device, smoke: bool):
-    """The step to time or count: ``(step, batch, names, size, extra)``."""
+    """The step to time or count: ``(step, batch, names, size, extra, before_step)``;
+    ``before_step()`` gives the labelled state the step keeps between calls (the optimizer's)."""
     from cat_seg.modeling.precision import resolve_precision
 
     batch = args.batch or (4 if args.mode == "train" else 1)
@@ -349,6 +352,10 @@ def make_step(args, cfg, model, device, smoke: bool):
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, **impl)
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         extra["optimizer"] = f"AdamW ({args.optimizer})"
+
+        def before_step():
+            return {"optimizer state": [t for state in optimizer.state.values() for t in state.values()
+                                        if isinstance(t, torch.Tensor)]}
 
         def step(counter=None):
             """One training step; with a :class:`WorkCounter`, the optimizer's work is its own group."""
@@ -378,7 +385,10 @@ def make_step(args, cfg, model, device, smoke: bool):
             with torch.no_grad(), autocast():
                 model(inputs, class_names=names)
 
-    return step, batch, names, size, extra
+        def before_step():
+            return {}
+
+    return step, batch, names, size, extra, before_step
 
 
 def build(args, config_file: str):
@@ -417,7 +427,7 @@ def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, 
 
 def run_timed(args, config_file: str, smoke: bool) -> dict:
     cfg, overrides, model, device = build(args, config_file)
-    step, batch, names, size, extra = make_step(args, cfg, model, device, smoke)
+    step, batch, names, size, extra, before_step = make_step(args, cfg, model, device, smoke)
     memory = PeakMemory(device)
     if args.mode == "infer":
         t0 = time.perf_counter()
@@ -471,7 +481,7 @@ def run_count(args, config_file: str, smoke: bool) -> dict:
     from .work_count import WorkCounter, format_table
 
     cfg, overrides, model, device = build(args, config_file)
-    step, batch, names, size, extra = make_step(args, cfg, model, device, smoke)
+    step, batch, names, size, extra, before_step = make_step(args, cfg, model, device, smoke)
     regions = text_encoder_regions(model)
     record = base_record(args, cfg, overrides, device, config_file, smoke, batch, names, size, extra, "count")
     if args.mode == "infer":
@@ -491,17 +501,23 @@ def run_count(args, config_file: str, smoke: bool) -> dict:
         step()
         logger.info(f"warm-up {i + 1}/{args.warmup}: {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    counter = WorkCounter(model)
+    counter = WorkCounter(model, memory_device=device, before_step=before_step())
     with counter.regions(regions), counter:
         step(counter)
     logger.info(f"counted one {args.mode} step in {time.perf_counter() - t0:.1f} s")
     record.update({"totals": counter.totals(), "groups": counter.groups(), "phases": counter.phases(),
-                   "top_ops": counter.top_ops(), "saved_activations": counter.saved_activations()})
+                   "top_ops": counter.top_ops(), "saved_activations": counter.saved_activations(),
+                   "memory": counter.memory()})
     if args.verbose or not smoke:
         logger.info("counted work:\n" + format_table(record["groups"], record["totals"]))
         if record["saved_activations"]:
             logger.info("saved for backward (GiB): " + ", ".join(
                 f"{g} {b / 2 ** 30:.2f}" for g, b in record["saved_activations"].items()))
+        memory = record["memory"]
+        logger.info(f"peak of the live tensors: {memory['peak_bytes'] / 2 ** 30:.2f} GiB after "
+                    f"{memory['peak_at'].get('op', '-')} ({memory['peak_at'].get('phase', '-')}, "
+                    f"{memory['peak_at'].get('group', '-')}); alive then (GiB): " + ", ".join(
+                        f"{k} {v / 2 ** 30:.2f}" for k, v in memory["live_at_peak"].items() if v >= 2 ** 24))
     return record
 
 

@@ -45,12 +45,24 @@ parameters and their views excluded, a storage saved by several ops counted once
 group that saved it first). They are all alive at the end of the forward, so their sum is the
 activation memory a training step holds at its peak, before the backward frees them.
 
+**peak memory** (:meth:`WorkCounter.memory`): the largest sum, after any op, of the bytes of
+the distinct tensor storages alive on the counted device: those alive when the counter is
+entered (found by a scan of the garbage collector's objects: parameters, gradients, optimizer
+state, inputs, caches) plus those the ops inside make, each freed when its storage is (a
+weak reference to the storage). This is what ``torch.cuda.max_memory_allocated`` reports for
+the same program, at op granularity and without the allocator's rounding or the workspaces
+kernels allocate internally; it is reported with what was alive at that moment, by who made
+it (before the step: parameters, gradients, optimizer state, other; during it: the phase and
+group of the op that allocated it).
+
 The counts do not depend on the device load or speed (they are deterministic for a given
 program, shapes and dtypes).
 """
 import bisect
 import contextlib
+import gc
 import math
+import weakref
 import re
 from collections import Counter, defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -191,6 +203,82 @@ class _Tally:
                 "bytes_written": self.bytes_written, "ops": self.ops}
 
 
+class _LiveMemory:
+    """Bytes of the tensor storages alive on one device, their peak and what made them.
+
+    A storage is registered once (by device and data pointer) with a label and forgotten
+    when it is freed (a weak reference to the storage: CPython frees it, and calls back, as
+    soon as its last tensor goes). Storages of other devices and meta tensors are ignored.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.live = 0
+        self.peak = 0
+        self.before = 0
+        self.peak_at: Dict[str, str] = {}
+        self._by_label: Counter = Counter()
+        self.peak_by_label: Dict[str, int] = {}
+        self._entries: Dict[Tuple[int, int], Tuple[object, int, str]] = {}
+
+    def _same_device(self, t: torch.Tensor) -> bool:
+        d = t.device
+        return d.type == self.device.type and (self.device.index is None or d.index in (None, self.device.index))
+
+    def add(self, t: torch.Tensor, label: str) -> None:
+        """Register ``t``'s storage under ``label`` unless it is known already."""
+        if t.device.type == "meta" or not self._same_device(t):
+            return
+        try:
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (some subclasses)
+            return
+        key = (t.device.index or 0, ptr)
+        if nbytes == 0 or key in self._entries:
+            return
+        ref = weakref.ref(storage, lambda _ref, key=key: self._free(key))
+        self._entries[key] = (ref, nbytes, label)
+        self.live += nbytes
+        self._by_label[label] += nbytes
+
+    def _free(self, key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.live -= entry[1]
+            self._by_label[entry[2]] -= entry[1]
+
+    def scan(self, labels: Dict[Tuple[int, int], str]) -> None:
+        """Register every tensor the garbage collector knows (alive before the step), labelled
+        by ``labels`` (storage key -> label), ``other`` otherwise."""
+        for obj in gc.get_objects():
+            # type(), not isinstance(): some deprecated objects warn when asked their __class__
+            if issubclass(type(obj), torch.Tensor) and not obj.is_meta and self._same_device(obj):
+                try:
+                    key = (obj.device.index or 0, obj.untyped_storage().data_ptr())
+                except (RuntimeError, NotImplementedError):
+                    continue
+                self.add(obj, labels.get(key, "before: other"))
+        self.before = self.live
+        self.update_peak({})
+
+    def update_peak(self, where: Dict[str, str]) -> None:
+        if self.live > self.peak:
+            self.peak = self.live
+            self.peak_at = where
+            self.peak_by_label = {k: v for k, v in self._by_label.items() if v}
+
+    def report(self) -> Dict[str, object]:
+        return {
+            "device": str(self.device),
+            "peak_bytes": self.peak,
+            "before_step_bytes": self.before,
+            "end_bytes": self.live,
+            "peak_at": dict(self.peak_at),
+            "live_at_peak": dict(sorted(self.peak_by_label.items(), key=lambda kv: -kv[1])),
+        }
+
+
 class WorkCounter(TorchDispatchMode):
     """Count FLOPs, bytes read + written and ops of everything run inside, per group.
 
@@ -199,6 +287,11 @@ class WorkCounter(TorchDispatchMode):
             or to an explicit :meth:`region`).
         rules: ``[(group, predicate(module, path) -> bool)]``, the first match decides a
             module's group (default: :func:`default_group_rules` of ``root``).
+        memory_device: the device whose live storages :meth:`memory` follows (default: that
+            of ``root``'s first parameter, else the CPU).
+        before_step: labelled tensors alive before the step, e.g. ``{"optimizer state":
+            [...]}``, for the breakdown of :meth:`memory` (``root``'s parameters and their
+            gradients are labelled ``parameters`` / ``gradients`` without being listed).
 
     Usage::
 
@@ -210,8 +303,21 @@ class WorkCounter(TorchDispatchMode):
     Not reentrant; one counter at a time (it registers global module hooks).
     """
 
-    def __init__(self, root: Optional[nn.Module] = None, rules=None):
+    def __init__(self, root: Optional[nn.Module] = None, rules=None, memory_device=None,
+                 before_step: Optional[Dict[str, Iterable[torch.Tensor]]] = None):
         super().__init__()
+        params = list(root.parameters()) if root is not None else []
+        if memory_device is None:
+            memory_device = params[0].device if params else torch.device("cpu")
+        self._memory = _LiveMemory(memory_device)
+        labelled = {"parameters": params, "gradients": [p.grad for p in params if p.grad is not None]}
+        labelled.update(before_step or {})
+        self._before_labels = {}
+        for label, tensors in labelled.items():
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and not t.is_meta:
+                    self._before_labels.setdefault((t.device.index or 0, t.untyped_storage().data_ptr()),
+                                                   f"before: {label}")
         self._kinds: Dict[object, _OpKind] = {}
         self._tallies: Dict[str, _Tally] = defaultdict(_Tally)
         self._phase_tallies: Dict[str, _Tally] = defaultdict(_Tally)
@@ -337,6 +443,7 @@ class WorkCounter(TorchDispatchMode):
 
     # ------------------------------------------------------------------ context
     def __enter__(self):
+        self._memory.scan(self._before_labels)
         self._hooks = [register_module_forward_pre_hook(self._fw_pre), register_module_forward_hook(self._fw_post)]
         self._flops = FlopCounterMode(display=False)
         self._flops.__enter__()
@@ -380,6 +487,13 @@ class WorkCounter(TorchDispatchMode):
             self._seq_group.append(group)
         flops_before = self._flops.get_total_flops()
         out = func(*args, **kwargs)  # the FlopCounterMode below counts it
+        if not kind.view:
+            label = f"{group} backward" if backward else group
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._memory.add(t, label)  # known storages (mutated arguments) are skipped
+            self._memory.update_peak({"phase": "backward" if backward else "forward", "group": group,
+                                      "op": kind.name})
         if kind.view or kind.allocation:
             self.views += kind.view
             return out
@@ -463,6 +577,15 @@ class WorkCounter(TorchDispatchMode):
         if out:
             out["total"] = sum(per_group.values())
         return out
+
+    def memory(self) -> Dict[str, object]:
+        """Peak of the live tensor storages on the counted device (see the module docstring):
+        ``device``, ``peak_bytes``, ``before_step_bytes`` (alive when the counter was
+        entered), ``end_bytes``, ``peak_at`` (``phase``, ``group``, ``op`` of the op after which
+        the peak was reached) and ``live_at_peak`` (bytes per label, largest first: ``before:
+        parameters`` / ``gradients`` / ``other`` / the ``before_step`` labels, then the group
+        that allocated it, ``<group> backward`` for the backward pass)."""
+        return self._memory.report()
 
     def phases(self) -> Dict[str, Dict[str, int]]:
         """``forward`` / ``backward`` totals."""

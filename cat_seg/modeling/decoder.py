@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .norms import GroupNorm
 from .precision import full_precision
@@ -172,10 +171,8 @@ class CostDecoder(nn.Module):
         x = x.reshape(b * t, h, w, d).permute(0, 3, 1, 2)  # channels-last [B*T, D, H, W]
         for block, g in zip(self.blocks, guidance):
             x = block(x, g, t)
-        if torch.is_grad_enabled() and x.requires_grad:
-            # training: the backward recomputes the fp32 copy of the features instead of
-            # storing it (0.8 GB of a ViT-B bf16 step at batch 4; x itself is kept anyway)
-            logits = checkpoint(single_output_conv3x3, x, self.head.weight, self.head.bias, use_reentrant=False)
+        if torch.is_grad_enabled() and (x.requires_grad or self.head.weight.requires_grad):
+            logits = _SingleOutputConv3x3.apply(x, self.head.weight, self.head.bias)
         else:
             logits = single_output_conv3x3(x, self.head.weight, self.head.bias)
         return logits.view(b, t, *x.shape[-2:])
@@ -199,12 +196,71 @@ def single_output_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """
     n, c, h, w = x.shape
     with full_precision(x):  # precision policy: the logit head in fp32 (see .precision)
-        taps = weight[0].permute(1, 2, 0).reshape(9, c).float()  # [(ky, kx), C]
+        taps = _head_taps(weight)
         features = x.permute(0, 2, 3, 1).to(torch.float32, memory_format=torch.contiguous_format)
         per_tap = torch.mm(taps, features.reshape(-1, c).t()).view(9, n, h, w)
         out = per_tap[4] + bias.float()  # the centre tap, then the shifted neighbours (zero padding)
-        for tap in (0, 1, 2, 3, 5, 6, 7, 8):
-            dy, dx = tap // 3 - 1, tap % 3 - 1
+        for tap, (dy, dx) in _NEIGHBOUR_TAPS:
             out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] += \
                 per_tap[tap, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
     return out[:, None]
+
+
+# the eight non-centre taps of a 3x3 kernel and their offsets (dy, dx)
+_NEIGHBOUR_TAPS = tuple((tap, (tap // 3 - 1, tap % 3 - 1)) for tap in (0, 1, 2, 3, 5, 6, 7, 8))
+# fp32 elements of the features converted at once in the head's backward (64 MiB)
+_HEAD_BACKWARD_CHUNK = 2 ** 24
+
+
+def _head_taps(weight: torch.Tensor) -> torch.Tensor:
+    """``[1, C, 3, 3]`` head weight -> fp32 ``[9, C]``, row ``3 * ky + kx``."""
+    return weight[0].permute(1, 2, 0).reshape(9, weight.shape[1]).float()
+
+
+class _SingleOutputConv3x3(torch.autograd.Function):
+    """:func:`single_output_conv3x3` with a backward that needs no fp32 copy of all features.
+
+    Autograd of the forward would keep (or, recomputed, rebuild) the fp32 features and make
+    an fp32 gradient of them before casting it to the features' dtype: two fp32 copies of
+    the largest decoder maps at the start of the backward (1.5 GiB of a bf16 ViT-B training
+    step at batch 4, its peak; docs/benchmarks.md). This backward keeps only ``x`` (which the
+    preceding ReLU keeps anyway) and goes through the maps in chunks of
+    :data:`_HEAD_BACKWARD_CHUNK` fp32 elements, writing the gradient in ``x``'s dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return single_output_conv3x3(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """``grad_out [N, 1, H, W]`` (fp32) -> gradients of ``x``, ``weight``, ``bias``.
+
+        With ``g_tap[n, y, x] = grad_out[n, y - dy, x - dx]`` (zero outside the map), the
+        gradient of the features is ``sum_tap g_tap taps[tap]`` and that of the taps is
+        ``sum g_tap features``: two small fp32 matrix products per chunk.
+        """
+        x, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_out = grad_out.float().view(n, h, w)
+        with full_precision(x):
+            taps = _head_taps(weight)
+            grad_x = torch.empty(n, h, w, c, dtype=x.dtype, device=x.device)  # channels-last storage
+            grad_taps = torch.zeros(9, c, dtype=torch.float32, device=x.device)
+            features = x.permute(0, 2, 3, 1)  # [N, H, W, C]
+            step = max(1, _HEAD_BACKWARD_CHUNK // (h * w * c))
+            for start in range(0, n, step):
+                g = grad_out[start:start + step]
+                shifted = g.new_zeros(9, *g.shape)  # [9, n', H, W]
+                shifted[4] = g
+                for tap, (dy, dx) in _NEIGHBOUR_TAPS:
+                    shifted[tap, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = \
+                        g[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+                shifted = shifted.view(9, -1)
+                chunk = features[start:start + step].reshape(-1, c).float()  # [n' H W, C]
+                grad_taps.addmm_(shifted, chunk)
+                grad_x[start:start + step].view(-1, c).copy_(torch.mm(shifted.t(), taps))
+            grad_weight = grad_taps.view(3, 3, c).permute(2, 0, 1)[None].to(weight.dtype)
+            grad_bias = grad_out.sum().reshape(1).to(weight.dtype)
+        return grad_x.permute(0, 3, 1, 2), grad_weight, grad_bias

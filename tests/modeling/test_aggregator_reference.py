@@ -115,3 +115,50 @@ def test_logit_head_equals_fp32_convolution(dtype):
     torch.testing.assert_close(out, F.conv2d(x.float(), weight, bias, padding=1), rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 whatever the autocast context
         torch.testing.assert_close(single_output_conv3x3(x, weight, bias), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [None, 2 * 8 * 7 * 5])  # default; two maps per chunk (uneven: 3 maps)
+def test_logit_head_gradients_equal_those_of_the_convolution(dtype, chunk, monkeypatch):
+    """The head's own backward gives the gradients autograd gives for the fp32 convolution
+    (of the input in its dtype, of the weight and the bias in fp32), whatever the chunking."""
+    from cat_seg.modeling import decoder
+
+    if chunk is not None:
+        monkeypatch.setattr(decoder, "_HEAD_BACKWARD_CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 7, 5, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(1, 8, 3, 3, generator=g), torch.randn(1, generator=g)
+    grad = torch.randn(3, 1, 7, 5, generator=g)
+    x, weight, bias = (t.requires_grad_() for t in (x, weight, bias))
+    got = torch.autograd.grad(decoder._SingleOutputConv3x3.apply(x, weight, bias), (x, weight, bias), grad)
+    x32 = x.detach().float().requires_grad_()
+    want = torch.autograd.grad(F.conv2d(x32, weight, bias, padding=1), (x32, weight, bias), grad)
+    assert got[0].dtype == dtype and got[0].is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # the input's gradient is rounded to bf16 once
+    torch.testing.assert_close(got[0].float(), want[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
+
+
+def test_logit_head_backward_holds_no_fp32_copy_of_the_features(monkeypatch):
+    """bf16 features [16, 32, 12, 12] (fp32 copy: 295 KB): the backward makes the bf16
+    gradient (147 KB) and, per chunk of 2 maps, an fp32 copy of the chunk, its nine shifted
+    output gradients and its fp32 gradient (84 KB); never all the features in fp32."""
+    from cat_seg.cli.work_count import WorkCounter
+    from cat_seg.modeling import decoder
+
+    n, c, h, w = 16, 32, 12, 12
+    monkeypatch.setattr(decoder, "_HEAD_BACKWARD_CHUNK", 2 * c * h * w)
+    x = torch.randn(n, c, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight, bias = torch.randn(1, c, 3, 3, requires_grad=True), torch.randn(1, requires_grad=True)
+    out = decoder._SingleOutputConv3x3.apply(x, weight, bias)
+    grad = torch.randn_like(out)
+    with WorkCounter() as counter:
+        out.backward(grad)
+    extra = counter.memory()["peak_bytes"] - counter.memory()["before_step_bytes"]
+    fp32_features = n * c * h * w * 4
+    grad_x = n * c * h * w * 2
+    per_chunk = 2 * h * w * (c * 4 * 2 + 9 * 4)  # fp32 chunk + its fp32 gradient + nine shifted maps
+    assert grad_x < extra <= grad_x + per_chunk + 4 * n * h * w + 4096  # + the fp32 output gradient, small ones
+    assert extra < grad_x + fp32_features / 2

@@ -1,5 +1,7 @@
 """The counting class of ``--count`` (:class:`cat_seg.cli.work_count.WorkCounter`) on op sequences
 whose FLOPs and bytes are computed here by hand."""
+import gc
+
 import pytest
 import torch
 from torch import nn
@@ -243,3 +245,50 @@ def test_saved_activations_count_distinct_storages_and_follow_recomputation():
     out.backward()  # the recomputation in the backward is not recorded
     with torch.no_grad():
         assert saved(lambda: second(act(first(x))))[0] == {}
+
+
+def test_peak_memory_is_the_largest_sum_of_live_storages():
+    """Linear(256 -> 1024) on x [512, 256], ReLU, sum, backward, in fp32, by hand: the peak
+    comes in the backward, with the ReLU's output (kept for its backward), the loss and its
+    seed, the gradient of the linear's output and the weight and bias gradients alive on top
+    of what was there before. The linear's output is freed when the ReLU has run (ReLU keeps
+    its output, not its input) and is not part of the peak."""
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 1024)
+    x = torch.randn(512, 256)
+    state = torch.zeros(77)  # stands for some state kept between steps
+    map_bytes = 512 * 1024 * F32
+    gc.collect()
+    with WorkCounter(linear, before_step={"state": [state]}) as counter:
+        y = linear(x)
+        z = torch.relu(y)
+        del y
+        loss = z.sum()
+        loss.backward()
+        del z, loss
+    memory = counter.memory()
+    scalar = F32  # the loss and the seed of the backward
+    gradients = (256 * 1024 + 1024) * F32
+    assert memory["peak_bytes"] - memory["before_step_bytes"] == 2 * map_bytes + 2 * scalar + gradients
+    assert memory["end_bytes"] - memory["before_step_bytes"] == gradients  # .grad of weight and bias
+    assert memory["peak_at"]["phase"] == "backward"
+    live = memory["live_at_peak"]
+    assert live["before: parameters"] == (256 * 1024 + 1024) * F32
+    assert live["before: state"] == 77 * F32
+    assert live["outside_model"] == map_bytes + 2 * scalar  # made by the forward (outside any grouped module)
+    assert memory["peak_bytes"] == sum(live.values())
+
+
+def test_peak_memory_counts_a_storage_once_and_frees_it_with_its_last_view():
+    gc.collect()
+    with WorkCounter() as counter:
+        a = torch.ones(1000)  # 4000 B
+        views = [a[:10], a.view(10, 100), a[500:]]
+        del a
+        b = torch.ones(2000)  # 8000 B: with a still alive through its views
+        del views
+        c = torch.ones(2500)  # 10000 B: a is gone, b is alive
+        del b, c
+    memory = counter.memory()
+    assert memory["peak_bytes"] - memory["before_step_bytes"] == 18000
+    assert memory["end_bytes"] == memory["before_step_bytes"]
