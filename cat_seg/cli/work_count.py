@@ -251,6 +251,7 @@ class _LiveMemory:
     def scan(self, labels: Dict[Tuple[int, int], str]) -> None:
         """Register every tensor the garbage collector knows (alive before the step), labelled
         by ``labels`` (storage key -> label), ``other`` otherwise."""
+        gc.collect()  # unreachable tensors are not alive
         for obj in gc.get_objects():
             # type(), not isinstance(): some deprecated objects warn when asked their __class__
             if issubclass(type(obj), torch.Tensor) and not obj.is_meta and self._same_device(obj):
