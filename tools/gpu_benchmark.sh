@@ -134,6 +134,8 @@ step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
 [ "$SMOKE" = 1 ] || check cuda_tests 60
 step vitb_infer_150_eager 30 --mode infer --classes 150 $VITB $PRECISION $ITERS $EAGER
 step vitb_train_b${TRAIN_BATCH}_eager 30 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS $EAGER
+# the estimated peak memory of the same eager step (--count's "memory"), beside the measured one
+step vitb_count_train_b$TRAIN_BATCH 40 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION --count --warmup 1
 if [ "$SMOKE" != 1 ]; then
   # the same shapes again in a new process: first_call_s with inductor's on-disk cache
   step vitb_infer_150_cached     30 --mode infer --classes 150 $VITB $ITERS
@@ -178,6 +180,10 @@ for r in records:
                   f"{t['ops']} ops", "", "| group | GFLOP | GB | ops |", "|---|---|---|---|"]
         for name, g in r["groups"].items():
             lines.append(f"| {name} | {g['flops'] / 1e9:.1f} | {g['bytes'] / 1e9:.2f} | {g['ops']} |")
+        m = r.get("memory") or {}
+        if m:
+            lines += ["", f"Estimated peak of the live tensors, {r['tag']}: {m['peak_bytes'] / 2 ** 30:.2f} GiB "
+                      f"(after {m['peak_at'].get('op')}, {m['peak_at'].get('phase')} {m['peak_at'].get('group')})"]
 open(f"{out}/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

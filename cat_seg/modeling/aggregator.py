@@ -9,9 +9,9 @@ Memory knobs live here and only here (:meth:`Aggregator._per_class`): at inferen
 per-class blocks run on chunks of classes (``class_chunk``, bounded memory for large
 vocabularies), and in training with ``checkpoint_activations`` each chunk is recomputed in
 the backward pass instead of storing its activations. Results do not depend on either.
-Two cheap recomputations are always on in training (no setting): the spatial blocks' MLP
-activation (:func:`.spatial_aggregation.mlp_recomputing_activation`) and the fp32 input of
-the logit head (:meth:`.decoder.CostDecoder.forward`).
+Two cheap memory savings are always on in training (no setting): the spatial blocks' MLP
+branch is recomputed in the backward (:func:`.spatial_aggregation.recomputed_mlp`), and the
+logit head's backward keeps no fp32 copy of its input (:class:`.decoder._SingleOutputConv3x3`).
 """
 from typing import Callable, List, Optional, Sequence
 

@@ -112,20 +112,20 @@ def fused_qkv(q: GuidedLinear, k: GuidedLinear, v: nn.Linear, x: torch.Tensor,
     return qkv.add_(term.to(qkv.dtype))
 
 
-def mlp_recomputing_activation(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` (timm ``Mlp``: fc1, GELU, fc2); while gradients are recorded, the GELU and
-    fc2 are recomputed in the backward pass from fc1's output instead of storing the GELU's
-    output: the hidden layer is 4x the width of the per-class maps, and this halves what the
-    MLP keeps for the backward (1.5 GiB of a bf16 ViT-B training step at batch 4, counted)
-    for one more GELU and fc2 in the backward (0.2 TFLOP at batch 4; docs/benchmarks.md)."""
-    hidden = mlp.fc1(x)
-    if not (torch.is_grad_enabled() and hidden.requires_grad):
-        return _activation_and_fc2(mlp, hidden)
-    return checkpoint(_activation_and_fc2, mlp, hidden, use_reentrant=False)
+def recomputed_mlp(norm: nn.Module, mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(norm(x))`` (timm ``Mlp``: fc1, GELU, fc2); while gradients are recorded, the whole
+    branch is recomputed in the backward pass from ``x`` (which the block keeps anyway as its
+    residual) instead of storing the norm's output, fc1's output and the GELU's: 5.5x the
+    per-class maps per block, 1.9 GiB of a bf16 ViT-B training step at batch 4, for one more
+    norm, fc1, GELU and fc2 per block in the backward (about 0.4 TFLOP at batch 4, a few per
+    cent of the step; docs/benchmarks.md, "Training memory")."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or mlp.fc1.weight.requires_grad)):
+        return _norm_and_mlp(norm, mlp, x)
+    return checkpoint(_norm_and_mlp, norm, mlp, x, use_reentrant=False)
 
 
-def _activation_and_fc2(mlp: Mlp, hidden: torch.Tensor) -> torch.Tensor:
-    return mlp.fc2(mlp.act(hidden))
+def _norm_and_mlp(norm: nn.Module, mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
+    return mlp(norm(x))
 
 
 class WindowAttention(nn.Module):
@@ -222,7 +222,7 @@ class SwinBlock(nn.Module):
         out = self.attn(x_windows, g_windows, (h, w), window, shift)
         out = out.view(b * t, h * w, d).index_select(1, inverse).view(b, t, h, w, d)
         x = out.add_(x) if out.dtype == torch.promote_types(out.dtype, x.dtype) else out + x
-        return x + mlp_recomputing_activation(self.mlp, self.norm2(x))
+        return x + recomputed_mlp(self.norm2, self.mlp, x)
 
 
 class SpatialAggregation(nn.Module):

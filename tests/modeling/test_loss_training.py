@@ -159,3 +159,42 @@ def test_resized_loss_never_holds_all_target_size_maps(largest_allocation):
     with largest_allocation() as watch:
         sem_seg_bce_loss(logits, targets, IGNORE, chunk=8).backward()
     assert watch.largest <= 2 * 8 * 32 * 32
+
+
+def test_spatial_block_keeps_no_mlp_activation_for_the_backward():
+    """In training a spatial block keeps, for its MLP branch, only the branch's input (the
+    residual, kept anyway): no norm output, no fc1 or GELU output (hidden width 4 x dim) is
+    saved; the gradients are those of the branch computed without recomputation."""
+    from cat_seg.modeling.spatial_aggregation import SwinBlock
+
+    torch.manual_seed(0)
+    dim = 16
+    block = SwinBlock(dim, guidance_dim=8, num_heads=2, window=4, shift=0)
+    x = torch.randn(1, 3, 8, 8, dim, requires_grad=True)
+    guidance = torch.randn(1, 8, 8, 8)
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.data_ptr()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = block(x, guidance)
+    params = {p.data_ptr() for p in block.parameters()}
+    activations = [shape for shape, ptr in saved if ptr not in params]
+    hidden = [shape for shape in activations if len(shape) > 1 and shape[-1] == 4 * dim]
+    assert activations and not hidden, hidden
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x] + list(block.mlp.parameters()), grad)
+    # the same block with the MLP branch computed plainly
+    branch_input = {}
+    hook = block.norm2.register_forward_hook(lambda m, args, output: branch_input.setdefault("x", args[0]))
+    try:
+        block(x, guidance)
+    finally:
+        hook.remove()
+    residual = branch_input["x"]
+    plain = residual + block.mlp(block.norm2(residual))
+    want = torch.autograd.grad(plain, [x] + list(block.mlp.parameters()), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

@@ -131,6 +131,8 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "pytest" in steps["cuda_tests"]
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
+    # the estimated peak memory of the eager training step, next to its measurement
+    assert "--count" in steps["vitb_count_train_b4"] and "--mode train --batch 4" in steps["vitb_count_train_b4"]
 
 
 def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
@@ -145,6 +147,7 @@ def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
     assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 5
     summary = (out / "summary.md").read_text()
     assert "| vitb_train_b2 | train | 171 | 2 | fp32 |" in summary and "Counted work, vitb_count_infer_150" in summary
+    assert "Estimated peak of the live tensors, vitb_count_infer_150:" in summary
     assert "aten::" in (out / "profile_infer.txt").read_text()
     assert "torch" in (out / "env.txt").read_text()
 
