@@ -62,8 +62,8 @@ import bisect
 import contextlib
 import gc
 import math
-import weakref
 import re
+import weakref
 from collections import Counter, defaultdict
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -158,6 +158,17 @@ def _storage_bytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
 
+def _storage_key(t: torch.Tensor) -> Optional[Tuple[int, int]]:
+    """``(device index, data pointer)`` of ``t``'s storage, None for tensors without one
+    (meta, fake and some subclasses)."""
+    if t.is_meta:
+        return None
+    try:
+        return t.device.index or 0, t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _tensor_key(t: torch.Tensor):
     """Identity of the memory a tensor argument addresses (the same tensor passed twice is read once)."""
     if t.device.type == "meta":
@@ -227,15 +238,12 @@ class _LiveMemory:
 
     def add(self, t: torch.Tensor, label: str) -> None:
         """Register ``t``'s storage under ``label`` unless it is known already."""
-        if t.device.type == "meta" or not self._same_device(t):
+        key = _storage_key(t) if self._same_device(t) else None
+        if key is None or key in self._entries:
             return
-        try:
-            storage = t.untyped_storage()
-            ptr, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (some subclasses)
-            return
-        key = (t.device.index or 0, ptr)
-        if nbytes == 0 or key in self._entries:
+        storage = t.untyped_storage()
+        nbytes = storage.nbytes()
+        if nbytes == 0:
             return
         ref = weakref.ref(storage, lambda _ref, key=key: self._free(key))
         self._entries[key] = (ref, nbytes, label)
@@ -254,12 +262,8 @@ class _LiveMemory:
         gc.collect()  # unreachable tensors are not alive
         for obj in gc.get_objects():
             # type(), not isinstance(): some deprecated objects warn when asked their __class__
-            if issubclass(type(obj), torch.Tensor) and not obj.is_meta and self._same_device(obj):
-                try:
-                    key = (obj.device.index or 0, obj.untyped_storage().data_ptr())
-                except (RuntimeError, NotImplementedError):
-                    continue
-                self.add(obj, labels.get(key, "before: other"))
+            if issubclass(type(obj), torch.Tensor) and self._same_device(obj):
+                self.add(obj, labels.get(_storage_key(obj), "before: other"))
         self.before = self.live
         self.update_peak({})
 
@@ -316,9 +320,9 @@ class WorkCounter(TorchDispatchMode):
         self._before_labels = {}
         for label, tensors in labelled.items():
             for t in tensors:
-                if isinstance(t, torch.Tensor) and not t.is_meta:
-                    self._before_labels.setdefault((t.device.index or 0, t.untyped_storage().data_ptr()),
-                                                   f"before: {label}")
+                key = _storage_key(t) if isinstance(t, torch.Tensor) else None
+                if key is not None:
+                    self._before_labels.setdefault(key, f"before: {label}")
         self._kinds: Dict[object, _OpKind] = {}
         self._tallies: Dict[str, _Tally] = defaultdict(_Tally)
         self._phase_tallies: Dict[str, _Tally] = defaultdict(_Tally)
