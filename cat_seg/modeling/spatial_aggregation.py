@@ -115,10 +115,10 @@ def fused_qkv(q: GuidedLinear, k: GuidedLinear, v: nn.Linear, x: torch.Tensor,
 def recomputed_mlp(norm: nn.Module, mlp: Mlp, x: torch.Tensor) -> torch.Tensor:
     """``mlp(norm(x))`` (timm ``Mlp``: fc1, GELU, fc2); while gradients are recorded, the whole
     branch is recomputed in the backward pass from ``x`` (which the block keeps anyway as its
-    residual) instead of storing the norm's output, fc1's output and the GELU's: 5.5x the
-    per-class maps per block, 1.9 GiB of a bf16 ViT-B training step at batch 4, for one more
-    norm, fc1, GELU and fc2 per block in the backward (about 0.4 TFLOP at batch 4, a few per
-    cent of the step; docs/benchmarks.md, "Training memory")."""
+    residual) instead of storing the norm's output, fc1's output and the GELU's: 9x the
+    per-class maps per block, 3.4 GiB of a bf16 ViT-B training step at batch 4 (counted), for
+    one more norm, fc1, GELU and fc2 per block in the backward (about 0.4 TFLOP at batch 4,
+    8% of the step's FLOPs; docs/benchmarks.md, "Training memory")."""
     if not (torch.is_grad_enabled() and (x.requires_grad or mlp.fc1.weight.requires_grad)):
         return _norm_and_mlp(norm, mlp, x)
     return checkpoint(_norm_and_mlp, norm, mlp, x, use_reentrant=False)
