@@ -164,7 +164,10 @@ def _storage_key(t: torch.Tensor) -> Optional[Tuple[int, int]]:
     if t.is_meta:
         return None
     try:
-        return t.device.index or 0, t.untyped_storage().data_ptr()
+        storage = t.untyped_storage()
+        if storage.device.type == "meta":  # fake tensors (left over from tracing)
+            return None
+        return t.device.index or 0, storage.data_ptr()
     except (RuntimeError, NotImplementedError):
         return None
 

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .class_aggregation import ClassAggregation
 from .cost_volume import cosine_cost_volume, expand_text, scatter_class_logits, select_top_classes
 from .decoder import CostDecoder
-from .precision import full_precision, full_precision_tensor
+from .precision import autocast_dtype, full_precision, full_precision_tensor
 from .spatial_aggregation import SpatialAggregation
 
 # Classes per chunk of ``TEST.CLASS_CHUNK_SIZE -1`` (auto) on CPU (fastest measured, docs/benchmarks.md).
@@ -119,11 +119,21 @@ class Aggregator(nn.Module):
         return self.decoder.upsampling
 
     def embed_cost(self, cost_volume: torch.Tensor) -> torch.Tensor:
-        """``[B, P, T, H, W]`` (a view of ``[B, T, P, H, W]`` storage) -> tokens ``[B, T, H, W, D]``
-        (7x7 conv on each class map, computed channels-last)."""
+        """``[B, P, T, H, W]`` fp32 scores (a view of ``[B, T, P, H, W]`` storage) -> tokens
+        ``[B, T, H, W, D]`` (7x7 conv on each class map, computed channels-last).
+
+        Precision policy (:mod:`.precision`): the conv runs in fp32 on the fp32 scores and its
+        output is rounded once to autocast's dtype, so the per-class maps after it are in the
+        reduced precision as everywhere else in the aggregator.
+        """
         b, p, t, h, w = cost_volume.shape
+        dtype = autocast_dtype(cost_volume.device)
         x = cost_volume.transpose(1, 2).reshape(b * t, p, h, w).contiguous(memory_format=torch.channels_last)
-        return self.cost_embed(x).permute(0, 2, 3, 1).reshape(b, t, h, w, -1)
+        with full_precision(x):
+            embedded = self.cost_embed(full_precision_tensor(x))
+        if dtype is not None:
+            embedded = embedded.to(dtype)
+        return embedded.permute(0, 2, 3, 1).reshape(b, t, h, w, -1)
 
     def _chunk_size(self, num_classes: int, class_chunk: int) -> int:
         """Classes per chunk of the per-class blocks (0 = all at once).

@@ -8,11 +8,12 @@ Needs the toy run's checkpoint ``output/toy/model_final.pth`` and its val split
 The bf16 run enters autocast itself, so the test also measures bf16 on CPUs without native
 bf16 (where ``MODEL.PRECISION bf16`` would fall back to fp32).
 
-Target: >= 99.5% on the val split (100 images); measured 99.57-99.61% with the precision
-policy of ``cat_seg/modeling/precision.py`` (docs/benchmarks.md). The toy model is a hard
-case: its unseen classes come in near-identical pairs (``green dotted`` and ``green
-speckled`` both at 0.4587 on the same pixels), so 17% of the scored pixels have a top-2
-probability margin below 1e-3.
+Target: >= 99.5% on the val split (100 images); measured 99.52-99.66% with the precision
+policy of ``cat_seg/modeling/precision.py`` on two toy checkpoints (docs/benchmarks.md). The
+toy model is a hard case: its unseen classes come in near-identical pairs (``green dotted``
+and ``green speckled`` both at 0.4587 on the same pixels), so 17-21% of the scored pixels
+have a top-2 probability margin below 1e-3, under what bf16 resolves; where the margin is
+larger, 99.98% of the labels agree.
 """
 from pathlib import Path
 
