@@ -243,7 +243,7 @@ class _SingleOutputConv3x3(torch.autograd.Function):
         """
         x, weight = ctx.saved_tensors
         n, c, h, w = x.shape
-        grad_out = grad_out.float().view(n, h, w)
+        grad_out = grad_out.float().reshape(n, h, w)
         with full_precision(x):
             taps = _head_taps(weight)
             grad_x = torch.empty(n, h, w, c, dtype=x.dtype, device=x.device)  # channels-last storage
