@@ -158,29 +158,26 @@ def _storage_bytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
 
-def _storage_key(t: torch.Tensor) -> Optional[Tuple[int, int]]:
-    """``(device index, data pointer)`` of ``t``'s storage, None for tensors without one
-    (meta, fake and some subclasses)."""
+def _storage_key(t: torch.Tensor) -> Optional[Tuple[str, int, int]]:
+    """``(device type, device index, data pointer)``: the identity of ``t``'s storage, None for
+    tensors without one (meta, fake and some subclasses)."""
     if t.is_meta:
         return None
     try:
         storage = t.untyped_storage()
         if storage.device.type == "meta":  # fake tensors (left over from tracing)
             return None
-        return t.device.index or 0, storage.data_ptr()
+        return t.device.type, t.device.index or 0, storage.data_ptr()
     except (RuntimeError, NotImplementedError):
         return None
 
 
 def _tensor_key(t: torch.Tensor):
     """Identity of the memory a tensor argument addresses (the same tensor passed twice is read once)."""
-    if t.device.type == "meta":
+    storage = _storage_key(t)
+    if storage is None:
         return id(t)
-    try:
-        ptr = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return id(t)
-    return (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    return (storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 class _OpKind:
@@ -233,7 +230,7 @@ class _LiveMemory:
         self.peak_at: Dict[str, str] = {}
         self._by_label: Counter = Counter()
         self.peak_by_label: Dict[str, int] = {}
-        self._entries: Dict[Tuple[int, int], Tuple[object, int, str]] = {}
+        self._entries: Dict[Tuple[str, int, int], Tuple[object, int, str]] = {}
 
     def _same_device(self, t: torch.Tensor) -> bool:
         d = t.device
@@ -259,7 +256,7 @@ class _LiveMemory:
             self.live -= entry[1]
             self._by_label[entry[2]] -= entry[1]
 
-    def scan(self, labels: Dict[Tuple[int, int], str]) -> None:
+    def scan(self, labels: Dict[Tuple[str, int, int], str]) -> None:
         """Register every tensor the garbage collector knows (alive before the step), labelled
         by ``labels`` (storage key -> label), ``other`` otherwise."""
         gc.collect()  # unreachable tensors are not alive
@@ -349,9 +346,9 @@ class WorkCounter(TorchDispatchMode):
         # forward ops in order: the autograd sequence number after each, and its group
         self._seq_after: List[int] = []
         self._seq_group: List[str] = []
-        # storages saved for backward: key -> (group, bytes); the tensors are kept alive
-        # by autograd until the backward, so their keys cannot be reused meanwhile
-        self._saved: Dict[Tuple[str, int], Tuple[str, int]] = {}
+        # storages saved for backward: storage key -> (group, bytes); the tensors are kept
+        # alive by autograd until the backward, so their keys cannot be reused meanwhile
+        self._saved: Dict[Tuple[str, int, int], Tuple[str, int]] = {}
         self._saved_hooks = None
 
     # ------------------------------------------------------------------ attribution
@@ -443,10 +440,9 @@ class WorkCounter(TorchDispatchMode):
         in_backward = torch._C._current_autograd_node() is not None
         base = tensor._base if tensor._base is not None else tensor  # a parameter's view (W.t()) is the parameter
         if not in_backward and not (base.is_leaf and base.requires_grad):
-            storage = tensor.untyped_storage()
-            key = (str(tensor.device), storage.data_ptr())
-            if key not in self._saved:
-                self._saved[key] = (self.current_group(), storage.nbytes())
+            key = _storage_key(tensor)
+            if key is not None and key not in self._saved:
+                self._saved[key] = (self.current_group(), tensor.untyped_storage().nbytes())
         return tensor
 
     # ------------------------------------------------------------------ context
