@@ -200,14 +200,22 @@ def single_output_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         features = x.permute(0, 2, 3, 1).to(torch.float32, memory_format=torch.contiguous_format)
         per_tap = torch.mm(taps, features.reshape(-1, c).t()).view(9, n, h, w)
         out = per_tap[4] + bias.float()  # the centre tap, then the shifted neighbours (zero padding)
-        for tap, (dy, dx) in _NEIGHBOUR_TAPS:
-            out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] += \
-                per_tap[tap, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+        for tap, out_region, tap_region in _neighbour_taps(h, w):
+            out[(slice(None), *out_region)] += per_tap[(tap, slice(None), *tap_region)]
     return out[:, None]
 
 
-# the eight non-centre taps of a 3x3 kernel and their offsets (dy, dx)
-_NEIGHBOUR_TAPS = tuple((tap, (tap // 3 - 1, tap % 3 - 1)) for tap in (0, 1, 2, 3, 5, 6, 7, 8))
+def _neighbour_taps(h: int, w: int):
+    """For each non-centre tap of a 3x3 kernel (zero padding) on an ``h x w`` map:
+    ``(tap, out_region, tap_region)``, the (rows, columns) slices with
+    ``out[out_region] += per_tap[tap][tap_region]``; tap ``3 * ky + kx`` reads offset
+    ``(ky - 1, kx - 1)``."""
+    for tap in (0, 1, 2, 3, 5, 6, 7, 8):
+        dy, dx = tap // 3 - 1, tap % 3 - 1
+        yield (tap, (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))),
+               (slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))))
+
+
 # fp32 elements of the features converted at once in the head's backward (64 MiB)
 _HEAD_BACKWARD_CHUNK = 2 ** 24
 
@@ -237,7 +245,8 @@ class _SingleOutputConv3x3(torch.autograd.Function):
     def backward(ctx, grad_out):
         """``grad_out [N, 1, H, W]`` (fp32) -> gradients of ``x``, ``weight``, ``bias``.
 
-        With ``g_tap[n, y, x] = grad_out[n, y - dy, x - dx]`` (zero outside the map), the
+        With ``g_tap[n, y, x] = grad_out[n, y - dy, x - dx]`` (zero outside the map: the
+        forward's regions of :func:`_neighbour_taps` read the other way round), the
         gradient of the features is ``sum_tap g_tap taps[tap]`` and that of the taps is
         ``sum g_tap features``: two small fp32 matrix products per chunk.
         """
@@ -254,9 +263,8 @@ class _SingleOutputConv3x3(torch.autograd.Function):
                 g = grad_out[start:start + step]
                 shifted = g.new_zeros(9, *g.shape)  # [9, n', H, W]
                 shifted[4] = g
-                for tap, (dy, dx) in _NEIGHBOUR_TAPS:
-                    shifted[tap, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = \
-                        g[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+                for tap, out_region, tap_region in _neighbour_taps(h, w):
+                    shifted[(tap, slice(None), *tap_region)] = g[(slice(None), *out_region)]
                 shifted = shifted.view(9, -1)
                 chunk = features[start:start + step].reshape(-1, c).float()  # [n' H W, C]
                 grad_taps.addmm_(shifted, chunk)
