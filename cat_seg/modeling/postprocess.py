@@ -41,8 +41,16 @@ MAX_CHUNK_ELEMENTS = 1 << 26
 ROUNDING_MARGIN = 1e-5
 
 
-def _bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+def _bilinear(x: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bilinear resize of ``x [N, C, h, w]`` to ``size`` (align_corners False), into ``out`` if given."""
+    if out is None:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    # F.interpolate has no ``out``; its aten op (the same kernel) writes into the caller's tensor
+    return torch.ops.aten.upsample_bilinear2d.out(x, tuple(size), False, None, None, out=out)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class ClassMaps:
@@ -99,9 +107,10 @@ class ClassMaps:
         """Elements allocated per class by :meth:`_source` (intermediate sizes included)."""
         raise NotImplementedError
 
-    def _expand(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
-        """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``."""
-        return _bilinear(self._source(rows)[None], self.out_size)[0]
+    def _expand(self, rows: Union[slice, torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``
+        (written into ``out``, a contiguous float32 ``[len(rows), H, W]``, if given)."""
+        return _bilinear(self._source(rows)[None], self.out_size, None if out is None else out[None])[0]
 
     def chunk_size(self, per_class: Optional[int] = None) -> int:
         """Rows expanded at once: the chunk setting, capped by :data:`MAX_CHUNK_ELEMENTS`
@@ -111,16 +120,20 @@ class ClassMaps:
         chunk = resolve_class_chunk_size(self.chunk_setting, self.device) or self.num_rows
         return max(1, min(chunk, MAX_CHUNK_ELEMENTS // max(per_class, 1)))
 
-    def _chunks(self, rows: Optional[torch.Tensor] = None, expand: bool = True):
+    def _chunks(self, rows: Optional[torch.Tensor] = None, expand: bool = True, out: Optional[torch.Tensor] = None):
         """``(start, maps)`` for chunks of ``rows`` (default all; ``maps`` of ``rows[start:...]``),
-        at the output size (``expand``) or before the last resize."""
+        at the output size (``expand``) or before the last resize. With ``out`` (``[num_rows,
+        H, W]`` float32, all rows), each chunk is expanded into its slice of ``out``."""
         per_class = None if expand else 3 * self._elements_per_class()
         step = self.chunk_size(per_class)
         count = self.num_rows if rows is None else len(rows)
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             for start in range(0, count, step):
                 index = slice(start, min(start + step, count)) if rows is None else rows[start:start + step]
-                yield start, (self._expand(index) if expand else self._source(index))
+                if not expand:
+                    yield start, self._source(index)
+                else:
+                    yield start, self._expand(index, None if out is None else out[index])
 
     def candidate_rows(self) -> torch.Tensor:
         """Rows that can be the highest at some output pixel ``[R']`` (ascending).
@@ -179,6 +192,10 @@ class ClassMaps:
         device = self.device if device is None else torch.device(device)
         if classes is None and self.num_rows == self.num_classes:  # every class, no pruned class
             out = torch.empty((self.num_classes, *self.out_size), dtype=dtype, device=device)
+            if dtype == torch.float32 and _same_device(device, self.device):  # resized straight into ``out``
+                for _ in self._chunks(out=out):
+                    pass
+                return out
             for start, probs in self._chunks():
                 out[start:start + len(probs)] = probs.to(device=device, dtype=dtype)
             return out

@@ -6,7 +6,7 @@ overlapping crop predictions (coverage counts 1/2/4) and averages that 50/50 wit
 prediction.
 """
 from functools import lru_cache
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,22 +46,31 @@ def coverage(canvas: Tuple[int, int], boxes: List[Tuple[int, int]], crop: int, d
 
 
 @lru_cache(maxsize=32)
-def _cached_coverage(canvas: Tuple[int, int], boxes: Tuple[Tuple[int, int], ...], crop: int, device: str,
-                     dtype) -> torch.Tensor:
-    counts = coverage(canvas, list(boxes), crop, device=device).to(dtype)
+def _cached_weights(canvas: Tuple[int, int], boxes: Tuple[Tuple[int, int], ...], crop: int, scale: float,
+                    device: str, dtype) -> torch.Tensor:
+    counts = coverage(canvas, list(boxes), crop, device=device)
     if (counts == 0).any():
         raise ValueError("sliding windows do not cover the whole canvas")
-    return counts
+    return (scale / counts).to(dtype)
 
 
-def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int]) -> torch.Tensor:
-    """Average overlapping crop maps ``[n, T, crop, crop]`` into ``[T, H, W]`` (sum / coverage)."""
+def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int],
+                  out: Optional[torch.Tensor] = None, scale: float = 1.0) -> torch.Tensor:
+    """Average overlapping crop maps ``[n, T, crop, crop]`` into ``[T, H, W]`` (sum / coverage).
+
+    With ``out`` (``[T, H, W]``), ``scale`` times the average is added to it in place and
+    ``out`` is returned: each crop is added once, weighted by ``scale / coverage`` where it
+    lies, so neither the sum nor the canvas is written or read more than that.
+    """
     crop = windows.shape[-1]
-    out = windows.new_zeros((windows.shape[1], *canvas))
+    weights = _cached_weights(tuple(canvas), tuple(map(tuple, boxes)), crop, float(scale), str(windows.device),
+                              windows.dtype)
+    if out is None:
+        out = windows.new_zeros((windows.shape[1], *canvas))
     for window, (y, x) in zip(windows, boxes):
-        out[:, y:y + crop, x:x + crop] += window
-    return out.div_(_cached_coverage(tuple(canvas), tuple(map(tuple, boxes)), crop, str(windows.device),
-                                     windows.dtype))
+        # an in-place op on the view: ``out[...] += ...`` would also dispatch a copy of the region onto itself
+        out[:, y:y + crop, x:x + crop].addcmul_(window, weights[y:y + crop, x:x + crop])
+    return out
 
 
 def merge_views(logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, canvas: Tuple[int, int]) -> torch.Tensor:
@@ -71,8 +80,14 @@ def merge_views(logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, c
     their coverage of the canvas (:func:`merge_windows`) and the result averaged 50/50 with the
     global view upsampled to the canvas. Each class is computed on its own (float32), so the
     classes may be merged in chunks with identical results.
+
+    Written for the bytes it moves (one pass per step): the global view is halved at the crop
+    size, where it is smallest (a bilinear resize commutes with a power-of-two scale, bit for
+    bit), and upsampled straight into the canvas; each crop is then added to it once, weighted
+    by ``0.5 / coverage``. With the official geometry (coverage 1, 2 or 4) every weight is a
+    power of two, so this differs from ``(sum / coverage + global) / 2`` only in the order of
+    the additions (float32 rounding).
     """
     probs = F.interpolate(logits.float(), size=(crop, crop), mode="bilinear", align_corners=False).sigmoid_()
-    windows = merge_windows(probs[:-1], boxes, canvas)
-    global_probs = F.interpolate(probs[-1:], size=tuple(canvas), mode="bilinear", align_corners=False)[0]
-    return windows.add_(global_probs).div_(2)
+    merged = F.interpolate(probs[-1:].mul_(0.5), size=tuple(canvas), mode="bilinear", align_corners=False)[0]
+    return merge_windows(probs[:-1], boxes, canvas, out=merged, scale=0.5)

@@ -11,7 +11,7 @@ from cat_seg.modeling.postprocess import (
     SlidingWindowMaps,
     WholeImageMaps,
 )
-from cat_seg.modeling.sliding_window import coverage, window_boxes, window_stride
+from cat_seg.modeling.sliding_window import coverage, merge_views, window_boxes, window_stride
 
 
 def bilinear(x, size):
@@ -77,13 +77,27 @@ def test_sliding_window_streamed_equals_full(chunk, pruned):
     if not pruned:  # a class pruned in some views only is not pruned
         logits[:2, 3] = PRUNED_CLASS_LOGIT
     out_size = (90, 55)
-    want = full_sliding(logits, boxes, crop, canvas, out_size)
+    # every class at once through the product's merge: the streamed output has the same bits
+    want = bilinear(merge_views(logits, boxes, crop, canvas)[None], out_size)[0]
     maps = SlidingWindowMaps(logits, boxes, crop, canvas, out_size, chunk)
     assert maps.num_rows == (7 - len(pruned) + 1 if pruned else 7)
     torch.testing.assert_close(maps.probabilities(), want, rtol=0, atol=0)
+    # ... and the official formula up to float32 rounding (the merge adds in another order)
+    torch.testing.assert_close(want, full_sliding(logits, boxes, crop, canvas, out_size), rtol=0, atol=3e-7)
     labels, confidence = maps.labels_and_confidence()
     best, argmax = want.max(dim=0)
     assert torch.equal(labels, argmax) and torch.equal(confidence, best)
+
+
+def test_single_chunk_probabilities_in_any_dtype():
+    """All classes in one chunk: the expanded maps are the result, in the dtype asked for."""
+    logits = random_logits((5, 16, 24), 0, [])
+    want = full_whole_image(logits, **WHOLE)
+    maps = whole_maps(logits, 0)
+    assert maps.chunk_size() >= 5
+    assert torch.equal(maps.probabilities(), want)
+    half = maps.probabilities(dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half, want.half())
 
 
 def test_element_cap_splits_chunks(monkeypatch):
