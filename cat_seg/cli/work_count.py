@@ -16,7 +16,9 @@ run kernels) and counts, per op:
   random fills, which are only written; a result that is a mutated argument is not counted
   a second time. Ops whose results alias an input without writing it (views: ``view``,
   ``permute``, ``expand``, ``slice``, ``split``, ``_unsafe_view``, ``detach`` ...) and
-  allocations (``empty``, ``empty_strided``) count 0 bytes and are not counted as ops.
+  allocations (``empty``, ``empty_strided``) count 0 bytes and are not counted as ops, nor
+  does a ``copy_`` of a tensor onto the very same view (what ``t[region] += u`` dispatches
+  after the in-place add), which torch returns from without a kernel.
   In-place indexed writes (``index_put_``: ``t[index] = values``) read the indices and values
   and write only the indexed region of their target (also read when accumulating).
   Scalars and Python numbers are not counted. Cache effects are ignored: this is the
@@ -498,7 +500,7 @@ class WorkCounter(TorchDispatchMode):
                     self._memory.add(t, label)  # known storages (mutated arguments) are skipped
             self._memory.update_peak({"phase": "backward" if backward else "forward", "group": group,
                                       "op": kind.name})
-        if kind.view or kind.allocation:
+        if kind.view or kind.allocation or (kind.name == "aten::copy_" and _tensor_key(args[0]) == _tensor_key(args[1])):
             self.views += kind.view
             return out
         flops = self._flops.get_total_flops() - flops_before

@@ -39,6 +39,9 @@ MAX_CHUNK_ELEMENTS = 1 << 26
 # Bound on the float rounding of a bilinear resize of probabilities (values in [0, 1]; a few
 # float32 ulps): a class is only left out of the output-size argmax when it loses by more.
 ROUNDING_MARGIN = 1e-5
+# A request for classes in an order with more runs of consecutive rows than this is written
+# with one gather per chunk instead of one write per run.
+MAX_WRITE_RUNS = 8
 
 
 def _bilinear(x: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -47,6 +50,16 @@ def _bilinear(x: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] 
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     # F.interpolate has no ``out``; its aten op (the same kernel) writes into the caller's tensor
     return torch.ops.aten.upsample_bilinear2d.out(x, tuple(size), False, None, None, out=out)
+
+
+def _runs(values: torch.Tensor) -> List[Tuple[int, int]]:
+    """``(first, end)`` index ranges of the maximal runs of consecutive integers in ``values``
+    (a CPU int64 vector): ``values[first:end]`` is ``v, v + 1, ...``."""
+    if values.numel() == 0:
+        return []
+    breaks = ((values[1:] - values[:-1]) != 1).nonzero().squeeze(1).add(1).tolist()
+    bounds = [0, *breaks, values.numel()]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -75,7 +88,8 @@ class ClassMaps:
         self.num_classes = data.shape[self.class_dim]
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.chunk_setting = chunk_setting
-        pruned = (data.movedim(self.class_dim, 0) == PRUNED_CLASS_LOGIT).flatten(1).all(dim=1)  # [T]
+        other_dims = tuple(d for d in range(data.dim()) if d != self.class_dim)
+        pruned = (data == PRUNED_CLASS_LOGIT).all(dim=other_dims)  # [T]
         keep = ~pruned
         if pruned.any():
             keep[pruned.nonzero()[0, 0]] = True
@@ -204,13 +218,21 @@ class ClassMaps:
         wanted_rows = self.class_rows.cpu()[classes.cpu()]
         rows, inverse, counts = wanted_rows.unique(return_inverse=True, return_counts=True)  # rows sorted
         single = counts[inverse] == 1  # classes that are the only ones of their row
-        for start, probs in self._chunks(rows.to(self.device)):
+        every_row = len(rows) == self.num_rows  # then the chunks are slices of the stored rows
+        for start, probs in self._chunks(None if every_row else rows.to(self.device)):
             probs = probs.to(device=device, dtype=dtype)
             in_chunk = (inverse >= start) & (inverse < start + len(probs))
-            # every class that has a row of its own: one indexed write per chunk
+            # every class that has a row of its own: one indexed write per run of consecutive
+            # rows of the chunk (a slice of it, not a gathered copy), or one gather for many runs
             positions = (in_chunk & single).nonzero().squeeze(1)
-            if positions.numel():
-                out[positions.to(device)] = probs[(inverse[positions] - start).to(device)]
+            local = inverse[positions] - start  # row of each such class in the chunk
+            runs = _runs(local)
+            if len(runs) > MAX_WRITE_RUNS:
+                out[positions.to(device)] = probs[local.to(device)]
+            else:
+                for first, end in runs:
+                    row = int(local[first])
+                    out[positions[first:end].to(device)] = probs[row:row + end - first]
             # a row shared by several classes (the pruned classes' representative): broadcast
             for offset in (counts[start:start + len(probs)] > 1).nonzero().squeeze(1).tolist():
                 positions = (inverse == start + offset).nonzero().squeeze(1)

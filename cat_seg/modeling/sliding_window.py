@@ -68,7 +68,7 @@ def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: T
     if out is None:
         out = windows.new_zeros((windows.shape[1], *canvas))
     for window, (y, x) in zip(windows, boxes):
-        # an in-place op on the view: ``out[...] += ...`` would also dispatch a copy of the region onto itself
+        # in place on the view (``out[...] += ...`` would also dispatch a copy of the region onto itself)
         out[:, y:y + crop, x:x + crop].addcmul_(window, weights[y:y + crop, x:x + crop])
     return out
 

@@ -158,6 +158,22 @@ def test_probabilities_subset_dtype_device():
     assert torch.equal(got, want[classes].half())
 
 
+@pytest.mark.parametrize("classes", [None, list(range(11))[::-1], [2, 3, 6, 7, 8, 0, 1], [5]])
+def test_probabilities_of_any_class_order(classes):
+    """Whatever the order of the classes asked for (runs of consecutive rows written as slices,
+    or one gather when there are many runs), each class gets its own map."""
+    logits = random_logits((11, 16, 24), 0, PRUNED)
+    want = full_whole_image(logits, **WHOLE)
+    got = whole_maps(logits, 3).probabilities(classes=classes)
+    assert torch.equal(got, want if classes is None else want[classes])
+
+
+def test_runs_of_consecutive_values():
+    assert postprocess._runs(torch.tensor([], dtype=torch.long)) == []
+    assert postprocess._runs(torch.tensor([4, 5, 6, 8, 9, 3])) == [(0, 3), (3, 5), (5, 6)]
+    assert postprocess._runs(torch.tensor([2])) == [(0, 1)]
+
+
 def test_output_request_keys():
     logits = random_logits((5, 16, 24), 0, [])
     want = full_whole_image(logits, **WHOLE)

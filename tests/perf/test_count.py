@@ -52,6 +52,23 @@ def test_in_place_ops_read_and_write_their_target_and_repeated_inputs_count_once
     assert totals["ops"] == 4
 
 
+def test_augmented_assignment_to_a_region_counts_the_add_only():
+    """``t[region] += u`` dispatches the in-place add, then a copy of the region onto itself,
+    which torch skips without a kernel: only the add is counted (a copy between different
+    regions is)."""
+    t, u = torch.zeros(8, 10), torch.ones(3, 10)
+    with WorkCounter() as counter:
+        t[2:5] += u  # add_ on the view (reads the region and u, writes the region), then the self-copy
+    totals = counter.totals()
+    assert totals["ops"] == 1
+    assert totals["bytes_read"] == 2 * 30 * F32 and totals["bytes_written"] == 30 * F32
+    assert torch.equal(t[2:5], torch.ones(3, 10))
+    with WorkCounter() as counter:
+        t[5:8] = t[2:5]  # a real copy
+    assert counter.totals()["ops"] == 1 and counter.totals()["bytes"] == 2 * 30 * F32
+    assert torch.equal(t[5:8], torch.ones(3, 10))
+
+
 def test_indexed_writes_count_the_indexed_region_not_the_whole_target():
     out = torch.zeros(100, 8, 8)
     rows, values, three = torch.tensor([3, 7, 9]), torch.ones(8, 8), torch.ones(3, 8, 8)
