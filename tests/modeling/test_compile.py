@@ -172,3 +172,31 @@ def test_compiled_training_step_equals_eager(tiny_model, random_images):
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_smaller_batch_reuses_the_compiled_graph(tiny_model, random_images):
+    """Inference with the compiled aggregator: a smaller batch after a larger one (an
+    evaluation's last batch) runs through the graph already compiled, padded with copies of
+    its last view, and gets the eager results; a batch of a size not run before compiles."""
+    model = tiny_model("b", MODEL__COMPILE=True).eval()
+    eager = tiny_model("b").eval()
+    compilations = []
+
+    def backend(graph_module, example_inputs):
+        compilations.append(graph_module)
+        return graph_module.forward
+
+    model.sem_seg_head.aggregator.compile(backend=backend)
+    model.sliding_window = eager.sliding_window = True
+    images = random_images([(64, 96), (80, 60), (70, 70)], seed=5)
+    names = [f"thing {i}" for i in range(5)]
+    with torch.no_grad():
+        model([{"image": image} for image in images], class_names=names)
+        assert len(compilations) == 1
+        for batch in ([images[1]], images[:2]):  # 5 and 10 views: padded to the 15 views run before
+            got = model([{"image": image} for image in batch], class_names=names)
+            want = eager([{"image": image} for image in batch], class_names=names)
+            for g, w in zip(got, want):
+                assert (g["sem_seg"] - w["sem_seg"]).abs().max() <= 1e-4
+        assert len(compilations) == 1
+        assert model._padded_view_count(15) == 15 and model._padded_view_count(5) == 15

@@ -124,6 +124,8 @@ class CATSeg(nn.Module):
         self.output_request = PROBABILITIES
         self.compile_setting = compile
         self._aggregator_compiled = False
+        # view counts the compiled aggregator has run inference with (see _padded_view_count)
+        self._compiled_view_counts = set()
         if resolve_compile(compile, None):  # explicitly on: compile now (auto waits for the device)
             self._compile_aggregator()
         # inference on CUDA: the per-view forward replayed as CUDA graphs (eager on CPU, in
@@ -219,8 +221,27 @@ class CATSeg(nn.Module):
         if compiled:
             self._compile_aggregator()  # MODEL.COMPILE auto: decided on the first call on a CUDA device
         chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device, compiled)
-        forward = self.views_to_logits if self.training else self._graphed_views
-        return forward(clip_images, text, tuple(pooling), chunk)
+        if self.training:
+            return self.views_to_logits(clip_images, text, tuple(pooling), chunk)
+        views = clip_images.shape[0]
+        padded = self._padded_view_count(views) if compiled else views
+        if padded > views:  # repeat the last view; the views do not interact, its copies' logits are dropped
+            clip_images = torch.cat([clip_images, clip_images[-1:].expand(padded - views, -1, -1, -1)])
+        return self._graphed_views(clip_images, text, tuple(pooling), chunk)[:views]
+
+    def _padded_view_count(self, views: int) -> int:
+        """Views to run at inference for ``views`` views with the compiled aggregator: the
+        smallest count it has already run that holds them, else ``views`` (then remembered).
+
+        The compiled graph (and its CUDA graph) is specialised to the number of views, so an
+        evaluation's smaller last batch would otherwise compile once more, a minute or more on
+        a GPU, against the work of a few repeated views (docs/architecture.md, "Compilation").
+        """
+        larger = [count for count in self._compiled_view_counts if count >= views]
+        if larger:
+            return min(larger)
+        self._compiled_view_counts.add(views)
+        return views
 
     def views_to_logits(self, clip_images: torch.Tensor, text: torch.Tensor, pooling: Sequence[int],
                         class_chunk: int) -> torch.Tensor:
