@@ -5,6 +5,12 @@
 #   here:   scripts/fetch_gpu_wheels.sh                      # once: .gpu_wheels/ (ignored by git)
 #   device: run(command="tools/gpu_benchmark.sh", carry=[".gpu_wheels"], timeout_s=600)
 #
+# Step bf16_agreement_cuda also needs the toy run's checkpoint and val split (make demo here),
+# carried beside the wheels (about 11 MB):
+#   carry=[".gpu_wheels", "output/toy/model_final.pth", "datasets/synthetic_val.json",
+#          "datasets/synthetic/synthetic_info.json", "datasets/synthetic/images/val",
+#          "datasets/synthetic/annotations/val"]
+#
 # It installs the carried wheels into /tmp/site, then runs the benchmark commands in order of
 # importance under a total time limit, and writes into $OUT (at most 7 files):
 #   results.jsonl   every JSON line of cat-seg-benchmark (field "tag" names the step)
@@ -13,7 +19,8 @@
 #   log.txt         stderr of every step
 #   env.txt         nvidia-smi, python, torch, packages
 #   profile_infer.txt, profile_train.txt   torch.profiler tables (top ops by self CUDA time)
-# and runs the CUDA-only tests (step cuda_tests, output in log.txt).
+# and runs the CUDA-only tests (step cuda_tests) and the bf16 label agreement of the toy model
+# on the GPU (step bf16_agreement_cuda), output in log.txt.
 #
 # Environment:
 #   OUT          output folder (default /tmp/gpu_benchmark_out)
@@ -101,20 +108,19 @@ step() {
   echo "$name: $status ($(( $(date +%s) - t0 )) s)"
 }
 
-# check NAME MIN_SECONDS: the CUDA-only tests (graph capture/replay, inductor on CUDA, the
-# fp32/bf16 CUDA paths against CPU/fp32), output to log.txt
+# check NAME MIN_SECONDS PYTEST_ARGS...: tests that need CUDA, output to log.txt
 check() {
   local name=$1 need=$2 now left t0 rc status
+  shift 2
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
-  if [ "$DRY_RUN" = 1 ]; then echo "$name: pytest tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py"; return; fi
+  if [ "$DRY_RUN" = 1 ]; then echo "$name: pytest $*"; return; fi
   now=$(date +%s); left=$((deadline - now))
   if [ "$left" -lt "$need" ]; then
     printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
   fi
   echo "=== $name" >> "$OUT/log.txt"
   t0=$(date +%s)
-  timeout --kill-after=10 "$left" "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
-      tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py >> "$OUT/log.txt" 2>&1
+  timeout --kill-after=10 "$left" "$PYTHON" -m pytest -q -s -p no:cacheprovider -rs "$@" >> "$OUT/log.txt" 2>&1
   rc=$?
   status=ok; [ "$rc" = 0 ] || status="failed $rc"
   printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
@@ -131,7 +137,10 @@ EAGER="--no-compile --no-cuda-graphs"
 step vitb_infer_150       40 --mode infer --classes 150 $VITB $PRECISION $ITERS
 step vitb_train_b$TRAIN_BATCH 60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS
 step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
-[ "$SMOKE" = 1 ] || check cuda_tests 60
+# graph capture/replay, inductor on CUDA, the fp32/bf16 CUDA paths against CPU/fp32
+[ "$SMOKE" = 1 ] || check cuda_tests 60 tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py
+# the toy model's bf16 labels against fp32 on the GPU (skipped unless the toy files are carried)
+[ "$SMOKE" = 1 ] || check bf16_agreement_cuda 40 tests/perf/test_bf16_agreement.py -k cuda
 step vitb_infer_150_eager 30 --mode infer --classes 150 $VITB $PRECISION $ITERS $EAGER
 step vitb_train_b${TRAIN_BATCH}_eager 30 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS $EAGER
 # the estimated peak memory of the same eager step (--count's "memory"), beside the measured one

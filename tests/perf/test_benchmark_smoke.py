@@ -128,7 +128,8 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "--no-compile --no-cuda-graphs" in steps["vitb_infer_150_eager"]
     assert "--no-cuda-graphs" in steps["vitb_infer_150_nographs"]
     assert "--batch 8" in steps["vitb_infer_150_b8"] and "vitb_infer_150_cached" in steps
-    assert "pytest" in steps["cuda_tests"]
+    assert "pytest" in steps["cuda_tests"] and "tests/perf/test_cuda_model.py" in steps["cuda_tests"]
+    assert "tests/perf/test_bf16_agreement.py -k cuda" in steps["bf16_agreement_cuda"]
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
     # the estimated peak memory of the eager training step, next to its measurement

@@ -6,7 +6,11 @@ between classes).
 Needs the toy run's checkpoint ``output/toy/model_final.pth`` and its val split
 (``tools/run_toy.py`` / ``make demo``); the test trains nothing and is skipped without them.
 The bf16 run enters autocast itself, so the test also measures bf16 on CPUs without native
-bf16 (where ``MODEL.PRECISION bf16`` would fall back to fp32).
+bf16 (where ``MODEL.PRECISION bf16`` would fall back to fp32). On a CUDA device (skipped
+without one; ``tools/gpu_benchmark.sh``, step ``bf16_agreement_cuda``, with the checkpoint and
+the val split carried) the fp32 reference runs with TF32 off and the bf16 run as evaluation
+runs it (TF32 allowed for the fp32 regions' matmuls and convolutions, as ``train_net.py`` sets
+it; eager, as the compiled graph's fused kernels only keep more fp32 intermediates).
 
 Target: >= 99.5% on the val split (100 images); measured 99.52-99.66% with the precision
 policy of ``cat_seg/modeling/precision.py`` on two toy checkpoints (docs/benchmarks.md). The
@@ -49,14 +53,21 @@ def val_samples(build_cfg):
 
 def _labels(model, samples):
     with torch.no_grad():
-        return [model([{"image": image}])[0]["sem_seg"].argmax(0) for image, _ in samples]
+        return [model([{"image": image}])[0]["sem_seg"].argmax(0).cpu() for image, _ in samples]
+
+
+def _tf32(monkeypatch, allow: bool):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(),
                     reason=f"no toy-trained checkpoint at {CHECKPOINT.relative_to(REPO)} (run tools/run_toy.py); "
                            "this test trains nothing")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
 @pytest.mark.parametrize("sliding", [False, True])
-def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding, monkeypatch):
+def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding, device, monkeypatch):
     from detectron2.modeling import build_model
 
     import cat_seg.modeling  # noqa: F401
@@ -64,13 +75,18 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
     from cat_seg.data.synthetic import IGNORE_LABEL
     from cat_seg.modeling.meta_arch import cat_seg as meta_arch
 
-    cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding)
+    cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding,
+                    MODEL__DEVICE=device, MODEL__COMPILE=False)
     cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON = str(REPO / "datasets" / "synthetic_val.json")
     model = build_model(cfg).eval()
     CATSegCheckpointer(model).load(str(CHECKPOINT))
 
     assert model.precision == "fp32"
+    if device == "cuda":
+        _tf32(monkeypatch, False)
     fp32_labels = _labels(model, val_samples)
+    if device == "cuda":
+        _tf32(monkeypatch, True)
     model.precision = "bf16"
     monkeypatch.setattr(meta_arch, "resolve_precision", lambda setting, device: torch.bfloat16)
     bf16_labels = _labels(model, val_samples)
@@ -81,5 +97,5 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
         agree += int((exact == fast)[scored].sum())
         total += int(scored.sum())
     assert total > 0
-    print(f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels (sliding window: {sliding})")
+    print(f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels ({device}, sliding window: {sliding})")
     assert agree / total >= MIN_AGREEMENT, f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels"
