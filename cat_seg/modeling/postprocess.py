@@ -138,6 +138,8 @@ class ClassMaps:
         """``(start, maps)`` for chunks of ``rows`` (default all; ``maps`` of ``rows[start:...]``),
         at the output size (``expand``) or before the last resize. With ``out`` (``[num_rows,
         H, W]`` float32, all rows), each chunk is expanded into its slice of ``out``."""
+        if out is not None and (rows is not None or not expand):
+            raise ValueError("ClassMaps._chunks: out= takes every row, expanded")
         per_class = None if expand else 3 * self._elements_per_class()
         step = self.chunk_size(per_class)
         count = self.num_rows if rows is None else len(rows)
@@ -207,7 +209,7 @@ class ClassMaps:
         if classes is None and self.num_rows == self.num_classes:  # every class, no pruned class
             out = torch.empty((self.num_classes, *self.out_size), dtype=dtype, device=device)
             if dtype == torch.float32 and _same_device(device, self.device):  # resized straight into ``out``
-                for _ in self._chunks(out=out):
+                for _ in self._chunks(out=out):  # each chunk is resized into its slice of ``out``
                     pass
                 return out
             for start, probs in self._chunks():
