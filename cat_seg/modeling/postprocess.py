@@ -186,15 +186,15 @@ class ClassMaps:
             rows = self.candidate_rows()
         best = labels = None
         for start, probs in self._chunks(rows):
-            for offset, probs_k in enumerate(probs):  # one class at a time: 3 passes, no index maps
-                if best is None:
-                    best = probs_k.clone()
-                    labels = torch.zeros(self.out_size, dtype=torch.long, device=best.device)
-                    continue
-                better = torch.gt(probs_k, best)  # strict: on ties the earlier (lower) class keeps the pixel
-                torch.maximum(best, probs_k, out=best)
-                labels.masked_fill_(better, start + offset)
+            # the chunk's max and argmax in one pass (ties: the first maximal, i.e. lowest, row)
+            chunk_best, chunk_labels = probs.max(dim=0)
             del probs
+            if best is None:
+                best, labels = chunk_best, chunk_labels
+                continue
+            better = torch.gt(chunk_best, best)  # strict: on ties the earlier (lower) chunk keeps the pixel
+            torch.maximum(best, chunk_best, out=best)
+            labels = torch.where(better, chunk_labels + start, labels)
         if rows is not None:  # position in ``rows`` -> row
             labels = rows[labels]
         if self.num_rows != self.num_classes:  # row -> class index

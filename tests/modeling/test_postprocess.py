@@ -126,13 +126,15 @@ def test_candidate_rows_leave_out_only_losers():
     assert torch.equal(labels, want.argmax(0)) and torch.equal(confidence, want.amax(0))
 
 
-def test_ties_go_to_the_lowest_class():
-    """Identical maps in different chunks: the first class wins, as with argmax."""
+@pytest.mark.parametrize("chunk", [2, 0])
+def test_ties_go_to_the_lowest_class(chunk):
+    """Identical maps in different chunks (chunk 2) or in one chunk (0): the first class wins,
+    as with argmax."""
     logits = random_logits((6, 16, 24), 0, [])
     logits[4] = logits[1]
     logits[5] = logits[1] + 50  # class 5 wins everywhere
-    logits[3] = logits[5]  # ... tied with class 3, in an earlier chunk
-    maps = whole_maps(logits, 2)
+    logits[3] = logits[5]  # ... tied with class 3, earlier
+    maps = whole_maps(logits, chunk)
     labels, _ = maps.labels_and_confidence()
     assert (labels == 3).all()
 
