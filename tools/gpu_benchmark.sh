@@ -151,6 +151,8 @@ if [ "$SMOKE" != 1 ]; then
   # evaluation throughput: 8 images (40 views) per forward, TEST.IMS_PER_BATCH auto on CUDA
   step vitb_infer_150_b8         40 --mode infer --classes 150 --batch 8 $VITB $ITERS
   step vitb_infer_150_nographs   30 --mode infer --classes 150 $VITB $ITERS --no-cuda-graphs
+  # the CLIP image tower compiled too (MODEL.COMPILE compiles the aggregator): does it help?
+  step vitb_infer_150_compile_clip 40 --mode infer --classes 150 $VITB $ITERS --compile-clip
   step vitl_infer_150            60 --mode infer --classes 150 $VITL $ITERS
   step vitl_train_b4             60 --mode train --batch 4 --classes 171 $VITL $ITERS
   step vitl_infer_847            60 --mode infer --classes 847 $VITL $ITERS

@@ -28,7 +28,8 @@ around the step, so the requested precision is what runs.
 Fields of every record: ``mode``, ``config``, ``device`` (``cpu``/``cuda``), ``device_name``
 (GPU name or CPU model), ``cpu_instruction_sets``, ``torch``, ``git_commit``, ``date``,
 ``tag`` (``--tag``), ``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
-``exact``, ``compile``, ``settings`` (the speed keys as used), ``opts`` (every config
+``exact``, ``compile``, ``compile_clip`` (``--compile-clip``: the CLIP image tower compiled
+too), ``settings`` (the speed keys as used), ``opts`` (every config
 override), ``batch``, ``classes``, ``size``, ``threads``, ``smoke``, ``kind`` (``time`` or
 ``count``).
 
@@ -100,6 +101,9 @@ def parse_args(argv=None):
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on CUDA (off by default)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="MODEL.COMPILE True/False (default: the config's; auto = on CUDA)")
+    parser.add_argument("--compile-clip", action="store_true",
+                        help="also torch.compile the CLIP image tower (a measurement, to decide whether "
+                             "MODEL.COMPILE, which compiles the aggregator, should cover it)")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="TEST.CUDA_GRAPHS True/False (inference; default: the config's)")
     parser.add_argument("--class-chunk-size", type=int, default=None, help="TEST.CLASS_CHUNK_SIZE (0 = off)")
@@ -227,8 +231,8 @@ def config_overrides(args) -> list:
             raise UserError(f"--exact means fp32: drop --precision {args.precision}")
         if args.class_chunk_size not in (None, 0):
             raise UserError(f"--exact means no class chunking: drop --class-chunk-size {args.class_chunk_size}")
-        if args.compile:
-            raise UserError("--exact means the eager model: drop --compile")
+        if args.compile or args.compile_clip:
+            raise UserError(f"--exact means the eager model: drop --compile{'-clip' if args.compile_clip else ''}")
         overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0", "MODEL.COMPILE", "False"]
     if args.precision is not None:
         overrides += ["MODEL.PRECISION", args.precision]
@@ -237,8 +241,8 @@ def config_overrides(args) -> list:
     if args.checkpoint_activations is not None:
         overrides += ["MODEL.CHECKPOINT_ACTIVATIONS", str(bool(args.checkpoint_activations))]
     if args.count:  # the counter watches the aten ops of the eager model
-        if args.compile:
-            raise UserError("--count counts the eager model's ops: drop --compile")
+        if args.compile or args.compile_clip:
+            raise UserError(f"--count counts the eager model's ops: drop --compile{'-clip' if args.compile_clip else ''}")
         overrides += ["MODEL.COMPILE", "False", "TEST.CUDA_GRAPHS", "False"]
     if args.compile is not None:
         overrides += ["MODEL.COMPILE", str(bool(args.compile))]
@@ -401,6 +405,8 @@ def build(args, config_file: str):
     torch.manual_seed(0)
     model = build_model(cfg)
     model.to(device)
+    if args.compile_clip:
+        model.backbone.compile()  # inductor, like MODEL.COMPILE's aggregator
     return cfg, overrides, model, device
 
 
@@ -414,6 +420,7 @@ def base_record(args, cfg, overrides, device, config_file, smoke, batch, names, 
         "tf32": bool(args.tf32 and device.type == "cuda" and not args.exact),
         "exact": bool(args.exact),
         "compile": resolve_compile(cfg.MODEL.get("COMPILE"), device),
+        "compile_clip": bool(args.compile_clip),
         "settings": speed_settings(cfg),
         "opts": overrides,
         "batch": batch,

@@ -200,3 +200,20 @@ def test_smaller_batch_reuses_the_compiled_graph(tiny_model, random_images):
                 assert (g["sem_seg"] - w["sem_seg"]).abs().max() <= 1e-4
         assert len(compilations) == 1
         assert model._padded_view_count(15) == 15 and model._padded_view_count(5) == 15
+
+
+def test_clip_image_tower_traces_as_one_graph(tiny_model):
+    """The CLIP image tower (open_clip's ViT with the dense last block) has no graph break, so
+    ``cat-seg-benchmark --compile-clip`` (the GPU script's step ``vitb_infer_150_compile_clip``)
+    measures it compiled whole; traced with dynamo only, and the traced graph == eager."""
+    backbone = tiny_model("b").eval().backbone
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(backbone)(images)
+        assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+        assert explanation.graph_count == 1
+        want = backbone(images)
+        got = torch.compile(backbone, backend="aot_eager")(images)
+    assert (got["dense_embeddings"] - want["dense_embeddings"]).abs().max() <= 1e-5
+    for g, w in zip(got["guidance"], want["guidance"]):
+        assert (g - w).abs().max() <= 1e-5

@@ -95,6 +95,8 @@ def test_smoke_count_records():
 
 @pytest.mark.parametrize("args, message", [
     (["--exact", "--precision", "bf16"], "--exact means fp32"),
+    (["--count", "--compile-clip"], "--count counts the eager model's ops: drop --compile-clip"),
+    (["--exact", "--compile-clip"], "--exact means the eager model: drop --compile-clip"),
     (["--opts", "MODEL.PRECISION"], "--opts needs KEY VALUE pairs"),
     (["--opts", "MODEL.NO_SUCH_KEY", "1"], "MODEL.NO_SUCH_KEY is not a config key"),
     (["--config-file", "no/such.yaml"], "--config-file no/such.yaml: no such file"),
@@ -130,6 +132,7 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "--batch 8" in steps["vitb_infer_150_b8"] and "vitb_infer_150_cached" in steps
     assert "pytest" in steps["cuda_tests"] and "tests/perf/test_cuda_model.py" in steps["cuda_tests"]
     assert "tests/perf/test_bf16_agreement.py -k cuda" in steps["bf16_agreement_cuda"]
+    assert "--compile-clip" in steps["vitb_infer_150_compile_clip"]
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
     # the estimated peak memory of the eager training step, next to its measurement
