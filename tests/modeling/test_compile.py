@@ -100,9 +100,10 @@ def test_model_compile_key_compiles_the_aggregator(tiny_model):
     assert tiny_model("b").sem_seg_head.aggregator._compiled_call_impl is None
 
 
-def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
-    """Through the model (the head marks the class dimension dynamic; auto chunking is off
-    when compiled): three vocabulary sizes, one graph, the eager results."""
+def compiled_and_eager(tiny_model):
+    """``(model, eager, compilations)``: the tiny model with ``MODEL.COMPILE True`` whose
+    aggregator is compiled by a backend that records each graph it is given (and runs it as
+    traced; the product compiles with inductor), the same model eager, and that record."""
     model = tiny_model("b", MODEL__COMPILE=True).eval()
     eager = tiny_model("b").eval()
     compilations = []
@@ -111,7 +112,14 @@ def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
         compilations.append(graph_module)
         return graph_module.forward
 
-    model.sem_seg_head.aggregator.compile(backend=backend)  # the product compiles with inductor
+    model.sem_seg_head.aggregator.compile(backend=backend)
+    return model, eager, compilations
+
+
+def test_compiled_model_does_not_recompile_per_vocabulary(tiny_model):
+    """Through the model (the head marks the class dimension dynamic; auto chunking is off
+    when compiled): three vocabulary sizes, one graph, the eager results."""
+    model, eager, compilations = compiled_and_eager(tiny_model)
     images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for size in (5, 9, 3):
@@ -178,15 +186,7 @@ def test_smaller_batch_reuses_the_compiled_graph(tiny_model, random_images):
     """Inference with the compiled aggregator: a smaller batch after a larger one (an
     evaluation's last batch) runs through the graph already compiled, padded with copies of
     its last view, and gets the eager results; a batch of a size not run before compiles."""
-    model = tiny_model("b", MODEL__COMPILE=True).eval()
-    eager = tiny_model("b").eval()
-    compilations = []
-
-    def backend(graph_module, example_inputs):
-        compilations.append(graph_module)
-        return graph_module.forward
-
-    model.sem_seg_head.aggregator.compile(backend=backend)
+    model, eager, compilations = compiled_and_eager(tiny_model)
     model.sliding_window = eager.sliding_window = True
     images = random_images([(64, 96), (80, 60), (70, 70)], seed=5)
     names = [f"thing {i}" for i in range(5)]
