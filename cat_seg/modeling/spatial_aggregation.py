@@ -164,7 +164,7 @@ class WindowAttention(nn.Module):
         q, k, v = (part.transpose(-2, -3) for part in qkv.unbind(-3))  # [B, T, nW, heads, N, d]
         if not shift:
             out = F.scaled_dot_product_attention(q.flatten(0, 2), k.flatten(0, 2), v.flatten(0, 2), scale=self.scale)
-            out = out.view(b, t, windows, heads, n, -1)
+            out = out.view(b, t, windows, heads, n, -1).transpose(3, 4)  # [B, T, nW, N, heads, d]
         else:
             h, w = grid
             per_row = w // window
@@ -173,9 +173,12 @@ class WindowAttention(nn.Module):
                 mask = shifted_window_mask(h, w, window, shift, index // per_row, index % per_row, x.device, q.dtype)
                 o = F.scaled_dot_product_attention(qw.flatten(0, 1), kw.flatten(0, 1), vw.flatten(0, 1),
                                                    attn_mask=mask, scale=self.scale)
-                outs.append(o.view(b, t, heads, n, -1))
-            out = torch.stack(outs, dim=2)  # [B, T, nW, heads, N, d]
-        return self.proj(out.transpose(3, 4).reshape(b, t, windows, n, d))
+                outs.append(o.view(b, t, heads, n, -1).transpose(2, 3))  # [B, T, N, heads, d]
+            # stacked token-major, so that merging the heads below is a view, not one more copy
+            out = torch.stack(outs, dim=2)  # [B, T, nW, N, heads, d]
+        # a view where the attention kernel wrote [..., N, heads, d] memory for these strided inputs
+        # (PyTorch's fused CPU and CUDA kernels do), else one copy
+        return self.proj(out.reshape(b, t, windows, n, d))
 
 
 class SwinBlock(nn.Module):
