@@ -232,7 +232,8 @@ def config_overrides(args) -> list:
         if args.class_chunk_size not in (None, 0):
             raise UserError(f"--exact means no class chunking: drop --class-chunk-size {args.class_chunk_size}")
         if args.compile or args.compile_clip:
-            raise UserError(f"--exact means the eager model: drop --compile{'-clip' if args.compile_clip else ''}")
+            flag = "--compile-clip" if args.compile_clip else "--compile"
+            raise UserError(f"--exact means the eager model: drop {flag}")
         overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0", "MODEL.COMPILE", "False"]
     if args.precision is not None:
         overrides += ["MODEL.PRECISION", args.precision]
@@ -242,7 +243,8 @@ def config_overrides(args) -> list:
         overrides += ["MODEL.CHECKPOINT_ACTIVATIONS", str(bool(args.checkpoint_activations))]
     if args.count:  # the counter watches the aten ops of the eager model
         if args.compile or args.compile_clip:
-            raise UserError(f"--count counts the eager model's ops: drop --compile{'-clip' if args.compile_clip else ''}")
+            flag = "--compile-clip" if args.compile_clip else "--compile"
+            raise UserError(f"--count counts the eager model's ops: drop {flag}")
         overrides += ["MODEL.COMPILE", "False", "TEST.CUDA_GRAPHS", "False"]
     if args.compile is not None:
         overrides += ["MODEL.COMPILE", str(bool(args.compile))]

@@ -500,7 +500,8 @@ class WorkCounter(TorchDispatchMode):
                     self._memory.add(t, label)  # known storages (mutated arguments) are skipped
             self._memory.update_peak({"phase": "backward" if backward else "forward", "group": group,
                                       "op": kind.name})
-        if kind.view or kind.allocation or (kind.name == "aten::copy_" and _tensor_key(args[0]) == _tensor_key(args[1])):
+        self_copy = kind.name == "aten::copy_" and _tensor_key(args[0]) == _tensor_key(args[1])
+        if kind.view or kind.allocation or self_copy:
             self.views += kind.view
             return out
         flops = self._flops.get_total_flops() - flops_before
