@@ -12,7 +12,7 @@ the val split carried) the fp32 reference runs with TF32 off and the bf16 run as
 runs it (TF32 allowed for the fp32 regions' matmuls and convolutions, as ``train_net.py`` sets
 it; eager, as the compiled graph's fused kernels only keep more fp32 intermediates).
 
-Target: >= 99.5% on the val split (100 images); measured 99.52-99.66% with the precision
+Target: >= 99.5% on the val split (100 images); measured 99.51-99.74% with the precision
 policy of ``cat_seg/modeling/precision.py`` on two toy checkpoints (docs/benchmarks.md). The
 toy model is a hard case: its unseen classes come in near-identical pairs (``green dotted``
 and ``green speckled`` both at 0.4587 on the same pixels), so 17-21% of the scored pixels
