@@ -226,14 +226,15 @@ def config_overrides(args) -> list:
     overrides = list(args.opts)
     if len(overrides) % 2:
         raise UserError(f"--opts needs KEY VALUE pairs, got {len(overrides)} items")
+    # the compile flag given, if any: --exact and --count run the eager model
+    compile_flag = "--compile-clip" if args.compile_clip else "--compile" if args.compile else None
     if args.exact:
         if args.precision not in (None, "fp32"):
             raise UserError(f"--exact means fp32: drop --precision {args.precision}")
         if args.class_chunk_size not in (None, 0):
             raise UserError(f"--exact means no class chunking: drop --class-chunk-size {args.class_chunk_size}")
-        if args.compile or args.compile_clip:
-            flag = "--compile-clip" if args.compile_clip else "--compile"
-            raise UserError(f"--exact means the eager model: drop {flag}")
+        if compile_flag:
+            raise UserError(f"--exact means the eager model: drop {compile_flag}")
         overrides += ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0", "MODEL.COMPILE", "False"]
     if args.precision is not None:
         overrides += ["MODEL.PRECISION", args.precision]
@@ -242,9 +243,8 @@ def config_overrides(args) -> list:
     if args.checkpoint_activations is not None:
         overrides += ["MODEL.CHECKPOINT_ACTIVATIONS", str(bool(args.checkpoint_activations))]
     if args.count:  # the counter watches the aten ops of the eager model
-        if args.compile or args.compile_clip:
-            flag = "--compile-clip" if args.compile_clip else "--compile"
-            raise UserError(f"--count counts the eager model's ops: drop {flag}")
+        if compile_flag:
+            raise UserError(f"--count counts the eager model's ops: drop {compile_flag}")
         overrides += ["MODEL.COMPILE", "False", "TEST.CUDA_GRAPHS", "False"]
     if args.compile is not None:
         overrides += ["MODEL.COMPILE", str(bool(args.compile))]
