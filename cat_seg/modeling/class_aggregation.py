@@ -72,7 +72,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: O
         z = (num[..., dim:].to(acc) + eps).reciprocal_()  # [L, S, H]
         att = num[..., :dim].to(acc).unflatten(-1, (heads, d)).mul_(z[..., None])
         out.append(att.to(dtype))  # [L, S, H, d]
-    return torch.stack(out).transpose(1, 2)  # [B, S, L, H, d]
+    # one image (inference runs the class blocks per image): a view, not a copy of its output
+    stacked = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)  # [B, L, S, H, d]
+    return stacked.transpose(1, 2)  # [B, S, L, H, d]
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: Optional[torch.Tensor] = None,
