@@ -31,6 +31,7 @@
 #   SMOKE=1      tiny CPU config, 1 iteration, no compile/CUDA graphs/ViT-L (tests the script)
 #   DRY_RUN=1    print the steps, run nothing
 #   ONLY="a b"   run only these steps (names as in steps.tsv)
+#   STEP_ENV="VAR=value ..."  environment variables for every benchmark step (one step sets its own)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_benchmark_out}
@@ -90,18 +91,20 @@ BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
 
 # step NAME MIN_SECONDS ARGS...: run one benchmark command if MIN_SECONDS are left; it is
 # stopped at the deadline. Its JSON line goes to results.jsonl, its stderr to log.txt.
+# STEP_ENV="VAR=value ..." before it sets environment variables for that command only (the
+# record lists the TORCHINDUCTOR_* ones in its field inductor_env).
 step() {
   local name=$1 need=$2; shift 2
-  local now left t0 rc
+  local now left t0 rc env_prefix=${STEP_ENV:+$STEP_ENV }
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   now=$(date +%s); left=$((deadline - now))
-  if [ "$DRY_RUN" = 1 ]; then echo "$name: $BENCH --tag $name $*"; return; fi
+  if [ "$DRY_RUN" = 1 ]; then echo "$name: $env_prefix$BENCH --tag $name $*"; return; fi
   if [ "$left" -lt "$need" ]; then
     printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
   fi
-  echo "=== $name: $*" >> "$OUT/log.txt"
+  echo "=== $name: $env_prefix$*" >> "$OUT/log.txt"
   t0=$(date +%s)
-  timeout --kill-after=10 "$left" $BENCH --tag "$name" "$@" >> "$OUT/results.jsonl" 2>> "$OUT/log.txt"
+  env ${STEP_ENV:-} timeout --kill-after=10 "$left" $BENCH --tag "$name" "$@" >> "$OUT/results.jsonl" 2>> "$OUT/log.txt"
   rc=$?
   local status=ok; [ "$rc" = 0 ] || status="failed $rc"
   printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
@@ -156,6 +159,11 @@ if [ "$SMOKE" != 1 ]; then
   step vitl_infer_150            60 --mode infer --classes 150 $VITL $ITERS
   step vitl_train_b4             60 --mode train --batch 4 --classes 171 $VITL $ITERS
   step vitl_infer_847            60 --mode infer --classes 847 $VITL $ITERS
+  # inductor's GEMM templates (max-autotune), which can fuse the bias, GELU and residual adds
+  # into the GEMMs (the MLPs' 4x-wide hidden layer is most of the compiled aggregator's
+  # traffic; docs/benchmarks.md, "Counted work"): does the longer compilation pay?
+  STEP_ENV="TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1" \
+    step vitb_infer_150_max_autotune 120 --mode infer --classes 150 $VITB $ITERS
 fi
 step vitb_infer_150_profile 30 --mode infer --classes 150 $VITB $PRECISION --no-cuda-graphs --iters 1 --warmup 2 \
     --profile 40 --profile-out "$OUT/profile_infer.txt"

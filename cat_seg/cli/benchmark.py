@@ -27,6 +27,8 @@ around the step, so the requested precision is what runs.
 
 Fields of every record: ``mode``, ``config``, ``device`` (``cpu``/``cuda``), ``device_name``
 (GPU name or CPU model), ``cpu_instruction_sets``, ``torch``, ``git_commit``, ``date``,
+``inductor_env`` (the ``TORCHINDUCTOR_*`` environment variables, with the cache directory
+that torch sets itself),
 ``tag`` (``--tag``), ``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
 ``exact``, ``compile``, ``compile_clip`` (``--compile-clip``: the CLIP image tower compiled
 too), ``settings`` (the speed keys as used), ``opts`` (every config
@@ -155,7 +157,7 @@ def git_commit() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """Device name, CPU instruction sets, torch version, commit, date, threads."""
+    """Device name, CPU instruction sets, torch version, commit, date, threads, inductor env."""
     from cat_seg.modeling.precision import cpu_instruction_sets
 
     return {
@@ -166,6 +168,9 @@ def environment(device: torch.device) -> dict:
         "git_commit": git_commit(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        # inductor settings given as environment variables (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 ...);
+        # torch sets TORCHINDUCTOR_CACHE_DIR itself when it is imported
+        "inductor_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")},
     }
 
 

@@ -13,7 +13,7 @@ from cat_seg.cli.work_count import GROUPS
 REPO = Path(__file__).resolve().parents[2]
 COMMON_FIELDS = {
     "kind", "mode", "config", "device", "device_name", "cpu_instruction_sets", "torch", "git_commit", "date",
-    "threads", "precision", "precision_resolved", "tf32", "exact", "compile", "settings", "opts", "batch", "classes",
+    "threads", "inductor_env", "precision", "precision_resolved", "tf32", "exact", "compile", "settings", "opts", "batch", "classes",
     "size", "smoke",
 }
 TIME_FIELDS = {
@@ -133,6 +133,10 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "pytest" in steps["cuda_tests"] and "tests/perf/test_cuda_model.py" in steps["cuda_tests"]
     assert "tests/perf/test_bf16_agreement.py -k cuda" in steps["bf16_agreement_cuda"]
     assert "--compile-clip" in steps["vitb_infer_150_compile_clip"]
+    # an environment variable for one step only
+    assert steps["vitb_infer_150_max_autotune"].startswith("TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 ")
+    assert not any(command.startswith("TORCHINDUCTOR") for name, command in steps.items()
+                   if name != "vitb_infer_150_max_autotune")
     assert "--count" in steps["vitb_count_infer_150"] and "--class-chunk-size 0" in steps["vitb_count_infer_150"]
     assert "configs/vitl_336.yaml" in steps["vitl_train_b4"] and "--batch 4" in steps["vitl_train_b4"]
     # the estimated peak memory of the eager training step, next to its measurement
@@ -154,6 +158,15 @@ def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
     assert "Estimated peak of the live tensors, vitb_count_infer_150:" in summary
     assert "aten::" in (out / "profile_infer.txt").read_text()
     assert "torch" in (out / "env.txt").read_text()
+
+
+def test_gpu_script_step_env_reaches_the_command_and_its_record(tmp_path):
+    proc = run_gpu_script(tmp_path, ONLY="vitb_infer_150", STEP_ENV="TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert record["inductor_env"]["TORCHINDUCTOR_MAX_AUTOTUNE_GEMM"] == "1"
+    assert "=== vitb_infer_150: TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 --mode infer" in (out / "log.txt").read_text()
 
 
 def test_gpu_script_skips_steps_past_the_time_limit(tmp_path):
