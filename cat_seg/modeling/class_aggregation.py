@@ -70,7 +70,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: O
         ext = torch.cat([kv * same_head, k_sum[:, :, None] * head_columns], dim=2)  # [L, D, D + H]
         num = torch.bmm(pq, ext.to(dtype))  # [L, S, D + H]
         z = (num[..., dim:].to(acc) + eps).reciprocal_()  # [L, S, H]
-        att = num[..., :dim].to(acc).unflatten(-1, (heads, d)).mul_(z[..., None])
+        att = torch.mul(num[..., :dim].unflatten(-1, (heads, d)), z[..., None])  # in acc (type promotion)
         out.append(att.to(dtype))  # [L, S, H, d]
     # one image (inference runs the class blocks per image): a view, not a copy of its output
     stacked = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)  # [B, L, S, H, d]
