@@ -127,6 +127,9 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
         assert name in steps, name
         assert f"--tag {name}" in steps[name] and "--device cuda" in steps[name]
     assert "compile" not in steps["vitb_infer_150"]  # the defaults: compiled and graphed on CUDA
+    # the targets first, the ViT-L ones (never measured) before the 847-class ViT-B inference
+    order = list(steps)
+    assert order[:5] == ["vitb_infer_150", "vitb_train_b4", "vitl_infer_150", "vitl_train_b4", "vitb_infer_847"]
     assert "--no-compile --no-cuda-graphs" in steps["vitb_infer_150_eager"]
     assert "--no-cuda-graphs" in steps["vitb_infer_150_nographs"]
     assert "--batch 8" in steps["vitb_infer_150_b8"] and "vitb_infer_150_cached" in steps
