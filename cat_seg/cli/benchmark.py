@@ -28,7 +28,7 @@ around the step, so the requested precision is what runs.
 Fields of every record: ``mode``, ``config``, ``device`` (``cpu``/``cuda``), ``device_name``
 (GPU name or CPU model), ``cpu_instruction_sets``, ``torch``, ``git_commit``, ``date``,
 ``inductor_env`` (the ``TORCHINDUCTOR_*`` environment variables, with the cache directory
-that torch sets itself),
+that torch sets itself when its compiler is imported),
 ``tag`` (``--tag``), ``precision`` (the setting), ``precision_resolved`` (``fp32``/``bf16``/``fp16``), ``tf32``,
 ``exact``, ``compile``, ``compile_clip`` (``--compile-clip``: the CLIP image tower compiled
 too), ``settings`` (the speed keys as used), ``opts`` (every config
@@ -169,7 +169,7 @@ def environment(device: torch.device) -> dict:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
         # inductor settings given as environment variables (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 ...);
-        # torch sets TORCHINDUCTOR_CACHE_DIR itself when it is imported
+        # torch sets TORCHINDUCTOR_CACHE_DIR itself when its compiler is imported
         "inductor_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TORCHINDUCTOR_")},
     }
 

@@ -13,8 +13,8 @@ from cat_seg.cli.work_count import GROUPS
 REPO = Path(__file__).resolve().parents[2]
 COMMON_FIELDS = {
     "kind", "mode", "config", "device", "device_name", "cpu_instruction_sets", "torch", "git_commit", "date",
-    "threads", "inductor_env", "precision", "precision_resolved", "tf32", "exact", "compile", "settings", "opts", "batch", "classes",
-    "size", "smoke",
+    "threads", "inductor_env", "precision", "precision_resolved", "tf32", "exact", "compile", "settings", "opts",
+    "batch", "classes", "size", "smoke",
 }
 TIME_FIELDS = {
     "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "first_call_s", "cpu_median_s",
