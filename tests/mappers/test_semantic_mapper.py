@@ -292,3 +292,36 @@ def test_color_aug_leaves_segmentation_and_rejects_bad_input():
         tfm.apply_image(np.zeros((3, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="RGB or BGR"):
         ColorAugSSDTransform("YUV")
+
+
+def test_flips_of_resized_images_do_not_warn_about_read_only_arrays(tmp_path):
+    """After detectron2's PIL resize the image array is read-only and fvcore's flip wraps it
+    with torch.from_numpy: torch warns once per process (a scary "undefined behavior" line in
+    every training log). The mapper silences that one warning; checked in a fresh process,
+    since the warning is only ever given once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import sys, warnings
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from pathlib import Path
+from test_semantic_mapper import make_cfg, seed, write_sample
+from cat_seg.data.dataset_mappers import MaskFormerSemanticDatasetMapper
+label = (np.arange(12 * 20).reshape(12, 20) % 23).astype(np.uint8)
+record = write_sample(Path({str(tmp_path)!r}), np.stack([label, label, label], axis=-1), label)
+for direction in ("horizontal", "vertical"):
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(24, flip=direction))  # resized, then flipped
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(8):
+            seed(s)
+            mapper(record)
+    messages = [str(w.message) for w in caught if "not writable" in str(w.message)]
+    assert not messages, messages
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-3000:]

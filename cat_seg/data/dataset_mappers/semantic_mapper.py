@@ -2,6 +2,7 @@
 training mapper)."""
 import copy
 import logging
+import warnings
 from typing import List, Union
 
 import numpy as np
@@ -149,7 +150,12 @@ class MaskFormerSemanticDatasetMapper:
             )
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
+        with warnings.catch_warnings():
+            # fvcore's flips wrap the image in a tensor (torch.from_numpy) to flip it and never
+            # write to it; after detectron2's resize (through PIL) the array is read-only, and
+            # torch would warn once per process that writing to such a tensor is undefined
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            self.augmentations(aug_input)
         image, sem_seg = aug_input.image, aug_input.sem_seg
 
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
