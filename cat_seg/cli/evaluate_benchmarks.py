@@ -40,6 +40,7 @@ class Row(NamedTuple):
     images: Optional[int] = None
     seconds: float = 0.0
     reason: str = ""
+    images_per_s: Optional[float] = None  # the evaluator's throughput (without the first batch)
 
 
 def parse_num_gpus(text: str) -> int:
@@ -120,8 +121,9 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             with open(result_file) as f:
                 res = json.load(f)
             metrics = res["metrics"]
+            throughput = res.get("throughput") or {}
             rows.append(Row(bench.title, "evaluated", metrics.get("mIoU"), metrics.get("fwIoU"), metrics.get("pACC"),
-                            res.get("num_images"), seconds))
+                            res.get("num_images"), seconds, images_per_s=throughput.get("images_per_s")))
         else:
             lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
             reason = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -137,14 +139,14 @@ def markdown_table(rows: Sequence[Row]) -> str:
     def num(v, fmt="{:.1f}"):
         return "-" if v is None else fmt.format(v)
 
-    lines = ["| benchmark | mIoU | fwIoU | pACC | images | seconds |", "|---|---|---|---|---|---|"]
+    lines = ["| benchmark | mIoU | fwIoU | pACC | images | seconds | images/s |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         if row.status == "evaluated":
             lines.append(f"| {row.title} | {num(row.miou)} | {num(row.fwiou)} | {num(row.pacc)} | "
-                         f"{num(row.images, '{}')} | {row.seconds:.1f} |")
+                         f"{num(row.images, '{}')} | {row.seconds:.1f} | {num(row.images_per_s, '{:.2f}')} |")
         else:
             reason = row.reason.replace("|", "/")
-            lines.append(f"| {row.title} | {row.status}: {reason} | | | | {row.seconds:.1f} |")
+            lines.append(f"| {row.title} | {row.status}: {reason} | | | | {row.seconds:.1f} | |")
     return "\n".join(lines)
 
 

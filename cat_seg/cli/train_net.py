@@ -56,12 +56,17 @@ def setup(args):
     in ``OUTPUT_DIR``, seeds and the matmul precision (``detectron2.engine.default_setup``)."""
     import torch
     from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
 
     cfg = load_config(args)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # laptop use: same code, only slower
     cfg.freeze()
     default_setup(cfg, args)  # logging, output/config.yaml dump, seeds, cudnn benchmark
+    # cat-seg's own messages (data, checkpoint conversion, precision, evaluation throughput) on
+    # the console and in OUTPUT_DIR/log.txt, as default_setup does for detectron2's and fvcore's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cat_seg", abbrev_name="cat_seg")
     # matmul precision: "high" lets fp32 matmuls use TF32 on Ampere+ GPUs, as the official code.
     torch.set_float32_matmul_precision("high")
     return cfg

@@ -13,6 +13,9 @@ the per-class ``IoU-<name>`` / ``ACC-<name>``) are computed by detectron2. This 
 * ``mIoU-seen``, ``mIoU-unseen`` and their harmonic mean ``hIoU`` when the dataset metadata
   lists ``seen_classes`` / ``unseen_classes``;
 * ``sem_seg_results.json`` and ``per_class_iou.csv`` in ``output_dir``;
+* the evaluation's throughput in images/s (logged, and in ``sem_seg_results.json``), measured
+  from the end of the first ``process()`` call, i.e. without the first batch, whose forward
+  pays for compilation and CUDA-graph capture;
 * :class:`VOCbEvaluator`, which scores Pascal VOC-20 with background (see
   ``docs/datasets.md``).
 
@@ -21,8 +24,10 @@ paper report region IoU only, and it would double the evaluation time on small d
 """
 import csv
 import json
+import logging
 import math
 import os
+import time
 from typing import Dict, Optional
 
 import numpy as np
@@ -39,6 +44,8 @@ __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_
 
 RESULTS_JSON = "sem_seg_results.json"
 PER_CLASS_CSV = "per_class_iou.csv"
+
+logger = logging.getLogger(__name__)
 
 
 def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
@@ -123,6 +130,11 @@ class SemSegEvaluator(_D2SemSegEvaluator):
     def reset(self):
         super().reset()
         self._num_images = 0
+        # throughput: the images of the process() calls after the first one, and the seconds
+        # from the end of the first call to the end of the last (data loading, forward, scoring)
+        self._timer_start = None
+        self._timed_images = 0
+        self._timed_seconds = 0.0
 
     # ------------------------------------------------------------------ per image
     def _load_gt(self, file_name: str, dtype=int) -> np.ndarray:
@@ -212,21 +224,39 @@ class SemSegEvaluator(_D2SemSegEvaluator):
                 self._expected_gt = None
                 self.input_file_to_gt_file = gt_files
             self._num_images += 1
+        now = time.perf_counter()
+        if self._timer_start is None:
+            self._timer_start = now
+        else:
+            self._timed_images += len(inputs)
+            self._timed_seconds = now - self._timer_start
+
+    def _counts(self):
+        """``(images, timed images, timed seconds)`` of this process (gathered across ranks)."""
+        return self._num_images, self._timed_images, self._timed_seconds
 
     # ------------------------------------------------------------------ reduce
     def evaluate(self):
         """``OrderedDict(sem_seg={metric: value})`` on the main process, None elsewhere."""
-        num_images = self._num_images
-        if self._distributed:
-            num_images = sum(comm.all_gather(self._num_images))
+        counts = comm.all_gather(self._counts()) if self._distributed else [self._counts()]
+        num_images = sum(c[0] for c in counts)
+        timed_images, seconds = sum(c[1] for c in counts), max(c[2] for c in counts)
+        throughput = None
+        if timed_images and seconds > 0:  # the ranks run at the same time: images / longest time
+            throughput = {"images_per_s": timed_images / seconds, "images": timed_images, "seconds": seconds}
         results = super().evaluate()
         if results is None:
             return None
         res = results["sem_seg"]
         if self._seen_classes is not None and self._unseen_classes is not None:
             res.update(self._seen_unseen_metrics(res))
+        if throughput is not None:
+            logger.info(
+                f"Evaluation throughput on {self._dataset_name}: {throughput['images_per_s']:.2f} images/s "
+                f"({timed_images} images in {seconds:.2f} s, without the first batch: compilation, CUDA graphs)"
+            )
         if self._output_dir:
-            self._write_outputs(res, num_images)
+            self._write_outputs(res, num_images, throughput)
         return results
 
     def _seen_unseen_metrics(self, res: Dict[str, float]) -> Dict[str, float]:
@@ -249,7 +279,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
             out["hIoU"] = 0.0 if seen + unseen == 0 else 2 * seen * unseen / (seen + unseen)
         return out
 
-    def _write_outputs(self, res: Dict[str, float], num_images: int):
+    def _write_outputs(self, res: Dict[str, float], num_images: int, throughput: Optional[Dict[str, float]] = None):
         PathManager.mkdirs(self._output_dir)
         summary = {
             k: _json_float(v) for k, v in res.items() if not k.startswith(("IoU-", "ACC-"))
@@ -259,6 +289,12 @@ class SemSegEvaluator(_D2SemSegEvaluator):
             "num_images": int(num_images),
             "num_classes": self._num_classes,
             "metrics": summary,
+            # images/s after the first batch (null with a single batch)
+            "throughput": None if throughput is None else {
+                "images_per_s": round(throughput["images_per_s"], 3),
+                "images": int(throughput["images"]),
+                "seconds": round(throughput["seconds"], 3),
+            },
             "per_class": {
                 name: {
                     "IoU": _json_float(res[f"IoU-{name}"]),

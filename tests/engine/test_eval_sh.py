@@ -10,7 +10,7 @@ from cat_seg.cli import evaluate_benchmarks
 from engine_helpers import REPO, TINY_CONFIG, run_env, run_train_net, train_opts
 
 HANG_GUARD_S = 1800  # never a pass/fail time limit
-HEADER = "| benchmark | mIoU | fwIoU | pACC | images | seconds |"
+HEADER = "| benchmark | mIoU | fwIoU | pACC | images | seconds | images/s |"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,11 @@ def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, train
     toy = row(proc.stdout, "Synthetic toy (val)")
     assert 0.0 <= float(toy[1]) <= 100.0 and 0.0 <= float(toy[3]) <= 100.0
     assert toy[4] == "6"  # images evaluated
+    assert float(toy[6]) > 0  # throughput (one image per forward on the CPU: 5 timed images)
+    # cat-seg's own log messages reach the run's log file, the throughput line among them
+    with open(os.path.join(trained, "eval", "synthetic", "log.txt")) as f:
+        log = f.read()
+    assert "Evaluation throughput on synthetic_val_sem_seg: " in log and " images/s (5 images in " in log
     ade = row(proc.stdout, "ADE20K-150")
     assert ade[1].startswith("skipped: ") and "ADEChallengeData2016" in ade[1] and "prepare_ade20k.py" in ade[1]
     assert not os.path.exists(os.path.join(trained, "eval", "ade150"))  # no process started for it

@@ -189,7 +189,7 @@ def test_distributed_gather_sums_confusion_matrices(make_dataset, monkeypatch):
         rank1_state[id(rank0._b_conf_matrix)] = rank1._b_conf_matrix.copy()
 
     def fake_all_gather(data, group=None):  # rank 0 gathers its own data plus rank 1's
-        return [data, rank1_state.get(id(data), rank1._num_images)]
+        return [data, rank1_state.get(id(data), rank1._counts())]
 
     for module in (comm, d2_sem_seg):
         monkeypatch.setattr(module, "all_gather", fake_all_gather)
@@ -426,3 +426,61 @@ def test_bad_labels_are_refused(make_dataset):
     voc, voc_records = make_dataset([GT0], [f"v{i}" for i in range(21)], evaluator_type="sem_seg_background")
     with pytest.raises(ValueError, match="class index -2 outside >= 0"):
         run_outputs(VOCbEvaluator(voc), voc_records, [{"sem_seg_labels": torch.full((2, 4), -2)}])
+
+
+class FakeClock:
+    """``time.perf_counter`` of the evaluator module: the given readings, one per call."""
+
+    def __init__(self, *readings):
+        self.readings = list(readings)
+
+    def perf_counter(self):
+        return self.readings.pop(0)
+
+
+def test_throughput_counts_the_images_after_the_first_batch(make_dataset, tmp_path, monkeypatch, caplog):
+    from cat_seg.evaluation import sem_seg_evaluation
+
+    gts = [GT0, GT1] * 3
+    name, records = make_dataset(gts, ["a", "b", "c"])
+    # batches of 2: the first ends at t=10, the two others at 10.5 and 11.25 -> 4 images in 1.25 s
+    monkeypatch.setattr(sem_seg_evaluation, "time", FakeClock(10.0, 10.5, 11.25))
+    out = tmp_path / "inference"
+    with caplog.at_level("INFO", logger=sem_seg_evaluation.__name__):
+        run(SemSegEvaluator(name, output_dir=str(out)), records, [PRED0, PRED1] * 3, 3, batch_size=2)
+    payload = json.loads((out / "sem_seg_results.json").read_text())
+    assert payload["num_images"] == 6
+    assert payload["throughput"] == {"images_per_s": 3.2, "images": 4, "seconds": 1.25}
+    assert f"Evaluation throughput on {name}: 3.20 images/s (4 images in 1.25 s" in caplog.text
+
+
+def test_throughput_needs_a_second_batch(make_dataset, tmp_path, monkeypatch):
+    from cat_seg.evaluation import sem_seg_evaluation
+
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    monkeypatch.setattr(sem_seg_evaluation, "time", FakeClock(10.0))
+    out = tmp_path / "inference"
+    run(SemSegEvaluator(name, output_dir=str(out)), records, [PRED0, PRED1], 3, batch_size=2)
+    assert json.loads((out / "sem_seg_results.json").read_text())["throughput"] is None
+
+
+def test_distributed_throughput_is_all_images_over_the_longest_rank(make_dataset, monkeypatch):
+    from detectron2.evaluation import sem_seg_evaluation as d2_sem_seg
+
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    evaluator = SemSegEvaluator(name)
+    evaluator.process([{"file_name": records[0]["file_name"]}], [{"sem_seg": scores_from_pred(PRED0, 3)}])
+    own = (1, 3, 2.0)  # this rank: 3 images timed in 2 s; the other: 5 in 4 s
+    monkeypatch.setattr(evaluator, "_counts", lambda: own)
+
+    def fake_all_gather(data, group=None):
+        return [data, (6, 5, 4.0)] if data is own else [data, data]
+
+    for module in (comm, d2_sem_seg):
+        monkeypatch.setattr(module, "all_gather", fake_all_gather)
+        monkeypatch.setattr(module, "synchronize", lambda: None)
+    written = {}
+    monkeypatch.setattr(evaluator, "_output_dir", "unused")
+    monkeypatch.setattr(evaluator, "_write_outputs", lambda res, n, throughput: written.update(n=n, t=throughput))
+    evaluator.evaluate()
+    assert written == {"n": 7, "t": {"images_per_s": 2.0, "images": 8, "seconds": 4.0}}
