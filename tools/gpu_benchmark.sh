@@ -34,6 +34,7 @@
 #   DRY_RUN=1    print the steps, run nothing
 #   ONLY="a b"   run only these steps (names as in steps.tsv)
 #   STEP_ENV="VAR=value ..."  environment variables for every benchmark step (one step sets its own)
+#   TOY_DIR      the toy run's OUTPUT_DIR for step toy_eval (default output/toy: make demo)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_benchmark_out}
@@ -44,6 +45,7 @@ DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
+TOY_DIR=${TOY_DIR:-output/toy}
 start=$(date +%s)
 deadline=$((start + TIME_LIMIT))
 if [ "$DRY_RUN" != 1 ]; then
@@ -132,6 +134,42 @@ check() {
   echo "$name: $status ($(( $(date +%s) - t0 )) s)"
 }
 
+# toy_eval NAME MIN_SECONDS: eval.sh's evaluation of the toy model on the synthetic benchmark
+# on $DEVICE with the defaults there (on CUDA: batches of 8 images, compiled, CUDA graphs,
+# bf16); its table goes to log.txt, a record of kind "eval" with the evaluator's throughput
+# (images/s without the first batch) to results.jsonl. Skipped without $TOY_DIR/model_final.pth.
+toy_eval() {
+  local name=$1 need=$2 now left t0 rc status result
+  local cmd="$PYTHON tools/evaluate_benchmarks.py configs/quick_schedules/toy_synthetic.yaml 1 $TOY_DIR \
+MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none MODEL.DEVICE $DEVICE MODEL.PRECISION auto"
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  if [ "$DRY_RUN" = 1 ]; then echo "$name: BENCHMARKS=synthetic $cmd"; return; fi
+  now=$(date +%s); left=$((deadline - now))
+  if [ "$left" -lt "$need" ]; then
+    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
+  fi
+  if [ ! -f "$TOY_DIR/model_final.pth" ]; then
+    printf '%s\tskipped (no %s/model_final.pth: make demo, then carry it)\t0\n' "$name" "$TOY_DIR" >> "$OUT/steps.tsv"
+    return
+  fi
+  echo "=== $name: BENCHMARKS=synthetic $cmd" >> "$OUT/log.txt"
+  t0=$(date +%s)
+  BENCHMARKS=synthetic timeout --kill-after=10 "$left" $cmd >> "$OUT/log.txt" 2>&1
+  rc=$?
+  result="$TOY_DIR/eval/synthetic/inference/synthetic_val_sem_seg/sem_seg_results.json"
+  if [ "$rc" = 0 ]; then
+    "$PYTHON" - "$result" "$name" "$DEVICE" >> "$OUT/results.jsonl" 2>> "$OUT/log.txt" <<'PY' || rc=1
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(json.dumps({"kind": "eval", "tag": sys.argv[2], "device": sys.argv[3], "dataset": r["dataset"],
+                  "num_images": r["num_images"], "mIoU": r["metrics"]["mIoU"], "throughput": r["throughput"]}))
+PY
+  fi
+  status=ok; [ "$rc" = 0 ] || status="failed $rc"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
+  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+}
+
 # In order of importance: the issue's targets with the defaults first (on CUDA: bf16,
 # MODEL.COMPILE auto = compiled aggregator, TEST.CUDA_GRAPHS on; ViT-L before the 847-class
 # ViT-B inference, which run 2 measured and ViT-L was not), then the eager model for
@@ -151,6 +189,8 @@ step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
 [ "$SMOKE" = 1 ] || check cuda_tests 60 tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py
 # the toy model's bf16 labels against fp32 on the GPU (skipped unless the toy files are carried)
 [ "$SMOKE" = 1 ] || check bf16_agreement_cuda 40 tests/perf/test_bf16_agreement.py -k cuda
+# evaluation throughput on the synthetic benchmark (eval.sh, the toy model; needs the carried toy files)
+[ "$SMOKE" = 1 ] || toy_eval toy_eval 40
 step vitb_infer_150_eager 30 --mode infer --classes 150 $VITB $PRECISION $ITERS $EAGER
 step vitb_train_b${TRAIN_BATCH}_eager 30 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS $EAGER
 # the estimated peak memory of the same eager step (--count's "memory"), beside the measured one
@@ -186,8 +226,9 @@ import json, sys
 out = sys.argv[1]
 records = [json.loads(line) for line in open(f"{out}/results.jsonl") if line.strip().startswith("{")]
 lines = []
-if records:
-    r = records[0]
+measured = [r for r in records if r.get("kind") in ("time", "count")]
+if measured:
+    r = measured[0]
     lines += [f"Device: {r['device_name']} ({r['device']}), torch {r['torch']}, commit {r['git_commit']}, "
               f"{r['date']}; CPU {r['cpu_instruction_sets']}", ""]
 lines += ["| step | mode | classes | batch | precision | compile | median s | per image s | first call s "
@@ -197,6 +238,12 @@ for r in records:
         lines.append(f"| {r['tag']} | {r['mode']} | {r['classes']} | {r['batch']} | {r['precision_resolved']} "
                      f"| {r['compile']} | {r['median_s']} | {r['per_image_s']} | {r['first_call_s']} "
                      f"| {r['peak_memory_gib']} |")
+for r in records:
+    if r.get("kind") == "eval":
+        t = r["throughput"] or {}
+        lines += ["", f"Evaluation, {r['tag']} ({r['dataset']}, {r['device']}): mIoU {r['mIoU']:.2f}, "
+                  f"{r['num_images']} images, throughput {t.get('images_per_s', '-')} images/s "
+                  f"({t.get('images', '-')} images in {t.get('seconds', '-')} s, without the first batch)"]
 for r in records:
     if r.get("kind") == "count":
         t = r["totals"]

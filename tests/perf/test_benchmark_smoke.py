@@ -136,6 +136,8 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
     assert "pytest" in steps["cuda_tests"] and "tests/perf/test_cuda_model.py" in steps["cuda_tests"]
     assert "tests/perf/test_bf16_agreement.py -k cuda" in steps["bf16_agreement_cuda"]
     assert "--compile-clip" in steps["vitb_infer_150_compile_clip"]
+    assert steps["toy_eval"].startswith("BENCHMARKS=synthetic ") and "tools/evaluate_benchmarks.py" in steps["toy_eval"]
+    assert "MODEL.DEVICE cuda" in steps["toy_eval"] and "output/toy" in steps["toy_eval"]
     # an environment variable for one step only
     assert steps["vitb_infer_150_max_autotune"].startswith("TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 ")
     assert not any(command.startswith("TORCHINDUCTOR") for name, command in steps.items()
@@ -170,6 +172,14 @@ def test_gpu_script_step_env_reaches_the_command_and_its_record(tmp_path):
     (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert record["inductor_env"]["TORCHINDUCTOR_MAX_AUTOTUNE_GEMM"] == "1"
     assert "=== vitb_infer_150: TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 --mode infer" in (out / "log.txt").read_text()
+
+
+def test_gpu_script_toy_eval_is_skipped_without_the_toy_checkpoint(tmp_path):
+    proc = run_gpu_script(tmp_path, SMOKE="0", ONLY="toy_eval", TOY_DIR=str(tmp_path / "no-toy"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()
+    assert steps[1:] == [f"toy_eval\tskipped (no {tmp_path / 'no-toy'}/model_final.pth: make demo, then carry it)\t0"]
+    assert (tmp_path / "out" / "results.jsonl").read_text() == ""
 
 
 def test_gpu_script_skips_steps_past_the_time_limit(tmp_path):
