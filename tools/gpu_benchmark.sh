@@ -231,13 +231,13 @@ if measured:
     r = measured[0]
     lines += [f"Device: {r['device_name']} ({r['device']}), torch {r['torch']}, commit {r['git_commit']}, "
               f"{r['date']}; CPU {r['cpu_instruction_sets']}", ""]
-lines += ["| step | mode | classes | batch | precision | compile | median s | per image s | first call s "
-          "| peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+lines += ["| step | mode | classes | batch | precision | compile | median s | per image s | images/s "
+          "| first call s | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in records:
     if r.get("kind") == "time":
         lines.append(f"| {r['tag']} | {r['mode']} | {r['classes']} | {r['batch']} | {r['precision_resolved']} "
-                     f"| {r['compile']} | {r['median_s']} | {r['per_image_s']} | {r['first_call_s']} "
-                     f"| {r['peak_memory_gib']} |")
+                     f"| {r['compile']} | {r['median_s']} | {r['per_image_s']} | {r['images_per_s']} "
+                     f"| {r['first_call_s']} | {r['peak_memory_gib']} |")
 for r in records:
     if r.get("kind") == "eval":
         t = r["throughput"] or {}

@@ -36,8 +36,8 @@ override), ``batch``, ``classes``, ``size``, ``threads``, ``smoke``, ``kind`` (`
 ``count``).
 
 Timing records add ``iters``, ``warmup``, ``median_s``, ``min_s``, ``times_s``,
-``per_image_s`` (median / batch), ``first_call_s`` (the first call, compilation included),
-``cpu_median_s`` (process CPU seconds, CPU only), ``peak_memory_bytes``,
+``per_image_s`` (median / batch), ``images_per_s`` (batch / median), ``first_call_s`` (the
+first call, compilation included), ``cpu_median_s`` (process CPU seconds, CPU only), ``peak_memory_bytes``,
 ``peak_memory_gib``, ``memory_kind`` (``cuda_max_memory_allocated`` or ``cpu_peak_rss``),
 ``memory_baseline_bytes`` (held before the timed iterations), ``optimizer`` (train).
 
@@ -480,6 +480,7 @@ def run_timed(args, config_file: str, smoke: bool) -> dict:
         "min_s": round(min(times), 5),
         "times_s": [round(t, 5) for t in times],
         "per_image_s": round(median / batch, 5),
+        "images_per_s": round(batch / median, 3),  # training: images per second of training steps
         "first_call_s": round(first if first is not None else times[0], 5),
         "cpu_median_s": round(statistics.median(cpu_times), 5) if device.type == "cpu" else None,
         "peak_memory_bytes": peak,

@@ -17,7 +17,7 @@ COMMON_FIELDS = {
     "batch", "classes", "size", "smoke",
 }
 TIME_FIELDS = {
-    "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "first_call_s", "cpu_median_s",
+    "iters", "warmup", "median_s", "min_s", "times_s", "per_image_s", "images_per_s", "first_call_s", "cpu_median_s",
     "peak_memory_bytes", "peak_memory_gib", "memory_kind", "memory_baseline_bytes",
 }
 COUNT_KEYS = {"flops", "bytes", "bytes_read", "bytes_written", "ops"}
@@ -52,6 +52,7 @@ def test_smoke_timing_records():
         assert TIME_FIELDS <= set(record), TIME_FIELDS - set(record)
         assert record["median_s"] > 0 and record["peak_memory_bytes"] > 0
         assert len(record["times_s"]) == record["iters"] == 1
+        assert record["images_per_s"] == pytest.approx(record["batch"] / record["median_s"], rel=1e-3)
         assert record["memory_kind"] in ("cpu_peak_rss", "cpu_lifetime_max_rss")
     assert records[1]["optimizer"] == "AdamW (fused)"
 
