@@ -123,9 +123,13 @@ def test_segment_in_the_browser_matches_the_api(app_server, browser, test_image,
     # clicking the overlay reads the class under the cursor
     image_element = _by_css(driver, "#overlay img")[0]
     ActionChains(driver).move_to_element(image_element).click().perform()
-    text = _wait(lambda: _by_css(driver, "#pixel textarea, #pixel input")[0].get_attribute("value"), "the read-out")
-    match = re.match(r"\((\d+), (\d+)\): (.*)", text)
-    assert match, text
+    read_out = re.compile(r"\((\d+), (\d+)\): (.*)")
+
+    def clicked_read_out():  # the box shows its hint until the click's answer arrives
+        value = _by_css(driver, "#pixel textarea, #pixel input")[0].get_attribute("value")
+        return read_out.match(value or "")
+
+    match = _wait(clicked_read_out, "the read-out of the clicked pixel", driver)
     x, y = int(match.group(1)), int(match.group(2))
     assert abs(x - 80) <= 2 and abs(y - 56) <= 2  # the centre of the 160 x 112 image
     label = int(api_result.label_map[y, x])
