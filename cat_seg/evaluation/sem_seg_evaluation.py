@@ -48,6 +48,23 @@ PER_CLASS_CSV = "per_class_iou.csv"
 logger = logging.getLogger(__name__)
 
 
+def _plain(value):
+    """numpy scalars (also inside dicts) as Python numbers."""
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v)) for k, v in value.items())
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class _PlainNumbersLog(logging.LoggerAdapter):
+    """detectron2's evaluator logs its results dict, whose numpy-2 scalars would print as
+    ``np.float64(61.18)``: this adapter of its logger prints them as ``61.18``."""
+
+    def process(self, msg, kwargs):
+        return _plain(msg), kwargs
+
+    warn = logging.LoggerAdapter.warning  # detectron2 calls the old name
+
+
 def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
     """Read a label map (PNG, or TIFF incl. 16-bit) as an array ``[H, W]`` of ``dtype``.
 
@@ -117,6 +134,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         )
         self._class_names = list(self._class_names)
         self._ignore_label = int(self._ignore_label)
+        self._logger = _PlainNumbersLog(self._logger, {})
         self._compute_boundary_iou = False
         self._seen_classes = getattr(meta, "seen_classes", None)
         self._unseen_classes = getattr(meta, "unseen_classes", None)

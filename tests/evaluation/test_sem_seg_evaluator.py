@@ -484,3 +484,14 @@ def test_distributed_throughput_is_all_images_over_the_longest_rank(make_dataset
     monkeypatch.setattr(evaluator, "_write_outputs", lambda res, n, throughput: written.update(n=n, t=throughput))
     evaluator.evaluate()
     assert written == {"n": 7, "t": {"images_per_s": 2.0, "images": 8, "seconds": 4.0}}
+
+
+def test_logged_results_show_plain_numbers(make_dataset, caplog):
+    """detectron2's evaluator logs the results dict: numbers as ``63.33...``, not ``np.float64(63.33...)``."""
+    from detectron2.evaluation import sem_seg_evaluation as d2_sem_seg
+
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    with caplog.at_level("INFO", logger=d2_sem_seg.__name__):
+        res = run(SemSegEvaluator(name), records, [PRED0, PRED1], 3)["sem_seg"]
+    logged = [r.getMessage() for r in caplog.records if r.name == d2_sem_seg.__name__ and "mIoU" in r.getMessage()]
+    assert len(logged) == 1 and f"'mIoU': {float(res['mIoU'])!r}" in logged[0] and "np." not in logged[0], logged
