@@ -464,11 +464,11 @@ def test_throughput_needs_a_second_batch(make_dataset, tmp_path, monkeypatch):
     assert json.loads((out / "sem_seg_results.json").read_text())["throughput"] is None
 
 
-def test_distributed_throughput_is_all_images_over_the_longest_rank(make_dataset, monkeypatch):
+def test_distributed_throughput_is_all_images_over_the_longest_rank(make_dataset, monkeypatch, tmp_path):
     from detectron2.evaluation import sem_seg_evaluation as d2_sem_seg
 
     name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
-    evaluator = SemSegEvaluator(name)
+    evaluator = SemSegEvaluator(name, output_dir=str(tmp_path / "inference"))  # detectron2 writes its files there
     evaluator.process([{"file_name": records[0]["file_name"]}], [{"sem_seg": scores_from_pred(PRED0, 3)}])
     own = (1, 3, 2.0)  # this rank: 3 images timed in 2 s; the other: 5 in 4 s
     monkeypatch.setattr(evaluator, "_counts", lambda: own)
@@ -480,7 +480,6 @@ def test_distributed_throughput_is_all_images_over_the_longest_rank(make_dataset
         monkeypatch.setattr(module, "all_gather", fake_all_gather)
         monkeypatch.setattr(module, "synchronize", lambda: None)
     written = {}
-    monkeypatch.setattr(evaluator, "_output_dir", "unused")
     monkeypatch.setattr(evaluator, "_write_outputs", lambda res, n, throughput: written.update(n=n, t=throughput))
     evaluator.evaluate()
     assert written == {"n": 7, "t": {"images_per_s": 2.0, "images": 8, "seconds": 4.0}}
