@@ -93,45 +93,49 @@ else
 fi
 BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
 
+# What the step kinds below share. selected NAME: the step is in ONLY (or ONLY is empty).
+# has_time NAME NEED: sets the caller's `left` to the seconds left; false, with a "skipped"
+# line in steps.tsv, when fewer than NEED are left. finished NAME RC T0: its status line.
+selected() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+has_time() {
+  left=$((deadline - $(date +%s)))
+  [ "$left" -ge "$2" ] && return 0
+  printf '%s\tskipped (%ss left)\t0\n' "$1" "$left" >> "$OUT/steps.tsv"
+  return 1
+}
+finished() {
+  local status=ok; [ "$2" = 0 ] || status="failed $2"
+  printf '%s\t%s\t%s\n' "$1" "$status" "$(( $(date +%s) - $3 ))" >> "$OUT/steps.tsv"
+  echo "$1: $status ($(( $(date +%s) - $3 )) s)"
+}
+
 # step NAME MIN_SECONDS ARGS...: run one benchmark command if MIN_SECONDS are left; it is
 # stopped at the deadline. Its JSON line goes to results.jsonl, its stderr to log.txt.
 # STEP_ENV="VAR=value ..." before it sets environment variables for that command only (the
 # record lists the TORCHINDUCTOR_* ones in its field inductor_env).
 step() {
   local name=$1 need=$2; shift 2
-  local now left t0 rc env_prefix=${STEP_ENV:+$STEP_ENV }
-  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
-  now=$(date +%s); left=$((deadline - now))
+  local left t0 env_prefix=${STEP_ENV:+$STEP_ENV }
+  selected "$name" || return 0
   if [ "$DRY_RUN" = 1 ]; then echo "$name: $env_prefix$BENCH --tag $name $*"; return; fi
-  if [ "$left" -lt "$need" ]; then
-    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
-  fi
+  has_time "$name" "$need" || return 0
   echo "=== $name: $env_prefix$*" >> "$OUT/log.txt"
   t0=$(date +%s)
   env ${STEP_ENV:-} timeout --kill-after=10 "$left" $BENCH --tag "$name" "$@" >> "$OUT/results.jsonl" 2>> "$OUT/log.txt"
-  rc=$?
-  local status=ok; [ "$rc" = 0 ] || status="failed $rc"
-  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
-  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+  finished "$name" $? "$t0"
 }
 
 # check NAME MIN_SECONDS PYTEST_ARGS...: tests that need CUDA, output to log.txt
 check() {
-  local name=$1 need=$2 now left t0 rc status
+  local name=$1 need=$2 left t0
   shift 2
-  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  selected "$name" || return 0
   if [ "$DRY_RUN" = 1 ]; then echo "$name: pytest $*"; return; fi
-  now=$(date +%s); left=$((deadline - now))
-  if [ "$left" -lt "$need" ]; then
-    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
-  fi
+  has_time "$name" "$need" || return 0
   echo "=== $name" >> "$OUT/log.txt"
   t0=$(date +%s)
   timeout --kill-after=10 "$left" "$PYTHON" -m pytest -q -s -p no:cacheprovider -rs "$@" >> "$OUT/log.txt" 2>&1
-  rc=$?
-  status=ok; [ "$rc" = 0 ] || status="failed $rc"
-  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
-  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+  finished "$name" $? "$t0"
 }
 
 # toy_eval NAME MIN_SECONDS: eval.sh's evaluation of the toy model on the synthetic benchmark
@@ -139,15 +143,12 @@ check() {
 # bf16); its table goes to log.txt, a record of kind "eval" with the evaluator's throughput
 # (images/s without the first batch) to results.jsonl. Skipped without $TOY_DIR/model_final.pth.
 toy_eval() {
-  local name=$1 need=$2 now left t0 rc status result
+  local name=$1 need=$2 left t0 rc result
   local cmd="$PYTHON tools/evaluate_benchmarks.py configs/quick_schedules/toy_synthetic.yaml 1 $TOY_DIR \
 MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none MODEL.DEVICE $DEVICE MODEL.PRECISION auto"
-  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  selected "$name" || return 0
   if [ "$DRY_RUN" = 1 ]; then echo "$name: BENCHMARKS=synthetic $cmd"; return; fi
-  now=$(date +%s); left=$((deadline - now))
-  if [ "$left" -lt "$need" ]; then
-    printf '%s\tskipped (%ss left)\t0\n' "$name" "$left" >> "$OUT/steps.tsv"; return
-  fi
+  has_time "$name" "$need" || return 0
   if [ ! -f "$TOY_DIR/model_final.pth" ]; then
     printf '%s\tskipped (no %s/model_final.pth: make demo, then carry it)\t0\n' "$name" "$TOY_DIR" >> "$OUT/steps.tsv"
     return
@@ -165,9 +166,7 @@ print(json.dumps({"kind": "eval", "tag": sys.argv[2], "device": sys.argv[3], "da
                   "num_images": r["num_images"], "mIoU": r["metrics"]["mIoU"], "throughput": r["throughput"]}))
 PY
   fi
-  status=ok; [ "$rc" = 0 ] || status="failed $rc"
-  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
-  echo "$name: $status ($(( $(date +%s) - t0 )) s)"
+  finished "$name" "$rc" "$t0"
 }
 
 # In order of importance: the issue's targets with the defaults first (on CUDA: bf16,
