@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from .aggregator import resolve_class_chunk_size
 from .cost_volume import PRUNED_CLASS_LOGIT
-from .sliding_window import merge_views
+from .sliding_window import merge_views, resize_maps
 
 # At most this many float32 elements (256 MB) per class chunk at the output resolution:
 # whatever the chunk setting, a 6000x4000 output is expanded 2 classes at a time.
@@ -44,14 +43,6 @@ ROUNDING_MARGIN = 1e-5
 MAX_WRITE_RUNS = 8
 
 
-def _bilinear(x: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Bilinear resize of ``x [N, C, h, w]`` to ``size`` (align_corners False), into ``out`` if given."""
-    if out is None:
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    # F.interpolate has no ``out``; its aten op (the same kernel) writes into the caller's tensor
-    return torch.ops.aten.upsample_bilinear2d.out(x, tuple(size), False, None, None, out=out)
-
-
 def _runs(values: torch.Tensor) -> List[Tuple[int, int]]:
     """``(first, end)`` index ranges of the maximal runs of consecutive integers in ``values``
     (a CPU int64 vector): ``values[first:end]`` is ``v, v + 1, ...``."""
@@ -60,6 +51,19 @@ def _runs(values: torch.Tensor) -> List[Tuple[int, int]]:
     breaks = ((values[1:] - values[:-1]) != 1).nonzero().squeeze(1).add(1).tolist()
     bounds = [0, *breaks, values.numel()]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _block_extremes(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum over every 2x2 block (stride 1) of ``maps [R, h, w]``: two
+    ``[R, h - 1, w - 1]`` tensors (a side of length 1 is not reduced over)."""
+    low = high = maps
+    for dim in (1, 2):
+        if maps.shape[dim] > 1:
+            first, second = low.narrow(dim, 0, low.shape[dim] - 1), low.narrow(dim, 1, low.shape[dim] - 1)
+            low = torch.minimum(first, second)
+            first, second = high.narrow(dim, 0, high.shape[dim] - 1), high.narrow(dim, 1, high.shape[dim] - 1)
+            high = torch.maximum(first, second)
+    return low, high
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -124,7 +128,7 @@ class ClassMaps:
     def _expand(self, rows: Union[slice, torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """float32 ``[len(rows), H, W]`` output-size probabilities of the stored rows ``rows``
         (written into ``out``, a contiguous float32 ``[len(rows), H, W]``, if given)."""
-        return _bilinear(self._source(rows)[None], self.out_size, None if out is None else out[None])[0]
+        return resize_maps(self._source(rows), self.out_size, out)
 
     def chunk_size(self, per_class: Optional[int] = None) -> int:
         """Rows expanded at once: the chunk setting, capped by :data:`MAX_CHUNK_ELEMENTS`
@@ -151,27 +155,70 @@ class ClassMaps:
                 else:
                     yield start, self._expand(index, None if out is None else out[index])
 
-    def candidate_rows(self) -> torch.Tensor:
-        """Rows that can be the highest at some output pixel ``[R']`` (ascending).
+    def _candidate_sources(self):
+        """``(rows, maps)`` chunks of the rows that can be the highest at some output pixel
+        (``rows [r]`` ascending within and across chunks; ``maps [r, h', w']`` their maps
+        before the last resize).
 
         Every output pixel of the last bilinear resize (align_corners False, any scale) is a
         convex combination of a 2x2 block of the source maps. A row whose maximum over every
         2x2 block is below (by :data:`ROUNDING_MARGIN`) the best minimum of another row over
-        the same block can therefore never win nor tie; it is left out of the output-size
-        computation, which changes neither the labels nor the confidence.
+        the same block can therefore never win nor tie; it is left out, which changes neither
+        the labels nor the confidence.
+
+        One pass computes the maps: a row already below the best minimum of the rows seen so
+        far is dropped at once (the bound only rises), the others' maps are kept (up to
+        :data:`MAX_CHUNK_ELEMENTS` elements; beyond that only their indices, and their maps
+        are computed again) and checked against the final bound.
         """
-        size = self._source_size()
-        kernel = (min(2, size[0]), min(2, size[1]))
         lower = None
-        for _, maps in self._chunks(expand=False):
-            block_min = (-F.max_pool2d(-maps[None], kernel, stride=1)[0]).amax(dim=0)  # best min per block
-            lower = block_min if lower is None else torch.maximum(lower, block_min)
-        lower.sub_(ROUNDING_MARGIN)
-        keep = []
-        for _, maps in self._chunks(expand=False):
-            block_max = F.max_pool2d(maps[None], kernel, stride=1)[0]
-            keep.append((block_max > lower).flatten(1).any(dim=1))
-        return torch.cat(keep).nonzero().squeeze(1)
+        kept, kept_elements, survivors = [], 0, []
+        for start, maps in self._chunks(expand=False):
+            block_min, block_max = _block_extremes(maps)
+            best_min = block_min.amax(dim=0)
+            lower = best_min if lower is None else torch.maximum(lower, best_min)
+            alive = (block_max > lower - ROUNDING_MARGIN).flatten(1).any(dim=1)
+            rows = alive.nonzero().squeeze(1)
+            survivors.append(rows + start)
+            if kept is not None and len(rows):
+                kept_elements += len(rows) * maps[0].numel()
+                if kept_elements <= MAX_CHUNK_ELEMENTS:
+                    kept.append((rows + start, maps[rows]))
+                else:
+                    kept = None
+            del maps, block_min, block_max
+        threshold = lower - ROUNDING_MARGIN
+        if kept is None:  # too many to keep: their maps again, in chunks
+            survivors = torch.cat(survivors)
+            kept = ((survivors[start:start + len(maps)], maps)
+                    for start, maps in self._chunks(survivors, expand=False))
+        for rows, maps in kept:
+            wins = (_block_extremes(maps)[1] > threshold).flatten(1).any(dim=1)
+            if wins.all():
+                yield rows, maps
+            elif wins.any():
+                yield rows[wins], maps[wins]
+
+    def candidate_rows(self) -> torch.Tensor:
+        """Rows that can be the highest at some output pixel ``[R']`` (ascending; see
+        :meth:`_candidate_sources`)."""
+        return torch.cat([rows for rows, _ in self._candidate_sources()])
+
+    def _output_chunks(self):
+        """``(rows, probs)``: output-size probabilities ``probs [r, H, W]`` of chunks of rows
+        ``rows [r]`` (ascending within and across chunks), of every row that can be the
+        highest at some output pixel: all rows when the output is no larger than the maps
+        before the last resize, else the :meth:`_candidate_sources`."""
+        source = self._source_size()
+        if self.num_rows > 1 and self.out_size[0] * self.out_size[1] > source[0] * source[1]:
+            step = self.chunk_size()
+            with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+                for rows, maps in self._candidate_sources():
+                    for first in range(0, len(rows), step):
+                        yield rows[first:first + step], resize_maps(maps[first:first + step], self.out_size)
+            return
+        for start, probs in self._chunks():
+            yield torch.arange(start, start + len(probs), device=self.device), probs
 
     def labels_and_confidence(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(labels [H, W] int64, confidence [H, W] float32)``: argmax and max over classes
@@ -180,23 +227,18 @@ class ClassMaps:
         When the output is larger than the maps before the last resize, only the
         :meth:`candidate_rows` are expanded to the output size.
         """
-        rows = None
-        source = self._source_size()
-        if self.num_rows > 1 and self.out_size[0] * self.out_size[1] > source[0] * source[1]:
-            rows = self.candidate_rows()
         best = labels = None
-        for start, probs in self._chunks(rows):
+        for rows, probs in self._output_chunks():
             # the chunk's max and argmax in one pass (ties: the first maximal, i.e. lowest, row)
             chunk_best, chunk_labels = probs.max(dim=0)
             del probs
+            chunk_labels = rows[chunk_labels]  # position in the chunk -> row
             if best is None:
                 best, labels = chunk_best, chunk_labels
                 continue
             better = torch.gt(chunk_best, best)  # strict: on ties the earlier (lower) chunk keeps the pixel
             torch.maximum(best, chunk_best, out=best)
-            labels = torch.where(better, chunk_labels + start, labels)
-        if rows is not None:  # position in ``rows`` -> row
-            labels = rows[labels]
+            labels = torch.where(better, chunk_labels, labels)
         if self.num_rows != self.num_classes:  # row -> class index
             labels = self.row_classes[labels]
         return labels, best
@@ -272,8 +314,8 @@ class WholeImageMaps(ClassMaps):
         return self.image_size
 
     def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
-        probs = self.data[rows].float().sigmoid()[None]
-        return _bilinear(probs, self.padded_size)[0, :, :self.image_size[0], :self.image_size[1]]
+        probs = self.data[rows].float().sigmoid()
+        return resize_maps(probs, self.padded_size)[:, :self.image_size[0], :self.image_size[1]]
 
 
 class SlidingWindowMaps(ClassMaps):

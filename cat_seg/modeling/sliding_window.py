@@ -6,10 +6,29 @@ overlapping crop predictions (coverage counts 1/2/4) and averages that 50/50 wit
 prediction.
 """
 from functools import lru_cache
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+
+def resize_maps(maps: torch.Tensor, size: Sequence[int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bilinear resize (align_corners False) of every map of ``maps [..., h, w]`` to ``size``.
+
+    Returns ``[..., H, W]``, written into ``out`` (contiguous, that shape) if given. Each map
+    is resized as an image of its own (``[maps, 1, h, w]``): torch's CPU kernel picks its
+    vectorisation by the number of channels and the output size, with results that differ in
+    the last bit, so only this way does resizing the classes a chunk at a time give the same
+    bits as all at once. (The speed is the same.)
+    """
+    size = (int(size[0]), int(size[1]))
+    planes = maps.reshape(-1, 1, *maps.shape[-2:])
+    if out is None:
+        resized = F.interpolate(planes, size=size, mode="bilinear", align_corners=False)
+        return resized.view(*maps.shape[:-2], *size)
+    # F.interpolate has no ``out``; its aten op (the same kernel) writes into the caller's tensor
+    torch.ops.aten.upsample_bilinear2d.out(planes, size, False, None, None, out=out.view(-1, 1, *size))
+    return out
 
 
 def window_stride(crop: int, overlap: float) -> int:
@@ -88,6 +107,6 @@ def merge_views(logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, c
     power of two, so this differs from ``(sum / coverage + global) / 2`` only in the order of
     the additions (float32 rounding).
     """
-    probs = F.interpolate(logits.float(), size=(crop, crop), mode="bilinear", align_corners=False).sigmoid_()
-    merged = F.interpolate(probs[-1:].mul_(0.5), size=tuple(canvas), mode="bilinear", align_corners=False)[0]
+    probs = resize_maps(logits.float(), (crop, crop)).sigmoid_()
+    merged = resize_maps(probs[-1].mul_(0.5), canvas)
     return merge_windows(probs[:-1], boxes, canvas, out=merged, scale=0.5)

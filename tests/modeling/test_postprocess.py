@@ -126,6 +126,58 @@ def test_candidate_rows_leave_out_only_losers():
     assert torch.equal(labels, want.argmax(0)) and torch.equal(confidence, want.amax(0))
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 9), (3, 1, 9), (3, 7, 1), (2, 1, 1)])
+def test_block_extremes_equal_max_pooling(shape):
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    kernel = (min(2, shape[1]), min(2, shape[2]))
+    low, high = postprocess._block_extremes(maps)
+    assert torch.equal(low, -F.max_pool2d(-maps[None], kernel, stride=1)[0])
+    assert torch.equal(high, F.max_pool2d(maps[None], kernel, stride=1)[0])
+
+
+def sliding_with_losers(seed=6):
+    """Sliding-window logits of 9 classes on a 66x66 canvas, with classes that never win."""
+    crop, canvas = 40, (66, 66)
+    boxes = window_boxes(canvas, crop, window_stride(crop, 0.333))
+    logits = random_logits((len(boxes) + 1, 9, 10, 10), 1, [], seed=seed)
+    logits[:, 0] = 8 + logits[:, 0] / 30  # near 1 everywhere
+    logits[:, [2, 5, 6]] = logits[:, :1] - 6  # always below class 0 by a margin
+    logits[:, 7] = logits[:, 0]  # tied with class 0
+    return logits, boxes, crop, canvas
+
+
+@pytest.mark.parametrize("keep", ["all", "few"])
+def test_labels_compute_each_map_once(monkeypatch, keep):
+    """The labels of an output larger than the canvas merge every class's views once (the
+    candidate rows' maps are kept for their expansion); when more would have to be kept than
+    allowed, only the candidates are merged a second time. Same labels and confidence either
+    way, and the same candidates as the rule computed on all maps at once."""
+    logits, boxes, crop, canvas = sliding_with_losers()
+    out_size = (150, 120)  # larger than the canvas: only candidates are expanded
+    merged = merge_views(logits, boxes, crop, canvas)  # [T, 66, 66], all classes at once
+    block_min = -F.max_pool2d(-merged[None], 2, stride=1)[0]
+    block_max = F.max_pool2d(merged[None], 2, stride=1)[0]
+    lower = block_min.amax(dim=0) - postprocess.ROUNDING_MARGIN
+    want_candidates = (block_max > lower).flatten(1).any(dim=1).nonzero().squeeze(1).tolist()
+    assert {0, 7} <= set(want_candidates) and not {2, 5, 6} & set(want_candidates)
+    want = bilinear(merged[None], out_size)[0]
+
+    if keep == "few":  # one map of the canvas' size may be kept: classes 0 and 7 both win somewhere
+        monkeypatch.setattr(postprocess, "MAX_CHUNK_ELEMENTS", 66 * 66)
+    maps = SlidingWindowMaps(logits, boxes, crop, canvas, out_size, 2)
+    sourced = []
+    source = maps._source
+    monkeypatch.setattr(maps, "_source", lambda rows: sourced.append(source(rows).shape[0]) or source(rows))
+    labels, confidence = maps.labels_and_confidence()
+    assert torch.equal(labels, want.argmax(dim=0)) and torch.equal(confidence, want.amax(dim=0))
+    if keep == "all":
+        assert sum(sourced) == 9  # each class's views merged once
+    else:
+        assert 9 < sum(sourced) < 9 + 9  # the survivors of the first pass again, not every class
+    sourced.clear()
+    assert maps.candidate_rows().tolist() == want_candidates
+
+
 @pytest.mark.parametrize("chunk", [2, 0])
 def test_ties_go_to_the_lowest_class(chunk):
     """Identical maps in different chunks (chunk 2) or in one chunk (0): the first class wins,
