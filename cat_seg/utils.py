@@ -52,6 +52,12 @@ def read_class_json(path: str, key: str = "class json") -> List[str]:
     return names
 
 
+def same_device(a, b) -> bool:
+    """Whether the torch devices ``a`` and ``b`` are one device; a device without an index
+    (``torch.device("cuda")``) matches every index of its type."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 

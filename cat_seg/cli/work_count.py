@@ -77,6 +77,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..utils import same_device
+
 # the autograd sequence counter (torch >= 2.4 has it; without it backward ops are attributed by
 # the module hooks alone)
 _sequence_nr = getattr(getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
@@ -234,13 +236,9 @@ class _LiveMemory:
         self.peak_by_label: Dict[str, int] = {}
         self._entries: Dict[Tuple[str, int, int], Tuple[object, int, str]] = {}
 
-    def _same_device(self, t: torch.Tensor) -> bool:
-        d = t.device
-        return d.type == self.device.type and (self.device.index is None or d.index in (None, self.device.index))
-
     def add(self, t: torch.Tensor, label: str) -> None:
         """Register ``t``'s storage under ``label`` unless it is known already."""
-        key = _storage_key(t) if self._same_device(t) else None
+        key = _storage_key(t) if same_device(t.device, self.device) else None
         if key is None or key in self._entries:
             return
         storage = t.untyped_storage()
@@ -264,7 +262,7 @@ class _LiveMemory:
         gc.collect()  # unreachable tensors are not alive
         for obj in gc.get_objects():
             # type(), not isinstance(): some deprecated objects warn when asked their __class__
-            if issubclass(type(obj), torch.Tensor) and self._same_device(obj):
+            if issubclass(type(obj), torch.Tensor) and same_device(obj.device, self.device):
                 self.add(obj, labels.get(_storage_key(obj), "before: other"))
         self.before = self.live
         self.update_peak({})

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..utils import same_device
 from .aggregator import resolve_class_chunk_size
 from .cost_volume import PRUNED_CLASS_LOGIT
 from .sliding_window import merge_views, resize_maps
@@ -64,10 +65,6 @@ def _block_extremes(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
             first, second = high.narrow(dim, 0, high.shape[dim] - 1), high.narrow(dim, 1, high.shape[dim] - 1)
             high = torch.maximum(first, second)
     return low, high
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class ClassMaps:
@@ -250,7 +247,7 @@ class ClassMaps:
         device = self.device if device is None else torch.device(device)
         if classes is None and self.num_rows == self.num_classes:  # every class, no pruned class
             out = torch.empty((self.num_classes, *self.out_size), dtype=dtype, device=device)
-            if dtype == torch.float32 and _same_device(device, self.device):  # resized straight into ``out``
+            if dtype == torch.float32 and same_device(device, self.device):  # resized straight into ``out``
                 for _ in self._chunks(out=out):  # each chunk is resized into its slice of ``out``
                     pass
                 return out

@@ -228,6 +228,17 @@ def test_runs_of_consecutive_values():
     assert postprocess._runs(torch.tensor([2])) == [(0, 1)]
 
 
+def test_same_device():
+    """The rule the output stage (and the work counter) match devices by: a device without an
+    index matches every index of its type."""
+    from cat_seg.utils import same_device
+
+    d = torch.device
+    assert same_device(d("cpu"), d("cpu")) and same_device(d("cuda"), d("cuda:1"))
+    assert same_device(d("cuda:1"), d("cuda")) and same_device(d("cuda:0"), d("cuda:0"))
+    assert not same_device(d("cuda:0"), d("cuda:1")) and not same_device(d("cpu"), d("cuda"))
+
+
 def test_output_request_keys():
     logits = random_logits((5, 16, 24), 0, [])
     want = full_whole_image(logits, **WHOLE)
