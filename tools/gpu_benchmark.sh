@@ -35,6 +35,8 @@
 #   ONLY="a b"   run only these steps (names as in steps.tsv)
 #   STEP_ENV="VAR=value ..."  environment variables for every benchmark step (one step sets its own)
 #   TOY_DIR      the toy run's OUTPUT_DIR for step toy_eval (default output/toy: make demo)
+#   PRECOMPILE   1 (default on CUDA, not with SMOKE) | 0: first compile the main steps' graphs
+#                all at once (see precompile below); PRECOMPILE_LIMIT seconds at most (300)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_benchmark_out}
@@ -46,6 +48,10 @@ SMOKE=${SMOKE:-0}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
 TOY_DIR=${TOY_DIR:-output/toy}
+PRECOMPILE_LIMIT=${PRECOMPILE_LIMIT:-300}
+if [ -z "${PRECOMPILE:-}" ]; then
+  PRECOMPILE=0; [ "$DEVICE" = cuda ] && [ "$SMOKE" != 1 ] && PRECOMPILE=1
+fi
 start=$(date +%s)
 deadline=$((start + TIME_LIMIT))
 if [ "$DRY_RUN" != 1 ]; then
@@ -92,6 +98,17 @@ else
   PRECISION=""  # MODEL.PRECISION of the config (auto: bf16 on the GPU)
 fi
 BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
+# The main steps' arguments (without the iteration counts), for both their precompilation
+# and their measurement.
+declare -A ARGS=(
+  [vitb_infer_150]="--mode infer --classes 150 $VITB $PRECISION"
+  [vitb_train_b$TRAIN_BATCH]="--mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION"
+  [vitb_infer_$BIG]="--mode infer --classes $BIG $VITB $PRECISION"
+)
+if [ "$SMOKE" != 1 ]; then
+  ARGS[vitl_infer_150]="--mode infer --classes 150 $VITL"
+  ARGS[vitl_train_b4]="--mode train --batch 4 --classes 171 $VITL"
+fi
 
 # What the step kinds below share. selected NAME: the step is in ONLY (or ONLY is empty).
 # has_time NAME NEED: sets the caller's `left` to the seconds left; false, with a "skipped"
@@ -138,6 +155,45 @@ check() {
   finished "$name" $? "$t0"
 }
 
+# precompile NAMES...: the selected main steps among NAMES run at once, each in a background
+# process for one iteration (--iters 1 --warmup 0), before they are measured one by one:
+# their compilations (about 1-2 minutes each on the H200's host, mostly single-threaded Python)
+# overlap, and fill inductor's on-disk cache, from which the measured step's first call then
+# loads its graphs. Each writes a record tagged NAME_cold (first_call_s: the cold compilation,
+# slowed by the others beside it) and a status line; all are stopped after PRECOMPILE_LIMIT
+# seconds (a step whose compilation was cut compiles the rest when it is measured).
+precompile() {
+  local name names=() pids=() left t0 budget threads i rc
+  [ "$PRECOMPILE" = 1 ] || return 0
+  for name in "$@"; do
+    if selected "$name" && [ -n "${ARGS[$name]:-}" ]; then names+=("$name"); fi
+  done
+  [ "${#names[@]}" -gt 0 ] || return 0
+  if [ "$DRY_RUN" = 1 ]; then
+    for name in "${names[@]}"; do echo "${name}_cold: (at once) $BENCH --tag ${name}_cold ${ARGS[$name]} --iters 1 --warmup 0"; done
+    return
+  fi
+  has_time precompile 120 || return 0
+  budget=$(( left < PRECOMPILE_LIMIT ? left : PRECOMPILE_LIMIT ))
+  threads=$(( $(nproc) / ${#names[@]} )); [ "$threads" -ge 2 ] || threads=2
+  mkdir -p /tmp/gpu_benchmark_precompile
+  t0=$(date +%s)
+  for name in "${names[@]}"; do
+    env ${STEP_ENV:-} TORCHINDUCTOR_COMPILE_THREADS=$threads timeout --kill-after=10 "$budget" \
+        $BENCH --tag "${name}_cold" ${ARGS[$name]} --iters 1 --warmup 0 \
+        > "/tmp/gpu_benchmark_precompile/$name.jsonl" 2> "/tmp/gpu_benchmark_precompile/$name.log" &
+    pids+=($!)
+  done
+  for i in "${!names[@]}"; do
+    name=${names[$i]}
+    wait "${pids[$i]}"; rc=$?
+    cat "/tmp/gpu_benchmark_precompile/$name.jsonl" >> "$OUT/results.jsonl"
+    { echo "=== ${name}_cold (precompile, ${#names[@]} at once): ${ARGS[$name]}"
+      cat "/tmp/gpu_benchmark_precompile/$name.log"; } >> "$OUT/log.txt"
+    finished "${name}_cold" "$rc" "$t0"
+  done
+}
+
 # toy_eval NAME MIN_SECONDS: eval.sh's evaluation of the toy model on the synthetic benchmark
 # on $DEVICE with the defaults there (on CUDA: batches of 8 images, compiled, CUDA graphs,
 # bf16); its table goes to log.txt, a record of kind "eval" with the evaluator's throughput
@@ -179,11 +235,13 @@ PY
 # the steps with ONLY (they run in this order).
 EAGER="--no-compile --no-cuda-graphs"
 [ "$SMOKE" = 1 ] && EAGER=""
-step vitb_infer_150       40 --mode infer --classes 150 $VITB $PRECISION $ITERS
-step vitb_train_b$TRAIN_BATCH 60 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS
-[ "$SMOKE" = 1 ] || step vitl_infer_150 60 --mode infer --classes 150 $VITL $ITERS
-[ "$SMOKE" = 1 ] || step vitl_train_b4  60 --mode train --batch 4 --classes 171 $VITL $ITERS
-step vitb_infer_$BIG      40 --mode infer --classes $BIG $VITB $PRECISION $ITERS
+MAIN="vitb_infer_150 vitb_train_b$TRAIN_BATCH vitl_infer_150 vitl_train_b4 vitb_infer_$BIG"
+precompile $MAIN
+for name in $MAIN; do
+  [ -n "${ARGS[$name]:-}" ] || continue  # ViT-L: not with SMOKE
+  case $name in *train*|vitl*) need=60 ;; *) need=40 ;; esac
+  step "$name" "$need" ${ARGS[$name]} $ITERS
+done
 # graph capture/replay, inductor on CUDA, the fp32/bf16 CUDA paths against CPU/fp32
 [ "$SMOKE" = 1 ] || check cuda_tests 60 tests/perf/test_cuda_graphs.py tests/perf/test_cuda_model.py
 # the toy model's bf16 labels against fp32 on the GPU (skipped unless the toy files are carried)

@@ -128,9 +128,14 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
         assert name in steps, name
         assert f"--tag {name}" in steps[name] and "--device cuda" in steps[name]
     assert "compile" not in steps["vitb_infer_150"]  # the defaults: compiled and graphed on CUDA
-    # the targets first, the ViT-L ones (never measured) before the 847-class ViT-B inference
+    # the targets first, the ViT-L ones (never measured) before the 847-class ViT-B inference;
+    # on CUDA their graphs are compiled first, all at once, each with the arguments of its step
+    main = ["vitb_infer_150", "vitb_train_b4", "vitl_infer_150", "vitl_train_b4", "vitb_infer_847"]
     order = list(steps)
-    assert order[:5] == ["vitb_infer_150", "vitb_train_b4", "vitl_infer_150", "vitl_train_b4", "vitb_infer_847"]
+    assert order[:10] == [f"{name}_cold" for name in main] + main
+    for name in main:
+        cold = steps[f"{name}_cold"].replace("(at once) ", "").replace(f"--tag {name}_cold ", f"--tag {name} ")
+        assert " ".join(cold.split()) == " ".join(steps[name].split()).replace("--iters 10 --warmup 3", "--iters 1 --warmup 0")
     assert "--no-compile --no-cuda-graphs" in steps["vitb_infer_150_eager"]
     assert "--no-cuda-graphs" in steps["vitb_infer_150_nographs"]
     assert "--batch 8" in steps["vitb_infer_150_b8"] and "vitb_infer_150_cached" in steps
@@ -150,15 +155,21 @@ def test_gpu_script_dry_run_lists_the_gpu_steps(tmp_path):
 
 
 def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
-    proc = run_gpu_script(tmp_path, ONLY="vitb_infer_150 vitb_train_b2 vitb_infer_150_profile vitb_count_infer_150")
+    """The steps' records, status lines, summary and profile; with PRECOMPILE=1 (the default
+    on CUDA) the selected main steps run first, at once, for one iteration each."""
+    proc = run_gpu_script(tmp_path, ONLY="vitb_infer_150 vitb_train_b2 vitb_infer_150_profile vitb_count_infer_150",
+                          PRECOMPILE="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "out"
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["tag"] for r in records] == ["vitb_infer_150", "vitb_train_b2", "vitb_infer_150_profile",
-                                           "vitb_count_infer_150"]
-    assert [r["kind"] for r in records] == ["time", "time", "time", "count"]
+    assert [r["tag"] for r in records] == ["vitb_infer_150_cold", "vitb_train_b2_cold", "vitb_infer_150",
+                                           "vitb_train_b2", "vitb_infer_150_profile", "vitb_count_infer_150"]
+    assert [r["kind"] for r in records] == ["time"] * 5 + ["count"]
+    assert [(r["iters"], r["warmup"]) for r in records[:2]] == [(1, 0), (1, 0)]
     steps = (out / "steps.tsv").read_text().splitlines()
-    assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 5
+    assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 7
+    assert [line.split("\t")[0] for line in steps[1:3]] == ["vitb_infer_150_cold", "vitb_train_b2_cold"]
+    assert "=== vitb_train_b2_cold (precompile, 2 at once): --mode train --batch 2" in (out / "log.txt").read_text()
     summary = (out / "summary.md").read_text()
     assert "| vitb_train_b2 | train | 171 | 2 | fp32 |" in summary and "Counted work, vitb_count_infer_150" in summary
     assert "Estimated peak of the live tensors, vitb_count_infer_150:" in summary
