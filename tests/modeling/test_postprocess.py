@@ -44,6 +44,14 @@ def random_logits(shape, class_dim, pruned, seed=0):
     return logits
 
 
+@pytest.fixture(params=["row by row", "per chunk"])
+def merge(request, monkeypatch):
+    """Both ways of merging the output-size maps into the running best (the CPU's and the
+    GPU's; ``postprocess._merges_row_by_row``) give the same labels and confidence."""
+    monkeypatch.setattr(postprocess, "_merges_row_by_row", lambda device: request.param == "row by row")
+    return request.param
+
+
 WHOLE = dict(padded=(64, 96), image_size=(50, 90), out_size=(77, 131))
 PRUNED = [1, 4, 5, 9]
 
@@ -54,7 +62,7 @@ def whole_maps(logits, chunk):
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 0, -1])
 @pytest.mark.parametrize("pruned", [[], PRUNED])
-def test_whole_image_streamed_equals_full(chunk, pruned):
+def test_whole_image_streamed_equals_full(chunk, pruned, merge):
     logits = random_logits((11, 16, 24), 0, pruned)
     want = full_whole_image(logits, **WHOLE)
     maps = whole_maps(logits, chunk)
@@ -70,7 +78,7 @@ def test_whole_image_streamed_equals_full(chunk, pruned):
 
 @pytest.mark.parametrize("chunk", [1, 2, 5, 0])
 @pytest.mark.parametrize("pruned", [[], [0, 2, 3]])
-def test_sliding_window_streamed_equals_full(chunk, pruned):
+def test_sliding_window_streamed_equals_full(chunk, pruned, merge):
     crop, canvas = 40, (66, 66)
     boxes = window_boxes(canvas, crop, window_stride(crop, 0.333))
     logits = random_logits((len(boxes) + 1, 7, 10, 10), 1, pruned, seed=1)
@@ -100,7 +108,7 @@ def test_single_chunk_probabilities_in_any_dtype():
     assert half.dtype == torch.float16 and torch.equal(half, want.half())
 
 
-def test_element_cap_splits_chunks(monkeypatch):
+def test_element_cap_splits_chunks(monkeypatch, merge):
     """A large output is expanded a few classes at a time whatever the chunk setting."""
     logits = random_logits((11, 16, 24), 0, [])
     maps = whole_maps(logits, 0)
@@ -112,7 +120,7 @@ def test_element_cap_splits_chunks(monkeypatch):
     assert torch.equal(labels, argmax) and torch.equal(confidence, best)
 
 
-def test_candidate_rows_leave_out_only_losers():
+def test_candidate_rows_leave_out_only_losers(merge):
     """A class below another one by a margin everywhere is not expanded; tied classes are."""
     logits = random_logits((6, 16, 24), 0, [])
     logits[0] = 6 + logits[0] / 30  # probability near 0.997 everywhere
@@ -147,7 +155,7 @@ def sliding_with_losers(seed=6):
 
 
 @pytest.mark.parametrize("keep", ["all", "few"])
-def test_labels_compute_each_map_once(monkeypatch, keep):
+def test_labels_compute_each_map_once(monkeypatch, keep, merge):
     """The labels of an output larger than the canvas merge every class's views once (the
     candidate rows' maps are kept for their expansion); when more would have to be kept than
     allowed, only the candidates are merged a second time. Same labels and confidence either
@@ -179,7 +187,7 @@ def test_labels_compute_each_map_once(monkeypatch, keep):
 
 
 @pytest.mark.parametrize("chunk", [2, 0])
-def test_ties_go_to_the_lowest_class(chunk):
+def test_ties_go_to_the_lowest_class(chunk, merge):
     """Identical maps in different chunks (chunk 2) or in one chunk (0): the first class wins,
     as with argmax."""
     logits = random_logits((6, 16, 24), 0, [])
@@ -191,7 +199,7 @@ def test_ties_go_to_the_lowest_class(chunk):
     assert (labels == 3).all()
 
 
-def test_pruned_classes_can_win():
+def test_pruned_classes_can_win(merge):
     """Where no live class beats the pruned constant (all underflow to 0 here), the argmax over
     the full tensor is the lowest class index, here the first pruned class: streaming agrees."""
     logits = random_logits((6, 16, 24), 0, [0, 4])
@@ -239,7 +247,7 @@ def test_same_device():
     assert not same_device(d("cuda:0"), d("cuda:1")) and not same_device(d("cpu"), d("cuda"))
 
 
-def test_output_request_keys():
+def test_output_request_keys(merge):
     logits = random_logits((5, 16, 24), 0, [])
     want = full_whole_image(logits, **WHOLE)
     assert set(OutputRequest().outputs(whole_maps(logits, 2))) == {"sem_seg"}
