@@ -19,7 +19,8 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int], out: Optional[torch.Ten
     is resized as an image of its own (``[maps, 1, h, w]``): torch's CPU kernel picks its
     vectorisation by the number of channels and the output size, with results that differ in
     the last bit, so only this way does resizing the classes a chunk at a time give the same
-    bits as all at once. (The speed is the same.)
+    bits as all at once (at up to about 10% more time for the resizes on a CPU;
+    docs/benchmarks.md, "Large images").
     """
     size = (int(size[0]), int(size[1]))
     planes = maps.reshape(-1, 1, *maps.shape[-2:])
