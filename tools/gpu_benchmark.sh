@@ -163,7 +163,7 @@ check() {
 # slowed by the others beside it) and a status line; all are stopped after PRECOMPILE_LIMIT
 # seconds (a step whose compilation was cut compiles the rest when it is measured).
 precompile() {
-  local name names=() pids=() left t0 budget threads i rc
+  local name names=() pids=() left t0 budget threads i rc tmp
   [ "$PRECOMPILE" = 1 ] || return 0
   for name in "$@"; do
     if selected "$name" && [ -n "${ARGS[$name]:-}" ]; then names+=("$name"); fi
@@ -176,22 +176,23 @@ precompile() {
   has_time precompile 120 || return 0
   budget=$(( left < PRECOMPILE_LIMIT ? left : PRECOMPILE_LIMIT ))
   threads=$(( $(nproc) / ${#names[@]} )); [ "$threads" -ge 2 ] || threads=2
-  mkdir -p /tmp/gpu_benchmark_precompile
+  tmp=$(mktemp -d)
   t0=$(date +%s)
   for name in "${names[@]}"; do
     env ${STEP_ENV:-} TORCHINDUCTOR_COMPILE_THREADS=$threads timeout --kill-after=10 "$budget" \
         $BENCH --tag "${name}_cold" ${ARGS[$name]} --iters 1 --warmup 0 \
-        > "/tmp/gpu_benchmark_precompile/$name.jsonl" 2> "/tmp/gpu_benchmark_precompile/$name.log" &
+        > "$tmp/$name.jsonl" 2> "$tmp/$name.log" &
     pids+=($!)
   done
   for i in "${!names[@]}"; do
     name=${names[$i]}
     wait "${pids[$i]}"; rc=$?
-    cat "/tmp/gpu_benchmark_precompile/$name.jsonl" >> "$OUT/results.jsonl"
+    cat "$tmp/$name.jsonl" >> "$OUT/results.jsonl"
     { echo "=== ${name}_cold (precompile, ${#names[@]} at once): ${ARGS[$name]}"
-      cat "/tmp/gpu_benchmark_precompile/$name.log"; } >> "$OUT/log.txt"
+      cat "$tmp/$name.log"; } >> "$OUT/log.txt"
     finished "${name}_cold" "$rc" "$t0"
   done
+  rm -rf "$tmp"
 }
 
 # toy_eval NAME MIN_SECONDS: eval.sh's evaluation of the toy model on the synthetic benchmark

@@ -54,17 +54,14 @@ def _runs(values: torch.Tensor) -> List[Tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _block_extremes(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Minimum and maximum over every 2x2 block (stride 1) of ``maps [R, h, w]``: two
-    ``[R, h - 1, w - 1]`` tensors (a side of length 1 is not reduced over)."""
-    low = high = maps
+def _block_reduce(maps: torch.Tensor, op) -> torch.Tensor:
+    """``op`` (``torch.minimum`` or ``torch.maximum``) over every 2x2 block (stride 1) of
+    ``maps [R, h, w]``: ``[R, h - 1, w - 1]`` (a side of length 1 is not reduced over)."""
     for dim in (1, 2):
-        if maps.shape[dim] > 1:
-            first, second = low.narrow(dim, 0, low.shape[dim] - 1), low.narrow(dim, 1, low.shape[dim] - 1)
-            low = torch.minimum(first, second)
-            first, second = high.narrow(dim, 0, high.shape[dim] - 1), high.narrow(dim, 1, high.shape[dim] - 1)
-            high = torch.maximum(first, second)
-    return low, high
+        pairs = maps.shape[dim] - 1
+        if pairs:
+            maps = op(maps.narrow(dim, 0, pairs), maps.narrow(dim, 1, pairs))
+    return maps
 
 
 def _merges_row_by_row(device: torch.device) -> bool:
@@ -185,8 +182,8 @@ class ClassMaps:
         lower = None
         kept, kept_elements, survivors = [], 0, []
         for start, maps in self._chunks(expand=False):
-            block_min, block_max = _block_extremes(maps)
-            best_min = block_min.amax(dim=0)
+            block_max = _block_reduce(maps, torch.maximum)
+            best_min = _block_reduce(maps, torch.minimum).amax(dim=0)
             lower = best_min if lower is None else torch.maximum(lower, best_min)
             alive = (block_max > lower - ROUNDING_MARGIN).flatten(1).any(dim=1)
             rows = alive.nonzero().squeeze(1)
@@ -197,14 +194,14 @@ class ClassMaps:
                     kept.append((rows + start, maps[rows]))
                 else:
                     kept = None
-            del maps, block_min, block_max
+            del maps, block_max
         threshold = lower - ROUNDING_MARGIN
         if kept is None:  # too many to keep: their maps again, in chunks
             survivors = torch.cat(survivors)
             kept = ((survivors[start:start + len(maps)], maps)
                     for start, maps in self._chunks(survivors, expand=False))
         for rows, maps in kept:
-            wins = (_block_extremes(maps)[1] > threshold).flatten(1).any(dim=1)
+            wins = (_block_reduce(maps, torch.maximum) > threshold).flatten(1).any(dim=1)
             if wins.all():
                 yield rows, maps
             elif wins.any():

@@ -138,7 +138,7 @@ def test_candidate_rows_leave_out_only_losers(merge):
 def test_block_extremes_equal_max_pooling(shape):
     maps = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     kernel = (min(2, shape[1]), min(2, shape[2]))
-    low, high = postprocess._block_extremes(maps)
+    low, high = postprocess._block_reduce(maps, torch.minimum), postprocess._block_reduce(maps, torch.maximum)
     assert torch.equal(low, -F.max_pool2d(-maps[None], kernel, stride=1)[0])
     assert torch.equal(high, F.max_pool2d(maps[None], kernel, stride=1)[0])
 
