@@ -69,10 +69,10 @@ def _merges_row_by_row(device: torch.device) -> bool:
     running best: each class on its own (compare, maximum, fill the label where it won) on a
     CPU, or one max/argmax per chunk of classes and one select on a GPU.
 
-    Measured on a 2-core AMD EPYC (AVX512, native bf16; torch 2.14.1), per class: 0.16 ms at 512x683 and 14 ms at
-    6000x4000 row by row, against 0.4-1 ms and 36-250 ms per chunk of 16 to 1 classes (the
-    max over a short class axis, its int64 indices, their gather and the select cost more than
-    three elementwise passes). On a GPU the per-class passes are tiny kernels whose launches
+    Measured on a 2-core AMD EPYC (AVX512, native bf16; torch 2.14.1), per class: 0.16 ms at
+    512x683 and 14 ms at 6000x4000 row by row, against 0.4-1 ms and 36-250 ms per chunk of 16
+    to 1 classes (the max over a short class axis, its int64 indices, their gather and the
+    select cost more than three elementwise passes). On a GPU the per-class passes are tiny kernels whose launches
     dominate: three per chunk instead of three per class.
     """
     return device.type == "cpu"
