@@ -3,9 +3,12 @@
 ``build_optimizer`` creates one parameter group per trainable parameter so that every
 parameter can carry its own learning rate and weight decay:
 
-* LR: ``SOLVER.BASE_LR``, times ``SOLVER.CLIP_MULTIPLIER`` when the owning module path
-  contains ``clip`` (our ``backbone.clip.*`` and the official ``...clip_model.*``), otherwise
-  times ``SOLVER.BACKBONE_MULTIPLIER`` when it contains ``backbone``.
+* LR: ``SOLVER.BASE_LR``, times ``SOLVER.CLIP_MULTIPLIER`` for CLIP's parameters: those
+  whose owning module path contains ``clip`` (our ``backbone.clip.*`` and the official
+  ``...clip_model.*``) and those a module lists in a ``clip_parameters()`` method (the deep
+  visual prompt tokens ``backbone.visual_prompt_tokens``, which the official code keeps inside
+  its CLIP model); otherwise times ``SOLVER.BACKBONE_MULTIPLIER`` when the path contains
+  ``backbone``.
 * Weight decay: ``SOLVER.WEIGHT_DECAY``, except ``SOLVER.WEIGHT_DECAY_NORM`` for parameters
   of normalisation modules, ``SOLVER.WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and 0 for
   parameters named ``relative_position_bias_table`` / ``absolute_pos_embed``. Biases,
@@ -60,13 +63,15 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any
     defaults = {"lr": base_lr, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
     params: List[Dict[str, Any]] = []
     memo: Set[torch.nn.Parameter] = set()
+    declared_clip = {id(p) for m in model.modules() if callable(getattr(m, "clip_parameters", None))
+                     for p in m.clip_parameters()}
     for module_name, module in model.named_modules():
         for param_name, value in module.named_parameters(recurse=False):
             if not value.requires_grad or value in memo:
                 continue
             memo.add(value)
             hyperparams = copy.copy(defaults)
-            if "clip" in module_name:
+            if "clip" in module_name or id(value) in declared_clip:
                 hyperparams["lr"] = base_lr * cfg.SOLVER.CLIP_MULTIPLIER
             elif "backbone" in module_name:
                 hyperparams["lr"] = base_lr * cfg.SOLVER.BACKBONE_MULTIPLIER

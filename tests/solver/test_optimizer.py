@@ -262,3 +262,20 @@ def test_cosine_schedule_matches_formula():
         optimizer.step()
         scheduler.step()
     assert seen == checkpoints
+
+
+def test_visual_prompt_tokens_take_the_clip_multiplier(build_cfg):
+    """The deep visual prompt tokens live beside CLIP (``backbone.visual_prompt_tokens``), not
+    inside it as in the official code; they still get CLIP's learning rate, not the backbone
+    multiplier (0 in the released configs, which would freeze them)."""
+    from cat_seg.modeling.meta_arch.cat_seg import CATSeg
+
+    cfg = build_cfg("b", **{"MODEL.SEM_SEG_HEAD.CLIP_FINETUNE": "prompt", "MODEL.SEM_SEG_HEAD.PROMPT_DEPTH": 2,
+                            "MODEL.SEM_SEG_HEAD.PROMPT_LENGTH": 3, "SOLVER.BACKBONE_MULTIPLIER": 0.0,
+                            "SOLVER.CLIP_MULTIPLIER": 0.1, "SOLVER.BASE_LR": 1e-3})
+    model = CATSeg(cfg)
+    lrs = groups_by_name(model, get_param_groups(cfg, model))
+    assert lrs["backbone.visual_prompt_tokens"][0] == pytest.approx(1e-4)
+    assert all(lr == pytest.approx(1e-4) for name, (lr, _) in lrs.items() if name.startswith("backbone."))
+    assert any(name.startswith("sem_seg_head.") for name in lrs)
+    assert all(lr == pytest.approx(1e-3) for name, (lr, _) in lrs.items() if name.startswith("sem_seg_head."))

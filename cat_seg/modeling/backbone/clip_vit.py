@@ -124,6 +124,12 @@ class CLIPVisionBackbone(Backbone):
         self.finetune = finetune
         self._out_features = ["dense_embeddings"] + [f"block{i}" for i in self.guidance_blocks]
 
+    def clip_parameters(self) -> List[nn.Parameter]:
+        """CLIP's parameters and the prompt tokens that extend it: the optimizer gives them
+        ``SOLVER.CLIP_MULTIPLIER`` (:func:`cat_seg.solver.get_param_groups`)."""
+        prompts = [self.visual_prompt_tokens] if self.visual_prompt_tokens is not None else []
+        return list(self.clip.parameters()) + prompts
+
     @classmethod
     def from_config(cls, cfg, input_shape=None):
         head = cfg.MODEL.SEM_SEG_HEAD
