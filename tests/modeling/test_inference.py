@@ -177,3 +177,18 @@ def test_no_cuda_initialised_in_process(tiny_model, random_images):
     model(batch)["loss_sem_seg"].backward()
     assert model.device.type == "cpu"
     assert not torch.cuda.is_initialized()
+
+
+def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class_jsons, tmp_path):
+    """The class names are cached per class json path: assigning another path is seen."""
+    train_json, test_json, train_classes, test_classes = class_jsons
+    model = tiny_model("b").eval()
+    model.test_class_json = test_json
+    assert model.class_names("test") == test_classes
+    other = tmp_path / "other.json"
+    other.write_text('["sky", "road"]')
+    model.test_class_json = str(other)
+    assert model.class_names("test") == ["sky", "road"]
+    model.test_class_json = test_json
+    assert model.class_names("test") == test_classes
+    assert model.class_names("train") == train_classes

@@ -104,7 +104,7 @@ class CATSeg(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.train_class_json = train_class_json
         self.test_class_json = test_class_json
-        self._class_names: Dict[str, List[str]] = {}
+        self._class_names: Dict[str, List[str]] = {}  # class json path -> its names
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), persistent=False)
         self.size_divisibility = size_divisibility
@@ -184,17 +184,12 @@ class CATSeg(nn.Module):
 
     # ------------------------------------------------------------------ vocabularies
     def class_names(self, split: str) -> List[str]:
-        """Class names of ``split`` (``train`` / ``test``), read once from the class json."""
-        if split not in self._class_names:
-            path = self.train_class_json if split == "train" else self.test_class_json
-            key = f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON"
-            self._class_names[split] = read_class_json(path, key)
-        return self._class_names[split]
-
-    def set_test_class_json(self, path: str):
-        """Switch the evaluation vocabulary (e.g. per benchmark)."""
-        self.test_class_json = path
-        self._class_names.pop("test", None)
+        """Class names of ``split`` (``train`` / ``test``): the list in ``train_class_json`` /
+        ``test_class_json`` (assign either to switch vocabularies), each file read once."""
+        path = self.train_class_json if split == "train" else self.test_class_json
+        if path not in self._class_names:
+            self._class_names[path] = read_class_json(path, f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON")
+        return self._class_names[path]
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[T, P, C]`` embeddings of ``class_names`` (recomputed in training, cached otherwise)."""
