@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cat_seg.modeling.cuda_graphs import GraphedForward, _Graph, signature
+from cat_seg.modeling.cuda_graphs import GraphedForward, _Graph, module_state, signature
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -56,8 +56,8 @@ class CPUGraphedForward(GraphedForward):
         return self.enabled and not torch.is_grad_enabled()
 
 
-def make_stand_in():
-    graphed = CPUGraphedForward(views_to_logits, max_graphs=2)
+def make_stand_in(fn=views_to_logits, module=None):
+    graphed = CPUGraphedForward(fn, max_graphs=2, module=module)
 
     def capture(args, kwargs):
         static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
@@ -105,6 +105,50 @@ def test_disabled_or_recording_gradients_runs_eagerly():
     with torch.no_grad():
         graphed(views, text)
     assert graphed.captures == 0
+
+
+class Projection(torch.nn.Module):
+    """A module whose forward a graph records: a linear map (weights read at replay) and an
+    activation submodule (code chosen at capture)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+        self.activation = torch.nn.ReLU()
+
+    def forward(self, views, text):
+        return self.activation(torch.einsum("vchw,tc->vthw", self.linear(views.movedim(1, -1)).movedim(-1, 1), text))
+
+
+def test_graphs_follow_the_module_they_run():
+    """Captured again when a submodule, a training flag or a tensor of the module is replaced;
+    in-place weight updates are read by the replay without a new capture."""
+    torch.manual_seed(0)
+    model = Projection()
+    graphed = make_stand_in(model, module=model)
+    views, text = torch.randn(2, 3, 4, 4), torch.randn(5, 3)
+
+    def check(captures):
+        torch.testing.assert_close(graphed(views, text), model(views, text), rtol=0, atol=0)
+        assert graphed.captures == captures
+
+    with torch.no_grad():
+        check(1)
+        check(1)
+        model.linear.weight.mul_(2)  # in place: the same graph reads the new values
+        check(1)
+        model.activation = torch.nn.Sigmoid()  # another submodule: other code
+        check(2)
+        model.linear.weight = torch.nn.Parameter(torch.randn(3, 3))  # a new tensor (assign=True loads)
+        check(3)
+        model.linear.bias.data = torch.randn(3)  # new memory under the same Parameter (.to() does this)
+        check(4)
+        model.eval()  # a training flag
+        check(5)
+        model.load_state_dict(Projection().state_dict())  # copied in place: no capture
+        check(5)
+    state = module_state(model)
+    assert model in state and model.linear in state and model.linear.weight.data_ptr() in state
 
 
 @cuda

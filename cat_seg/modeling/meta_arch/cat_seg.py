@@ -129,8 +129,8 @@ class CATSeg(nn.Module):
         if resolve_compile(compile, None):  # explicitly on: compile now (auto waits for the device)
             self._compile_aggregator()
         # inference on CUDA: the per-view forward replayed as CUDA graphs (eager on CPU, in
-        # training and with gradients); call .reset() after replacing parameters by new tensors
-        self._graphed_views = GraphedForward(self.views_to_logits, enabled=bool(cuda_graphs))
+        # training and with gradients), captured again when a submodule or tensor is replaced
+        self._graphed_views = GraphedForward(self.views_to_logits, enabled=bool(cuda_graphs), module=self)
 
     @classmethod
     def from_config(cls, cfg):
