@@ -123,6 +123,23 @@ def test_cache_invalidated_by_in_place_edit(model):
     torch.testing.assert_close(fresh, direct_text(model, names, [SINGLE]), rtol=1e-5, atol=1e-6)
 
 
+def test_cache_sees_writes_through_state_dict_values(model):
+    """EMA-style updates through ``state_dict()`` tensors (detached views sharing the
+    parameter's version counter) invalidate the cache; ``clear_cache`` covers ``p.data`` writes."""
+    names = ["cat"]
+    model.eval()
+    stale = model.text_embeddings(names).clone()
+    state = model.state_dict()
+    with torch.no_grad():
+        state["backbone.clip.ln_final.weight"].mul_(-1.0)
+    fresh = model.text_embeddings(names)
+    assert (fresh - stale).abs().max() > 1e-4
+    torch.testing.assert_close(fresh, direct_text(model, names, [SINGLE]), rtol=1e-5, atol=1e-6)
+    model.backbone.clip.ln_final.bias.data.add_(0.5)  # no version counter of the parameter moves
+    model.text_encoder.clear_cache()
+    torch.testing.assert_close(model.text_embeddings(names), direct_text(model, names, [SINGLE]), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- templates, synonyms
 def test_template_lists():
     from cat_seg.modeling.clip.prompts import PROMPT_TEMPLATES

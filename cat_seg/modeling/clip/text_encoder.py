@@ -21,10 +21,14 @@ class TextEncoder(nn.Module):
 
     In training mode with gradients enabled, embeddings are recomputed on every call, with
     gradients. Otherwise results are cached, keyed by the class list, templates, device,
-    dtype and the identity and version counters of the text-tower parameters, so a changed
-    vocabulary, an optimizer step or a weight load never returns stale embeddings. Cached
-    embeddings are computed in fp32 whatever autocast context the first call came from
-    (precision policy, :mod:`..precision`).
+    dtype and the address and version counter of every text-tower parameter, so a changed
+    vocabulary, an optimizer step, a weight load or an in-place update of a parameter (also
+    through ``state_dict()`` values or ``detach()``, which share its counter) never returns
+    stale embeddings. One kind of write cannot be seen: through ``p.data`` (e.g. an EMA
+    written as ``p.data.copy_(...)``), whose tensor has a version counter of its own; call
+    :meth:`clear_cache` after such writes. The cached tensor itself is returned: treat it as
+    read-only. Cached embeddings are computed in fp32 whatever autocast context the first
+    call came from (precision policy, :mod:`..precision`).
 
     Args:
         clip_model: the CLIP model whose text tower is used.
@@ -82,9 +86,10 @@ class TextEncoder(nn.Module):
         return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
     def _weights_version(self) -> Tuple[Tuple[int, int], ...]:
-        """Identity and version counter of every text-tower tensor: any in-place update
+        """Address and version counter of every text-tower tensor: any in-place update
         (optimizer step, ``load_state_dict``) bumps a counter, and a replaced tensor
-        (``load_state_dict(assign=True)``, ``p.data = ...``) changes the identity."""
+        (``load_state_dict(assign=True)``, ``p.data = ...``) changes the address. Writes
+        through ``p.data`` bump no counter of ``p`` (see the class docstring)."""
         return tuple((p.data_ptr(), p._version) for p in self.text_parameters())
 
     def forward(self, class_names: Sequence[str]) -> torch.Tensor:
@@ -110,4 +115,5 @@ class TextEncoder(nn.Module):
         return embeddings.view(len(class_names), self.num_templates, -1)
 
     def clear_cache(self):
+        """Forget every cached vocabulary (needed only after writes through ``p.data``)."""
         self._cache.clear()
