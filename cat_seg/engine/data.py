@@ -8,6 +8,7 @@ random state of its augmentations. Iteration ``k`` consumes samples
 ``[k * batch, (k + 1) * batch)``, so resuming at iteration ``k`` reproduces exactly what the
 uninterrupted run would have seen.
 """
+import contextlib
 import random
 from typing import Callable, Dict, List
 
@@ -42,11 +43,35 @@ class SampleStreamSampler(Sampler):
             index += self.world_size
 
 
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int):
+    """Run the body with Python's ``random``, NumPy's global RNG and torch's CPU RNG seeded
+    from ``seed``, and give all three their previous state back afterwards.
+
+    detectron2's transforms (and ours) draw from these global generators, so a sample's
+    augmentations are seeded through them; restoring them keeps the seeding local to the
+    sample, so with ``DATALOADER.NUM_WORKERS 0`` (the mapping runs in the training process)
+    the model's own random draws are not reseeded by the data. CUDA generators are not
+    touched.
+    """
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+
+
 class DeterministicMapDataset(Dataset):
     """Maps global sample index ``n`` to ``mapper(dataset[perm_epoch(n)])`` with a seeded RNG.
 
-    Before mapping, Python's ``random``, NumPy's global RNG and torch's CPU RNG are seeded
-    from ``(seed, n)``, so augmentations are reproducible whatever worker runs them.
+    The mapping runs inside :func:`seeded_global_rngs` with a seed from ``(seed, n)``, so
+    augmentations are reproducible whatever worker runs them, and the caller's random state
+    is left as it was.
     """
 
     def __init__(self, dataset: List[Dict], mapper: Callable, seed: int):
@@ -67,11 +92,8 @@ class DeterministicMapDataset(Dataset):
         return int(self._perms[epoch][position])
 
     def __getitem__(self, n: int):
-        sample_seed = _sample_seed(self.seed, n)
-        random.seed(sample_seed)
-        np.random.seed(sample_seed)
-        torch.manual_seed(sample_seed)
-        return self.mapper(dict(self.dataset[self.dataset_index(n)]))
+        with seeded_global_rngs(_sample_seed(self.seed, n)):
+            return self.mapper(dict(self.dataset[self.dataset_index(n)]))
 
 
 def build_deterministic_train_loader(
