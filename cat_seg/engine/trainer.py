@@ -162,8 +162,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def check_vocabulary(cls, cfg, model, dataset_name):
-        """The test class json must list the evaluator's classes in order: scores are read
-        by channel index, so another list would score the wrong classes silently."""
+        """The test class json must have as many classes as the dataset's evaluator.
+
+        Scores are read by channel index, so the json must list the dataset's classes in its
+        order; only the count can be checked, because a vocabulary may name the same classes
+        differently (synonyms, reworded prompts: what open-vocabulary research varies). A
+        json of another dataset almost always has another count."""
         meta = MetadataCatalog.get(dataset_name)
         classes = getattr(meta, "stuff_classes", None)
         if classes is None or getattr(meta, "evaluator_type", "sem_seg") != "sem_seg":
