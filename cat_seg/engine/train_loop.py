@@ -21,25 +21,40 @@ class MixedPrecisionTrainer(SimpleTrainer):
         )
 
     def run_step(self):
+        """``SimpleTrainer.run_step`` with the forward under autocast and, for fp16, the
+        loss scaled: the same hooks (``after_backward``) and options
+        (``zero_grad_before_forward``, ``async_write_metrics``) where detectron2 has them."""
         assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        zero_grad_first = getattr(self, "zero_grad_before_forward", False)
+        if zero_grad_first:
+            self.optimizer.zero_grad()
         with torch.autocast(self.device_type, dtype=self.precision):
             loss_dict = self.model(data)
-            losses = loss_dict if isinstance(loss_dict, torch.Tensor) else sum(loss_dict.values())
             if isinstance(loss_dict, torch.Tensor):
+                losses = loss_dict
                 loss_dict = {"total_loss": loss_dict}
-        self.optimizer.zero_grad()
+            else:
+                losses = sum(loss_dict.values())
+        if not zero_grad_first:
+            self.optimizer.zero_grad()
         if self.grad_scaler is not None:
             self.grad_scaler.scale(losses).backward()
-            self.grad_scaler.unscale_(self.optimizer)
+            self.grad_scaler.unscale_(self.optimizer)  # hooks and clipping see true gradients
+        else:
+            losses.backward()
+        if hasattr(self, "after_backward"):  # detectron2 versions with the hook
+            self.after_backward()
+        if getattr(self, "async_write_metrics", False):
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
             self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            losses.backward()
-            self._write_metrics(loss_dict, data_time)
             self.optimizer.step()
 
     def state_dict(self):

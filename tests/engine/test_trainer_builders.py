@@ -40,3 +40,43 @@ def test_train_step_follows_model_precision():
         assert type(step) is SimpleTrainer
     with pytest.raises(ValueError, match="MODEL.PRECISION='fp64'"):
         _step("fp64")
+
+
+class LinearLoss(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, batch):
+        return {"loss_a": self.linear(batch).square().mean(), "loss_b": self.linear.bias.abs().sum()}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_step_runs_the_hooks_and_steps_like_simple_trainer(dtype):
+    """The autocast step calls the hooks' ``after_backward`` with true (unscaled) gradients,
+    writes the losses and steps the optimizer, like detectron2's ``SimpleTrainer``."""
+    from detectron2.engine import HookBase
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = LinearLoss()
+    before = model.linear.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = MixedPrecisionTrainer(model, [torch.randn(4, 2)], optimizer, dtype, "cpu")
+    if step.grad_scaler is not None:  # a scale that does not overflow fp16 here (65536 would skip the step)
+        step.grad_scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    seen = []
+
+    class AfterBackward(HookBase):
+        def after_backward(self):
+            seen.append(model.linear.weight.grad.detach().clone())
+
+    step.register_hooks([AfterBackward()])
+    step.iter = 0
+    with EventStorage(0) as storage:
+        step.storage = storage
+        step.run_step()
+        assert {"loss_a", "loss_b", "total_loss"} <= set(storage.histories())
+    assert len(seen) == 1 and seen[0].abs().sum() > 0
+    # the gradient the hook saw is the one the optimizer applied (unscaled under fp16)
+    torch.testing.assert_close(model.linear.weight.detach(), before - 0.1 * seen[0])
