@@ -192,3 +192,12 @@ def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class
     model.test_class_json = test_json
     assert model.class_names("test") == test_classes
     assert model.class_names("train") == train_classes
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_refused_with_the_supported_way(tiny_model, random_images, dtype):
+    """``.to(bf16)`` is not how the model runs in reduced precision: one clear error that names
+    ``MODEL.PRECISION`` instead of a dtype mismatch deep in a convolution."""
+    model = tiny_model("b").eval().to(dtype)
+    with pytest.raises(TypeError, match=r"weights are torch\.(bfloat16|float16).*MODEL\.PRECISION"):
+        model([{"image": random_images([(32, 32)])[0]}])

@@ -257,6 +257,13 @@ class CATSeg(nn.Module):
             training: ``{"loss_sem_seg": loss}``; inference: one ``{"sem_seg": [T, H, W]}``
             dict of class probabilities per input.
         """
+        weight_dtype = self.clip_pixel_mean.dtype
+        if weight_dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"the model's weights are {weight_dtype}: CAT-Seg keeps fp32 weights and runs in reduced precision "
+                f"with autocast; set MODEL.PRECISION (the model's precision argument) to bf16 or fp16 instead of "
+                f"converting the model with .to() / .half()"
+            )
         if self.training:
             return self.losses(batched_inputs, class_names)
         names = list(class_names) if class_names is not None else self.class_names("test")
