@@ -116,6 +116,31 @@ def add_cat_seg_config(cfg):
     return cfg
 
 
+# detectron2 keys cat-seg does not read whose other values would change what detectron2 does:
+# key -> (the value cat-seg behaves as, what it uses instead). Other unread detectron2 keys
+# (MODEL.BACKBONE.FREEZE_AT, DATALOADER.FILTER_EMPTY_ANNOTATIONS, ...) concern models or
+# datasets cat-seg does not have; the official configs set them to no effect either.
+UNREAD_DETECTRON2_KEYS = {
+    "DATALOADER.SAMPLER_TRAIN": ("TrainingSampler", "cat-seg samples training images uniformly with its own "
+                                 "deterministic, resumable stream (cat_seg/engine/data.py)"),
+    "SOLVER.AMP.ENABLED": (False, "the training precision is MODEL.PRECISION (auto: bf16 where the device "
+                           "computes it natively)"),
+}
+
+
+def unread_key_messages(cfg):
+    """``(key, message)`` for each key of :data:`UNREAD_DETECTRON2_KEYS` set to another value
+    than the one cat-seg behaves as."""
+    messages = []
+    for key, (value, instead) in UNREAD_DETECTRON2_KEYS.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node != value:
+            messages.append((key, f"{key}={node!r} is not supported: cat-seg behaves as {value!r} ({instead})"))
+    return messages
+
+
 # Keys that official CAT-Seg configs (or earlier cat-seg versions) set and that cat-seg does
 # not read, with the reason. Merging them is not an error: yacs logs "Deprecated config key
 # (ignoring)" once per key and skips it (a whole subtree for a node such as MODEL.SWIN).

@@ -137,9 +137,22 @@ def check_datasets(cfg, eval_only: bool) -> None:
         DatasetCatalog.get(name)
 
 
+def check_unread_keys(cfg) -> None:
+    """A training sampler cat-seg does not implement is an error (training would silently sample
+    otherwise); ``SOLVER.AMP.ENABLED True`` is a warning (``MODEL.PRECISION`` decides)."""
+    from cat_seg.config import unread_key_messages
+
+    for key, message in unread_key_messages(cfg):
+        if key == "SOLVER.AMP.ENABLED":
+            logger.warning(f"{message}; MODEL.PRECISION is {cfg.MODEL.PRECISION!r}")
+        else:
+            raise UserError(message)
+
+
 def check(args):
     """All checks that run before any process starts; returns the (unfrozen) config."""
     cfg = load_config(args)
+    check_unread_keys(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
     if args.eval_only:
         check_weights(cfg, args.resume)

@@ -115,6 +115,23 @@ def test_bad_process_counts_and_options_after_pairs(capsys):
     assert "options (--...) go before the KEY VALUE pairs" in one_error_line(capsys)
 
 
+def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog, tmp_path):
+    """A training sampler cat-seg does not implement is an error; SOLVER.AMP.ENABLED, which
+    MODEL.PRECISION replaces, a warning that names the precision in use."""
+    assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+                           "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"]) == 2
+    assert one_error_line(capsys).startswith(
+        "error: DATALOADER.SAMPLER_TRAIN='RepeatFactorTrainingSampler' is not supported: cat-seg behaves as "
+        "'TrainingSampler'")
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                               "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "SOLVER.AMP.ENABLED", "True"]) == 0
+    assert "SOLVER.AMP.ENABLED=True is not supported" in caplog.text
+    assert "MODEL.PRECISION is 'fp32'" in caplog.text
+    assert not (tmp_path / "o").exists()
+
+
 def test_unregistered_dataset_is_named(capsys, tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
