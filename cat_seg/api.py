@@ -83,14 +83,27 @@ def _clean_class(name: str) -> str:
 
 
 def _check_vocabulary(classes: List[str], source: str) -> List[str]:
+    """A class given twice (the same entry, compared without case) is an error. Different
+    entries with the same first synonym (``"screen, silver screen"`` and ``"screen, crt
+    screen"``: ADE-847 has 9 such pairs) are allowed with one warning: the model sees only the
+    first synonym, so such classes get the same scores and the first listed wins their pixels."""
     if not classes:
         raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
-    seen = {}
+    entries, primaries, shared = set(), {}, []
     for name in classes:
-        key = primary_name(name).lower()
-        if key in seen:
-            raise CATSegError(f"class {primary_name(name)!r} appears twice in the vocabulary ({source})")
-        seen[key] = name
+        entry = name.lower()
+        if entry in entries:
+            raise CATSegError(f"class {name!r} appears twice in the vocabulary ({source})")
+        entries.add(entry)
+        primary = primary_name(name).lower()
+        if primary in primaries:
+            shared.append(f"{name!r} after {primaries[primary]!r}")
+        else:
+            primaries[primary] = name
+    if shared:
+        logger.warning(f"{len(shared)} class(es) of {source} share their first synonym, the name the model sees, "
+                       f"with an earlier class ({'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''}): "
+                       f"they get the same scores, and the earlier class wins their pixels")
     return classes
 
 
@@ -151,7 +164,7 @@ def read_vocabulary_file(path: str) -> List[str]:
     except FileNotFoundError as e:
         raise CATSegError(str(e)) from None
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is dropped
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise CATSegError(f"cannot read vocabulary file {path!r}: {e}") from None

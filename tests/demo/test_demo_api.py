@@ -218,6 +218,29 @@ def test_vocabulary_file_names_a_packaged_vocabulary(tmp_path, monkeypatch):
         read_vocabulary_file("nope.txt")
 
 
+def test_every_packaged_vocabulary_is_usable(caplog):
+    """Each packaged list reads as a vocabulary. ADE-847 has different classes with the same
+    first synonym (``screen, crt screen`` / ``screen, silver screen, ...``): allowed, with one
+    warning; the same entry twice stays an error; a byte-order mark is not part of a name."""
+    from cat_seg.data.catalog import vocabulary_keys, vocabulary_path
+
+    for key in vocabulary_keys():
+        assert len(read_vocabulary_file(key)) == len(json.loads(vocabulary_path(key).read_text())), key
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cat_seg.api"):
+        assert parse_vocabulary("cat, kitty; cat") == ["cat, kitty", "cat"]
+    assert "'cat' after 'cat, kitty'" in caplog.text
+    with pytest.raises(CATSegError, match="class 'Cat' appears twice"):
+        parse_vocabulary("cat, dog, Cat")
+
+
+def test_vocabulary_file_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("cat\ndog\n".encode("utf-8-sig"))
+    (tmp_path / "bom.json").write_bytes(json.dumps(["cat", "dog"]).encode("utf-8-sig"))
+    assert read_vocabulary_file(str(tmp_path / "bom.txt")) == ["cat", "dog"]
+    assert read_vocabulary_file(str(tmp_path / "bom.json")) == ["cat", "dog"]
+
+
 def test_synonyms_use_the_first_name(segmenter, images):
     with_synonym = segmenter(images[0], "person, human; dog")
     plain = segmenter(images[0], ["person", "dog"])
