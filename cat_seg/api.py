@@ -187,7 +187,9 @@ def load_image(image: ImageInput) -> np.ndarray:
     Accepts a file path (read with detectron2's ``read_image``, EXIF orientation applied), a
     PIL image (EXIF orientation applied, converted to RGB) or a numpy array: ``uint8``
     ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA (alpha dropped), ``[H, W]`` or ``[H, W, 1]``
-    grayscale. Anything else raises :class:`CATSegError` saying what was expected.
+    grayscale. 16-bit images (``uint16`` arrays, 16-bit PNG/TIFF files and PIL images) are
+    scaled to 8 bits (``value / 257``, rounded: 65535 -> 255); PIL's own conversion would clip
+    them to white. Anything else raises :class:`CATSegError` saying what was expected.
     """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
@@ -199,6 +201,9 @@ def load_image(image: ImageInput) -> np.ndarray:
         from detectron2.data.detection_utils import read_image
 
         try:
+            with Image.open(path) as opened:  # opening reads the header only
+                if _is_16_bit(opened):
+                    return load_image(opened)
             array = read_image(path, format="RGB")
         except Exception as e:  # PIL raises several types for corrupt / non-image files
             message = f"{type(e).__name__}: {e}".replace("\n", " ")
@@ -209,8 +214,13 @@ def load_image(image: ImageInput) -> np.ndarray:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise CATSegError(f"empty image of size {image.size}")
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB")).copy()
+        image = ImageOps.exif_transpose(image)
+        if _is_16_bit(image):
+            return load_image(np.asarray(image).astype(np.uint16))
+        return np.asarray(image.convert("RGB")).copy()
     if isinstance(image, np.ndarray):
+        if image.dtype == np.uint16:
+            image = ((image.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
         if image.dtype != np.uint8:
             hint = " (scale floats in [0, 1] with (image * 255).round().astype(np.uint8))" if image.dtype.kind == "f" else ""
             raise CATSegError(f"numpy images must be uint8 RGB [H, W, 3], got dtype {image.dtype}{hint}")
@@ -236,6 +246,17 @@ def load_image(image: ImageInput) -> np.ndarray:
     raise CATSegError(
         f"unsupported image type {type(image).__name__}: give a file path, a PIL image or an RGB uint8 numpy array"
     )
+
+
+def _is_16_bit(image: Image.Image) -> bool:
+    """A PIL image of 16-bit integer samples (``I;16*`` modes; ``I`` holding 16-bit values,
+    as some Pillow versions open 16-bit PNGs)."""
+    if image.mode.startswith("I;16"):
+        return True
+    if image.mode != "I":
+        return False
+    low, high = image.getextrema()
+    return 0 <= low and 255 < high <= 65535
 
 
 def _load_images(inputs: Sequence[ImageInput]) -> List[np.ndarray]:

@@ -362,3 +362,18 @@ def test_interactive_config_is_eager_unless_compile_is_asked(tmp_path):
     assert build_config(config, device="cpu").MODEL.COMPILE is False
     assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "auto"]).MODEL.COMPILE is False
     assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "True"]).MODEL.COMPILE is True
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
+    """16-bit PNGs, PIL images and uint16 arrays give the same 8-bit image, value / 257 rounded
+    (PIL's own RGB conversion would clip every value above 255 to white)."""
+    from PIL import Image
+
+    from cat_seg.api import load_image
+
+    gray = (np.arange(48 * 40).reshape(48, 40) * 27).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "gray16.png")
+    expected = np.repeat(np.round(gray / 257).astype(np.uint8)[:, :, None], 3, axis=2)
+    for image in (str(tmp_path / "gray16.png"), Image.open(tmp_path / "gray16.png"), gray):
+        np.testing.assert_array_equal(load_image(image), expected)
+    assert 0 < expected.mean() < 255
