@@ -170,15 +170,25 @@ def output_stems(files: Sequence[str]) -> Dict[str, str]:
 
     The path relative to the deepest folder containing all inputs is mirrored, so
     ``a/x.jpg`` and ``b/x.jpg`` give ``a/x`` and ``b/x``; inputs that still share a name
-    (``x.jpg``, ``x.png``) get their extension appended (``x_jpg``, ``x_png``).
+    (``x.jpg``, ``x.png``) get their extension appended (``x_jpg``, ``x_png``). Names are
+    unique without regard to case (case-insensitive file systems): a name still taken
+    (``x_png.jpg`` beside ``x.png``, ``x.JPG`` beside ``x.jpg``) gets ``_2``, ``_3``, ... in
+    input order.
     """
     absolute = {f: os.path.abspath(f) for f in files}
     base = os.path.commonpath([os.path.dirname(p) for p in absolute.values()])
     stems = {f: os.path.splitext(os.path.relpath(p, base))[0] for f, p in absolute.items()}
-    counts = Counter(stems.values())
+    counts = Counter(stem.lower() for stem in stems.values())
     for f, stem in stems.items():
-        if counts[stem] > 1:
+        if counts[stem.lower()] > 1:
             stems[f] = f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower()}"
+    taken = set()
+    for f, stem in stems.items():
+        unique, number = stem, 2
+        while unique.lower() in taken:
+            unique, number = f"{stem}_{number}", number + 1
+        taken.add(unique.lower())
+        stems[f] = unique
     return stems
 
 

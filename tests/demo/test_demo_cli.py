@@ -204,6 +204,11 @@ def test_output_stems_do_not_collide(demo_module):
     stems = demo_module.output_stems(["p/a/x.png", "p/b/x.png", "p/b/x.jpg", "p/y.png"])
     assert stems == {"p/a/x.png": "a/x", "p/b/x.png": "b/x_png", "p/b/x.jpg": "b/x_jpg", "p/y.png": "y"}
     assert demo_module.output_stems(["only/one.png"]) == {"only/one.png": "one"}
+    # a name the extension suffix produces, and names differing only in case, stay distinct
+    assert demo_module.output_stems(["p/x.jpg", "p/x.png", "p/x_png.jpg"]) == {
+        "p/x.jpg": "x_jpg", "p/x.png": "x_png", "p/x_png.jpg": "x_png_2"}
+    assert demo_module.output_stems(["p/x.jpg", "p/x.JPG", "p/X.png"]) == {
+        "p/x.jpg": "x_jpg", "p/x.JPG": "x_jpg_2", "p/X.png": "X_png"}
 
 
 def test_label_png_dtypes(demo_module, tmp_path):
