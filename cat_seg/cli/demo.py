@@ -142,23 +142,32 @@ def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> Lis
     """
     exclude_prefix = os.path.abspath(exclude) + os.sep if exclude else None
 
-    def wanted(path: str) -> bool:
-        inside = exclude_prefix is not None and os.path.abspath(path).startswith(exclude_prefix)
-        return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path) and not inside
+    def image(path: str) -> bool:
+        return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path)
+
+    def outside(path: str) -> bool:
+        return exclude_prefix is None or not os.path.abspath(path).startswith(exclude_prefix)
+
+    def none_found(what: str, images: List[str]) -> CATSegError:
+        if images:  # all of them in the output directory
+            return CATSegError(f"{what}: its {len(images)} image(s) are inside the output directory {exclude!r}, "
+                               f"which is skipped when inputs are searched; choose another --output")
+        return CATSegError(what)
 
     files = set()
     for pattern in patterns:
         if os.path.isdir(pattern):
-            matches = [os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names]
-            matches = [m for m in matches if wanted(m)]
+            images = [m for m in (os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names) if image(m)]
+            matches = [m for m in images if outside(m)]
             if not matches:
-                raise CATSegError(f"no images found in directory {pattern!r}")
+                raise none_found(f"no images found in directory {pattern!r}", images)
         elif os.path.isfile(pattern):
             matches = [pattern]  # an explicitly named file is taken whatever its extension
         elif glob.has_magic(pattern):
-            matches = [m for m in glob.glob(pattern, recursive=True) if wanted(m)]
+            images = [m for m in glob.glob(pattern, recursive=True) if image(m)]
+            matches = [m for m in images if outside(m)]
             if not matches:
-                raise CATSegError(f"no images match {pattern!r}")
+                raise none_found(f"no images match {pattern!r}", images)
         else:
             raise CATSegError(f"cannot read image {pattern!r}: no such file or directory")
         files.update(os.path.normpath(m) for m in matches)
@@ -208,12 +217,17 @@ def check_readable(files: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
         except Exception as e:
             skipped[path] = " ".join(f"{type(e).__name__}: {e}".split())
     if not readable:
-        if len(skipped) == 1:
-            path, reason = next(iter(skipped.items()))
-            raise CATSegError(f"cannot read image {path!r}: {reason}")
-        raise CATSegError(f"none of the {len(skipped)} input images can be read: "
-                          + "; ".join(f"{p!r} ({r})" for p, r in skipped.items()))
+        raise unreadable_error(skipped)
     return readable, skipped
+
+
+def unreadable_error(skipped: Dict[str, str]) -> CATSegError:
+    """The error of a run none of whose images could be read (``skipped``: path -> reason)."""
+    if len(skipped) == 1:
+        path, reason = next(iter(skipped.items()))
+        return CATSegError(f"cannot read image {path!r}: {reason}")
+    return CATSegError(f"none of the {len(skipped)} input images can be read: "
+                       + "; ".join(f"{p!r} ({r})" for p, r in skipped.items()))
 
 
 def report_skipped(skipped: Dict[str, str], total: int):
@@ -272,11 +286,13 @@ def show(window_image_rgb: np.ndarray, wait: int) -> bool:
 def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str], background,
                skipped: Dict[str, str]) -> None:
     """Segment ``files`` in batches of ``--batch-size``; files that fail to decode are added to
-    ``skipped`` (path -> reason) and the others processed."""
+    ``skipped`` (path -> reason) and the others processed; :class:`CATSegError` when none
+    decodes (a user error, as when no header can be read)."""
     from tqdm import tqdm
 
     stems = output_stems(files)
     step = max(args.batch_size, 1)
+    decoded = 0
     with tqdm(total=len(files), unit="img", disable=True if len(files) < 2 else None) as bar:
         for start in range(0, len(files), step):
             chunk, arrays = [], []
@@ -289,6 +305,7 @@ def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str]
                     bar.update(1)
             if not chunk:
                 continue
+            decoded += len(chunk)
             results = seg(arrays, names, background=background, batch_size=step)
             for path, result in zip(chunk, results):
                 if args.output:
@@ -296,6 +313,8 @@ def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str]
                 elif not show(result.overlay(), 0):
                     return
                 bar.update(1)
+    if not decoded:
+        raise unreadable_error(skipped)
 
 
 def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
@@ -370,17 +389,31 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             json.dump(info, f, indent=2)
 
 
-def make_output_dir(path: str) -> bool:
-    """Create the output directory; ``True`` when it did not exist before. One-line
-    :class:`CATSegError` when it cannot be created or written."""
-    existed = os.path.isdir(path)
+def make_output_dir(path: str) -> List[str]:
+    """Create the output directory and any missing parents; returns the folders it created,
+    deepest first (what :func:`remove_empty_dirs` removes after a run that wrote nothing).
+    One-line :class:`CATSegError` when it cannot be created or written."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
+        remove_empty_dirs(created)
         raise CATSegError(f"cannot create output directory {path!r}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise CATSegError(f"output directory {path!r} is not writable")
-    return not existed
+    return created
+
+
+def remove_empty_dirs(folders: Sequence[str]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or already gone): keep it and its parents
+            return
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -390,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    created_output = False
+    created_dirs: List[str] = []
     skipped: Dict[str, str] = {}
     inputs: List[str] = []
     try:
@@ -398,6 +431,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.dense_features and not args.input:
+            raise CATSegError("--dense-features writes one file per image: use it with --input, "
+                              "not with --video-input or --webcam")
         args.config_file = args.config_file or default_config(args.weights)
         cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts)
         if args.input:
@@ -409,15 +445,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise CATSegError(f"cannot show the results in a window: {problem}; pass --output DIR to save them")
         check_weights_available(cfg)  # before anything is written: fails in seconds offline
         if args.output:
-            created_output = make_output_dir(args.output)
+            created_dirs = make_output_dir(args.output)
         seg = OpenVocabSegmenter(cfg)
         if args.input:
             run_images(seg, args, files, names, background, skipped)
         else:
             run_video(seg, args, names, background)
     except CATSegError as e:
-        if created_output and not os.listdir(args.output):
-            os.rmdir(args.output)  # leave nothing behind for a run that wrote nothing
+        remove_empty_dirs(created_dirs)  # leave nothing behind for a run that wrote nothing
         print_error(str(e))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

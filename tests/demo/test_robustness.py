@@ -330,12 +330,14 @@ def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
     proc = subprocess.run(base + ["--input", str(mixed_folder / "a_corrupt.png"), str(mixed_folder / "c_truncated.png"),
                                   "--output", str(tmp_path / "none"), "--opts", *tiny.opts],
                           cwd=tiny.repo, capture_output=True, text=True, env=tiny.env, timeout=1800)
-    # the truncated PNG has a valid header: it is skipped while running, so the exit status is 1
-    assert proc.returncode == 1, proc.stderr
-    assert not any((tmp_path / "none").iterdir())
+    # the truncated PNG has a valid header and fails while running: no image at all, a user error
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: none of the 2 input images can be read") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("case", ["device_tpu", "batch_negative", "output_under_file", "all_corrupt", "blank_class"])
+@pytest.mark.parametrize("case", ["device_tpu", "batch_negative", "output_under_file", "all_corrupt", "blank_class",
+                                  "truncated_only", "inputs_in_output", "dense_features_video"])
 def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_path, case):
     (tmp_path / "file").write_text("a regular file")
     args = {"--config-file": tiny.config, "--input": str(mixed_folder / "b_good.png"),
@@ -346,9 +348,19 @@ def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_pat
         "output_under_file": ({"--output": str(tmp_path / "file" / "out")}, "cannot create output directory .*file/out"),
         "all_corrupt": ({"--input": str(mixed_folder / "a_corrupt.png")}, "cannot read image .*a_corrupt.png"),
         "blank_class": ({"--vocab": "cat, , dog"}, "class name at position 1 of 'cat, , dog' is blank"),
+        # decoding fails while running, after the output folder (and its missing parents) was made
+        "truncated_only": ({"--input": str(mixed_folder / "c_truncated.png"), "--output": str(tmp_path / "out/a/b")},
+                           "cannot read image .*c_truncated.png.*truncated"),
+        "inputs_in_output": ({"--input": str(mixed_folder), "--output": str(mixed_folder)},
+                             "no images found in directory .*: its 4 image.s. are inside the output directory"),
+        "dense_features_video": ({"--input": None, "--video-input": str(tmp_path / "clip.mp4"),
+                                  "--dense-features": ""}, "--dense-features writes one file per image"),
     }[case]
     args.update(change)
-    argv = [str(x) for kv in args.items() for x in kv] + ["--opts", *tiny.opts]
+    argv = [str(x) for kv in args.items() if kv[1] is not None for x in kv if x != ""]
+    argv += ["--opts", *tiny.opts]
+    if case == "truncated_only":
+        argv += ["MODEL.WEIGHTS", ""]  # random weights: the model is built, then decoding fails
     code, _, err = run_main(demo_module, capsys, argv)
     assert code == 2
     assert re.search(expected, one_error_line(err)), err
