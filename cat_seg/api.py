@@ -360,8 +360,9 @@ class SegmentationResult:
             return self._probs.to(dtype)
         return self.class_maps.probabilities(classes=range(len(self.classes)), dtype=dtype, device="cpu")
 
-    def _confidence(self) -> torch.Tensor:
-        """``[H, W]`` float32: :attr:`confidence`, or the probability of each pixel's label."""
+    def confidence_map(self) -> torch.Tensor:
+        """``[H, W]`` float32: :attr:`confidence`, or (for a result built by hand without it)
+        the probability of each pixel's label read from :attr:`probs`."""
         if self.confidence is not None:
             return torch.from_numpy(self.confidence)
         labels = torch.from_numpy(self.label_map).long()
@@ -382,7 +383,7 @@ class SegmentationResult:
         (the confidence of its segment); ``None`` for classes that label no pixel."""
         labels = torch.from_numpy(self.label_map).long().ravel()
         valid = labels >= 0
-        own = self._confidence().ravel()
+        own = self.confidence_map().ravel()
         sums = torch.bincount(labels[valid], weights=own[valid].double(), minlength=len(self.classes))
         counts = torch.bincount(labels[valid], minlength=len(self.classes))
         return {
@@ -737,20 +738,18 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     from .modeling.meta_arch.cat_seg import compile_is_auto
     from .utils import resolve_path
 
+    from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
+
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:
         config_file = resolve_path(released.config_file)
-    if not config_file or not os.path.isfile(config_file):
-        raise CATSegError(f"config file {config_file!r} not found")
+    if not config_file:
+        raise CATSegError("no config file given: pass a YAML config (e.g. configs/vitb_384.yaml) or released weights")
     opts = list(opts or [])
-    if len(opts) % 2:
-        raise CATSegError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
-    cfg = add_cat_seg_config(get_cfg())
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(opts)
-    except Exception as e:  # yaml errors, unknown keys, bad values
-        raise CATSegError(f"bad config {config_file!r}: {type(e).__name__}: {e}".replace("\n", " ")) from None
+    try:  # a missing file, YAML errors, unknown keys (naming the closest one), bad values: one line
+        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file, opts)
+    except UserError as e:
+        raise CATSegError(str(e)) from None
     if weights is not None:
         cfg.MODEL.WEIGHTS = os.fspath(weights)
     apply_released_defaults(cfg, opts)
@@ -853,7 +852,7 @@ class OpenVocabSegmenter:
     def _check_background(background) -> Union[None, str, float]:
         if background is None or background == "prompts":
             return background
-        if isinstance(background, (int, float)) and not isinstance(background, bool):
+        if isinstance(background, numbers.Real) and not isinstance(background, (bool, np.bool_)):  # np.float32 too
             if not 0.0 <= float(background) <= 1.0:
                 raise CATSegError(f"background threshold must be in [0, 1], got {background}")
             return float(background)
@@ -861,8 +860,14 @@ class OpenVocabSegmenter:
 
     @staticmethod
     def background_prompts_for(classes: Sequence[str]) -> List[str]:
-        """:data:`BACKGROUND_PROMPTS` minus those naming a user class."""
-        taken = {primary_name(c).lower() for c in classes}
+        """:data:`BACKGROUND_PROMPTS` minus those naming a user class: any of its synonyms, in
+        the singular or with a plural ``s`` (``"lawn, grass"`` and ``"trees"`` remove the
+        prompts ``grass`` and ``tree``)."""
+        def forms(name: str) -> set:
+            name = " ".join(name.lower().split())
+            return {name, name[:-1] if name.endswith("s") else name + "s"}
+
+        taken = set().union(*(forms(synonym) for c in classes for synonym in c.split(",") if synonym.strip()))
         return [p for p in BACKGROUND_PROMPTS if p.lower() not in taken]
 
     # ------------------------------------------------------------------ segmentation

@@ -56,7 +56,9 @@ BENCHMARK_VOCABULARIES: "OrderedDict[str, str]" = OrderedDict([
     ("PC-459", "datasets/pc459.json"),
     ("COCO-Stuff (171)", "datasets/coco.json"),
     ("VOC-20", "datasets/voc20.json"),
-    ("VOC-20 + background", "datasets/voc20b.json"),
+    # not VOC-20b (voc20b.json): its last 39 entries are background concepts that its evaluator
+    # scores as one background class; the page would label them as classes of their own. VOC-20
+    # with "Generic background prompts" is the page's equivalent.
 ])
 TOY_VOCABULARY = "synthetic toy (16 shapes)"
 CUSTOM_VOCABULARY = "your own words"
@@ -253,15 +255,10 @@ class App:
 def _view(result: SegmentationResult):
     """Page values shown for one result: overlay, annotated image, colour map, table, click state."""
     annotated, colors = annotations(result)
-    own = result.probs.gather(0, _labels_index(result))[0].numpy()
-    click = {"label_map": result.label_map, "confidence": own, "classes": list(result.classes)}
+    # the winning class's probability per pixel, without the [T, H, W] probability maps
+    click = {"label_map": result.label_map, "confidence": result.confidence_map().numpy(),
+             "classes": list(result.classes)}
     return result.overlay(), annotated, colors, class_table(result), click
-
-
-def _labels_index(result: SegmentationResult):
-    import torch
-
-    return torch.from_numpy(result.label_map).long().clamp(min=0)[None]
 
 
 def describe_pixel(click: Optional[Dict], x: int, y: int) -> str:
@@ -424,6 +421,23 @@ def default_model_choice(args) -> str:
     return TOY_MODEL if os.path.isfile(resolve_path(TOY_WEIGHTS)) else choices[0]
 
 
+def check_startup_options(device: Optional[str], opts: Sequence[str]) -> None:
+    """``--device`` and the ``--opts`` keys and values, checked before the server starts (each
+    segmentation checks them again with its model's config, as the library does)."""
+    from detectron2.config import get_cfg
+
+    from ..api import check_device
+    from ..config import add_cat_seg_config
+    from .errors import UserError, merge_config
+
+    if device is not None:
+        check_device(device)
+    try:
+        merge_config(add_cat_seg_config(get_cfg()), None, list(opts))
+    except UserError as e:
+        raise CATSegError(str(e)) from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -435,8 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default = default_model_choice(args)
         if args.config_file and not os.path.isfile(args.config_file):
             raise CATSegError(f"config file {args.config_file!r} not found")
-        if len(args.opts) % 2:
-            raise CATSegError(f"--opts needs KEY VALUE pairs, got an odd number of items: {' '.join(args.opts)}")
+        check_startup_options(args.device, args.opts)
         app = App(device=args.device, opts=args.opts)
         page = build_app(app, default, args.config_file, args.weights)
     except CATSegError as e:

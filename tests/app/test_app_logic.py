@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cat_seg.api import CATSegError, OpenVocabSegmenter, parse_vocabulary
@@ -80,6 +81,12 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
         rows = app_cli.class_table(result)
         assert [r[0] for r in rows if r[0] != "(unlabeled)"] == sorted(
             [n for n, a in want.areas().items() if a], key=lambda n: -want.areas()[n])
+        # the click readout holds the label's probability, read without the [T, H, W] maps
+        click = app_cli._view(result)[-1]
+        assert result._probs is None
+        labeled = want.label_map >= 0
+        own = want.probs.gather(0, torch.from_numpy(want.label_map).long().clamp(min=0)[None])[0].numpy()
+        np.testing.assert_allclose(click["confidence"][labeled], own[labeled], rtol=1e-6, atol=1e-7)
     segmenter = next(iter(local_app.segmenters._items.values()))
     local_app.segment(*args, 0.0, False)  # same model: no new segmenter, text features reused
     assert len(local_app.segmenters) == 1 and next(iter(local_app.segmenters._items.values())) is segmenter
@@ -107,3 +114,11 @@ def test_command_line_errors_are_one_line(capsys):
     assert err.startswith("error: --model must be one of catseg-vitb, catseg-vitl, toy, local") and "\n" not in err
     assert app_cli.main(["--config-file", "missing.yaml"]) == 2
     assert capsys.readouterr().err.strip() == "error: config file 'missing.yaml' not found"
+    # checked before the server starts, not at the first segmentation
+    assert app_cli.main(["--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown device 'tpu'")
+    assert app_cli.main(["--opts", "TEST.SLIDING_WINDOWS", "True"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unknown config key 'TEST.SLIDING_WINDOWS' in the command line; "
+                                               "did you mean 'TEST.SLIDING_WINDOW'?")
+    assert app_cli.main(["--opts", "MODEL.WEIGHTS"]) == 2
+    assert "KEY VALUE pairs" in capsys.readouterr().err

@@ -234,6 +234,20 @@ def test_every_packaged_vocabulary_is_usable(caplog):
         parse_vocabulary("cat, dog, Cat")
 
 
+def test_background_prompts_leave_out_the_users_classes():
+    prompts = OpenVocabSegmenter.background_prompts_for(["lawn, grass", "Trees", "wall"])
+    assert "grass" not in prompts and "tree" not in prompts and "wall" not in prompts
+    assert set(BACKGROUND_PROMPTS) - set(prompts) == {"grass", "tree", "wall"}
+
+
+def test_background_threshold_accepts_numpy_scalars():
+    assert OpenVocabSegmenter._check_background(np.float32(0.25)) == 0.25
+    assert OpenVocabSegmenter._check_background(np.float64(1.0)) == 1.0
+    for bad in (np.float32("nan"), np.bool_(True), True, "sky"):
+        with pytest.raises(CATSegError, match="background"):
+            OpenVocabSegmenter._check_background(bad)
+
+
 def test_vocabulary_file_with_a_byte_order_mark(tmp_path):
     (tmp_path / "bom.txt").write_bytes("cat\ndog\n".encode("utf-8-sig"))
     (tmp_path / "bom.json").write_bytes(json.dumps(["cat", "dog"]).encode("utf-8-sig"))
@@ -271,6 +285,11 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
         OpenVocabSegmenter.from_config(tiny.config, weights=str(tmp_path / "nowhere.pth"), opts=tiny.opts)
     with pytest.raises(CATSegError, match="config file .*nope.yaml.* not found"):
         OpenVocabSegmenter.from_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(CATSegError, match="config file .* is a directory, expected a YAML file"):
+        OpenVocabSegmenter.from_config(str(tmp_path))
+    with pytest.raises(CATSegError, match=r"unknown config key 'TEST.SLIDING_WINDOWS' in the command line; "
+                                          r"did you mean 'TEST.SLIDING_WINDOW'\?"):
+        OpenVocabSegmenter.from_config(tiny.config, opts=["TEST.SLIDING_WINDOWS", "True"])
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"garbage")
     with pytest.raises(CATSegError, match="cannot load weights: .*corrupt.pth is not a readable torch checkpoint"):
