@@ -7,7 +7,8 @@
 # (a mistake: one "error: ..." line, exit status 2). Benchmarks without data are skipped; the
 # exit status is 1 when a benchmark failed for another reason. The last line on stderr counts
 # the evaluated, skipped and failed benchmarks.
+# Paths are taken from the folder you run it in (configs/... also from the repository's).
 set -e
-cd "$(dirname "$0")"
-PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-exec "$PY" tools/evaluate_benchmarks.py "$@"
+here=$(dirname "$0")
+PY=${PY:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python )}
+exec "$PY" "$here/tools/evaluate_benchmarks.py" "$@"

@@ -3,14 +3,16 @@
 #   sh run.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]
 # A mistake in the arguments or the config stops it before training, with one "error: ..." line
 # and exit status 2; the exit status is that of the first step that failed.
+# Paths are taken from the folder you run it in (configs/... also from the repository's).
 set -e
-cd "$(dirname "$0")"
+here=$(dirname "$0")
 usage="usage: sh run.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]"
 [ $# -ge 3 ] || { echo "error: expected CONFIG NUM_GPUS OUTPUT_DIR, got $# argument(s); $usage" >&2; exit 2; }
 config=$1; gpus=$2; output=$3; shift 3
 case "$gpus" in
   ''|*[!0-9]*|0) echo "error: NUM_GPUS '$gpus': expected a positive integer (processes); $usage" >&2; exit 2 ;;
 esac
-PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-"$PY" train_net.py --config-file "$config" --num-gpus "$gpus" --dist-url auto --resume OUTPUT_DIR "$output" "$@"
-sh eval.sh "$config" "$gpus" "$output" "$@"
+PY=${PY:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python )}
+export PY
+"$PY" "$here/train_net.py" --config-file "$config" --num-gpus "$gpus" --dist-url auto --resume OUTPUT_DIR "$output" "$@"
+sh "$here/eval.sh" "$config" "$gpus" "$output" "$@"

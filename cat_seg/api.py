@@ -747,7 +747,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
         raise CATSegError("no config file given: pass a YAML config (e.g. configs/vitb_384.yaml) or released weights")
     opts = list(opts or [])
     try:  # a missing file, YAML errors, unknown keys (naming the closest one), bad values: one line
-        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file, opts)
+        cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(config_file), opts)
     except UserError as e:
         raise CATSegError(str(e)) from None
     if weights is not None:

@@ -67,11 +67,15 @@ def selected_benchmarks() -> List[str]:
 def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]) -> str:
     """Check the config (file, keys, values), ``OUTPUT_DIR`` and the checkpoint before any
     benchmark runs; returns the checkpoint path. Raises :class:`UserError`."""
-    from .train_net import check_output_dir, check_weights, load_config
+    from .train_net import check_config_values, check_output_dir, check_weights, load_config
 
+    if "OUTPUT_DIR" in list(extra)[0::2]:
+        raise UserError(f"OUTPUT_DIR is eval.sh's third argument ({output_dir!r}); remove 'OUTPUT_DIR ...' from "
+                        f"the KEY VALUE options (the results go to OUTPUT_DIR/eval/<benchmark>/)")
     default_weights = os.path.join(output_dir, "model_final.pth")
     opts = ["MODEL.WEIGHTS", default_weights, "OUTPUT_DIR", os.path.join(output_dir, "eval")] + list(extra)
     cfg = load_config(argparse.Namespace(config_file=config, opts=opts))
+    check_config_values(cfg, num_gpus, eval_only=True)
     check_output_dir(cfg.OUTPUT_DIR)
     if cfg.MODEL.WEIGHTS == default_weights and not os.path.isfile(default_weights):
         raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
@@ -107,6 +111,9 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             continue
         out = os.path.join(output_dir, "eval", key)
         os.makedirs(out, exist_ok=True)
+        result_file = os.path.join(out, "inference", bench.dataset, "sem_seg_results.json")
+        if os.path.isfile(result_file):  # a previous run's: never reported as this run's
+            os.remove(result_file)
         cmd = [sys.executable, "-m", "cat_seg.cli.train_net", "--config-file", config,
                "--num-gpus", str(num_gpus), "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out]
         cmd += benchmark_opts(bench) + list(extra_opts)
@@ -116,7 +123,6 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             proc = subprocess.run(cmd, stdout=err, stderr=subprocess.PIPE, text=True)
             err.write(proc.stderr)
         seconds = time.time() - start
-        result_file = os.path.join(out, "inference", bench.dataset, "sem_seg_results.json")
         if proc.returncode == 0 and os.path.isfile(result_file):
             with open(result_file) as f:
                 res = json.load(f)

@@ -46,7 +46,10 @@ def load_config(args):
         raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
     from cat_seg.hub import apply_released_defaults
 
-    cfg = merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
+    from cat_seg.utils import resolve_path
+
+    # a path relative to the working folder, else to the repository (configs/... from anywhere)
+    cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(args.config_file), args.opts)
     apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: no CLIP download
     return cfg
 
@@ -135,6 +138,75 @@ def check_datasets(cfg, eval_only: bool) -> None:
             raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
                             f"is not registered; {hint}")
         DatasetCatalog.get(name)
+    from cat_seg.engine.trainer import vocabulary_mismatch
+    from cat_seg.utils import read_class_json
+
+    test_json = cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
+    for name in cfg.DATASETS.TEST:  # the class jsons were read by check_class_jsons
+        problem = vocabulary_mismatch(test_json, read_class_json(test_json, "TEST_CLASS_JSON"), name)
+        if problem:
+            raise UserError(problem)
+
+
+def check_config_values(cfg, processes: int, eval_only: bool) -> None:
+    """The values the model, the CLIP builder and the trainer would reject once started,
+    checked with their own validators before any process starts (one line, exit status 2,
+    nothing written): precision, compile, fine-tuning policy, prompt templates, class
+    attention, CLIP architecture and weights (a missing file, an unknown tag; nothing is
+    downloaded), device, pooling sizes and the batch (divisible by the ``processes``)."""
+    import torch
+
+    from cat_seg.modeling.class_aggregation import ATTENTION_FUNCTIONS
+    from cat_seg.modeling.clip.builder import CLIPLoadError, clip_weights_source
+    from cat_seg.modeling.clip.finetune import FINETUNE_MODES
+    from cat_seg.modeling.clip.model_configs import resolve_clip_arch
+    from cat_seg.modeling.clip.prompts import get_templates
+    from cat_seg.modeling.meta_arch.cat_seg import resolve_compile
+    from cat_seg.modeling.precision import PRECISIONS
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+
+    def choice(key: str, value, allowed) -> None:
+        if value not in allowed:
+            raise UserError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
+
+    choice("MODEL.PRECISION", str(cfg.MODEL.PRECISION).lower(), PRECISIONS)
+    choice("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", head.CLIP_FINETUNE, FINETUNE_MODES)
+    choice("MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", head.ATTENTION_TYPE, sorted(ATTENTION_FUNCTIONS))
+    try:
+        resolve_compile(cfg.MODEL.COMPILE, None)
+        get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
+        arch = resolve_clip_arch(head.CLIP_PRETRAINED)
+        clip_weights_source(arch, head.CLIP_WEIGHTS)
+    except (ValueError, CLIPLoadError) as exc:
+        raise UserError(str(exc)) from None
+    try:
+        torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError:
+        raise UserError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected cpu, cuda or cuda:N") from None
+    for key in ("POOLING_SIZES", "TEST_POOLING_SIZES"):
+        sizes = list(head.get(key))
+        if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
+            empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
+            raise UserError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
+    if not eval_only:
+        batch = cfg.SOLVER.IMS_PER_BATCH
+        if batch < 1 or batch % processes:
+            raise UserError(f"SOLVER.IMS_PER_BATCH={batch}: expected a positive multiple of the {processes} "
+                            f"training process(es) (--num-gpus x --num-machines)")
+
+
+def check_resume(cfg) -> None:
+    """With ``--resume``: the checkpoint ``OUTPUT_DIR/last_checkpoint`` names exists."""
+    marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return
+    with open(marker) as f:
+        name = f.read().strip()
+    path = os.path.join(cfg.OUTPUT_DIR, name)
+    if not os.path.isfile(path):
+        raise UserError(f"--resume: {marker} names {name!r}, which is not in OUTPUT_DIR; restore the file, "
+                        f"or delete last_checkpoint to start from MODEL.WEIGHTS")
 
 
 def check_unread_keys(cfg) -> None:
@@ -153,7 +225,10 @@ def check(args):
     """All checks that run before any process starts; returns the (unfrozen) config."""
     cfg = load_config(args)
     check_unread_keys(cfg)
+    check_config_values(cfg, args.num_gpus * args.num_machines, args.eval_only)
     check_output_dir(cfg.OUTPUT_DIR)
+    if args.resume:
+        check_resume(cfg)
     if args.eval_only:
         check_weights(cfg, args.resume)
     check_class_jsons(cfg, args.eval_only)

@@ -2,6 +2,7 @@
 import logging
 import os
 import weakref
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +59,23 @@ def resolve_test_batch_size(cfg) -> int:
     if size == 0:
         size = AUTO_TEST_BATCH.get(torch.device(cfg.MODEL.DEVICE).type, 1)
     return size
+
+
+def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name: str) -> Optional[str]:
+    """Why the test vocabulary ``names`` (read from ``test_class_json``) cannot score
+    ``dataset_name``, or None.
+
+    Scores are read by channel index, so the json must list the dataset's classes in its
+    order; only the count can be checked, because a vocabulary may name the same classes
+    differently (synonyms, reworded prompts: what open-vocabulary research varies). A json of
+    another dataset almost always has another count. Datasets without ``stuff_classes`` or
+    with another evaluator type are not checked."""
+    meta = MetadataCatalog.get(dataset_name)
+    classes = getattr(meta, "stuff_classes", None)
+    if classes is None or getattr(meta, "evaluator_type", "sem_seg") != "sem_seg" or len(names) == len(classes):
+        return None
+    return (f"MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON={test_class_json} has {len(names)} classes but dataset "
+            f"{dataset_name} has {len(classes)}: use the dataset's class json")
 
 
 class Trainer(DefaultTrainer):
@@ -162,22 +180,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def check_vocabulary(cls, cfg, model, dataset_name):
-        """The test class json must have as many classes as the dataset's evaluator.
-
-        Scores are read by channel index, so the json must list the dataset's classes in its
-        order; only the count can be checked, because a vocabulary may name the same classes
-        differently (synonyms, reworded prompts: what open-vocabulary research varies). A
-        json of another dataset almost always has another count."""
-        meta = MetadataCatalog.get(dataset_name)
-        classes = getattr(meta, "stuff_classes", None)
-        if classes is None or getattr(meta, "evaluator_type", "sem_seg") != "sem_seg":
-            return
-        names = model.class_names("test")
-        if len(names) != len(classes):
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON={cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON} has {len(names)} "
-                f"classes but dataset {dataset_name} has {len(classes)}: use the dataset's class json"
-            )
+        """:func:`vocabulary_mismatch` of the model's test vocabulary, as a ``ValueError``."""
+        problem = vocabulary_mismatch(cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON, model.class_names("test"), dataset_name)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

@@ -132,6 +132,58 @@ def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog,
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("override, expected", [
+    (["MODEL.PRECISION", "fp64"], "MODEL.PRECISION='fp64': expected one of auto, fp32, bf16, fp16"),
+    (["MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", "foo"], "MODEL.SEM_SEG_HEAD.CLIP_FINETUNE='foo': expected one of attention"),
+    (["MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", "foo"], "MODEL.SEM_SEG_HEAD.ATTENTION_TYPE='foo': expected one of full, linear"),
+    (["MODEL.PROMPT_ENSEMBLE_TYPE", "foo"], "MODEL.PROMPT_ENSEMBLE_TYPE='foo' is unknown"),
+    (["MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "ViT-X/99"], "CLIP_PRETRAINED='ViT-X/99' is neither an official name"),
+    (["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "/nowhere/clip.pth"], "CLIP weights file not found: /nowhere/clip.pth"),
+    (["MODEL.DEVICE", "gpu"], "MODEL.DEVICE='gpu': expected cpu, cuda or cuda:N"),
+    (["MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[1, 1, 1]"], r"POOLING_SIZES=\[1, 1, 1\]: expected two positive integers"),
+    (["MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[0, 0]"], r"TEST_POOLING_SIZES=\[0, 0\]: expected two positive"),
+    (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH=0: expected a positive multiple of the 1 training"),
+    (["SOLVER.IMS_PER_BATCH", "3", "--num-gpus", "2"], "SOLVER.IMS_PER_BATCH=3: expected a positive multiple of the 2"),
+    (["MODEL.COMPILE", "sometimes"], "MODEL.COMPILE='sometimes': expected True, False or auto"),
+])
+def test_bad_values_are_found_before_any_process_starts(capsys, tmp_path, override, expected):
+    """What the model, the CLIP builder or the trainer would reject after starting (with a
+    traceback, files written) is one line from --check-only already."""
+    import re
+
+    options = [o for o in override if o.startswith("--")]
+    options += [override[override.index(o) + 1] for o in options]
+    pairs = [o for o in override if o not in options]
+    argv = ["--config-file", TINY, "--check-only", *options, "OUTPUT_DIR", str(tmp_path / "o"), *pairs]
+    assert train_net.main(argv) == 2
+    assert re.search(expected, one_error_line(capsys))
+    assert not (tmp_path / "o").exists()
+
+
+def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path, monkeypatch):
+    from cat_seg.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "data", num_train=1, num_val=1, image_size=64, seed=0, verbose=False)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "DATASETS.TRAIN", "()", "DATASETS.TEST", "('synthetic_val_sem_seg',)",
+                           "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", "datasets/ade150.json"]) == 2
+    assert one_error_line(capsys) == (
+        "error: MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON=datasets/ade150.json has 150 classes but dataset "
+        "synthetic_val_sem_seg has 16: use the dataset's class json")
+
+
+def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_final.pth")
+    assert train_net.main(["--config-file", TINY, "--check-only", "--resume", "OUTPUT_DIR", str(out),
+                           "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 2
+    assert one_error_line(capsys) == (f"error: --resume: {out / 'last_checkpoint'} names 'model_final.pth', which "
+                                      f"is not in OUTPUT_DIR; restore the file, or delete last_checkpoint to start "
+                                      f"from MODEL.WEIGHTS")
+
+
 def test_unregistered_dataset_is_named(capsys, tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")

@@ -71,7 +71,8 @@ def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, traine
                    "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", tiny_benchmark["train_json"], benchmarks="ade150 synthetic")
     assert proc.returncode == 1, proc.stderr[-3000:]
     toy = row(proc.stdout, "Synthetic toy (val)")
-    assert toy[1].startswith("failed: ") and "exit code 1" in toy[1] and "stderr.log" in toy[1]
+    assert toy[1].startswith("failed: ") and "has 12 classes but dataset synthetic_val_sem_seg has 16" in toy[1]
+    assert "exit code 2" in toy[1] and "stderr.log" in toy[1]  # found by the evaluation's own checks
     assert row(proc.stdout, "ADE20K-150")[1].startswith("skipped: ")
     assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 0 evaluated, 1 skipped (missing data), "
                                                     "1 failed")
@@ -93,7 +94,8 @@ def test_run_sh_checks_its_arguments(tmp_path):
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found"])
+@pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
+                                  "output dir option", "bad value"])
 def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BENCHMARKS", "synthetic ade150")
     out = tmp_path / "run"
@@ -107,6 +109,10 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         config = str(tmp_path / "nope.yaml")
     elif case == "weights not found":
         extra = ["MODEL.WEIGHTS", str(tmp_path / "other.pth")]
+    elif case == "output dir option":
+        extra = ["OUTPUT_DIR", str(tmp_path / "elsewhere")]
+    elif case == "bad value":
+        extra = ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(tmp_path / "clip.pth")]
     assert evaluate_benchmarks.main([config, "1", str(out), *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "[eval]" not in captured.err
@@ -116,6 +122,37 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
                         "did you mean 'MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON'?",
         "missing config": f"error: config file '{config}' not found",
         "weights not found": f"error: MODEL.WEIGHTS '{tmp_path / 'other.pth'}' not found",
+        "output dir option": f"error: OUTPUT_DIR is eval.sh's third argument ('{out}'); remove 'OUTPUT_DIR ...'",
+        "bad value": f"error: CLIP weights file not found: {tmp_path / 'clip.pth'}",
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written
+
+
+def test_a_previous_runs_results_are_never_reported(tmp_path, monkeypatch):
+    """A benchmark process that exits 0 without writing results is failed, even where an
+    earlier run left its results file."""
+    from cat_seg.evaluation.benchmarks import BENCHMARKS
+
+    bench = BENCHMARKS["synthetic"]
+    stale = tmp_path / "eval" / "synthetic" / "inference" / bench.dataset / "sem_seg_results.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"metrics": {"mIoU": 99.9}}')
+    monkeypatch.setattr(evaluate_benchmarks, "missing_data", lambda dataset: "")
+    monkeypatch.setattr(evaluate_benchmarks.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stderr=""))
+    rows = evaluate_benchmarks.evaluate(TINY_CONFIG, 1, str(tmp_path), "w.pth", [], ["synthetic"])
+    assert rows[0].status == "failed" and "sem_seg_results.json written" in rows[0].reason
+    assert not stale.exists()
+
+
+def test_paths_are_taken_from_the_callers_folder(tiny_benchmark, tmp_path):
+    """eval.sh run from another folder: a config file there is found (and one of the
+    repository's by its repository path); OUTPUT_DIR is relative to that folder."""
+    (tmp_path / "mine.yaml").write_text(f"_BASE_: {TINY_CONFIG}\n")
+    env = run_env(tiny_benchmark)
+    env["BENCHMARKS"] = "synthetic"
+    for config in ("mine.yaml", os.path.relpath(TINY_CONFIG, REPO)):
+        proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), config, "1", "run"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint 'run/model_final.pth'"), proc.stderr

@@ -11,7 +11,7 @@ Weights come from (``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS``):
   afterwards through ``MODEL.WEIGHTS``).
 """
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, Union
 
 import open_clip
 import torch
@@ -99,12 +99,28 @@ def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.M
     resolved: CLIPArch = resolve_clip_arch(arch)
     model = open_clip.CLIP(**resolved.model_cfg, quick_gelu=resolved.quick_gelu)
     replace_multihead_attention(model)
+    kind, source, pretrained_cfg = clip_weights_source(resolved, weights)
+    if kind == "file":
+        load_clip_weights(model, read_clip_state_dict(source), source)
+    elif kind == "pretrained":
+        path = open_clip.download_pretrained(pretrained_cfg)
+        load_clip_weights(model, read_clip_state_dict(path), source)
+    return model.float()
+
+
+def clip_weights_source(arch: Union[str, CLIPArch], weights: Optional[str]) -> Tuple[str, str, Optional[dict]]:
+    """What ``CLIP_WEIGHTS`` names, without reading or downloading anything:
+    ``("none", "", None)``, ``("file", path, None)`` or ``("pretrained", "name/tag",
+    open_clip's pretrained config)``. Raises :class:`CLIPLoadError` for a missing file or a
+    tag the architecture does not have (also what the command lines check before starting)."""
+    resolved = resolve_clip_arch(arch) if isinstance(arch, str) else arch
     weights = "" if weights is None else str(weights)
     if weights in NO_WEIGHTS:
-        return model.float()
+        return "none", "", None
     if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        load_clip_weights(model, read_clip_state_dict(weights), weights)
-        return model.float()
+        if not os.path.isfile(weights):
+            raise CLIPLoadError(f"CLIP weights file not found: {weights}")
+        return "file", weights, None
     tag = resolved.default_tag if weights == "default" else weights
     pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
     if not pretrained_cfg:
@@ -113,6 +129,4 @@ def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.M
             f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS={weights!r} is neither a file nor a pretrained tag "
             f"of {resolved.name} (known tags: {known})"
         )
-    path = open_clip.download_pretrained(pretrained_cfg)
-    load_clip_weights(model, read_clip_state_dict(path), f"{resolved.name}/{tag}")
-    return model.float()
+    return "pretrained", f"{resolved.name}/{tag}", pretrained_cfg
