@@ -70,15 +70,13 @@ from typing import Optional
 
 import torch
 
+from .errors import UserError
+
 logger = logging.getLogger("cat_seg.benchmark")
 
 SMOKE_CONFIG = "configs/quick_schedules/tiny_vitb_cpu.yaml"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-class UserError(Exception):
-    """A wrong argument or config value: reported as one line, exit code 2."""
 
 
 def parse_args(argv=None):
@@ -263,12 +261,12 @@ def build_cfg(args, config_file: str):
 
     from cat_seg.config import add_cat_seg_config
 
-    if not os.path.isfile(config_file) and os.path.isfile(os.path.join(REPO, config_file)):
-        config_file = os.path.join(REPO, config_file)  # the repository's configs, from any folder
-    if not os.path.isfile(config_file):
-        raise UserError(f"--config-file {config_file}: no such file")
-    cfg = add_cat_seg_config(get_cfg())
-    cfg.merge_from_file(config_file)
+    from cat_seg.utils import resolve_path
+
+    from .errors import merge_config
+
+    # the repository's configs also from any folder; unknown keys name the closest valid one
+    cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(config_file))
     cfg.MODEL.DEVICE = args.device_resolved
     cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
     cfg.MODEL.WEIGHTS = ""
@@ -276,13 +274,7 @@ def build_cfg(args, config_file: str):
         cfg.TEST.SLIDING_WINDOW = True
         cfg.MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES = [1, 1]  # the official evaluation setting
     overrides = config_overrides(args)
-    try:
-        cfg.merge_from_list(overrides)
-    except (KeyError, ValueError, AssertionError) as e:
-        keys = overrides[::2]
-        missing = [k for k in keys if not _has_key(cfg, k)]
-        what = f"{missing[0]} is not a config key of this version" if missing else str(e).splitlines()[0]
-        raise UserError(f"config override: {what}") from None
+    merge_config(cfg, None, overrides)
     cfg.freeze()
     return cfg, overrides
 
@@ -574,6 +566,8 @@ def _main(args) -> int:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             raise UserError(f"--{name} {value}: expected a positive number")
+    if args.size is not None and min(args.size) < 1:
+        raise UserError(f"--size {args.size[0]} {args.size[1]}: expected a positive height and width")
     if args.smoke:
         args.iters, args.warmup = 1, 0
         classes = args.classes or 40  # more than PAD_LEN (32) of the tiny config: exercises pruning

@@ -52,6 +52,9 @@ def _model_state_of_config(config_file: str):
 
 def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False) -> str:
     """Convert ``src`` to ``dst``; returns the report text. Raises :class:`CheckpointError`."""
+    if os.path.isdir(dst):
+        raise CheckpointFormatError(f"OUT.pth {dst!r} is a directory; expected a file path "
+                                    f"(e.g. {os.path.join(dst, 'model_converted.pth')})")
     state, extras = unwrap_checkpoint(read_checkpoint(src), src)
     converted, report = convert_official_state_dict(state)
     if report.layout == OURS:
@@ -70,6 +73,8 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
 
         check_state_dict_fits(_model_state_of_config(config_file), converted, src, report)
     text = report.summary(verbose=verbose)
+    if not config_file:
+        text += "\n  not checked against a model: --config-file CFG checks that every key the model needs is there"
     ignored = [k for k in extras if k not in ("__author__", "matching_heuristics")]
     if ignored:
         text += f"\n  not copied (training state of the official run): {', '.join(ignored)}"

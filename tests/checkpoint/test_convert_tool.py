@@ -27,6 +27,7 @@ def test_round_trip_official_to_ours_is_lossless(tool, official_tiny_file, load_
     assert "dropped: sem_seg_head.predictor.transformer.layers.1.swin_block.block_2.attn_mask" in stdout
     assert "not copied (training state of the official run): optimizer, scheduler, iteration" in stdout
     assert f"wrote {out}" in stdout
+    assert "not checked against a model: --config-file CFG" in stdout
     assert [p.name for p in tmp_path.iterdir()] == ["converted.pth"]  # no temp file left
 
     saved = torch.load(out, weights_only=True)
@@ -84,4 +85,9 @@ def test_bad_input_one_line_error_exit_2(tool, official_tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2, path
         assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert os.listdir(out_dir) == []
+    code = tool.main([str(tmp_path / "extra.pth"), str(out_dir)])  # a folder as OUT.pth
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: OUT.pth '{out_dir}' is a directory; expected a file path "
+                                 f"(e.g. {out_dir / 'model_converted.pth'})\n")
     assert os.listdir(out_dir) == []

@@ -110,9 +110,10 @@ def test_ade847_errors(tmp_path, raw):
     raw.write_png(seg, np.zeros((5, 4, 3), np.uint8))
     with pytest.raises(PrepareError, match="is 4x5 but its image"):
         run(tmp_path, "--benchmark", "847")
-    (tmp_path / "ADE20K_2021_17_01/index_ade20k.pkl").write_bytes(b"garbage")
-    with pytest.raises(PrepareError, match="cannot read .*index_ade20k.pkl"):
-        run(tmp_path, "--benchmark", "847")
+    for content in (b"garbage", b"garbage\n", b"<html>not found</html>"):  # each unpickler failure
+        (tmp_path / "ADE20K_2021_17_01/index_ade20k.pkl").write_bytes(content)
+        with pytest.raises(PrepareError, match="cannot read .*index_ade20k.pkl: .*expected the index_ade20k.pkl"):
+            run(tmp_path, "--benchmark", "847")
 
 
 def test_cli_prints_error_and_exits_2(tmp_path, capsys):

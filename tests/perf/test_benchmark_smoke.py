@@ -99,8 +99,10 @@ def test_smoke_count_records():
     (["--count", "--compile-clip"], "--count counts the eager model's ops: drop --compile-clip"),
     (["--exact", "--compile-clip"], "--exact means the eager model: drop --compile-clip"),
     (["--opts", "MODEL.PRECISION"], "--opts needs KEY VALUE pairs"),
-    (["--opts", "MODEL.NO_SUCH_KEY", "1"], "MODEL.NO_SUCH_KEY is not a config key"),
-    (["--config-file", "no/such.yaml"], "--config-file no/such.yaml: no such file"),
+    (["--opts", "MODEL.NO_SUCH_KEY", "1"], "unknown config key 'MODEL.NO_SUCH_KEY' in the command line"),
+    (["--opts", "TEST.SLIDING_WINDOWS", "True"], "did you mean 'TEST.SLIDING_WINDOW'?"),
+    (["--config-file", "no/such.yaml"], "config file 'no/such.yaml' not found"),
+    (["--size", "0", "0"], "--size 0 0: expected a positive height and width"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
     proc = run_tool("--device", "cpu", *args)

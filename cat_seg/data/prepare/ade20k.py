@@ -120,8 +120,9 @@ def load_ade_index(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             index = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise PrepareError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # a damaged or foreign file makes the unpickler raise almost anything
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise PrepareError(f"cannot read {path}: {reason}; expected the index_ade20k.pkl of ADE20K_2021_17_01.zip") from None
     if not isinstance(index, dict) or not {"filename", "folder"} <= set(index):
         raise PrepareError(f"{path} is not an ADE20K index (expected a dict with 'filename' and "
                            f"'folder' lists)")
