@@ -781,6 +781,10 @@ class OpenVocabSegmenter:
     Use :meth:`from_config` to build one from a config file. Preprocessing is detectron2's
     test-time ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``; probabilities
     are returned at the original image size.
+
+    One segmenter serves one call at a time: its text-embedding cache and CUDA graphs are not
+    locked, so threads that segment at once need a segmenter each, or a lock around the calls
+    (the web app's queue runs one segmentation at a time).
     """
 
     def __init__(self, cfg):
@@ -881,9 +885,10 @@ class OpenVocabSegmenter:
             background: ``None`` (every pixel gets a class), ``"prompts"`` (add
                 :data:`BACKGROUND_PROMPTS`; their pixels become unlabeled) or a float
                 threshold (pixels whose best probability is below it become unlabeled).
-            batch_size: images per forward, a positive int (default ``None``: all). With the whole-image inference
-                images of different resized sizes go through separate forwards, because the
-                model pads a batch to a common size; results never depend on batching.
+            batch_size: images per forward, a positive int (default ``None``: all). Images of
+                any sizes share a forward: each is padded and resized on its own, so batching
+                changes results only by float rounding (probabilities within about 1e-6; a
+                pixel where two classes are that close may change label).
         Returns:
             a :class:`SegmentationResult`, or a list of them for a list input (an empty
             list for an empty list).
@@ -904,17 +909,12 @@ class OpenVocabSegmenter:
         ]
         return results[0] if single else results
 
-    def _forward_groups(self, prepared: List[Dict], batch_size: Optional[int]) -> List[List[int]]:
-        """Indexes of the inputs that go through one forward together."""
-        if self.model.sliding_window:  # every image is resized to the same canvas
-            groups = [list(range(len(prepared)))]
-        else:
-            by_size: Dict[Tuple[int, int], List[int]] = {}
-            for i, x in enumerate(prepared):
-                by_size.setdefault(tuple(x["image"].shape[-2:]), []).append(i)
-            groups = list(by_size.values())
+    @staticmethod
+    def _forward_groups(prepared: List[Dict], batch_size: Optional[int]) -> List[List[int]]:
+        """Indexes of the inputs that go through one forward together: ``batch_size`` at a time
+        in input order (the model prepares each image of a batch on its own, any size)."""
         step = batch_size or len(prepared)
-        return [g[s:s + step] for g in groups for s in range(0, len(g), step)]
+        return [list(range(start, min(start + step, len(prepared)))) for start in range(0, len(prepared), step)]
 
     def _predict(self, prepared: List[Dict], names: List[str], batch_size: Optional[int]) -> List[ClassMaps]:
         """Model-resolution per-class maps (:class:`~cat_seg.modeling.postprocess.ClassMaps`)
