@@ -85,7 +85,7 @@ def _clean_class(name: str) -> str:
 def _check_vocabulary(classes: List[str], source: str) -> List[str]:
     """A class given twice (the same entry, compared without case) is an error. Different
     entries with the same first synonym (``"screen, silver screen"`` and ``"screen, crt
-    screen"``: ADE-847 has 9 such pairs) are allowed with one warning: the model sees only the
+    screen"``: ADE-847 has 10 such classes) are allowed with one warning: the model sees only the
     first synonym, so such classes get the same scores and the first listed wins their pixels."""
     if not classes:
         raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
@@ -733,12 +733,11 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     """
     from detectron2.config import get_cfg
 
+    from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
     from .config import add_cat_seg_config
     from .hub import apply_released_defaults, get_released, weights_file_missing
     from .modeling.meta_arch.cat_seg import compile_is_auto
     from .utils import resolve_path
-
-    from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
 
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:

@@ -143,7 +143,7 @@ def check_datasets(cfg, eval_only: bool) -> None:
 
     test_json = cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
     for name in cfg.DATASETS.TEST:  # the class jsons were read by check_class_jsons
-        problem = vocabulary_mismatch(test_json, read_class_json(test_json, "TEST_CLASS_JSON"), name)
+        problem = vocabulary_mismatch(test_json, read_class_json(test_json, "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON"), name)
         if problem:
             raise UserError(problem)
 
