@@ -160,11 +160,19 @@ def test_bad_values_are_found_before_any_process_starts(capsys, tmp_path, overri
     assert not (tmp_path / "o").exists()
 
 
-def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def synthetic_registered(tmp_path):
+    """A one-image synthetic benchmark registered with detectron2 (the default root again afterwards)."""
+    from cat_seg.data.datasets import register_all
     from cat_seg.data.synthetic import generate_synthetic
 
     generate_synthetic(tmp_path / "data", num_train=1, num_val=1, image_size=64, seed=0, verbose=False)
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    register_all(tmp_path / "data")
+    yield
+    register_all()
+
+
+def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path, synthetic_registered):
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
                            "DATASETS.TRAIN", "()", "DATASETS.TEST", "('synthetic_val_sem_seg',)",
                            "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", "datasets/ade150.json"]) == 2
