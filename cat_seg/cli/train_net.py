@@ -29,7 +29,8 @@ def build_parser():
 
     parser = default_argument_parser()
     parser.add_argument("--check-only", action="store_true",
-                        help="check the config, OUTPUT_DIR, datasets and (with --eval-only) the weights, then exit")
+                        help="check the config (keys and values), OUTPUT_DIR, class jsons, datasets and (with "
+                             "--eval-only) the weights, then exit")
     return parser
 
 
