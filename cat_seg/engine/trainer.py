@@ -68,11 +68,23 @@ def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name
     Scores are read by channel index, so the json must list the dataset's classes in its
     order; only the count can be checked, because a vocabulary may name the same classes
     differently (synonyms, reworded prompts: what open-vocabulary research varies). A json of
-    another dataset almost always has another count. Datasets without ``stuff_classes`` or
-    with another evaluator type are not checked."""
+    another dataset almost always has another count. A dataset scored with background
+    (``sem_seg_background``, VOC-20b: its classes, then ``background``) needs its classes
+    followed by at least one background prompt. Datasets without ``stuff_classes`` or with
+    another evaluator type are not checked."""
     meta = MetadataCatalog.get(dataset_name)
     classes = getattr(meta, "stuff_classes", None)
-    if classes is None or getattr(meta, "evaluator_type", "sem_seg") != "sem_seg" or len(names) == len(classes):
+    kind = getattr(meta, "evaluator_type", "sem_seg")
+    if classes is None:
+        return None
+    if kind == "sem_seg_background":
+        scored = len(classes) - 1  # the classes before "background"
+        if len(names) > scored:
+            return None
+        return (f"MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON={test_class_json} has {len(names)} classes but dataset "
+                f"{dataset_name} needs its {scored} classes followed by background prompts: use the dataset's "
+                f"class json")
+    if kind != "sem_seg" or len(names) == len(classes):
         return None
     return (f"MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON={test_class_json} has {len(names)} classes but dataset "
             f"{dataset_name} has {len(classes)}: use the dataset's class json")

@@ -80,3 +80,24 @@ def test_mixed_precision_step_runs_the_hooks_and_steps_like_simple_trainer(dtype
     assert len(seen) == 1 and seen[0].abs().sum() > 0
     # the gradient the hook saw is the one the optimizer applied (unscaled under fp16)
     torch.testing.assert_close(model.linear.weight.detach(), before - 0.1 * seen[0])
+
+
+def test_vocabulary_mismatch_by_class_count():
+    """The test vocabulary must have the dataset's class count; a dataset scored with
+    background (VOC-20b) needs its classes and at least one background prompt."""
+    import cat_seg.data  # noqa: F401  (registers the datasets)
+    from cat_seg.data.catalog import vocabulary_path
+    from cat_seg.engine.trainer import vocabulary_mismatch
+    from cat_seg.utils import read_class_json
+
+    def names(key):
+        return read_class_json(str(vocabulary_path(key)), "TEST_CLASS_JSON")
+
+    assert vocabulary_mismatch("ade150.json", names("ade150"), "ade20k_150_test_sem_seg") is None
+    assert vocabulary_mismatch("coco.json", names("coco"), "ade20k_150_test_sem_seg") == (
+        "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON=coco.json has 171 classes but dataset ade20k_150_test_sem_seg has 150: "
+        "use the dataset's class json")
+    assert vocabulary_mismatch("voc20b.json", names("voc20b"), "voc_2012_test_background_sem_seg") is None
+    assert vocabulary_mismatch("voc20.json", names("voc20"), "voc_2012_test_background_sem_seg") == (
+        "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON=voc20.json has 20 classes but dataset voc_2012_test_background_sem_seg "
+        "needs its 20 classes followed by background prompts: use the dataset's class json")
