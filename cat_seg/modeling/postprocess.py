@@ -31,7 +31,7 @@ import torch
 from ..utils import same_device
 from .aggregator import resolve_class_chunk_size
 from .cost_volume import PRUNED_CLASS_LOGIT
-from .sliding_window import merge_views, resize_maps
+from .sliding_window import merge_views, resize_maps, sigmoid_maps
 
 # At most this many float32 elements (256 MB) per class chunk at the output resolution:
 # whatever the chunk setting, a 6000x4000 output is expanded 2 classes at a time.
@@ -332,7 +332,8 @@ class WholeImageMaps(ClassMaps):
         return self.image_size
 
     def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
-        probs = self.data[rows].float().sigmoid()
+        logits = self.data[rows].float()
+        probs = sigmoid_maps(logits, out=torch.empty_like(logits, memory_format=torch.contiguous_format))
         return resize_maps(probs, self.padded_size)[:, :self.image_size[0], :self.image_size[1]]
 
 

@@ -32,6 +32,26 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int], out: Optional[torch.Ten
     return out
 
 
+def sigmoid_maps(maps: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sigmoid of every map of ``maps [..., h, w]``, into ``out`` (contiguous, that shape;
+    default: in place), each map's bits independent of the other maps in the call.
+
+    torch's CPU kernel computes runs of 32 elements with a vectorised exp and the rest (the
+    end of the tensor, the ends of each thread's range) with a scalar one, which rounds
+    differently in the last bit; so in one call over a chunk of classes, where a class map
+    falls decides some of its bits: chunking would change them, and two classes with equal
+    logits could get different probabilities (the lowest-class tie rule would not hold). On a
+    CPU each map is therefore its own call (the same positions for every map); on other
+    devices (CUDA computes every element alike) it is one call.
+    """
+    out = maps if out is None else out
+    if maps.device.type != "cpu":
+        return torch.sigmoid(maps, out=out)
+    for source, target in zip(maps.reshape(-1, *maps.shape[-2:]), out.view(-1, *out.shape[-2:])):
+        torch.sigmoid(source, out=target)
+    return out
+
+
 def window_stride(crop: int, overlap: float) -> int:
     """Stride between crops: ``int(crop * (1 - overlap))`` (256 for 384 / 0.333)."""
     stride = int(crop * (1 - overlap))
@@ -108,6 +128,6 @@ def merge_views(logits: torch.Tensor, boxes: List[Tuple[int, int]], crop: int, c
     power of two, so this differs from ``(sum / coverage + global) / 2`` only in the order of
     the additions (float32 rounding).
     """
-    probs = resize_maps(logits.float(), (crop, crop)).sigmoid_()
+    probs = sigmoid_maps(resize_maps(logits.float(), (crop, crop)))
     merged = resize_maps(probs[-1].mul_(0.5), canvas)
     return merge_windows(probs[:-1], boxes, canvas, out=merged, scale=0.5)

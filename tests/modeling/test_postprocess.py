@@ -199,6 +199,45 @@ def test_ties_go_to_the_lowest_class(chunk, merge):
     assert (labels == 3).all()
 
 
+@pytest.fixture(params=[2, 5])
+def threads(request):
+    """CPU thread counts whose ranges split class maps at different positions."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_chunking_and_ties_bit_exact_for_odd_map_sizes(threads, merge):
+    """Maps whose size is not a multiple of the CPU kernels' 32-element runs (a 7x7 grid's
+    28x28 logits, 100-pixel crops), several threads: chunked == all at once, bit for bit, and
+    classes with equal logits get equal probabilities, so the lowest one wins. (torch's CPU
+    sigmoid rounds the elements of a call's partial runs differently; the output stage calls
+    it per class map.)"""
+    logits = random_logits((5, 28, 28), 0, [])
+    logits[3] = logits[0]
+    whole = {chunk: WholeImageMaps(logits, (32, 32), (32, 32), (45, 37), chunk) for chunk in (0, 1, 2)}
+    probs = {chunk: maps.probabilities() for chunk, maps in whole.items()}
+    for chunk in (1, 2):
+        assert torch.equal(probs[chunk], probs[0])
+    assert torch.equal(probs[0][0], probs[0][3])
+    for maps in whole.values():
+        labels, _ = maps.labels_and_confidence()
+        assert not (labels == 3).any()
+    crop, canvas = 10, (16, 16)
+    boxes = window_boxes(canvas, crop, window_stride(crop, 0.333))
+    views = random_logits((len(boxes) + 1, 5, 7, 7), 1, [])
+    views[:, 3] = views[:, 0]
+    sliding = {chunk: SlidingWindowMaps(views, boxes, crop, canvas, (21, 19), chunk) for chunk in (0, 1, 2)}
+    probs = {chunk: maps.probabilities() for chunk, maps in sliding.items()}
+    for chunk in (1, 2):
+        assert torch.equal(probs[chunk], probs[0])
+    assert torch.equal(probs[0][0], probs[0][3])
+    for maps in sliding.values():
+        labels, _ = maps.labels_and_confidence()
+        assert not (labels == 3).any()
+
+
 def test_pruned_classes_can_win(merge):
     """Where no live class beats the pruned constant (all underflow to 0 here), the argmax over
     the full tensor is the lowest class index, here the first pruned class: streaming agrees."""
