@@ -97,7 +97,7 @@ def add_cat_seg_config(cfg):
     # Classes per chunk (per image) of the per-class blocks, the decoder and the
     # sliding-window post-processing at inference (0 = all at once; -1 = auto: 32 on CPU,
     # where small chunks stay in cache, all at once on GPU or with MODEL.COMPILE). Bounds
-    # memory for large vocabularies; results do not depend on it. With MODEL.CHECKPOINT_ACTIVATIONS it is also
+    # memory for large vocabularies; results do not depend on it (up to float rounding). With MODEL.CHECKPOINT_ACTIVATIONS it is also
     # the recomputation chunk in training (0 = one image).
     cfg.TEST.CLASS_CHUNK_SIZE = -1
 
