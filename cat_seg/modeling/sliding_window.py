@@ -34,7 +34,8 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int], out: Optional[torch.Ten
 
 def sigmoid_maps(maps: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sigmoid of every map of ``maps [..., h, w]``, into ``out`` (contiguous, that shape;
-    default: in place), each map's bits independent of the other maps in the call.
+    default: in place, ``maps`` contiguous), each map's bits independent of the other maps in
+    the call.
 
     torch's CPU kernel computes runs of 32 elements with a vectorised exp and the rest (the
     end of the tensor, the ends of each thread's range) with a scalar one, which rounds
@@ -44,7 +45,10 @@ def sigmoid_maps(maps: torch.Tensor, out: Optional[torch.Tensor] = None) -> torc
     CPU each map is therefore its own call (the same positions for every map); on other
     devices (CUDA computes every element alike) it is one call.
     """
-    out = maps if out is None else out
+    if out is None:
+        if not maps.is_contiguous():
+            raise ValueError("sigmoid_maps in place needs contiguous maps; pass out=")
+        out = maps
     if maps.device.type != "cpu":
         return torch.sigmoid(maps, out=out)
     for source, target in zip(maps.reshape(-1, *maps.shape[-2:]), out.view(-1, *out.shape[-2:])):
