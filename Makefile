@@ -3,8 +3,8 @@
 #                 then the tests marked `demo` (the toy run's learning check, several CPU minutes)
 #   make test   - install, then the test suite
 #   make app    - install, then the web app (cat-seg-app)
-PY      ?= .venv/bin/python
 VENV    ?= .venv
+PY      ?= $(VENV)/bin/python
 TOY_OUT ?= output/toy
 export VENV
 

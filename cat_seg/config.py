@@ -116,6 +116,51 @@ def add_cat_seg_config(cfg):
     return cfg
 
 
+# Keys whose values are file paths. A relative one written in a config file is looked up
+# like this: relative to the working folder, else the repository (cat_seg.utils.resolve_path,
+# at use), else a folder above the config file (resolve_paths_near_config, at load), so that
+# a config of a checkout works from any folder, with an installed package too.
+CONFIG_PATH_KEYS = (
+    "MODEL.WEIGHTS",
+    "MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED",
+    "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS",
+    "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON",
+    "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON",
+)
+
+
+def resolve_paths_near_config(cfg, config_file: str) -> None:
+    """Make the relative file paths of :data:`CONFIG_PATH_KEYS` absolute where they exist
+    only relative to a folder above ``config_file`` (nearest first), e.g.
+    ``configs/clip_models/tiny-vit-b16.json`` in ``<checkout>/configs/quick_schedules/x.yaml``
+    run from another folder. Values that exist as given, are not paths (``openai``,
+    ``ViT-B/16`` is not a file anywhere) or are found nowhere are left as they are."""
+    import os
+
+    from .utils import resolve_path
+
+    folders = []
+    folder = os.path.dirname(os.path.abspath(config_file))
+    while folder not in folders:
+        folders.append(folder)
+        folder = os.path.dirname(folder)
+    for key in CONFIG_PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        value = node[leaf]
+        if not isinstance(value, str) or not value or os.path.isabs(value) or "/" not in value.replace(os.sep, "/"):
+            continue
+        if os.path.exists(resolve_path(value)):
+            continue
+        for base in folders:
+            candidate = os.path.join(base, value)
+            if os.path.isfile(candidate):
+                node[leaf] = candidate
+                break
+
+
 # detectron2 keys cat-seg does not read whose other values would change what detectron2 does:
 # key -> (the value cat-seg behaves as, what it uses instead). Other unread detectron2 keys
 # (MODEL.BACKBONE.FREEZE_AT, DATALOADER.FILTER_EMPTY_ANNOTATIONS, ...) concern models or

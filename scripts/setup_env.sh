@@ -27,11 +27,17 @@ fi
 echo "[setup] creating virtual environment in $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
+# pip, its "WARNING: Location" lines filtered out; a failed install stops the script
+pip_quiet() {
+  $PIP "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+  local status=${PIPESTATUS[0]}
+  [ "$status" -eq 0 ] || { echo "[setup] error: pip $* failed (exit status $status)" >&2; exit "$status"; }
+}
+pip_quiet install -q --upgrade pip setuptools wheel
 echo "[setup] installing $TORCH_SPEC"
-$PIP install -q $TORCH_SPEC 2>&1 | grep -v '^WARNING: Location' || true
+pip_quiet install -q $TORCH_SPEC
 echo "[setup] installing requirements.txt"
-$PIP install -q -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+pip_quiet install -q -r requirements.txt
 
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 if [ -n "$DETECTRON2_SPEC" ]; then
@@ -41,8 +47,7 @@ elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   echo "[setup] installing detectron2 (pure Python) from $D2_WHEEL"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  $PIP install -q --no-deps --target "$tmp" --python-version 3.10 \
-      --only-binary=:all: "$D2_WHEEL" 2>&1 | grep -v '^WARNING: Location' || true
+  pip_quiet install -q --no-deps --target "$tmp" --python-version 3.10 --only-binary=:all: "$D2_WHEEL"
   [ -d "$tmp/detectron2" ] || { echo "[setup] error: $D2_WHEEL did not provide detectron2/" >&2; exit 1; }
   # its compiled ops were built against another torch; CAT-Seg needs none of them
   rm -f "$tmp"/detectron2/_C*.so
@@ -50,6 +55,6 @@ elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   cp -r "$tmp/detectron2" "$site/detectron2"
 fi
 echo "[setup] installing cat-seg (editable) with the app and test extras (gradio, pytest, selenium)"
-$PIP install -q --no-build-isolation -e ".[app,test]" 2>&1 | grep -v '^WARNING: Location' || true
+pip_quiet install -q --no-build-isolation -e ".[app,test]"
 "$VENV/bin/python" -c "import torch, detectron2, open_clip, gradio, pytest, cat_seg; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| open_clip', open_clip.__version__)"
 echo "$want" > "$stamp"

@@ -127,6 +127,9 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
             raise UserError(f"config file {config_file!r} {what}")
         try:
             cfg.merge_from_file(config_file)
+            from cat_seg.config import resolve_paths_near_config
+
+            resolve_paths_near_config(cfg, config_file)  # a checkout's config from any folder
         except Exception as exc:  # unknown key, YAML syntax, bad value, unreadable _BASE_
             try:
                 check_config_keys(cfg, _file_keys(config_file), f"config file {config_file!r}")

@@ -109,3 +109,36 @@ def test_unknown_keys_still_fail(tmp_path):
     cfg = add_cat_seg_config(get_cfg())
     with pytest.raises(KeyError):
         cfg.merge_from_file(str(path))
+
+
+def test_paths_in_a_config_are_found_near_it_from_any_folder(tmp_path, monkeypatch):
+    """A relative path written in a config file (``configs/clip_models/...json``) that exists
+    neither from the working folder nor the repository is taken from a folder above the config
+    file: a checkout's configs work from any folder, with a non-editable install too (whose
+    "repository" is site-packages). Command-line values and values found as given stay."""
+    import cat_seg.utils
+    from cat_seg.cli.errors import merge_config
+
+    checkout = tmp_path / "checkout"
+    (checkout / "configs" / "models").mkdir(parents=True)
+    (checkout / "configs" / "models" / "m.json").write_text("{}")
+    (checkout / "configs" / "runs").mkdir()
+    config = checkout / "configs" / "runs" / "r.yaml"
+    config.write_text("MODEL:\n  SEM_SEG_HEAD:\n    CLIP_PRETRAINED: configs/models/m.json\n"
+                      "    TEST_CLASS_JSON: datasets/ade150.json\n    CLIP_WEIGHTS: openai\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(cat_seg.utils, "REPO_ROOT", str(tmp_path / "site-packages"))
+    cfg = merge_config(add_cat_seg_config(get_cfg()), str(config))
+    head = cfg.MODEL.SEM_SEG_HEAD
+    assert head.CLIP_PRETRAINED == str(checkout / "configs" / "models" / "m.json")
+    assert head.TEST_CLASS_JSON == "datasets/ade150.json"  # nowhere near: the packaged list, at use
+    assert head.CLIP_WEIGHTS == "openai"
+    cfg = merge_config(add_cat_seg_config(get_cfg()), str(config),
+                       ["MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "configs/models/m.json"])
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == "configs/models/m.json"  # the command line's, as given
+    (elsewhere / "configs" / "models").mkdir(parents=True)
+    (elsewhere / "configs" / "models" / "m.json").write_text("{}")
+    cfg = merge_config(add_cat_seg_config(get_cfg()), str(config))
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == "configs/models/m.json"  # found from the working folder
