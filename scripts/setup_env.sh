@@ -29,8 +29,8 @@ echo "[setup] creating virtual environment in $VENV"
 PIP="$VENV/bin/python -m pip"
 # pip, its "WARNING: Location" lines filtered out; a failed install stops the script
 pip_quiet() {
-  $PIP "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
-  local status=${PIPESTATUS[0]}
+  local status=0
+  $PIP "$@" 2>&1 | { grep -v '^WARNING: Location' || true; } || status=$?  # pipefail: pip's status
   [ "$status" -eq 0 ] || { echo "[setup] error: pip $* failed (exit status $status)" >&2; exit "$status"; }
 }
 pip_quiet install -q --upgrade pip setuptools wheel
