@@ -734,7 +734,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     from detectron2.config import get_cfg
 
     from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
-    from .config import add_cat_seg_config
+    from .config import add_cat_seg_config, check_config_values
     from .hub import apply_released_defaults, get_released, weights_file_missing
     from .modeling.meta_arch.cat_seg import compile_is_auto
     from .utils import resolve_path
@@ -758,6 +758,14 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
+    checked = cfg
+    if cfg.MODEL.WEIGHTS:  # the checkpoint holds CLIP: OpenVocabSegmenter builds CLIP without weights
+        checked = cfg.clone()
+        checked.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    try:  # the values the model would reject once built, as one line
+        check_config_values(checked)
+    except ValueError as e:
+        raise CATSegError(str(e)) from None
     if compile_is_auto(cfg.MODEL.COMPILE):
         # Interactive use (demo, web app, this API) stays eager unless MODEL.COMPILE True is
         # asked for: the first compiled call takes over a minute (82 s for ViT-B on an H200,

@@ -161,6 +161,56 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
                 break
 
 
+def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None:
+    """The values the model, the CLIP builder and the trainer would reject once started,
+    checked with their own validators before anything is built: precision, compile,
+    fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
+    missing file, an unknown tag; nothing is downloaded), device, pooling sizes and, for
+    training, the batch (divisible by the ``processes``). Raises a one-line ``ValueError``
+    (the command lines make it an ``error:`` line and exit status 2, the API a
+    ``CATSegError``)."""
+    import torch
+
+    from .modeling.class_aggregation import ATTENTION_FUNCTIONS
+    from .modeling.clip.builder import CLIPLoadError, clip_weights_source
+    from .modeling.clip.finetune import FINETUNE_MODES
+    from .modeling.clip.model_configs import resolve_clip_arch
+    from .modeling.clip.prompts import get_templates
+    from .modeling.meta_arch.cat_seg import resolve_compile
+    from .modeling.precision import PRECISIONS
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+
+    def choice(key: str, value, allowed) -> None:
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
+
+    choice("MODEL.PRECISION", str(cfg.MODEL.PRECISION).lower(), PRECISIONS)
+    choice("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", head.CLIP_FINETUNE, FINETUNE_MODES)
+    choice("MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", head.ATTENTION_TYPE, sorted(ATTENTION_FUNCTIONS))
+    try:
+        resolve_compile(cfg.MODEL.COMPILE, None)
+        get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
+        arch = resolve_clip_arch(head.CLIP_PRETRAINED)
+        clip_weights_source(arch, head.CLIP_WEIGHTS)
+    except CLIPLoadError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError:
+        raise ValueError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected cpu, cuda or cuda:N") from None
+    for key in ("POOLING_SIZES", "TEST_POOLING_SIZES"):
+        sizes = list(head.get(key))
+        if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
+            empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
+    if not eval_only:
+        batch = cfg.SOLVER.IMS_PER_BATCH
+        if batch < 1 or batch % processes:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH={batch}: expected a positive multiple of the {processes} "
+                            f"training process(es) (--num-gpus x --num-machines)")
+
+
 # detectron2 keys cat-seg does not read whose other values would change what detectron2 does:
 # key -> (the value cat-seg behaves as, what it uses instead). Other unread detectron2 keys
 # (MODEL.BACKBONE.FREEZE_AT, DATALOADER.FILTER_EMPTY_ANNOTATIONS, ...) concern models or

@@ -259,7 +259,7 @@ def config_overrides(args) -> list:
 def build_cfg(args, config_file: str):
     from detectron2.config import get_cfg
 
-    from cat_seg.config import add_cat_seg_config
+    from cat_seg.config import add_cat_seg_config, check_config_values
 
     from cat_seg.utils import resolve_path
 
@@ -275,6 +275,10 @@ def build_cfg(args, config_file: str):
         cfg.MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES = [1, 1]  # the official evaluation setting
     overrides = config_overrides(args)
     merge_config(cfg, None, overrides)
+    try:
+        check_config_values(cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     cfg.freeze()
     return cfg, overrides
 

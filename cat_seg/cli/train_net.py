@@ -150,51 +150,13 @@ def check_datasets(cfg, eval_only: bool) -> None:
 
 
 def check_config_values(cfg, processes: int, eval_only: bool) -> None:
-    """The values the model, the CLIP builder and the trainer would reject once started,
-    checked with their own validators before any process starts (one line, exit status 2,
-    nothing written): precision, compile, fine-tuning policy, prompt templates, class
-    attention, CLIP architecture and weights (a missing file, an unknown tag; nothing is
-    downloaded), device, pooling sizes and the batch (divisible by the ``processes``)."""
-    import torch
+    """:func:`cat_seg.config.check_config_values` as a :class:`UserError` (one line)."""
+    from cat_seg.config import check_config_values as check_values
 
-    from cat_seg.modeling.class_aggregation import ATTENTION_FUNCTIONS
-    from cat_seg.modeling.clip.builder import CLIPLoadError, clip_weights_source
-    from cat_seg.modeling.clip.finetune import FINETUNE_MODES
-    from cat_seg.modeling.clip.model_configs import resolve_clip_arch
-    from cat_seg.modeling.clip.prompts import get_templates
-    from cat_seg.modeling.meta_arch.cat_seg import resolve_compile
-    from cat_seg.modeling.precision import PRECISIONS
-
-    head = cfg.MODEL.SEM_SEG_HEAD
-
-    def choice(key: str, value, allowed) -> None:
-        if value not in allowed:
-            raise UserError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
-
-    choice("MODEL.PRECISION", str(cfg.MODEL.PRECISION).lower(), PRECISIONS)
-    choice("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", head.CLIP_FINETUNE, FINETUNE_MODES)
-    choice("MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", head.ATTENTION_TYPE, sorted(ATTENTION_FUNCTIONS))
     try:
-        resolve_compile(cfg.MODEL.COMPILE, None)
-        get_templates(cfg.MODEL.PROMPT_ENSEMBLE_TYPE)
-        arch = resolve_clip_arch(head.CLIP_PRETRAINED)
-        clip_weights_source(arch, head.CLIP_WEIGHTS)
-    except (ValueError, CLIPLoadError) as exc:
+        check_values(cfg, processes, eval_only)
+    except ValueError as exc:
         raise UserError(str(exc)) from None
-    try:
-        torch.device(cfg.MODEL.DEVICE)
-    except RuntimeError:
-        raise UserError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected cpu, cuda or cuda:N") from None
-    for key in ("POOLING_SIZES", "TEST_POOLING_SIZES"):
-        sizes = list(head.get(key))
-        if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
-            empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
-            raise UserError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
-    if not eval_only:
-        batch = cfg.SOLVER.IMS_PER_BATCH
-        if batch < 1 or batch % processes:
-            raise UserError(f"SOLVER.IMS_PER_BATCH={batch}: expected a positive multiple of the {processes} "
-                            f"training process(es) (--num-gpus x --num-machines)")
 
 
 def check_resume(cfg) -> None:

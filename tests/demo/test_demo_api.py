@@ -293,6 +293,10 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
     with pytest.raises(CATSegError, match=r"unknown config key 'TEST.SLIDING_WINDOWS' in the command line; "
                                           r"did you mean 'TEST.SLIDING_WINDOW'\?"):
         OpenVocabSegmenter.from_config(tiny.config, opts=["TEST.SLIDING_WINDOWS", "True"])
+    with pytest.raises(CATSegError, match=r"CLIP_PRETRAINED='nope.json': model-config file not found"):
+        OpenVocabSegmenter.from_config(tiny.config, opts=["MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "nope.json"])
+    with pytest.raises(CATSegError, match=r"MODEL.PRECISION='fp64': expected one of"):
+        OpenVocabSegmenter.from_config(tiny.config, opts=["MODEL.PRECISION", "fp64"])
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"garbage")
     with pytest.raises(CATSegError, match="cannot load weights: .*corrupt.pth is not a readable torch checkpoint"):

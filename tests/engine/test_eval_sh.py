@@ -123,7 +123,7 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         "missing config": f"error: config file '{config}' not found",
         "weights not found": f"error: MODEL.WEIGHTS '{tmp_path / 'other.pth'}' not found",
         "output dir option": f"error: OUTPUT_DIR is eval.sh's third argument ('{out}'); remove 'OUTPUT_DIR ...'",
-        "bad value": f"error: CLIP weights file not found: {tmp_path / 'clip.pth'}",
+        "bad value": f"error: CLIP weights file '{tmp_path / 'clip.pth'}' (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found",
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written

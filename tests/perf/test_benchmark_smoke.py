@@ -103,6 +103,7 @@ def test_smoke_count_records():
     (["--opts", "TEST.SLIDING_WINDOWS", "True"], "did you mean 'TEST.SLIDING_WINDOW'?"),
     (["--config-file", "no/such.yaml"], "config file 'no/such.yaml' not found"),
     (["--size", "0", "0"], "--size 0 0: expected a positive height and width"),
+    (["--opts", "MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "nope.json"], "CLIP_PRETRAINED='nope.json': model-config file"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
     proc = run_tool("--device", "cpu", *args)

@@ -119,7 +119,7 @@ def clip_weights_source(arch: Union[str, CLIPArch], weights: Optional[str]) -> T
         return "none", "", None
     if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
         if not os.path.isfile(weights):
-            raise CLIPLoadError(f"CLIP weights file not found: {weights}")
+            raise CLIPLoadError(f"CLIP weights file {weights!r} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found")
         return "file", weights, None
     tag = resolved.default_tag if weights == "default" else weights
     pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
