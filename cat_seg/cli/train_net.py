@@ -194,6 +194,12 @@ def check(args):
         check_resume(cfg)
     if args.eval_only:
         check_weights(cfg, args.resume)
+    elif not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        from cat_seg.hub import weights_file_missing
+
+        if weights_file_missing(cfg.MODEL.WEIGHTS):  # the checkpoint to start (fine-tune) from
+            raise UserError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} not found; expected a checkpoint file to start "
+                            f"training from (or empty: CLIP weights and a new head)")
     check_class_jsons(cfg, args.eval_only)
     check_datasets(cfg, args.eval_only)
     return cfg

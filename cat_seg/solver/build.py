@@ -16,19 +16,18 @@ parameter can carry its own learning rate and weight decay:
   training reproduces its results).
 
 Gradient clipping of type ``full_model`` clips the global norm over all parameters of all
-groups jointly before every step; other clip types are delegated to detectron2.
+groups jointly before every step; ``value`` and ``norm`` clip each parameter on its own, as
+detectron2's clipping does (:func:`maybe_add_full_model_gradient_clipping`).
 The LR scheduler is detectron2's ``build_lr_scheduler`` (``WarmupCosineLR`` with no warmup
 gives the multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``).
 """
 import copy
-import itertools
 import logging
 from typing import Any, Dict, List, Set, Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler  # re-exported
-from detectron2.solver.build import maybe_add_gradient_clipping
 
 __all__ = [
     "NORM_MODULE_TYPES",
@@ -85,30 +84,49 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any
     return params
 
 
+#: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` values: detectron2's per-parameter ``value`` and
+#: ``norm``, and the official code's ``full_model`` (one norm over all parameters).
+CLIP_TYPES = ("full_model", "value", "norm")
+
+
 def maybe_add_full_model_gradient_clipping(
     cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]
 ) -> Type[torch.optim.Optimizer]:
     """
-    Return a subclass of ``optimizer_type`` whose ``step`` first calls
-    ``clip_grad_norm_`` on all parameters of all groups jointly (max norm
-    ``SOLVER.CLIP_GRADIENTS.CLIP_VALUE``, norm ``NORM_TYPE``), if gradient clipping is
-    enabled with ``CLIP_TYPE == "full_model"``; otherwise ``optimizer_type`` unchanged.
+    Return a subclass of ``optimizer_type`` whose ``step`` first clips the gradients, if
+    ``SOLVER.CLIP_GRADIENTS.ENABLED`` (and ``CLIP_VALUE > 0``); otherwise ``optimizer_type``
+    unchanged. ``CLIP_TYPE`` ``full_model``: ``clip_grad_norm_`` over all parameters of all
+    groups jointly (max norm ``CLIP_VALUE``, ``NORM_TYPE``), as the official code;
+    ``value`` / ``norm``: each parameter on its own, as detectron2's
+    ``maybe_add_gradient_clipping``. Written here for all three because detectron2's
+    per-parameter clipper also hands over parameters without a gradient (the dense last CLIP
+    block's unused query weight), which current torch's ``clip_grad_value_`` rejects.
     """
     clip_cfg = cfg.SOLVER.CLIP_GRADIENTS
     clip_value = float(clip_cfg.CLIP_VALUE)
     norm_type = float(clip_cfg.NORM_TYPE)
-    if not (clip_cfg.ENABLED and clip_cfg.CLIP_TYPE == "full_model" and clip_value > 0.0):
+    clip_type = str(clip_cfg.CLIP_TYPE)
+    if clip_type not in CLIP_TYPES:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip_type!r}: expected one of {', '.join(CLIP_TYPES)}")
+    if not (clip_cfg.ENABLED and clip_value > 0.0):
         return optimizer_type
 
-    class FullModelGradientClippingOptimizer(optimizer_type):
+    class GradientClippingOptimizer(optimizer_type):
         def step(self, closure=None):
-            all_params = itertools.chain(*[g["params"] for g in self.param_groups])
-            torch.nn.utils.clip_grad_norm_(all_params, clip_value, norm_type=norm_type)
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if clip_type == "full_model":
+                torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type=norm_type)
+            elif clip_type == "value":
+                torch.nn.utils.clip_grad_value_(params, clip_value)  # elementwise: per parameter alike
+            else:
+                for param in params:
+                    torch.nn.utils.clip_grad_norm_(param, clip_value, norm_type=norm_type)
             return super().step(closure=closure)
 
-    FullModelGradientClippingOptimizer.__name__ = optimizer_type.__name__ + "FullModelClip"
-    FullModelGradientClippingOptimizer.__qualname__ = FullModelGradientClippingOptimizer.__name__
-    return FullModelGradientClippingOptimizer
+    suffix = "FullModelClip" if clip_type == "full_model" else "WithGradientClip"
+    GradientClippingOptimizer.__name__ = optimizer_type.__name__ + suffix
+    GradientClippingOptimizer.__qualname__ = GradientClippingOptimizer.__name__
+    return GradientClippingOptimizer
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -133,8 +151,6 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         raise ValueError(
             f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}"
         )
-    if cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE != "full_model":
-        optimizer = maybe_add_gradient_clipping(cfg, optimizer)
     logger.info(
         "Optimizer %s with %d parameter groups", type(optimizer).__name__, len(params)
     )

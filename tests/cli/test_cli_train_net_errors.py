@@ -145,6 +145,9 @@ def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog,
     (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH=0: expected a positive multiple of the 1 training"),
     (["SOLVER.IMS_PER_BATCH", "3", "--num-gpus", "2"], "SOLVER.IMS_PER_BATCH=3: expected a positive multiple of the 2"),
     (["MODEL.COMPILE", "sometimes"], "MODEL.COMPILE='sometimes': expected True, False or auto"),
+    (["SOLVER.OPTIMIZER", "ADAM"], "SOLVER.OPTIMIZER='ADAM': expected one of ADAMW, SGD"),
+    (["SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "foo"], "CLIP_TYPE='foo': expected one of full_model, value, norm"),
+    (["MODEL.WEIGHTS", "/nowhere/start.pth"], "MODEL.WEIGHTS '/nowhere/start.pth' not found; expected a checkpoint"),
 ])
 def test_bad_values_are_found_before_any_process_starts(capsys, tmp_path, override, expected):
     """What the model, the CLIP builder or the trainer would reject after starting (with a

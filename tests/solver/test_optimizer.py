@@ -279,3 +279,25 @@ def test_visual_prompt_tokens_take_the_clip_multiplier(build_cfg):
     assert all(lr == pytest.approx(1e-4) for name, (lr, _) in lrs.items() if name.startswith("backbone."))
     assert any(name.startswith("sem_seg_head.") for name in lrs)
     assert all(lr == pytest.approx(1e-3) for name, (lr, _) in lrs.items() if name.startswith("sem_seg_head."))
+
+
+@pytest.mark.parametrize("clip_type", ["value", "norm", "full_model"])
+def test_clipping_skips_parameters_without_gradient(clip_type):
+    """A trainable parameter the forward never uses (the dense last CLIP block's query weight)
+    has no gradient: every clipping type steps past it (torch's clip_grad_value_ rejects an
+    empty list, which detectron2's per-parameter clipper would hand it)."""
+    cfg = _plain_sgd_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.25
+    model = TwoParams()
+    optimizer = build_optimizer(cfg, model)
+    model.a.grad = torch.tensor([1.0, -1.0])  # b: no gradient
+    optimizer.step()
+    assert model.a.abs().max() <= 0.25 + 1e-6 and torch.equal(model.b.detach(), torch.zeros(3))
+
+
+def test_unknown_clip_type_is_an_error():
+    cfg = make_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "foo"
+    with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS.CLIP_TYPE='foo': expected one of full_model"):
+        build_optimizer(cfg, FakeModel())
