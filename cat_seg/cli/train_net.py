@@ -192,6 +192,9 @@ def check(args):
     check_output_dir(cfg.OUTPUT_DIR)
     if args.resume:
         check_resume(cfg)
+    elif not args.eval_only and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        logger.warning(f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds a run (last_checkpoint) and --resume is not given: "
+                       f"training starts from iteration 0 and overwrites its checkpoints")
     if args.eval_only:
         check_weights(cfg, args.resume)
     elif not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
@@ -245,7 +248,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 0
     print("Command Line Args:", args)
     if args.num_gpus > 1 and not torch.cuda.is_available():
-        logger.info(f"no GPU: running {args.num_gpus} CPU processes (gloo)")
+        print(f"no GPU: running {args.num_gpus} CPU processes (gloo)", flush=True)
     launch(
         train_or_evaluate,
         args.num_gpus,

@@ -21,6 +21,8 @@ from ..solver import build_lr_scheduler, build_optimizer
 from .data import build_deterministic_train_loader
 from .train_loop import MixedPrecisionTrainer
 
+logger = logging.getLogger(__name__)
+
 TRAIN_MAPPERS = {"mask_former_semantic": MaskFormerSemanticDatasetMapper}
 # TEST.IMS_PER_BATCH = 0 ("auto"): images per evaluation forward on each device type.
 AUTO_TEST_BATCH = {"cuda": 8}
@@ -147,6 +149,8 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """Load ``MODEL.WEIGHTS`` or resume; then position the data stream at ``start_iter``."""
         super().resume_or_load(resume=resume)
+        # the seed that decides the data stream (SEED, or drawn when SEED < 0; restored on --resume)
+        logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")
         if self.start_iter > 0:
             self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None

@@ -195,6 +195,17 @@ def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
                                       f"from MODEL.WEIGHTS")
 
 
+def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_final.pth")
+    (out / "model_final.pth").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(out),
+                               "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 0
+    assert "holds a run (last_checkpoint) and --resume is not given" in caplog.text
+
+
 def test_unregistered_dataset_is_named(capsys, tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
