@@ -124,6 +124,12 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     if config_file is not None:
         if not os.path.isfile(config_file):
             what = "is a directory, expected a YAML file" if os.path.isdir(config_file) else "not found"
+            from cat_seg.utils import REPO_ROOT
+
+            if what == "not found" and not os.path.isabs(config_file) and not os.path.isdir(
+                    os.path.join(REPO_ROOT, "configs")):
+                what += ("; this cat-seg is installed without its repository, whose configs/ it needs: pass "
+                         "--config-file with the path into a checkout (e.g. ~/cat-seg/configs/vitb_384.yaml)")
             raise UserError(f"config file {config_file!r} {what}")
         try:
             cfg.merge_from_file(config_file)
