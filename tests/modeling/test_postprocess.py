@@ -208,33 +208,32 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-def test_chunking_and_ties_bit_exact_for_odd_map_sizes(threads, merge):
-    """Maps whose size is not a multiple of the CPU kernels' 32-element runs (a 7x7 grid's
-    28x28 logits, 100-pixel crops), several threads: chunked == all at once, bit for bit, and
-    classes with equal logits get equal probabilities, so the lowest one wins. (torch's CPU
-    sigmoid rounds the elements of a call's partial runs differently; the output stage calls
-    it per class map.)"""
-    logits = random_logits((5, 28, 28), 0, [])
-    logits[3] = logits[0]
-    whole = {chunk: WholeImageMaps(logits, (32, 32), (32, 32), (45, 37), chunk) for chunk in (0, 1, 2)}
-    probs = {chunk: maps.probabilities() for chunk, maps in whole.items()}
-    for chunk in (1, 2):
-        assert torch.equal(probs[chunk], probs[0])
-    assert torch.equal(probs[0][0], probs[0][3])
-    for maps in whole.values():
-        labels, _ = maps.labels_and_confidence()
-        assert not (labels == 3).any()
+def odd_size_maps(kind, chunk):
+    """Class 3 a copy of class 0, maps whose size is not a multiple of 32: a 7x7 grid's 28x28
+    logits (whole image), or 7x7 views upsampled to 100-pixel crops (sliding window)."""
+    if kind == "whole image":
+        logits = random_logits((5, 28, 28), 0, [])
+        logits[3] = logits[0]
+        return WholeImageMaps(logits, (32, 32), (32, 32), (45, 37), chunk)
     crop, canvas = 10, (16, 16)
     boxes = window_boxes(canvas, crop, window_stride(crop, 0.333))
     views = random_logits((len(boxes) + 1, 5, 7, 7), 1, [])
     views[:, 3] = views[:, 0]
-    sliding = {chunk: SlidingWindowMaps(views, boxes, crop, canvas, (21, 19), chunk) for chunk in (0, 1, 2)}
-    probs = {chunk: maps.probabilities() for chunk, maps in sliding.items()}
+    return SlidingWindowMaps(views, boxes, crop, canvas, (21, 19), chunk)
+
+
+@pytest.mark.parametrize("kind", ["whole image", "sliding window"])
+def test_chunking_and_ties_bit_exact_for_odd_map_sizes(kind, threads, merge):
+    """Odd map sizes at several thread counts: chunked == all at once, bit for bit, and
+    classes with equal logits get equal probabilities, so the lowest one wins. (torch's CPU
+    sigmoid rounds the elements of a call's partial 32-element runs differently; the output
+    stage calls it per class map.)"""
+    probs = {chunk: odd_size_maps(kind, chunk).probabilities() for chunk in (0, 1, 2)}
     for chunk in (1, 2):
         assert torch.equal(probs[chunk], probs[0])
     assert torch.equal(probs[0][0], probs[0][3])
-    for maps in sliding.values():
-        labels, _ = maps.labels_and_confidence()
+    for chunk in (0, 1, 2):
+        labels, _ = odd_size_maps(kind, chunk).labels_and_confidence()
         assert not (labels == 3).any()
 
 
