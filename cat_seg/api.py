@@ -737,16 +737,14 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     from .config import add_cat_seg_config, check_config_values
     from .hub import apply_released_defaults, get_released, weights_file_missing
     from .modeling.meta_arch.cat_seg import compile_is_auto
-    from .utils import resolve_path
-
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:
-        config_file = resolve_path(released.config_file)
+        config_file = released.config_file
     if not config_file:
         raise CATSegError("no config file given: pass a YAML config (e.g. configs/vitb_384.yaml) or released weights")
     opts = list(opts or [])
     try:  # a missing file, YAML errors, unknown keys (naming the closest one), bad values: one line
-        cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(config_file), opts)
+        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file, opts)
     except UserError as e:
         raise CATSegError(str(e)) from None
     if weights is not None:
@@ -758,12 +756,8 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
-    checked = cfg
-    if cfg.MODEL.WEIGHTS:  # the checkpoint holds CLIP: OpenVocabSegmenter builds CLIP without weights
-        checked = cfg.clone()
-        checked.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
-    try:  # the values the model would reject once built, as one line
-        check_config_values(checked)
+    try:  # the values the model would reject once built (as the segmenter builds it), as one line
+        check_config_values(_clip_from_checkpoint(cfg))
     except ValueError as e:
         raise CATSegError(str(e)) from None
     if compile_is_auto(cfg.MODEL.COMPILE):
@@ -777,6 +771,19 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
 
 
 # ---------------------------------------------------------------------------------- segmenter
+def _clip_from_checkpoint(cfg):
+    """An unfrozen copy of ``cfg`` for building the segmenter's model: ``CLIP_WEIGHTS none``
+    when ``MODEL.WEIGHTS`` is set. The checkpointer loads every parameter strictly (CLIP
+    included): downloading the CLIP weights first would be wasted, and impossible offline."""
+    from .modeling.clip.builder import NO_WEIGHTS
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.WEIGHTS and str(cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:
+        cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    return cfg
+
+
 class OpenVocabSegmenter:
     """CAT-Seg inference on arbitrary images with an arbitrary vocabulary.
 
@@ -802,15 +809,10 @@ class OpenVocabSegmenter:
         from .checkpoint import CATSegCheckpointer
 
         from .checkpoint import CheckpointError
-        from .modeling.clip.builder import NO_WEIGHTS, CLIPLoadError
+        from .modeling.clip.builder import CLIPLoadError
 
-        self.cfg = cfg.clone()
-        self.cfg.defrost()
+        self.cfg = _clip_from_checkpoint(cfg)
         self.cfg.MODEL.DEVICE = check_device(self.cfg.MODEL.DEVICE)
-        if self.cfg.MODEL.WEIGHTS and str(self.cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:
-            # The checkpointer loads every parameter strictly (CLIP included): downloading the
-            # CLIP weights first would be wasted, and impossible offline.
-            self.cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
         self.cfg.freeze()
         check_weights_available(self.cfg)
         try:

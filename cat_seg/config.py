@@ -129,6 +129,15 @@ CONFIG_PATH_KEYS = (
 )
 
 
+def _node_and_leaf(cfg, key: str):
+    """``(node, leaf)`` of the dotted ``key``: ``node[leaf]`` is its value in ``cfg``."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    return node, leaf
+
+
 def resolve_paths_near_config(cfg, config_file: str) -> None:
     """Make the relative file paths of :data:`CONFIG_PATH_KEYS` absolute where they exist
     only relative to a folder above ``config_file`` (nearest first), e.g.
@@ -145,10 +154,7 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
         folders.append(folder)
         folder = os.path.dirname(folder)
     for key in CONFIG_PATH_KEYS:
-        *parents, leaf = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
+        node, leaf = _node_and_leaf(cfg, key)
         value = node[leaf]
         if not isinstance(value, str) or not value or os.path.isabs(value) or "/" not in value.replace(os.sep, "/"):
             continue
@@ -206,9 +212,9 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
             empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
     if not eval_only:
-        from .solver.build import CLIP_TYPES
+        from .solver.build import CLIP_TYPES, OPTIMIZERS
 
-        choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), ("ADAMW", "SGD"))
+        choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
         batch = cfg.SOLVER.IMS_PER_BATCH
         if batch < 1 or batch % processes:
@@ -217,27 +223,29 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
 
 
 # detectron2 keys cat-seg does not read whose other values would change what detectron2 does:
-# key -> (the value cat-seg behaves as, what it uses instead). Other unread detectron2 keys
+# key -> (the value cat-seg behaves as, what it uses instead, whether another value is an
+# error (training would silently differ) or a warning); ``{cfg...}`` in the text is filled in
+# from the config. Other unread detectron2 keys
 # (MODEL.BACKBONE.FREEZE_AT, DATALOADER.FILTER_EMPTY_ANNOTATIONS, ...) concern models or
 # datasets cat-seg does not have; the official configs set them to no effect either.
 UNREAD_DETECTRON2_KEYS = {
     "DATALOADER.SAMPLER_TRAIN": ("TrainingSampler", "cat-seg samples training images uniformly with its own "
-                                 "deterministic, resumable stream (cat_seg/engine/data.py)"),
+                                 "deterministic, resumable stream (cat_seg/engine/data.py)", True),
     "SOLVER.AMP.ENABLED": (False, "the training precision is MODEL.PRECISION (auto: bf16 where the device "
-                           "computes it natively)"),
+                           "computes it natively); MODEL.PRECISION is {cfg.MODEL.PRECISION!r}", False),
 }
 
 
 def unread_key_messages(cfg):
-    """``(key, message)`` for each key of :data:`UNREAD_DETECTRON2_KEYS` set to another value
-    than the one cat-seg behaves as."""
+    """``(message, is_error)`` for each key of :data:`UNREAD_DETECTRON2_KEYS` set to another
+    value than the one cat-seg behaves as."""
     messages = []
-    for key, (value, instead) in UNREAD_DETECTRON2_KEYS.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node != value:
-            messages.append((key, f"{key}={node!r} is not supported: cat-seg behaves as {value!r} ({instead})"))
+    for key, (value, instead, is_error) in UNREAD_DETECTRON2_KEYS.items():
+        node, leaf = _node_and_leaf(cfg, key)
+        if node[leaf] != value:
+            instead = instead.format(cfg=cfg)
+            messages.append((f"{key}={node[leaf]!r} is not supported: cat-seg behaves as {value!r} ({instead})",
+                             is_error))
     return messages
 
 

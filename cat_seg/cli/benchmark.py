@@ -261,12 +261,10 @@ def build_cfg(args, config_file: str):
 
     from cat_seg.config import add_cat_seg_config, check_config_values
 
-    from cat_seg.utils import resolve_path
-
     from .errors import merge_config
 
     # the repository's configs also from any folder; unknown keys name the closest valid one
-    cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(config_file))
+    cfg = merge_config(add_cat_seg_config(get_cfg()), config_file)
     cfg.MODEL.DEVICE = args.device_resolved
     cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
     cfg.MODEL.WEIGHTS = ""

@@ -114,7 +114,9 @@ def _file_keys(config_file: str) -> List[str]:
 
 
 def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = ()):
-    """Merge ``config_file`` (if given) then the ``KEY VALUE`` list ``opts`` into ``cfg``.
+    """Merge ``config_file`` (if given; a relative path from the working folder, else the
+    repository: :func:`cat_seg.utils.resolve_path`) then the ``KEY VALUE`` list ``opts``
+    into ``cfg``.
 
     Returns ``cfg``. Raises :class:`UserError` for a missing config file, an odd ``opts``
     list, a YAML error, an unknown key (naming the closest valid key) or a value of the wrong
@@ -122,10 +124,12 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     """
     opts = list(opts)
     if config_file is not None:
+        from cat_seg.utils import REPO_ROOT, resolve_path
+
+        # a path relative to the working folder, else to the repository (configs/... from anywhere)
+        config_file = resolve_path(config_file)
         if not os.path.isfile(config_file):
             what = "is a directory, expected a YAML file" if os.path.isdir(config_file) else "not found"
-            from cat_seg.utils import REPO_ROOT
-
             if what == "not found" and not os.path.isabs(config_file) and not os.path.isdir(
                     os.path.join(REPO_ROOT, "configs")):
                 what += ("; this cat-seg is installed without its repository, whose configs/ it needs: pass "

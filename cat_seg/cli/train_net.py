@@ -47,10 +47,7 @@ def load_config(args):
         raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
     from cat_seg.hub import apply_released_defaults
 
-    from cat_seg.utils import resolve_path
-
-    # a path relative to the working folder, else to the repository (configs/... from anywhere)
-    cfg = merge_config(add_cat_seg_config(get_cfg()), resolve_path(args.config_file), args.opts)
+    cfg = merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
     apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: no CLIP download
     return cfg
 
@@ -94,19 +91,30 @@ def check_output_dir(output_dir: str) -> None:
                         f"expected a writable folder")
 
 
-def check_weights(cfg, resume: bool) -> None:
-    """For ``--eval-only``: ``MODEL.WEIGHTS`` names an existing file (or a URL), unless
-    ``--resume`` finds a checkpoint in ``OUTPUT_DIR``."""
-    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+def has_run(cfg) -> bool:
+    """``OUTPUT_DIR`` holds a run to resume (its ``last_checkpoint``)."""
+    return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+
+
+def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
+    """``MODEL.WEIGHTS`` names an existing file (or a URL, a released name), unless
+    ``--resume`` finds a checkpoint in ``OUTPUT_DIR``: with ``--eval-only`` the checkpoint to
+    evaluate (it must be given), in training the one to start from (empty: CLIP weights and a
+    new head)."""
+    if resume and has_run(cfg):
         return
     weights = cfg.MODEL.WEIGHTS
     if not weights:
-        raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
-                        "output/model_final.pth); it is empty")
+        if eval_only:
+            raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
+                            "output/model_final.pth); it is empty")
+        return
     from cat_seg.hub import weights_file_missing
 
     if weights_file_missing(weights):
-        raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected a checkpoint file (.pth/.pkl) for --eval-only")
+        expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
+                    "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
+        raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected {expected}")
 
 
 def check_class_jsons(cfg, eval_only: bool) -> None:
@@ -161,9 +169,9 @@ def check_config_values(cfg, processes: int, eval_only: bool) -> None:
 
 def check_resume(cfg) -> None:
     """With ``--resume``: the checkpoint ``OUTPUT_DIR/last_checkpoint`` names exists."""
-    marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
-    if not os.path.isfile(marker):
+    if not has_run(cfg):
         return
+    marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     with open(marker) as f:
         name = f.read().strip()
     path = os.path.join(cfg.OUTPUT_DIR, name)
@@ -173,15 +181,15 @@ def check_resume(cfg) -> None:
 
 
 def check_unread_keys(cfg) -> None:
-    """A training sampler cat-seg does not implement is an error (training would silently sample
-    otherwise); ``SOLVER.AMP.ENABLED True`` is a warning (``MODEL.PRECISION`` decides)."""
+    """detectron2 options cat-seg does not implement (``UNREAD_DETECTRON2_KEYS``): an error where
+    training would silently differ (another training sampler), else a warning (``SOLVER.AMP.ENABLED
+    True``: ``MODEL.PRECISION`` decides)."""
     from cat_seg.config import unread_key_messages
 
-    for key, message in unread_key_messages(cfg):
-        if key == "SOLVER.AMP.ENABLED":
-            logger.warning(f"{message}; MODEL.PRECISION is {cfg.MODEL.PRECISION!r}")
-        else:
+    for message, is_error in unread_key_messages(cfg):
+        if is_error:
             raise UserError(message)
+        logger.warning(message)
 
 
 def check(args):
@@ -192,17 +200,10 @@ def check(args):
     check_output_dir(cfg.OUTPUT_DIR)
     if args.resume:
         check_resume(cfg)
-    elif not args.eval_only and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+    elif not args.eval_only and has_run(cfg):
         logger.warning(f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds a run (last_checkpoint) and --resume is not given: "
                        f"training starts from iteration 0 and overwrites its checkpoints")
-    if args.eval_only:
-        check_weights(cfg, args.resume)
-    elif not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
-        from cat_seg.hub import weights_file_missing
-
-        if weights_file_missing(cfg.MODEL.WEIGHTS):  # the checkpoint to start (fine-tune) from
-            raise UserError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} not found; expected a checkpoint file to start "
-                            f"training from (or empty: CLIP weights and a new head)")
+    check_weights(cfg, args.resume, args.eval_only)
     check_class_jsons(cfg, args.eval_only)
     check_datasets(cfg, args.eval_only)
     return cfg

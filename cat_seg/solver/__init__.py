@@ -4,7 +4,7 @@ from .build import (
     build_lr_scheduler,
     build_optimizer,
     get_param_groups,
-    maybe_add_full_model_gradient_clipping,
+    maybe_add_gradient_clipping,
 )
 
 __all__ = [
@@ -12,5 +12,5 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "get_param_groups",
-    "maybe_add_full_model_gradient_clipping",
+    "maybe_add_gradient_clipping",
 ]

@@ -17,7 +17,7 @@ parameter can carry its own learning rate and weight decay:
 
 Gradient clipping of type ``full_model`` clips the global norm over all parameters of all
 groups jointly before every step; ``value`` and ``norm`` clip each parameter on its own, as
-detectron2's clipping does (:func:`maybe_add_full_model_gradient_clipping`).
+detectron2's clipping does (:func:`maybe_add_gradient_clipping`).
 The LR scheduler is detectron2's ``build_lr_scheduler`` (``WarmupCosineLR`` with no warmup
 gives the multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``).
 """
@@ -30,11 +30,13 @@ from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler  # re-exported
 
 __all__ = [
+    "CLIP_TYPES",
     "NORM_MODULE_TYPES",
+    "OPTIMIZERS",
     "build_lr_scheduler",
     "build_optimizer",
     "get_param_groups",
-    "maybe_add_full_model_gradient_clipping",
+    "maybe_add_gradient_clipping",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,12 +86,15 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any
     return params
 
 
+#: ``SOLVER.OPTIMIZER`` values (upper case): ``torch.optim.AdamW`` and ``torch.optim.SGD``.
+OPTIMIZERS = ("ADAMW", "SGD")
+
 #: ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` values: detectron2's per-parameter ``value`` and
 #: ``norm``, and the official code's ``full_model`` (one norm over all parameters).
 CLIP_TYPES = ("full_model", "value", "norm")
 
 
-def maybe_add_full_model_gradient_clipping(
+def maybe_add_gradient_clipping(
     cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]
 ) -> Type[torch.optim.Optimizer]:
     """
@@ -142,14 +147,14 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")
     optimizer_name = cfg.SOLVER.OPTIMIZER.upper()
     if optimizer_name == "SGD":
-        optimizer_type = maybe_add_full_model_gradient_clipping(cfg, torch.optim.SGD)
+        optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
         optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
     elif optimizer_name == "ADAMW":
-        optimizer_type = maybe_add_full_model_gradient_clipping(cfg, torch.optim.AdamW)
+        optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
         optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, betas=(0.9, 0.999), eps=1e-8)
     else:
         raise ValueError(
-            f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}"
+            f"SOLVER.OPTIMIZER must be one of {', '.join(map(repr, OPTIMIZERS))}, got {cfg.SOLVER.OPTIMIZER!r}"
         )
     logger.info(
         "Optimizer %s with %d parameter groups", type(optimizer).__name__, len(params)
