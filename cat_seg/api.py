@@ -29,6 +29,7 @@ import json
 import logging
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.postprocess import ClassMaps, OutputRequest
 from .utils import resolve_vocabulary_path
@@ -397,7 +399,9 @@ class SegmentationResult:
         (same aspect ratio; ``max_pixels=None`` draws any image at full size, slowly).
 
         Segments are drawn with detectron2's ``Visualizer.draw_sem_seg`` (class names written
-        on the segments; the first synonym of each class); unlabeled pixels are left as they
+        on the segments; the first synonym of each class, in any script: glyphs the default font
+        lacks come from an installed font that has them, :mod:`cat_seg.fonts`, and characters no
+        installed font has are drawn as boxes with one warning); unlabeled pixels are left as they
         are. ``legend`` adds a colour legend of the classes present (largest first) in the
         top-right corner. ``area_threshold`` (segments smaller than that many pixels of the
         image are not drawn) is scaled to the drawing size.
@@ -421,14 +425,26 @@ class SegmentationResult:
         # draw_sem_seg skips labels >= len(stuff_classes): map unlabeled pixels there
         sem_seg = np.where(label_map == UNLABELED, len(names), label_map)
         output = visualizer.draw_sem_seg(sem_seg, area_threshold=area_threshold, alpha=alpha)
+        families, missing = font_families(names)
+        if families:  # names with glyphs the default font lacks (e.g. CJK): fallback fonts
+            for text in output.ax.texts:
+                text.set_fontfamily(families)
         if legend:
-            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size, label_map=label_map)
-        return output.get_image()
+            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size, label_map=label_map,
+                              font_family=families or None)
+        if not missing:
+            return output.get_image()
+        warnings.warn(missing_glyphs_message(missing), stacklevel=2)
+        with warnings.catch_warnings():  # instead of matplotlib's one warning per glyph and drawing
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            return output.get_image()
 
     def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12,
-                     label_map: Optional[np.ndarray] = None):
+                     label_map: Optional[np.ndarray] = None, font_family: Optional[List[str]] = None):
         """Legend of the classes present in ``label_map`` (default :attr:`label_map`; the drawn,
-        possibly downscaled one), largest first, covering at most about half the height."""
+        possibly downscaled one), largest first, covering at most about half the height, written
+        in ``font_family`` (a list of families, :func:`~cat_seg.fonts.font_families`; default
+        matplotlib's)."""
         from matplotlib.patches import Patch
 
         label_map = self.label_map if label_map is None else label_map
@@ -445,10 +461,12 @@ class SegmentationResult:
         ]
         if len(present) > max_entries:
             handles.append(Patch(facecolor="none", edgecolor="none", label=f"+{len(present) - max_entries} more"))
+        from matplotlib.font_manager import FontProperties
+
         legend = output.ax.legend(
             handles=handles,
             loc="upper right",
-            fontsize=font_size,
+            prop=FontProperties(family=font_family, size=font_size),
             framealpha=0.75,
             facecolor="black",
             labelcolor="white",

@@ -1,0 +1,134 @@
+"""Fonts for the class names written on overlays (any script, not only Latin).
+
+Overlays are drawn with matplotlib (detectron2's ``Visualizer``), which writes text in one
+font, DejaVu Sans by default: it has no Chinese, Japanese, Korean, Thai, ... glyphs, so a class
+named ``猫`` came out as an empty box, with one matplotlib warning per glyph and drawing.
+matplotlib can take each glyph from the first font of a *list of families* that has it, but
+it is given one family, and it only knows the fonts that were installed when it built its font
+cache (a font installed later stays unknown to it until that cache is rebuilt).
+
+:func:`font_families` finds, for the characters of some texts, the installed fonts that have
+the glyphs the default font lacks (among matplotlib's fonts and the system's font files,
+registering the latter with matplotlib) and returns the family list to draw them with; what
+no installed font has is reported as missing, so the caller can say so once.
+"""
+import functools
+import os
+from typing import FrozenSet, Iterable, List, Tuple
+
+__all__ = ["font_families", "missing_glyphs_message"]
+
+
+@functools.lru_cache(maxsize=None)
+def _codepoints(path: str) -> FrozenSet[int]:
+    """The code points a font file has glyphs for (its first face for collections); empty
+    for a file FreeType cannot read."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _last_resort_path() -> str:
+    """matplotlib's own final fallback font (every glyph a box): never a candidate."""
+    import matplotlib
+
+    return os.path.realpath(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "LastResortHE-Regular.ttf"))
+
+
+def _default_font() -> Tuple[str, str]:
+    """(family name, file) of the font matplotlib writes sans-serif text in."""
+    from matplotlib import font_manager
+
+    path = os.path.realpath(font_manager.findfont(font_manager.FontProperties(family=["sans-serif"])))
+    return _family_name(path), path
+
+
+def _family_name(path: str) -> str:
+    """The family name matplotlib registers the font file ``path`` under."""
+    from matplotlib import font_manager
+
+    return font_manager.ttfFontProperty(font_manager.get_font(path)).name
+
+
+def _needed(texts: Iterable[str]) -> FrozenSet[int]:
+    return frozenset(ord(c) for text in texts for c in text if c.isprintable() and not c.isspace())
+
+
+def _resolves_to(family: str, path: str) -> bool:
+    """Whether matplotlib draws text of ``family`` (normal weight and style, as the overlays)
+    from the file ``path``: a bold face, or one of two files of a family, is not usable."""
+    from matplotlib import font_manager
+
+    try:
+        found = font_manager.findfont(font_manager.FontProperties(family=[family]), fallback_to_default=False)
+    except ValueError:
+        return False
+    return os.path.realpath(found) == path
+
+
+@functools.lru_cache(maxsize=64)
+def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]]:
+    """Families that cover ``missing`` (few fonts, greedily: the font with the most of the
+    still-missing glyphs first; matplotlib's registered fonts before unregistered files, then by
+    path), and the code points no installed font has."""
+    from matplotlib import font_manager
+
+    last_resort = _last_resort_path()
+    registered = {}
+    for entry in font_manager.fontManager.ttflist:
+        registered.setdefault(os.path.realpath(entry.fname), entry.name)
+    system = sorted(
+        path for path in map(os.path.realpath, font_manager.findSystemFonts(fontext="ttf"))
+        if path not in registered
+    )
+    candidates = [path for path in sorted(registered) + system if path != last_resort]
+
+    families: List[str] = []
+    remaining = set(missing)
+    while remaining:
+        covers = [(len(remaining & _codepoints(path)), -index) for index, path in enumerate(candidates)]
+        best_cover, best_index = max(covers, default=(0, 0))
+        if best_cover == 0:
+            break
+        path = candidates.pop(-best_index)
+        if path not in registered:
+            font_manager.fontManager.addfont(path)  # installed after matplotlib built its font list
+            registered[path] = _family_name(path)
+        name = registered[path]
+        if name in families or not _resolves_to(name, path):
+            continue
+        families.append(name)
+        remaining -= _codepoints(path)
+    return tuple(families), frozenset(remaining)
+
+
+def font_families(texts: Iterable[str]) -> Tuple[List[str], str]:
+    """The font families to write ``texts`` in, and the characters no installed font has.
+
+    Returns ``(families, missing)``: ``families`` is ``[]`` when matplotlib's default
+    sans-serif font has every glyph (draw as usual); otherwise that font's family followed by
+    the fallbacks for the other glyphs (pass it as ``fontfamily``; matplotlib takes each glyph
+    from the first family that has it). ``missing`` holds the characters no installed font has
+    (drawn as boxes), in order of first appearance, each once.
+    """
+    texts = list(texts)
+    default_family, default_path = _default_font()
+    missing = _needed(texts) - _codepoints(default_path)
+    if not missing:
+        return [], ""
+    fallbacks, absent = _fallbacks(frozenset(missing))
+    families = [default_family] + [f for f in fallbacks if f != default_family] if fallbacks else []
+    absent_chars = "".join(dict.fromkeys(c for text in texts for c in text if ord(c) in absent))
+    return families, absent_chars
+
+
+def missing_glyphs_message(missing: str) -> str:
+    """One line for characters no installed font has."""
+    return (
+        f"no installed font has the characters {missing!r} of the class names: they are drawn as "
+        "boxes; install a font that has them (e.g. Noto, `apt install fonts-noto-cjk` for Chinese, "
+        "Japanese and Korean) and run again"
+    )

@@ -1,0 +1,109 @@
+"""Class names in scripts the default font lacks: fallback fonts for the overlay's text
+(``cat_seg.fonts``), one warning for characters no installed font has."""
+import os
+import unicodedata
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib import font_manager
+
+from cat_seg import SegmentationResult, fonts
+
+
+@pytest.fixture(autouse=True)
+def fresh_font_search():
+    fonts._fallbacks.cache_clear()
+    yield
+    fonts._fallbacks.cache_clear()
+
+
+def _result(names):
+    image = np.full((160, 240, 3), 128, np.uint8)
+    labels = np.zeros((160, 240), np.int32)
+    labels[:, 120:] = 1
+    return SegmentationResult(image=image, classes=names, label_map=labels, probs=torch.rand(len(names), 160, 240))
+
+
+def _draw(result):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        overlay = result.overlay()
+    return overlay, [str(w.message) for w in caught]
+
+
+def _shipped_font_with_extra_glyph():
+    """(path, character): a font file matplotlib ships and registers, with a visible character
+    (a letter or symbol) that the default sans-serif font lacks."""
+    _, default_path = fonts._default_font()
+    default = fonts._codepoints(default_path)
+    shipped = os.path.realpath(os.path.join(matplotlib.get_data_path(), "fonts", "ttf"))
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda e: e.fname):
+        path = os.path.realpath(entry.fname)
+        if not path.startswith(shipped) or path == fonts._last_resort_path():
+            continue
+        if not fonts._resolves_to(entry.name, path):
+            continue
+        for code in sorted(fonts._codepoints(path) - default):
+            char = chr(code)
+            if unicodedata.category(char)[0] in "LS" and char.isprintable():
+                return path, char
+    pytest.skip("no font shipped with matplotlib has a glyph its default font lacks")
+
+
+def test_default_font_needs_no_fallback():
+    assert fonts.font_families(["cat", "dog, puppy", "Café"]) == ([], "")
+
+
+def test_glyphs_the_default_font_lacks_come_from_a_font_that_has_them():
+    path, char = _shipped_font_with_extra_glyph()
+    families, missing = fonts.font_families([f"{char} thing", "dog"])
+    assert missing == ""
+    assert families[0] == fonts._default_font()[0]  # Latin text keeps the default font
+    assert any(ord(char) in fonts._codepoints(font_manager.findfont(font_manager.FontProperties(family=[f])))
+               for f in families[1:])
+
+    drawn, messages = _draw(_result([f"{char}{char}{char}", "dog"]))
+    assert not [m for m in messages if "missing" in m]
+    # the same drawing without the fallback writes boxes: other pixels
+    boxes = _result([f"{char}{char}{char}", "dog"])
+    original = fonts._fallbacks
+    try:
+        fonts._fallbacks = lambda missing: ((), missing)
+        boxed, _ = _draw(boxes)
+    finally:
+        fonts._fallbacks = original
+    assert drawn.shape == boxed.shape and (drawn != boxed).any()
+
+
+def test_font_installed_after_matplotlib_built_its_font_list(monkeypatch):
+    """A system font file matplotlib does not know yet is found and registered."""
+    path, char = _shipped_font_with_extra_glyph()
+    family = fonts._family_name(path)
+    default_family = fonts._default_font()[0]
+    kept = [e for e in font_manager.fontManager.ttflist if e.name == default_family]  # all others unknown
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", kept)
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [path])
+    font_manager.fontManager._findfont_cached.cache_clear()
+    try:
+        families, missing = fonts.font_families([char])
+        assert missing == "" and families[1] == family
+        assert any(os.path.realpath(e.fname) == path for e in font_manager.fontManager.ttflist)  # registered
+    finally:
+        font_manager.fontManager._findfont_cached.cache_clear()
+
+
+def test_characters_no_font_has_give_one_warning(monkeypatch):
+    """Characters without a glyph in any installed font: one warning naming them and what to
+    install, instead of matplotlib's warning per glyph and drawing; the overlay is drawn."""
+    _, default_path = fonts._default_font()
+    real = fonts._codepoints
+    monkeypatch.setattr(fonts, "_codepoints", lambda p: real(p) if p == default_path else frozenset())
+    assert fonts.font_families(["猫", "犬, dog", "猫猫"]) == ([], "猫犬")
+
+    overlay, messages = _draw(_result(["猫", "犬, dog"]))
+    assert overlay.shape == (160, 240, 3)
+    assert len(messages) == 1, messages
+    assert "'猫犬'" in messages[0] and "install a font" in messages[0]
