@@ -1,6 +1,7 @@
 """Small shared helpers."""
 import json
 import os
+import re
 import threading
 from typing import Callable, List
 
@@ -86,6 +87,46 @@ def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.\d+\.tmp$")  # atomic_write's temporary names
+
+
+def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, live_writers: bool = True) -> List[str]:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` (a killed process
+    leaves its file; a crash in Python removes its own) whose final name satisfies ``names``;
+    returns the paths deleted.
+
+    With ``live_writers`` False, files of processes still running on this machine are kept (the
+    pid in the name), for folders that another process may be writing into.
+    """
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for entry in os.scandir(folder):
+        match = _TEMP_NAME.match(entry.name)
+        if not match or not names(match["name"]) or not entry.is_file():
+            continue
+        if not live_writers and _process_running(int(match["pid"])):
+            continue
+        try:
+            os.remove(entry.path)
+        except FileNotFoundError:  # renamed into place or removed meanwhile
+            continue
+        removed.append(entry.path)
+    return removed
+
+
+def _process_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # someone else's process, or no such check here
+        return True
+    return True
 
 
 def atomic_torch_save(obj, path: str):

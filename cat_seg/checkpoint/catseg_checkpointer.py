@@ -17,12 +17,12 @@
 """
 import logging
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..utils import atomic_write
+from ..utils import atomic_write, remove_temp_files
 from .errors import CheckpointFormatError, CheckpointMismatchError
 from .official import (
     OFFICIAL,
@@ -163,6 +163,19 @@ class CATSegCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_write(save_file, lambda f: torch.save(data, f), mode="wb")
         self.tag_last_checkpoint(basename)
+
+    def remove_interrupted_saves(self) -> List[str]:
+        """Delete the temporary files of saves a killed process left in ``save_dir`` (a
+        checkpoint's can be hundreds of MB); those of processes still running here are kept.
+        Returns the paths deleted."""
+        if not self.save_dir or not self.save_to_disk:
+            return []
+        removed = remove_temp_files(
+            self.save_dir, names=lambda name: name.endswith(".pth") or name == "last_checkpoint", live_writers=False
+        )
+        for path in removed:
+            self.logger.info(f"Removed {path}, left by a save that was interrupted")
+        return removed
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(

@@ -147,7 +147,9 @@ class Trainer(DefaultTrainer):
 
     # ------------------------------------------------------------------ resume
     def resume_or_load(self, resume=True):
-        """Load ``MODEL.WEIGHTS`` or resume; then position the data stream at ``start_iter``."""
+        """Load ``MODEL.WEIGHTS`` or resume; then position the data stream at ``start_iter``.
+        Temporary files of checkpoint saves a killed run left in ``OUTPUT_DIR`` are removed."""
+        self.checkpointer.remove_interrupted_saves()
         super().resume_or_load(resume=resume)
         # the seed that decides the data stream (SEED, or drawn when SEED < 0; restored on --resume)
         logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")

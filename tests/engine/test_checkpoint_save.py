@@ -1,5 +1,8 @@
 """Checkpoints are written crash-safely: a failure while saving leaves nothing half-written."""
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,3 +50,42 @@ def test_failure_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkey
         ckpt.save("model_0000002")
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from cat_seg.utils import atomic_write
+
+def write(f):
+    f.write(b"partial checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_write(os.path.join(sys.argv[1], sys.argv[2]), write)
+"""
+
+
+def _killed_while_saving(folder, name):
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(folder), name], timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_interrupted_saves_are_removed_and_other_files_kept(tmp_path):
+    _, ckpt = _checkpointer(tmp_path)
+    ckpt.save("model_0000001")
+    _killed_while_saving(tmp_path, "model_0000002.pth")
+    _killed_while_saving(tmp_path, "last_checkpoint")
+    _killed_while_saving(tmp_path, "metrics.json")  # not a checkpoint: not the checkpointer's
+    leftovers = sorted(n for n in os.listdir(tmp_path) if n.endswith(".tmp"))
+    assert [n.split(".")[1] for n in leftovers] == ["last_checkpoint", "metrics", "model_0000002"]
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) as writer:
+        try:  # a save of a process still running here is kept
+            live = tmp_path / f".model_0000003.pth.{writer.pid}.1.tmp"
+            live.write_bytes(b"being written")
+            removed = ckpt.remove_interrupted_saves()
+        finally:
+            writer.kill()
+    assert sorted(os.path.basename(p).split(".")[1] for p in removed) == ["last_checkpoint", "model_0000002"]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["last_checkpoint", "model_0000001.pth", live.name, next(n for n in leftovers if "metrics" in n)]
+    )

@@ -41,8 +41,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not os.path.exists(os.path.join(killed_dir, "model_final.pth"))
+    # what a kill inside a checkpoint save leaves (the killed process's pid in the name)
+    interrupted_save = os.path.join(killed_dir, f".model_{2 * PERIOD - 1:07d}.pth.{proc.pid}.1.tmp")
+    with open(interrupted_save, "wb") as f:
+        f.write(b"partial checkpoint")
 
     run_train_net(tiny_benchmark, "--resume", *opts(killed_dir))
+    assert not os.path.exists(interrupted_save)
     reference, ref_iter = _final_state(reference_dir)
     resumed, resumed_iter = _final_state(killed_dir)
     assert ref_iter == resumed_iter == MAX_ITER - 1

@@ -10,7 +10,6 @@ into the same folder at once.
 import contextlib
 import io
 import os
-import re
 from pathlib import Path
 from typing import Iterable, List, Union
 
@@ -22,12 +21,11 @@ except ImportError:  # not POSIX: no locking
 import numpy as np
 from PIL import Image
 
-from ...utils import atomic_write
+from ...utils import atomic_write, remove_temp_files
 from ..datasets.errors import PrepareError
 
 PathLike = Union[str, os.PathLike]
 
-_TEMP_RE = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # the temporary names of atomic_write
 LOCK_FILE = ".prepare.lock"
 
 
@@ -78,15 +76,7 @@ def remove_stale_temp_files(folder: PathLike) -> int:
     """Delete the temporary files in ``folder`` (left by an interrupted run); returns count.
 
     Call it only while holding :func:`exclusive_folders` on ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    for entry in os.scandir(folder):
-        if _TEMP_RE.match(entry.name) and entry.is_file():
-            Path(entry.path).unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return len(remove_temp_files(folder))
 
 
 def read_array(path: PathLike, what: str = "label", modes=None) -> np.ndarray:
