@@ -126,6 +126,9 @@ def _clean_classes(parts: Sequence[str], source: str, trailing_separator: bool =
     return _check_vocabulary([c for c in cleaned if c], source)
 
 
+FULL_WIDTH_SEPARATORS = str.maketrans({"\uff0c": ", ", "\uff1b": ";"})  # ，；
+
+
 def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     """Turn a user vocabulary into the list of class names (label ``i`` = ``classes[i]``).
 
@@ -134,11 +137,15 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
       (``"person, human; dog"`` -> ``["person, human", "dog"]``);
     * any other string: classes separated by ``,`` (``"cat, dog"`` -> ``["cat", "dog"]``).
 
+    In a string, the full-width ``，`` and ``；`` of Chinese and Japanese input methods count as
+    ``,`` and ``;`` (``"猫，狗"`` -> ``["猫", "狗"]``).
+
     Whitespace is normalised. Raises :class:`CATSegError` for an empty vocabulary, a class
     given twice, or a blank class name among others (its position is named; only a trailing
     separator in a string, ``"cat, dog,"``, is allowed).
     """
     if isinstance(vocabulary, str):
+        vocabulary = vocabulary.translate(FULL_WIDTH_SEPARATORS)
         parts = vocabulary.split(";") if ";" in vocabulary else vocabulary.split(",")
         return _clean_classes(parts, repr(vocabulary), trailing_separator=True)
     if isinstance(vocabulary, (list, tuple)):

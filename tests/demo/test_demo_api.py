@@ -202,6 +202,9 @@ def test_vocabulary_parsing(tmp_path):
     assert parse_vocabulary("cat, dog") == ["cat", "dog"]
     assert parse_vocabulary("person,  human ; dog;") == ["person, human", "dog"]
     assert parse_vocabulary(["building, edifice", " sky "]) == ["building, edifice", "sky"]
+    # the full-width separators of CJK input methods
+    assert parse_vocabulary("猫，狗") == ["猫", "狗"]
+    assert parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
     (tmp_path / "classes.json").write_text(json.dumps(["wall, brick wall", "floor"]))
     (tmp_path / "classes.txt").write_text("# my classes\ncat\n\nperson, human\n")
     assert read_vocabulary_file(str(tmp_path / "classes.json")) == ["wall, brick wall", "floor"]
