@@ -102,3 +102,22 @@ def test_console_command_runs(installed_venv, command):
     venv, env = installed_venv
     proc = _run([venv / "bin" / command, "--help"], env=env, cwd=venv)
     assert "usage:" in proc.stdout.lower()
+
+
+def test_installed_package_has_every_data_file(installed_venv):
+    """Every non-Python file of the source package (vocabularies, raw label ids, ...) is in
+    the installed package with the same bytes, and the installed code reads them."""
+    venv, env = installed_venv
+    out = _run([venv / "bin" / "python", "-c", "import cat_seg, os; print(os.path.dirname(cat_seg.__file__))"],
+               env=env, cwd=venv).stdout.strip()
+    installed = Path(out)
+    data_files = sorted(p.relative_to(REPO / "cat_seg") for p in (REPO / "cat_seg").rglob("*")
+                        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
+    assert data_files
+    missing = [str(p) for p in data_files if not (installed / p).is_file()]
+    assert not missing, f"not installed: {missing}"
+    assert all((installed / p).read_bytes() == (REPO / "cat_seg" / p).read_bytes() for p in data_files)
+    names = _run([venv / "bin" / "python", "-c",
+                  "from cat_seg.api import read_vocabulary_file; print(len(read_vocabulary_file('ade847.json')))"],
+                 env=env, cwd=venv).stdout.strip()
+    assert names == "847"
