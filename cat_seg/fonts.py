@@ -19,7 +19,7 @@ from typing import FrozenSet, Iterable, List, Tuple
 __all__ = ["font_families", "missing_glyphs_message"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)  # the default font's; a CJK font's set is megabytes: not all kept
 def _codepoints(path: str) -> FrozenSet[int]:
     """The code points a font file has glyphs for (its first face for collections); empty
     for a file FreeType cannot read."""
@@ -84,16 +84,21 @@ def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]
         path for path in map(os.path.realpath, font_manager.findSystemFonts(fontext="ttf"))
         if path not in registered
     )
-    candidates = [path for path in sorted(registered) + system if path != last_resort]
+    # each font file read once, keeping only what it has of the missing glyphs
+    covers = {}
+    for path in sorted(registered) + system:
+        if path != last_resort:
+            found = missing & _codepoints(path)
+            if found:
+                covers[path] = found
 
     families: List[str] = []
     remaining = set(missing)
-    while remaining:
-        covers = [(len(remaining & _codepoints(path)), -index) for index, path in enumerate(candidates)]
-        best_cover, best_index = max(covers, default=(0, 0))
-        if best_cover == 0:
+    while remaining and covers:
+        path = max(covers, key=lambda p: len(covers[p] & remaining))  # first of the best: stable
+        found = covers.pop(path) & remaining
+        if not found:
             break
-        path = candidates.pop(-best_index)
         if path not in registered:
             font_manager.fontManager.addfont(path)  # installed after matplotlib built its font list
             registered[path] = _family_name(path)
@@ -101,7 +106,7 @@ def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]
         if name in families or not _resolves_to(name, path):
             continue
         families.append(name)
-        remaining -= _codepoints(path)
+        remaining -= found
     return tuple(families), frozenset(remaining)
 
 
