@@ -10,6 +10,7 @@
 * :func:`fetch` does both for a table entry, and is what the prepare scripts' ``--download``
   option calls.
 """
+import errno
 import hashlib
 import http.client
 import os
@@ -21,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
@@ -131,13 +133,17 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
     Bytes accumulate in ``dest + ".part"``; a broken transfer is resumed with a ``Range``
     request, ``retries`` times within this call and across calls (rerun to resume). When
     complete, the size (``size``, or the server's length) and ``md5`` are checked and the file
-    is renamed to ``dest``. An existing ``dest`` is kept as is (after a size check)."""
+    is renamed to ``dest``. An existing ``dest`` is used without downloading, after the same
+    size and MD5 checks."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         if size is not None and dest.stat().st_size != size:
             raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, expected {size}; "
                                 f"delete it and rerun")
+        if md5 is not None and _md5(dest) != md5.lower():
+            raise DownloadError(f"{dest}: MD5 {_md5(dest)} differs from the expected {md5}; delete it and "
+                                f"rerun to download it again")
         return dest
     part = dest.with_name(dest.name + ".part")
     failures = 0
@@ -204,6 +210,36 @@ def _copy_member(stream, target: Path, size: int) -> None:
         raise
 
 
+def _check_tar_end(tf: tarfile.TarFile, archive_path: Path) -> None:
+    """Raise unless the members ``tf`` listed end the archive.
+
+    ``tarfile`` stops without an error at a damaged member header that is not the first one
+    (and at the end of a tar cut off between members), and never reads a gzip stream to its
+    end, where the checksum is. The end of a tar archive is its end-of-archive marker: zero
+    blocks up to the end of the stream (at least one after the block where the listing
+    stopped). This reads what follows the listing forward to the end (no rewinding of a
+    compressed stream), which also makes gzip check the stream's CRC and length. A damaged
+    archive raises :class:`DownloadError`."""
+    fileobj = tf.fileobj
+    position = max(fileobj.tell(), tf.offset + tarfile.BLOCKSIZE)
+    fileobj.seek(position)
+    trailing = 0
+    while True:
+        chunk = fileobj.read(1 << 20)
+        if not chunk:
+            break
+        if chunk.strip(b"\0"):
+            raise DownloadError(f"{archive_path} is damaged after {tf.offset} bytes (a member header "
+                                f"cannot be read); delete it and rerun to download it again")
+        trailing += len(chunk)
+    if trailing < tarfile.BLOCKSIZE:  # POSIX: two zero blocks; the listing stopped at the first
+        raise DownloadError(f"{archive_path} ends after {tf.offset} bytes without the end-of-archive "
+                            f"marker (cut off); delete it and rerun to download it again")
+
+
+_DESTINATION_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def extraction_marker(archive_path, dest) -> Path:
     """File created in ``dest`` once ``archive_path`` is fully extracted there."""
     return Path(dest) / f".{Path(archive_path).name}.extracted"
@@ -248,9 +284,18 @@ def extract(archive_path, dest, *, progress: bool = True) -> int:
                         continue
                     _copy_member(tf.extractfile(member), target, member.size)
                     written += 1
+                _check_tar_end(tf, archive_path)
         else:
             raise DownloadError(f"{archive_path} is neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno in _DESTINATION_ERRNOS and exc.filename != str(archive_path):
+            where = exc.filename or dest
+            raise DownloadError(f"cannot write {where} while extracting {archive_path}: {exc.strerror}; "
+                                f"make room or fix the permissions of {dest} and rerun (the archive is "
+                                f"kept, the extraction resumes)") from None
+        raise DownloadError(f"cannot extract {archive_path}: {exc}; delete it and rerun "
+                            f"to download it again") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
         raise DownloadError(f"cannot extract {archive_path}: {exc}; delete it and rerun "
                             f"to download it again") from None
     marker.touch()
@@ -276,10 +321,12 @@ def fetch(key: str, root, download_dir=None, *, progress: bool = True, retries: 
         return provided
     if archive.manual:
         raise PrepareError(f"missing {provided}: {how_to_get(key, root)}")
-    print(f"downloading {archive.url}", flush=True)
+    print(f"using {saved}" if saved.exists() else f"downloading {archive.url}", flush=True)
     download(archive.url, saved, md5=archive.md5, size=archive.size, progress=progress,
              retries=retries)
     if is_archive:
+        if not provided.exists():  # extracted once, then (partly) deleted: extract again
+            extraction_marker(saved, dest).unlink(missing_ok=True)
         extract(saved, dest, progress=progress)
     if not provided.exists():
         raise DownloadError(f"{archive.filename} did not provide {provided}; the archive layout "

@@ -173,6 +173,116 @@ def test_extraction_resumes(tmp_path, make, suffix):
     assert dl.extract(archive, dest, progress=False) == 0
 
 
+def make_tar(files):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+TAR_FILES = {f"top/{i:02d}.bin": payload(1500 + 100 * i, seed=i) for i in range(8)}
+
+
+def _header_offset(tar_bytes, index):
+    """Byte offset of the ``index``-th member's header in an uncompressed tar."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return tf.getmembers()[index].offset
+
+
+def _damaged_header(tar_bytes):
+    data = bytearray(tar_bytes)
+    data[_header_offset(tar_bytes, 3) + 148] ^= 0xFF  # the checksum field of the 4th header
+    return bytes(data)
+
+
+def _gzip(data):
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+@pytest.mark.parametrize("damage", ["header", "header_gz", "cut_between_members", "gzip_crc", "gzip_cut"])
+def test_damaged_tar_is_an_error_and_not_marked_extracted(tmp_path, damage):
+    """tarfile lists a damaged archive's members up to the damage without an error: the
+    extraction reads the archive to its end and refuses it, leaving no completion marker."""
+    tar = make_tar(TAR_FILES)
+    if damage == "header":
+        archive, data = "a.tar", _damaged_header(tar)
+    elif damage == "header_gz":
+        archive, data = "a.tar.gz", _gzip(_damaged_header(tar))
+    elif damage == "cut_between_members":
+        archive, data = "a.tar", tar[:_header_offset(tar, 5)]
+    elif damage == "gzip_crc":
+        compressed = bytearray(_gzip(tar))
+        compressed[-8] ^= 0xFF  # the CRC-32 in the gzip trailer
+        archive, data = "a.tar.gz", bytes(compressed)
+    else:
+        compressed = _gzip(tar)
+        archive, data = "a.tar.gz", compressed[: len(compressed) - 40]
+    (tmp_path / archive).write_bytes(data)
+    with pytest.raises(DownloadError, match=f"{archive}.*(damaged|cut off|CRC|ended|cannot extract).*"
+                                            "delete it and rerun"):
+        dl.extract(tmp_path / archive, tmp_path / "out", progress=False)
+    assert not dl.extraction_marker(tmp_path / archive, tmp_path / "out").exists()
+
+
+def test_intact_tar_passes_the_end_check(tmp_path):
+    for archive, data in (("a.tar", make_tar(TAR_FILES)), ("a.tar.gz", _gzip(make_tar(TAR_FILES)))):
+        (tmp_path / archive).write_bytes(data)
+        assert dl.extract(tmp_path / archive, tmp_path / archive.replace(".", "_"), progress=False) == len(TAR_FILES)
+
+
+def test_corrupt_deflate_stream_is_one_error(tmp_path):
+    compressed = bytearray(_gzip(make_tar(TAR_FILES)))
+    compressed[len(compressed) // 2] ^= 0xFF
+    (tmp_path / "a.tar.gz").write_bytes(bytes(compressed))
+    with pytest.raises(DownloadError, match="a.tar.gz.*delete it and rerun"):
+        dl.extract(tmp_path / "a.tar.gz", tmp_path / "out", progress=False)
+
+
+def test_full_disk_while_extracting_blames_the_destination_not_the_archive(tmp_path, monkeypatch):
+    import errno
+
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(make_zip({"top/a.txt": b"alpha"}))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl.shutil, "copyfileobj", full)
+    with pytest.raises(DownloadError, match=r"cannot write .*out while extracting .*a.zip: No space left on "
+                                            r"device; make room .*the archive is kept") as info:
+        dl.extract(archive, tmp_path / "out", progress=False)
+    assert "delete it" not in str(info.value)
+
+
+def test_extraction_deleted_after_completion_is_extracted_again(tmp_path, server, monkeypatch, capsys):
+    """The completion marker does not stop a new extraction once what it provided is gone;
+    the archive already downloaded is used (and checked) without a transfer."""
+    files = {"Prov/a.txt": b"alpha"}
+    data = make_zip(files)
+    server.files["/p.zip"] = data
+    monkeypatch.setitem(dl.ARCHIVES, "test_archive", dl.Archive(
+        server.url + "/p.zip", "p.zip", "", "Prov", md5=hashlib.md5(data).hexdigest()))
+    root = tmp_path / "root"
+    assert dl.fetch("test_archive", root, progress=False) == root / "Prov"
+    import shutil
+
+    shutil.rmtree(root / "Prov")
+    assert dl.fetch("test_archive", root, progress=False) == root / "Prov"
+    assert (root / "Prov/a.txt").read_bytes() == b"alpha"
+    assert len(server.requests) == 1
+    assert "using " in capsys.readouterr().out
+    # a damaged archive already there is refused by its MD5, not extracted
+    shutil.rmtree(root / "Prov")
+    (root / "downloads/p.zip").write_bytes(data[:-1] + b"X")
+    with pytest.raises(DownloadError, match="p.zip: MD5 .* differs .* delete it and rerun"):
+        dl.fetch("test_archive", root, progress=False)
+
+
 def test_extraction_refuses_unsafe_paths(tmp_path):
     archive = tmp_path / "evil.zip"
     archive.write_bytes(make_zip({"../escape.txt": b"x"}))
