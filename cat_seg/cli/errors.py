@@ -28,9 +28,23 @@ class UserError(Exception):
     """A user mistake; ``str(error)`` is the one-line message (without ``error:``)."""
 
 
-def one_line(message: str) -> str:
-    """``message`` with its line breaks folded into spaces."""
-    return " ".join(str(message).split())
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def one_line(message) -> str:
+    """``message`` with its line breaks folded into spaces. An error re-raised from a
+    ``DataLoader`` worker (its message is the worker's traceback) gives the original error's
+    message only."""
+    text = str(message)
+    if _WORKER_TRACEBACK in text:
+        lines = text.split(_WORKER_TRACEBACK, 1)[1].splitlines()
+        # the traceback's frames are indented; the error (type: message) starts at the first
+        # line that is not
+        start = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), None)
+        if start is not None:
+            first, *rest = lines[start:]
+            text = "\n".join([first.split(": ", 1)[-1], *rest])
+    return " ".join(text.split())
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None,

@@ -13,7 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer
-from ..data.dataset_mappers import MaskFormerSemanticDatasetMapper
+from ..data.dataset_mappers import InferenceDatasetMapper, MaskFormerSemanticDatasetMapper
 from ..evaluation import SemSegEvaluator, build_evaluator
 from ..modeling.postprocess import OutputRequest
 from ..modeling.precision import resolve_precision
@@ -193,8 +193,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """detectron2's test loader with :func:`resolve_test_batch_size` images per batch."""
-        return build_detection_test_loader(cfg, dataset_name, batch_size=resolve_test_batch_size(cfg))
+        """detectron2's test loader with :func:`resolve_test_batch_size` images per batch and
+        :class:`~cat_seg.data.dataset_mappers.InferenceDatasetMapper`."""
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=InferenceDatasetMapper(cfg, False), batch_size=resolve_test_batch_size(cfg)
+        )
 
     @classmethod
     def check_vocabulary(cls, cfg, model, dataset_name):

@@ -266,3 +266,25 @@ def test_script_prints_one_line_even_with_several_processes(script, tmp_path):
     else:  # importing cat_seg may print torch's TorchScript deprecation warning first
         assert proc.stderr.endswith(expected) and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+class _UnreadableDataset:
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        from cat_seg.data.datasets import DatasetFileError
+
+        raise DatasetFileError(f"cannot read image photo_{index}.jpg: image file is\ntruncated")
+
+
+def test_dataset_error_in_a_dataloader_worker_is_its_own_one_line(capsys):
+    """torch re-raises a worker's error with the worker's traceback as its message: the line
+    printed is the original message."""
+    import torch.utils.data
+
+    from cat_seg.data.datasets import DatasetError
+
+    loader = torch.utils.data.DataLoader(_UnreadableDataset(), num_workers=1)
+    assert run_main(lambda argv: next(iter(loader)), [], user_errors=(DatasetError,)) == 2
+    assert one_error_line(capsys) == "error: cannot read image photo_0.jpg: image file is truncated"

@@ -73,6 +73,23 @@ def test_context59_errors(tmp_path, raw):
     (tmp_path / "VOCdevkit/VOC2010/trainval_merged.json").write_text(json.dumps({"images": []}))
     with pytest.raises(PrepareError, match="lacks 'images' or 'annos_segmentation'"):
         voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc59"])
+    # entries without the keys the Detail format has: the entry is named
+    json_path = tmp_path / "VOCdevkit/VOC2010/trainval_merged.json"
+    raw.make_context59(tmp_path, [("2008_000002.jpg", 1, "val", (2, 2))], [(1, 2, raw.rle(box(2, 2, 0, 0, 1, 1)))])
+    good = json.loads(json_path.read_text())
+    for entries, index, key, message in (("images", 0, "file_name", r"images\[0\] lacks 'file_name'"),
+                                         ("annos_segmentation", 0, "image_id",
+                                          r"annos_segmentation\[0\] lacks 'image_id'")):
+        damaged = json.loads(json.dumps(good))
+        del damaged[entries][index][key]
+        json_path.write_text(json.dumps(damaged))
+        with pytest.raises(PrepareError, match=f"trainval_merged.json: {message}"):
+            voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc59"])
+    damaged = json.loads(json.dumps(good))
+    damaged["images"][0] = "2008_000002.jpg"
+    json_path.write_text(json.dumps(damaged))
+    with pytest.raises(PrepareError, match=r"images\[0\] is a str, expected an object"):
+        voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc59"])
 
 
 def test_context459_labelmap_minus_one_as_uint16_tiff(tmp_path, raw):

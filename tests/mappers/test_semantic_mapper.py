@@ -1,5 +1,6 @@
 """MaskFormerSemanticDatasetMapper and ColorAugSSDTransform (the official train mapper)."""
 import random
+import re
 
 import cv2
 import numpy as np
@@ -8,10 +9,12 @@ import torch
 from PIL import Image
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
 import cat_seg.data.transforms as transforms_module
-from cat_seg.data.dataset_mappers import MaskFormerSemanticDatasetMapper, SemanticTrainMapper
+from cat_seg.data.dataset_mappers import InferenceDatasetMapper, MaskFormerSemanticDatasetMapper, SemanticTrainMapper
+from cat_seg.data.datasets import DatasetFileError
 from cat_seg.data.transforms import ColorAugSSDTransform
 
 IGNORE = 255
@@ -197,6 +200,41 @@ def test_mapper_errors(tmp_path):
     del cfg.INPUT["COLOR_AUG_SSD"]
     with pytest.raises(KeyError, match="INPUT.COLOR_AUG_SSD"):
         MaskFormerSemanticDatasetMapper(cfg)
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def test_unreadable_training_files_are_named(tmp_path):
+    """A truncated image or label is a DatasetFileError naming the file (PIL's message does not)."""
+    _, _, record = random_sample(tmp_path)
+    cfg = make_cfg(50)
+    for key, what in (("sem_seg_file_name", "semantic segmentation label"), ("file_name", "image")):
+        _truncate(record[key])
+        with pytest.raises(DatasetFileError, match=f"cannot read {what} {re.escape(record[key])}: .*truncated"):
+            MaskFormerSemanticDatasetMapper(cfg)(dict(record))
+
+
+def test_inference_mapper_is_detectron2s_without_the_label(tmp_path):
+    """Same image tensor and fields as detectron2's test mapper; the label is not read (a
+    damaged label file does not matter there); a damaged image is named."""
+    image, label, record = random_sample(tmp_path, h=60, w=90)
+    cfg = make_cfg(50)
+    cfg.INPUT.MIN_SIZE_TEST = 40
+    cfg.INPUT.MAX_SIZE_TEST = 1333
+    ours = InferenceDatasetMapper(cfg, False)(dict(record))
+    theirs = DatasetMapper(cfg, False)(dict(record))
+    assert torch.equal(ours["image"], theirs["image"]) and tuple(ours["image"].shape) == (3, 40, 60)
+    assert "sem_seg" in theirs and "sem_seg" not in ours
+    assert {k: v for k, v in ours.items() if k != "image"} == {k: v for k, v in theirs.items() if k not in ("image", "sem_seg")}
+    _truncate(record["sem_seg_file_name"])
+    assert torch.equal(InferenceDatasetMapper(cfg, False)(dict(record))["image"], ours["image"])
+    _truncate(record["file_name"])
+    with pytest.raises(DatasetFileError, match=f"cannot read image {re.escape(record['file_name'])}: .*truncated"):
+        InferenceDatasetMapper(cfg, False)(dict(record))
 
 
 # ---------------------------------------------------------------- ColorAugSSDTransform

@@ -1,8 +1,17 @@
-"""Dataset mappers (training). The test mapper is detectron2's DatasetMapper(is_train=False)."""
+"""Dataset mappers: training (:class:`MaskFormerSemanticDatasetMapper`) and evaluation
+(:class:`InferenceDatasetMapper`, detectron2's test mapper without the unused label read)."""
 from .semantic_mapper import (
+    InferenceDatasetMapper,
     MaskFormerSemanticDatasetMapper,
     SemanticTrainMapper,
     build_train_augmentations,
+    read_dataset_image,
 )
 
-__all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
+__all__ = [
+    "InferenceDatasetMapper",
+    "MaskFormerSemanticDatasetMapper",
+    "SemanticTrainMapper",
+    "build_train_augmentations",
+    "read_dataset_image",
+]

@@ -3,16 +3,18 @@ training mapper)."""
 import copy
 import logging
 import warnings
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from detectron2.config import configurable
+from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..datasets.errors import DatasetFileError
 from ..transforms import ColorAugSSDTransform
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
@@ -63,6 +65,17 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     if flip != "none":
         augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
     return augs
+
+
+
+def read_dataset_image(file_name: str, format: Optional[str] = None, what: str = "image") -> np.ndarray:
+    """detectron2's ``read_image``, with a file that cannot be read (missing, corrupt,
+    truncated) raised as a :class:`DatasetFileError` that names it (PIL's messages do not
+    always)."""
+    try:
+        return utils.read_image(file_name, format=format)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetFileError(f"cannot read {what} {file_name}: {e}") from e
 
 
 class MaskFormerSemanticDatasetMapper:
@@ -117,12 +130,9 @@ class MaskFormerSemanticDatasetMapper:
         }
 
     def _read_label(self, file_name: str) -> np.ndarray:
-        try:
-            label = utils.read_image(file_name)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"cannot read semantic segmentation label {file_name}: {e}") from e
+        label = read_dataset_image(file_name, what="semantic segmentation label")
         if label.ndim != 2:
-            raise ValueError(
+            raise DatasetFileError(
                 f"semantic segmentation label {file_name} must be single-channel, "
                 f"got shape {label.shape}"
             )
@@ -139,12 +149,12 @@ class MaskFormerSemanticDatasetMapper:
         if "annotations" in dataset_dict:
             raise ValueError("semantic segmentation dataset dicts must not have 'annotations'")
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
+        image = read_dataset_image(dataset_dict["file_name"], self.img_format)
         utils.check_image_size(dataset_dict, image)
         label_file = dataset_dict.pop("sem_seg_file_name")
         sem_seg = self._read_label(label_file)
         if sem_seg.shape != image.shape[:2]:
-            raise ValueError(
+            raise DatasetFileError(
                 f"label {label_file} has size {sem_seg.shape}, image "
                 f"{dataset_dict['file_name']} has {image.shape[:2]}"
             )
@@ -174,3 +184,23 @@ class MaskFormerSemanticDatasetMapper:
 
 
 SemanticTrainMapper = MaskFormerSemanticDatasetMapper
+
+
+class InferenceDatasetMapper(DatasetMapper):
+    """detectron2's ``DatasetMapper(cfg, is_train=False)`` for evaluation, less two things:
+
+    * the label file is not read: the evaluator reads the ground truth itself, by file name
+      (detectron2's mapper reads it and resizes it with the image, then nothing uses it);
+    * an image that cannot be read raises a :class:`DatasetFileError` naming the file.
+
+    Returns what detectron2's does: ``image`` ``[3, H', W']`` (resized by the test
+    augmentations), ``height``/``width`` of the original, the record's other fields.
+    """
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = {key: value for key, value in dataset_dict.items() if key != "sem_seg_file_name"}
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError) as e:
+            raise DatasetFileError(f"cannot read image {dataset_dict.get('file_name')}: {e}") from e
+

@@ -3,13 +3,14 @@
 ``$DETECTRON2_DATASETS`` (default ``datasets``)."""
 from ..catalog import LAYOUTS, LAYOUTS_BY_NAME, SemSegLayout, dataset_root, get_layout
 from .builtin import register_all, register_dataset
-from .errors import DatasetError, DatasetNotFoundError, DownloadError, PrepareError
+from .errors import DatasetError, DatasetFileError, DatasetNotFoundError, DownloadError, PrepareError
 from .loader import load_sem_seg_files
 
 __all__ = [
     "register_all",
     "register_dataset",
     "DatasetError",
+    "DatasetFileError",
     "DatasetNotFoundError",
     "DownloadError",
     "PrepareError",

@@ -19,3 +19,8 @@ class PrepareError(DatasetError):
 
 class DownloadError(DatasetError):
     """A download or archive extraction failed (network, size or checksum mismatch)."""
+
+
+class DatasetFileError(DatasetError, ValueError):
+    """An image or label file of a dataset cannot be read (corrupt, truncated, missing) or does
+    not fit its pair, found while training or evaluating; the message names the file."""

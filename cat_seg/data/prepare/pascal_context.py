@@ -89,6 +89,16 @@ def convert_pc59(source: str, image_path: str, size, annotations, dst: str) -> C
     return stats
 
 
+def _require_keys(entry, keys, json_path: Path, where: str) -> None:
+    """A Detail API entry must be an object with ``keys``: else one error naming the entry."""
+    if not isinstance(entry, dict):
+        raise PrepareError(f"{json_path}: {where} is a {type(entry).__name__}, expected an object")
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise PrepareError(f"{json_path}: {where} lacks {', '.join(repr(k) for k in missing)} "
+                           f"(not the Detail API trainval_merged.json, or a damaged copy)")
+
+
 def pc59_tasks(root: Path) -> List[Task]:
     json_path = cli.require(root, PC59_JSON, "pascal_context_59", "annotation file")
     images_dir = cli.require(root, PC59.image_dir, "voc2010", "folder")
@@ -101,11 +111,13 @@ def pc59_tasks(root: Path) -> List[Task]:
         raise PrepareError(f"{json_path} lacks 'images' or 'annos_segmentation' (not the Detail "
                            f"API trainval_merged.json)")
     by_image = defaultdict(list)
-    for anno in data["annos_segmentation"]:
+    for index, anno in enumerate(data["annos_segmentation"]):
+        _require_keys(anno, ("image_id", "category_id", "segmentation"), json_path, f"annos_segmentation[{index}]")
         by_image[anno["image_id"]].append((anno["category_id"], anno["segmentation"]))
     out_dir = root / PC59.label_dir
     tasks = []
-    for image in data["images"]:
+    for index, image in enumerate(data["images"]):
+        _require_keys(image, ("file_name", "image_id"), json_path, f"images[{index}]")
         if image.get("phase") != "val":
             continue
         stem = Path(image["file_name"]).stem
