@@ -121,3 +121,17 @@ def test_cli_prints_error_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: missing folder") and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_without_benchmark_a_missing_dataset_says_how_to_prepare_the_other(tmp_path, raw):
+    """All benchmarks by default: ADE20K-847's registration-only download missing stops the
+    run, and the error says how to prepare ADE20K-150 alone (which then works)."""
+    raw.make_ade150(tmp_path, {"ADE_val_00000001": np.array([[0, 1], [2, 3]])})
+    with pytest.raises(PrepareError, match=r"index_ade20k.pkl.* \(needed for benchmark 847; to prepare the "
+                                           r"others without it: --benchmark 150\)$"):
+        run(tmp_path)
+    with pytest.raises(PrepareError, match=r"index_ade20k.pkl.*registration") as chosen:
+        run(tmp_path, "--benchmark", "847")
+    assert "needed for benchmark" not in str(chosen.value)  # chosen on purpose: no hint
+    assert run(tmp_path, "--benchmark", "150") == 0
+

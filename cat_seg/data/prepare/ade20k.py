@@ -162,14 +162,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
-    keys = {"150": ADE150.archives, "847": ADE847.archives}
-    cli.fetch_if_asked(args, [k for b in benchmarks for k in keys[b]])
+    layouts = {"150": ADE150, "847": ADE847}
+    for benchmark in benchmarks:
+        with cli.benchmark_step(args, benchmark, BENCHMARKS):
+            cli.fetch_if_asked(args, layouts[benchmark].archives)
+    builders = {
+        "150": lambda: ("ADE20K-150 val", ade150_tasks(root), convert_ade150, ADE150),
+        "847": lambda: ("ADE20K-847 val", ade847_tasks(root), convert_ade847, ADE847),
+    }
     # validate every selected raw layout before converting anything
     plans = []
-    if "150" in benchmarks:
-        plans.append(("ADE20K-150 val", ade150_tasks(root), convert_ade150, ADE150))
-    if "847" in benchmarks:
-        plans.append(("ADE20K-847 val", ade847_tasks(root), convert_ade847, ADE847))
+    for benchmark in benchmarks:
+        with cli.benchmark_step(args, benchmark, BENCHMARKS):
+            plans.append(builders[benchmark]())
     for title, tasks, convert, layout in plans:
         run_tasks(title, tasks, convert, num_classes=layout.num_classes,
                   ignore_label=layout.ignore_label, workers=args.workers, force=args.force,

@@ -1,5 +1,6 @@
 """Command-line plumbing shared by the ``datasets/prepare_*.py`` scripts."""
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -61,6 +62,21 @@ def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
         label = f"{what} " if what else ""
         raise PrepareError(f"missing {label}{path}: {downloads.how_to_get(archive_key, root)}")
     return path
+
+
+@contextlib.contextmanager
+def benchmark_step(args, benchmark: str, benchmarks: Sequence[str]):
+    """Run a step of ``benchmark`` (fetching or listing its raw data): when its raw data is
+    missing and no ``--benchmark`` was given (all are prepared), the error also says how to
+    prepare the others without it."""
+    try:
+        yield
+    except PrepareError as exc:
+        others = [b for b in benchmarks if b != benchmark]
+        if args.benchmark or not others:
+            raise
+        raise PrepareError(f"{exc} (needed for benchmark {benchmark}; to prepare the others without it: "
+                           f"{' '.join('--benchmark ' + b for b in others)})") from None
 
 
 def fetch_if_asked(args, keys: Sequence[str]) -> None:

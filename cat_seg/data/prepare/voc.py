@@ -82,23 +82,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
-    keys = []
-    for b in benchmarks:
-        keys += [k for k in ARCHIVE_KEYS[b] if k not in keys]
-    if args.val_list and "pascal_context_459_val_list" in keys:
-        keys.remove("pascal_context_459_val_list")
-    cli.fetch_if_asked(args, keys)
+    for benchmark in benchmarks:
+        keys = [k for k in ARCHIVE_KEYS[benchmark] if not (args.val_list and k == "pascal_context_459_val_list")]
+        with cli.benchmark_step(args, benchmark, BENCHMARKS):
+            cli.fetch_if_asked(args, keys)  # an archive two benchmarks share is fetched once
+    builders = {
+        "voc": lambda: [("VOC-20 val", voc_tasks(root, False), convert, VOC20),
+                        ("VOC-20b val", voc_tasks(root, True), convert, VOC20B)],
+        "pc59": lambda: [("Pascal Context 59 val", pascal_context.pc59_tasks(root),
+                          pascal_context.convert_pc59, pascal_context.PC59)],
+        "pc459": lambda: [("Pascal Context 459 val", pascal_context.pc459_tasks(root, args.val_list),
+                           pascal_context.convert_pc459, pascal_context.PC459)],
+    }
     # validate every selected raw layout before converting anything
     plans = []
-    if "voc" in benchmarks:
-        plans.append(("VOC-20 val", voc_tasks(root, False), convert, VOC20))
-        plans.append(("VOC-20b val", voc_tasks(root, True), convert, VOC20B))
-    if "pc59" in benchmarks:
-        plans.append(("Pascal Context 59 val", pascal_context.pc59_tasks(root),
-                      pascal_context.convert_pc59, pascal_context.PC59))
-    if "pc459" in benchmarks:
-        plans.append(("Pascal Context 459 val", pascal_context.pc459_tasks(root, args.val_list),
-                      pascal_context.convert_pc459, pascal_context.PC459))
+    for benchmark in benchmarks:
+        with cli.benchmark_step(args, benchmark, BENCHMARKS):
+            plans += builders[benchmark]()
     for title, tasks, conv, layout in plans:
         run_tasks(title, tasks, conv, num_classes=layout.num_classes,
                   ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
