@@ -797,15 +797,13 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
 
 # ---------------------------------------------------------------------------------- segmenter
 def _clip_from_checkpoint(cfg):
-    """An unfrozen copy of ``cfg`` for building the segmenter's model: ``CLIP_WEIGHTS none``
-    when ``MODEL.WEIGHTS`` is set. The checkpointer loads every parameter strictly (CLIP
-    included): downloading the CLIP weights first would be wasted, and impossible offline."""
-    from .modeling.clip.builder import NO_WEIGHTS
+    """An unfrozen copy of ``cfg`` for building the segmenter's model, with
+    :func:`~cat_seg.hub.clip_weights_from_checkpoint` applied."""
+    from .hub import clip_weights_from_checkpoint
 
     cfg = cfg.clone()
     cfg.defrost()
-    if cfg.MODEL.WEIGHTS and str(cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:
-        cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    clip_weights_from_checkpoint(cfg)
     return cfg
 
 

@@ -130,6 +130,17 @@ def apply_released_defaults(cfg, user_opts=()) -> None:
             cfg.merge_from_list([key, value])
 
 
+def clip_weights_from_checkpoint(cfg) -> None:
+    """On the unfrozen ``cfg``: ``CLIP_WEIGHTS none`` when ``MODEL.WEIGHTS`` is set. The
+    checkpointer loads every parameter strictly (CLIP included), so the CLIP weights would be
+    downloaded (350 MB for ViT-B, 900 MB for ViT-L) only to be overwritten, and cannot be
+    offline. The one place the API, the demo, the web app and ``train_net`` do this."""
+    from .modeling.clip.builder import NO_WEIGHTS
+
+    if cfg.MODEL.WEIGHTS and str(cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:
+        cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+
+
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` is set (read at call time, not at huggingface_hub's import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")

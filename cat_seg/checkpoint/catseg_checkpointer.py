@@ -17,6 +17,7 @@
 """
 import logging
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
@@ -40,6 +41,16 @@ ARCH_HINT = (
     "does the config match the checkpoint? CAT-Seg (B) model_base.pth: configs/vitb_384.yaml, "
     "(L) model_large.pth: configs/vitl_336.yaml"
 )
+
+
+def describe_image_tower(state: Mapping[str, Any]) -> Optional[str]:
+    """``"width 768, 12 blocks, patch 16"``: the CLIP image tower a state dict (our layout)
+    holds, read from its tensors; ``None`` without one."""
+    conv = next((v for k, v in state.items() if k.endswith("visual.conv1.weight")), None)
+    if conv is None or getattr(conv, "ndim", 0) != 4:
+        return None
+    blocks = {int(m.group(1)) for k in state for m in [re.search(r"visual\.transformer\.resblocks\.(\d+)\.", k)] if m}
+    return f"width {conv.shape[0]}, {len(blocks)} blocks, patch {conv.shape[-1]}"
 
 
 def check_state_dict_fits(
@@ -66,7 +77,11 @@ def check_state_dict_fits(
     ]
     unknown = report.unknown if report is not None else []
     if missing or unexpected or wrong_shape or unknown:
-        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=ARCH_HINT)
+        theirs, ours = describe_image_tower(state), describe_image_tower(model_state)
+        architecture = (f"its CLIP image tower has {theirs}, the config's {ours}"
+                        if theirs and ours and theirs != ours else "")
+        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=ARCH_HINT,
+                                      architecture=architecture)
 
 
 class CATSegCheckpointer(DetectionCheckpointer):

@@ -32,6 +32,9 @@ class CheckpointMismatchError(CheckpointError):
             from an official key, the entry reads ``"ours (from official)"``).
         wrong_shape: ``(key, checkpoint shape, model shape)``.
         unknown: official-layout keys no conversion rule knows.
+
+    ``architecture`` (first in the message) says how the checkpoint's model differs from the
+    config's when that is known (e.g. a ViT-L checkpoint with a ViT-B config); ``hint`` ends it.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class CheckpointMismatchError(CheckpointError):
         wrong_shape: Iterable[Tuple[str, tuple, tuple]] = (),
         unknown: Iterable[str] = (),
         hint: str = "",
+        architecture: str = "",
     ):
         self.source = source
         self.missing: List[str] = sorted(missing)
@@ -58,7 +62,8 @@ class CheckpointMismatchError(CheckpointError):
         if self.wrong_shape:
             shapes = [f"{k} {list(c)} vs model {list(m)}" for k, c, m in self.wrong_shape]
             problems.append(f"{len(self.wrong_shape)} shape mismatch(es): {show_keys(shapes)}")
-        message = f"checkpoint {source} does not fit the model, nothing loaded: " + "; ".join(problems)
+        fit = f"does not fit the model ({architecture})" if architecture else "does not fit the model"
+        message = f"checkpoint {source} {fit}, nothing loaded: " + "; ".join(problems)
         if hint:
             message += f" ({hint})"
         super().__init__(message)

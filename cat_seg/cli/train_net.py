@@ -45,10 +45,11 @@ def load_config(args):
 
     if not args.config_file:
         raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
-    from cat_seg.hub import apply_released_defaults
+    from cat_seg.hub import apply_released_defaults, clip_weights_from_checkpoint
 
     cfg = merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
-    apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: no CLIP download
+    apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: its config keys
+    clip_weights_from_checkpoint(cfg)  # MODEL.WEIGHTS set: CLIP comes from it, no download
     return cfg
 
 

@@ -314,7 +314,9 @@ class WholeImageMaps(ClassMaps):
 
     ``logits`` ``[T, h, w]`` were predicted for the image padded to ``padded_size`` and squashed
     to the CLIP resolution: sigmoid, resize to ``padded_size``, crop the ``image_size``
-    (``[:H', :W']``, the padding removed), resize to ``out_size``.
+    (``[:H', :W']``, the padding removed), resize to ``out_size``. Without padding
+    (``padded_size == image_size``) the maps are resized once, ``[h, w]`` to ``out_size``, as
+    in the official code (two bilinear resizes are not one).
     """
 
     class_dim = 0
@@ -325,15 +327,21 @@ class WholeImageMaps(ClassMaps):
         self.padded_size = tuple(int(s) for s in padded_size)
         self.image_size = tuple(int(s) for s in image_size)
 
+    @property
+    def _padded(self) -> bool:
+        return self.padded_size != self.image_size
+
     def _elements_per_class(self) -> int:
-        return self.data[0].numel() + self.padded_size[0] * self.padded_size[1]
+        return self.data[0].numel() + (self.padded_size[0] * self.padded_size[1] if self._padded else 0)
 
     def _source_size(self) -> Tuple[int, int]:
-        return self.image_size
+        return self.image_size if self._padded else (int(self.data.shape[-2]), int(self.data.shape[-1]))
 
     def _source(self, rows: Union[slice, torch.Tensor]) -> torch.Tensor:
         logits = self.data[rows].float()
         probs = sigmoid_maps(logits, out=torch.empty_like(logits, memory_format=torch.contiguous_format))
+        if not self._padded:
+            return probs
         return resize_maps(probs, self.padded_size)[:, :self.image_size[0], :self.image_size[1]]
 
 

@@ -99,9 +99,18 @@ def test_corrupted_official_checkpoint_names_the_keys(tiny_model, official_tiny,
 
 
 def test_official_checkpoint_for_another_architecture(tiny_model, official_tiny_file):
+    """The message starts with how the two CLIP image towers differ (read from the tensors),
+    before the key lists, and ends with which config goes with which released checkpoint."""
     model = tiny_model("l")  # tiny ViT-L-like CLIP: different widths and depth
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch.*configs/vitb_384.yaml"):
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch.*configs/vitb_384.yaml") as info:
         CATSegCheckpointer(model).resume_or_load(official_tiny_file, resume=False)
+    state = model.state_dict()
+    width = state["backbone.clip.visual.conv1.weight"].shape[0]
+    blocks = len({k.split(".")[5] for k in state if k.startswith("backbone.clip.visual.transformer.resblocks.")})
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {official_tiny_file} does not fit the model (its CLIP image tower has "
+                              f"width ")
+    assert f"the config's width {width}, {blocks} blocks, patch " in message.split("nothing loaded")[0]
 
 
 def test_own_checkpoint_resume_and_strictness(tiny_model, tmp_path):

@@ -103,6 +103,19 @@ def test_whole_image_inference_through_the_text_tower(load_tiny, official_tiny, 
 
 
 @torch.no_grad()
+def test_whole_image_inference_at_another_output_size(load_tiny, official_tiny, tiny_cfg, class_jsons):
+    """Output size (the dataset's height/width) other than the image's, no padding: one resize
+    of the logit-resolution probabilities, as the official code."""
+    model = load_tiny(MODEL__SEM_SEG_HEAD__TEST_POOLING_SIZES=[1, 1])
+    image = torch.randint(0, 256, (3, 128, 160), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    ours = model([{"image": image, "height": 100, "width": 130}])[0]["sem_seg"]
+    text = reference_text_embeddings(official_tiny, class_jsons[3], tiny_cfg)
+    ref = reference_inference_probs(official_tiny, image.float(), text, tiny_cfg, (1, 1), 100, 130)
+    assert ours.shape == (len(class_jsons[3]), 100, 130)
+    _assert_close_probs(ours, ref)
+
+
+@torch.no_grad()
 def test_sliding_window_inference(load_tiny, official_tiny, tiny_cfg, class_jsons):
     """Sliding window (crop 128 on a 213 canvas: 2x2 crops + global view), output at a third size."""
     model = load_tiny(TEST__SLIDING_WINDOW=True, MODEL__SEM_SEG_HEAD__TEST_POOLING_SIZES=[1, 1])

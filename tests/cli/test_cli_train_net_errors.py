@@ -288,3 +288,13 @@ def test_dataset_error_in_a_dataloader_worker_is_its_own_one_line(capsys):
     loader = torch.utils.data.DataLoader(_UnreadableDataset(), num_workers=1)
     assert run_main(lambda argv: next(iter(loader)), [], user_errors=(DatasetError,)) == 2
     assert one_error_line(capsys) == "error: cannot read image photo_0.jpg: image file is truncated"
+
+
+def test_weights_given_means_no_clip_download(tmp_path):
+    """With MODEL.WEIGHTS set, CLIP comes from the checkpoint (loaded strictly): CLIP_WEIGHTS
+    becomes none, so an official .pth given as it is needs no CLIP download (nor a network)."""
+    args = train_net.build_parser().parse_args(
+        ["--config-file", TINY, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "openai", "MODEL.WEIGHTS", str(tmp_path / "w.pth")])
+    assert train_net.load_config(args).MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
+    args = train_net.build_parser().parse_args(["--config-file", TINY, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "openai"])
+    assert train_net.load_config(args).MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "openai"  # training from CLIP

@@ -41,12 +41,14 @@ def bilinear(x, size):
 
 def ref_whole_image(model, image, out_size):
     """Official whole-image inference with the padding removed: normalise, pad to /32 with zeros, squash to the CLIP
-    resolution, sigmoid, back to the padded size, crop, resize to the output size."""
+    resolution, sigmoid, back to the padded size, crop, resize to the output size; without padding, one resize to
+    the output size (the official code's)."""
     h, w = image.shape[-2:]
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
     x = F.pad(normalise(model, image), (0, pw - w, 0, ph - h))[None]
     probs = logits_of(model, x).sigmoid()
-    probs = bilinear(probs, (ph, pw))[..., :h, :w]
+    if (ph, pw) != (h, w):
+        probs = bilinear(probs, (ph, pw))[..., :h, :w]
     return bilinear(probs, out_size)[0]
 
 
