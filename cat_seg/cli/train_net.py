@@ -31,7 +31,95 @@ def build_parser():
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (keys and values), OUTPUT_DIR, class jsons, datasets and (with "
                              "--eval-only) the weights, then exit")
+    # detectron2's default is a fixed port per user: two runs of one user on a machine collide
+    parser.set_defaults(dist_url=None)
+    for action in parser._actions:
+        if action.dest == "dist_url":
+            action.help = ("rendezvous of the processes: 'auto' (a free port of this machine; the default "
+                           "on one machine) or tcp://HOST:PORT of machine 0 (needed with --num-machines > 1)")
     return parser
+
+
+LOOPBACK_HOSTS = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def check_launch(args) -> None:
+    """The process options, checked before anything starts (a mistake there was a traceback in
+    every process, or a silent 30-minute wait for processes that never come); fills in
+    ``args.dist_url`` (``auto`` on one machine when not given)."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    import torch
+
+    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise UserError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
+                        f"{args.machine_rank}: expected --num-gpus >= 1 and 0 <= --machine-rank < --num-machines")
+    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+        raise UserError(f"--num-gpus {args.num_gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
+    many = args.num_machines > 1
+    if args.dist_url is None:
+        if many:
+            raise UserError(f"--num-machines {args.num_machines} needs --dist-url tcp://HOST:PORT, HOST an "
+                            "address of machine 0 that every machine reaches, the same on every machine")
+        args.dist_url = "auto"
+    if args.num_gpus * args.num_machines == 1:
+        return  # one process: no rendezvous
+    if args.dist_url == "auto":
+        if many:
+            raise UserError("--dist-url auto picks a port of one machine: with --num-machines > 1 give "
+                            "tcp://HOST:PORT of machine 0")
+        return
+    url = urlparse(args.dist_url)
+    if url.scheme == "file":
+        return
+    if url.scheme != "tcp":
+        raise UserError(f"--dist-url {args.dist_url!r}: expected auto, tcp://HOST:PORT or file:///PATH")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:  # a port that is no number or out of range
+        host, port = None, None
+    if not host or port is None or not 0 < port < 65536:
+        raise UserError(f"--dist-url {args.dist_url!r}: expected tcp://HOST:PORT with a port in 1..65535")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host.lower() in LOOPBACK_HOSTS
+    if many and loopback:
+        raise UserError(f"--dist-url {args.dist_url!r} is this machine only: with --num-machines "
+                        f"{args.num_machines} give an address of machine 0 that every machine reaches")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--dist-url {args.dist_url!r}: cannot resolve {host!r} ({exc.strerror})") from None
+    if args.machine_rank == 0:  # machine 0 listens at HOST:PORT: is it free here?
+        problem = _cannot_listen(host, port)
+        if problem:
+            raise UserError(f"--dist-url {args.dist_url!r}: {problem}"
+                            + ("; on one machine --dist-url auto finds a free port" if not many else ""))
+    if many:
+        print(f"machine {args.machine_rank} of {args.num_machines}: waiting for all "
+              f"{args.num_gpus * args.num_machines} processes at {args.dist_url} (detectron2 waits up to 30 "
+              f"minutes)", flush=True)
+
+
+def _cannot_listen(host: str, port: int) -> str:
+    """Why machine 0 cannot listen at ``host:port`` (empty when it can)."""
+    import errno
+    import socket
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is in use (another run?)"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{host} is not an address of this machine (machine 0 listens there)"
+            return f"cannot listen at {host}:{port} ({exc.strerror})"
+    return ""
 
 
 def load_config(args):
@@ -216,14 +304,53 @@ def train_or_evaluate(args):
     from cat_seg.checkpoint import CATSegCheckpointer
     from cat_seg.engine import Trainer
 
+    share_cpu_threads()
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         CATSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        result = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        result = trainer.train()
+    end_worker_process()
+    return result
+
+
+def share_cpu_threads() -> None:
+    """Several processes of one machine: each takes its share of the CPU cores for torch's
+    threads (as torchrun does), unless ``OMP_NUM_THREADS`` says otherwise. Every process using
+    every core made 2-process CPU training 4x slower than with one thread each."""
+    import torch
+    from detectron2.utils import comm
+
+    local = comm.get_local_size()
+    if local > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // local))
+
+
+def end_worker_process() -> None:
+    """End a process that ``launch`` started for a multi-process run, after its work succeeded.
+
+    With torch 2.14 and gloo, the interpreter's exit sometimes aborts (``terminate called
+    without an active exception``, SIGABRT) while tearing down the process group's threads,
+    and ``launch`` then reports the whole run as failed after it succeeded (about 1 run in 10
+    of 2 CPU processes; also without cat-seg, with detectron2's ``launch`` and one
+    ``all_gather``; ``destroy_process_group`` first does not avoid it). So every process waits
+    for the others, flushes its logs and output, and exits at once with status 0 (the work is
+    written: checkpoints and results are written by then). One process (no ``launch``
+    children): returns."""
+    from detectron2.utils import comm
+
+    if comm.get_world_size() == 1:
+        return
+    comm.synchronize()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def user_error_types():
@@ -240,9 +367,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     from detectron2.engine import launch
 
     args = build_parser().parse_args(argv)
-    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        raise UserError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} --machine-rank "
-                        f"{args.machine_rank}: expected --num-gpus >= 1 and 0 <= --machine-rank < --num-machines")
+    check_launch(args)
     cfg = check(args)
     if args.check_only:
         what = f"weights {cfg.MODEL.WEIGHTS!r}, " if args.eval_only else ""
@@ -251,15 +376,45 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     print("Command Line Args:", args)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"no GPU: running {args.num_gpus} CPU processes (gloo)", flush=True)
-    launch(
-        train_or_evaluate,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            train_or_evaluate,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        user_error = user_error_in_process(exc)
+        if user_error is None:
+            raise
+        raise user_error from None
     return 0
+
+
+def user_error_in_process(exc: BaseException) -> Optional[BaseException]:
+    """The user error (:func:`user_error_types`) a ``launch``-ed process raised, rebuilt from
+    the traceback text its exception carries (e.g. a corrupt image met by one rank); ``None``
+    for any other error."""
+    import importlib
+    import re
+
+    text = str(exc)
+    match = None
+    for match in re.finditer(r"^(cat_seg(?:\.\w+)+): (.*)$", text, re.M):
+        pass
+    if match is None:
+        return None
+    module_name, _, class_name = match.group(1).rpartition(".")
+    try:
+        error_type = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(error_type, type) and issubclass(error_type, user_error_types())):
+        return None
+    message = text[match.start(2):].strip()
+    return UserError(message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -44,6 +44,8 @@ __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_
 
 RESULTS_JSON = "sem_seg_results.json"
 PER_CLASS_CSV = "per_class_iou.csv"
+# written by detectron2's SemSegEvaluator.evaluate
+D2_OUTPUTS = ("sem_seg_predictions.json", "sem_seg_evaluation.pth")
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,15 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         return self._num_classes
 
     def reset(self):
+        """Start an evaluation: counts zeroed, and the result files a previous evaluation wrote
+        into ``output_dir`` removed (main process), so that a run that fails leaves none that
+        look like its own."""
         super().reset()
+        if self._output_dir and comm.is_main_process():
+            for name in (RESULTS_JSON, PER_CLASS_CSV, *D2_OUTPUTS):
+                path = os.path.join(self._output_dir, name)
+                if PathManager.exists(path):
+                    PathManager.rm(path)
         self._num_images = 0
         # throughput: the images of the process() calls after the first one, and the seconds
         # from the end of the first call to the end of the last (data loading, forward, scoring)

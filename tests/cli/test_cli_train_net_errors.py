@@ -298,3 +298,74 @@ def test_weights_given_means_no_clip_download(tmp_path):
     assert train_net.load_config(args).MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
     args = train_net.build_parser().parse_args(["--config-file", TINY, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "openai"])
     assert train_net.load_config(args).MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "openai"  # training from CLIP
+
+
+def test_process_options_default_to_a_free_port_on_one_machine():
+    args = train_net.build_parser().parse_args(["--config-file", TINY, "--num-gpus", "2"])
+    train_net.check_launch(args)
+    assert args.dist_url == "auto"  # detectron2's fixed per-user port made two runs collide
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--num-machines", "2"], "--num-machines 2 needs --dist-url tcp://HOST:PORT"),
+    (["--num-machines", "2", "--dist-url", "auto"], "--dist-url auto picks a port of one machine"),
+    (["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"], "is this machine only"),
+    (["--num-machines", "2", "--dist-url", "tcp://localhost:29500"], "is this machine only"),
+    (["--num-gpus", "2", "--dist-url", "foo://bar"], "expected auto, tcp://HOST:PORT or file:///PATH"),
+    (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:99999"], "port in 1..65535"),
+    (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1"], "port in 1..65535"),
+    (["--num-gpus", "2", "--dist-url", "tcp://no-such-host.invalid:29500"], "cannot resolve 'no-such-host.invalid'"),
+])
+def test_bad_process_options_are_one_line_before_starting(capsys, tmp_path, options, message):
+    """Were tracebacks in every process, or a silent 30-minute wait for processes that never come."""
+    assert train_net.main(["--config-file", TINY, *options, "OUTPUT_DIR", str(tmp_path / "o")]) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_port_in_use_is_one_line(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert train_net.main(["--config-file", TINY, "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}",
+                               "OUTPUT_DIR", str(tmp_path / "o")]) == 2
+    assert one_error_line(capsys) == (f"error: --dist-url 'tcp://127.0.0.1:{port}': port {port} is in use (another "
+                                      f"run?); on one machine --dist-url auto finds a free port")
+
+
+def test_user_error_of_a_launched_process_is_one_line():
+    """launch() re-raises a process's error as a ProcessRaisedException carrying its traceback:
+    a user error (a corrupt image met by rank 1) comes back as that error's one line."""
+    from torch.multiprocessing import ProcessRaisedException
+
+    trace = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+             '  File "x.py", line 1, in f\n    g()\n'
+             "cat_seg.data.datasets.errors.DatasetFileError: cannot read image a/000007.jpg: Truncated File Read\n")
+    error = train_net.user_error_in_process(ProcessRaisedException(trace, 1, 1234))
+    assert isinstance(error, UserError) and str(error) == "cannot read image a/000007.jpg: Truncated File Read"
+    other = trace.replace("cat_seg.data.datasets.errors.DatasetFileError", "ValueError")
+    assert train_net.user_error_in_process(ProcessRaisedException(other, 1, 1234)) is None
+    internal = trace.replace("cat_seg.data.datasets.errors.DatasetFileError", "cat_seg.config.NotAnErrorType")
+    assert train_net.user_error_in_process(ProcessRaisedException(internal, 1, 1234)) is None
+
+
+def test_processes_of_one_machine_share_its_cores(monkeypatch):
+    import torch
+    from detectron2.utils import comm
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(comm, "get_local_size", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        train_net.share_cpu_threads()
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's setting wins
+        train_net.share_cpu_threads()
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

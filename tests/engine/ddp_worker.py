@@ -6,7 +6,7 @@ import os
 from detectron2.engine import HookBase, default_argument_parser, launch
 from detectron2.utils import comm
 
-from cat_seg.cli.train_net import setup
+from cat_seg.cli.train_net import end_worker_process, setup, share_cpu_threads
 from cat_seg.engine import Trainer
 
 
@@ -30,11 +30,14 @@ class ParameterParityHook(HookBase):
 
 
 def main(args):
+    share_cpu_threads()
     cfg = setup(args)
     trainer = Trainer(cfg)
     trainer.register_hooks([ParameterParityHook(os.path.join(cfg.OUTPUT_DIR, "parity.json"))])
     trainer.resume_or_load(resume=False)
-    return trainer.train()
+    result = trainer.train()
+    end_worker_process()  # as train_net's processes end (gloo's exit can abort a finished run)
+    return result
 
 
 if __name__ == "__main__":

@@ -29,3 +29,13 @@ def test_two_process_training_keeps_ranks_identical_and_checkpoint_evaluates(tin
         results = json.load(f)
     assert results["num_images"] == 6
     assert 0.0 <= results["metrics"]["pACC"] <= 100.0
+
+    # the same evaluation by two processes of train_net (a free port by default): same metrics
+    eval2_dir = str(tmp_path / "eval2")
+    run_train_net(tiny_benchmark, "--eval-only", "--num-gpus", "2",
+                  *train_opts(tiny_benchmark, eval2_dir, **{"MODEL.WEIGHTS": os.path.join(out, "model_final.pth")}))
+    with open(os.path.join(eval2_dir, "inference", "synthetic_val_sem_seg", "sem_seg_results.json")) as f:
+        results2 = json.load(f)
+    assert results2["num_images"] == 6
+    assert results2["metrics"] == results["metrics"]
+    assert results2["per_class"] == results["per_class"]

@@ -112,7 +112,7 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     elif case == "output dir option":
         extra = ["OUTPUT_DIR", str(tmp_path / "elsewhere")]
     elif case == "bad value":
-        extra = ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(tmp_path / "clip.pth")]
+        extra = ["MODEL.PRECISION", "fp64"]
     assert evaluate_benchmarks.main([config, "1", str(out), *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "[eval]" not in captured.err
@@ -123,7 +123,7 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         "missing config": f"error: config file '{config}' not found",
         "weights not found": f"error: MODEL.WEIGHTS '{tmp_path / 'other.pth'}' not found",
         "output dir option": f"error: OUTPUT_DIR is eval.sh's third argument ('{out}'); remove 'OUTPUT_DIR ...'",
-        "bad value": f"error: CLIP weights file '{tmp_path / 'clip.pth'}' (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found",
+        "bad value": "error: MODEL.PRECISION='fp64': expected one of auto, fp32, bf16, fp16",
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written

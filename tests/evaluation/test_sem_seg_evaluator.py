@@ -263,6 +263,22 @@ def test_results_written_as_json_and_csv(make_dataset, tmp_path):
     assert rows[3] == ["c", "nan", "nan", "0"]
 
 
+def test_a_failed_evaluation_leaves_no_previous_results(make_dataset, tmp_path):
+    """A new evaluation into the same folder first removes the previous one's files, so one
+    that fails leaves none that look like its own."""
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    out = tmp_path / "inference"
+    run(SemSegEvaluator(name, output_dir=str(out)), records, [PRED0, PRED1], 3)
+    written = {"sem_seg_results.json", "per_class_iou.csv", "sem_seg_predictions.json", "sem_seg_evaluation.pth"}
+    assert {p.name for p in out.iterdir()} == written
+    (out / "notes.txt").write_text("mine")
+    evaluator = SemSegEvaluator(name, output_dir=str(out))
+    evaluator.reset()
+    with pytest.raises(ValueError, match="does not match GT"):
+        evaluator.process([records[0]], [{"sem_seg": torch.zeros(3, 5, 7)}])
+    assert {p.name for p in out.iterdir()} == {"notes.txt"}
+
+
 def test_errors_name_the_file(make_dataset, tmp_path):
     bad_gt = np.array([[0, 7]], dtype=np.uint8)
     name, records = make_dataset([bad_gt], ["a", "b", "c"])
