@@ -111,6 +111,8 @@ def _cannot_listen(host: str, port: int) -> str:
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as torch's TCPStore: a port a finished run left in TIME_WAIT is free, a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

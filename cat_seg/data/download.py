@@ -141,8 +141,9 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
         if size is not None and dest.stat().st_size != size:
             raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, expected {size}; "
                                 f"delete it and rerun")
-        if md5 is not None and _md5(dest) != md5.lower():
-            raise DownloadError(f"{dest}: MD5 {_md5(dest)} differs from the expected {md5}; delete it and "
+        actual = _md5(dest) if md5 is not None else None
+        if actual is not None and actual != md5.lower():
+            raise DownloadError(f"{dest}: MD5 {actual} differs from the expected {md5}; delete it and "
                                 f"rerun to download it again")
         return dest
     part = dest.with_name(dest.name + ".part")
