@@ -14,7 +14,8 @@ checkpoint are checked once: a mistake there is one ``error: ...`` line and exit
 A benchmark whose data is missing is listed as skipped with the reason; one that fails for any
 other reason is listed as failed, and the exit status is then 1. The last line on stderr
 counts the evaluated, skipped and failed benchmarks. Results: ``OUTPUT_DIR/eval/<benchmark>/``,
-the table also in ``OUTPUT_DIR/eval/results.md``.
+the table also in ``OUTPUT_DIR/eval/results.md`` (below a line naming the config, weights,
+options and time of the run).
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ import sys
 import time
 from typing import List, NamedTuple, Optional, Sequence
 
+from ..utils import atomic_write
 from .errors import UserError, run_main
 
 USAGE = "sh eval.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]"
@@ -156,6 +158,15 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def results_header(config: str, weights: str, extra: Sequence[str]) -> str:
+    """The line above the table in ``results.md``: what was evaluated, when (the file holds the
+    benchmarks of the last ``eval.sh`` run into this ``OUTPUT_DIR``)."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    options = f", options `{' '.join(extra)}`" if extra else ""
+    return (f"Config `{config}`, weights `{weights}`{options}; evaluated {when}. Each benchmark's files: "
+            f"`eval/<benchmark>/`.")
+
+
 def counts(rows: Sequence[Row]) -> str:
     n = {s: sum(r.status == s for r in rows) for s in ("evaluated", "skipped", "failed")}
     return (f"{len(rows)} benchmark(s): {n['evaluated']} evaluated, {n['skipped']} skipped (missing data), "
@@ -174,9 +185,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     weights = check_once(config, num_gpus, output_dir, extra)
     rows = evaluate(config, num_gpus, output_dir, weights, extra, keys)
     table = markdown_table(rows)
-    os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
-    with open(os.path.join(output_dir, "eval", "results.md"), "w") as f:
-        f.write(table + "\n")
+    atomic_write(os.path.join(output_dir, "eval", "results.md"),
+                 lambda f: f.write(results_header(config, weights, extra) + "\n\n" + table + "\n"), mode="w")
     print(table, flush=True)
     print(f"[eval] {counts(rows)}", file=sys.stderr, flush=True)
     return 1 if any(r.status == "failed" for r in rows) else 0

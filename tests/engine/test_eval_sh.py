@@ -61,7 +61,9 @@ def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, train
     assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 1 evaluated, 1 skipped (missing data), "
                                                     "0 failed")
     with open(os.path.join(trained, "eval", "results.md")) as f:
-        assert f.read().strip() == proc.stdout.strip()
+        header, table = f.read().split("\n\n", 1)
+    assert table.strip() == proc.stdout.strip()
+    assert header.startswith(f"Config `{TINY_CONFIG}`, weights `{os.path.join(trained, 'model_final.pth')}`")
 
 
 def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained):
