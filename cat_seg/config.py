@@ -35,6 +35,9 @@ def add_cat_seg_config(cfg):
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
 
     # ---------------------------------------------------------------- model
+    # the official configs do not set it (their model builds CLIP itself); detectron2's
+    # default would build a ResNet
+    cfg.MODEL.BACKBONE.NAME = "CLIPVisionBackbone"
     cfg.MODEL.MASK_FORMER = CN()
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
 
@@ -167,6 +170,22 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
                 break
 
 
+def check_backbone(name: str) -> None:
+    """``MODEL.BACKBONE.NAME`` must build a CLIP image tower (:class:`CLIPVisionBackbone` or a
+    subclass registered in detectron2's ``BACKBONE_REGISTRY``); the model reads its CLIP."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    from .modeling.backbone import CLIPVisionBackbone
+
+    try:
+        backbone = BACKBONE_REGISTRY.get(name)
+    except KeyError:
+        backbone = None
+    if not (isinstance(backbone, type) and issubclass(backbone, CLIPVisionBackbone)):
+        raise ValueError(f"MODEL.BACKBONE.NAME={name!r}: CAT-Seg needs a CLIP backbone, expected "
+                         f"CLIPVisionBackbone (or a registered subclass of it)")
+
+
 def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None:
     """The values the model, the CLIP builder and the trainer would reject once started,
     checked with their own validators before anything is built: precision, compile,
@@ -192,6 +211,7 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         if value not in allowed:
             raise ValueError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
 
+    check_backbone(cfg.MODEL.BACKBONE.NAME)
     choice("MODEL.PRECISION", str(cfg.MODEL.PRECISION).lower(), PRECISIONS)
     choice("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", head.CLIP_FINETUNE, FINETUNE_MODES)
     choice("MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", head.ATTENTION_TYPE, sorted(ATTENTION_FUNCTIONS))
@@ -233,6 +253,9 @@ UNREAD_DETECTRON2_KEYS = {
                                  "deterministic, resumable stream (cat_seg/engine/data.py)", True),
     "SOLVER.AMP.ENABLED": (False, "the training precision is MODEL.PRECISION (auto: bf16 where the device "
                            "computes it natively); MODEL.PRECISION is {cfg.MODEL.PRECISION!r}", False),
+    "TEST.AUG.ENABLED": (False, "test-time augmentation is not implemented; the paper's protocol is "
+                         "TEST.SLIDING_WINDOW True", True),
+    "TEST.EXPECTED_RESULTS": ([], "results are not compared with expected ones", False),
 }
 
 

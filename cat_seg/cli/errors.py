@@ -86,7 +86,8 @@ def _leaf_keys(node, prefix: str = "") -> List[str]:
 def _is_known(cfg, key: str) -> bool:
     """``key`` exists in ``cfg`` (or lies under a node that accepts new keys), or is a
     deprecated/renamed key that detectron2 handles itself."""
-    if cfg.key_is_deprecated(key) or cfg.key_is_renamed(key):
+    # yacs's own key_is_deprecated logs its warning: the merge that follows logs it already
+    if key in cfg.__dict__[type(cfg).DEPRECATED_KEYS] or cfg.key_is_renamed(key):
         return True
     node = cfg
     for part in key.split("."):

@@ -125,8 +125,10 @@ def clip_weights_source(arch: Union[str, CLIPArch], weights: Optional[str]) -> T
     pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
     if not pretrained_cfg:
         known = open_clip.list_pretrained_tags_by_model(resolved.name)
+        default = (f"; MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS default picks {resolved.default_tag!r}"
+                   if resolved.default_tag and weights != "default" else "")
         raise CLIPLoadError(
             f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS={weights!r} is neither a file nor a pretrained tag "
-            f"of {resolved.name} (known tags: {known})"
+            f"of {resolved.name} (known tags: {known}){default}"
         )
     return "pretrained", f"{resolved.name}/{tag}", pretrained_cfg
