@@ -80,6 +80,10 @@ _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cat-seg-benchmark", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["train", "infer"], default="infer")
@@ -127,7 +131,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run of both modes on the tiny CPU config (checks the tool, not speed)")
     parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    return parser
 
 
 # ---------------------------------------------------------------------------- environment
@@ -248,6 +252,8 @@ def config_overrides(args) -> list:
     if args.count:  # the counter watches the aten ops of the eager model
         if compile_flag:
             raise UserError(f"--count counts the eager model's ops: drop {compile_flag}")
+        if args.cuda_graphs:  # a replayed graph dispatches no ops: nothing would be counted
+            raise UserError("--count counts the eager model's ops: drop --cuda-graphs")
         overrides += ["MODEL.COMPILE", "False", "TEST.CUDA_GRAPHS", "False"]
     if args.compile is not None:
         overrides += ["MODEL.COMPILE", str(bool(args.compile))]
@@ -553,9 +559,28 @@ def run(args, config_file: str, smoke: bool) -> dict:
 
 
 def _main(args) -> int:
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: expected a positive number (0 = torch's default)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device_resolved = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    try:
+        device_type = torch.device(args.device_resolved).type
+    except RuntimeError:
+        raise UserError(f"--device {args.device_resolved!r}: expected cpu, cuda or cuda:N") from None
+    if device_type not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device_resolved!r}: expected cpu, cuda or cuda:N")
+    if args.profile < 0:
+        raise UserError(f"--profile {args.profile}: expected a number of rows (0 = no profile)")
+    if args.profile_out:  # checked now, not after the measurement it would lose
+        folder = os.path.dirname(os.path.abspath(args.profile_out))
+        if not os.path.isdir(folder) or os.path.isdir(args.profile_out):
+            raise UserError(f"--profile-out {args.profile_out}: expected a file in an existing folder")
+    if args.smoke:
+        given = [f"--{name.replace('_', '-')}" for name in ("iters", "warmup", "batch", "config_file")
+                 if getattr(args, name) != build_parser().get_default(name)]
+        if given:
+            raise UserError(f"--smoke runs its own tiny settings: drop {', '.join(given)}")
     if args.device_resolved.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {args.device_resolved}: CUDA is not available here")
@@ -567,7 +592,8 @@ def _main(args) -> int:
     for name in ("iters", "warmup", "batch", "classes", "crop"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
-            raise UserError(f"--{name} {value}: expected a positive number")
+            expected = "0 or more" if name == "warmup" else "a positive number"
+            raise UserError(f"--{name} {value}: expected {expected}")
     if args.size is not None and min(args.size) < 1:
         raise UserError(f"--size {args.size[0]} {args.size[1]}: expected a positive height and width")
     if args.smoke:

@@ -5,8 +5,10 @@
 run kernels) and counts, per op:
 
 * **FLOPs**: those of ``torch.utils.flop_counter.FlopCounterMode`` (its formulas: matmuls,
-  convolutions, attention, their backward; every other op counts 0 FLOPs). The counter runs
-  a ``FlopCounterMode`` below itself and attributes each op's increment of its total.
+  convolutions, attention, their backward; every other op counts 0 FLOPs), with its attention
+  formula also given to the CPU attention kernel, which it does not know (:data:`CPU_ATTENTION_FLOPS`),
+  so that the counts do not depend on the device. The counter runs a ``FlopCounterMode``
+  below itself and attributes each op's increment of its total.
 * **bytes**: bytes read + bytes written by the op. A tensor argument is *read* and a
   returned tensor is *written*; each counts ``itemsize x`` the number of distinct elements
   it addresses (its element count with broadcast, stride-0, dimensions counted once), at
@@ -15,12 +17,15 @@ run kernels) and counts, per op:
   except the ``out=`` arguments and the targets of ``copy_``/``fill_``/``zero_`` and the
   random fills, which are only written; a result that is a mutated argument is not counted
   a second time. Ops whose results alias an input without writing it (views: ``view``,
-  ``permute``, ``expand``, ``slice``, ``split``, ``_unsafe_view``, ``detach`` ...) and
-  allocations (``empty``, ``empty_strided``) count 0 bytes and are not counted as ops, nor
+  ``permute``, ``expand``, ``slice``, ``split``, ``_unsafe_view``, ``detach`` ..., and the
+  in-place ``unsqueeze_``, ``t_`` ...), metadata queries and allocations (``empty``,
+  ``empty_like``, ``empty_strided`` ...) count 0 bytes and are not counted as ops, nor
   does a ``copy_`` of a tensor onto the very same view (what ``t[region] += u`` dispatches
-  after the in-place add), which torch returns from without a kernel.
+  after the in-place add), which torch returns from without a kernel. Factories such as
+  ``zeros_like`` and ``new_zeros`` write their result and do not read their template.
   In-place indexed writes (``index_put_``: ``t[index] = values``) read the indices and values
-  and write only the indexed region of their target (also read when accumulating).
+  and write only the indexed region of their target (also read when accumulating): a boolean
+  mask selects its True elements, a full slice its whole dimension.
   Scalars and Python numbers are not counted. Cache effects are ignored: this is the
   traffic a kernel-per-op execution moves, the quantity that kernel fusion reduces.
 * **ops**: the number of computing ops (every op but the views and allocations above), a
@@ -36,10 +41,14 @@ module that has one (see :func:`default_group_rules`: by type first, by the attr
 otherwise), or to an explicit :meth:`WorkCounter.region` (which wins), or to ``"other"``
 (inside the model, no group) / ``"outside_model"``. Each backward op goes to the group of
 the forward op that created its autograd node (matched by the node's sequence number);
-where there is no such node (the seed gradient, gradient accumulation) it goes to the
-modules whose backward is running, tracked with ``register_multi_grad_hook`` on module
-outputs and inputs (the scheme of ``torch.utils.module_tracker.ModuleTracker``, which only
-exposes names, while the groups are decided on the module objects).
+where there is no such node (gradient accumulation) it goes to the modules whose backward is
+running, tracked with ``register_multi_grad_hook`` on module outputs and inputs (the scheme
+of ``torch.utils.module_tracker.ModuleTracker``, which only exposes names, while the groups
+are decided on the module objects). The backward of a custom ``autograd.Function`` (whose
+forward runs without recording) goes to the group of the next recorded forward op after it;
+for the model's two (the decoder head, the chunked loss) that is their own group. The seed
+gradient of ``backward()`` is made outside the backward pass (group ``outside_model``).
+Phases: ``forward``, ``backward`` and ``optimizer`` (the optimizer group's ops).
 
 **saved activations** (training): the bytes of the distinct tensor storages autograd saves
 for the backward pass during the forward (``torch.autograd.graph.saved_tensors_hooks``;
@@ -75,6 +84,7 @@ from torch.autograd.graph import register_multi_grad_hook
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..utils import same_device
@@ -98,10 +108,36 @@ GROUPS = (
     "outside_model",  # outside every module (e.g. the sum of the losses)
 )
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                  **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode has formulas for the CUDA attention kernels only: the CPU kernel's (every
+# attention of the model on a CPU) would count 0 FLOPs, which made the counts device-dependent
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
 # aten ops that allocate without touching the data
 _ALLOCATIONS = frozenset({
     "aten::empty", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided", "aten::resize_",
-    "aten::set_",
+    "aten::set_", "aten::empty_like", "aten::empty_permuted",
+})
+# factories whose tensor argument only gives the shape, dtype and device: written, not read
+_TEMPLATE_FACTORIES = frozenset({
+    "aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::rand_like", "aten::randn_like",
+    "aten::randint_like", "aten::new_zeros", "aten::new_ones", "aten::new_full",
+})
+# in-place ops that change only the view's metadata (no kernel, no data)
+_INPLACE_VIEWS = frozenset({
+    "aten::unsqueeze_", "aten::squeeze_", "aten::t_", "aten::transpose_", "aten::as_strided_",
+    "aten::swapdims_", "aten::swapaxes_",
 })
 # mutating ops that only write their ``self`` argument
 _WRITE_ONLY_SELF = frozenset({
@@ -111,11 +147,12 @@ _WRITE_ONLY_SELF = frozenset({
 # in-place indexed writes ``self[indices] = values`` (``accumulate``: ``+=``): they write (and,
 # accumulating, read) only the indexed region of ``self``, not all of it
 _INDEXED_WRITES = frozenset({"aten::index_put_", "aten::_index_put_impl_"})
-# metadata queries (no kernel)
+# metadata queries and dtype rules (no kernel)
 _METADATA = frozenset({
     "aten::size", "aten::sym_size", "aten::stride", "aten::sym_stride", "aten::dim", "aten::numel",
     "aten::sym_numel", "aten::is_contiguous", "aten::sym_is_contiguous", "aten::storage_offset",
     "aten::sym_storage_offset", "aten::is_strides_like_format", "aten::is_non_overlapping_and_dense",
+    "aten::promote_types", "aten::result_type", "aten::can_cast",
 })
 # ops returning an alias of an input whose schema does not say so
 _UNANNOTATED_VIEWS = frozenset({"aten::_unsafe_view", "aten::lift_fresh"})
@@ -147,8 +184,21 @@ def _indexed_write_bytes(args, kwargs) -> Tuple[int, int]:
     target, indices, values = bound["self"], bound["indices"], bound["values"]
     indices = list(indices)
     index_tensors = [i for i in indices if i is not None]
-    index_shape = torch.broadcast_shapes(*(i.shape for i in index_tensors)) if index_tensors else ()
-    region = target.dtype.itemsize * math.prod(index_shape) * math.prod(target.shape[len(indices):])
+    # a boolean mask covers as many dimensions as it has and selects its True elements; an
+    # integer index covers one; None (a full slice) covers one dimension whole
+    covered, sliced, index_shapes = 0, 1, []
+    for index in indices:
+        if index is None:
+            sliced *= target.shape[covered]
+            covered += 1
+        elif index.dtype in (torch.bool, torch.uint8):
+            index_shapes.append((int(index.count_nonzero()),))
+            covered += index.dim()
+        else:
+            index_shapes.append(tuple(index.shape))
+            covered += 1
+    index_shape = torch.broadcast_shapes(*index_shapes) if index_shapes else ()
+    region = target.dtype.itemsize * math.prod(index_shape) * sliced * math.prod(target.shape[covered:])
     read = _tensor_bytes(values) + sum(_tensor_bytes(i) for i in index_tensors)
     if bound.get("accumulate", False):
         read += region
@@ -204,7 +254,8 @@ class _OpKind:
         self.write_only_args = frozenset(write_only)
         aliased_returns = [r.alias_info is not None and not r.alias_info.is_write for r in schema.returns]
         self.view = bool(not written and schema.returns and all(aliased_returns)) or self.name in _UNANNOTATED_VIEWS
-        self.view = self.view or self.name in _METADATA or self.name.startswith("prim::")
+        self.view = self.view or self.name in _METADATA or self.name in _INPLACE_VIEWS
+        self.view = self.view or self.name.startswith(("prim::", "profiler::"))  # no kernels: prim ops, profiler ranges
 
 
 class _Tally:
@@ -449,7 +500,7 @@ class WorkCounter(TorchDispatchMode):
     def __enter__(self):
         self._memory.scan(self._before_labels)
         self._hooks = [register_module_forward_pre_hook(self._fw_pre), register_module_forward_hook(self._fw_post)]
-        self._flops = FlopCounterMode(display=False)
+        self._flops = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
         self._flops.__enter__()
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_saved, lambda tensor: tensor)
         self._saved_hooks.__enter__()
@@ -511,7 +562,7 @@ class WorkCounter(TorchDispatchMode):
         read = written = storage = 0
         seen = set()
         written_keys = set()
-        schema_args = func._schema.arguments
+        schema_args = [] if kind.name in _TEMPLATE_FACTORIES else func._schema.arguments
         for i, arg in enumerate(schema_args):
             value = args[i] if i < len(args) else kwargs.get(arg.name)
             tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
@@ -541,7 +592,7 @@ class WorkCounter(TorchDispatchMode):
         return out
 
     def _tally(self, group: str, backward: bool, name: str, flops: int, read: int, written: int):
-        phase = "backward" if backward else "forward"
+        phase = "backward" if backward else "optimizer" if group == "optimizer" else "forward"
         for tally in (self._tallies[group], self._phase_tallies[phase]):
             tally.flops += flops
             tally.bytes_read += read

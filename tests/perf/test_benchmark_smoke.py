@@ -79,7 +79,7 @@ def test_smoke_count_records():
     assert set(infer["phases"]) == {"forward"}
     # training: the text tower is fine-tuned (runs every step), backward and optimizer are counted
     assert train["groups"]["clip_text"]["flops"] > 0 and train["groups"]["optimizer"]["bytes"] > 0
-    assert set(train["phases"]) == {"forward", "backward"}
+    assert set(train["phases"]) == {"forward", "backward", "optimizer"}
     assert train["phases"]["backward"]["flops"] > train["phases"]["forward"]["flops"]
     assert sum(p["bytes"] for p in train["phases"].values()) == train["totals"]["bytes"]
     # peak of the live tensors: the parameters were alive before the step; what the step made
@@ -104,6 +104,12 @@ def test_smoke_count_records():
     (["--config-file", "no/such.yaml"], "config file 'no/such.yaml' not found"),
     (["--size", "0", "0"], "--size 0 0: expected a positive height and width"),
     (["--opts", "MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "nope.json"], "CLIP_PRETRAINED='nope.json': model-config file"),
+    (["--count", "--cuda-graphs"], "--count counts the eager model's ops: drop --cuda-graphs"),
+    (["--threads", "-1"], "--threads -1: expected a positive number"),
+    (["--warmup", "-1"], "--warmup -1: expected 0 or more"),
+    (["--profile", "-1"], "--profile -1: expected a number of rows"),
+    (["--profile", "3", "--profile-out", "/no/such/folder/p.txt"], "--profile-out /no/such/folder/p.txt: expected a file"),
+    (["--smoke", "--iters", "3"], "--smoke runs its own tiny settings: drop --iters"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):
     proc = run_tool("--device", "cpu", *args)

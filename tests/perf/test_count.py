@@ -85,6 +85,59 @@ def test_indexed_writes_count_the_indexed_region_not_the_whole_target():
     assert totals["bytes_written"] == 3 * 8 * 8 * F32
 
 
+def test_indexed_writes_with_masks_and_full_slices():
+    """A boolean mask selects its True elements over as many dimensions as it has; a full
+    slice before the index covers its dimension whole."""
+    target = torch.zeros(10, 16)
+    target[0, 0] = target[3, 5] = 9.0
+    mask = target > 5
+    with WorkCounter() as counter:
+        target[mask] = 1.0  # 2 elements written
+    assert counter.totals()["bytes_written"] == 2 * F32
+    assert counter.totals()["bytes_read"] == 10 * 16 + F32  # the bool mask and the 0-d value
+    columns = torch.tensor([1, 3, 5])
+    values = torch.ones(10, 3)
+    with WorkCounter() as counter:
+        target[:, columns] = values  # 10 x 3 elements
+    assert counter.totals()["bytes_written"] == 10 * 3 * F32
+    assert counter.totals()["bytes_read"] == 3 * 8 + 10 * 3 * F32
+
+
+def test_allocations_templates_and_metadata_ops():
+    """empty_like allocates (no op, no bytes); zeros_like / new_zeros write their result and
+    do not read their template; in-place view ops change no data."""
+    big = torch.randn(1 << 16)
+    with WorkCounter() as counter:
+        torch.empty_like(big)
+        torch.empty_permuted((4, 8), (1, 0))
+    assert counter.totals()["ops"] == 0 and counter.totals()["bytes"] == 0
+    with WorkCounter() as counter:
+        big.new_zeros(16)
+        torch.zeros_like(big[:8])
+    assert counter.totals()["bytes_read"] == 0 and counter.totals()["bytes_written"] == (16 + 8) * F32
+    square = torch.randn(64, 64)
+    with WorkCounter() as counter:
+        square.unsqueeze_(0)
+        square.squeeze_(0)
+        square.t_()
+    assert counter.totals()["ops"] == 0 and counter.totals()["bytes"] == 0
+
+
+def test_attention_flops_on_every_device():
+    """FlopCounterMode knows only the CUDA attention kernels: the CPU kernel is given torch's
+    attention formula (forward: two batched products of 2*b*h*s*s*d; backward: 2.5x), so the
+    counts do not depend on the device."""
+    b, h, s, d = 1, 2, 16, 8
+    q = torch.randn(b, h, s, d, requires_grad=True)
+    with WorkCounter() as counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    forward = 2 * (2 * b * h * s * s * d)
+    assert counter.totals()["flops"] == forward
+    with WorkCounter() as counter:
+        out.sum().backward()
+    assert counter.totals()["flops"] == 5 * forward // 2
+
+
 def test_counts_inference_with_padded_class_sequences(tiny_model, random_images):
     """Inference with fewer classes than PAD_LEN (the padding tokens take part) is counted under
     no_grad; FlopCounterMode's module tracker and the counter's own hooks only see module inputs
