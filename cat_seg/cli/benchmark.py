@@ -38,15 +38,17 @@ override), ``batch``, ``classes``, ``size``, ``threads``, ``smoke``, ``kind`` (`
 Timing records add ``iters``, ``warmup``, ``median_s``, ``min_s``, ``times_s``,
 ``per_image_s`` (median / batch), ``images_per_s`` (batch / median), ``first_call_s`` (the
 first call, compilation included), ``cpu_median_s`` (process CPU seconds, CPU only), ``peak_memory_bytes``,
-``peak_memory_gib``, ``memory_kind`` (``cuda_max_memory_allocated`` or ``cpu_peak_rss``),
+``peak_memory_gib``, ``memory_kind`` (``cuda_max_memory_allocated``, ``cpu_peak_rss``, or
+``cpu_lifetime_max_rss`` where the peak cannot be reset),
 ``memory_baseline_bytes`` (held before the timed iterations), ``optimizer`` (train).
 
 Count records (``--count``, see :mod:`cat_seg.cli.work_count` for exactly what is counted)
 add ``totals`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written``, ``ops``,
-``bytes_storage``, ``views``), ``groups`` (the same per module group: ``clip_image``,
+``bytes_storage``, ``views``, ``flops_flop_counter``: the counter's own total, equal to
+``flops``), ``groups`` (the same per module group: ``clip_image``,
 ``clip_text``, ``cost_volume``, ``guidance``, ``spatial_blocks``, ``class_blocks``,
 ``decoder``, ``pre_post_processing``, ``optimizer``, ``other``, ``outside_model``),
-``phases`` (forward / backward), ``top_ops``, ``saved_activations`` (training: bytes saved
+``phases`` (forward / backward / optimizer), ``top_ops``, ``saved_activations`` (training: bytes saved
 for the backward pass per group and ``total``, the activation memory held at the end of
 the forward), ``memory`` (the peak of the live tensor storages on the device, what
 ``torch.cuda.max_memory_allocated`` reports, estimated on any device: ``peak_bytes``,
