@@ -98,10 +98,6 @@ def check_launch(args) -> None:
         if problem:
             raise UserError(f"--dist-url {args.dist_url!r}: {problem}"
                             + ("; on one machine --dist-url auto finds a free port" if not many else ""))
-    if many:
-        print(f"machine {args.machine_rank} of {args.num_machines}: waiting for all "
-              f"{args.num_gpus * args.num_machines} processes at {args.dist_url} (detectron2 waits up to 30 "
-              f"minutes)", flush=True)
 
 
 def _cannot_listen(host: str, port: int) -> str:
@@ -378,6 +374,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     print("Command Line Args:", args)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"no GPU: running {args.num_gpus} CPU processes (gloo)", flush=True)
+    if args.num_machines > 1:
+        print(f"machine {args.machine_rank} of {args.num_machines}: waiting for all "
+              f"{args.num_gpus * args.num_machines} processes at {args.dist_url} (detectron2 waits up to 30 "
+              f"minutes)", flush=True)
     try:
         launch(
             train_or_evaluate,
