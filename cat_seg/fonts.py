@@ -13,6 +13,7 @@ registering the latter with matplotlib) and returns the family list to draw them
 no installed font has is reported as missing, so the caller can say so once.
 """
 import functools
+import logging
 import os
 from typing import FrozenSet, Iterable, List, Tuple
 
@@ -103,11 +104,39 @@ def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]
             font_manager.fontManager.addfont(path)  # installed after matplotlib built its font list
             registered[path] = _family_name(path)
         name = registered[path]
+        _quiet_weight_substitution([name])  # before matplotlib first resolves it
         if name in families or not _resolves_to(name, path):
             continue
         families.append(name)
         remaining -= found
     return tuple(families), frozenset(remaining)
+
+
+class FallbackWeightFilter(logging.Filter):
+    """Drops matplotlib's "findfont: Failed to find font weight normal for F, now using 500"
+    for the fallback families F chosen here (a CJK font may have no normal weight, e.g.
+    WenQuanYi Zen Hei's 500): logged for every text size, about a substitution that is
+    expected, so noise for the user. Installed once on matplotlib's font logger; other
+    messages pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.families = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("findfont: Failed to find font weight")
+                    and len(record.args or ()) > 1 and record.args[1] in self.families)
+
+
+WEIGHT_FILTER = FallbackWeightFilter()
+
+
+def _quiet_weight_substitution(families: Iterable[str]) -> None:
+    WEIGHT_FILTER.families.update(families)
+    font_logger = logging.getLogger("matplotlib.font_manager")
+    if WEIGHT_FILTER not in font_logger.filters:
+        font_logger.addFilter(WEIGHT_FILTER)
 
 
 def font_families(texts: Iterable[str]) -> Tuple[List[str], str]:

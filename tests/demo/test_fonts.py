@@ -107,3 +107,19 @@ def test_characters_no_font_has_give_one_warning(monkeypatch):
     assert overlay.shape == (160, 240, 3)
     assert len(messages) == 1, messages
     assert "'猫犬'" in messages[0] and "install a font" in messages[0]
+
+
+def test_weight_substitution_of_a_fallback_font_is_not_logged():
+    """matplotlib's "Failed to find font weight" about a chosen fallback family is dropped;
+    the same message about another family, and other messages, pass."""
+    import logging
+
+    def record(msg, *args):
+        return logging.LogRecord("matplotlib.font_manager", logging.WARNING, __file__, 1, msg, args, None)
+
+    weight = "findfont: Failed to find font weight %s for %s, now using %s."
+    fonts._quiet_weight_substitution(["Some CJK Sans"])
+    assert fonts.WEIGHT_FILTER in logging.getLogger("matplotlib.font_manager").filters
+    assert not fonts.WEIGHT_FILTER.filter(record(weight, "normal", "Some CJK Sans", 500))
+    assert fonts.WEIGHT_FILTER.filter(record(weight, "normal", "DejaVu Sans", 500))
+    assert fonts.WEIGHT_FILTER.filter(record("findfont: Font family %r not found.", "Some CJK Sans"))
