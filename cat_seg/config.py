@@ -255,7 +255,6 @@ UNREAD_DETECTRON2_KEYS = {
                            "computes it natively); MODEL.PRECISION is {cfg.MODEL.PRECISION!r}", False),
     "TEST.AUG.ENABLED": (False, "test-time augmentation is not implemented; the paper's protocol is "
                          "TEST.SLIDING_WINDOW True", True),
-    "TEST.EXPECTED_RESULTS": ([], "results are not compared with expected ones", False),
 }
 
 

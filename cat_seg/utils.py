@@ -97,8 +97,10 @@ def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, 
     leaves its file; a crash in Python removes its own) whose final name satisfies ``names``;
     returns the paths deleted.
 
-    With ``live_writers`` False, files of processes still running on this machine are kept (the
-    pid in the name), for folders that another process may be writing into.
+    With ``live_writers`` False, files of other processes still running on this machine are
+    kept (the pid in the name), for folders that another process may be writing into; those
+    named with this process's id are removed (the caller is not writing any, and a container
+    restarted after a kill often gets the killed process's id again).
     """
     if not os.path.isdir(folder):
         return []
@@ -107,7 +109,8 @@ def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, 
         match = _TEMP_NAME.match(entry.name)
         if not match or not names(match["name"]) or not entry.is_file():
             continue
-        if not live_writers and _process_running(int(match["pid"])):
+        pid = int(match["pid"])
+        if not live_writers and pid != os.getpid() and _process_running(pid):
             continue
         try:
             os.remove(entry.path)
@@ -118,8 +121,6 @@ def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, 
 
 
 def _process_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -72,10 +72,10 @@ def check_launch(args) -> None:
                             "tcp://HOST:PORT of machine 0")
         return
     url = urlparse(args.dist_url)
-    if url.scheme == "file":
+    if url.scheme in ("file", "env"):  # env://: MASTER_ADDR / MASTER_PORT, as cluster launchers set them
         return
     if url.scheme != "tcp":
-        raise UserError(f"--dist-url {args.dist_url!r}: expected auto, tcp://HOST:PORT or file:///PATH")
+        raise UserError(f"--dist-url {args.dist_url!r}: expected auto, tcp://HOST:PORT, env:// or file:///PATH")
     try:
         host, port = url.hostname, url.port
     except ValueError:  # a port that is no number or out of range
@@ -101,7 +101,9 @@ def check_launch(args) -> None:
 
 
 def _cannot_listen(host: str, port: int) -> str:
-    """Why machine 0 cannot listen at ``host:port`` (empty when it can)."""
+    """Why machine 0 cannot listen at ``port`` (empty when it can): the port is in use there.
+    (An address that is not the machine's own, e.g. a NAT or service address that forwards
+    to it, is fine: torch's store listens on every address.)"""
     import errno
     import socket
 
@@ -110,13 +112,10 @@ def _cannot_listen(host: str, port: int) -> str:
         # as torch's TCPStore: a port a finished run left in TIME_WAIT is free, a listener is not
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind(("::" if family == socket.AF_INET6 else "", port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return f"port {port} is in use (another run?)"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"{host} is not an address of this machine (machine 0 listens there)"
-            return f"cannot listen at {host}:{port} ({exc.strerror})"
     return ""
 
 
@@ -402,10 +401,14 @@ def user_error_in_process(exc: BaseException) -> Optional[BaseException]:
     import importlib
     import re
 
-    text = str(exc)
-    match = None
-    for match in re.finditer(r"^(cat_seg(?:\.\w+)+): (.*)$", text, re.M):
-        pass
+    # the last traceback's error line (the first unindented line after its frames) decides: a
+    # crash raised while handling a user error is a crash
+    text = str(exc).rsplit("Traceback (most recent call last):", 1)[-1]
+    error_line = next((i for i, line in enumerate(text.splitlines()) if line.strip() and not line[0].isspace()), None)
+    if error_line is None:
+        return None
+    text = "\n".join(text.splitlines()[error_line:])
+    match = re.match(r"(cat_seg(?:\.\w+)+): (.*)", text, re.S)
     if match is None:
         return None
     module_name, _, class_name = match.group(1).rpartition(".")
@@ -415,8 +418,7 @@ def user_error_in_process(exc: BaseException) -> Optional[BaseException]:
         return None
     if not (isinstance(error_type, type) and issubclass(error_type, user_error_types())):
         return None
-    message = text[match.start(2):].strip()
-    return UserError(message)
+    return UserError(match.group(2).strip())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -141,22 +141,27 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         self._seen_classes = getattr(meta, "seen_classes", None)
         self._unseen_classes = getattr(meta, "unseen_classes", None)
         self._expected_gt = None  # (file, [H, W]) of the image being processed
-        self.reset()
+        super().reset()
+        self._reset_counts()
 
     @property
     def num_classes(self) -> int:
         return self._num_classes
 
     def reset(self):
-        """Start an evaluation: counts zeroed, and the result files a previous evaluation wrote
-        into ``output_dir`` removed (main process), so that a run that fails leaves none that
-        look like its own."""
+        """Start an evaluation (``inference_on_dataset`` calls it first): counts zeroed, and the
+        result files a previous evaluation wrote into ``output_dir`` removed (main process), so
+        that a run that fails leaves none that look like its own. (Constructing an evaluator
+        removes nothing.)"""
         super().reset()
         if self._output_dir and comm.is_main_process():
             for name in (RESULTS_JSON, PER_CLASS_CSV, *D2_OUTPUTS):
                 path = os.path.join(self._output_dir, name)
                 if PathManager.exists(path):
                     PathManager.rm(path)
+        self._reset_counts()
+
+    def _reset_counts(self):
         self._num_images = 0
         # throughput: the images of the process() calls after the first one, and the seconds
         # from the end of the first call to the end of the last (data loading, forward, scoring)

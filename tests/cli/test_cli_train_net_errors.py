@@ -304,6 +304,11 @@ def test_process_options_default_to_a_free_port_on_one_machine():
     args = train_net.build_parser().parse_args(["--config-file", TINY, "--num-gpus", "2"])
     train_net.check_launch(args)
     assert args.dist_url == "auto"  # detectron2's fixed per-user port made two runs collide
+    # env:// (MASTER_ADDR / MASTER_PORT, as cluster launchers set them) is passed on as it is
+    args = train_net.build_parser().parse_args(["--config-file", TINY, "--num-gpus", "2", "--num-machines", "2",
+                                                "--dist-url", "env://"])
+    train_net.check_launch(args)
+    assert args.dist_url == "env://"
 
 
 @pytest.mark.parametrize("options,message", [
@@ -311,7 +316,7 @@ def test_process_options_default_to_a_free_port_on_one_machine():
     (["--num-machines", "2", "--dist-url", "auto"], "--dist-url auto picks a port of one machine"),
     (["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"], "is this machine only"),
     (["--num-machines", "2", "--dist-url", "tcp://localhost:29500"], "is this machine only"),
-    (["--num-gpus", "2", "--dist-url", "foo://bar"], "expected auto, tcp://HOST:PORT or file:///PATH"),
+    (["--num-gpus", "2", "--dist-url", "foo://bar"], "expected auto, tcp://HOST:PORT, env:// or file:///PATH"),
     (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:99999"], "port in 1..65535"),
     (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1"], "port in 1..65535"),
     (["--num-gpus", "2", "--dist-url", "tcp://no-such-host.invalid:29500"], "cannot resolve 'no-such-host.invalid'"),
@@ -350,6 +355,11 @@ def test_user_error_of_a_launched_process_is_one_line():
     assert train_net.user_error_in_process(ProcessRaisedException(other, 1, 1234)) is None
     internal = trace.replace("cat_seg.data.datasets.errors.DatasetFileError", "cat_seg.config.NotAnErrorType")
     assert train_net.user_error_in_process(ProcessRaisedException(internal, 1, 1234)) is None
+    # a crash while handling a user error is a crash: the last error decides
+    chained = (trace + "\nDuring handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\n  File \"y.py\", line 2, in h\n    k()\n"
+               "RuntimeError: gloo collective failed\n")
+    assert train_net.user_error_in_process(ProcessRaisedException(chained, 1, 1234)) is None
 
 
 def test_processes_of_one_machine_share_its_cores(monkeypatch):

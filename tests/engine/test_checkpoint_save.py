@@ -89,3 +89,8 @@ def test_interrupted_saves_are_removed_and_other_files_kept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["last_checkpoint", "model_0000001.pth", live.name, next(n for n in leftovers if "metrics" in n)]
     )
+    # one named with this process's id (a restarted container reuses the killed one's id) is
+    # stale; the writer of the other one has ended meanwhile
+    own = tmp_path / f".model_0000004.pth.{os.getpid()}.1.tmp"
+    own.write_bytes(b"left by a kill")
+    assert sorted(ckpt.remove_interrupted_saves()) == sorted([str(live), str(own)])

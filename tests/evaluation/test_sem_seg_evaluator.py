@@ -273,7 +273,8 @@ def test_a_failed_evaluation_leaves_no_previous_results(make_dataset, tmp_path):
     assert {p.name for p in out.iterdir()} == written
     (out / "notes.txt").write_text("mine")
     evaluator = SemSegEvaluator(name, output_dir=str(out))
-    evaluator.reset()
+    assert written <= {p.name for p in out.iterdir()}  # building an evaluator removes nothing
+    evaluator.reset()  # an evaluation starts (inference_on_dataset calls it first)
     with pytest.raises(ValueError, match="does not match GT"):
         evaluator.process([records[0]], [{"sem_seg": torch.zeros(3, 5, 7)}])
     assert {p.name for p in out.iterdir()} == {"notes.txt"}

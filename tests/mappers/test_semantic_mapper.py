@@ -218,23 +218,21 @@ def test_unreadable_training_files_are_named(tmp_path):
             MaskFormerSemanticDatasetMapper(cfg)(dict(record))
 
 
-def test_inference_mapper_is_detectron2s_without_the_label(tmp_path):
-    """Same image tensor and fields as detectron2's test mapper; the label is not read (a
-    damaged label file does not matter there); a damaged image is named."""
+def test_inference_mapper_is_detectron2s_and_names_unreadable_files(tmp_path):
+    """Same outputs as detectron2's test mapper; a damaged image or label is named."""
     image, label, record = random_sample(tmp_path, h=60, w=90)
     cfg = make_cfg(50)
     cfg.INPUT.MIN_SIZE_TEST = 40
     cfg.INPUT.MAX_SIZE_TEST = 1333
     ours = InferenceDatasetMapper(cfg, False)(dict(record))
     theirs = DatasetMapper(cfg, False)(dict(record))
-    assert torch.equal(ours["image"], theirs["image"]) and tuple(ours["image"].shape) == (3, 40, 60)
-    assert "sem_seg" in theirs and "sem_seg" not in ours
-    assert {k: v for k, v in ours.items() if k != "image"} == {k: v for k, v in theirs.items() if k not in ("image", "sem_seg")}
-    _truncate(record["sem_seg_file_name"])
-    assert torch.equal(InferenceDatasetMapper(cfg, False)(dict(record))["image"], ours["image"])
-    _truncate(record["file_name"])
-    with pytest.raises(DatasetFileError, match=f"cannot read image {re.escape(record['file_name'])}: .*truncated"):
-        InferenceDatasetMapper(cfg, False)(dict(record))
+    assert ours.keys() == theirs.keys() and tuple(ours["image"].shape) == (3, 40, 60)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]) if torch.is_tensor(ours[key]) else ours[key] == theirs[key]
+    for key, what in (("sem_seg_file_name", "semantic segmentation label"), ("file_name", "image")):
+        _truncate(record[key])
+        with pytest.raises(DatasetFileError, match=f"cannot read {what} {re.escape(record[key])}: .*truncated"):
+            InferenceDatasetMapper(cfg, False)(dict(record))
 
 
 # ---------------------------------------------------------------- ColorAugSSDTransform

@@ -1,5 +1,5 @@
 """Dataset mappers: training (:class:`MaskFormerSemanticDatasetMapper`) and evaluation
-(:class:`InferenceDatasetMapper`, detectron2's test mapper without the unused label read)."""
+(:class:`InferenceDatasetMapper`, detectron2's test mapper naming unreadable files)."""
 from .semantic_mapper import (
     InferenceDatasetMapper,
     MaskFormerSemanticDatasetMapper,

@@ -187,20 +187,19 @@ SemanticTrainMapper = MaskFormerSemanticDatasetMapper
 
 
 class InferenceDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper(cfg, is_train=False)`` for evaluation, less two things:
-
-    * the label file is not read: the evaluator reads the ground truth itself, by file name
-      (detectron2's mapper reads it and resizes it with the image, then nothing uses it);
-    * an image that cannot be read raises a :class:`DatasetFileError` naming the file.
-
-    Returns what detectron2's does: ``image`` ``[3, H', W']`` (resized by the test
-    augmentations), ``height``/``width`` of the original, the record's other fields.
-    """
+    """detectron2's ``DatasetMapper(cfg, is_train=False)`` for evaluation (same outputs:
+    ``image`` ``[3, H', W']`` resized by the test augmentations, ``sem_seg`` when the record
+    has a label, ``height``/``width`` of the original, the record's other fields), except that
+    an image or label that cannot be read raises a :class:`DatasetFileError` naming the file
+    (PIL's messages do not always)."""
 
     def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict = {key: value for key, value in dataset_dict.items() if key != "sem_seg_file_name"}
         try:
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError) as e:
-            raise DatasetFileError(f"cannot read image {dataset_dict.get('file_name')}: {e}") from e
-
+            files = [("image", dataset_dict.get("file_name")),
+                     ("semantic segmentation label", dataset_dict.get("sem_seg_file_name"))]
+            for what, file_name in files:  # which one: read each again (the failure path only)
+                if file_name:
+                    read_dataset_image(file_name, what=what)
+            raise
