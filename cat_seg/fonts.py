@@ -100,9 +100,12 @@ def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]
         found = covers.pop(path) & remaining
         if not found:
             break
-        if path not in registered:
-            font_manager.fontManager.addfont(path)  # installed after matplotlib built its font list
-            registered[path] = _family_name(path)
+        if path not in registered:  # installed after matplotlib built its font list
+            try:
+                font_manager.fontManager.addfont(path)
+                registered[path] = _family_name(path)
+            except (OSError, RuntimeError, ValueError, KeyError):  # a file matplotlib cannot register
+                continue
         name = registered[path]
         _quiet_weight_substitution([name])  # before matplotlib first resolves it
         if name in families or not _resolves_to(name, path):
