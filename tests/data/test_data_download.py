@@ -142,14 +142,18 @@ def make_zip(files):
     return buffer.getvalue()
 
 
-def make_tgz(files):
+def make_tar(files, mode="w"):
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buffer, mode=mode) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def make_tgz(files):
+    return make_tar(files, mode="w:gz")
 
 
 @pytest.mark.parametrize("make,suffix", [(make_zip, ".zip"), (make_tgz, ".tar.gz")])
@@ -171,16 +175,6 @@ def test_extraction_resumes(tmp_path, make, suffix):
     assert sorted(p.name for p in (dest / "top/sub").iterdir()) == ["b.bin"]
     assert dl.extraction_marker(archive, dest).exists()
     assert dl.extract(archive, dest, progress=False) == 0
-
-
-def make_tar(files):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 TAR_FILES = {f"top/{i:02d}.bin": payload(1500 + 100 * i, seed=i) for i in range(8)}
