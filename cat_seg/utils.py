@@ -92,13 +92,13 @@ def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.\d+\.tmp$")  # atomic_write's temporary names
 
 
-def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, live_writers: bool = True) -> List[str]:
+def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, keep_running: bool = False) -> List[str]:
     """Delete the temporary files :func:`atomic_write` left in ``folder`` (a killed process
     leaves its file; a crash in Python removes its own) whose final name satisfies ``names``;
     returns the paths deleted.
 
-    With ``live_writers`` False, files of other processes still running on this machine are
-    kept (the pid in the name), for folders that another process may be writing into; those
+    With ``keep_running``, files of other processes still running on this machine are kept
+    (the pid in the name), for folders that another process may be writing into; those
     named with this process's id are removed (the caller is not writing any, and a container
     restarted after a kill often gets the killed process's id again).
     """
@@ -110,7 +110,7 @@ def remove_temp_files(folder, names: Callable[[str], bool] = lambda name: True, 
         if not match or not names(match["name"]) or not entry.is_file():
             continue
         pid = int(match["pid"])
-        if not live_writers and pid != os.getpid() and _process_running(pid):
+        if keep_running and pid != os.getpid() and _process_running(pid):
             continue
         try:
             os.remove(entry.path)

@@ -186,7 +186,7 @@ class CATSegCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return []
         removed = remove_temp_files(
-            self.save_dir, names=lambda name: name.endswith(".pth") or name == "last_checkpoint", live_writers=False
+            self.save_dir, names=lambda name: name.endswith(".pth") or name == "last_checkpoint", keep_running=True
         )
         for path in removed:
             self.logger.info(f"Removed {path}, left by a save that was interrupted")
