@@ -27,7 +27,7 @@ from ..download import how_to_get
 from ..catalog import get_layout, raw_id_to_label
 from . import cli
 from .io import check_values, read_array, read_label, save_array
-from .runner import Converted, Task, label_histogram, run_tasks
+from .runner import Converted, Task, label_histogram
 
 BENCHMARKS = ("150", "847")
 ADE150 = get_layout("ade20k_150_test_sem_seg")
@@ -161,22 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "validation labels for detectron2.", BENCHMARKS)
     args = parser.parse_args(argv)
     root = cli.root_of(args)
-    benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
-    layouts = {"150": ADE150, "847": ADE847}
-    for benchmark in benchmarks:
-        with cli.benchmark_step(args, benchmark, BENCHMARKS):
-            cli.fetch_if_asked(args, layouts[benchmark].archives)
-    builders = {
-        "150": lambda: ("ADE20K-150 val", ade150_tasks(root), convert_ade150, ADE150),
-        "847": lambda: ("ADE20K-847 val", ade847_tasks(root), convert_ade847, ADE847),
+    plans = {
+        "150": lambda: [("ADE20K-150 val", ade150_tasks(root), convert_ade150, ADE150)],
+        "847": lambda: [("ADE20K-847 val", ade847_tasks(root), convert_ade847, ADE847)],
     }
-    # validate every selected raw layout before converting anything
-    plans = []
-    for benchmark in benchmarks:
-        with cli.benchmark_step(args, benchmark, BENCHMARKS):
-            plans.append(builders[benchmark]())
-    for title, tasks, convert, layout in plans:
-        run_tasks(title, tasks, convert, num_classes=layout.num_classes,
-                  ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
-                  expected_count=layout.expected_count, progress=not args.no_progress)
-    return 0
+    return cli.prepare_benchmarks(args, BENCHMARKS, {"150": ADE150.archives, "847": ADE847.archives}, plans)

@@ -3,12 +3,12 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
 from ..catalog import ENV_VAR, dataset_root
-from .runner import default_workers
+from .runner import default_workers, run_tasks
 
 
 def _positive_int(text: str) -> int:
@@ -77,6 +77,31 @@ def benchmark_step(args, benchmark: str, benchmarks: Sequence[str]):
             raise
         raise PrepareError(f"{exc} (needed for benchmark {benchmark}; to prepare the others without it: "
                            f"{' '.join('--benchmark ' + b for b in others)})") from None
+
+
+#: what a benchmark converts: ``(title, tasks, convert, layout)`` for :func:`~.runner.run_tasks`
+Plan = Tuple[str, list, Callable, object]
+
+
+def prepare_benchmarks(args, benchmarks: Sequence[str], archives: Mapping[str, Sequence[str]],
+                       plans: Mapping[str, Callable[[], List[Plan]]]) -> int:
+    """The preparation of a script's selected benchmarks (``--benchmark``, default all of
+    ``benchmarks``): fetch their ``archives`` (with ``--download``), list every benchmark's
+    ``plans`` (which validates all raw layouts before anything is converted), then convert;
+    a benchmark's missing raw data says how to prepare the others (:func:`benchmark_step`)."""
+    selected = selected_benchmarks(args, benchmarks)
+    for benchmark in selected:
+        with benchmark_step(args, benchmark, benchmarks):
+            fetch_if_asked(args, archives[benchmark])  # an archive two benchmarks share is fetched once
+    listed: List[Plan] = []
+    for benchmark in selected:
+        with benchmark_step(args, benchmark, benchmarks):
+            listed += plans[benchmark]()
+    for title, tasks, convert, layout in listed:
+        run_tasks(title, tasks, convert, num_classes=layout.num_classes,
+                  ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
+                  expected_count=layout.expected_count, progress=not args.no_progress)
+    return 0
 
 
 def fetch_if_asked(args, keys: Sequence[str]) -> None:

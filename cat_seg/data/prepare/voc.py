@@ -17,7 +17,7 @@ from ..datasets.errors import PrepareError
 from ..catalog import get_layout
 from . import cli, pascal_context
 from .io import check_values, read_id_list, read_label, save_array
-from .runner import Converted, Task, label_histogram, run_tasks
+from .runner import Converted, Task, label_histogram
 
 BENCHMARKS = ("voc", "pc59", "pc459")
 VOC20 = get_layout("voc_2012_test_sem_seg")
@@ -81,12 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"<root>/{pascal_context.PC459_VAL_LIST})")
     args = parser.parse_args(argv)
     root = cli.root_of(args)
-    benchmarks = cli.selected_benchmarks(args, BENCHMARKS)
-    for benchmark in benchmarks:
-        keys = [k for k in ARCHIVE_KEYS[benchmark] if not (args.val_list and k == "pascal_context_459_val_list")]
-        with cli.benchmark_step(args, benchmark, BENCHMARKS):
-            cli.fetch_if_asked(args, keys)  # an archive two benchmarks share is fetched once
-    builders = {
+    archives = {benchmark: [k for k in keys if not (args.val_list and k == "pascal_context_459_val_list")]
+                for benchmark, keys in ARCHIVE_KEYS.items()}
+    plans = {
         "voc": lambda: [("VOC-20 val", voc_tasks(root, False), convert, VOC20),
                         ("VOC-20b val", voc_tasks(root, True), convert, VOC20B)],
         "pc59": lambda: [("Pascal Context 59 val", pascal_context.pc59_tasks(root),
@@ -94,13 +91,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "pc459": lambda: [("Pascal Context 459 val", pascal_context.pc459_tasks(root, args.val_list),
                            pascal_context.convert_pc459, pascal_context.PC459)],
     }
-    # validate every selected raw layout before converting anything
-    plans = []
-    for benchmark in benchmarks:
-        with cli.benchmark_step(args, benchmark, BENCHMARKS):
-            plans += builders[benchmark]()
-    for title, tasks, conv, layout in plans:
-        run_tasks(title, tasks, conv, num_classes=layout.num_classes,
-                  ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
-                  expected_count=layout.expected_count, progress=not args.no_progress)
-    return 0
+    return cli.prepare_benchmarks(args, BENCHMARKS, archives, plans)
