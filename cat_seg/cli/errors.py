@@ -28,7 +28,24 @@ class UserError(Exception):
     """A user mistake; ``str(error)`` is the one-line message (without ``error:``)."""
 
 
-_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+_TRACEBACK = "Traceback (most recent call last):"
+_WORKER_TRACEBACK = "Original " + _TRACEBACK  # how torch's DataLoader re-raises a worker's error
+
+
+def last_traceback_error(text: str) -> Optional[Tuple[str, str]]:
+    """``(type, message)`` of the error that ends the last traceback printed in ``text``: its
+    frames are indented, the error (``type: message``, possibly several lines) starts at the
+    first line after them that is not; ``("", line)`` for an error line without a type.
+    ``None`` when ``text`` holds no traceback."""
+    if _TRACEBACK not in text:
+        return None
+    lines = text.rsplit(_TRACEBACK, 1)[1].splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), None)
+    if start is None:
+        return None
+    error = "\n".join(lines[start:])
+    kind, separator, message = error.partition(": ")
+    return (kind, message) if separator else ("", error)
 
 
 def one_line(message) -> str:
@@ -37,13 +54,9 @@ def one_line(message) -> str:
     message only."""
     text = str(message)
     if _WORKER_TRACEBACK in text:
-        lines = text.split(_WORKER_TRACEBACK, 1)[1].splitlines()
-        # the traceback's frames are indented; the error (type: message) starts at the first
-        # line that is not
-        start = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), None)
-        if start is not None:
-            first, *rest = lines[start:]
-            text = "\n".join([first.split(": ", 1)[-1], *rest])
+        error = last_traceback_error(text)
+        if error is not None:
+            text = error[1]
     return " ".join(text.split())
 
 

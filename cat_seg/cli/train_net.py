@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError, merge_config, run_main
+from .errors import UserError, last_traceback_error, merge_config, run_main
 
 logger = logging.getLogger("cat_seg")
 
@@ -90,24 +90,24 @@ def check_launch(args) -> None:
         raise UserError(f"--dist-url {args.dist_url!r} is this machine only: with --num-machines "
                         f"{args.num_machines} give an address of machine 0 that every machine reaches")
     try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
         raise UserError(f"--dist-url {args.dist_url!r}: cannot resolve {host!r} ({exc.strerror})") from None
     if args.machine_rank == 0:  # machine 0 listens at HOST:PORT: is it free here?
-        problem = _cannot_listen(host, port)
+        problem = _cannot_listen(family, port)
         if problem:
             raise UserError(f"--dist-url {args.dist_url!r}: {problem}"
                             + ("; on one machine --dist-url auto finds a free port" if not many else ""))
 
 
-def _cannot_listen(host: str, port: int) -> str:
-    """Why machine 0 cannot listen at ``port`` (empty when it can): the port is in use there.
-    (An address that is not the machine's own, e.g. a NAT or service address that forwards
-    to it, is fine: torch's store listens on every address.)"""
+def _cannot_listen(family: int, port: int) -> str:
+    """Why machine 0 cannot listen at ``port`` with the address ``family`` of its
+    ``--dist-url`` host (empty when it can): the port is in use there. (An address that is not
+    the machine's own, e.g. a NAT or service address that forwards to it, is fine: torch's
+    store listens on every address.)"""
     import errno
     import socket
 
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         # as torch's TCPStore: a port a finished run left in TIME_WAIT is free, a listener is not
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -401,24 +401,18 @@ def user_error_in_process(exc: BaseException) -> Optional[BaseException]:
     import importlib
     import re
 
-    # the last traceback's error line (the first unindented line after its frames) decides: a
-    # crash raised while handling a user error is a crash
-    text = str(exc).rsplit("Traceback (most recent call last):", 1)[-1]
-    error_line = next((i for i, line in enumerate(text.splitlines()) if line.strip() and not line[0].isspace()), None)
-    if error_line is None:
+    # the last traceback's error decides: a crash raised while handling a user error is a crash
+    error = last_traceback_error(str(exc))
+    if error is None or not re.fullmatch(r"cat_seg(?:\.\w+)+", error[0]):
         return None
-    text = "\n".join(text.splitlines()[error_line:])
-    match = re.match(r"(cat_seg(?:\.\w+)+): (.*)", text, re.S)
-    if match is None:
-        return None
-    module_name, _, class_name = match.group(1).rpartition(".")
+    module_name, _, class_name = error[0].rpartition(".")
     try:
         error_type = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
         return None
     if not (isinstance(error_type, type) and issubclass(error_type, user_error_types())):
         return None
-    return UserError(match.group(2).strip())
+    return UserError(error[1].strip())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
