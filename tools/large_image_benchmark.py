@@ -119,7 +119,9 @@ def run_case(case: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from cat_seg.cli.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", default=["tiny"], choices=sorted(CONFIGS))
     parser.add_argument("--classes", nargs="+", type=int, default=[4, 150, 1000])
     parser.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT (default 6000x4000, 24 MP)")

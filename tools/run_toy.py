@@ -112,7 +112,9 @@ def summary(output, eval_table):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from cat_seg.cli.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/toy")
     parser.add_argument("--max-iter", type=int, default=None, help="CAT-Seg training iterations (config default)")
     parser.add_argument("--clip-steps", type=int, default=1500, help="tiny-CLIP pre-training steps")

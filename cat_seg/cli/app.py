@@ -45,6 +45,7 @@ from ..api import (  # noqa: E402
 )
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
+from .errors import ArgumentParser  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -382,16 +383,8 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
 
 
 # ---------------------------------------------------------------------------------- command line
-class _Parser(argparse.ArgumentParser):
-    """Argument parser whose errors are one ``error: ...`` line (exit status 2)."""
-
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cat-seg-app", description="CAT-Seg web app: open-vocabulary segmentation in the browser")
+    parser = ArgumentParser(prog="cat-seg-app", description="CAT-Seg web app: open-vocabulary segmentation in the browser")
     parser.add_argument("--model", default=None,
                         help=f"model selected at start: {', '.join(RELEASED_WEIGHTS)} (released, downloaded once), "
                              "'toy' (after make demo) or 'local' (--config-file/--weights); default: local when "

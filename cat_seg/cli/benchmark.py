@@ -72,7 +72,7 @@ from typing import Optional
 
 import torch
 
-from .errors import UserError
+from .errors import ArgumentParser, UserError
 
 logger = logging.getLogger("cat_seg.benchmark")
 
@@ -86,8 +86,8 @@ def parse_args(argv=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cat-seg-benchmark", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="cat-seg-benchmark", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["train", "infer"], default="infer")
     parser.add_argument("--config-file", default="configs/vitb_384.yaml")
     parser.add_argument("--batch", type=int, default=None,

@@ -29,7 +29,7 @@ from cat_seg.checkpoint.official import (
     unwrap_checkpoint,
 )
 
-from .errors import UserError, run_main
+from .errors import ArgumentParser, UserError, run_main
 
 
 def _model_state_of_config(config_file: str):
@@ -99,8 +99,8 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", metavar="IN.pth", help="official CAT-Seg checkpoint")
     parser.add_argument("dst", metavar="OUT.pth", help="output checkpoint in the cat-seg layout")
     parser.add_argument("--config-file", default="", help="also check the result against this config's model")

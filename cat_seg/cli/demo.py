@@ -57,20 +57,13 @@ from ..api import (
     read_vocabulary_file,
 )
 from ..utils import resolve_path
+from .errors import ArgumentParser
 
 WINDOW_NAME = "CAT-Seg"
 #: Exit status when some images could not be read (skipped; the others were written).
 EXIT_SOME_FAILED = 1
 #: Exit status of a user error (one ``error: ...`` line).
 EXIT_USER_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument parser whose errors are one ``error: ...`` line (exit status 2)."""
-
-    def error(self, message):
-        print_error(f"{message} (see --help)")
-        sys.exit(EXIT_USER_ERROR)
 
 
 def print_error(message: str):
@@ -89,7 +82,7 @@ def default_config(weights: Optional[str] = None) -> str:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="cat-seg-demo",
         description="CAT-Seg open-vocabulary segmentation demo (guide: docs/segment_your_images.md)",
         epilog="exit status: 0 all inputs processed, 1 some images unreadable (skipped, listed on stderr), "

@@ -14,7 +14,10 @@ Interface (used by every ``cat_seg.cli`` program and the prepare scripts):
   ``KEY VALUE`` pairs into a detectron2 config; a missing file, a YAML error, a bad value or
   an unknown key raise :class:`UserError` (an unknown key names the closest valid key).
 - :func:`check_config_keys`: the unknown-key check itself, for callers that merge on their own.
+- :class:`ArgumentParser` / :func:`one_line_argument_errors`: argparse whose errors (an unknown
+  option, a bad choice or number) are that same one line, not argparse's usage block.
 """
+import argparse
 import difflib
 import os
 import sys
@@ -58,6 +61,23 @@ def one_line(message) -> str:
         if error is not None:
             text = error[1]
     return " ".join(text.split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one ``error: ... (see --help)`` line on
+    stderr and exit status 2, like every other user error of the programs (argparse's own
+    prints the usage block before the error line)."""
+
+    def error(self, message):
+        print(f"error: {one_line(message)} (see --help)", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def one_line_argument_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a parser built elsewhere (detectron2's ``default_argument_parser``) the errors of
+    :class:`ArgumentParser`; returns ``parser``."""
+    parser.error = ArgumentParser.error.__get__(parser)
+    return parser
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None,

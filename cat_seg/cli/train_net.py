@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError, last_traceback_error, merge_config, run_main
+from .errors import UserError, last_traceback_error, merge_config, one_line_argument_errors, run_main
 
 logger = logging.getLogger("cat_seg")
 
@@ -27,7 +27,7 @@ logger = logging.getLogger("cat_seg")
 def build_parser():
     from detectron2.engine import default_argument_parser
 
-    parser = default_argument_parser()
+    parser = one_line_argument_errors(default_argument_parser())
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (keys and values), OUTPUT_DIR, class jsons, datasets and (with "
                              "--eval-only) the weights, then exit")

@@ -27,7 +27,6 @@ written last (its presence marks a complete benchmark).
 Generation is deterministic from the seed (each image has its own random stream derived from
 ``(seed, split, index)``) and takes a few seconds for the default 400 + 100 images of 256x256.
 """
-import argparse
 import functools
 import json
 import shutil
@@ -40,6 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..cli.errors import ArgumentParser
 from .catalog import class_names, dataset_root, get_layout
 from .prepare.io import atomic_write_bytes
 
@@ -319,7 +319,7 @@ def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI of ``datasets/prepare_synthetic.py``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate the synthetic open-vocabulary toy benchmark (coloured, patterned shapes).")
     parser.add_argument("--root", default=None,
                         help="dataset root (default: $DETECTRON2_DATASETS, else ./datasets); "

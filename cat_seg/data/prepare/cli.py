@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+from ...cli.errors import ArgumentParser
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
 from ..catalog import ENV_VAR, dataset_root
@@ -25,7 +26,7 @@ def _positive_int(text: str) -> int:
 def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None
                  ) -> argparse.ArgumentParser:
     """Parser with the options every prepare script has (and ``--benchmark`` if given)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--root", default=None,
                         help=f"dataset root (default: ${ENV_VAR}, else ./datasets)")
     parser.add_argument("--workers", type=_positive_int, default=default_workers(),
