@@ -120,14 +120,66 @@ def test_layouts_benchmarks_and_archives_agree():
         catalog.get_layout("nope")
 
 
-@pytest.mark.parametrize("module", sorted(
-    m.name for m in pkgutil.walk_packages(cat_seg.data.__path__, prefix="cat_seg.data.")
-))
-def test_module_imports_in_a_fresh_interpreter(module):
-    """No import cycle: each module of cat_seg.data imports first in a new interpreter."""
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
-                          text=True, timeout=1800)
+DATA_MODULES = sorted(m.name for m in pkgutil.walk_packages(cat_seg.data.__path__, prefix="cat_seg.data."))
+
+# Imports each module given on the command line in a process of its own that has imported no
+# cat_seg module before it. The third-party libraries (a few seconds of start-up, none of them
+# imports cat_seg) are imported once and shared by forking; without fork (not Linux), each
+# module gets a new interpreter. Prints one "<module> <exit status>" line per module, after its
+# traceback if it failed.
+IMPORT_EACH_ON_ITS_OWN = r"""
+import importlib, os, subprocess, sys, traceback
+modules = sys.argv[1:]
+if sys.platform.startswith("linux"):
+    import numpy, torch, torchvision, open_clip, detectron2.data, detectron2.engine, detectron2.evaluation
+    for module in modules:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                importlib.import_module(module)
+                status = 0
+            except BaseException:
+                traceback.print_exc(file=sys.stdout)
+                status = 1
+            sys.stdout.flush()
+            os._exit(status)
+        print(module, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+else:
+    for module in modules:
+        proc = subprocess.run([sys.executable, "-c", "import " + module], capture_output=True, text=True)
+        print(proc.stderr, end="")
+        print(module, proc.returncode, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def import_results():
+    """module -> (exit status, output before its status line) of IMPORT_EACH_ON_ITS_OWN."""
+    proc = subprocess.run([sys.executable, "-c", IMPORT_EACH_ON_ITS_OWN, *DATA_MODULES, "cat_seg.data.no_such"],
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    results, output = {}, []
+    for line in proc.stdout.splitlines():
+        name, _, status = line.rpartition(" ")
+        if name in DATA_MODULES or name == "cat_seg.data.no_such":
+            results[name] = (int(status), "\n".join(output))
+            output = []
+        else:
+            output.append(line)
+    return results
+
+
+def test_a_module_that_fails_to_import_is_seen(import_results):
+    status, output = import_results["cat_seg.data.no_such"]
+    assert status == 1 and "No module named 'cat_seg.data.no_such'" in output
+
+
+@pytest.mark.parametrize("module", DATA_MODULES)
+def test_module_imports_on_its_own(module, import_results):
+    """No import cycle: each module of cat_seg.data imports first in a process that has imported
+    no cat_seg module."""
+    status, output = import_results[module]
+    assert status == 0, output[-2000:]
 
 
 def test_docs_tables_are_current():

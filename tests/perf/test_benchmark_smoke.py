@@ -111,12 +111,24 @@ def test_smoke_count_records():
     (["--profile", "3", "--profile-out", "/no/such/folder/p.txt"], "--profile-out /no/such/folder/p.txt: expected a file"),
     (["--smoke", "--iters", "3"], "--smoke runs its own tiny settings: drop --iters"),
 ])
-def test_user_errors_are_one_line_exit_2(args, message):
-    proc = run_tool("--device", "cpu", *args)
+def test_user_errors_are_one_line_exit_2(args, message, capsys):
+    from cat_seg.cli.benchmark import main
+
+    assert main(["--device", "cpu", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in captured.err
+
+
+def test_script_user_error_is_one_line_exit_2():
+    """The same through the script, in a process of its own."""
+    proc = run_tool("--device", "cpu", "--opts", "MODEL.NO_SUCH_KEY", "1")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stdout == ""
-    last = proc.stderr.strip().splitlines()[-1]
-    assert message in last and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "cat-seg-benchmark: error: unknown config key 'MODEL.NO_SUCH_KEY' in the command line; did you mean")
+    assert "Traceback" not in proc.stderr
 
 
 def run_gpu_script(tmp_path, **env):
