@@ -12,6 +12,8 @@ Vocabulary: ``--vocab "cat, dog"`` gives two classes. To give synonyms of one cl
 classes with ``;`` instead: ``--vocab "person, human; dog"`` gives the classes ``person, human``
 and ``dog`` (CAT-Seg convention: only the first synonym is fed to the model).
 ``--vocab-file`` reads a JSON array of class names or a text file with one class per line.
+Without either, the config's ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` is the vocabulary (as in
+the official demo; COCO-Stuff's 171 classes with the released configs), said on stderr.
 
 Outputs per image in ``--output`` (the input folder layout is mirrored, so files with the same
 name in different folders do not collide):
@@ -99,8 +101,9 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="take frames from the webcam")
     parser.add_argument("--output", help="output directory (default: show the results in a window)")
-    vocab = parser.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms')
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms '
+                                       "(default: the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON, as the official demo)")
     vocab.add_argument("--vocab-file", help="JSON array of class names or text file with one class per line")
     parser.add_argument(
         "--background", default=None, metavar="prompts|THRESH",
@@ -112,6 +115,20 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return parser
+
+
+def config_vocabulary(cfg) -> List[str]:
+    """The vocabulary of ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` (the demo's default, as in the
+    official demo), said on stderr so that nobody mistakes it for their own."""
+    path = cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
+    try:
+        names = read_vocabulary_file(path)
+    except CATSegError as e:
+        raise CATSegError(f"no --vocab or --vocab-file given, and the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON "
+                          f"cannot be used: {e}") from None
+    print(f"vocabulary: {len(names)} classes of the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON ({path}); "
+          "--vocab or --vocab-file for your own", file=sys.stderr)
+    return names
 
 
 def parse_background(value: Optional[str]):
@@ -420,7 +437,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     skipped: Dict[str, str] = {}
     inputs: List[str] = []
     try:
-        names = read_vocabulary_file(args.vocab_file) if args.vocab_file else parse_vocabulary(args.vocab)
+        names = read_vocabulary_file(args.vocab_file) if args.vocab_file else (
+            parse_vocabulary(args.vocab) if args.vocab is not None else None)
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -429,6 +447,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               "not with --video-input or --webcam")
         args.config_file = args.config_file or default_config(args.weights)
         cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts)
+        if names is None:
+            names = config_vocabulary(cfg)
         if args.input:
             inputs = expand_inputs(args.input, exclude=args.output)
             files, skipped = check_readable(inputs)

@@ -116,6 +116,24 @@ def test_cli_background_and_vocab_file(demo_module, capsys, tiny, checkpoint, ph
         assert sum(e["area"] for e in info["per_class"]) == labels.size - info["unlabeled_area"]
 
 
+def test_cli_without_vocabulary_uses_the_configs_test_class_json(demo_module, capsys, tiny, checkpoint, photo_dir,
+                                                                   tmp_path):
+    """As the official demo: no --vocab/--vocab-file segments with MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON,
+    and says so on stderr."""
+    from cat_seg.api import read_vocabulary_file
+
+    class_json = tmp_path / "config_classes.json"
+    class_json.write_text(json.dumps(["sky", "tree, bush", "road"]))
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", photo_dir / "top.jpg", "--output", out, "--weights", checkpoint,
+        "--device", "cpu", "--opts", *tiny.opts, "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", class_json,
+    ])
+    assert code == 0, err
+    assert read_json(out / "top.json")["classes"] == read_vocabulary_file(str(class_json)) == ["sky", "tree, bush", "road"]
+    assert f"vocabulary: 3 classes of the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON ({class_json})" in err
+
+
 def test_cli_video_input(demo_module, capsys, tiny, checkpoint, tmp_path, image_factory):
     import cv2
 
@@ -181,7 +199,9 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
         "empty_dir": ({"--input": str(tmp_path / "empty")}, "no images found in directory"),
         "bad_background": ({"--background": "2.5"}, "threshold must be in"),
         "odd_opts": ({"--opts": "MODEL.WEIGHTS"}, "KEY VALUE pairs"),
-        "no_vocab": ({"--vocab": None}, "--vocab --vocab-file is required"),
+        "no_vocab": ({"--vocab": None, "--opts": "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON"},
+                     "no --vocab or --vocab-file given, and the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON cannot "
+                     "be used: vocabulary file .*nope.json"),
         "no_display": ({"--output": None}, "cannot show the results in a window: .*--output"),
     }[case]
     if case == "no_display":
@@ -192,6 +212,8 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
     for key, value in base.items():
         if value is not None:
             args += [key, value]
+    if case == "no_vocab":
+        args.append(str(tmp_path / "nope.json"))
     code, out, err = run_main(demo_module, capsys, args)
     assert code == 2
     lines = err.strip().splitlines()
