@@ -114,6 +114,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-features", action="store_true", help="also write <stem>_features.npz")
     parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    # detectron2's demo option (instance scores), in commands written for the official demo: a
+    # hint instead of argparse's "unrecognized arguments"
+    parser.add_argument("--confidence-threshold", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -439,6 +442,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         names = read_vocabulary_file(args.vocab_file) if args.vocab_file else (
             parse_vocabulary(args.vocab) if args.vocab is not None else None)
+        if args.confidence_threshold is not None:
+            raise CATSegError(f"--confidence-threshold {args.confidence_threshold}: detectron2's threshold on instance "
+                              "scores, which semantic segmentation has none of; to leave pixels whose best class "
+                              "probability is below a threshold unlabeled, use --background THRESH")
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -181,7 +181,7 @@ def test_cli_error_is_one_line(tiny, tmp_path):
 
 @pytest.mark.parametrize("case", [
     "missing_config", "missing_weights", "empty_vocab", "empty_vocab_file", "missing_image", "empty_dir",
-    "bad_background", "odd_opts", "no_vocab", "no_display",
+    "bad_background", "odd_opts", "no_vocab", "no_display", "confidence_threshold",
 ])
 def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeypatch, case):
     base = {
@@ -203,6 +203,9 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
                      "no --vocab or --vocab-file given, and the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON cannot "
                      "be used: vocabulary file .*nope.json"),
         "no_display": ({"--output": None}, "cannot show the results in a window: .*--output"),
+        "confidence_threshold": ({"--confidence-threshold": "0.5"},
+                                 "--confidence-threshold 0.5: detectron2's threshold on instance scores.*--background "
+                                 "THRESH"),
     }[case]
     if case == "no_display":
         monkeypatch.delenv("DISPLAY", raising=False)
