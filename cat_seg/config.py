@@ -191,8 +191,8 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     checked with their own validators before anything is built: precision, compile,
     fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
     missing file, an unknown tag; nothing is downloaded), device, pooling sizes and, for
-    training, the optimizer, the gradient-clipping type and the batch (divisible by the
-    ``processes``). Raises a one-line ``ValueError``
+    training, the optimizer, the gradient-clipping type, the LR schedule and the batch
+    (divisible by the ``processes``). Raises a one-line ``ValueError``
     (the command lines make it an ``error:`` line and exit status 2, the API a
     ``CATSegError``)."""
     import torch
@@ -232,10 +232,11 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
             empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
     if not eval_only:
-        from .solver.build import CLIP_TYPES, OPTIMIZERS
+        from .solver.build import CLIP_TYPES, OPTIMIZERS, check_lr_scheduler
 
         choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
+        check_lr_scheduler(cfg)
         batch = cfg.SOLVER.IMS_PER_BATCH
         if batch < 1 or batch % processes:
             raise ValueError(f"SOLVER.IMS_PER_BATCH={batch}: expected a positive multiple of the {processes} "

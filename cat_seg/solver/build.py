@@ -18,8 +18,11 @@ parameter can carry its own learning rate and weight decay:
 Gradient clipping of type ``full_model`` clips the global norm over all parameters of all
 groups jointly before every step; ``value`` and ``norm`` clip each parameter on its own, as
 detectron2's clipping does (:func:`maybe_add_gradient_clipping`).
-The LR scheduler is detectron2's ``build_lr_scheduler`` (``WarmupCosineLR`` with no warmup
-gives the multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``).
+The LR scheduler is the ``build_lr_scheduler`` of detectron2's DeepLab project, which the
+DeepLab-based detectron2 projects (Mask2Former) train with: detectron2's schedules (``WarmupCosineLR`` with no warmup gives the
+multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``) plus ``WarmupPolyLR``, whose
+``SOLVER.POLY_LR_POWER`` / ``POLY_LR_CONSTANT_ENDING`` keys ``add_deeplab_config`` adds.
+:func:`check_lr_scheduler` builds it before training starts.
 """
 import copy
 import logging
@@ -27,19 +30,44 @@ from typing import Any, Dict, List, Set, Type
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.solver import build_lr_scheduler  # re-exported
+from detectron2.projects.deeplab import build_lr_scheduler  # re-exported
 
 __all__ = [
     "CLIP_TYPES",
     "NORM_MODULE_TYPES",
     "OPTIMIZERS",
+    "LR_SCHEDULERS",
     "build_lr_scheduler",
+    "check_lr_scheduler",
     "build_optimizer",
     "get_param_groups",
     "maybe_add_gradient_clipping",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``SOLVER.LR_SCHEDULER_NAME`` values :func:`build_lr_scheduler` knows (detectron2's and DeepLab's).
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupPolyLR")
+
+
+def check_lr_scheduler(cfg: CfgNode) -> None:
+    """Raise a one-line ``ValueError`` for a schedule :func:`build_lr_scheduler` would reject
+    once training started (an unknown name, ``SOLVER.MAX_ITER`` < 1, a cosine end above the
+    base LR), by building it on a one-parameter optimizer."""
+    name = cfg.SOLVER.LR_SCHEDULER_NAME
+    if name not in LR_SCHEDULERS:
+        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={name!r}: expected one of {', '.join(LR_SCHEDULERS)}")
+    if cfg.SOLVER.MAX_ITER < 1:
+        raise ValueError(f"SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}: expected a positive number of iterations")
+    if name == "WarmupCosineLR" and not 0 <= cfg.SOLVER.BASE_LR_END <= cfg.SOLVER.BASE_LR:
+        raise ValueError(f"SOLVER.BASE_LR_END={cfg.SOLVER.BASE_LR_END}: expected between 0 and SOLVER.BASE_LR "
+                         f"({cfg.SOLVER.BASE_LR}) for WarmupCosineLR")
+    parameter = torch.zeros(1, requires_grad=True)
+    try:
+        build_lr_scheduler(cfg, torch.optim.SGD([parameter], lr=cfg.SOLVER.BASE_LR))
+    except (AssertionError, ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={name!r} cannot be built from the SOLVER keys: "
+                         f"{exc or type(exc).__name__}") from None
 
 # Subclasses count too (e.g. CLIP's fp16-safe LayerNorm), checked with isinstance.
 NORM_MODULE_TYPES = (

@@ -301,3 +301,42 @@ def test_unknown_clip_type_is_an_error():
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "foo"
     with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS.CLIP_TYPE='foo': expected one of full_model"):
         build_optimizer(cfg, FakeModel())
+
+
+def test_poly_schedule_of_the_deeplab_keys_matches_formula():
+    """``WarmupPolyLR`` (DeepLab's schedule, keys ``SOLVER.POLY_LR_*`` from ``add_deeplab_config``),
+    as the official training script builds it: ``(1 - iter / MAX_ITER) ** POLY_LR_POWER``."""
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    max_iter, power = 50, 0.9
+    cfg = make_cfg()
+    add_deeplab_config(cfg)
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.POLY_LR_POWER = max_iter, 0, power
+    parameter = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    for it in range(max_iter):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(BASE_LR * (1 - it / max_iter) ** power, rel=1e-9), it
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"LR_SCHEDULER_NAME": "WarmupLinearLR"}, "SOLVER.LR_SCHEDULER_NAME='WarmupLinearLR': expected one of "
+                                              "WarmupMultiStepLR, WarmupCosineLR, WarmupStepWithFixedGammaLR, "
+                                              "WarmupPolyLR"),
+    ({"MAX_ITER": 0}, "SOLVER.MAX_ITER=0: expected a positive number of iterations"),
+    ({"LR_SCHEDULER_NAME": "WarmupCosineLR", "BASE_LR_END": 1.0},
+     f"SOLVER.BASE_LR_END=1.0: expected between 0 and SOLVER.BASE_LR ({BASE_LR}) for WarmupCosineLR"),
+    ({"WARMUP_METHOD": "cubic"}, "SOLVER.LR_SCHEDULER_NAME='WarmupMultiStepLR' cannot be built from the SOLVER "
+                                 "keys: Unknown warmup method: cubic"),
+])
+def test_schedule_the_trainer_would_reject_is_one_line_before_training(overrides, message):
+    from cat_seg.solver import check_lr_scheduler
+
+    cfg = make_cfg(**overrides)
+    with pytest.raises(ValueError) as info:
+        check_lr_scheduler(cfg)
+    assert str(info.value) == message
+    check_lr_scheduler(make_cfg())  # detectron2's defaults are fine
