@@ -282,3 +282,27 @@ def test_split_attention_equals_packed_open_clip(variant):
     with torch.no_grad():
         torch.testing.assert_close(split.encode_text(tokens), packed.encode_text(tokens), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(split.encode_image(image), packed.encode_image(image), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_last_block_keeps_the_layer_scales(tmp_path):
+    """A CLIP with layer scale (open_clip's ``ls_init_value``, e.g. ViT-M-16-alt): the dense last
+    block scales its value branch by ``ls_1`` and its MLP branch by ``ls_2``, as the block's own
+    forward does."""
+    from cat_seg.modeling.clip.builder import build_clip_model
+
+    config = json.loads(CLIP_JSONS["b"].read_text())
+    config["vision_cfg"]["ls_init_value"] = 0.3
+    path = tmp_path / "tiny-layer-scale.json"
+    path.write_text(json.dumps(config))
+    clip = build_clip_model(str(path), "none")
+    perturb_(clip, seed=4)
+    block = clip.visual.transformer.resblocks[-1]
+    gamma_1, gamma_2 = block.ls_1.gamma, block.ls_2.gamma  # perturbed: not 0.3 everywhere
+    x = torch.randn(2, 1 + 4 * 4, config["vision_cfg"]["width"], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = CLIPVisionBackbone.dense_last_block(block, x)
+        v = gamma_1 * out_proj(block, packed_qkv(block, x)[2]) + x[:, :1]
+        want = v + gamma_2 * mlp(block, layer_norm(v, block.ln_2))
+        unscaled = ref_dense_last_block(block, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - unscaled).abs().max() > 1e-2

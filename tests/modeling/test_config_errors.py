@@ -1,5 +1,6 @@
 """Config mistakes give clear one-line errors naming the key and the bad value."""
 import json
+import re
 
 import pytest
 import torch
@@ -33,6 +34,48 @@ def test_bad_values_fail_at_build(build_cfg, key, value, words):
     msg = one_line(info)
     for word in words:
         assert word in msg
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("RN50", "its image tower is a ResNet"),
+    ("convnext_base", "its image tower is the timm model 'convnext_base'"),
+    ("coca_ViT-B-32", "a CoCa model (multimodal_cfg)"),
+    ("ViT-B-16-SigLIP", "a model with a custom text tower"),
+    ("roberta-ViT-B-32", "its text tower is the Hugging Face model 'roberta-base'"),
+    ("ViT-L-14-CLIPA", "its text tower reads the tokens of the Hugging Face tokenizer 'bert-base-uncased'"),
+])
+def test_clip_kinds_cat_seg_cannot_use_are_named_before_building(name, reason):
+    """open_clip models without a ViT image tower and open_clip's own text transformer and
+    tokenizer: one line naming what they have, before anything is built (they failed with an
+    AttributeError, TypeError or IndexError inside the model)."""
+    from detectron2.config import get_cfg
+
+    from cat_seg import add_cat_seg_config
+    from cat_seg.config import check_config_values
+    from cat_seg.modeling.clip.model_configs import resolve_clip_arch
+
+    with pytest.raises(ValueError) as info:
+        resolve_clip_arch(name)
+    assert one_line(info).startswith(f"MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED={name!r}: {reason}")
+    assert "CAT-Seg needs an open_clip CLIP with a ViT image tower" in str(info.value)
+    cfg = add_cat_seg_config(get_cfg())
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED, cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = name, "none"
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        check_config_values(cfg)
+
+
+def test_every_plain_open_clip_vit_is_accepted():
+    """The open_clip ViT CLIPs (any width, patch size, QuickGELU or not) resolve; the released
+    architectures among them."""
+    import open_clip
+
+    from cat_seg.modeling.clip.model_configs import OFFICIAL_CLIP_NAMES, resolve_clip_arch, unsupported_tower
+
+    accepted = [name for name in open_clip.list_models() if unsupported_tower(open_clip.get_model_config(name)) is None]
+    for name in ("ViT-B-16", "ViT-B-32", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14", "ViT-M-16-alt"):
+        assert name in accepted
+    for official in OFFICIAL_CLIP_NAMES:
+        assert resolve_clip_arch(official).name in accepted
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -182,11 +182,13 @@ class CLIPVisionBackbone(Backbone):
         """The dense computation of the last block, ``[B, L, W] -> [B, L, W]`` (``docs/architecture.md``).
 
         ``v = out_proj(W_v ln_1(x) + b_v)`` (no softmax attention), residual = the class-token
-        row of the block input broadcast to every position, then the block's MLP residual.
+        row of the block input broadcast to every position, then the block's MLP residual. The
+        block's layer scales (``ls_1``/``ls_2``; identities in the OpenAI and LAION models) scale
+        the two branches as in the block's own forward.
         """
-        v = block.attn.out_proj(block.attn.project(block.ln_1(x), "v"))
+        v = block.ls_1(block.attn.out_proj(block.attn.project(block.ln_1(x), "v")))
         v = v + x[:, :1]
-        return v + block.mlp(block.ln_2(v))
+        return v + block.ls_2(block.mlp(block.ln_2(v)))
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Dense CLIP encode.

@@ -47,7 +47,41 @@ class CLIPArch:
 
 
 def resolve_clip_arch(spec: str) -> CLIPArch:
-    """Resolve ``CLIP_PRETRAINED`` into a :class:`CLIPArch`; clear ``ValueError`` if unknown."""
+    """Resolve ``CLIP_PRETRAINED`` into a :class:`CLIPArch`; clear ``ValueError`` if unknown or
+    of a kind CAT-Seg cannot use (:func:`unsupported_tower`)."""
+    arch = _resolve(spec)
+    reason = unsupported_tower(arch.model_cfg)
+    if reason:
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED={spec!r}: {reason}; CAT-Seg needs an open_clip CLIP "
+                         f"with a ViT image tower and open_clip's own text transformer (e.g. ViT-B/16, "
+                         f"ViT-L/14@336px, ViT-B-32)")
+    return arch
+
+
+def unsupported_tower(model_cfg: Dict[str, Any]) -> Optional[str]:
+    """Why ``open_clip.CLIP(**model_cfg)`` would not be a CLIP CAT-Seg can use, or ``None``: the
+    cost volume reads the patch tokens of open_clip's ``VisionTransformer`` and the text encoder
+    runs open_clip's ``TextTransformer`` on the tokens of open_clip's CLIP tokenizer; ResNet,
+    timm and Hugging Face towers, CoCa and the custom-text models (SigLIP, EVA, MobileCLIP)
+    have other modules, and models with a Hugging Face tokenizer (CLIPA, the worldwide models)
+    other tokens."""
+    vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    if "multimodal_cfg" in model_cfg:
+        return "a CoCa model (multimodal_cfg)"
+    if model_cfg.get("custom_text"):
+        return "a model with a custom text tower (custom_text: SigLIP, EVA, MobileCLIP and the like)"
+    if vision.get("timm_model_name"):
+        return f"its image tower is the timm model {vision['timm_model_name']!r}"
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return "its image tower is a ResNet"
+    if text.get("hf_model_name"):
+        return f"its text tower is the Hugging Face model {text['hf_model_name']!r}"
+    if text.get("hf_tokenizer_name"):  # the text encoder tokenizes with open_clip's CLIP tokenizer
+        return f"its text tower reads the tokens of the Hugging Face tokenizer {text['hf_tokenizer_name']!r}"
+    return None
+
+
+def _resolve(spec: str) -> CLIPArch:
     if spec in OFFICIAL_CLIP_NAMES:
         name, tag, quick_gelu = OFFICIAL_CLIP_NAMES[spec]
         return CLIPArch(name, open_clip.get_model_config(name), tag, quick_gelu)
