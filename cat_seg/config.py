@@ -35,6 +35,8 @@ def add_cat_seg_config(cfg):
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
 
     # ---------------------------------------------------------------- model
+    # detectron2's default is GeneralizedRCNN (the official base config sets CATSeg)
+    cfg.MODEL.META_ARCHITECTURE = "CATSeg"
     # the official configs do not set it (their model builds CLIP itself); detectron2's
     # default would build a ResNet
     cfg.MODEL.BACKBONE.NAME = "CLIPVisionBackbone"
@@ -170,6 +172,39 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
                 break
 
 
+def check_model_builds(cfg) -> None:
+    """``MODEL.META_ARCHITECTURE`` must be :class:`CATSeg` or a registered subclass; its model
+    is then built on the meta device (no memory, no weights: ``CLIP_WEIGHTS none``), so that
+    what the constructors reject (heads that do not divide the hidden dim, windows that do not
+    tile the patch grid, decoder lists of different lengths, a sliding-window geometry that
+    leaves part of the canvas uncovered) is a one-line ``ValueError`` before a run starts.
+    Anything else the meta build raises is left to the real build."""
+    import logging
+
+    import torch
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from .modeling.meta_arch.cat_seg import CATSeg
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    try:
+        architecture = META_ARCH_REGISTRY.get(name)
+    except KeyError:
+        architecture = None
+    if not (isinstance(architecture, type) and issubclass(architecture, CATSeg)):
+        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: expected CATSeg (or a registered subclass of it)")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+    try:
+        with torch.device("meta"):
+            architecture(cfg)
+    except ValueError:
+        raise
+    except Exception as exc:  # e.g. an operation a meta tensor cannot do: the real build decides
+        logging.getLogger(__name__).debug("model not built on the meta device: %s", exc)
+
+
 def check_backbone(name: str) -> None:
     """``MODEL.BACKBONE.NAME`` must build a CLIP image tower (:class:`CLIPVisionBackbone` or a
     subclass registered in detectron2's ``BACKBONE_REGISTRY``); the model reads its CLIP."""
@@ -190,7 +225,8 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     """The values the model, the CLIP builder and the trainer would reject once started,
     checked with their own validators before anything is built: precision, compile,
     fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
-    missing file, an unknown tag; nothing is downloaded), device, pooling sizes and, for
+    missing file, an unknown tag; nothing is downloaded), device, pooling sizes, the model's
+    own constructors (:func:`check_model_builds`) and, for
     training, the optimizer, the gradient-clipping type, the LR schedule and the batch
     (divisible by the ``processes``). Raises a one-line ``ValueError``
     (the command lines make it an ``error:`` line and exit status 2, the API a
@@ -231,6 +267,7 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
             empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
+    check_model_builds(cfg)
     if not eval_only:
         from .solver.build import CLIP_TYPES, OPTIMIZERS, check_lr_scheduler
 

@@ -13,7 +13,7 @@ Two cheap memory savings are always on in training (no setting): the spatial blo
 branch is recomputed in the backward (:func:`.spatial_aggregation.recomputed_mlp`), and the
 logit head's backward keeps no fp32 copy of its input (:class:`.decoder._SingleOutputConv3x3`).
 """
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +168,13 @@ class Aggregator(nn.Module):
             for piece in image.split(chunk, dim=1):
                 rows.append(checkpoint(fn, piece, *g, use_reentrant=False) if use_checkpoint else fn(piece, *g))
         return torch.cat(rows, dim=1).view(batch, x.shape[1], *rows[0].shape[2:])
+
+    def check_grid(self, grid: Tuple[int, int]) -> None:
+        """Raise, when building, the ``ValueError`` the spatial blocks would raise on an
+        ``(h, w)`` cost map (one that does not split into whole windows)."""
+        for layer in self.layers:
+            for block in (layer.spatial.block_1, layer.spatial.block_2):
+                block.geometry(*grid)
 
     def forward(
         self,

@@ -112,7 +112,8 @@ class ClassAttention(nn.Module):
                 f"{sorted(ATTENTION_FUNCTIONS)}"
             )
         if dim % num_heads:
-            raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads")
+            raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads "
+                             "(MODEL.SEM_SEG_HEAD.HIDDEN_DIMS, NUM_HEADS)")
         self.num_heads = num_heads
         self.attention = ATTENTION_FUNCTIONS[attention_type]
         self.q = GuidedLinear(dim, guidance_dim, dim)

@@ -60,8 +60,23 @@ def window_stride(crop: int, overlap: float) -> int:
     """Stride between crops: ``int(crop * (1 - overlap))`` (256 for 384 / 0.333)."""
     stride = int(crop * (1 - overlap))
     if stride <= 0:
-        raise ValueError(f"sliding-window overlap {overlap} leaves no stride for crop {crop}")
+        raise ValueError(f"TEST.SLIDING_WINDOW_OVERLAP={overlap} leaves no stride between crops of "
+                         f"TEST.SLIDING_WINDOW_CROP={crop}: expected an overlap below 1")
     return stride
+
+
+def check_window_geometry(canvas: int, crop: int, stride: int) -> None:
+    """Raise a ``ValueError`` naming the ``TEST.SLIDING_WINDOW_*`` keys when ``crop``-sized
+    crops every ``stride`` pixels do not tile a ``canvas``-sized square (checked when the
+    model is built; the crops would leave a band of the canvas uncovered)."""
+    keys = (f"TEST.SLIDING_WINDOW_CROP={crop}, SLIDING_WINDOW_CANVAS={canvas}, "
+            f"SLIDING_WINDOW_OVERLAP (stride {stride})")
+    if crop > canvas:
+        raise ValueError(f"sliding-window crop larger than the canvas: {keys}")
+    last = (canvas - crop) // stride * stride
+    if last + crop < canvas:
+        raise ValueError(f"sliding-window crops leave the last {canvas - last - crop} pixels of the canvas uncovered: "
+                         f"{keys}; expected (canvas - crop) to be a multiple of the stride")
 
 
 def window_offsets(size: int, crop: int, stride: int) -> List[int]:

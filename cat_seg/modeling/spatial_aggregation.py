@@ -137,7 +137,8 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, guidance_dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads")
+            raise ValueError(f"hidden dim {dim} is not divisible by {num_heads} heads "
+                             "(MODEL.SEM_SEG_HEAD.HIDDEN_DIMS, NUM_HEADS)")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = GuidedLinear(dim, guidance_dim, dim)
@@ -205,17 +206,18 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def geometry(self, h: int, w: int) -> Tuple[int, int]:
-        """Effective ``(window, shift)`` for an ``h x w`` map (Swin's rule for small maps)."""
-        if min(h, w) <= self.window:
-            return min(h, w), 0
-        return self.window, self.shift
+        """Effective ``(window, shift)`` for an ``h x w`` map (Swin's rule for small maps); a
+        ``ValueError`` when the map does not split into whole windows."""
+        window, shift = (min(h, w), 0) if min(h, w) <= self.window else (self.window, self.shift)
+        if h % window or w % window:
+            raise ValueError(f"the {h}x{w} cost map (the CLIP patch grid) does not split into {window}x{window} "
+                             f"windows: MODEL.SEM_SEG_HEAD.WINDOW_SIZES={self.window}")
+        return window, shift
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """``x [B, T, H, W, D]``, normalised guidance ``[B, H, W, G]`` or None -> ``[B, T, H, W, D]``."""
         b, t, h, w, d = x.shape
         window, shift = self.geometry(h, w)
-        if h % window or w % window:
-            raise ValueError(f"cost map {h}x{w} is not divisible by the window size {window} (WINDOW_SIZES)")
         windows, n = (h // window) * (w // window), window * window
         index, inverse = partition_index(h, w, window, shift, x.device)
         x_windows = self.norm1(x).reshape(b * t, h * w, d).index_select(1, index).view(b, t, windows, n, d)

@@ -78,6 +78,41 @@ def test_every_plain_open_clip_vit_is_accepted():
         assert resolve_clip_arch(official).name in accepted
 
 
+@pytest.mark.parametrize("opts, message", [
+    ({"MODEL.SEM_SEG_HEAD.NUM_HEADS": 3}, "hidden dim 32 is not divisible by 3 heads (MODEL.SEM_SEG_HEAD.HIDDEN_DIMS, "
+                                          "NUM_HEADS)"),
+    ({"MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION": 96}, "the 6x6 cost map (the CLIP patch grid) does not split into 4x4 "
+                                                 "windows: MODEL.SEM_SEG_HEAD.WINDOW_SIZES=4"),
+    ({"TEST.SLIDING_WINDOW": True, "TEST.SLIDING_WINDOW_OVERLAP": 0.1},
+     "sliding-window crops leave the last 85 pixels of the canvas uncovered"),
+    ({"MODEL.SEM_SEG_HEAD.DECODER_DIMS": [16, 8, 4]}, "DECODER_DIMS [16, 8, 4] and DECODER_GUIDANCE_PROJ_DIMS [8, 4] "
+                                                      "must have the same length"),
+    ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"},
+     "MODEL.META_ARCHITECTURE='GeneralizedRCNN': expected CATSeg (or a registered subclass of it)"),
+])
+def test_what_the_model_would_reject_is_found_before_building(build_cfg, opts, message):
+    """check_config_values (train_net --check-only, the API, eval.sh) builds the model on the
+    meta device: the constructors' errors come before a run starts, with no memory or weights;
+    they used to come with a traceback after the data and the CLIP weights were loaded."""
+    from cat_seg.config import check_config_values
+
+    cfg = build_cfg("b", opts)
+    with pytest.raises(ValueError) as info:
+        check_config_values(cfg, eval_only=False)
+    assert one_line(info).startswith(message)
+    check_config_values(build_cfg("b"), eval_only=False)
+
+
+def test_meta_architecture_defaults_to_catseg():
+    """A config that does not set MODEL.META_ARCHITECTURE (detectron2's default is
+    GeneralizedRCNN) builds CAT-Seg."""
+    from detectron2.config import get_cfg
+
+    from cat_seg import add_cat_seg_config
+
+    assert add_cat_seg_config(get_cfg()).MODEL.META_ARCHITECTURE == "CATSeg"
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_missing_class_json(build_cfg, random_images, tmp_path, split):
     missing = str(tmp_path / f"no_{split}_classes.json")

@@ -83,10 +83,35 @@ def test_tiny_config_geometry():
 
 
 def test_bad_geometry_errors():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"TEST.SLIDING_WINDOW_OVERLAP=1.0 leaves no stride"):
         window_stride(384, 1.0)
     with pytest.raises(ValueError):
         window_boxes((300, 300), 384, 256)
+
+
+@pytest.mark.parametrize("canvas, crop, overlap, uncovered", [
+    (640, 384, 0.333, None),  # the paper's protocol: crops at 0 and 256
+    (213, 128, 0.333, None),  # the tiny configs
+    (640, 384, 0.0, 256),  # stride 384 > canvas - crop: one crop at 0
+    (640, 384, 0.1, 256),  # stride 345: crops at 0 only
+    (640, 384, 0.5, 64),  # stride 192: crops at 0 and 192, 576 + 64 = 640
+])
+def test_geometry_check_matches_the_coverage_count(canvas, crop, overlap, uncovered):
+    """check_window_geometry (pure Python, when the model is built) rejects exactly the
+    geometries whose coverage count has zeros."""
+    from cat_seg.modeling.sliding_window import check_window_geometry
+
+    stride = window_stride(crop, overlap)
+    holes = int((coverage((canvas, canvas), window_boxes((canvas, canvas), crop, stride), crop) == 0).sum())
+    if holes == 0:
+        check_window_geometry(canvas, crop, stride)
+        assert uncovered is None
+    else:
+        with pytest.raises(ValueError, match=rf"leave the last {uncovered} pixels of the canvas uncovered: "
+                                             rf"TEST.SLIDING_WINDOW_CROP={crop}"):
+            check_window_geometry(canvas, crop, stride)
+    with pytest.raises(ValueError, match="sliding-window crop larger than the canvas"):
+        check_window_geometry(crop - 1, crop, stride)
 
 
 @pytest.mark.parametrize("crop, canvas, stride", [(128, (213, 213), 85), (48, (80, 80), 32)])

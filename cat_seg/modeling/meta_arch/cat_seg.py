@@ -15,7 +15,7 @@ from ..cuda_graphs import GraphedForward
 from ..losses import sem_seg_bce_loss
 from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
 from ..precision import PRECISIONS, autocast, resolve_precision
-from ..sliding_window import crop_windows, window_boxes, window_stride
+from ..sliding_window import check_window_geometry, crop_windows, window_boxes, window_stride
 
 
 COMPILE_SETTINGS = (None, "auto", True, False)
@@ -114,6 +114,8 @@ class CATSeg(nn.Module):
         self.sliding_window = sliding_window
         self.window_crop = window_crop
         self.window_stride = window_stride(window_crop, window_overlap)
+        if sliding_window:
+            check_window_geometry(window_canvas, window_crop, self.window_stride)
         self.window_canvas = (window_canvas, window_canvas)
         if str(precision).lower() not in PRECISIONS:
             raise ValueError(f"MODEL.PRECISION={precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -140,6 +142,9 @@ class CATSeg(nn.Module):
         sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(
             cfg, backbone.output_shape(), num_templates=text_encoder.num_templates
         )
+        aggregator = getattr(sem_seg_head, "aggregator", None)  # a registered head of a user may have none
+        if aggregator is not None:
+            aggregator.check_grid(backbone.grid_size)  # now, not at the first forward
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
             "backbone": backbone,
