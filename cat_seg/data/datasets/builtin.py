@@ -1,4 +1,5 @@
-"""Registration of every benchmark in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
+"""Registration of every benchmark in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``,
+and of your own folders (:func:`register_sem_seg_folder`).
 
 Registering never touches the disk: the folders are looked at only when a dataset is loaded
 (``DatasetCatalog.get(name)``). Registering again (another root, a reloaded module) replaces
@@ -10,6 +11,7 @@ from typing import List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..catalog import LAYOUTS, SemSegLayout, dataset_root, raw_id_to_label
+from .errors import DatasetError
 from .loader import load_sem_seg_files
 
 
@@ -55,6 +57,40 @@ def register_dataset(layout: SemSegLayout, root=None) -> str:
         **_extra_metadata(layout),
     )
     return layout.name
+
+
+def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_json: str, *,
+                            ignore_label: int = 255, image_ext: str = "jpg", label_ext: str = "png") -> str:
+    """Register a semantic-segmentation split of your own under ``name``, for ``DATASETS.TRAIN``
+    / ``DATASETS.TEST`` (with ``class_json`` as ``MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON`` /
+    ``TEST_CLASS_JSON``); returns ``name``.
+
+    Images are ``<image_root>/<stem>.<image_ext>``, labels ``<label_root>/<stem>.<label_ext>``
+    (matched by stem): single-channel images whose value is the index of the pixel's class in
+    ``class_json`` (a JSON array of class names), ``ignore_label`` for pixels not scored. Scored
+    with detectron2's semantic-segmentation metrics (mIoU, fwIoU, pACC). Like the built-in
+    registrations it does not touch the image folders (they are read when the dataset is
+    loaded); ``class_json`` is read now. Registering a name again replaces it. See
+    docs/datasets.md, "Your own dataset"."""
+    from ...utils import read_class_json
+
+    try:
+        classes = read_class_json(class_json)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"dataset '{name}': {exc}") from None
+    if 0 <= ignore_label < len(classes):
+        raise DatasetError(f"dataset '{name}': ignore_label={ignore_label} is the index of class {classes[ignore_label]!r} "
+                         f"of {class_json}; expected a value outside 0..{len(classes) - 1} (255)")
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog:
+            catalog.remove(name)
+    DatasetCatalog.register(name, functools.partial(
+        load_sem_seg_files, name, str(label_root), str(image_root), gt_ext=label_ext, image_ext=image_ext,
+        prepare_command=None))
+    MetadataCatalog.get(name).set(
+        image_root=str(image_root), sem_seg_root=str(label_root), stuff_classes=classes,
+        ignore_label=ignore_label, evaluator_type="sem_seg", class_json=str(class_json))
+    return name
 
 
 def register_all(root=None) -> List[str]:

@@ -7,7 +7,7 @@ intersection kept when the folders hold different files, records with only ``fil
 """
 import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .errors import DatasetNotFoundError
 from ..catalog import ENV_VAR
@@ -25,7 +25,9 @@ def _files_by_stem(folder: str, ext: str) -> Dict[str, str]:
     }
 
 
-def _not_found(dataset_name: str, what: str, prepare_command: str) -> DatasetNotFoundError:
+def _not_found(dataset_name: str, what: str, prepare_command: Optional[str]) -> DatasetNotFoundError:
+    if prepare_command is None:  # a folder of the user's (register_sem_seg_folder): no root, no script
+        return DatasetNotFoundError(f"dataset '{dataset_name}': {what}")
     root = os.environ.get(ENV_VAR)
     root_note = f"${ENV_VAR}={root}" if root else f"${ENV_VAR} is not set, default 'datasets'"
     return DatasetNotFoundError(
@@ -40,12 +42,13 @@ def load_sem_seg_files(
     image_root: str,
     gt_ext: str = "png",
     image_ext: str = "jpg",
-    prepare_command: str = "the dataset's prepare script",
+    prepare_command: Optional[str] = "the dataset's prepare script",
 ) -> List[dict]:
     """Records ``{"file_name", "sem_seg_file_name"}`` for every image that has a label file.
 
     Raises :class:`DatasetNotFoundError` when a folder is missing, holds no label file, or no
-    image matches a label."""
+    image matches a label; it says what to run (``prepare_command``; ``None`` for a folder of
+    the user's, which has none)."""
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
             raise _not_found(dataset_name, f"folder {folder} not found", prepare_command)

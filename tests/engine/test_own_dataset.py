@@ -1,0 +1,62 @@
+"""A dataset of the user's own, registered with ``register_sem_seg_folder`` in a script that
+runs ``train_net`` (docs/datasets.md, "Your own dataset"): two launched processes train on it
+and evaluate on it."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from detectron2.data import DatasetCatalog
+
+from cat_seg.data.datasets import DatasetError, DatasetNotFoundError, register_sem_seg_folder
+from engine_helpers import REPO, TINY_CONFIG, run_env, train_opts
+
+SCRIPT = '''
+from cat_seg.cli.train_net import main
+from cat_seg.data.datasets import register_sem_seg_folder
+
+register_sem_seg_folder("my_train", {root!r} + "/images/train", {root!r} + "/annotations/train", {train_json!r})
+register_sem_seg_folder("my_val", {root!r} + "/images/val", {root!r} + "/annotations/val", {val_json!r},
+                        ignore_label=255, image_ext="jpg", label_ext="png")
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
+
+
+def test_two_processes_train_and_evaluate_on_a_registered_folder(tiny_benchmark, tmp_path):
+    script = tmp_path / "my_train_net.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(root=os.path.join(tiny_benchmark["root"], "synthetic"),
+                                                    train_json=tiny_benchmark["train_json"],
+                                                    val_json=tiny_benchmark["val_json"])))
+    out = tmp_path / "out"
+    opts = train_opts(tiny_benchmark, str(out), **{"DATASETS.TRAIN": "('my_train',)", "DATASETS.TEST": "('my_val',)",
+                                                   "SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 100})
+    proc = subprocess.run([sys.executable, str(script), "--config-file", TINY_CONFIG, "--num-gpus", "2", *opts],
+                          env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model_final.pth").is_file()
+    results = json.loads((out / "inference" / "my_val" / "sem_seg_results.json").read_text())
+    assert results["dataset"] == "my_val" and results["num_images"] == 6
+    assert 0 <= results["metrics"]["mIoU"] <= 100
+    with open(tiny_benchmark["val_json"]) as f:
+        assert sorted(results["per_class"]) == sorted(json.load(f))
+
+
+def test_registration_errors_are_one_line(tmp_path):
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps(["cat", "dog"]))
+    with pytest.raises(DatasetError, match=r"^dataset 'mine': .*no_such\.json.* not found"):
+        register_sem_seg_folder("mine", tmp_path, tmp_path, str(tmp_path / "no_such.json"))
+    with pytest.raises(DatasetError, match=r"^dataset 'mine': ignore_label=1 is the index of class 'dog' of "):
+        register_sem_seg_folder("mine", tmp_path, tmp_path, str(classes), ignore_label=1)
+    register_sem_seg_folder("mine", tmp_path / "images", tmp_path / "labels", str(classes))
+    try:
+        with pytest.raises(DatasetNotFoundError) as info:
+            DatasetCatalog.get("mine")
+        # a folder of the user's: no $DETECTRON2_DATASETS or prepare-script hint
+        assert str(info.value) == f"dataset 'mine': folder {tmp_path / 'images'} not found"
+    finally:
+        DatasetCatalog.remove("mine")
