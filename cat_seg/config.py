@@ -182,7 +182,7 @@ def check_model_builds(cfg) -> None:
     import logging
 
     import torch
-    from detectron2.modeling import META_ARCH_REGISTRY
+    from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
     from .modeling.meta_arch.cat_seg import CATSeg
 
@@ -193,6 +193,10 @@ def check_model_builds(cfg) -> None:
         architecture = None
     if not (isinstance(architecture, type) and issubclass(architecture, CATSeg)):
         raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: expected CATSeg (or a registered subclass of it)")
+    head = cfg.MODEL.SEM_SEG_HEAD.NAME
+    if head not in SEM_SEG_HEADS_REGISTRY:
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={head!r}: not a registered head; expected CATSegHead (or a head "
+                         f"registered in detectron2's SEM_SEG_HEADS_REGISTRY)")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"

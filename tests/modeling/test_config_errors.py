@@ -89,6 +89,7 @@ def test_every_plain_open_clip_vit_is_accepted():
                                                       "must have the same length"),
     ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"},
      "MODEL.META_ARCHITECTURE='GeneralizedRCNN': expected CATSeg (or a registered subclass of it)"),
+    ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
 ])
 def test_what_the_model_would_reject_is_found_before_building(build_cfg, opts, message):
     """check_config_values (train_net --check-only, the API, eval.sh) builds the model on the
