@@ -24,6 +24,8 @@ def add_cat_seg_config(cfg):
 
     # ---------------------------------------------------------------- data
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # CLIP reads RGB (detectron2's default is BGR; the official base config sets RGB)
+    cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.COLOR_AUG_SSD = False
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     cfg.INPUT.SIZE_DIVISIBILITY = -1
@@ -252,6 +254,9 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
             raise ValueError(f"{key}={value!r}: expected one of {', '.join(map(str, allowed))}")
 
     check_backbone(cfg.MODEL.BACKBONE.NAME)
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: expected 'RGB', the channel order of CLIP's images "
+                         "(MODEL.CLIP_PIXEL_MEAN/STD are RGB)")
     choice("MODEL.PRECISION", str(cfg.MODEL.PRECISION).lower(), PRECISIONS)
     choice("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", head.CLIP_FINETUNE, FINETUNE_MODES)
     choice("MODEL.SEM_SEG_HEAD.ATTENTION_TYPE", head.ATTENTION_TYPE, sorted(ATTENTION_FUNCTIONS))
@@ -273,8 +278,10 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
     check_model_builds(cfg)
     if not eval_only:
+        from .data.dataset_mappers import TRAIN_MAPPERS
         from .solver.build import CLIP_TYPES, OPTIMIZERS, check_lr_scheduler
 
+        choice("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME, sorted(TRAIN_MAPPERS))
         choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
         check_lr_scheduler(cfg)

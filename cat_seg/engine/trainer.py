@@ -13,7 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer
-from ..data.dataset_mappers import InferenceDatasetMapper, MaskFormerSemanticDatasetMapper
+from ..data.dataset_mappers import TRAIN_MAPPERS, InferenceDatasetMapper
 from ..evaluation import SemSegEvaluator, build_evaluator
 from ..modeling.postprocess import OutputRequest
 from ..modeling.precision import resolve_precision
@@ -23,7 +23,6 @@ from .train_loop import MixedPrecisionTrainer
 
 logger = logging.getLogger(__name__)
 
-TRAIN_MAPPERS = {"mask_former_semantic": MaskFormerSemanticDatasetMapper}
 # TEST.IMS_PER_BATCH = 0 ("auto"): images per evaluation forward on each device type.
 AUTO_TEST_BATCH = {"cuda": 8}
 # What the model returns per image during evaluation by SemSegEvaluator: the predicted

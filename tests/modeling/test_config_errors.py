@@ -90,6 +90,9 @@ def test_every_plain_open_clip_vit_is_accepted():
     ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"},
      "MODEL.META_ARCHITECTURE='GeneralizedRCNN': expected CATSeg (or a registered subclass of it)"),
     ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
+    ({"INPUT.FORMAT": "BGR"}, "INPUT.FORMAT='BGR': expected 'RGB', the channel order of CLIP's images"),
+    ({"INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic"},
+     "INPUT.DATASET_MAPPER_NAME='mask_former_panoptic': expected one of mask_former_semantic"),
 ])
 def test_what_the_model_would_reject_is_found_before_building(build_cfg, opts, message):
     """check_config_values (train_net --check-only, the API, eval.sh) builds the model on the
@@ -104,14 +107,15 @@ def test_what_the_model_would_reject_is_found_before_building(build_cfg, opts, m
     check_config_values(build_cfg("b"), eval_only=False)
 
 
-def test_meta_architecture_defaults_to_catseg():
+def test_meta_architecture_and_input_format_default_to_cat_segs():
     """A config that does not set MODEL.META_ARCHITECTURE (detectron2's default is
-    GeneralizedRCNN) builds CAT-Seg."""
+    GeneralizedRCNN) builds CAT-Seg, and one that does not set INPUT.FORMAT reads RGB images."""
     from detectron2.config import get_cfg
 
     from cat_seg import add_cat_seg_config
 
     assert add_cat_seg_config(get_cfg()).MODEL.META_ARCHITECTURE == "CATSeg"
+    assert add_cat_seg_config(get_cfg()).INPUT.FORMAT == "RGB"  # detectron2's default is BGR
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

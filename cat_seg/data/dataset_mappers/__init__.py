@@ -8,7 +8,11 @@ from .semantic_mapper import (
     read_dataset_image,
 )
 
+#: ``INPUT.DATASET_MAPPER_NAME`` -> training mapper (the official configs' name).
+TRAIN_MAPPERS = {"mask_former_semantic": MaskFormerSemanticDatasetMapper}
+
 __all__ = [
+    "TRAIN_MAPPERS",
     "InferenceDatasetMapper",
     "MaskFormerSemanticDatasetMapper",
     "SemanticTrainMapper",
