@@ -229,7 +229,9 @@ def check_datasets(cfg, eval_only: bool) -> None:
     for name in names:
         if name not in DatasetCatalog.list():
             guess = difflib.get_close_matches(name, DatasetCatalog.list(), n=1)
-            hint = f"did you mean {guess[0]!r}?" if guess else "see cat_seg/data/datasets/builtin.py"
+            hint = (f"did you mean {guess[0]!r}?" if guess else "the benchmarks are listed in docs/datasets.md; "
+                    "register a dataset of your own with cat_seg.data.datasets.register_sem_seg_folder "
+                    "(docs/datasets.md, 'Your own dataset')")
             raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
                             f"is not registered; {hint}")
         DatasetCatalog.get(name)

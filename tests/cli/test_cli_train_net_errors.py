@@ -213,6 +213,12 @@ def test_unregistered_dataset_is_named(capsys, tmp_path):
                            "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('synthetic_vall_sem_seg',)"]) == 2
     assert one_error_line(capsys) == ("error: dataset 'synthetic_vall_sem_seg' (DATASETS.TEST) is not registered; "
                                       "did you mean 'synthetic_val_sem_seg'?")
+    assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
+                           "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('my_own_images',)"]) == 2
+    assert one_error_line(capsys) == ("error: dataset 'my_own_images' (DATASETS.TEST) is not registered; the "
+                                      "benchmarks are listed in docs/datasets.md; register a dataset of your own "
+                                      "with cat_seg.data.datasets.register_sem_seg_folder (docs/datasets.md, 'Your "
+                                      "own dataset')")
 
 
 def test_run_main_keeps_tracebacks_of_internal_errors(capsys, monkeypatch):
