@@ -278,10 +278,11 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
     check_model_builds(cfg)
     if not eval_only:
-        from .data.dataset_mappers import TRAIN_MAPPERS
+        from .data.dataset_mappers import TRAIN_MAPPERS, build_train_augmentations
         from .solver.build import CLIP_TYPES, OPTIMIZERS, check_lr_scheduler
 
         choice("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME, sorted(TRAIN_MAPPERS))
+        build_train_augmentations(cfg)  # raises for a sampling, crop type or flip it cannot use
         choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
         check_lr_scheduler(cfg)

@@ -361,3 +361,28 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"MIN_SIZE_TRAIN_SAMPLING": "uniform"}, "INPUT.MIN_SIZE_TRAIN_SAMPLING='uniform': expected one of choice, range"),
+    ({"MIN_SIZE_TRAIN_SAMPLING": "range"}, "INPUT.MIN_SIZE_TRAIN=(64,): expected two sizes (min, max) with "
+                                           "INPUT.MIN_SIZE_TRAIN_SAMPLING='range'"),
+    ({"CROP.TYPE": "square"}, "INPUT.CROP.TYPE='square': expected one of absolute, absolute_range, relative, "
+                              "relative_range"),
+    ({"RANDOM_FLIP": "both"}, "INPUT.RANDOM_FLIP must be horizontal, vertical or none, got 'both'"),
+])
+def test_augmentation_settings_detectron2_would_assert_on_are_named(change, message):
+    """detectron2's augmentations reject these with a bare AssertionError; the mapper names the
+    key (and check_config_values calls it before training starts)."""
+    from cat_seg.data.dataset_mappers import build_train_augmentations
+
+    cfg = make_cfg(64, crop=(32, 32))
+    for key, value in change.items():
+        node = cfg.INPUT
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    with pytest.raises(ValueError) as info:
+        build_train_augmentations(cfg)
+    assert str(info.value) == message

@@ -37,12 +37,27 @@ def _cfg_value(cfg, key: str):
     return node
 
 
+#: ``INPUT.MIN_SIZE_TRAIN_SAMPLING`` and ``INPUT.CROP.TYPE`` values detectron2's augmentations take.
+CROP_SAMPLING = ("choice", "range")
+CROP_TYPES = ("absolute", "absolute_range", "relative", "relative_range")
+
+
 def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     """
     Augmentations of the official training recipe, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
     (``INPUT.CROP.ENABLED``), ColorAugSSDTransform (``INPUT.COLOR_AUG_SSD``), RandomFlip
-    (``INPUT.RANDOM_FLIP``: horizontal / vertical / none).
+    (``INPUT.RANDOM_FLIP``: horizontal / vertical / none). A value detectron2's augmentations
+    would reject with a bare assertion is a ``ValueError`` naming its key.
     """
+    sampling, sizes = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING, tuple(cfg.INPUT.MIN_SIZE_TRAIN)
+    if sampling not in CROP_SAMPLING:
+        raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}: expected one of {', '.join(CROP_SAMPLING)}")
+    if not sizes or (sampling == "range" and len(sizes) != 2):
+        expected = "two sizes (min, max)" if sampling == "range" else "one or more sizes"
+        raise ValueError(f"INPUT.MIN_SIZE_TRAIN={sizes}: expected {expected} with "
+                         f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}")
+    if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE not in CROP_TYPES:
+        raise ValueError(f"INPUT.CROP.TYPE={cfg.INPUT.CROP.TYPE!r}: expected one of {', '.join(CROP_TYPES)}")
     augs: List[Union[T.Augmentation, T.Transform]] = [
         T.ResizeShortestEdge(
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
