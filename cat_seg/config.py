@@ -227,6 +227,27 @@ def check_backbone(name: str) -> None:
                          f"CLIPVisionBackbone (or a registered subclass of it)")
 
 
+# Numeric keys whose other values the model, the data loader or detectron2's hooks reject once
+# running (or misbehave on): key, smallest value, what is expected.
+NUMBER_RANGES = (
+    ("MODEL.SEM_SEG_HEAD.HIDDEN_DIMS", 1, "a positive number of channels"),
+    ("MODEL.SEM_SEG_HEAD.NUM_HEADS", 1, "a positive number of heads"),
+    ("MODEL.SEM_SEG_HEAD.NUM_LAYERS", 0, "0 or more aggregation layers"),
+    ("MODEL.SEM_SEG_HEAD.WINDOW_SIZES", 1, "a positive window side"),
+    ("MODEL.SEM_SEG_HEAD.PAD_LEN", 0, "0 (no padding) or a positive class-sequence length"),
+    ("MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION", 0, "0 (derived) or a positive CLIP input side"),
+    ("TEST.SLIDING_WINDOW_CROP", 1, "a positive crop side"),
+    ("TEST.SLIDING_WINDOW_CANVAS", 1, "a positive canvas side"),
+    ("TEST.SLIDING_WINDOW_OVERLAP", 0, "an overlap in [0, 1)"),
+    ("DATALOADER.NUM_WORKERS", 0, "0 (load in the main process) or more worker processes"),
+)
+TRAIN_NUMBER_RANGES = (
+    ("SOLVER.CHECKPOINT_PERIOD", 1, "a positive number of iterations"),
+    ("TEST.EVAL_PERIOD", 0, "0 (evaluate at the end only) or a positive number of iterations"),
+    ("SOLVER.WARMUP_ITERS", 0, "0 or more iterations"),
+)
+
+
 def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None:
     """The values the model, the CLIP builder and the trainer would reject once started,
     checked with their own validators before anything is built: precision, compile,
@@ -276,6 +297,17 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
             empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
             raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
+    for key, minimum, expected in NUMBER_RANGES + (() if eval_only else TRAIN_NUMBER_RANGES):
+        node, leaf = _node_and_leaf(cfg, key)
+        if not isinstance(node[leaf], (int, float)) or node[leaf] < minimum:
+            raise ValueError(f"{key}={node[leaf]!r}: expected {expected}")
+    sizes = list(head.FEATURE_RESOLUTION)
+    if len(sizes) != 2 or not all(isinstance(v, int) and v >= 1 for v in sizes):
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION={sizes}: expected two positive integers [h, w] "
+                         "(the patch grid of the cost volume)")
+    from .engine.trainer import resolve_test_batch_size
+
+    resolve_test_batch_size(cfg)
     check_model_builds(cfg)
     if not eval_only:
         from .data.dataset_mappers import TRAIN_MAPPERS, build_train_augmentations

@@ -90,6 +90,13 @@ def test_every_plain_open_clip_vit_is_accepted():
     ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"},
      "MODEL.META_ARCHITECTURE='GeneralizedRCNN': expected CATSeg (or a registered subclass of it)"),
     ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
+    ({"MODEL.SEM_SEG_HEAD.PAD_LEN": -1}, "MODEL.SEM_SEG_HEAD.PAD_LEN=-1: expected 0 (no padding) or a positive"),
+    ({"MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION": [0, 0]}, "MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION=[0, 0]: expected two "
+                                                       "positive integers"),
+    ({"TEST.IMS_PER_BATCH": -1}, "TEST.IMS_PER_BATCH=-1: expected 0 (auto) or a positive number"),
+    ({"TEST.SLIDING_WINDOW_CROP": 0}, "TEST.SLIDING_WINDOW_CROP=0: expected a positive crop side"),
+    ({"SOLVER.CHECKPOINT_PERIOD": 0}, "SOLVER.CHECKPOINT_PERIOD=0: expected a positive number of iterations"),
+    ({"DATALOADER.NUM_WORKERS": -1}, "DATALOADER.NUM_WORKERS=-1: expected 0 (load in the main process) or more"),
     ({"INPUT.FORMAT": "BGR"}, "INPUT.FORMAT='BGR': expected 'RGB', the channel order of CLIP's images"),
     ({"INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic"},
      "INPUT.DATASET_MAPPER_NAME='mask_former_panoptic': expected one of mask_former_semantic"),
