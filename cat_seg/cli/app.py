@@ -46,6 +46,7 @@ from ..api import (  # noqa: E402
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
 from .errors import ArgumentParser  # noqa: E402
+from .ports import listen_problem  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +432,22 @@ def check_startup_options(device: Optional[str], opts: Sequence[str]) -> None:
         raise CATSegError(str(e)) from None
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """``--host``/``--port`` the server can listen at, checked before the model is loaded
+    (Gradio's own error comes after, with a traceback)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise CATSegError(f"--port {port}: expected a port in 1..65535")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise CATSegError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
+    problem = listen_problem(family, address)
+    if problem:
+        raise CATSegError(f"--host {host} --port {port}: {problem}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -439,6 +456,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import gradio  # noqa: F401
         except ImportError:
             raise CATSegError("the web app needs Gradio: pip install 'cat-seg[app]' (or: pip install gradio)") from None
+        check_listen_address(args.host, args.port)
         default = default_model_choice(args)
         if args.config_file and not os.path.isfile(args.config_file):
             raise CATSegError(f"config file {args.config_file!r} not found")

@@ -20,6 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import UserError, last_traceback_error, merge_config, one_line_argument_errors, run_main
+from .ports import listen_problem
 
 logger = logging.getLogger("cat_seg")
 
@@ -94,29 +95,11 @@ def check_launch(args) -> None:
     except socket.gaierror as exc:
         raise UserError(f"--dist-url {args.dist_url!r}: cannot resolve {host!r} ({exc.strerror})") from None
     if args.machine_rank == 0:  # machine 0 listens at HOST:PORT: is it free here?
-        problem = _cannot_listen(family, port)
+        # torch's store listens on every address: one that only forwards here (NAT) is fine
+        problem = listen_problem(family, ("::" if family == socket.AF_INET6 else "", port))
         if problem:
             raise UserError(f"--dist-url {args.dist_url!r}: {problem}"
                             + ("; on one machine --dist-url auto finds a free port" if not many else ""))
-
-
-def _cannot_listen(family: int, port: int) -> str:
-    """Why machine 0 cannot listen at ``port`` with the address ``family`` of its
-    ``--dist-url`` host (empty when it can): the port is in use there. (An address that is not
-    the machine's own, e.g. a NAT or service address that forwards to it, is fine: torch's
-    store listens on every address.)"""
-    import errno
-    import socket
-
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # as torch's TCPStore: a port a finished run left in TIME_WAIT is free, a listener is not
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("::" if family == socket.AF_INET6 else "", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return f"port {port} is in use (another run?)"
-    return ""
 
 
 def load_config(args):

@@ -122,3 +122,22 @@ def test_command_line_errors_are_one_line(capsys):
                                                "did you mean 'TEST.SLIDING_WINDOW'?")
     assert app_cli.main(["--opts", "MODEL.WEIGHTS"]) == 2
     assert "KEY VALUE pairs" in capsys.readouterr().err
+
+
+def test_address_the_server_cannot_listen_at_is_one_line_before_loading(capsys):
+    """A port in use, out of range or privileged, or a host that is not this machine's: one
+    line before the model is loaded (Gradio's own error came after it, with a traceback)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app_cli.main(["--model", "nonsense", "--port", str(port)]) == 2  # checked first
+        assert capsys.readouterr().err == (f"error: --host 127.0.0.1 --port {port}: port {port} is in use (by another "
+                                           "run or program)\n")
+    assert app_cli.main(["--port", "70000"]) == 2
+    assert capsys.readouterr().err == "error: --port 70000: expected a port in 1..65535\n"
+    assert app_cli.main(["--host", "192.0.2.1"]) == 2  # TEST-NET-1: no machine's own address
+    assert capsys.readouterr().err == ("error: --host 192.0.2.1 --port 7860: 192.0.2.1 is not an address of this "
+                                       "machine\n")

@@ -343,8 +343,8 @@ def test_port_in_use_is_one_line(capsys, tmp_path):
         port = taken.getsockname()[1]
         assert train_net.main(["--config-file", TINY, "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}",
                                "OUTPUT_DIR", str(tmp_path / "o")]) == 2
-    assert one_error_line(capsys) == (f"error: --dist-url 'tcp://127.0.0.1:{port}': port {port} is in use (another "
-                                      f"run?); on one machine --dist-url auto finds a free port")
+    assert one_error_line(capsys) == (f"error: --dist-url 'tcp://127.0.0.1:{port}': port {port} is in use (by "
+                                      f"another run or program); on one machine --dist-url auto finds a free port")
 
 
 def test_user_error_of_a_launched_process_is_one_line():
