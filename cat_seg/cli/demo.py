@@ -12,8 +12,8 @@ Vocabulary: ``--vocab "cat, dog"`` gives two classes. To give synonyms of one cl
 classes with ``;`` instead: ``--vocab "person, human; dog"`` gives the classes ``person, human``
 and ``dog`` (CAT-Seg convention: only the first synonym is fed to the model).
 ``--vocab-file`` reads a JSON array of class names or a text file with one class per line.
-Without either, the config's ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` is the vocabulary (as in
-the official demo; COCO-Stuff's 171 classes with the released configs), said on stderr.
+Without either, the config's ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` is the vocabulary (the one
+the config evaluates with; COCO-Stuff's 171 classes with the released configs), said on stderr.
 
 Outputs per image in ``--output`` (the input folder layout is mirrored, so files with the same
 name in different folders do not collide):
@@ -103,7 +103,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output directory (default: show the results in a window)")
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms '
-                                       "(default: the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON, as the official demo)")
+                                       "(default: the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON)")
     vocab.add_argument("--vocab-file", help="JSON array of class names or text file with one class per line")
     parser.add_argument(
         "--background", default=None, metavar="prompts|THRESH",
@@ -114,15 +114,15 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-features", action="store_true", help="also write <stem>_features.npz")
     parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
-    # detectron2's demo option (instance scores), in commands written for the official demo: a
-    # hint instead of argparse's "unrecognized arguments"
+    # the option of detectron2's demo script (instance scores), in commands written for demos
+    # derived from it: a hint instead of argparse's "unrecognized arguments"
     parser.add_argument("--confidence-threshold", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def config_vocabulary(cfg) -> List[str]:
-    """The vocabulary of ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` (the demo's default, as in the
-    official demo), said on stderr so that nobody mistakes it for their own."""
+    """The vocabulary of ``MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON`` (the demo's default without
+    ``--vocab``/``--vocab-file``), said on stderr so that nobody mistakes it for their own."""
     path = cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
     try:
         names = read_vocabulary_file(path)

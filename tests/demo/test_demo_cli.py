@@ -118,7 +118,7 @@ def test_cli_background_and_vocab_file(demo_module, capsys, tiny, checkpoint, ph
 
 def test_cli_without_vocabulary_uses_the_configs_test_class_json(demo_module, capsys, tiny, checkpoint, photo_dir,
                                                                    tmp_path):
-    """As the official demo: no --vocab/--vocab-file segments with MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON,
+    """No --vocab/--vocab-file: the demo segments with MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON,
     and says so on stderr."""
     from cat_seg.api import read_vocabulary_file
 
