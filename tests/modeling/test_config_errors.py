@@ -76,6 +76,10 @@ def test_every_plain_open_clip_vit_is_accepted():
         assert name in accepted
     for official in OFFICIAL_CLIP_NAMES:
         assert resolve_clip_arch(official).name in accepted
+    # a hand-written model config with CoCa's attention pooling on a plain ViT
+    vit = dict(open_clip.get_model_config("ViT-B-16"))
+    vit["vision_cfg"] = dict(vit["vision_cfg"], attentional_pool=True)
+    assert unsupported_tower(vit) == "its image tower pools with attention (attentional_pool)"
 
 
 @pytest.mark.parametrize("opts, message", [

@@ -74,6 +74,8 @@ def unsupported_tower(model_cfg: Dict[str, Any]) -> Optional[str]:
         return f"its image tower is the timm model {vision['timm_model_name']!r}"
     if isinstance(vision.get("layers"), (list, tuple)):
         return "its image tower is a ResNet"
+    if vision.get("attentional_pool"):  # the dense path reads the tokens before any pooling
+        return "its image tower pools with attention (attentional_pool)"
     if text.get("hf_model_name"):
         return f"its text tower is the Hugging Face model {text['hf_model_name']!r}"
     if text.get("hf_tokenizer_name"):  # the text encoder tokenizes with open_clip's CLIP tokenizer
