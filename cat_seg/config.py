@@ -252,10 +252,12 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     """The values the model, the CLIP builder and the trainer would reject once started,
     checked with their own validators before anything is built: precision, compile,
     fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
-    missing file, an unknown tag; nothing is downloaded), device, pooling sizes, the model's
-    own constructors (:func:`check_model_builds`) and, for
-    training, the optimizer, the gradient-clipping type, the LR schedule and the batch
-    (divisible by the ``processes``). Raises a one-line ``ValueError``
+    missing file, an unknown tag; nothing is downloaded), device, ``INPUT.FORMAT``, pooling
+    sizes, the ranges of :data:`NUMBER_RANGES`, the evaluation batch, the model's own
+    constructors (:func:`check_model_builds`) and, for training, the training mapper and its
+    augmentations, the optimizer, the gradient-clipping type, the LR schedule, the ranges of
+    :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``). Raises a
+    one-line ``ValueError``
     (the command lines make it an ``error:`` line and exit status 2, the API a
     ``CATSegError``)."""
     import torch
