@@ -37,8 +37,8 @@ def _cfg_value(cfg, key: str):
     return node
 
 
-#: ``INPUT.MIN_SIZE_TRAIN_SAMPLING`` and ``INPUT.CROP.TYPE`` values detectron2's augmentations take.
-CROP_SAMPLING = ("choice", "range")
+#: ``INPUT.MIN_SIZE_TRAIN_SAMPLING`` / ``INPUT.CROP.TYPE`` values detectron2's augmentations take.
+RESIZE_SAMPLING = ("choice", "range")
 CROP_TYPES = ("absolute", "absolute_range", "relative", "relative_range")
 
 
@@ -50,8 +50,8 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     would reject with a bare assertion is a ``ValueError`` naming its key.
     """
     sampling, sizes = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING, tuple(cfg.INPUT.MIN_SIZE_TRAIN)
-    if sampling not in CROP_SAMPLING:
-        raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}: expected one of {', '.join(CROP_SAMPLING)}")
+    if sampling not in RESIZE_SAMPLING:
+        raise ValueError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}: expected one of {', '.join(RESIZE_SAMPLING)}")
     if not sizes or (sampling == "range" and len(sizes) != 2):
         expected = "two sizes (min, max)" if sampling == "range" else "one or more sizes"
         raise ValueError(f"INPUT.MIN_SIZE_TRAIN={sizes}: expected {expected} with "

@@ -79,8 +79,9 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
     except (OSError, ValueError) as exc:
         raise DatasetError(f"dataset '{name}': {exc}") from None
     if 0 <= ignore_label < len(classes):
-        raise DatasetError(f"dataset '{name}': ignore_label={ignore_label} is the index of class {classes[ignore_label]!r} "
-                         f"of {class_json}; expected a value outside 0..{len(classes) - 1} (255)")
+        raise DatasetError(f"dataset '{name}': ignore_label={ignore_label} is the index of class "
+                           f"{classes[ignore_label]!r} of {class_json}; expected a value outside "
+                           f"0..{len(classes) - 1} (255)")
     for catalog in (DatasetCatalog, MetadataCatalog):
         if name in catalog:
             catalog.remove(name)
