@@ -19,9 +19,10 @@ Gradient clipping of type ``full_model`` clips the global norm over all paramete
 groups jointly before every step; ``value`` and ``norm`` clip each parameter on its own, as
 detectron2's clipping does (:func:`maybe_add_gradient_clipping`).
 The LR scheduler is the ``build_lr_scheduler`` of detectron2's DeepLab project, which the
-DeepLab-based detectron2 projects (Mask2Former) train with: detectron2's schedules (``WarmupCosineLR`` with no warmup gives the
-multiplier ``0.5 * (1 + cos(pi * iter / MAX_ITER))``) plus ``WarmupPolyLR``, whose
-``SOLVER.POLY_LR_POWER`` / ``POLY_LR_CONSTANT_ENDING`` keys ``add_deeplab_config`` adds.
+DeepLab-based detectron2 projects (Mask2Former) train with: detectron2's schedules
+(``WarmupCosineLR`` with no warmup gives the multiplier ``0.5 * (1 + cos(pi * iter /
+MAX_ITER))``) plus ``WarmupPolyLR``, whose ``SOLVER.POLY_LR_POWER`` /
+``POLY_LR_CONSTANT_ENDING`` keys ``add_deeplab_config`` adds.
 :func:`check_lr_scheduler` builds it before training starts.
 """
 import copy
