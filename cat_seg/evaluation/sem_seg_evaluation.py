@@ -40,6 +40,8 @@ from detectron2.evaluation import SemSegEvaluator as _D2SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..data.datasets.errors import DatasetFileError
+
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
 
 RESULTS_JSON = "sem_seg_results.json"
@@ -87,13 +89,13 @@ def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
         except Exception:  # noqa: BLE001
             array = None
         if array is None:
-            raise ValueError(
+            raise DatasetFileError(
                 f"cannot read semantic segmentation GT file {file_name}: {pil_error}"
             ) from pil_error
     if array.ndim != 2:
-        raise ValueError(
-            f"semantic segmentation GT file {file_name} must be a single-channel label map, "
-            f"got array of shape {array.shape}"
+        raise DatasetFileError(
+            f"semantic segmentation GT file {file_name} must be a single-channel label map (value = class "
+            f"index), got array of shape {array.shape}"
         )
     return np.array(array, dtype=dtype)
 
@@ -176,15 +178,15 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         gt = load_sem_seg_gt(file_name, dtype=np.int64)
         bad = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
         if bad.any():
-            raise ValueError(
+            raise DatasetFileError(
                 f"GT file {file_name} has label value {int(gt[bad][0])} outside "
                 f"0..{self._num_classes - 1} (ignore_label {self._ignore_label}) of dataset "
                 f"{self._dataset_name!r}"
             )
         if self._expected_gt is not None and gt.shape != self._expected_gt:
-            raise ValueError(
+            raise DatasetFileError(
                 f"prediction of shape {self._expected_gt} does not match GT {file_name} "
-                f"of shape {gt.shape}"
+                f"of shape {gt.shape} (a label map must have its image's size)"
             )
         return gt.astype(dtype, copy=False)
 

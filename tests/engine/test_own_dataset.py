@@ -60,3 +60,39 @@ def test_registration_errors_are_one_line(tmp_path):
         assert str(info.value) == f"dataset 'mine': folder {tmp_path / 'images'} not found"
     finally:
         DatasetCatalog.remove("mine")
+
+
+def test_colour_label_maps_are_one_error_line(tiny_benchmark, tmp_path):
+    """A frequent mistake with a dataset of one's own: colour (RGB) masks instead of index maps.
+    The evaluation stops with one line naming the file (it was the evaluator's traceback)."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(labels / f"{i}.png")
+    script = tmp_path / "my_eval.py"
+    script.write_text(textwrap.dedent(f'''
+        from cat_seg.cli.train_net import main
+        from cat_seg.data.datasets import register_sem_seg_folder
+
+        register_sem_seg_folder("colour_val", {str(images)!r}, {str(labels)!r}, {tiny_benchmark["val_json"]!r})
+
+        if __name__ == "__main__":
+            raise SystemExit(main())
+    '''))
+    # one training iteration on the synthetic data; the evaluation at the end meets the colour masks
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), "--config-file", TINY_CONFIG,
+                           *train_opts(tiny_benchmark, str(out), **{"SOLVER.MAX_ITER": 1,
+                                                                    "DATASETS.TEST": "('colour_val',)"})],
+                          env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: semantic segmentation GT file {labels / '0.png'} must be a single-channel label map (value = class "
+        "index), got array of shape (64, 64, 3)")
+    assert "Traceback" not in proc.stderr
