@@ -386,3 +386,26 @@ def test_augmentation_settings_detectron2_would_assert_on_are_named(change, mess
     with pytest.raises(ValueError) as info:
         build_train_augmentations(cfg)
     assert str(info.value) == message
+
+
+def test_label_value_outside_the_training_classes_names_the_file(tmp_path):
+    """A label value that is neither one of the TRAIN_CLASS_JSON classes nor the ignore value
+    stops with the file's name (the loss failed on it later, without one)."""
+    import json
+
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps(["a", "b", "c"]))
+    cfg = make_cfg(8)
+    cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON = str(classes)
+    mapper = MaskFormerSemanticDatasetMapper(cfg)
+    image = np.zeros((8, 8, 3), np.uint8)
+    fine = np.full((8, 8), IGNORE, np.uint8)
+    fine[:4] = 2
+    assert set(mapper(write_sample(tmp_path, image, fine, "fine"))["sem_seg"].unique().tolist()) == {2, IGNORE}
+    bad = fine.copy()
+    bad[0, 0] = 7
+    record = write_sample(tmp_path, image, bad, "bad")
+    with pytest.raises(DatasetFileError) as info:
+        mapper(record)
+    assert str(info.value) == (f"semantic segmentation label {record['sem_seg_file_name']} has value 7, outside the 3 "
+                               f"classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..2) and not the ignore value 255")

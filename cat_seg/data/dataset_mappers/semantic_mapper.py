@@ -16,6 +16,7 @@ from detectron2.data import transforms as T
 
 from ..datasets.errors import DatasetFileError
 from ..transforms import ColorAugSSDTransform
+from ...utils import read_class_json
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
 
@@ -116,6 +117,7 @@ class MaskFormerSemanticDatasetMapper:
         image_format: str,
         ignore_label: int,
         size_divisibility: int,
+        num_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -124,6 +126,9 @@ class MaskFormerSemanticDatasetMapper:
             image_format: format for ``detection_utils.read_image`` ("RGB" or "BGR").
             ignore_label: label value of ignored pixels, used for crop and label padding.
             size_divisibility: pad to a multiple of this; <= 0 disables padding.
+            num_classes: the training vocabulary's size: a label value that is neither a class
+                (``0..num_classes-1``) nor ``ignore_label`` is an error naming the file (the
+                loss would fail on it without one); None: not checked.
         """
         self.is_train = is_train
         self.tfm_gens = augmentations
@@ -131,17 +136,20 @@ class MaskFormerSemanticDatasetMapper:
         self.img_format = image_format
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.num_classes = num_classes
         mode = "training" if is_train else "inference"
         logger.info(f"[{type(self).__name__}] Augmentations used in {mode}: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
+        class_json = cfg.MODEL.SEM_SEG_HEAD.get("TRAIN_CLASS_JSON", "")  # a bare detectron2 cfg has none
         return {
             "is_train": is_train,
             "augmentations": build_train_augmentations(cfg),
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "size_divisibility": _cfg_value(cfg, "INPUT.SIZE_DIVISIBILITY"),
+            "num_classes": len(read_class_json(class_json)) if class_json else None,
         }
 
     def _read_label(self, file_name: str) -> np.ndarray:
@@ -151,6 +159,14 @@ class MaskFormerSemanticDatasetMapper:
                 f"semantic segmentation label {file_name} must be single-channel, "
                 f"got shape {label.shape}"
             )
+        if self.num_classes is not None:
+            bad = (label != self.ignore_label) & (label >= self.num_classes)
+            if bad.any():
+                raise DatasetFileError(
+                    f"semantic segmentation label {file_name} has value {int(label[bad].max())}, outside the "
+                    f"{self.num_classes} classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..{self.num_classes - 1}) "
+                    f"and not the ignore value {self.ignore_label}"
+                )
         # float64 like the official mapper: detectron2 then resizes it with torch "nearest"
         return label.astype(np.float64)
 
