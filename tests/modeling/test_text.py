@@ -1,4 +1,6 @@
 """Class-name text embeddings: prompt templates, synonyms, and the inference cache."""
+import warnings
+
 import open_clip
 import pytest
 import torch
@@ -184,3 +186,18 @@ def test_synonyms_use_first_name_only(model):
     other = model.text_embeddings(["edifice", "sky"])
     torch.testing.assert_close(syn, plain, rtol=0, atol=0)
     assert (syn[0] - other[0]).abs().max() > 1e-4
+
+
+def test_a_prompt_cut_at_the_context_length_is_warned_about(model):
+    """open_clip cuts a prompt at the context length (77 tokens) silently: two long names that
+    differ only after the cut would get the same embedding without a word."""
+    encoder = model.text_encoder
+    shared = "very " * 80
+    long_names = [shared + "red car", shared + "blue car"]
+    with pytest.warns(UserWarning, match=r"2 class name\(s\) fill CLIP's 77-token prompt and are cut to it, "
+                                         r"e\.g\. 'very very"):
+        tokens = encoder.tokenize(long_names + ["dog"])
+    assert torch.equal(tokens[0], tokens[1])  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.tokenize(["dog", "a fairly long but ordinary class name, with a synonym"])

@@ -1,4 +1,5 @@
 """Class-name embeddings: prompts -> tokens -> CLIP text tower, with an inference cache."""
+import warnings
 from collections import OrderedDict
 from typing import Hashable, List, Sequence, Tuple
 
@@ -57,9 +58,18 @@ class TextEncoder(nn.Module):
         return [p for name, p in self.clip.named_parameters() if not name.startswith("visual.")]
 
     def tokenize(self, class_names: Sequence[str], device=None) -> torch.Tensor:
-        """``[T*P, context]`` token ids in class-major order."""
+        """``[T*P, context]`` token ids in class-major order. A prompt longer than the context
+        is cut to it (as CLIP does) with a warning naming its class: two names that differ
+        only past the cut get the same embedding."""
         prompts = build_prompts(class_names, self.templates)
-        return open_clip.tokenize(prompts, context_length=self.context_length).to(device or self.device)
+        tokens = open_clip.tokenize(prompts, context_length=self.context_length)
+        cut = (tokens[:, -1] != 0).view(len(class_names), -1).any(dim=1)  # the last slot is used: cut
+        if cut.any():
+            names = [name for name, long in zip(class_names, cut.tolist()) if long]
+            warnings.warn(f"{len(names)} class name(s) fill CLIP's {self.context_length}-token prompt and are cut "
+                          f"to it, e.g. {names[0][:60]!r}; names that differ only after the cut get the same "
+                          "embedding", stacklevel=2)
+        return tokens.to(device or self.device)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[N, context]`` token ids -> ``[N, C]`` text embeddings (not normalised).
