@@ -226,6 +226,31 @@ def check_datasets(cfg, eval_only: bool) -> None:
         problem = vocabulary_mismatch(test_json, read_class_json(test_json, "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON"), name)
         if problem:
             raise UserError(problem)
+    if not eval_only:
+        check_training_vocabulary(cfg)
+
+
+def check_training_vocabulary(cfg) -> None:
+    """``TRAIN_CLASS_JSON`` against the training datasets' classes (``stuff_classes``): labels
+    index the json, so fewer names than classes is an error; more names is allowed (the extra
+    ones are trained as negatives only, a deliberate choice in some research) with a warning."""
+    from detectron2.data import MetadataCatalog
+
+    from cat_seg.utils import read_class_json
+
+    train_json = cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON
+    count = len(read_class_json(train_json, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON"))
+    for name in cfg.DATASETS.TRAIN:
+        classes = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+        if classes is None or count == len(classes):
+            continue
+        what = (f"MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={train_json} has {count} classes but training dataset {name} "
+                f"has {len(classes)}")
+        if count < len(classes):
+            raise UserError(f"{what}: its labels index the json; use the dataset's class json")
+        logging.getLogger("cat_seg").warning(f"{what}: the last {count - len(classes)} names are trained as "
+                                             "negatives only (no pixel is labelled with them); if that is not "
+                                             "meant, use the dataset's class json")
 
 
 def check_config_values(cfg, processes: int, eval_only: bool) -> None:

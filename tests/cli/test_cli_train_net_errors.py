@@ -184,6 +184,26 @@ def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path
         "synthetic_val_sem_seg has 16: use the dataset's class json")
 
 
+def test_training_vocabulary_against_the_training_dataset(capsys, caplog, tmp_path, synthetic_registered):
+    """Labels index TRAIN_CLASS_JSON: fewer names than the training dataset's classes is an
+    error before starting; more is allowed (trained as negatives only) with a warning."""
+    import json
+
+    base = ["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+            "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()"]
+    short, extended = tmp_path / "short.json", tmp_path / "extended.json"
+    short.write_text(json.dumps([f"class {i}" for i in range(5)]))
+    extended.write_text(json.dumps([f"class {i}" for i in range(14)]))
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(short)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={short} has 5 classes but training dataset "
+        "synthetic_train_sem_seg has 12: its labels index the json; use the dataset's class json")
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(extended)]) == 0
+    assert "has 14 classes but training dataset synthetic_train_sem_seg has 12: the last 2 names are trained as " \
+           "negatives only" in caplog.text
+
+
 def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
