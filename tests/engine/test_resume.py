@@ -57,3 +57,14 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     # and training did move the weights (the comparison is not between two initialisations)
     first = torch.load(os.path.join(killed_dir, f"model_{PERIOD - 1:07d}.pth"), map_location="cpu", weights_only=False)
     assert any(not torch.equal(first["model"][k], resumed[k]) for k in resumed)
+
+
+def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, tmp_path):
+    """detectron2 resumes a checkpoint at or past SOLVER.MAX_ITER by training nothing, without
+    a word; the trainer warns."""
+    out = str(tmp_path / "run")
+    opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"})
+    run_train_net(tiny_benchmark, *opts)
+    proc = run_train_net(tiny_benchmark, "--resume", *opts)
+    assert ("the checkpoint resumed from has trained 1 iterations, SOLVER.MAX_ITER is 1: nothing is left to train "
+            "(raise SOLVER.MAX_ITER to train longer)") in proc.stdout + proc.stderr
