@@ -153,7 +153,7 @@ class Trainer(DefaultTrainer):
         # the seed that decides the data stream (SEED, or drawn when SEED < 0; restored on --resume)
         logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")
         if self.start_iter >= self.max_iter:
-            logger.warning(f"the checkpoint resumed from has trained {self.start_iter} iterations, SOLVER.MAX_ITER is "
+            logger.warning(f"the checkpoint resumed from is at iteration {self.start_iter} and SOLVER.MAX_ITER is "
                            f"{self.max_iter}: nothing is left to train (raise SOLVER.MAX_ITER to train longer)")
         if self.start_iter > 0:
             self._trainer.data_loader = self.build_train_loader(self.cfg)

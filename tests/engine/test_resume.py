@@ -66,5 +66,5 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
     opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"})
     run_train_net(tiny_benchmark, *opts)
     proc = run_train_net(tiny_benchmark, "--resume", *opts)
-    assert ("the checkpoint resumed from has trained 1 iterations, SOLVER.MAX_ITER is 1: nothing is left to train "
+    assert ("the checkpoint resumed from is at iteration 1 and SOLVER.MAX_ITER is 1: nothing is left to train "
             "(raise SOLVER.MAX_ITER to train longer)") in proc.stdout + proc.stderr
