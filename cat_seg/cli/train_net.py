@@ -208,6 +208,12 @@ def check_datasets(cfg, eval_only: bool) -> None:
     import cat_seg.data  # noqa: F401  (registers the datasets)
     from detectron2.data import DatasetCatalog
 
+    if eval_only and not cfg.DATASETS.TEST:
+        raise UserError("--eval-only with DATASETS.TEST empty has nothing to evaluate: give the datasets, e.g. "
+                        "DATASETS.TEST \"('ade20k_150_test_sem_seg',)\"")
+    if not eval_only and not cfg.DATASETS.TRAIN:
+        raise UserError("DATASETS.TRAIN is empty: nothing to train on (e.g. DATASETS.TRAIN "
+                        "\"('coco_2017_train_stuff_all_sem_seg',)\"); --eval-only evaluates without training")
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     for name in names:
         if name not in DatasetCatalog.list():

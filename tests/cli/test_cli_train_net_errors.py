@@ -97,15 +97,15 @@ def test_eval_only_needs_existing_weights(capsys, tmp_path):
     assert "--eval-only needs MODEL.WEIGHTS" in one_error_line(capsys)
 
 
-def test_check_only_accepts_a_good_command_and_creates_nothing(capsys, tmp_path):
+def test_check_only_accepts_a_good_command_and_creates_nothing(capsys, tmp_path, synthetic_registered):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")  # only its existence is checked
     code = train_net.main(["--config-file", TINY, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                           "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "()"])
+                           "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('synthetic_val_sem_seg',)"])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert out.out.startswith("ok: config") and str(weights) in out.out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "w.pth"]  # data: the fixture's benchmark
 
 
 def test_bad_process_counts_and_options_after_pairs(capsys):
@@ -115,7 +115,7 @@ def test_bad_process_counts_and_options_after_pairs(capsys):
     assert "options (--...) go before the KEY VALUE pairs" in one_error_line(capsys)
 
 
-def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog, tmp_path):
+def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog, tmp_path, synthetic_registered):
     """A training sampler cat-seg does not implement is an error; SOLVER.AMP.ENABLED, which
     MODEL.PRECISION replaces, a warning that names the precision in use."""
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
@@ -126,7 +126,8 @@ def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog,
         "'TrainingSampler'")
     with caplog.at_level("WARNING", logger="cat_seg"):
         assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                               "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "SOLVER.AMP.ENABLED", "True"]) == 0
+                               "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()",
+                               "SOLVER.AMP.ENABLED", "True"]) == 0
     assert "SOLVER.AMP.ENABLED=True is not supported" in caplog.text
     assert "MODEL.PRECISION is 'fp32'" in caplog.text
     assert not (tmp_path / "o").exists()
@@ -177,8 +178,8 @@ def synthetic_registered(tmp_path):
 
 def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path, synthetic_registered):
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                           "DATASETS.TRAIN", "()", "DATASETS.TEST", "('synthetic_val_sem_seg',)",
-                           "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", "datasets/ade150.json"]) == 2
+                           "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST",
+                           "('synthetic_val_sem_seg',)", "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", "datasets/ade150.json"]) == 2
     assert one_error_line(capsys) == (
         "error: MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON=datasets/ade150.json has 150 classes but dataset "
         "synthetic_val_sem_seg has 16: use the dataset's class json")
@@ -215,15 +216,28 @@ def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
                                       f"from MODEL.WEIGHTS")
 
 
-def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path):
+def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path, synthetic_registered):
     out = tmp_path / "o"
     out.mkdir()
     (out / "last_checkpoint").write_text("model_final.pth")
     (out / "model_final.pth").write_bytes(b"")
     with caplog.at_level("WARNING", logger="cat_seg"):
         assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(out),
-                               "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 0
+                               "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()"]) == 0
     assert "holds a run (last_checkpoint) and --resume is not given" in caplog.text
+
+
+def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path):
+    """An empty DATASETS.TRAIN failed in the data loader with a traceback; --eval-only with an
+    empty DATASETS.TEST evaluated nothing and exited 0."""
+    assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 2
+    assert one_error_line(capsys).startswith("error: DATASETS.TRAIN is empty: nothing to train on")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
+                           "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "()"]) == 2
+    assert one_error_line(capsys).startswith("error: --eval-only with DATASETS.TEST empty has nothing to evaluate")
 
 
 def test_unregistered_dataset_is_named(capsys, tmp_path):
