@@ -254,9 +254,8 @@ def check_training_vocabulary(cfg) -> None:
                 f"has {len(classes)}")
         if count < len(classes):
             raise UserError(f"{what}: its labels index the json; use the dataset's class json")
-        logging.getLogger("cat_seg").warning(f"{what}: the last {count - len(classes)} names are trained as "
-                                             "negatives only (no pixel is labelled with them); if that is not "
-                                             "meant, use the dataset's class json")
+        logger.warning(f"{what}: the last {count - len(classes)} names are trained as negatives only (no pixel is "
+                       "labelled with them); if that is not meant, use the dataset's class json")
 
 
 def check_config_values(cfg, processes: int, eval_only: bool) -> None:
