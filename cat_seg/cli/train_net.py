@@ -359,10 +359,24 @@ def end_worker_process() -> None:
     if comm.get_world_size() == 1:
         return
     comm.synchronize()
+    stop_child_processes()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def stop_child_processes(timeout: float = 5.0) -> None:
+    """Terminate this process's ``multiprocessing`` children (the DataLoader workers of a
+    finished run) and wait for them: after ``os._exit`` they would linger until their watchdog
+    sees the parent gone (about 5 s), holding memory and files."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout)
 
 
 def user_error_types():

@@ -3,6 +3,7 @@ found before any process starts; internal errors keep their traceback."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -419,3 +420,23 @@ def test_processes_of_one_machine_share_its_cores(monkeypatch):
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+
+
+def test_a_finished_process_stops_its_data_loader_workers():
+    """end_worker_process leaves with os._exit: the workers it started (DataLoader workers) are
+    terminated first instead of lingering until their watchdog notices (about 5 s)."""
+    import multiprocessing
+
+    worker = multiprocessing.get_context("spawn").Process(target=_sleep, args=(600,))
+    worker.start()
+    try:
+        assert worker.is_alive()
+        train_net.stop_child_processes(timeout=60)
+        assert not worker.is_alive() and worker.exitcode is not None
+    finally:
+        if worker.is_alive():
+            worker.kill()
