@@ -154,6 +154,28 @@ def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
         raise UserError(f"unknown config key {key!r} in {source}; {hint}")
 
 
+def _not_a_mapping(config_file: str, depth: int = 0) -> Optional[str]:
+    """The first file of ``config_file``'s ``_BASE_`` chain whose YAML is not a mapping of
+    config keys (an empty file, a list), with what it holds; ``None`` when there is none or a
+    file cannot be read (its own error is reported then)."""
+    import yaml
+
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - unreadable, YAML syntax, unsafe tags: reported elsewhere
+        return None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a YAML {type(data).__name__}"
+        return f"{config_file!r} holds {held}"
+    base = data.get("_BASE_")
+    if isinstance(base, str) and depth < 16:
+        if not os.path.isabs(base):
+            base = os.path.join(os.path.dirname(config_file), base)
+        return _not_a_mapping(base, depth + 1) if os.path.isfile(base) else None
+    return None
+
+
 def _file_keys(config_file: str) -> List[str]:
     """The dotted keys set by a YAML config file (its ``_BASE_`` files included)."""
     from detectron2.config import CfgNode
@@ -189,6 +211,10 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
 
             resolve_paths_near_config(cfg, config_file)  # a checkout's config from any folder
         except Exception as exc:  # unknown key, YAML syntax, bad value, unreadable _BASE_
+            empty = _not_a_mapping(config_file)
+            if empty:
+                raise UserError(f"bad config file {config_file!r}: {empty}; expected a YAML mapping of config keys "
+                                f"(KEY: value lines, e.g. _BASE_: configs/vitb_384.yaml)") from None
             try:
                 check_config_keys(cfg, _file_keys(config_file), f"config file {config_file!r}")
             except UserError:

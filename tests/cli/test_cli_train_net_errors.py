@@ -46,6 +46,21 @@ def test_wrong_value_type_and_yaml_error_are_one_line(capsys, tmp_path):
     assert f"bad config file '{broken}'" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("text, held", [("", "nothing"), ("# only a comment\n", "nothing"), ("- a\n- b\n", "a YAML list")])
+def test_config_file_that_is_not_a_mapping_says_what_it_holds(capsys, tmp_path, text, held):
+    """An empty config file (or a list) was detectron2's "TypeError: argument of type 'NoneType'
+    is not iterable"; also when it is the _BASE_ of the given file."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: empty.yaml\nSOLVER:\n  MAX_ITER: 5\n")
+    for given in (empty, child):
+        assert train_net.main(["--config-file", str(given), "--check-only"]) == 2
+        assert one_error_line(capsys) == (f"error: bad config file '{given}': '{empty}' holds {held}; expected a YAML "
+                                          "mapping of config keys (KEY: value lines, e.g. _BASE_: "
+                                          "configs/vitb_384.yaml)")
+
+
 def test_missing_config_file(capsys, tmp_path):
     missing = tmp_path / "nope.yaml"
     assert train_net.main(["--config-file", str(missing)]) == 2
