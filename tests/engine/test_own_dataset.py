@@ -50,6 +50,10 @@ def test_registration_errors_are_one_line(tmp_path):
     classes.write_text(json.dumps(["cat", "dog"]))
     with pytest.raises(DatasetError, match=r"^dataset 'mine': .*no_such\.json.* not found"):
         register_sem_seg_folder("mine", tmp_path, tmp_path, str(tmp_path / "no_such.json"))
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps(["cat", "dog", "cat"]))
+    with pytest.raises(DatasetError, match=r"^dataset 'mine': .*twice\.json lists 'cat' twice \(classes 0 and 2\)"):
+        register_sem_seg_folder("mine", tmp_path, tmp_path, str(twice))
     with pytest.raises(DatasetError, match=r"^dataset 'mine': ignore_label=1 is the index of class 'dog' of "):
         register_sem_seg_folder("mine", tmp_path, tmp_path, str(classes), ignore_label=1)
     register_sem_seg_folder("mine", tmp_path / "images", tmp_path / "labels", str(classes))

@@ -78,6 +78,12 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
         classes = read_class_json(class_json)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"dataset '{name}': {exc}") from None
+    seen = {}
+    for index, class_name in enumerate(classes):
+        if class_name in seen:
+            raise DatasetError(f"dataset '{name}': {class_json} lists {class_name!r} twice (classes {seen[class_name]} "
+                               f"and {index}); each class needs its own name (the per-class results are keyed by it)")
+        seen[class_name] = index
     if 0 <= ignore_label < len(classes):
         raise DatasetError(f"dataset '{name}': ignore_label={ignore_label} is the index of class "
                            f"{classes[ignore_label]!r} of {class_json}; expected a value outside "
