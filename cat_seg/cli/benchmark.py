@@ -589,8 +589,13 @@ def _main(args) -> int:
         allow = bool(args.tf32) and not args.exact
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
-    if args.class_json and not os.path.isfile(args.class_json):
-        raise UserError(f"--class-json {args.class_json}: no such file")
+    if args.class_json:  # read now: a bad list is one line before anything is built
+        from cat_seg.utils import read_class_json
+
+        try:
+            read_class_json(args.class_json, "--class-json")
+        except (OSError, ValueError) as exc:
+            raise UserError(str(exc)) from None  # the message names the file
     for name in ("iters", "warmup", "batch", "classes", "crop"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
