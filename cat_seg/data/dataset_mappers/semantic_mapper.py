@@ -227,7 +227,7 @@ class InferenceDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict: dict) -> dict:
         try:
             return super().__call__(dataset_dict)
-        except (OSError, SyntaxError) as e:
+        except (OSError, SyntaxError):
             files = [("image", dataset_dict.get("file_name")),
                      ("semantic segmentation label", dataset_dict.get("sem_seg_file_name"))]
             for what, file_name in files:  # which one: read each again (the failure path only)
