@@ -294,19 +294,17 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         torch.device(cfg.MODEL.DEVICE)
     except RuntimeError:
         raise ValueError(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r}: expected cpu, cuda or cuda:N") from None
-    for key in ("POOLING_SIZES", "TEST_POOLING_SIZES"):
+    # [h, w] keys; TEST_POOLING_SIZES may be [] (= POOLING_SIZES)
+    for key, note in (("POOLING_SIZES", ""), ("TEST_POOLING_SIZES", " (or [] for POOLING_SIZES)"),
+                      ("FEATURE_RESOLUTION", " (the patch grid of the cost volume)")):
         sizes = list(head.get(key))
-        if (sizes or key == "POOLING_SIZES") and (len(sizes) != 2 or not all(int(v) >= 1 for v in sizes)):
-            empty = " (or [] for POOLING_SIZES)" if key == "TEST_POOLING_SIZES" else ""
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{empty}")
+        if (sizes or key != "TEST_POOLING_SIZES") and (
+                len(sizes) != 2 or not all(isinstance(v, int) and v >= 1 for v in sizes)):
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.{key}={sizes}: expected two positive integers [h, w]{note}")
     for key, minimum, expected in NUMBER_RANGES + (() if eval_only else TRAIN_NUMBER_RANGES):
         node, leaf = _node_and_leaf(cfg, key)
         if not isinstance(node[leaf], (int, float)) or node[leaf] < minimum:
             raise ValueError(f"{key}={node[leaf]!r}: expected {expected}")
-    sizes = list(head.FEATURE_RESOLUTION)
-    if len(sizes) != 2 or not all(isinstance(v, int) and v >= 1 for v in sizes):
-        raise ValueError(f"MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION={sizes}: expected two positive integers [h, w] "
-                         "(the patch grid of the cost volume)")
     from .engine.trainer import resolve_test_batch_size
 
     resolve_test_batch_size(cfg)
