@@ -313,10 +313,10 @@ def speed_settings(cfg) -> dict:
 
 
 def class_names(args, default: int):
-    if args.class_json:
-        from cat_seg.utils import read_class_json
-
-        return read_class_json(args.class_json, "--class-json")
+    """The vocabulary of a step: ``--class-json``'s list (read by the checks of ``_main``),
+    else ``--classes`` (or ``default``) generated names."""
+    if args.class_list:
+        return args.class_list
     return [f"class {i}" for i in range(args.classes or default)]
 
 
@@ -569,7 +569,7 @@ def _main(args) -> int:
     try:
         device_type = torch.device(args.device_resolved).type
     except RuntimeError:
-        raise UserError(f"--device {args.device_resolved!r}: expected cpu, cuda or cuda:N") from None
+        device_type = None
     if device_type not in ("cpu", "cuda"):
         raise UserError(f"--device {args.device_resolved!r}: expected cpu, cuda or cuda:N")
     if args.profile < 0:
@@ -589,11 +589,12 @@ def _main(args) -> int:
         allow = bool(args.tf32) and not args.exact
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
+    args.class_list = None
     if args.class_json:  # read now: a bad list is one line before anything is built
         from cat_seg.utils import read_class_json
 
         try:
-            read_class_json(args.class_json, "--class-json")
+            args.class_list = read_class_json(args.class_json, "--class-json")
         except (OSError, ValueError) as exc:
             raise UserError(str(exc)) from None  # the message names the file
     for name in ("iters", "warmup", "batch", "classes", "crop"):

@@ -57,6 +57,16 @@ def test_smoke_timing_records():
     assert records[1]["optimizer"] == "AdamW (fused)"
 
 
+def test_class_json_gives_the_vocabulary_of_both_steps(tmp_path):
+    """--class-json is read once by the checks and is then the vocabulary of every step."""
+    vocabulary = tmp_path / "five.json"
+    vocabulary.write_text(json.dumps([f"thing {i}" for i in range(5)]))
+    proc = run_tool("--smoke", "--class-json", str(vocabulary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(record["mode"], record["classes"]) for record in records] == [("infer", 5), ("train", 5)]
+
+
 def test_smoke_count_records():
     infer, train = records_of(run_tool("--smoke", "--count", "--threads", "2", "--class-chunk-size", "0"))
     for record in (infer, train):
