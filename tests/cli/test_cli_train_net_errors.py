@@ -450,7 +450,7 @@ def test_a_finished_process_stops_its_data_loader_workers():
     worker.start()
     try:
         assert worker.is_alive()
-        train_net.stop_child_processes(timeout=60)
+        train_net.stop_child_processes(timeout=600)  # a hang guard: SIGTERM ends a sleeping child at once
         assert not worker.is_alive() and worker.exitcode is not None
     finally:
         if worker.is_alive():
