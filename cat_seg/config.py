@@ -235,12 +235,18 @@ NUMBER_RANGES = (
     ("MODEL.SEM_SEG_HEAD.NUM_LAYERS", 0, "0 or more aggregation layers"),
     ("MODEL.SEM_SEG_HEAD.WINDOW_SIZES", 1, "a positive window side"),
     ("MODEL.SEM_SEG_HEAD.PAD_LEN", 0, "0 (no padding) or a positive class-sequence length"),
+    ("MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_PROJ_DIM", 0, "0 (no text guidance) or a positive number of channels"),
+    ("MODEL.SEM_SEG_HEAD.APPEARANCE_GUIDANCE_PROJ_DIM", 0,
+     "0 (no appearance guidance) or a positive number of channels"),
     ("MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION", 0, "0 (derived) or a positive CLIP input side"),
     ("TEST.SLIDING_WINDOW_CROP", 1, "a positive crop side"),
     ("TEST.SLIDING_WINDOW_CANVAS", 1, "a positive canvas side"),
     ("TEST.SLIDING_WINDOW_OVERLAP", 0, "an overlap in [0, 1)"),
     ("DATALOADER.NUM_WORKERS", 0, "0 (load in the main process) or more worker processes"),
 )
+# Lists of channel counts, one per decoder up-block: every entry must be positive.
+CHANNEL_LISTS = ("MODEL.SEM_SEG_HEAD.DECODER_DIMS", "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_DIMS",
+                 "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_PROJ_DIMS")
 TRAIN_NUMBER_RANGES = (
     ("SOLVER.CHECKPOINT_PERIOD", 1, "a positive number of iterations"),
     ("TEST.EVAL_PERIOD", 0, "0 (evaluate at the end only) or a positive number of iterations"),
@@ -253,7 +259,8 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     checked with their own validators before anything is built: precision, compile,
     fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
     missing file, an unknown tag; nothing is downloaded), device, ``INPUT.FORMAT``, pooling
-    sizes, the ranges of :data:`NUMBER_RANGES`, the evaluation batch, the model's own
+    sizes, the ranges of :data:`NUMBER_RANGES`, the decoder's :data:`CHANNEL_LISTS`, the
+    evaluation batch, the model's own
     constructors (:func:`check_model_builds`) and, for training, the training mapper and its
     augmentations, the optimizer, the gradient-clipping type, the LR schedule, the ranges of
     :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``). Raises a
@@ -305,6 +312,10 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         node, leaf = _node_and_leaf(cfg, key)
         if not isinstance(node[leaf], (int, float)) or node[leaf] < minimum:
             raise ValueError(f"{key}={node[leaf]!r}: expected {expected}")
+    for key in CHANNEL_LISTS:
+        node, leaf = _node_and_leaf(cfg, key)
+        if not all(isinstance(v, int) and v >= 1 for v in node[leaf]):
+            raise ValueError(f"{key}={list(node[leaf])}: expected a positive number of channels per decoder block")
     from .engine.trainer import resolve_test_batch_size
 
     resolve_test_batch_size(cfg)

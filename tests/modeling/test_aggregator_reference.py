@@ -102,6 +102,28 @@ def test_aggregator_matches_reference(num_classes, pad_len, attention, pooling):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_projections_of_zero_channels_mean_no_guidance():
+    """TEXT_GUIDANCE_PROJ_DIM / APPEARANCE_GUIDANCE_PROJ_DIM 0 build no projection: the logits
+    do not depend on the appearance guidance, and the model trains (gradients reach the cost
+    embedding)."""
+    torch.manual_seed(0)
+    agg = Aggregator(
+        text_dim=C, appearance_dim=C, num_templates=2, hidden_dim=D, text_guidance_proj_dim=0,
+        appearance_guidance_proj_dim=0, decoder_dims=(8, 4), decoder_guidance_dims=(6, 4),
+        decoder_guidance_proj_dims=(4, 2), num_layers=2, num_heads=HEADS, window=WINDOW, pad_len=0,
+    )
+    assert agg.appearance_guidance_proj is None and agg.text_guidance_proj is None
+    g = torch.Generator().manual_seed(4)
+    img = torch.randn(2, C, 8, 8, generator=g)
+    text = torch.randn(5, 2, C, generator=g)
+    dec = [torch.randn(2, 6, 16, 16, generator=g), torch.randn(2, 4, 32, 32, generator=g)]
+    logits = agg(img, text, img, dec, (1, 1))
+    torch.testing.assert_close(agg(img, text, torch.randn(2, C, 8, 8, generator=g), dec, (1, 1)), logits)
+    assert logits.shape == (2, 5, 32, 32)
+    logits.square().mean().backward()
+    assert agg.cost_embed.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logit_head_equals_fp32_convolution(dtype):
     """The head's matrix-product form is the fp32 3x3 convolution (zero padding) of its input."""

@@ -91,6 +91,12 @@ def test_every_plain_open_clip_vit_is_accepted():
      "sliding-window crops leave the last 85 pixels of the canvas uncovered"),
     ({"MODEL.SEM_SEG_HEAD.DECODER_DIMS": [16, 8, 4]}, "DECODER_DIMS [16, 8, 4] and DECODER_GUIDANCE_PROJ_DIMS [8, 4] "
                                                       "must have the same length"),
+    ({"MODEL.SEM_SEG_HEAD.DECODER_DIMS": [16, 0]},
+     "MODEL.SEM_SEG_HEAD.DECODER_DIMS=[16, 0]: expected a positive number of channels per decoder block"),
+    ({"MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_PROJ_DIMS": [0, 0]},
+     "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_PROJ_DIMS=[0, 0]: expected a positive number of channels"),
+    ({"MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_PROJ_DIM": -1},
+     "MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_PROJ_DIM=-1: expected 0 (no text guidance) or a positive"),
     ({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN"},
      "MODEL.META_ARCHITECTURE='GeneralizedRCNN': expected CATSeg (or a registered subclass of it)"),
     ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
