@@ -247,6 +247,9 @@ NUMBER_RANGES = (
 # Lists of channel counts, one per decoder up-block: every entry must be positive.
 CHANNEL_LISTS = ("MODEL.SEM_SEG_HEAD.DECODER_DIMS", "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_DIMS",
                  "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_PROJ_DIMS")
+# What detectron2's auto_scale_workers changes (SOLVER.REFERENCE_WORLD_SIZE).
+SCALED_KEYS = ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "SOLVER.STEPS",
+               "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD")
 TRAIN_NUMBER_RANGES = (
     ("SOLVER.CHECKPOINT_PERIOD", 1, "a positive number of iterations"),
     ("TEST.EVAL_PERIOD", 0, "0 (evaluate at the end only) or a positive number of iterations"),
@@ -263,10 +266,23 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     evaluation batch, the model's own
     constructors (:func:`check_model_builds`) and, for training, the training mapper and its
     augmentations, the optimizer, the gradient-clipping type, the LR schedule, the ranges of
-    :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``). Raises a
-    one-line ``ValueError``
+    :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``), all of them as
+    ``SOLVER.REFERENCE_WORLD_SIZE`` scales them for ``processes``. Raises a one-line
+    ``ValueError``
     (the command lines make it an ``error:`` line and exit status 2, the API a
     ``CATSegError``)."""
+    if not eval_only:
+        from .engine.trainer import scale_to_processes
+
+        scaled = scale_to_processes(cfg, processes)
+        if scaled is not cfg:  # check the values training uses; errors about them say they were scaled
+            try:
+                return check_config_values(scaled, processes, eval_only=False)
+            except ValueError as exc:
+                if not any(key in str(exc) for key in SCALED_KEYS):
+                    raise
+                raise ValueError(f"{exc} (after scaling for {processes} training process(es) from "
+                                 f"SOLVER.REFERENCE_WORLD_SIZE={cfg.SOLVER.REFERENCE_WORLD_SIZE})") from None
     import torch
 
     from .modeling.class_aggregation import ATTENTION_FUNCTIONS

@@ -62,6 +62,23 @@ def resolve_test_batch_size(cfg) -> int:
     return size
 
 
+def scale_to_processes(cfg, processes: int):
+    """``cfg`` scaled by detectron2's ``DefaultTrainer.auto_scale_workers`` for ``processes``
+    training processes: with ``SOLVER.REFERENCE_WORLD_SIZE`` N > 0 (the process count the
+    config was written for), the batch and the learning rate are scaled by ``processes / N``
+    and the iteration counts (``MAX_ITER``, ``WARMUP_ITERS``, ``STEPS``, ``CHECKPOINT_PERIOD``,
+    ``TEST.EVAL_PERIOD``) by ``N / processes``; 0 (the default) leaves ``cfg`` as it is.
+    Raises a one-line ``ValueError`` for what detectron2 asserts on without a message."""
+    reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if not isinstance(reference, int) or reference < 0:
+        raise ValueError(f"SOLVER.REFERENCE_WORLD_SIZE={reference!r}: expected 0 (no scaling) or the number of "
+                         "training processes the config's batch and schedule were written for")
+    if reference and cfg.SOLVER.IMS_PER_BATCH % reference:
+        raise ValueError(f"SOLVER.REFERENCE_WORLD_SIZE={reference}: SOLVER.IMS_PER_BATCH="
+                         f"{cfg.SOLVER.IMS_PER_BATCH} must be a multiple of it (the batch of one process)")
+    return DefaultTrainer.auto_scale_workers(cfg, processes)
+
+
 def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name: str) -> Optional[str]:
     """Why the test vocabulary ``names`` (read from ``test_class_json``) cannot score
     ``dataset_name``, or None.
@@ -111,7 +128,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = scale_to_processes(cfg, comm.get_world_size())
         self.cfg = cfg
         self.data_seed = DataSeed(resolve_seed(cfg))
         model = self.build_model(cfg)

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) train in lock-step; the checkpoint loads in a 1-process evaluation."""
+"""Two CPU processes (gloo) train in lock-step, with the schedule scaled from a 1-process config
+(SOLVER.REFERENCE_WORLD_SIZE); the checkpoint loads in a 1-process evaluation."""
 import json
 import os
 import subprocess
@@ -14,7 +15,10 @@ def test_two_process_training_keeps_ranks_identical_and_checkpoint_evaluates(tin
     env = run_env(tiny_benchmark)
     env["CATSEG_REPO"] = REPO
     cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "ddp_worker.py"), "--num-gpus", "2",
-           "--config-file", TINY_CONFIG, *train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": STEPS})]
+           "--config-file", TINY_CONFIG,
+           # written for 1 process: detectron2's auto-scaling gives 2 processes batch 2 and STEPS iterations
+           *train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 2 * STEPS, "SOLVER.IMS_PER_BATCH": 1,
+                                               "SOLVER.REFERENCE_WORLD_SIZE": 1})]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)  # hang guard only
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(out, "parity.json")) as f:

@@ -155,3 +155,31 @@ def test_malformed_class_json(build_cfg, random_images, tmp_path):
     with pytest.raises(ValueError) as info, torch.no_grad():
         model([{"image": random_images([(32, 32)])[0]}])
     assert str(bad) in one_line(info)
+
+
+def test_training_checks_use_the_values_reference_world_size_scales_to(build_cfg):
+    """SOLVER.REFERENCE_WORLD_SIZE N: the trainer scales batch and schedule by processes / N
+    (detectron2's auto_scale_workers), so the checks judge the scaled values."""
+    from cat_seg.config import check_config_values
+
+    cfg = build_cfg("b", {"SOLVER.IMS_PER_BATCH": 3, "SOLVER.REFERENCE_WORLD_SIZE": 1,
+                          "SOLVER.CHECKPOINT_PERIOD": 4})
+    check_config_values(cfg, processes=2, eval_only=False)  # batch 6 on 2 processes
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+    with pytest.raises(ValueError, match=r"^SOLVER.IMS_PER_BATCH=3: expected a positive multiple of the 2 "):
+        check_config_values(cfg, processes=2, eval_only=False)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE, cfg.SOLVER.CHECKPOINT_PERIOD = 1, 1
+    with pytest.raises(ValueError, match=r"^SOLVER.CHECKPOINT_PERIOD=0: expected a positive number of iterations "
+                                         r"\(after scaling for 2 training process\(es\) from "
+                                         r"SOLVER.REFERENCE_WORLD_SIZE=1\)$"):
+        check_config_values(cfg, processes=2, eval_only=False)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    with pytest.raises(ValueError, match=r"^SOLVER.REFERENCE_WORLD_SIZE=2: SOLVER.IMS_PER_BATCH=3 must be a "
+                                         r"multiple of it"):
+        check_config_values(cfg, processes=2, eval_only=False)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = -1
+    with pytest.raises(ValueError, match=r"^SOLVER.REFERENCE_WORLD_SIZE=-1: expected 0 \(no scaling\)"):
+        check_config_values(cfg, processes=2, eval_only=False)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE, cfg.MODEL.PRECISION = 1, "fp64"  # not a scaled key: no note
+    with pytest.raises(ValueError, match=r"^MODEL.PRECISION='fp64': expected one of [^(]*$"):
+        check_config_values(cfg, processes=2, eval_only=False)
