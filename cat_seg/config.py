@@ -243,6 +243,8 @@ NUMBER_RANGES = (
     ("TEST.SLIDING_WINDOW_CANVAS", 1, "a positive canvas side"),
     ("TEST.SLIDING_WINDOW_OVERLAP", 0, "an overlap in [0, 1)"),
     ("DATALOADER.NUM_WORKERS", 0, "0 (load in the main process) or more worker processes"),
+    ("INPUT.MIN_SIZE_TEST", 0, "0 (keep the image's size) or the shorter side in pixels"),
+    ("INPUT.MAX_SIZE_TEST", 1, "a positive longest side in pixels"),
 )
 # Lists of channel counts, one per decoder up-block: every entry must be positive.
 CHANNEL_LISTS = ("MODEL.SEM_SEG_HEAD.DECODER_DIMS", "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_DIMS",
@@ -254,6 +256,16 @@ TRAIN_NUMBER_RANGES = (
     ("SOLVER.CHECKPOINT_PERIOD", 1, "a positive number of iterations"),
     ("TEST.EVAL_PERIOD", 0, "0 (evaluate at the end only) or a positive number of iterations"),
     ("SOLVER.WARMUP_ITERS", 0, "0 or more iterations"),
+    # torch's optimizers check only their default group; a negative LR multiplier or weight
+    # decay in a group would train silently in the wrong direction
+    ("SOLVER.CLIP_MULTIPLIER", 0, "a factor >= 0 of SOLVER.BASE_LR for CLIP's parameters"),
+    ("SOLVER.BACKBONE_MULTIPLIER", 0, "a factor >= 0 of SOLVER.BASE_LR for the backbone's other parameters"),
+    ("SOLVER.WEIGHT_DECAY", 0, "a weight decay >= 0"),
+    ("SOLVER.WEIGHT_DECAY_NORM", 0, "a weight decay >= 0"),
+    ("SOLVER.WEIGHT_DECAY_EMBED", 0, "a weight decay >= 0"),
+    ("SOLVER.MOMENTUM", 0, "a momentum >= 0 (SGD)"),
+    ("SOLVER.POLY_LR_POWER", 0, "a power >= 0 of WarmupPolyLR's decay"),
+    ("SOLVER.POLY_LR_CONSTANT_ENDING", 0, "a learning-rate factor >= 0 (WarmupPolyLR)"),
 )
 
 
@@ -262,8 +274,8 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     checked with their own validators before anything is built: precision, compile,
     fine-tuning policy, prompt templates, class attention, CLIP architecture and weights (a
     missing file, an unknown tag; nothing is downloaded), device, ``INPUT.FORMAT``, pooling
-    sizes, the ranges of :data:`NUMBER_RANGES`, the decoder's :data:`CHANNEL_LISTS`, the
-    evaluation batch, the model's own
+    sizes, the ranges of :data:`NUMBER_RANGES`, CLIP's pixel mean and std, the decoder's
+    :data:`CHANNEL_LISTS`, the evaluation batch, the model's own
     constructors (:func:`check_model_builds`) and, for training, the training mapper and its
     augmentations, the optimizer, the gradient-clipping type, the LR schedule, the ranges of
     :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``), all of them as
@@ -328,6 +340,13 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         node, leaf = _node_and_leaf(cfg, key)
         if not isinstance(node[leaf], (int, float)) or node[leaf] < minimum:
             raise ValueError(f"{key}={node[leaf]!r}: expected {expected}")
+    for key, minimum in (("MODEL.CLIP_PIXEL_MEAN", None), ("MODEL.CLIP_PIXEL_STD", 0)):
+        node, leaf = _node_and_leaf(cfg, key)
+        values = list(node[leaf])
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and (minimum is None or v > minimum)
+                                       for v in values):
+            expected = "three positive numbers" if minimum is not None else "three numbers"
+            raise ValueError(f"{key}={values}: expected {expected}, one per RGB channel on the 0-255 scale")
     for key in CHANNEL_LISTS:
         node, leaf = _node_and_leaf(cfg, key)
         if not all(isinstance(v, int) and v >= 1 for v in node[leaf]):
@@ -344,6 +363,10 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         build_train_augmentations(cfg)  # raises for a sampling, crop type or flip it cannot use
         choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
+        norm_type = cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE
+        if not (isinstance(norm_type, (int, float)) and norm_type > 0):
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE={norm_type!r}: expected a positive norm order p "
+                             "(2.0: Euclidean; .inf: the largest absolute value)")
         check_lr_scheduler(cfg)
         batch = cfg.SOLVER.IMS_PER_BATCH
         if batch < 1 or batch % processes:

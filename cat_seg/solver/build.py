@@ -53,11 +53,13 @@ LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGamm
 
 def check_lr_scheduler(cfg: CfgNode) -> None:
     """Raise a one-line ``ValueError`` for a schedule :func:`build_lr_scheduler` would reject
-    once training started (an unknown name, ``SOLVER.MAX_ITER`` < 1, a cosine end above the
-    base LR), by building it on a one-parameter optimizer."""
+    once training started (an unknown name, a base LR that is not positive, ``SOLVER.MAX_ITER``
+    < 1, a cosine end above the base LR), by building it on a one-parameter optimizer."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     if name not in LR_SCHEDULERS:
         raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={name!r}: expected one of {', '.join(LR_SCHEDULERS)}")
+    if not (isinstance(cfg.SOLVER.BASE_LR, (int, float)) and cfg.SOLVER.BASE_LR > 0):
+        raise ValueError(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR!r}: expected a positive learning rate")
     if cfg.SOLVER.MAX_ITER < 1:
         raise ValueError(f"SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER}: expected a positive number of iterations")
     if name == "WarmupCosineLR" and not 0 <= cfg.SOLVER.BASE_LR_END <= cfg.SOLVER.BASE_LR:

@@ -370,6 +370,20 @@ print("ok")
     ({"CROP.TYPE": "square"}, "INPUT.CROP.TYPE='square': expected one of absolute, absolute_range, relative, "
                               "relative_range"),
     ({"RANDOM_FLIP": "both"}, "INPUT.RANDOM_FLIP must be horizontal, vertical or none, got 'both'"),
+    # values detectron2 turns into empty images, an IndexError or an assertion
+    ({"MIN_SIZE_TRAIN": (-1,)}, "INPUT.MIN_SIZE_TRAIN=(-1,): expected sizes of the shorter side in pixels (0: keep "
+                                "the image's size)"),
+    ({"MAX_SIZE_TRAIN": 0}, "INPUT.MAX_SIZE_TRAIN=0: expected a positive longest side in pixels"),
+    ({"CROP.SIZE": [0, 0]}, "INPUT.CROP.SIZE=[0, 0]: expected two positive sizes [height, width] in pixels "
+                            "(INPUT.CROP.TYPE 'absolute')"),
+    ({"CROP.SIZE": [32]}, "INPUT.CROP.SIZE=[32]: expected two positive sizes [height, width] in pixels "
+                          "(INPUT.CROP.TYPE 'absolute')"),
+    ({"CROP.TYPE": "relative", "CROP.SIZE": [1.5, 0.5]},
+     "INPUT.CROP.SIZE=[1.5, 0.5]: expected two fractions in (0, 1] of the image's height and width "
+     "(INPUT.CROP.TYPE 'relative')"),
+    ({"CROP.TYPE": "absolute_range", "CROP.SIZE": [64, 32]},
+     "INPUT.CROP.SIZE=[64, 32]: expected the smallest and the largest crop side in pixels, [min, max] with "
+     "1 <= min <= max (INPUT.CROP.TYPE 'absolute_range')"),
 ])
 def test_augmentation_settings_detectron2_would_assert_on_are_named(change, message):
     """detectron2's augmentations reject these with a bare AssertionError; the mapper names the
@@ -386,6 +400,25 @@ def test_augmentation_settings_detectron2_would_assert_on_are_named(change, mess
     with pytest.raises(ValueError) as info:
         build_train_augmentations(cfg)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("crop_type, size", [("relative", [0.5, 1.0]), ("relative_range", [0.5, 0.5]),
+                                             ("absolute", [24, 40]), ("absolute_range", [16, 48])])
+def test_crop_settings_detectron2_accepts_crop_within_the_image(crop_type, size):
+    """The crop checks accept what detectron2's RandomCrop reads, and the crop stays inside the
+    resized 64 x 96 image."""
+    from detectron2.data import transforms as T
+
+    from cat_seg.data.dataset_mappers import build_train_augmentations
+
+    cfg = make_cfg(64, crop=(32, 32))
+    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = crop_type, size
+    augmented = T.AugInput(np.zeros((64, 96, 3), np.uint8), sem_seg=np.zeros((64, 96), np.uint8))
+    T.AugmentationList(build_train_augmentations(cfg))(augmented)
+    height, width = augmented.image.shape[:2]
+    assert 1 <= height <= 64 and 1 <= width <= 96
+    if crop_type == "absolute":
+        assert (height, width) == (24, 40)
 
 
 def test_label_value_outside_the_training_classes_names_the_file(tmp_path):

@@ -43,6 +43,27 @@ RESIZE_SAMPLING = ("choice", "range")
 CROP_TYPES = ("absolute", "absolute_range", "relative", "relative_range")
 
 
+def check_crop(crop_type: str, size: list) -> None:
+    """``INPUT.CROP.TYPE`` and ``INPUT.CROP.SIZE`` as detectron2's ``RandomCrop`` reads them: two
+    fractions in (0, 1] of the image's height and width (``relative``; ``relative_range``: the
+    smallest fractions), two positive pixel sizes (``absolute``), or the smallest and largest
+    side in pixels (``absolute_range``). Other values fail inside detectron2 with an
+    assertion or an empty image; here they are a one-line ``ValueError``."""
+    if crop_type not in CROP_TYPES:
+        raise ValueError(f"INPUT.CROP.TYPE={crop_type!r}: expected one of {', '.join(CROP_TYPES)}")
+    if crop_type.startswith("relative"):
+        valid = len(size) == 2 and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in size)
+        expected = "two fractions in (0, 1] of the image's height and width"
+    else:
+        valid = len(size) == 2 and all(isinstance(v, int) and v >= 1 for v in size)
+        expected = "two positive sizes [height, width] in pixels"
+        if crop_type == "absolute_range":
+            valid = valid and size[0] <= size[1]
+            expected = "the smallest and the largest crop side in pixels, [min, max] with 1 <= min <= max"
+    if not valid:
+        raise ValueError(f"INPUT.CROP.SIZE={size}: expected {expected} (INPUT.CROP.TYPE {crop_type!r})")
+
+
 def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     """
     Augmentations of the official training recipe, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
@@ -57,8 +78,14 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
         expected = "two sizes (min, max)" if sampling == "range" else "one or more sizes"
         raise ValueError(f"INPUT.MIN_SIZE_TRAIN={sizes}: expected {expected} with "
                          f"INPUT.MIN_SIZE_TRAIN_SAMPLING={sampling!r}")
-    if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE not in CROP_TYPES:
-        raise ValueError(f"INPUT.CROP.TYPE={cfg.INPUT.CROP.TYPE!r}: expected one of {', '.join(CROP_TYPES)}")
+    if not all(isinstance(size, int) and size >= 0 for size in sizes):
+        raise ValueError(f"INPUT.MIN_SIZE_TRAIN={sizes}: expected sizes of the shorter side in pixels "
+                         "(0: keep the image's size)")
+    if not isinstance(cfg.INPUT.MAX_SIZE_TRAIN, int) or cfg.INPUT.MAX_SIZE_TRAIN < 1:
+        raise ValueError(f"INPUT.MAX_SIZE_TRAIN={cfg.INPUT.MAX_SIZE_TRAIN!r}: expected a positive longest side "
+                         "in pixels")
+    if cfg.INPUT.CROP.ENABLED:
+        check_crop(cfg.INPUT.CROP.TYPE, list(cfg.INPUT.CROP.SIZE))
     augs: List[Union[T.Augmentation, T.Transform]] = [
         T.ResizeShortestEdge(
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
