@@ -239,14 +239,22 @@ def check_datasets(cfg, eval_only: bool) -> None:
 def check_training_vocabulary(cfg) -> None:
     """``TRAIN_CLASS_JSON`` against the training datasets' classes (``stuff_classes``): labels
     index the json, so fewer names than classes is an error; more names is allowed (the extra
-    ones are trained as negatives only, a deliberate choice in some research) with a warning."""
+    ones are trained as negatives only, a deliberate choice in some research) with a warning.
+    A training dataset's ``ignore_label`` must be ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``, the value
+    the loss and the crop skip."""
     from detectron2.data import MetadataCatalog
 
     from cat_seg.utils import read_class_json
 
     train_json = cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON
     count = len(read_class_json(train_json, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON"))
+    ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     for name in cfg.DATASETS.TRAIN:
+        ignore_label = getattr(MetadataCatalog.get(name), "ignore_label", ignore_value)
+        if ignore_label != ignore_value:  # the loss and the crop would read its unlabelled pixels as a class
+            raise UserError(f"training dataset {name} marks unlabelled pixels with {ignore_label} (its ignore_label) "
+                            f"but MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}: set MODEL.SEM_SEG_HEAD."
+                            f"IGNORE_VALUE {ignore_label}")
         classes = getattr(MetadataCatalog.get(name), "stuff_classes", None)
         if classes is None or count == len(classes):
             continue

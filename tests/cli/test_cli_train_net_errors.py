@@ -219,6 +219,12 @@ def test_training_vocabulary_against_the_training_dataset(capsys, caplog, tmp_pa
         assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(extended)]) == 0
     assert "has 14 classes but training dataset synthetic_train_sem_seg has 12: the last 2 names are trained as " \
            "negatives only" in caplog.text
+    # the loss and the crop skip IGNORE_VALUE: another value than the dataset's would train its
+    # unlabelled pixels as a class
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "254"]) == 2
+    assert one_error_line(capsys) == (
+        "error: training dataset synthetic_train_sem_seg marks unlabelled pixels with 255 (its ignore_label) but "
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE is 254: set MODEL.SEM_SEG_HEAD.IGNORE_VALUE 255")
 
 
 def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
