@@ -193,8 +193,8 @@ def read_vocabulary_file(path: str) -> List[str]:
 def load_image(image: ImageInput) -> np.ndarray:
     """Any supported image input -> RGB ``uint8`` ``[H, W, 3]`` array.
 
-    Accepts a file path (read with detectron2's ``read_image``, EXIF orientation applied), a
-    PIL image (EXIF orientation applied, converted to RGB) or a numpy array: ``uint8``
+    Accepts a file path or a PIL image (EXIF orientation applied, converted to RGB, as
+    detectron2's ``read_image`` does), or a numpy array: ``uint8``
     ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA (alpha dropped), ``[H, W]`` or ``[H, W, 1]``
     grayscale. 16-bit images (``uint16`` arrays, 16-bit PNG/TIFF files and PIL images) are
     scaled to 8 bits (``value / 257``, rounded: 65535 -> 255); PIL's own conversion would clip
@@ -207,26 +207,30 @@ def load_image(image: ImageInput) -> np.ndarray:
                               "list the files, or use the demo's --input DIR)")
         if not os.path.isfile(path):
             raise CATSegError(f"cannot read image {path!r}: no such file")
-        from detectron2.data.detection_utils import read_image
-
         try:
-            with Image.open(path) as opened:  # opening reads the header only
-                if _is_16_bit(opened):
-                    return load_image(opened)
-            array = read_image(path, format="RGB")
+            with Image.open(path) as opened:
+                # decoded here, not by detectron2's read_image: Pillow's TIFF decoder applies the
+                # orientation tag itself, which read_image would apply a second time
+                opened.load()
+                return load_image(opened)
+        except CATSegError as e:
+            raise CATSegError(f"cannot read image {path!r}: {e}") from None
         except Exception as e:  # PIL raises several types for corrupt / non-image files
             message = f"{type(e).__name__}: {e}".replace("\n", " ")
             raise CATSegError(f"cannot read image {path!r}: {message}") from None
-        if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-            raise CATSegError(f"cannot read image {path!r}: empty image of shape {tuple(array.shape)}")
-        return np.ascontiguousarray(array)
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise CATSegError(f"empty image of size {image.size}")
-        image = ImageOps.exif_transpose(image)
-        if _is_16_bit(image):
-            return load_image(np.asarray(image).astype(np.uint16))
-        return np.asarray(image.convert("RGB")).copy()
+        if image.mode == "F":  # converting would truncate: an image in [0, 1] would become black
+            raise CATSegError("PIL images of floating-point samples (mode F) are not accepted: give 8-bit "
+                              "samples, e.g. Image.fromarray((array * 255).round().astype(np.uint8))")
+        try:
+            image = ImageOps.exif_transpose(image)
+            if _is_16_bit(image):
+                return load_image(np.asarray(image).astype(np.uint16))
+            return np.asarray(image.convert("RGB")).copy()
+        except ValueError as e:  # e.g. "Operation on closed image"
+            raise CATSegError(f"cannot read the PIL image: {e}") from None
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16:
             image = ((image.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
@@ -816,7 +820,8 @@ class OpenVocabSegmenter:
             when set (otherwise the CAT-Seg head keeps its random initialisation).
 
     Use :meth:`from_config` to build one from a config file. Preprocessing is detectron2's
-    test-time ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``; probabilities
+    test-time ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`` (no side below one
+    pixel); probabilities
     are returned at the original image size.
 
     One segmenter serves one call at a time: its text-embedding cache and CUDA graphs are not
@@ -825,13 +830,11 @@ class OpenVocabSegmenter:
     """
 
     def __init__(self, cfg):
-        from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
         from . import modeling  # noqa: F401  (registers the model)
-        from .checkpoint import CATSegCheckpointer
-
-        from .checkpoint import CheckpointError
+        from .checkpoint import CATSegCheckpointer, CheckpointError
+        from .data.transforms import ResizeShortestEdgeNonEmpty
         from .modeling.clip.builder import CLIPLoadError
 
         self.cfg = _clip_from_checkpoint(cfg)
@@ -854,7 +857,7 @@ class OpenVocabSegmenter:
                 raise CATSegError(f"cannot load weights {self.weights!r}: {message}") from None
         else:
             logger.warning("no MODEL.WEIGHTS given: the CAT-Seg model is randomly initialised apart from CLIP")
-        self.resize = T.ResizeShortestEdge(
+        self.resize = ResizeShortestEdgeNonEmpty(
             [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST
         )
 
@@ -1009,7 +1012,7 @@ class OpenVocabSegmenter:
             if names:
                 text = model.text_embeddings(names).float()
                 cost = cosine_cost_volume(embeddings, text)[0].mean(dim=0).cpu()
-                text = text.cpu()
+                text = text.to("cpu", copy=True)  # a copy: the model's text-embedding cache stays its own
         return DenseFeatures(
             embeddings=embeddings[0].cpu(),
             classes=names,

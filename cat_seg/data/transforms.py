@@ -1,12 +1,27 @@
-"""Photometric augmentation of the train mapper (SSD-style colour jitter, as in the official
-MaskFormer / CAT-Seg training)."""
+"""Transforms of the mappers and the API beyond detectron2's: the photometric augmentation of
+the train mapper (SSD-style colour jitter, as in the official MaskFormer / CAT-Seg training)
+and a shortest-edge resize that never produces an empty image."""
 import random
 
 import cv2
 import numpy as np
-from detectron2.data.transforms import Transform
+from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform, Transform
 
-__all__ = ["ColorAugSSDTransform"]
+__all__ = ["ColorAugSSDTransform", "ResizeShortestEdgeNonEmpty"]
+
+
+class ResizeShortestEdgeNonEmpty(ResizeShortestEdge):
+    """detectron2's ``ResizeShortestEdge`` (same sizes, sampling and interpolation), except that
+    neither side is rounded down to 0 pixels: a very elongated image (a 2 x 3000 strip: its long
+    side capped at ``max_size`` makes the short side 0.4 pixels) becomes at least one pixel
+    thick, where detectron2's resize fails with "height and width must be > 0"."""
+
+    def get_transform(self, image):
+        transform = super().get_transform(image)
+        if isinstance(transform, ResizeTransform) and min(transform.new_h, transform.new_w) < 1:
+            return ResizeTransform(transform.h, transform.w, max(transform.new_h, 1), max(transform.new_w, 1),
+                                   transform.interp)
+        return transform
 
 
 class ColorAugSSDTransform(Transform):

@@ -117,6 +117,45 @@ def test_path_pil_numpy_inputs_agree(segmenter, images, tmp_path):
     assert grey.image.shape == images[2].shape
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".tiff", ".webp"])
+def test_orientation_tag_is_applied_once(suffix, tmp_path):
+    """EXIF orientation 6 (rotate 90 degrees clockwise): a 32 x 64 landscape image with a
+    white top-left corner is shown as a 64 x 32 portrait with the corner at the top right,
+    from a path and from an opened image alike (Pillow's TIFF decoder applies the tag
+    itself; detectron2's read_image applied it a second time)."""
+    from cat_seg.api import load_image
+
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:4, :4] = 255
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    path = tmp_path / f"rotated{suffix}"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    for loaded in (load_image(str(path)), load_image(Image.open(path))):
+        assert loaded.shape == (64, 32, 3)
+        corner = np.argwhere(loaded[..., 0] > 128)
+        assert corner[:, 0].max() < 6 and corner[:, 1].min() > 26  # top right
+
+
+def test_extremely_elongated_images_are_segmented(segmenter):
+    """The resized short side of a 2 x 3000 strip rounds to 0 pixels in detectron2's resize
+    (its long side is capped): it becomes 1 pixel, and the result has the image's size."""
+    strip = np.full((2, 3000, 3), 128, np.uint8)
+    result = segmenter(strip, VOCAB)
+    assert result.label_map.shape == (2, 3000)
+    assert segmenter.dense_features(strip, VOCAB).resized_size == (1, 640)
+
+
+def test_dense_features_do_not_share_the_text_embedding_cache(segmenter, images):
+    """Editing the returned features in place must not change later segmentations."""
+    before = segmenter(images[0], VOCAB)
+    features = segmenter.dense_features(images[0], VOCAB)
+    features.text_embeddings.mul_(-1)
+    features.to_numpy()["text_embeddings"][:] = 0
+    after = segmenter(images[0], VOCAB)
+    assert torch.equal(before.probs, after.probs)
+
+
 def test_background_threshold(segmenter, images):
     plain = segmenter(images[1], VOCAB)
     best = plain.probs.max(0).values
@@ -283,6 +322,12 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
         segmenter([images[0], str(tmp_path / "missing.png")], VOCAB)
     with pytest.raises(CATSegError, match="uint8"):
         segmenter(images[0].astype(np.float32), VOCAB)
+    with pytest.raises(CATSegError, match=r"PIL images of floating-point samples \(mode F\) are not accepted"):
+        segmenter(Image.fromarray(images[0][..., 0].astype(np.float32) / 255), VOCAB)
+    closed = Image.fromarray(images[0])
+    closed.close()
+    with pytest.raises(CATSegError, match="cannot read the PIL image: Operation on closed image"):
+        segmenter(closed, VOCAB)
     with pytest.raises(CATSegError, match="twice"):
         segmenter(images[0], "cat, dog, Cat")
     with pytest.raises(CATSegError, match="background"):

@@ -15,7 +15,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..datasets.errors import DatasetFileError
-from ..transforms import ColorAugSSDTransform
+from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 from ...utils import read_class_json
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
@@ -66,7 +66,8 @@ def check_crop(crop_type: str, size: list) -> None:
 
 def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     """
-    Augmentations of the official training recipe, in order: ResizeShortestEdge, RandomCrop_CategoryAreaConstraint
+    Augmentations of the official training recipe, in order: ResizeShortestEdge (no side below one
+    pixel: :class:`ResizeShortestEdgeNonEmpty`), RandomCrop_CategoryAreaConstraint
     (``INPUT.CROP.ENABLED``), ColorAugSSDTransform (``INPUT.COLOR_AUG_SSD``), RandomFlip
     (``INPUT.RANDOM_FLIP``: horizontal / vertical / none). A value detectron2's augmentations
     would reject with a bare assertion is a ``ValueError`` naming its key.
@@ -87,7 +88,7 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
     if cfg.INPUT.CROP.ENABLED:
         check_crop(cfg.INPUT.CROP.TYPE, list(cfg.INPUT.CROP.SIZE))
     augs: List[Union[T.Augmentation, T.Transform]] = [
-        T.ResizeShortestEdge(
+        ResizeShortestEdgeNonEmpty(
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
         )
     ]
@@ -249,7 +250,18 @@ class InferenceDatasetMapper(DatasetMapper):
     ``image`` ``[3, H', W']`` resized by the test augmentations, ``sem_seg`` when the record
     has a label, ``height``/``width`` of the original, the record's other fields), except that
     an image or label that cannot be read raises a :class:`DatasetFileError` naming the file
-    (PIL's messages do not always)."""
+    (PIL's messages do not always) and that the resize never makes a side 0 pixels
+    (:class:`ResizeShortestEdgeNonEmpty`)."""
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = False):
+        kwargs = super().from_config(cfg, is_train)
+        kwargs["augmentations"] = [  # detectron2's test resize, never to an empty image
+            ResizeShortestEdgeNonEmpty(aug.short_edge_length, aug.max_size, aug.sample_style, aug.interp)
+            if type(aug) is T.ResizeShortestEdge else aug
+            for aug in kwargs["augmentations"]
+        ]
+        return kwargs
 
     def __call__(self, dataset_dict: dict) -> dict:
         try:
