@@ -45,6 +45,7 @@ from ..api import (  # noqa: E402
 )
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
+from .demo import unique_names  # noqa: E402  (output names as the demo makes them)
 from .errors import ArgumentParser  # noqa: E402
 from .ports import listen_problem  # noqa: E402
 
@@ -202,13 +203,9 @@ def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict
 
 
 def _stems(paths: Sequence[str]) -> List[str]:
-    """Output names of the uploads: file stems, made unique with a counter."""
-    stems, seen = [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
+    """Output names of the uploads: their file stems (each upload sits in its own temporary
+    folder, so no folder is mirrored), made unique as the demo's are."""
+    return unique_names([os.path.splitext(os.path.basename(path))[0] or "image" for path in paths])
 
 
 # ---------------------------------------------------------------------------------- the page
@@ -257,19 +254,24 @@ class App:
 def _view(result: SegmentationResult):
     """Page values shown for one result: overlay, annotated image, colour map, table, click state."""
     annotated, colors = annotations(result)
+    overlay = result.overlay()  # drawn at display resolution for large images
     # the winning class's probability per pixel, without the [T, H, W] probability maps
     click = {"label_map": result.label_map, "confidence": result.confidence_map().numpy(),
-             "classes": list(result.classes)}
-    return result.overlay(), annotated, colors, class_table(result), click
+             "classes": list(result.classes), "overlay_size": overlay.shape[:2]}
+    return overlay, annotated, colors, class_table(result), click
 
 
 def describe_pixel(click: Optional[Dict], x: int, y: int) -> str:
-    """``"(x, y): class (confidence 0.87)"`` for a click on the overlay."""
+    """``"(x, y): class (confidence 0.87)"`` for a click at pixel ``(x, y)`` of the overlay,
+    which is smaller than the image for large images: the click is scaled to the image, whose
+    pixel coordinates the text gives."""
     if not click:
         return "run a segmentation first"
     label_map = click["label_map"]
-    if not (0 <= y < label_map.shape[0] and 0 <= x < label_map.shape[1]):
+    overlay_height, overlay_width = click.get("overlay_size", label_map.shape)
+    if not (0 <= y < overlay_height and 0 <= x < overlay_width):
         return f"({x}, {y}) is outside the image"
+    x, y = x * label_map.shape[1] // overlay_width, y * label_map.shape[0] // overlay_height
     label = int(label_map[y, x])
     if label < 0:
         return f"({x}, {y}): unlabeled"

@@ -204,14 +204,21 @@ def output_stems(files: Sequence[str]) -> Dict[str, str]:
     for f, stem in stems.items():
         if counts[stem.lower()] > 1:
             stems[f] = f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower()}"
-    taken = set()
-    for f, stem in stems.items():
-        unique, number = stem, 2
+    return dict(zip(stems, unique_names(list(stems.values()))))
+
+
+def unique_names(names: Sequence[str]) -> List[str]:
+    """``names`` in order, each one still taken (without regard to case: case-insensitive file
+    systems) by an earlier one suffixed ``_2``, ``_3``, ... until it is not: ``[x, x_2, x]``
+    gives ``[x, x_2, x_3]``."""
+    taken, unique_list = set(), []
+    for name in names:
+        unique, number = name, 2
         while unique.lower() in taken:
-            unique, number = f"{stem}_{number}", number + 1
+            unique, number = f"{name}_{number}", number + 1
         taken.add(unique.lower())
-        stems[f] = unique
-    return stems
+        unique_list.append(unique)
+    return unique_list
 
 
 def check_readable(files: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:

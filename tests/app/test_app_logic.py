@@ -52,6 +52,33 @@ def test_threshold_and_click_readout():
     assert app_cli.describe_pixel(click, 5, 0) == "(5, 0) is outside the image"
 
 
+def test_clicks_on_a_downscaled_overlay_read_the_label_under_them():
+    """Large images are shown as an overlay drawn at display resolution: a click is scaled from
+    the overlay's pixels to the label map's (which the text gives)."""
+    from cat_seg.api import SegmentationResult
+
+    height, width = 1500, 2000  # 3 megapixels: drawn smaller
+    labels = np.zeros((height, width), np.int32)
+    labels[:, width // 2:] = 1  # right half: dog
+    labels[height - 10:, width - 10:] = -1  # bottom-right corner: unlabeled
+    probs = torch.full((2, height, width), 0.5)
+    result = SegmentationResult(image=np.zeros((height, width, 3), np.uint8), classes=["cat", "dog"],
+                                label_map=labels, probs=probs)
+    overlay, _, _, _, click = app_cli._view(result)
+    overlay_height, overlay_width = overlay.shape[:2]
+    assert overlay_width < width and click["overlay_size"] == (overlay_height, overlay_width)
+    assert app_cli.describe_pixel(click, overlay_width // 4, 10).endswith(": cat (confidence 0.50)")
+    right = app_cli.describe_pixel(click, 3 * overlay_width // 4, 10)
+    assert right == f"({3 * overlay_width // 4 * width // overlay_width}, {10 * height // overlay_height}): dog " \
+                    "(confidence 0.50)"
+    assert app_cli.describe_pixel(click, overlay_width - 1, overlay_height - 1).endswith(": unlabeled")
+    assert app_cli.describe_pixel(click, overlay_width, 0) == f"({overlay_width}, 0) is outside the image"
+
+
+def test_upload_names_are_unique_after_numbering():
+    assert app_cli._stems(["a/x.jpg", "b/x_2.jpg", "c/x.png", "d/X.png"]) == ["x", "x_2", "x_3", "X_4"]
+
+
 @pytest.fixture(scope="module")
 def local_app(tiny_checkpoint, tmp_path_factory):
     return app_cli.App(device="cpu", output_root=str(tmp_path_factory.mktemp("app-out")))
