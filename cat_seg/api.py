@@ -503,23 +503,34 @@ class SegmentationResult:
         unlabeled value, and ``outputs``: the files' paths relative to ``relative_to`` (default:
         the folder of ``target``), including ``extra_outputs`` (name -> path) written by the caller.
         Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones).
+
+        The three files are written under temporary names and renamed when all are written: a
+        failure (a folder in the way, a full disk, no permission) leaves none of them and raises
+        :class:`CATSegError` naming the path.
         """
         folder = os.path.dirname(target) or "."
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise CATSegError(f"cannot create output folder {folder!r}: {e.filename!r} is a file") from None
+        except OSError as e:
+            raise CATSegError(f"cannot create output folder {folder!r}: {e.strerror or e}") from None
         paths = {"overlay": target + "_overlay.png", "labels": target + "_labels.png"}
         png = self.label_png()
-        Image.fromarray(self.overlay()).save(paths["overlay"])
-        Image.fromarray(png).save(paths["labels"])
-        paths.update(extra_outputs or {})
         record = dict(info or {})
         record.update(self.to_json())
         del record["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
         record["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
         base = relative_to or folder
-        record["outputs"] = {name: os.path.relpath(path, base) for name, path in paths.items()}
+        record["outputs"] = {name: os.path.relpath(path, base) for name, path in {**paths, **(extra_outputs or {})}.items()}
+        writers = {
+            paths["overlay"]: lambda f: Image.fromarray(self.overlay()).save(f, format="PNG"),
+            paths["labels"]: lambda f: Image.fromarray(png).save(f, format="PNG"),
+            target + ".json": lambda f: f.write(json.dumps(record, indent=2).encode()),
+        }
+        _write_files_together(writers)
+        paths.update(extra_outputs or {})
         paths["json"] = target + ".json"
-        with open(paths["json"], "w") as f:
-            json.dump(record, f, indent=2)
         return paths
 
     def to_json(self) -> Dict[str, Any]:
@@ -538,6 +549,29 @@ class SegmentationResult:
                 for i, name in enumerate(self.classes)
             ],
         }
+
+
+def _write_files_together(writers: Dict[str, Any]) -> None:
+    """Write each ``path`` with ``writer(binary file)`` under a temporary name beside it, then
+    rename them all: a failure leaves none of the files (and no temporary one) and raises a
+    one-line :class:`CATSegError` naming the path."""
+    for path in writers:
+        if os.path.isdir(path):
+            raise CATSegError(f"cannot write {path!r}: a folder of that name is in the way")
+    temporaries = {path: os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
+                   for path in writers}
+    path = None
+    try:
+        for path, writer in writers.items():
+            with open(temporaries[path], "wb") as f:
+                writer(f)
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
+    except OSError as e:
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise CATSegError(f"cannot write {path!r}: {e.strerror or e}") from None
 
 
 def _get_probs(self: SegmentationResult) -> Optional[torch.Tensor]:

@@ -288,10 +288,20 @@ def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, s
     extra = {}
     if args.dense_features:
         extra["features"] = target + "_features.npz"
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        np.savez(extra["features"], **seg.dense_features(result.image, names).to_numpy())
-    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
-                extra_outputs=extra)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            np.savez(extra["features"], **seg.dense_features(result.image, names).to_numpy())
+        except OSError as e:
+            if os.path.isfile(extra["features"]):
+                os.remove(extra["features"])
+            raise CATSegError(f"cannot write {extra['features']!r}: {e.strerror or e}") from None
+    try:
+        result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
+                    extra_outputs=extra)
+    except CATSegError:  # none of its files was written: nor is the features file left
+        if extra:
+            os.remove(extra["features"])
+        raise
 
 
 def show(window_image_rgb: np.ndarray, wait: int) -> bool:

@@ -225,6 +225,39 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_outputs_that_cannot_be_written_leave_no_partial_files(demo_module, capsys, tiny, checkpoint, photo_dir,
+                                                                tmp_path, monkeypatch):
+    """A folder where an output file goes, a file where an output folder goes, or a write that
+    fails (a full disk) stop the run with one error line and exit status 2; the image's files
+    are written all or none (no overlay without its labels and JSON, no temporary file)."""
+    base = ["--config-file", tiny.config, "--weights", checkpoint, "--vocab", VOCAB, "--device", "cpu"]
+    opts = ["--opts", *tiny.opts]
+    out = tmp_path / "blocked"
+    (out / "top_labels.png").mkdir(parents=True)
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", photo_dir / "top.jpg", "--output", out, *opts])
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: cannot write {str(out / 'top_labels.png')!r}: a folder of that name is in the way"]
+    assert sorted(p.name for p in out.iterdir()) == ["top_labels.png"]
+
+    out = tmp_path / "file_in_the_way"
+    out.mkdir()
+    (out / "a").write_text("")
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", photo_dir, "--output", out, *opts])
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: cannot create output folder {str(out / 'a')!r}: {str(out / 'a')!r} is a file")
+
+    def disk_full(self, fp, format=None, **params):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    out = tmp_path / "full"
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", photo_dir / "top.jpg", "--output", out,
+                                                  "--dense-features", *opts])
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: cannot write {str(out / 'top_overlay.png')!r}: No space left on device")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_output_stems_do_not_collide(demo_module):
     stems = demo_module.output_stems(["p/a/x.png", "p/b/x.png", "p/b/x.jpg", "p/y.png"])
     assert stems == {"p/a/x.png": "a/x", "p/b/x.png": "b/x_png", "p/b/x.jpg": "b/x_jpg", "p/y.png": "y"}
