@@ -515,7 +515,7 @@ class SegmentationResult:
             raise CATSegError(f"cannot create output folder {folder!r}: {e.filename!r} is a file") from None
         except OSError as e:
             raise CATSegError(f"cannot create output folder {folder!r}: {e.strerror or e}") from None
-        paths = {"overlay": target + "_overlay.png", "labels": target + "_labels.png"}
+        paths = {name: target + suffix for name, suffix in IMAGE_OUTPUT_SUFFIXES.items()}
         png = self.label_png()
         record = dict(info or {})
         record.update(self.to_json())
@@ -549,6 +549,10 @@ class SegmentationResult:
                 for i, name in enumerate(self.classes)
             ],
         }
+
+
+#: Image files :meth:`SegmentationResult.save` writes per input: ``<target><suffix>``.
+IMAGE_OUTPUT_SUFFIXES = {"overlay": "_overlay.png", "labels": "_labels.png"}
 
 
 def _write_files_together(writers: Dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ from PIL import Image
 
 from ..api import (
     IMAGE_EXTENSIONS,
+    IMAGE_OUTPUT_SUFFIXES,
     CATSegError,
     OpenVocabSegmenter,
     SegmentationResult,
@@ -150,21 +151,26 @@ def parse_background(value: Optional[str]):
 def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> List[str]:
     """Files, globs and directories (searched recursively for image extensions) -> sorted files.
 
-    Files under ``exclude`` (the output directory) are skipped when directories and globs are
-    expanded. Raises :class:`CATSegError` for a pattern that matches nothing.
+    The demo's own outputs (``*_overlay.png``, ``*_labels.png``) under ``exclude`` (the output
+    directory) are skipped when directories and globs are expanded, so that a rerun does not
+    segment the previous run's results. Raises :class:`CATSegError` for a pattern that matches
+    nothing.
     """
     exclude_prefix = os.path.abspath(exclude) + os.sep if exclude else None
+    output_suffixes = tuple(IMAGE_OUTPUT_SUFFIXES.values())
 
     def image(path: str) -> bool:
         return path.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path)
 
     def outside(path: str) -> bool:
-        return exclude_prefix is None or not os.path.abspath(path).startswith(exclude_prefix)
+        return (exclude_prefix is None or not path.endswith(output_suffixes)
+                or not os.path.abspath(path).startswith(exclude_prefix))
 
     def none_found(what: str, images: List[str]) -> CATSegError:
-        if images:  # all of them in the output directory
-            return CATSegError(f"{what}: its {len(images)} image(s) are inside the output directory {exclude!r}, "
-                               f"which is skipped when inputs are searched; choose another --output")
+        if images:  # all of them outputs of an earlier run
+            return CATSegError(f"{what}: its {len(images)} image(s) are outputs of an earlier run in the output "
+                               f"directory {exclude!r} ({', '.join('*' + s for s in output_suffixes)}), which are "
+                               "not segmented again")
         return CATSegError(what)
 
     files = set()

@@ -287,14 +287,19 @@ def test_label_png_dtypes(demo_module, tmp_path):
 
 
 def test_expand_inputs(demo_module, tmp_path, image_factory):
-    """Directories are searched recursively for images; the output folder inside them is skipped."""
+    """Directories are searched recursively for images; the outputs of an earlier run in the
+    output folder are skipped, other images there are inputs (``--output .`` works)."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "out").mkdir()
-    for name in ("one.png", "sub/two.JPG", "out/one_overlay.png"):
+    for name in ("one.png", "sub/two.JPG", "out/one_overlay.png", "out/one_labels.png", "out/three.png",
+                 "sub/four_overlay.png"):
         Image.fromarray(image_factory(0, 8, 8)).save(tmp_path / name, format="PNG")
     (tmp_path / "readme.txt").write_text("skip me")
     files = demo_module.expand_inputs([str(tmp_path)], exclude=str(tmp_path / "out"))
-    assert files == [str(tmp_path / "one.png"), str(tmp_path / "sub" / "two.JPG")]
+    assert files == [str(tmp_path / "one.png"), str(tmp_path / "out" / "three.png"),
+                     str(tmp_path / "sub" / "four_overlay.png"), str(tmp_path / "sub" / "two.JPG")]
+    assert demo_module.expand_inputs([str(tmp_path / "sub")], exclude=str(tmp_path)) == [
+        str(tmp_path / "sub" / "two.JPG")]
     assert demo_module.expand_inputs([str(tmp_path / "*.png")]) == [str(tmp_path / "one.png")]
     with pytest.raises(demo_module.CATSegError, match="no images match"):
         demo_module.expand_inputs([str(tmp_path / "*.gif")])

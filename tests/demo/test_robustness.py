@@ -340,6 +340,9 @@ def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
                                   "truncated_only", "inputs_in_output", "dense_features_video"])
 def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_path, case):
     (tmp_path / "file").write_text("a regular file")
+    (tmp_path / "earlier").mkdir()
+    for name in ("x_overlay.png", "x_labels.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "earlier" / name)
     args = {"--config-file": tiny.config, "--input": str(mixed_folder / "b_good.png"),
             "--output": str(tmp_path / "out"), "--vocab": "cat, dog", "--device": "cpu"}
     change, expected = {
@@ -351,8 +354,10 @@ def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_pat
         # decoding fails while running, after the output folder (and its missing parents) was made
         "truncated_only": ({"--input": str(mixed_folder / "c_truncated.png"), "--output": str(tmp_path / "out/a/b")},
                            "cannot read image .*c_truncated.png.*truncated"),
-        "inputs_in_output": ({"--input": str(mixed_folder), "--output": str(mixed_folder)},
-                             "no images found in directory .*: its 4 image.s. are inside the output directory"),
+        "inputs_in_output": ({"--input": str(tmp_path / "earlier"), "--output": str(tmp_path / "earlier")},
+                             "no images found in directory .*: its 2 image.s. are outputs of an earlier run in the "
+                             "output directory .*earlier.* \\(\\*_overlay.png, \\*_labels.png\\), which are not "
+                             "segmented again"),
         "dense_features_video": ({"--input": None, "--video-input": str(tmp_path / "clip.mp4"),
                                   "--dense-features": ""}, "--dense-features writes one file per image"),
     }[case]
