@@ -145,9 +145,7 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     separator in a string, ``"cat, dog,"``, is allowed).
     """
     if isinstance(vocabulary, str):
-        vocabulary = vocabulary.translate(FULL_WIDTH_SEPARATORS)
-        parts = vocabulary.split(";") if ";" in vocabulary else vocabulary.split(",")
-        return _clean_classes(parts, repr(vocabulary), trailing_separator=True)
+        return _parse_vocabulary_string(vocabulary, repr(vocabulary))
     if isinstance(vocabulary, (list, tuple)):
         for position, part in enumerate(vocabulary):
             if not isinstance(part, str):
@@ -160,13 +158,33 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     raise CATSegError(f"vocabulary must be a string or a list of strings, got {type(vocabulary).__name__}")
 
 
+def _parse_vocabulary_string(vocabulary: str, source: str) -> List[str]:
+    """One string of classes (:func:`parse_vocabulary`'s rules); ``source`` names it in errors."""
+    vocabulary = vocabulary.translate(FULL_WIDTH_SEPARATORS)
+    parts = vocabulary.split(";") if ";" in vocabulary else vocabulary.split(",")
+    return _clean_classes(parts, source, trailing_separator=True)
+
+
+def parse_vocabulary_text(text: str, source: Optional[str] = None) -> List[str]:
+    """Classes of a text (a vocabulary file, the web app's box): blank lines and lines starting
+    with ``#`` are ignored; several lines are one class per line (each may hold ``", "``
+    synonyms); a single line is read like :func:`parse_vocabulary`'s string (``"cat, dog"``:
+    two classes). ``source`` (e.g. ``"file classes.txt"``) names the text in errors."""
+    lines = [line for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+    if len(lines) > 1:
+        return _clean_classes(lines, source or "the class list")
+    line = lines[0] if lines else ""
+    return _parse_vocabulary_string(line, source or repr(line))
+
+
 def read_vocabulary_file(path: str) -> List[str]:
     """Read classes from a file.
 
     ``path`` is a file, or names a vocabulary shipped with the package (``datasets/ade150.json``,
-    ``ade150.json``). ``.json``: a JSON array of class names (entries may hold
-    ``", "`` synonyms; a blank entry is an error). Anything else: a text file with one class
-    per line (``", "`` synonyms allowed), blank lines and lines starting with ``#`` ignored.
+    ``ade150.json``). ``.json``, or any file whose text starts with ``[``: a JSON array of class
+    names (entries may hold ``", "`` synonyms; a blank entry is an error). Anything else: text,
+    read by :func:`parse_vocabulary_text` (one class per line, ``", "`` synonyms allowed, or a
+    single line of classes like ``--vocab``; blank lines and ``#`` comments ignored).
     """
     try:
         path = resolve_vocabulary_path(path, "vocabulary file")
@@ -177,7 +195,7 @@ def read_vocabulary_file(path: str) -> List[str]:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise CATSegError(f"cannot read vocabulary file {path!r}: {e}") from None
-    if path.lower().endswith(".json"):
+    if path.lower().endswith(".json") or text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -185,8 +203,7 @@ def read_vocabulary_file(path: str) -> List[str]:
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise CATSegError(f"vocabulary file {path!r} must hold a JSON array of class-name strings")
         return _clean_classes(data, f"file {path}")
-    lines = [line for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return _clean_classes(lines, f"file {path}")
+    return parse_vocabulary_text(text, f"file {path}")
 
 
 # ---------------------------------------------------------------------------------- images
@@ -526,7 +543,7 @@ class SegmentationResult:
         writers = {
             paths["overlay"]: lambda f: Image.fromarray(self.overlay()).save(f, format="PNG"),
             paths["labels"]: lambda f: Image.fromarray(png).save(f, format="PNG"),
-            target + ".json": lambda f: f.write(json.dumps(record, indent=2).encode()),
+            target + ".json": lambda f: f.write(json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")),
         }
         _write_files_together(writers)
         paths.update(extra_outputs or {})
@@ -819,7 +836,8 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     apply_released_defaults(cfg, opts)
     weights = cfg.MODEL.WEIGHTS
     if weights_file_missing(weights):
-        raise CATSegError(f"weights file {weights!r} not found")
+        what = "is a directory; expected a checkpoint file" if os.path.isdir(weights) else "not found"
+        raise CATSegError(f"weights file {weights!r} {what}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)

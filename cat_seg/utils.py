@@ -29,6 +29,8 @@ def resolve_vocabulary_path(path: str, key: str = "class json") -> str:
     resolved = resolve_path(path)
     if os.path.isfile(resolved):
         return resolved
+    if os.path.isdir(resolved):
+        raise FileNotFoundError(f"{key} {path!r} is a directory; expected a file of class names")
     from .data.catalog import vocabulary_path
 
     try:

@@ -14,7 +14,7 @@ click a class, or click the overlay to read the class under the cursor), a table
 with area and mean confidence, and offers the label PNG, the overlay and the JSON for
 download (the same files as ``cat-seg-demo --output``).
 
-Inputs are validated by the library (:func:`cat_seg.api.parse_vocabulary`,
+Inputs are validated by the library (:func:`cat_seg.api.parse_vocabulary_text`,
 :func:`cat_seg.api.load_image`, :func:`cat_seg.api.build_config`): a bad input gives the same
 one-line message as the command line. Segmenters are cached per (config, weights, device,
 overrides) and keep their text features cached per vocabulary, so a second request with the
@@ -41,7 +41,7 @@ from ..api import (  # noqa: E402
     SegmentationResult,
     build_config,
     load_image,
-    parse_vocabulary,
+    parse_vocabulary_text,
 )
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
@@ -133,13 +133,11 @@ class SegmenterCache:
 
 # ---------------------------------------------------------------------------------- inputs
 def vocabulary_from_text(text: str) -> List[str]:
-    """The vocabulary box -> class names, with the CLI's rules: several non-empty lines are one
-    class per line (each may hold ``", "`` synonyms, as in a ``--vocab-file``); a single line is
-    read like ``--vocab`` (``,`` between classes, or ``;`` when classes carry synonyms)."""
-    lines = [line for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
-    if len(lines) > 1:
-        return parse_vocabulary(lines)
-    return parse_vocabulary(lines[0] if lines else "")
+    """The vocabulary box -> class names, with the rules of a ``--vocab-file`` text
+    (:func:`cat_seg.api.parse_vocabulary_text`): several non-empty lines are one class per line
+    (each may hold ``", "`` synonyms); a single line is read like ``--vocab`` (``,`` between
+    classes, or ``;`` when classes carry synonyms)."""
+    return parse_vocabulary_text(text)
 
 
 def benchmark_vocabulary(choice: str) -> Optional[List[str]]:

@@ -136,11 +136,13 @@ def config_vocabulary(cfg) -> List[str]:
 
 
 def parse_background(value: Optional[str]):
-    """``None`` | ``"prompts"`` | a float threshold in ``[0, 1]``."""
-    if value is None or value == "prompts":
+    """``None`` | ``"prompts"`` (any case) | a float threshold in ``[0, 1]``."""
+    if value is None:
         return value
+    if value.strip().lower() == "prompts":
+        return "prompts"
     try:
-        threshold = float(value)
+        threshold = float(value) + 0.0  # + 0.0: "-0" is 0.0
     except ValueError:
         raise CATSegError(f"--background must be 'prompts' or a number in [0, 1], got {value!r}") from None
     if not 0.0 <= threshold <= 1.0:
@@ -173,7 +175,7 @@ def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> Lis
                                "not segmented again")
         return CATSegError(what)
 
-    files = set()
+    files = {}  # real path -> the first name it was given by (one file named twice is read once)
     for pattern in patterns:
         if os.path.isdir(pattern):
             images = [m for m in (os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names) if image(m)]
@@ -189,8 +191,9 @@ def expand_inputs(patterns: Sequence[str], exclude: Optional[str] = None) -> Lis
                 raise none_found(f"no images match {pattern!r}", images)
         else:
             raise CATSegError(f"cannot read image {pattern!r}: no such file or directory")
-        files.update(os.path.normpath(m) for m in matches)
-    return sorted(files)
+        for match in matches:
+            files.setdefault(os.path.realpath(match), os.path.normpath(match))
+    return sorted(files.values())
 
 
 def output_stems(files: Sequence[str]) -> Dict[str, str]:

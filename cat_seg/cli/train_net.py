@@ -183,7 +183,8 @@ def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
     if weights_file_missing(weights):
         expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
-        raise UserError(f"MODEL.WEIGHTS {weights!r} not found; expected {expected}")
+        what = "is a directory" if os.path.isdir(weights) else "not found"
+        raise UserError(f"MODEL.WEIGHTS {weights!r} {what}; expected {expected}")
 
 
 def check_class_jsons(cfg, eval_only: bool) -> None:

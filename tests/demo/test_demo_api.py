@@ -248,6 +248,14 @@ def test_vocabulary_parsing(tmp_path):
     (tmp_path / "classes.txt").write_text("# my classes\ncat\n\nperson, human\n")
     assert read_vocabulary_file(str(tmp_path / "classes.json")) == ["wall, brick wall", "floor"]
     assert read_vocabulary_file(str(tmp_path / "classes.txt")) == ["cat", "person, human"]
+    # a single line is read like --vocab (as the web app's box); JSON text in any file is JSON
+    (tmp_path / "classes.csv").write_text("cat,dog,grass\n")
+    assert read_vocabulary_file(str(tmp_path / "classes.csv")) == ["cat", "dog", "grass"]
+    (tmp_path / "list.txt").write_text('["cat", "person, human"]\n')
+    assert read_vocabulary_file(str(tmp_path / "list.txt")) == ["cat", "person, human"]
+    (tmp_path / "twice.txt").write_text("cat, dog, Cat\n")
+    with pytest.raises(CATSegError, match=r"class 'Cat' appears twice in the vocabulary \(file .*twice.txt\)"):
+        read_vocabulary_file(str(tmp_path / "twice.txt"))
 
 
 def test_vocabulary_file_names_a_packaged_vocabulary(tmp_path, monkeypatch):
@@ -334,6 +342,10 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
         segmenter(images[0], VOCAB, background="sky")
     with pytest.raises(CATSegError, match="weights file .*nowhere.pth.* not found"):
         OpenVocabSegmenter.from_config(tiny.config, weights=str(tmp_path / "nowhere.pth"), opts=tiny.opts)
+    with pytest.raises(CATSegError, match=r"weights file .* is a directory; expected a checkpoint file"):
+        OpenVocabSegmenter.from_config(tiny.config, weights=str(tmp_path), opts=tiny.opts)
+    with pytest.raises(CATSegError, match=r"vocabulary file .* is a directory; expected a file of class names"):
+        read_vocabulary_file(str(tmp_path))
     with pytest.raises(CATSegError, match="config file .*nope.yaml.* not found"):
         OpenVocabSegmenter.from_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(CATSegError, match="config file .* is a directory, expected a YAML file"):

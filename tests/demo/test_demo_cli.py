@@ -303,3 +303,14 @@ def test_expand_inputs(demo_module, tmp_path, image_factory):
     assert demo_module.expand_inputs([str(tmp_path / "*.png")]) == [str(tmp_path / "one.png")]
     with pytest.raises(demo_module.CATSegError, match="no images match"):
         demo_module.expand_inputs([str(tmp_path / "*.gif")])
+    # one file named three ways is segmented once, under the first name
+    same = [str(tmp_path / "one.png"), str(tmp_path / "sub" / ".." / "one.png"), str(tmp_path / "*.png")]
+    assert demo_module.expand_inputs(same) == [str(tmp_path / "one.png")]
+
+
+def test_background_option_spellings(demo_module):
+    assert demo_module.parse_background(" Prompts") == "prompts"
+    assert demo_module.parse_background("0.25") == 0.25
+    assert str(demo_module.parse_background("-0")) == "0.0"
+    with pytest.raises(demo_module.CATSegError, match="--background must be 'prompts' or a number in"):
+        demo_module.parse_background("sky")
