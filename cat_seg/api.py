@@ -78,9 +78,14 @@ class CATSegError(Exception):
 
 
 # ---------------------------------------------------------------------------------- vocabulary
+# invisible format characters (zero-width space / joiners, byte-order mark) pasted with names
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
 def _clean_class(name: str) -> str:
-    """Normalise whitespace and the synonym separator of one class name."""
-    synonyms = [" ".join(part.split()) for part in name.split(",")]
+    """Normalise whitespace and the synonym separator of one class name; invisible characters
+    around a synonym are dropped (a name of only such characters is blank)."""
+    synonyms = [" ".join(part.split()).strip(_INVISIBLE).strip() for part in name.split(",")]
     return ", ".join(s for s in synonyms if s)
 
 
@@ -126,7 +131,7 @@ def _clean_classes(parts: Sequence[str], source: str, trailing_separator: bool =
     return _check_vocabulary([c for c in cleaned if c], source)
 
 
-FULL_WIDTH_SEPARATORS = str.maketrans({"\uff0c": ", ", "\uff1b": ";"})  # ，；
+FULL_WIDTH_SEPARATORS = str.maketrans({"\uff0c": ", ", "\u3001": ", ", "\uff1b": ";"})  # ，、；
 
 
 def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
@@ -137,8 +142,9 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
       (``"person, human; dog"`` -> ``["person, human", "dog"]``);
     * any other string: classes separated by ``,`` (``"cat, dog"`` -> ``["cat", "dog"]``).
 
-    In a string, the full-width ``，`` and ``；`` of Chinese and Japanese input methods count as
-    ``,`` and ``;`` (``"猫，狗"`` -> ``["猫", "狗"]``).
+    In a string, the full-width ``，`` and ``；`` and the enumeration comma ``、`` of Chinese and
+    Japanese input methods count as ``,`` and ``;`` (``"猫，狗"`` and ``"猫、狗"`` ->
+    ``["猫", "狗"]``).
 
     Whitespace is normalised. Raises :class:`CATSegError` for an empty vocabulary, a class
     given twice, or a blank class name among others (its position is named; only a trailing

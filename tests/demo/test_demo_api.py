@@ -244,6 +244,10 @@ def test_vocabulary_parsing(tmp_path):
     # the full-width separators of CJK input methods
     assert parse_vocabulary("猫，狗") == ["猫", "狗"]
     assert parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
+    assert parse_vocabulary("猫、犬") == ["猫", "犬"]
+    assert parse_vocabulary(["\u200bcat", "dog\u200b"]) == ["cat", "dog"]
+    with pytest.raises(CATSegError, match="empty vocabulary"):
+        parse_vocabulary(["\u200b"])
     (tmp_path / "classes.json").write_text(json.dumps(["wall, brick wall", "floor"]))
     (tmp_path / "classes.txt").write_text("# my classes\ncat\n\nperson, human\n")
     assert read_vocabulary_file(str(tmp_path / "classes.json")) == ["wall, brick wall", "floor"]
