@@ -72,7 +72,17 @@ def _fetch_png(url: str) -> np.ndarray:
 
 
 def _error_toasts(driver):
-    return " | ".join(t.text for t in _by_css(driver, ".toast-body") if t.text)
+    """The text of the error toasts shown; a toast removed while it is read (one fading out
+    after its close button was clicked) is left out."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    texts = []
+    for toast in _by_css(driver, ".toast-body"):
+        try:
+            texts.append(toast.text)
+        except StaleElementReferenceException:
+            continue
+    return " | ".join(text for text in texts if text)
 
 
 def test_segment_in_the_browser_matches_the_api(app_server, browser, test_image, api_result):
