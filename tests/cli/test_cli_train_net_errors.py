@@ -461,3 +461,13 @@ def test_a_finished_process_stops_its_data_loader_workers():
     finally:
         if worker.is_alive():
             worker.kill()
+
+
+def test_repository_config_path_works_from_another_folder(tmp_path, monkeypatch):
+    """``--config-file configs/...`` from outside the checkout: the checks found the file, and
+    detectron2's default_setup, which opens ``args.config_file`` again, must find it too."""
+    monkeypatch.chdir(tmp_path)
+    args = train_net.build_parser().parse_args(["--config-file", "configs/quick_schedules/tiny_vitb_cpu.yaml"])
+    cfg = train_net.load_config(args)
+    assert args.config_file == TINY and os.path.isfile(args.config_file)
+    assert cfg.SOLVER.MAX_ITER == 20
