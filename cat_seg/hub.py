@@ -188,6 +188,56 @@ def _check(entry: ReleasedWeights, path: str, fresh: bool):
             )
 
 
+def _cached(entry: ReleasedWeights) -> Optional[str]:
+    """The file of ``entry`` in the hub cache, or None. A released file never changes: once
+    cached it is used without asking the hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type,
+                                    cache_dir=hub_cache_dir(), revision=entry.revision)
+    return cached if isinstance(cached, str) and os.path.isfile(cached) else None
+
+
+def _probe(entry: ReleasedWeights) -> None:
+    """Raise :class:`WeightsUnavailableError` (one line: why, and how to get the file) when
+    ``entry`` cannot be downloaded now: ``HF_HUB_OFFLINE`` set, or the hub does not answer a
+    metadata request within :data:`METADATA_TIMEOUT_S` (one try: ``hf_hub_download`` retries
+    an unreachable hub with back-off for about a minute before giving up)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants as hf_constants
+
+    if hub_offline() or hf_constants.is_offline_mode():
+        raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                                      f"{_how_to_get(entry)}")
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
+                         endpoint=endpoint)
+        get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+    except Exception as e:  # no network, hub error, HTTP 404: all end the same way for the user
+        raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "
+                                      f"{_how_to_get(entry)}") from None
+
+
+def _how_to_get(entry: ReleasedWeights) -> str:
+    return (f"download {entry.url} and pass its path as --weights / MODEL.WEIGHTS "
+            f"(or put it in the hub cache {hub_cache_dir()} with: hf download {entry.repo_id} {entry.filename} "
+            f"--repo-type {entry.repo_type})")
+
+
+def _short_reason(error: Exception) -> str:
+    reason = " ".join(f"{type(error).__name__}: {error}".split())
+    return reason[:157] + "..." if len(reason) > 160 else reason
+
+
+def check_released_weights(weights: str) -> None:
+    """For a released name: its file is in the hub cache or can be downloaded now (else
+    :class:`WeightsUnavailableError`, one line); nothing is downloaded. Anything else passes."""
+    entry = get_released(weights)
+    if entry is not None and _cached(entry) is None:
+        _probe(entry)
+
+
 def resolve_weights(weights: str) -> str:
     """``MODEL.WEIGHTS`` value -> local checkpoint path.
 
@@ -199,33 +249,19 @@ def resolve_weights(weights: str) -> str:
     entry = get_released(weights)
     if entry is None:
         return weights
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub import constants as hf_constants
-
-    cache_dir = hub_cache_dir()
-    kwargs = dict(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type, cache_dir=cache_dir)
-    # A released file never changes: once cached it is used without asking the hub.
-    cached = try_to_load_from_cache(revision=entry.revision, **kwargs)
-    if isinstance(cached, str) and os.path.isfile(cached):
+    cached = _cached(entry)
+    if cached is not None:
         _check(entry, cached, fresh=False)
         return cached
-    how = (f"download {entry.url} and pass its path as --weights / MODEL.WEIGHTS "
-           f"(or put it in the hub cache {cache_dir} with: hf download {entry.repo_id} {entry.filename} "
-           f"--repo-type {entry.repo_type})")
-    if hub_offline() or hf_constants.is_offline_mode():
-        raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    _probe(entry)
+    from huggingface_hub import hf_hub_download
+
     try:
-        # One quick metadata probe without retries first: hf_hub_download retries an unreachable
-        # hub with back-off for about a minute before giving up, and we want one line in seconds.
-        url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
-                         endpoint=endpoint)
-        get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
-        path = hf_hub_download(revision=entry.revision, endpoint=endpoint, etag_timeout=METADATA_TIMEOUT_S, **kwargs)
-    except Exception as e:  # no network, hub error, HTTP 404, disk full: all end the same way for the user
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        if len(reason) > 160:
-            reason = reason[:157] + "..."
-        raise WeightsUnavailableError(f"{entry.name}: cannot download ({reason}); {how}") from None
+        path = hf_hub_download(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type,
+                               cache_dir=hub_cache_dir(), revision=entry.revision,
+                               endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=METADATA_TIMEOUT_S)
+    except Exception as e:  # the connection lost while downloading, disk full, ...
+        raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "
+                                      f"{_how_to_get(entry)}") from None
     _check(entry, path, fresh=True)
     return path

@@ -67,15 +67,22 @@ def selected_benchmarks() -> List[str]:
 
 
 def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]) -> str:
-    """Check the config (file, keys, values), ``OUTPUT_DIR`` and the checkpoint before any
-    benchmark runs; returns the checkpoint path. Raises :class:`UserError`."""
+    """Check the config (file, keys, values, with the protocol's overrides every benchmark
+    runs with), ``OUTPUT_DIR`` and the checkpoint before any benchmark runs (a released name
+    is downloaded into the hub cache here, once); returns the ``MODEL.WEIGHTS`` value. Raises
+    :class:`UserError` (or the hub's one-line error)."""
+    from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
+    from cat_seg.hub import resolve_weights
+
     from .train_net import check_config_values, check_output_dir, check_weights, load_config
 
     if "OUTPUT_DIR" in list(extra)[0::2]:
         raise UserError(f"OUTPUT_DIR is eval.sh's third argument ({output_dir!r}); remove 'OUTPUT_DIR ...' from "
                         f"the KEY VALUE options (the results go to OUTPUT_DIR/eval/<benchmark>/)")
     default_weights = os.path.join(output_dir, "model_final.pth")
-    opts = ["MODEL.WEIGHTS", default_weights, "OUTPUT_DIR", os.path.join(output_dir, "eval")] + list(extra)
+    # the values every benchmark runs with (their class jsons and datasets are checked by each)
+    opts = (["MODEL.WEIGHTS", default_weights, "OUTPUT_DIR", os.path.join(output_dir, "eval")] + PROTOCOL_OPTS
+            + list(extra))
     cfg = load_config(argparse.Namespace(config_file=config, opts=opts))
     check_config_values(cfg, num_gpus, eval_only=True)
     check_output_dir(cfg.OUTPUT_DIR)
@@ -83,6 +90,7 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
         raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
                         f"MODEL.WEIGHTS FILE after OUTPUT_DIR")
     check_weights(cfg, resume=False)
+    resolve_weights(cfg.MODEL.WEIGHTS)  # a released name: downloaded once here, not by every benchmark
     return cfg.MODEL.WEIGHTS
 
 
@@ -195,7 +203,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit status: 0 all requested benchmarks evaluated or skipped for missing data, 1 some
     failed, 2 a user error found before any benchmark ran."""
-    return run_main(_main, argv)
+    from .train_net import user_error_types
+
+    return run_main(_main, argv, user_errors=user_error_types())
 
 
 if __name__ == "__main__":

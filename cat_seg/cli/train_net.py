@@ -170,7 +170,8 @@ def has_run(cfg) -> bool:
 
 
 def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
-    """``MODEL.WEIGHTS`` names an existing file (or a URL, a released name), unless
+    """``MODEL.WEIGHTS`` names an existing file (or a URL, or a released name whose file is
+    cached or can be downloaded now), unless
     ``--resume`` finds a checkpoint in ``OUTPUT_DIR``: with ``--eval-only`` the checkpoint to
     evaluate (it must be given), in training the one to start from (empty: CLIP weights and a
     new head)."""
@@ -182,8 +183,9 @@ def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
             raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
                             "output/model_final.pth); it is empty")
         return
-    from cat_seg.hub import weights_file_missing
+    from cat_seg.hub import check_released_weights, weights_file_missing
 
+    check_released_weights(weights)  # a released name: in the hub cache or downloadable now
     if weights_file_missing(weights):
         expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")

@@ -97,7 +97,7 @@ def test_run_sh_checks_its_arguments(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
-                                  "output dir option", "bad value"])
+                                  "output dir option", "bad value", "protocol geometry", "released offline"])
 def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BENCHMARKS", "synthetic ade150")
     out = tmp_path / "run"
@@ -115,6 +115,12 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         extra = ["OUTPUT_DIR", str(tmp_path / "elsewhere")]
     elif case == "bad value":
         extra = ["MODEL.PRECISION", "fp64"]
+    elif case == "protocol geometry":  # only wrong with the protocol's TEST.SLIDING_WINDOW True
+        extra = ["TEST.SLIDING_WINDOW_CROP", "64", "TEST.SLIDING_WINDOW_CANVAS", "107"]
+    elif case == "released offline":  # checked (and downloaded) once, not by every benchmark
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+        extra = ["MODEL.WEIGHTS", "catseg-vitb"]
     assert evaluate_benchmarks.main([config, "1", str(out), *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "[eval]" not in captured.err
@@ -126,6 +132,8 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         "weights not found": f"error: MODEL.WEIGHTS '{tmp_path / 'other.pth'}' not found",
         "output dir option": f"error: OUTPUT_DIR is eval.sh's third argument ('{out}'); remove 'OUTPUT_DIR ...'",
         "bad value": "error: MODEL.PRECISION='fp64': expected one of auto, fp32, bf16, fp16",
+        "protocol geometry": "error: sliding-window crops leave the last 1 pixels of the canvas uncovered",
+        "released offline": "error: catseg-vitb: not in the Hugging Face cache and HF_HUB_OFFLINE is set",
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written

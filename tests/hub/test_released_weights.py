@@ -191,3 +191,22 @@ def test_demo_default_config_follows_the_released_name(tiny_release):
     assert default_config(entry.name) == resolve_path(entry.config_file)
     assert default_config(None) == resolve_path("configs/vitb_384.yaml")
     assert default_config("model_final.pth") == resolve_path("configs/vitb_384.yaml")
+
+
+def test_check_released_weights_downloads_nothing(monkeypatch, loopback_hub, tiny_release):
+    """train_net's check of a released name: passes when the hub has the file (one metadata
+    request, no download) or the cache does; offline without the cache it is the one-line error
+    resolve_weights gives, before any process starts."""
+    entry, _ = tiny_release
+    hub.check_released_weights(entry.name)
+    assert loopback_hub.downloads(entry.filename) == []
+    hub.check_released_weights("output/model_final.pth")  # not a released name: nothing to check
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hub.WeightsUnavailableError, match="catseg-tiny-test: not in the Hugging Face cache and "
+                                                          "HF_HUB_OFFLINE is set"):
+        hub.check_released_weights(entry.name)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.resolve_weights(entry.name)
+    loopback_hub.close()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.check_released_weights(entry.name)  # cached
