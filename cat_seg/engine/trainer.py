@@ -12,7 +12,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import CATSegCheckpointer
+from ..checkpoint import CATSegCheckpointer, CheckpointError
 from ..data.dataset_mappers import TRAIN_MAPPERS, InferenceDatasetMapper
 from ..evaluation import SemSegEvaluator, build_evaluator
 from ..modeling.postprocess import OutputRequest
@@ -77,6 +77,36 @@ def scale_to_processes(cfg, processes: int):
         raise ValueError(f"SOLVER.REFERENCE_WORLD_SIZE={reference}: SOLVER.IMS_PER_BATCH="
                          f"{cfg.SOLVER.IMS_PER_BATCH} must be a multiple of it (the batch of one process)")
     return DefaultTrainer.auto_scale_workers(cfg, processes)
+
+
+def optimizer_state_problem(optimizer: torch.optim.Optimizer, saved: Optional[dict]) -> Optional[str]:
+    """Why the optimizer state ``saved`` in a checkpoint cannot be loaded into ``optimizer``, or
+    None. torch checks only the number of parameter groups and of parameters per group; a
+    state of another optimizer type (``SOLVER.OPTIMIZER`` changed) loads, then fails at the
+    first step for a hyper-parameter the groups lack, and moments of other parameters
+    (``CLIP_FINETUNE`` changed, same count) fail there on their shape."""
+    if not saved:
+        return None
+    groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
+    if len(groups) != len(saved_groups) or any(len(g["params"]) != len(s["params"])
+                                               for g, s in zip(groups, saved_groups)):
+        count = sum(len(g["params"]) for g in saved_groups)
+        return (f"it trained {count} parameter tensors in {len(saved_groups)} groups, this config trains "
+                f"{sum(len(g['params']) for g in groups)} in {len(groups)}")
+    # numeric hyper-parameters the optimizer's step reads (the boolean options torch fills in)
+    needed = [k for k, v in optimizer.defaults.items() if not isinstance(v, (bool, type(None)))]
+    missing = sorted({k for s in saved_groups for k in needed if k not in s})
+    if missing:
+        return (f"its optimizer state lacks {', '.join(missing)} of {type(optimizer).__name__} "
+                "(another SOLVER.OPTIMIZER)")
+    state = saved.get("state", {})
+    for group, saved_group in zip(groups, saved_groups):
+        for param, index in zip(group["params"], saved_group["params"]):
+            moments = [v for v in state.get(index, {}).values() if torch.is_tensor(v) and v.dim() > 0]
+            if moments and moments[0].shape != param.shape:
+                return (f"its optimizer state holds a {tuple(moments[0].shape)} moment for a parameter of shape "
+                        f"{tuple(param.shape)}")
+    return None
 
 
 def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name: str) -> Optional[str]:
@@ -175,6 +205,18 @@ class Trainer(DefaultTrainer):
         if self.start_iter > 0:
             self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None
+
+    def load_state_dict(self, state_dict):
+        """``DefaultTrainer.load_state_dict`` (iteration, hooks, optimizer) after checking that the
+        optimizer state fits: a checkpoint of a run with another optimizer or other trainable
+        parameters is a one-line :class:`CheckpointError` before anything is loaded."""
+        problem = optimizer_state_problem(self.optimizer, state_dict.get("_trainer", {}).get("optimizer"))
+        if problem:
+            raise CheckpointError(
+                f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} cannot continue with this config: {problem}; "
+                "resume with the run's settings (its config.yaml), or start a new run from its weights "
+                "(MODEL.WEIGHTS <checkpoint> without --resume, another OUTPUT_DIR)")
+        super().load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ builders
     def build_train_loader(self, cfg):

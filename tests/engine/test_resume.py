@@ -68,3 +68,36 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
     proc = run_train_net(tiny_benchmark, "--resume", *opts)
     assert ("the checkpoint resumed from is at iteration 1 and SOLVER.MAX_ITER is 1: nothing is left to train "
             "(raise SOLVER.MAX_ITER to train longer)") in proc.stdout + proc.stderr
+    # the same checkpoint with another optimizer or other trainable parameters: one line, exit 2
+    for change, problem in ((["SOLVER.OPTIMIZER", "SGD"], "its optimizer state lacks dampening, momentum of SGD"),
+                            (["MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", "full"], "parameter tensors in")):
+        more = opts[:opts.index("SOLVER.MAX_ITER") + 1] + ["2"] + opts[opts.index("SOLVER.MAX_ITER") + 2:]
+        proc = subprocess.run(train_net_cmd("--resume", *more, *change), env=run_env(tiny_benchmark),
+                              capture_output=True, text=True, timeout=1800)  # hang guard only
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --resume: the checkpoint in {out} cannot continue with this config: ")
+        assert problem in last and "MODEL.WEIGHTS <checkpoint> without --resume" in last
+
+
+def test_optimizer_state_problem():
+    """What torch's Optimizer.load_state_dict lets through: another optimizer type (fails at
+    its first step) and other parameters of the same count (fails on the moments' shapes)."""
+    from cat_seg.engine.trainer import optimizer_state_problem
+
+    def groups(*shapes):
+        return [{"params": [torch.nn.Parameter(torch.zeros(shape))]} for shape in shapes]
+
+    adamw = torch.optim.AdamW(groups((2, 3), (4,)))
+    for group in adamw.param_groups:
+        group["params"][0].grad = torch.ones_like(group["params"][0])
+    adamw.step()
+    saved = adamw.state_dict()
+    assert optimizer_state_problem(torch.optim.AdamW(groups((2, 3), (4,))), saved) is None
+    assert optimizer_state_problem(torch.optim.AdamW(groups((2, 3), (4,))), None) is None
+    assert optimizer_state_problem(torch.optim.SGD(groups((2, 3), (4,)), lr=0.1, momentum=0.9), saved) == (
+        "its optimizer state lacks dampening, momentum of SGD (another SOLVER.OPTIMIZER)")
+    assert optimizer_state_problem(torch.optim.AdamW(groups((2, 3), (4,), (5,))), saved) == (
+        "it trained 2 parameter tensors in 2 groups, this config trains 3 in 3")
+    assert optimizer_state_problem(torch.optim.AdamW(groups((2, 3), (5,))), saved) == (
+        "its optimizer state holds a (4,) moment for a parameter of shape (5,)")
