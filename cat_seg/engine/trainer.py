@@ -2,12 +2,13 @@
 import logging
 import os
 import weakref
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -216,7 +217,27 @@ class Trainer(DefaultTrainer):
                 f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} cannot continue with this config: {problem}; "
                 "resume with the run's settings (its config.yaml), or start a new run from its weights "
                 "(MODEL.WEIGHTS <checkpoint> without --resume, another OUTPUT_DIR)")
+        saved_lrs = state_dict.get("hooks", {}).get("LRScheduler", {}).get("base_lrs")
+        current_lrs = getattr(self.scheduler, "base_lrs", None)
+        if saved_lrs and current_lrs and len(saved_lrs) == len(current_lrs) and not all(
+                abs(a - b) <= 1e-12 + 1e-6 * abs(b) for a, b in zip(saved_lrs, current_lrs)):
+            # detectron2 restores the schedule of the run: the learning rates of this config are not used
+            logger.warning(f"--resume continues the learning-rate schedule of the checkpoint (base LR "
+                           f"{max(saved_lrs):g}); this config's learning rates (SOLVER.BASE_LR {self.cfg.SOLVER.BASE_LR:g}, "
+                           "CLIP_MULTIPLIER, BACKBONE_MULTIPLIER) differ and are not used; to train with them, "
+                           "start a new run from the checkpoint (MODEL.WEIGHTS <checkpoint> without --resume)")
         super().load_state_dict(state_dict)
+
+    def before_train(self):
+        super().before_train()
+        # detectron2's LRScheduler hook logs ("lr") the group of the most common *current* LR; on
+        # resuming at the end of a schedule all are 0 and it picked a CLIP group (LR x 0.01).
+        # The most common initial LR is the head's, as in a fresh run.
+        initial = Counter(g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups).most_common(1)[0][0]
+        for hook in self._hooks:
+            if isinstance(hook, hooks.LRScheduler):
+                hook._best_param_group_id = next(i for i, g in enumerate(self.optimizer.param_groups)
+                                                 if g.get("initial_lr", g["lr"]) == initial)
 
     # ------------------------------------------------------------------ builders
     def build_train_loader(self, cfg):

@@ -1,4 +1,5 @@
 """--resume after SIGKILL reproduces the uninterrupted run exactly."""
+import json
 import os
 import signal
 import subprocess
@@ -68,6 +69,23 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
     proc = run_train_net(tiny_benchmark, "--resume", *opts)
     assert ("the checkpoint resumed from is at iteration 1 and SOLVER.MAX_ITER is 1: nothing is left to train "
             "(raise SOLVER.MAX_ITER to train longer)") in proc.stdout + proc.stderr
+    # resuming past the end of the schedule (all LRs were 0): the logged lr is still the head's
+    longer = opts[:opts.index("SOLVER.MAX_ITER") + 1] + ["3"] + opts[opts.index("SOLVER.MAX_ITER") + 2:]
+    fresh_dir = str(tmp_path / "fresh")
+    fresh = longer[:longer.index("OUTPUT_DIR") + 1] + [fresh_dir] + longer[longer.index("OUTPUT_DIR") + 2:]
+    run_train_net(tiny_benchmark, *fresh)
+    run_train_net(tiny_benchmark, "--resume", *longer)
+
+    def logged_lrs(folder):
+        with open(os.path.join(folder, "metrics.json")) as f:
+            return {r["iteration"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
+
+    assert logged_lrs(out)[2] == logged_lrs(fresh_dir)[2]
+    # another learning rate: detectron2 keeps the checkpoint's schedule; the trainer says so
+    proc = run_train_net(tiny_benchmark, "--resume", *opts, "SOLVER.BASE_LR", "0.05")
+    assert "--resume continues the learning-rate schedule of the checkpoint (base LR " in proc.stdout + proc.stderr
+    assert "(SOLVER.BASE_LR 0.05, CLIP_MULTIPLIER, BACKBONE_MULTIPLIER) differ and are not used" in \
+        proc.stdout + proc.stderr
     # the same checkpoint with another optimizer or other trainable parameters: one line, exit 2
     for change, problem in ((["SOLVER.OPTIMIZER", "SGD"], "its optimizer state lacks dampening, momentum of SGD"),
                             (["MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", "full"], "parameter tensors in")):
