@@ -308,11 +308,29 @@ def check_unread_keys(cfg) -> None:
         logger.warning(message)
 
 
+def warn_about_prompts(cfg) -> None:
+    """Deep visual prompts and ``CLIP_FINETUNE`` that train nothing or train around random
+    prompts: allowed (the official code does the same), but said, since such a run silently
+    differs from what its name suggests."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    prompts = head.PROMPT_DEPTH > 0 and head.PROMPT_LENGTH > 0
+    if head.CLIP_FINETUNE == "prompt" and not prompts:
+        logger.warning("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE prompt trains only the deep visual prompts, and there are "
+                       f"none (PROMPT_DEPTH {head.PROMPT_DEPTH}, PROMPT_LENGTH {head.PROMPT_LENGTH}): CLIP is not "
+                       "trained at all")
+    elif prompts and head.CLIP_FINETUNE != "prompt":
+        logger.warning(f"deep visual prompts (PROMPT_DEPTH {head.PROMPT_DEPTH}, PROMPT_LENGTH {head.PROMPT_LENGTH}) "
+                       f"are trained only with CLIP_FINETUNE prompt; with {head.CLIP_FINETUNE} they stay as "
+                       + ("MODEL.WEIGHTS holds them" if cfg.MODEL.WEIGHTS else "initialised, random"))
+
+
 def check(args):
     """All checks that run before any process starts; returns the (unfrozen) config."""
     cfg = load_config(args)
     check_unread_keys(cfg)
     check_config_values(cfg, args.num_gpus * args.num_machines, args.eval_only)
+    if not args.eval_only:
+        warn_about_prompts(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
     if args.resume:
         check_resume(cfg)

@@ -471,3 +471,26 @@ def test_repository_config_path_works_from_another_folder(tmp_path, monkeypatch)
     cfg = train_net.load_config(args)
     assert args.config_file == TINY and os.path.isfile(args.config_file)
     assert cfg.SOLVER.MAX_ITER == 20
+
+
+def test_prompt_settings_that_train_nothing_are_said(caplog):
+    """CLIP_FINETUNE prompt without prompts trains nothing in CLIP; prompts with another mode
+    stay random: allowed (as in the official code), with a warning."""
+    args = ["--config-file", TINY, "MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", "prompt"]
+    cfg = train_net.load_config(train_net.build_parser().parse_args(args))
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        train_net.warn_about_prompts(cfg)
+    assert "CLIP_FINETUNE prompt trains only the deep visual prompts, and there are none (PROMPT_DEPTH 0, " \
+           "PROMPT_LENGTH 0): CLIP is not trained at all" in caplog.text
+    caplog.clear()
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_FINETUNE, cfg.MODEL.SEM_SEG_HEAD.PROMPT_DEPTH = "attention", 2
+    cfg.MODEL.SEM_SEG_HEAD.PROMPT_LENGTH = 3
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        train_net.warn_about_prompts(cfg)
+    assert "deep visual prompts (PROMPT_DEPTH 2, PROMPT_LENGTH 3) are trained only with CLIP_FINETUNE prompt; " \
+           "with attention they stay as initialised, random" in caplog.text
+    caplog.clear()
+    cfg.MODEL.SEM_SEG_HEAD.CLIP_FINETUNE = "prompt"
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        train_net.warn_about_prompts(cfg)
+    assert caplog.text == ""
