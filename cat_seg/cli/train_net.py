@@ -246,15 +246,18 @@ def check_datasets(cfg, eval_only: bool) -> None:
 def check_training_vocabulary(cfg) -> None:
     """``TRAIN_CLASS_JSON`` against the training datasets' classes (``stuff_classes``): labels
     index the json, so fewer names than classes is an error; more names is allowed (the extra
-    ones are trained as negatives only, a deliberate choice in some research) with a warning.
+    ones are trained as negatives only, a deliberate choice in some research) with a warning,
+    as are names that differ from the dataset's (rewordings, or another dataset's list).
     A training dataset's ``ignore_label`` must be ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``, the value
     the loss and the crop skip."""
     from detectron2.data import MetadataCatalog
 
+    from cat_seg.modeling.clip.prompts import primary_name
     from cat_seg.utils import read_class_json
 
     train_json = cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON
-    count = len(read_class_json(train_json, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON"))
+    names = read_class_json(train_json, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON")
+    count = len(names)
     ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     for name in cfg.DATASETS.TRAIN:
         ignore_label = getattr(MetadataCatalog.get(name), "ignore_label", ignore_value)
@@ -263,14 +266,24 @@ def check_training_vocabulary(cfg) -> None:
                             f"but MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}: set MODEL.SEM_SEG_HEAD."
                             f"IGNORE_VALUE {ignore_label}")
         classes = getattr(MetadataCatalog.get(name), "stuff_classes", None)
-        if classes is None or count == len(classes):
+        if classes is None:
             continue
         what = (f"MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={train_json} has {count} classes but training dataset {name} "
                 f"has {len(classes)}")
         if count < len(classes):
             raise UserError(f"{what}: its labels index the json; use the dataset's class json")
-        logger.warning(f"{what}: the last {count - len(classes)} names are trained as negatives only (no pixel is "
-                       "labelled with them); if that is not meant, use the dataset's class json")
+        # label i is trained with the json's i-th name: other names there may be rewordings (a
+        # research choice) or another dataset's list (a mistake); either way, say so
+        differ = [i for i, cls in enumerate(classes) if primary_name(names[i]).lower() != primary_name(cls).lower()]
+        if differ:
+            i = differ[0]
+            logger.warning(f"MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={train_json} names {len(differ)} of the "
+                           f"{len(classes)} classes of training dataset {name} differently (label {i} is "
+                           f"{classes[i]!r} there, {names[i]!r} in the json): label i is trained with the json's "
+                           "i-th name; if that is not meant, use the dataset's class json")
+        elif count > len(classes):
+            logger.warning(f"{what}: the last {count - len(classes)} names are trained as negatives only (no pixel is "
+                           "labelled with them); if that is not meant, use the dataset's class json")
 
 
 def check_config_values(cfg, processes: int, eval_only: bool) -> None:

@@ -203,14 +203,18 @@ def test_vocabulary_of_another_dataset_is_found_before_starting(capsys, tmp_path
 
 def test_training_vocabulary_against_the_training_dataset(capsys, caplog, tmp_path, synthetic_registered):
     """Labels index TRAIN_CLASS_JSON: fewer names than the training dataset's classes is an
-    error before starting; more is allowed (trained as negatives only) with a warning."""
+    error before starting; more is allowed (trained as negatives only) with a warning, and so
+    are names other than the dataset's (rewordings, or another dataset's list)."""
     import json
+
+    from cat_seg.data.synthetic import train_class_names, val_class_names
 
     base = ["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
             "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()"]
-    short, extended = tmp_path / "short.json", tmp_path / "extended.json"
+    short, extended, other = tmp_path / "short.json", tmp_path / "extended.json", tmp_path / "other.json"
     short.write_text(json.dumps([f"class {i}" for i in range(5)]))
-    extended.write_text(json.dumps([f"class {i}" for i in range(14)]))
+    extended.write_text(json.dumps(train_class_names() + ["sky", "road"]))
+    other.write_text(json.dumps(val_class_names()))  # the val split's 16 classes: another order
     assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(short)]) == 2
     assert one_error_line(capsys) == (
         f"error: MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={short} has 5 classes but training dataset "
@@ -219,6 +223,15 @@ def test_training_vocabulary_against_the_training_dataset(capsys, caplog, tmp_pa
         assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(extended)]) == 0
     assert "has 14 classes but training dataset synthetic_train_sem_seg has 12: the last 2 names are trained as " \
            "negatives only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(other)]) == 0
+    train, val = train_class_names(), val_class_names()
+    first = next(i for i in range(12) if train[i] != val[i])
+    assert (f"names {sum(a != b for a, b in zip(train, val))} of the 12 classes of training dataset "
+            f"synthetic_train_sem_seg differently (label {first} is {train[first]!r} there, {val[first]!r} in the "
+            "json): label i is trained with the json's i-th name") in caplog.text
+    assert "negatives only" not in caplog.text
     # the loss and the crop skip IGNORE_VALUE: another value than the dataset's would train its
     # unlabelled pixels as a class
     assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "254"]) == 2
