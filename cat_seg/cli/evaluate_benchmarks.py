@@ -5,7 +5,9 @@
 
 One ``cat_seg.cli.train_net --eval-only`` process per benchmark (official protocol: sliding
 window, pooling [1,1], the benchmark's class json; ``MODEL.WEIGHTS`` defaults to
-``OUTPUT_DIR/model_final.pth``); extra ``KEY VALUE`` options are appended last and win.
+``OUTPUT_DIR/model_final.pth``); extra ``KEY VALUE`` options are appended last and win
+(except the dataset and class json, which eval.sh sets per benchmark; given through run.sh,
+the training's options that would change the protocol are left out).
 ``BENCHMARKS="ade150 pc59"`` selects benchmarks (default: the six of the paper; ``synthetic``
 is the toy benchmark).
 
@@ -64,6 +66,41 @@ def selected_benchmarks() -> List[str]:
         raise UserError(f"BENCHMARKS={os.environ.get('BENCHMARKS', '')!r}: unknown benchmark(s) "
                         f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)}")
     return keys
+
+
+# Set by run.sh: the KEY VALUE options are the training's, given on to the evaluation.
+FROM_TRAINING_ENV = "CATSEG_EVAL_AFTER_TRAINING"
+# Keys eval.sh sets for each benchmark (its dataset and class json).
+BENCHMARK_KEYS = ("DATASETS.TEST", "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON")
+
+
+def evaluation_options(extra: Sequence[str]) -> List[str]:
+    """The ``KEY VALUE`` options appended to every benchmark's command.
+
+    Given to eval.sh: a key eval.sh sets for each benchmark (:data:`BENCHMARK_KEYS`) is an
+    error, and one that replaces a setting of the protocol (sliding window, pooling) is said on
+    stderr. Given to run.sh (the training's options, :data:`FROM_TRAINING_ENV`): those keys are
+    left out of the evaluation, with a note (``DATASETS.TEST "()"`` or the training pooling
+    ``[2,2]`` are training settings, not the protocol's)."""
+    from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
+
+    extra = list(extra)
+    protocol = dict(zip(PROTOCOL_OPTS[0::2], PROTOCOL_OPTS[1::2]))
+    pairs = list(zip(extra[0::2], extra[1::2])) + ([(extra[-1], None)] if len(extra) % 2 else [])
+    if os.environ.get(FROM_TRAINING_ENV):
+        left_out = [f"{key} {value}" for key, value in pairs if key in BENCHMARK_KEYS or key in protocol]
+        if left_out:
+            print(f"[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark "
+                  f"and by the protocol): {', '.join(left_out)}", file=sys.stderr, flush=True)
+        return [x for key, value in pairs if not (key in BENCHMARK_KEYS or key in protocol)
+                for x in ((key,) if value is None else (key, value))]
+    for key, value in pairs:
+        if key in BENCHMARK_KEYS:
+            raise UserError(f"{key} is set by eval.sh for each benchmark (BENCHMARKS=... selects them); remove "
+                            f"'{key} ...' from the KEY VALUE options")
+        if key in protocol and value is not None:
+            print(f"[eval] {key} {value} replaces the protocol's {protocol[key]}", file=sys.stderr, flush=True)
+    return extra
 
 
 def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]) -> str:
@@ -188,7 +225,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return 0
     if len(argv) < 3:
         raise UserError(f"expected CONFIG NUM_GPUS OUTPUT_DIR, got {len(argv)} argument(s); usage: {USAGE}")
-    config, num_gpus, output_dir, extra = argv[0], parse_num_gpus(argv[1]), argv[2], argv[3:]
+    config, num_gpus, output_dir = argv[0], parse_num_gpus(argv[1]), argv[2]
+    extra = evaluation_options(argv[3:])
     keys = selected_benchmarks()
     weights = check_once(config, num_gpus, output_dir, extra)
     rows = evaluate(config, num_gpus, output_dir, weights, extra, keys)

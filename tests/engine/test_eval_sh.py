@@ -96,6 +96,24 @@ def test_run_sh_checks_its_arguments(tmp_path):
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
+def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
+    """eval.sh: the dataset or class json of the benchmarks is an error, a protocol setting the
+    options replace is said; after training (run.sh), such training options are left out."""
+    monkeypatch.delenv(evaluate_benchmarks.FROM_TRAINING_ENV, raising=False)
+    with pytest.raises(evaluate_benchmarks.UserError, match=r"^DATASETS.TEST is set by eval.sh for each benchmark "
+                                                           r"\(BENCHMARKS=... selects them\); remove 'DATASETS.TEST"):
+        evaluate_benchmarks.evaluation_options(["MODEL.PRECISION", "fp32", "DATASETS.TEST", "()"])
+    options = ["TEST.SLIDING_WINDOW", "False", "MODEL.PRECISION", "fp32"]
+    assert evaluate_benchmarks.evaluation_options(options) == options
+    assert capsys.readouterr().err == "[eval] TEST.SLIDING_WINDOW False replaces the protocol's True\n"
+    monkeypatch.setenv(evaluate_benchmarks.FROM_TRAINING_ENV, "1")
+    training = ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "10", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]"]
+    assert evaluate_benchmarks.evaluation_options(training) == ["SOLVER.MAX_ITER", "10"]
+    assert capsys.readouterr().err == (
+        "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
+        "protocol): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2]\n")
+
+
 @pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
                                   "output dir option", "bad value", "protocol geometry", "released offline"])
 def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch):
