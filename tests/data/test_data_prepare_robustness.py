@@ -49,6 +49,11 @@ def test_second_run_writes_nothing_and_force_redoes(tmp_path, raw, capsys):
     forced = snapshot(tmp_path / OUT)
     assert {k: v[0] for k, v in forced.items()} == {k: v[0] for k, v in first.items()}
     assert all(forced[k][1] != first[k][1] for k in first if k != "ADE_val_00000003.png")
+    # a label no input of this run makes (an earlier run's, with other inputs) is pointed out
+    (tmp_path / OUT / "ADE_val_99999999.png").write_bytes(forced["ADE_val_00000001.png"][0])
+    assert prepare(tmp_path, "--workers", "1") == 0
+    assert (f"note: 1 file(s) in {tmp_path / OUT} are not made from these inputs (left by an earlier run with other "
+            "inputs?), e.g. ADE_val_99999999.png") in capsys.readouterr().out
 
 
 def test_worker_processes_give_identical_outputs(tmp_path, raw, capsys):

@@ -72,6 +72,8 @@ class Summary:
     histogram: np.ndarray = field(default=None)
     ignored: int = 0
     expected_count: Optional[int] = None
+    # files in the output folders (of the outputs' kinds) that no input of this run makes
+    strays: List[Path] = field(default_factory=list)
 
     def report(self) -> str:
         """Human-readable multi-line summary."""
@@ -91,6 +93,13 @@ class Summary:
             lines.append(
                 f"  note: the full benchmark has {self.expected_count} files, found {self.total} "
                 f"inputs (fine for a subset, otherwise check the raw download)"
+            )
+        if self.strays:
+            folders = sorted({str(p.parent) for p in self.strays})
+            lines.append(
+                f"  note: {len(self.strays)} file(s) in {', '.join(folders)} are not made from these inputs (left by "
+                f"an earlier run with other inputs?), e.g. {self.strays[0].name}; the dataset reads every label "
+                f"file there: remove them unless they belong"
             )
         return "\n".join(lines)
 
@@ -167,5 +176,10 @@ def run_tasks(
                 summary.histogram += result.histogram
                 summary.ignored += result.ignored
             bar.update(1)
+    outputs = {p for task in tasks for p in task.outputs}
+    for folder in folders:
+        kinds = {p.suffix for p in outputs if p.parent == folder}
+        summary.strays += sorted(p for p in folder.iterdir() if p.suffix in kinds and not p.name.startswith(".")
+                                 and p not in outputs and p.is_file())
     print(summary.report(), flush=True)
     return summary
