@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.postprocess import ClassMaps, OutputRequest
-from .utils import resolve_vocabulary_path
+from .utils import resolve_vocabulary_path, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -585,8 +585,7 @@ def _write_files_together(writers: Dict[str, Any]) -> None:
     for path in writers:
         if os.path.isdir(path):
             raise CATSegError(f"cannot write {path!r}: a folder of that name is in the way")
-    temporaries = {path: os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
-                   for path in writers}
+    temporaries = {path: temporary_path(path) for path in writers}
     path = None
     try:
         for path, writer in writers.items():

@@ -61,6 +61,14 @@ def same_device(a, b) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def temporary_path(path) -> str:
+    """Where :func:`atomic_write` (and other writers that rename into place) write ``path``
+    first: ``.<name>.<pid>.<thread>.tmp`` in its folder, a name :func:`remove_temp_files`
+    recognises."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
@@ -72,11 +80,8 @@ def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     scripts that write many thousands of small files turn it off).
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(
-        folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp"
-    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temporary_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as f:

@@ -16,7 +16,6 @@ Bad input gives one ``error: ...`` line and exit status 2.
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -28,6 +27,7 @@ from cat_seg.checkpoint.official import (
     read_checkpoint,
     unwrap_checkpoint,
 )
+from cat_seg.utils import atomic_write
 
 from .errors import ArgumentParser, UserError, run_main
 
@@ -86,15 +86,7 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
     directory = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(directory):
         raise CheckpointFormatError(f"output directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(out, f)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(dst, lambda f: torch.save(out, f))  # the usual permissions; no partial OUT.pth
     return text + f"\nwrote {dst}"
 
 

@@ -29,6 +29,9 @@ def test_round_trip_official_to_ours_is_lossless(tool, official_tiny_file, load_
     assert f"wrote {out}" in stdout
     assert "not checked against a model: --config-file CFG" in stdout
     assert [p.name for p in tmp_path.iterdir()] == ["converted.pth"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, as training's checkpoints
 
     saved = torch.load(out, weights_only=True)
     assert saved["matching_heuristics"] is False and "official CAT-Seg" in saved["__author__"]
