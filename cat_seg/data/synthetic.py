@@ -281,7 +281,8 @@ def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
     Nothing is done when a complete benchmark with the same parameters is there (unless
     ``force``); otherwise the previous files are removed and everything is regenerated."""
     config = SyntheticConfig(num_train, num_val, image_size, seed)
-    for name, value, least in (("num_train", num_train, 0), ("num_val", num_val, 1), ("image_size", image_size, 64)):
+    for name, value, least in (("num_train", num_train, 0), ("num_val", num_val, 1), ("image_size", image_size, 64),
+                              ("seed", seed, 0)):
         if value < least:
             raise ValueError(f"{name}={value} (--{name.replace('_', '-')}): expected at least {least}")
     root = dataset_root(root)

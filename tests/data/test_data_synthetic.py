@@ -123,7 +123,8 @@ def test_cli(tmp_path, capsys):
     assert synthetic.main(["--root", str(tmp_path), "--num-train", "3", "--num-val", "2",
                            "--image-size", "64", "--seed", "5"]) == 0
     assert len(list((tmp_path / "synthetic/images/val").iterdir())) == 2
-    for option, value, least in (("--image-size", "8", 64), ("--num-train", "-1", 0), ("--num-val", "0", 1)):
+    for option, value, least in (("--image-size", "8", 64), ("--num-train", "-1", 0), ("--num-val", "0", 1),
+                                 ("--seed", "-1", 0)):
         assert synthetic.main(["--root", str(tmp_path / "bad"), option, value]) == 2
         name = option[2:].replace("-", "_")
         assert capsys.readouterr().err == f"error: {name}={value} ({option}): expected at least {least}\n"
