@@ -243,6 +243,7 @@ NUMBER_RANGES = (
     ("TEST.SLIDING_WINDOW_CANVAS", 1, "a positive canvas side"),
     ("TEST.SLIDING_WINDOW_OVERLAP", 0, "an overlap in [0, 1)"),
     ("DATALOADER.NUM_WORKERS", 0, "0 (load in the main process) or more worker processes"),
+    ("TEST.CLASS_CHUNK_SIZE", -1, "-1 (auto), 0 (all classes at once) or a positive number of classes"),
     ("INPUT.MIN_SIZE_TEST", 0, "0 (keep the image's size) or the shorter side in pixels"),
     ("INPUT.MAX_SIZE_TEST", 1, "a positive longest side in pixels"),
 )

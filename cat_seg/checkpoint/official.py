@@ -295,6 +295,22 @@ def read_checkpoint(path: str) -> Any:
         raise CheckpointFormatError(_not_a_checkpoint(path, e)) from None
 
 
+def checkpoint_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be a torch checkpoint, found from its first and last bytes without
+    reading it (a checkpoint is hundreds of MB): empty, or a zip archive cut short (a copy or
+    download that did not finish); None when it may be one (a complete zip archive, a legacy
+    pickle, a detectron2 ``.pkl``). :func:`read_checkpoint` finds the other problems."""
+    import zipfile
+
+    if os.path.getsize(path) == 0:
+        return f"{path} is not a readable torch checkpoint: the file is empty"
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(path):
+        return f"{path} is not a readable torch checkpoint: a damaged or truncated torch.save zip archive"
+    return None
+
+
 def _not_a_checkpoint(path: str, error: Exception) -> str:
     """One line saying what ``path`` is not, from the ``torch.load(weights_only=True)`` error.
 

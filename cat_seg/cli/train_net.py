@@ -191,6 +191,12 @@ def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
         what = "is a directory" if os.path.isdir(weights) else "not found"
         raise UserError(f"MODEL.WEIGHTS {weights!r} {what}; expected {expected}")
+    if os.path.isfile(weights):
+        from cat_seg.checkpoint.official import checkpoint_file_problem
+
+        problem = checkpoint_file_problem(weights)  # e.g. a copy cut short: before any process starts
+        if problem:
+            raise UserError(f"MODEL.WEIGHTS: {problem}")
 
 
 def check_class_jsons(cfg, eval_only: bool) -> None:

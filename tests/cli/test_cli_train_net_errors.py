@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cat_seg.cli import train_net
 from cat_seg.cli.errors import UserError, closest_key, merge_config, run_main
@@ -111,11 +112,21 @@ def test_eval_only_needs_existing_weights(capsys, tmp_path):
                                       f"checkpoint file (.pth/.pkl) for --eval-only")
     assert train_net.main(base + ["MODEL.WEIGHTS", ""]) == 2
     assert "--eval-only needs MODEL.WEIGHTS" in one_error_line(capsys)
+    # a copy or download cut short is found before any process starts, without reading the file
+    whole, cut = tmp_path / "whole.pth", tmp_path / "cut.pth"
+    torch.save({"model": {"x": torch.zeros(1000)}}, whole)
+    cut.write_bytes(whole.read_bytes()[:2000])
+    assert train_net.main(base + ["MODEL.WEIGHTS", str(cut)]) == 2
+    assert one_error_line(capsys) == (f"error: MODEL.WEIGHTS: {cut} is not a readable torch checkpoint: a damaged or "
+                                      "truncated torch.save zip archive")
+    cut.write_bytes(b"")
+    assert train_net.main(base + ["MODEL.WEIGHTS", str(cut)]) == 2
+    assert one_error_line(capsys) == f"error: MODEL.WEIGHTS: {cut} is not a readable torch checkpoint: the file is empty"
 
 
 def test_check_only_accepts_a_good_command_and_creates_nothing(capsys, tmp_path, synthetic_registered):
     weights = tmp_path / "w.pth"
-    weights.write_bytes(b"")  # only its existence is checked
+    torch.save({}, weights)  # its existence and that it is a whole file are checked, not its contents
     code = train_net.main(["--config-file", TINY, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
                            "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('synthetic_val_sem_seg',)"])
     out = capsys.readouterr()
@@ -269,7 +280,7 @@ def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path):
                            "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 2
     assert one_error_line(capsys).startswith("error: DATASETS.TRAIN is empty: nothing to train on")
     weights = tmp_path / "w.pth"
-    weights.write_bytes(b"")
+    torch.save({}, weights)
     assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
                            "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "()"]) == 2
     assert one_error_line(capsys).startswith("error: --eval-only with DATASETS.TEST empty has nothing to evaluate")
@@ -277,7 +288,7 @@ def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path):
 
 def test_unregistered_dataset_is_named(capsys, tmp_path):
     weights = tmp_path / "w.pth"
-    weights.write_bytes(b"")
+    torch.save({}, weights)
     assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
                            "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('synthetic_vall_sem_seg',)"]) == 2
     assert one_error_line(capsys) == ("error: dataset 'synthetic_vall_sem_seg' (DATASETS.TEST) is not registered; "

@@ -2,9 +2,11 @@
 failing one makes the exit status 1, and mistakes in the arguments, config or checkpoint are
 one line (exit 2) before any benchmark starts."""
 import os
+import shutil
 import subprocess
 
 import pytest
+import torch
 
 from cat_seg.cli import evaluate_benchmarks
 from engine_helpers import REPO, TINY_CONFIG, run_env, run_train_net, train_opts
@@ -66,14 +68,18 @@ def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, train
     assert header.startswith(f"Config `{TINY_CONFIG}`, weights `{os.path.join(trained, 'model_final.pth')}`")
 
 
-def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained):
-    # a vocabulary that does not fit the benchmark (12 training classes for the 16 val classes):
-    # the config is valid, the evaluation process fails
-    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *geometry(tiny_benchmark, trained),
-                   "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", tiny_benchmark["train_json"], benchmarks="ade150 synthetic")
+def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained, tmp_path):
+    # a label file of the benchmark that cannot be read: the config and checkpoint are valid,
+    # the evaluation process fails
+    broken = dict(tiny_benchmark, root=str(tmp_path / "datasets"))
+    shutil.copytree(tiny_benchmark["root"], broken["root"])
+    label = sorted((tmp_path / "datasets" / "synthetic" / "annotations" / "val").iterdir())[0]
+    label.write_bytes(b"not a PNG")
+    proc = eval_sh(broken, TINY_CONFIG, "1", trained, *geometry(tiny_benchmark, trained),
+                   benchmarks="ade150 synthetic")
     assert proc.returncode == 1, proc.stderr[-3000:]
     toy = row(proc.stdout, "Synthetic toy (val)")
-    assert toy[1].startswith("failed: ") and "has 12 classes but dataset synthetic_val_sem_seg has 16" in toy[1]
+    assert toy[1].startswith("failed: ") and f"{label.name}" in toy[1]
     assert "exit code 2" in toy[1] and "stderr.log" in toy[1]  # found by the evaluation's own checks
     assert row(proc.stdout, "ADE20K-150")[1].startswith("skipped: ")
     assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 0 evaluated, 1 skipped (missing data), "
@@ -122,7 +128,7 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     out.mkdir()
     config, extra = TINY_CONFIG, []
     if case != "no checkpoint":
-        (out / "model_final.pth").write_bytes(b"")  # only its existence is checked here
+        torch.save({}, out / "model_final.pth")  # only that it is a whole file is checked here
     if case == "misspelt key":
         extra = ["MODEL.SEM_SEG_HEAD.TEST_CLASS_JSONS", "x.json"]
     elif case == "missing config":

@@ -100,6 +100,7 @@ def test_every_plain_open_clip_vit_is_accepted():
     ({"MODEL.CLIP_PIXEL_STD": [68.5, 0.0, 70.3]},
      "MODEL.CLIP_PIXEL_STD=[68.5, 0.0, 70.3]: expected three positive numbers, one per RGB channel"),
     ({"MODEL.CLIP_PIXEL_MEAN": [122.8]}, "MODEL.CLIP_PIXEL_MEAN=[122.8]: expected three numbers, one per RGB"),
+    ({"TEST.CLASS_CHUNK_SIZE": -5}, "TEST.CLASS_CHUNK_SIZE=-5: expected -1 (auto), 0 (all classes at once) or a "),
     ({"INPUT.MIN_SIZE_TEST": -1}, "INPUT.MIN_SIZE_TEST=-1: expected 0 (keep the image's size) or the shorter side"),
     ({"INPUT.MAX_SIZE_TEST": 0}, "INPUT.MAX_SIZE_TEST=0: expected a positive longest side in pixels"),
     ({"SOLVER.CLIP_MULTIPLIER": -0.01},
