@@ -135,3 +135,6 @@ def test_context459_val_list_option(tmp_path, raw):
                      "--val-list", str(ids)]) == 0
     out = tmp_path / "VOCdevkit/VOC2010/annotations_detectron2/pc459_val"
     assert [p.name for p in out.iterdir()] == ["2008_000003.tif"]
+    with pytest.raises(SystemExit) as exit_status:  # the list of a benchmark not prepared: not ignored silently
+        voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc59", "--val-list", str(ids)])
+    assert exit_status.value.code == 2

@@ -80,6 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="Pascal Context 459 id list (default: "
                              f"<root>/{pascal_context.PC459_VAL_LIST})")
     args = parser.parse_args(argv)
+    if args.val_list is not None and "pc459" not in cli.selected_benchmarks(args, BENCHMARKS):
+        parser.error(f"--val-list is the Pascal Context 459 id list, and pc459 is not among the benchmarks "
+                     f"prepared ({', '.join(cli.selected_benchmarks(args, BENCHMARKS))}): add --benchmark pc459")
     root = cli.root_of(args)
     archives = {benchmark: [k for k in keys if not (args.val_list and k == "pascal_context_459_val_list")]
                 for benchmark, keys in ARCHIVE_KEYS.items()}
