@@ -287,6 +287,11 @@ def extract(archive_path, dest, *, progress: bool = True) -> int:
                     written += 1
                 _check_tar_end(tf, archive_path)
         else:
+            with open(archive_path, "rb") as f:
+                zip_start = f.read(4) == b"PK\x03\x04"
+            if zip_start:  # a zip whose end (its table of contents) is missing
+                raise DownloadError(f"{archive_path} is an incomplete or damaged zip archive (a download that did "
+                                    "not finish?): delete it and download it again")
             raise DownloadError(f"{archive_path} is neither a zip nor a tar archive")
     except OSError as exc:
         if exc.errno in _DESTINATION_ERRNOS and exc.filename != str(archive_path):

@@ -237,6 +237,14 @@ def test_corrupt_deflate_stream_is_one_error(tmp_path):
         dl.extract(tmp_path / "a.tar.gz", tmp_path / "out", progress=False)
 
 
+def test_zip_cut_short_is_called_incomplete(tmp_path):
+    data = make_zip({f"f{i}.txt": bytes(500) for i in range(4)})
+    (tmp_path / "a.zip").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DownloadError, match=r"a.zip is an incomplete or damaged zip archive \(a download that did "
+                                            r"not finish\?\): delete it and download it again"):
+        dl.extract(tmp_path / "a.zip", tmp_path / "out", progress=False)
+
+
 def test_full_disk_while_extracting_blames_the_destination_not_the_archive(tmp_path, monkeypatch):
     import errno
 
