@@ -3,12 +3,14 @@
 ``build_optimizer`` creates one parameter group per trainable parameter so that every
 parameter can carry its own learning rate and weight decay:
 
-* LR: ``SOLVER.BASE_LR``, times ``SOLVER.CLIP_MULTIPLIER`` for CLIP's parameters: those
-  whose owning module path contains ``clip`` (our ``backbone.clip.*`` and the official
-  ``...clip_model.*``) and those a module lists in a ``clip_parameters()`` method (the deep
-  visual prompt tokens ``backbone.visual_prompt_tokens``, which the official code keeps inside
-  its CLIP model); otherwise times ``SOLVER.BACKBONE_MULTIPLIER`` when the path contains
-  ``backbone``.
+* LR: ``SOLVER.BASE_LR``, times ``SOLVER.CLIP_MULTIPLIER`` for CLIP's parameters: those of
+  modules under a module named ``clip`` (our ``backbone.clip.*``) or ``clip_model`` (the
+  official ``...clip_model.*``), and those a module lists in a ``clip_parameters()`` method (the
+  deep visual prompt tokens ``backbone.visual_prompt_tokens``, which the official code keeps
+  inside its CLIP model); otherwise times ``SOLVER.BACKBONE_MULTIPLIER`` for parameters under
+  a module named ``backbone``. Names are matched whole (a module ``clip_adapter`` of the head
+  is not CLIP's). Trainable parameters whose LR is 0 (the released configs set
+  ``BACKBONE_MULTIPLIER 0.0``: a module a subclass adds to the backbone) are named in a warning.
 * Weight decay: ``SOLVER.WEIGHT_DECAY``, except ``SOLVER.WEIGHT_DECAY_NORM`` for parameters
   of normalisation modules, ``SOLVER.WEIGHT_DECAY_EMBED`` for ``nn.Embedding`` and 0 for
   parameters named ``relative_position_bias_table`` / ``absolute_pos_embed``. Biases,
@@ -82,6 +84,8 @@ NORM_MODULE_TYPES = (
 )
 
 _NO_DECAY_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+# Module names whose parameters are CLIP's (ours, the official code's).
+CLIP_MODULE_NAMES = frozenset({"clip", "clip_model"})
 
 
 def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
@@ -103,9 +107,10 @@ def get_param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any
                 continue
             memo.add(value)
             hyperparams = copy.copy(defaults)
-            if "clip" in module_name or id(value) in declared_clip:
+            path = module_name.split(".")
+            if CLIP_MODULE_NAMES.intersection(path) or id(value) in declared_clip:
                 hyperparams["lr"] = base_lr * cfg.SOLVER.CLIP_MULTIPLIER
-            elif "backbone" in module_name:
+            elif "backbone" in path:
                 hyperparams["lr"] = base_lr * cfg.SOLVER.BACKBONE_MULTIPLIER
             if param_name in _NO_DECAY_PARAM_NAMES:
                 hyperparams["weight_decay"] = 0.0
@@ -176,6 +181,13 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     params = get_param_groups(cfg, model)
     if not params:
         raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")
+    names = {id(p): n for n, p in model.named_parameters()}
+    frozen = [names.get(id(g["params"][0]), "?") for g in params if g["lr"] == 0]
+    if frozen:
+        logger.warning(f"{len(frozen)} trainable parameter tensor(s) get learning rate 0 and will not change: "
+                       f"{', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''} (SOLVER.BACKBONE_MULTIPLIER "
+                       f"{cfg.SOLVER.BACKBONE_MULTIPLIER}, CLIP_MULTIPLIER {cfg.SOLVER.CLIP_MULTIPLIER}: modules under "
+                       "'backbone' and 'clip' take them)")
     optimizer_name = cfg.SOLVER.OPTIMIZER.upper()
     if optimizer_name == "SGD":
         optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.SGD)

@@ -82,6 +82,9 @@ class FakeHead(nn.Module):
         self.clip_model = nn.Module()  # official name of the CLIP module
         self.clip_model.ln_post = nn.LayerNorm(4)
         self.clip_model.proj_lin = nn.Linear(4, 2)
+        # a researcher's modules whose names merely contain "clip" / "backbone": the head's LR
+        self.clip_adapter = nn.Linear(4, 4)
+        self.backbone_fusion = nn.Linear(4, 4)
 
 
 class FakeModel(nn.Module):
@@ -120,6 +123,10 @@ EXPECTED = {
     "sem_seg_head.clip_model.ln_post.bias": (BASE_LR * CLIP_MULT, WD_NORM),
     "sem_seg_head.clip_model.proj_lin.weight": (BASE_LR * CLIP_MULT, WD),
     "sem_seg_head.clip_model.proj_lin.bias": (BASE_LR * CLIP_MULT, WD),
+    "sem_seg_head.clip_adapter.weight": (BASE_LR, WD),
+    "sem_seg_head.clip_adapter.bias": (BASE_LR, WD),
+    "sem_seg_head.backbone_fusion.weight": (BASE_LR, WD),
+    "sem_seg_head.backbone_fusion.bias": (BASE_LR, WD),
 }
 
 
@@ -148,6 +155,21 @@ def test_param_groups_lr_and_weight_decay_by_name():
     assert len(optimizer.param_groups) == len(EXPECTED)
     # same content as the helper
     assert len(get_param_groups(cfg, model)) == len(EXPECTED)
+
+
+def test_trainable_parameters_at_learning_rate_0_are_named(caplog):
+    """The released configs set BACKBONE_MULTIPLIER 0.0: a module a subclass adds under the
+    backbone trains at LR 0; the optimizer says which."""
+    cfg = make_cfg()
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.0
+    with caplog.at_level("WARNING", logger="cat_seg.solver.build"):
+        build_optimizer(cfg, FakeModel())
+    assert ("3 trainable parameter tensor(s) get learning rate 0 and will not change: backbone.absolute_pos_embed, "
+            "backbone.stem.weight, backbone.stem.bias (SOLVER.BACKBONE_MULTIPLIER 0.0") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cat_seg.solver.build"):
+        build_optimizer(make_cfg(), FakeModel())
+    assert "learning rate 0" not in caplog.text
 
 
 def test_adamw_hyperparameters():
