@@ -10,6 +10,6 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", 
 
 from . import modeling  # noqa: F401  (registers backbone, head, meta-architecture)
 from .api import CATSegError, OpenVocabSegmenter, SegmentationResult
-from .config import add_cat_seg_config
+from .config import add_cat_seg_config, register_config_keys
 
-__all__ = ["add_cat_seg_config", "CATSegError", "OpenVocabSegmenter", "SegmentationResult"]
+__all__ = ["add_cat_seg_config", "register_config_keys", "CATSegError", "OpenVocabSegmenter", "SegmentationResult"]

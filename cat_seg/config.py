@@ -12,6 +12,8 @@ with the reason, and :func:`add_official_compat_keys` (called by ``add_cat_seg_c
 registers them with yacs as deprecated, so merging a file or a command line that sets them
 logs one "ignoring" line per key instead of failing.
 """
+from typing import Callable, List
+
 from detectron2.config import CfgNode as CN
 
 
@@ -120,7 +122,26 @@ def add_cat_seg_config(cfg):
     # Training: recompute the per-class aggregation/decoder activations in the backward pass.
     cfg.MODEL.CHECKPOINT_ACTIVATIONS = False
     add_official_compat_keys(cfg)
+    for add_keys in CONFIG_EXTENSIONS:  # keys of methods built on cat-seg
+        add_keys(cfg)
     return cfg
+
+
+#: Functions adding the config keys of methods built on cat-seg, called by
+#: :func:`add_cat_seg_config` after its own keys (:func:`register_config_keys`).
+CONFIG_EXTENSIONS: List[Callable] = []
+
+
+def register_config_keys(add_keys: Callable) -> Callable:
+    """Register ``add_keys(cfg)``, which adds a new method's own config keys in detectron2's
+    way (``cfg.MODEL.MY_METHOD = CN(); cfg.MODEL.MY_METHOD.WEIGHT = 0.1``), so that every tool
+    building cat-seg's config (train_net, eval.sh, the demo, the Python API, the benchmark)
+    accepts them in config files and on command lines. Use it as a decorator in the module
+    that registers the method's components (docs/architecture.md, "Building on cat-seg");
+    registering the same function again does nothing. Returns ``add_keys``."""
+    if add_keys not in CONFIG_EXTENSIONS:
+        CONFIG_EXTENSIONS.append(add_keys)
+    return add_keys
 
 
 # Keys whose values are file paths. A relative one written in a config file is looked up

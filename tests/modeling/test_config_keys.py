@@ -142,3 +142,31 @@ def test_paths_in_a_config_are_found_near_it_from_any_folder(tmp_path, monkeypat
     (elsewhere / "configs" / "models" / "m.json").write_text("{}")
     cfg = merge_config(add_cat_seg_config(get_cfg()), str(config))
     assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == "configs/models/m.json"  # found from the working folder
+
+
+def test_a_method_built_on_cat_seg_registers_its_own_keys(tmp_path, monkeypatch, capsys):
+    """register_config_keys: the tools that build cat-seg's config accept the new method's keys
+    in config files and on command lines (strict key checks otherwise refuse them)."""
+    from detectron2.config import CfgNode
+
+    from cat_seg import config as config_module
+    from cat_seg.api import CATSegError, build_config
+    from cat_seg.cli import train_net
+
+    monkeypatch.setattr(config_module, "CONFIG_EXTENSIONS", [])
+    (tmp_path / "mine.yaml").write_text(f"_BASE_: {REPO / 'configs/quick_schedules/tiny_vitb_cpu.yaml'}\n"
+                                        "MODEL:\n  MY_METHOD:\n    WEIGHT: 0.5\n")
+    with pytest.raises(CATSegError, match="unknown config key 'MODEL.MY_METHOD"):
+        build_config(str(tmp_path / "mine.yaml"), device="cpu")
+
+    @config_module.register_config_keys
+    def add_my_method_config(cfg):
+        cfg.MODEL.MY_METHOD = CfgNode()
+        cfg.MODEL.MY_METHOD.WEIGHT = 0.1
+
+    config_module.register_config_keys(add_my_method_config)  # a second registration: no effect
+    assert config_module.CONFIG_EXTENSIONS == [add_my_method_config]
+    assert build_config(str(tmp_path / "mine.yaml"), device="cpu").MODEL.MY_METHOD.WEIGHT == 0.5
+    args = train_net.build_parser().parse_args(["--config-file", str(tmp_path / "mine.yaml"),
+                                                "MODEL.MY_METHOD.WEIGHT", "0.25"])
+    assert train_net.load_config(args).MODEL.MY_METHOD.WEIGHT == 0.25
