@@ -18,13 +18,13 @@
 import logging
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils import atomic_write, remove_temp_files
-from .errors import CheckpointFormatError, CheckpointMismatchError
+from .errors import CheckpointFormatError, CheckpointMismatchError, show_keys
 from .official import (
     OFFICIAL,
     OURS,
@@ -58,14 +58,20 @@ def check_state_dict_fits(
     state: Mapping[str, Any],
     source: str = "checkpoint",
     report: Optional[ConversionReport] = None,
-):
+    new_modules: Sequence[str] = (),
+) -> List[str]:
     """Raise :class:`CheckpointMismatchError` unless ``state`` provides exactly the tensors of
-    ``model_state`` (same keys, same shapes).
+    ``model_state`` (same keys, same shapes), apart from the keys of ``new_modules``: modules
+    (state-dict key prefixes such as ``"sem_seg_head.adapter"``) a model built on cat-seg adds,
+    which its checkpoints lack. Returns the keys of those that ``state`` lacks.
 
     ``report`` (from the official-layout conversion) adds its unknown keys and lets
     unexpected keys name the official key they came from.
     """
+    prefixes = tuple(prefix.rstrip(".") + "." for prefix in new_modules)
     missing = set(model_state) - set(state)
+    left_new = sorted(key for key in missing if key.startswith(prefixes))
+    missing -= set(left_new)
     unexpected = []
     for key in set(state) - set(model_state):
         origin = report.source_of(key) if report is not None else None
@@ -80,8 +86,13 @@ def check_state_dict_fits(
         theirs, ours = describe_image_tower(state), describe_image_tower(model_state)
         architecture = (f"its CLIP image tower has {theirs}, the config's {ours}"
                         if theirs and ours and theirs != ours else "")
-        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=ARCH_HINT,
+        hint = ARCH_HINT
+        if missing and not (unexpected or wrong_shape or unknown):
+            hint += ("; a model extended with modules its checkpoints lack names them in its new_modules attribute "
+                     "(docs/architecture.md, 'Building on cat-seg')")
+        raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=hint,
                                       architecture=architecture)
+    return left_new
 
 
 class CATSegCheckpointer(DetectionCheckpointer):
@@ -154,11 +165,18 @@ class CATSegCheckpointer(DetectionCheckpointer):
         else:
             report = ConversionReport(layout=OURS)
         self.last_report = report
-        check_state_dict_fits(self.model.state_dict(), state, source, report if layout == OFFICIAL else None)
+        new_modules = tuple(getattr(self.model, "new_modules", ()))
+        left_new = check_state_dict_fits(self.model.state_dict(), state, source,
+                                         report if layout == OFFICIAL else None, new_modules)
+        if left_new:
+            logger.info(f"{source}: {len(left_new)} tensor(s) of the new modules {', '.join(new_modules)} are not in "
+                        f"the checkpoint and keep their initialisation: {show_keys(left_new)}")
         checkpoint["model"] = state
         incompatible = super()._load_model(checkpoint)
         # check_state_dict_fits guarantees this; keep the invariant explicit.
-        assert not (incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes)
+        assert not (set(incompatible.missing_keys) - set(left_new) or incompatible.unexpected_keys
+                    or incompatible.incorrect_shapes)
+        incompatible.missing_keys.clear()  # those of the new modules: said above, not warned about again
         return incompatible
 
 

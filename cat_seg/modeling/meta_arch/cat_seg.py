@@ -1,4 +1,5 @@
 """``CATSeg`` meta-architecture: preprocessing, training loss, (sliding-window) inference."""
+import logging
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -16,6 +17,8 @@ from ..losses import sem_seg_bce_loss
 from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
 from ..precision import PRECISIONS, autocast, resolve_precision
 from ..sliding_window import check_window_geometry, crop_windows, window_boxes, window_stride
+
+logger = logging.getLogger(__name__)
 
 
 COMPILE_SETTINGS = (None, "auto", True, False)
@@ -72,7 +75,15 @@ class CATSeg(nn.Module):
             (compile when the model runs on a CUDA device; see :func:`resolve_compile`).
         cuda_graphs: ``TEST.CUDA_GRAPHS``: at inference on CUDA, replay :meth:`views_to_logits`
             as CUDA graphs (:class:`~cat_seg.modeling.cuda_graphs.GraphedForward`).
+
+    Attributes:
+        new_modules: state-dict key prefixes (``"sem_seg_head.adapter"``) of modules a subclass
+            adds, which checkpoints of cat-seg or the official code lack: loading such a
+            checkpoint (``MODEL.WEIGHTS``) leaves them as initialised, with a log line, where
+            any other missing key is an error. Empty here.
     """
+
+    new_modules: Sequence[str] = ()
 
     @configurable
     def __init__(
@@ -184,7 +195,12 @@ class CATSeg(nn.Module):
 
     def _compile_aggregator(self):
         if not self._aggregator_compiled:
-            self.sem_seg_head.aggregator.compile()
+            aggregator = getattr(self.sem_seg_head, "aggregator", None)
+            if aggregator is None:  # a registered head of a user may have none
+                logger.warning(f"MODEL.COMPILE: the head {type(self.sem_seg_head).__name__} has no 'aggregator' "
+                               "(the module cat-seg compiles); it runs eagerly")
+            else:
+                aggregator.compile()
             self._aggregator_compiled = True
 
     # ------------------------------------------------------------------ vocabularies

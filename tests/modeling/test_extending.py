@@ -1,0 +1,93 @@
+"""Building a new method on cat-seg (docs/architecture.md, "Building on cat-seg"): a registered
+head without CAT-Seg's aggregator, a head with another constructor, a model with modules its
+checkpoints lack."""
+import logging
+
+import pytest
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_model
+from torch import nn
+
+from cat_seg.checkpoint import CATSegCheckpointer, CheckpointMismatchError
+from cat_seg.config import check_config_values
+from cat_seg.modeling import CATSeg, cosine_cost_volume
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestProbeHead(nn.Module):
+    """A linear probe of the cost volume: the head interface without an aggregator."""
+
+    def __init__(self, cfg, input_shape, num_templates=1):
+        super().__init__()
+        self.probe = nn.Conv2d(num_templates, 1, 1)
+
+    def forward(self, features, text_embeddings, pooling=(1, 1), class_chunk=0):
+        cost = cosine_cost_volume(features["dense_embeddings"], text_embeddings)  # [B, P, T, h, w]
+        batch, templates, classes, height, width = cost.shape
+        logits = self.probe(cost.transpose(1, 2).reshape(batch * classes, templates, height, width))
+        return logits.view(batch, classes, height, width)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestDetectron2StyleHead(nn.Module):
+    """A head written for detectron2's semantic-segmentation heads: (cfg, input_shape) only."""
+
+    def __init__(self, cfg, input_shape):
+        super().__init__()
+
+
+@META_ARCH_REGISTRY.register()
+class ExtendingTestAdapterCATSeg(CATSeg):
+    """CATSeg with one module more, which cat-seg checkpoints lack."""
+
+    new_modules = ("adapter",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adapter = nn.Linear(3, 3)
+
+
+def test_head_without_an_aggregator_runs_eagerly_under_compile(build_cfg, caplog):
+    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestProbeHead", "MODEL.COMPILE": True})
+    check_config_values(cfg)
+    with caplog.at_level(logging.WARNING, logger="cat_seg"):
+        model = build_model(cfg).eval()
+    assert "MODEL.COMPILE: the head ExtendingTestProbeHead has no 'aggregator' (the module cat-seg compiles); it " \
+           "runs eagerly" in caplog.text
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
+    with torch.no_grad():
+        sem_seg = model([{"image": image}], class_names=["cat", "dog", "sky"])[0]["sem_seg"]
+    assert sem_seg.shape == (3, 64, 80)
+
+
+def test_head_with_another_constructor_is_one_line_before_a_run(build_cfg):
+    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestDetectron2StyleHead"})
+    with pytest.raises(ValueError) as info:
+        check_config_values(cfg)
+    message = str(info.value)
+    assert message.startswith("MODEL.META_ARCHITECTURE='CATSeg' with MODEL.SEM_SEG_HEAD.NAME="
+                              "'ExtendingTestDetectron2StyleHead' cannot be built: ")
+    assert "unexpected keyword argument 'num_templates'" in message and "\n" not in message
+
+
+def test_new_modules_keep_their_initialisation_when_a_checkpoint_lacks_them(build_cfg, tmp_path, caplog):
+    torch.manual_seed(0)
+    plain = build_model(build_cfg("b"))
+    path = tmp_path / "plain.pth"
+    torch.save({"model": plain.state_dict()}, path)
+    extended = build_model(build_cfg("b", {"MODEL.META_ARCHITECTURE": "ExtendingTestAdapterCATSeg"}))
+    adapter = {k: v.clone() for k, v in extended.adapter.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="cat_seg"):
+        CATSegCheckpointer(extended).load(str(path))
+    assert "2 tensor(s) of the new modules adapter are not in the checkpoint and keep their initialisation: " \
+           "adapter.bias, adapter.weight" in caplog.text
+    for key, value in plain.state_dict().items():
+        assert torch.equal(extended.state_dict()[key], value)
+    for key, value in adapter.items():
+        assert torch.equal(extended.adapter.state_dict()[key], value)
+
+    # without new_modules, a missing module is an error whose hint says how to declare it
+    extended.new_modules = ()
+    with pytest.raises(CheckpointMismatchError, match=r"2 missing key\(s\): adapter.bias, adapter.weight .*names them "
+                                                      r"in its new_modules attribute"):
+        CATSegCheckpointer(extended).load(str(path))
