@@ -9,7 +9,8 @@ window, pooling [1,1], the benchmark's class json; ``MODEL.WEIGHTS`` defaults to
 (except the dataset and class json, which eval.sh sets per benchmark; given through run.sh,
 the training's options that would change the protocol are left out).
 ``BENCHMARKS="ade150 pc59"`` selects benchmarks (default: the six of the paper; ``synthetic``
-is the toy benchmark).
+is the toy benchmark). ``TRAIN_NET=my_train_net.py`` runs your own train_net script (one that
+registers a method's components) for each benchmark.
 
 Before any benchmark starts, the arguments, the config (file and keys), ``OUTPUT_DIR`` and the
 checkpoint are checked once: a mistake there is one ``error: ...`` line and exit status 2.
@@ -66,6 +67,27 @@ def selected_benchmarks() -> List[str]:
         raise UserError(f"BENCHMARKS={os.environ.get('BENCHMARKS', '')!r}: unknown benchmark(s) "
                         f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)}")
     return keys
+
+
+# A train_net.py of one's own (a script that registers a method's components, then calls
+# cat_seg.cli.train_net.main): each benchmark runs it instead of cat-seg's.
+TRAIN_NET_ENV = "TRAIN_NET"
+
+
+def train_net_command() -> List[str]:
+    """The command each benchmark runs: ``$TRAIN_NET`` (a script) or cat-seg's train_net. The
+    script's top level runs here too (not its ``__main__`` part), so that the checks before
+    the benchmarks know what it registers (docs/architecture.md, "Building on cat-seg")."""
+    script = os.environ.get(TRAIN_NET_ENV)
+    if not script:
+        return [sys.executable, "-m", "cat_seg.cli.train_net"]
+    if not os.path.isfile(script):
+        raise UserError(f"{TRAIN_NET_ENV}={script!r}: not found; expected a script that registers your components "
+                        "and calls cat_seg.cli.train_net.main")
+    import runpy
+
+    runpy.run_path(script, run_name="__cat_seg_train_net__")  # registrations only
+    return [sys.executable, os.path.abspath(script)]
 
 
 # Set by run.sh: the KEY VALUE options are the training's, given on to the evaluation.
@@ -145,7 +167,8 @@ def missing_data(dataset: str) -> str:
 
 
 def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_opts: Sequence[str],
-             keys: Sequence[str]) -> List[Row]:
+             keys: Sequence[str], train_net: Sequence[str] = (sys.executable, "-m", "cat_seg.cli.train_net")
+             ) -> List[Row]:
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
     rows = []
@@ -161,7 +184,7 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
         result_file = os.path.join(out, "inference", bench.dataset, "sem_seg_results.json")
         if os.path.isfile(result_file):  # a previous run's: never reported as this run's
             os.remove(result_file)
-        cmd = [sys.executable, "-m", "cat_seg.cli.train_net", "--config-file", config,
+        cmd = [*train_net, "--config-file", config,
                "--num-gpus", str(num_gpus), "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out]
         cmd += benchmark_opts(bench) + list(extra_opts)
         print(f"[eval] {bench.title}: {' '.join(cmd)}", file=sys.stderr, flush=True)
@@ -228,8 +251,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     config, num_gpus, output_dir = argv[0], parse_num_gpus(argv[1]), argv[2]
     extra = evaluation_options(argv[3:])
     keys = selected_benchmarks()
+    train_net = train_net_command()
     weights = check_once(config, num_gpus, output_dir, extra)
-    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys)
+    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net)
     table = markdown_table(rows)
     atomic_write(os.path.join(output_dir, "eval", "results.md"),
                  lambda f: f.write(results_header(config, weights, extra) + "\n\n" + table + "\n"), mode="w")

@@ -4,6 +4,7 @@ one line (exit 2) before any benchmark starts."""
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -84,6 +85,47 @@ def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, traine
     assert row(proc.stdout, "ADE20K-150")[1].startswith("skipped: ")
     assert proc.stderr.strip().splitlines()[-1] == ("[eval] 2 benchmark(s): 0 evaluated, 1 skipped (missing data), "
                                                     "1 failed")
+
+
+MY_TRAIN_NET = """\
+import sys
+
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from cat_seg.cli.train_net import main
+from cat_seg.modeling import CATSeg
+
+
+@META_ARCH_REGISTRY.register()
+class MyCATSeg(CATSeg):
+    pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark, trained, tmp_path):
+    """TRAIN_NET=my_train_net.py: the checks before the benchmarks and every benchmark know
+    what the script registers (cat-seg's own train_net does not)."""
+    script = tmp_path / "my_train_net.py"
+    script.write_text(MY_TRAIN_NET)
+    options = [*geometry(tiny_benchmark, trained), "MODEL.META_ARCHITECTURE", "MyCATSeg"]
+    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *options)
+    assert proc.returncode == 2 and "MODEL.META_ARCHITECTURE='MyCATSeg': expected CATSeg" in proc.stderr
+    env = run_env(tiny_benchmark)
+    env.update(BENCHMARKS="synthetic", TRAIN_NET=str(script))
+    proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained, *options], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    miou = row(proc.stdout, "Synthetic toy (val)")[1]
+    assert 0.0 <= float(miou) <= 100.0, miou
+    assert f"[eval] Synthetic toy (val): {sys.executable} {script} --config-file" in proc.stderr
+    env["TRAIN_NET"] = str(tmp_path / "nope.py")
+    proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: TRAIN_NET='{tmp_path / 'nope.py'}': not found")
 
 
 def test_bad_num_gpus_is_one_line_before_any_benchmark(tiny_benchmark, tmp_path):
