@@ -200,8 +200,8 @@ def check_model_builds(cfg) -> None:
     is then built on the meta device (no memory, no weights: ``CLIP_WEIGHTS none``), so that
     what the constructors reject (heads that do not divide the hidden dim, windows that do not
     tile the patch grid, decoder lists of different lengths, a sliding-window geometry that
-    leaves part of the canvas uncovered, a head that does not take CATSeg's constructor
-    arguments) is a one-line ``ValueError`` before a run starts. Anything else the meta build
+    leaves part of the canvas uncovered, an architecture or head that does not take the
+    constructor arguments it is built with) is a one-line ``ValueError`` before a run starts. Anything else the meta build
     raises is left to the real build."""
     import logging
 
@@ -231,8 +231,9 @@ def check_model_builds(cfg) -> None:
         raise
     except TypeError as exc:  # e.g. a head whose constructor does not take what CATSeg passes it
         raise ValueError(f"MODEL.META_ARCHITECTURE={name!r} with MODEL.SEM_SEG_HEAD.NAME={head!r} cannot be built: "
-                         f"{exc} (CATSeg builds the head as Head(cfg, input_shape, num_templates=...): "
-                         "docs/architecture.md, 'Building on cat-seg')") from None
+                         f"{exc} (an architecture is built as Arch(cfg), with detectron2's @configurable "
+                         "__init__ and from_config; CATSeg builds its head as Head(cfg, input_shape, "
+                         "num_templates=...): docs/architecture.md, 'Building on cat-seg')") from None
     except Exception as exc:  # e.g. an operation a meta tensor cannot do: the real build decides
         logging.getLogger(__name__).debug("model not built on the meta device: %s", exc)
 
