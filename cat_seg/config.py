@@ -166,21 +166,47 @@ def _node_and_leaf(cfg, key: str):
     return node, leaf
 
 
+def _base_chain(config_file: str) -> List[str]:
+    """``config_file`` and the files it inherits from through ``_BASE_`` (each relative to the
+    file naming it, as detectron2 reads them), as absolute paths, the file itself first. Files
+    that cannot be read end the chain (merging the config reports them)."""
+    import os
+
+    import yaml
+
+    chain, path = [], os.path.abspath(config_file)
+    while path not in chain and os.path.isfile(path):
+        chain.append(path)
+        try:
+            with open(path) as f:
+                base = (yaml.safe_load(f) or {}).get("_BASE_")
+        except (OSError, yaml.YAMLError, AttributeError):
+            break
+        if not isinstance(base, str):
+            break
+        base = os.path.expanduser(base)
+        path = base if os.path.isabs(base) else os.path.abspath(os.path.join(os.path.dirname(path), base))
+    return chain or [os.path.abspath(config_file)]
+
+
 def resolve_paths_near_config(cfg, config_file: str) -> None:
     """Make the relative file paths of :data:`CONFIG_PATH_KEYS` absolute where they exist
-    only relative to a folder above ``config_file`` (nearest first), e.g.
+    only relative to a folder above ``config_file`` or above one of the ``_BASE_`` files it
+    inherits from (nearest first, the file's own folders before its bases'), e.g.
     ``configs/clip_models/tiny-vit-b16.json`` in ``<checkout>/configs/quick_schedules/x.yaml``
-    run from another folder. Values that exist as given, are not paths (``openai``,
-    ``ViT-B/16`` is not a file anywhere) or are found nowhere are left as they are."""
+    run from another folder, or inherited by a config of one's own outside the checkout.
+    Values that exist as given, are not paths (``openai``, ``ViT-B/16`` is not a file
+    anywhere) or are found nowhere are left as they are."""
     import os
 
     from .utils import resolve_path
 
     folders = []
-    folder = os.path.dirname(os.path.abspath(config_file))
-    while folder not in folders:
-        folders.append(folder)
-        folder = os.path.dirname(folder)
+    for path in _base_chain(config_file):
+        folder = os.path.dirname(path)
+        while folder not in folders:
+            folders.append(folder)
+            folder = os.path.dirname(folder)
     for key in CONFIG_PATH_KEYS:
         node, leaf = _node_and_leaf(cfg, key)
         value = node[leaf]

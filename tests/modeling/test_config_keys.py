@@ -4,6 +4,7 @@ Keys that official configs set but cat-seg ignores are accepted through yacs' de
 registry (``add_official_compat_keys``): merged with a log line, absent from the config.
 """
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -142,6 +143,16 @@ def test_paths_in_a_config_are_found_near_it_from_any_folder(tmp_path, monkeypat
     (elsewhere / "configs" / "models" / "m.json").write_text("{}")
     cfg = merge_config(add_cat_seg_config(get_cfg()), str(config))
     assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == "configs/models/m.json"  # found from the working folder
+
+    # a config of one's own outside the checkout inheriting the checkout's (_BASE_): the path the
+    # base file holds is found near the base file
+    mine = tmp_path / "project" / "configs" / "mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(f"_BASE_: {os.path.relpath(config, mine.parent)}\nSOLVER:\n  MAX_ITER: 7\n")
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = merge_config(add_cat_seg_config(get_cfg()), str(mine))
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED == str(checkout / "configs" / "models" / "m.json")
+    assert cfg.SOLVER.MAX_ITER == 7
 
 
 def test_a_method_built_on_cat_seg_registers_its_own_keys(tmp_path, monkeypatch, capsys):
