@@ -202,6 +202,13 @@ class Aggregator(nn.Module):
         """
         batch = image_embeddings.shape[0]
         num_classes = text_embeddings.shape[-3]
+        if text_embeddings.shape[-2] != self.cost_embed.in_channels:
+            raise ValueError(f"text embeddings {tuple(text_embeddings.shape)} hold {text_embeddings.shape[-2]} prompt "
+                             f"templates (P in [T, P, C]); the aggregator was built for "
+                             f"num_templates={self.cost_embed.in_channels}")
+        if len(decoder_guidance) != len(self.decoder_guidance_proj):
+            raise ValueError(f"{len(decoder_guidance)} decoder guidance entries for {len(self.decoder_guidance_proj)} "
+                             "up-blocks: give one per block (None: no guidance)")
         with full_precision(image_embeddings):  # cosine scores and the top-k selection in fp32
             text_embeddings = full_precision_tensor(text_embeddings)
             cost_volume = cosine_cost_volume(full_precision_tensor(image_embeddings), text_embeddings)

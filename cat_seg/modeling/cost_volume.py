@@ -34,6 +34,12 @@ def cosine_cost_volume(image_embeddings: torch.Tensor, text_embeddings: torch.Te
         ``cost[b, p, t, i, j] = <img[b, :, i, j] / |.|, text[b, t, p] / |.|>`` (eps 1e-12),
         a view of ``[B, T, P, H, W]`` storage.
     """
+    if image_embeddings.dim() != 4 or text_embeddings.dim() not in (3, 4) \
+            or text_embeddings.shape[-1] != image_embeddings.shape[1] \
+            or (text_embeddings.dim() == 4 and text_embeddings.shape[0] != image_embeddings.shape[0]):
+        raise ValueError(f"cost volume of image embeddings {tuple(image_embeddings.shape)} and text embeddings "
+                         f"{tuple(text_embeddings.shape)}: expected [B, C, H, W] and [T, P, C] or [B, T, P, C] "
+                         "(the same C and B)")
     image = F.normalize(image_embeddings, dim=1)
     text = F.normalize(text_embeddings, dim=-1)
     if text.dim() == 3:

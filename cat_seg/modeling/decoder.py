@@ -167,6 +167,9 @@ class CostDecoder(nn.Module):
 
         The head runs in fp32 (precision policy, :mod:`.precision`).
         """
+        if len(guidance) != len(self.blocks):
+            raise ValueError(f"{len(guidance)} guidance entries for {len(self.blocks)} up-blocks: give one per block "
+                             "(None: no guidance)")
         b, t, h, w, d = x.shape
         x = x.reshape(b * t, h, w, d).permute(0, 3, 1, 2)  # channels-last [B*T, D, H, W]
         for block, g in zip(self.blocks, guidance):

@@ -184,3 +184,29 @@ def test_logit_head_backward_holds_no_fp32_copy_of_the_features(monkeypatch):
     per_chunk = 2 * h * w * (c * 4 * 2 + 9 * 4)  # fp32 chunk + its fp32 gradient + nine shifted maps
     assert grad_x < extra <= grad_x + per_chunk + 4 * n * h * w + 4096  # + the fp32 output gradient, small ones
     assert extra < grad_x + fp32_features / 2
+
+
+def test_inputs_of_the_wrong_shape_are_named():
+    """Standalone use: shapes that do not fit give one ValueError saying what was expected (they
+    were torch's IndexError, an einsum error or a conv channel error, or, for fewer decoder
+    guidance entries than up-blocks, a smaller output without a word)."""
+    from cat_seg.modeling import cosine_cost_volume
+
+    agg = Aggregator(
+        text_dim=C, appearance_dim=C, num_templates=2, hidden_dim=D, text_guidance_proj_dim=8,
+        appearance_guidance_proj_dim=8, decoder_dims=(8, 4), decoder_guidance_dims=(6, 4),
+        decoder_guidance_proj_dims=(4, 2), num_layers=1, num_heads=HEADS, window=WINDOW,
+    ).eval()
+    img = torch.randn(2, C, 8, 8)
+    dec = [torch.randn(2, 6, 16, 16), torch.randn(2, 4, 32, 32)]
+    with pytest.raises(ValueError, match=r"expected \[B, C, H, W\] and \[T, P, C\] or \[B, T, P, C\]"):
+        cosine_cost_volume(img, torch.randn(5, C))
+    with pytest.raises(ValueError, match=r"text embeddings \(3, 5, 2, 8\)"):
+        cosine_cost_volume(img, torch.randn(3, 5, 2, C))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"hold 3 prompt templates .* built for num_templates=2"):
+            agg(img, torch.randn(5, 3, C), img, dec)
+        with pytest.raises(ValueError, match="1 decoder guidance entries for 2 up-blocks"):
+            agg(img, torch.randn(5, 2, C), img, dec[:1])
+        with pytest.raises(ValueError, match="1 guidance entries for 2 up-blocks"):
+            CostDecoder(D, (8, 4), (4, 2))(torch.randn(2, 5, 8, 8, D), [None])
