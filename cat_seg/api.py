@@ -850,14 +850,20 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
         check_config_values(_clip_from_checkpoint(cfg))
     except ValueError as e:
         raise CATSegError(str(e)) from None
-    if compile_is_auto(cfg.MODEL.COMPILE):
-        # Interactive use (demo, web app, this API) stays eager unless MODEL.COMPILE True is
-        # asked for: the first compiled call takes over a minute (82 s for ViT-B on an H200,
-        # docs/benchmarks.md) and a handful of images never repays it; training and
-        # evaluation keep the auto default (compiled on CUDA).
-        cfg.MODEL.COMPILE = False
+    _eager_unless_asked(cfg)
     cfg.freeze()
     return cfg
+
+
+def _eager_unless_asked(cfg) -> None:
+    """``MODEL.COMPILE`` auto -> False in ``cfg`` (unfrozen). Interactive use (demo, web app,
+    this API) stays eager unless MODEL.COMPILE True is asked for: the first compiled call takes
+    over a minute (82 s for ViT-B on an H200, docs/benchmarks.md) and a handful of images
+    never repays it; training and evaluation keep the auto default (compiled on CUDA)."""
+    from .modeling.meta_arch.cat_seg import compile_is_auto
+
+    if compile_is_auto(cfg.MODEL.COMPILE):
+        cfg.MODEL.COMPILE = False
 
 
 # ---------------------------------------------------------------------------------- segmenter
@@ -900,6 +906,7 @@ class OpenVocabSegmenter:
 
         self.cfg = _clip_from_checkpoint(cfg)
         self.cfg.MODEL.DEVICE = check_device(self.cfg.MODEL.DEVICE)
+        _eager_unless_asked(self.cfg)  # also for a config not made by build_config
         self.cfg.freeze()
         check_weights_available(self.cfg)
         try:

@@ -379,6 +379,17 @@ def test_interactive_config_is_eager_unless_compile_is_asked(tmp_path):
     assert build_config(config, device="cpu").MODEL.COMPILE is False
     assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "auto"]).MODEL.COMPILE is False
     assert build_config(config, device="cpu", opts=["MODEL.COMPILE", "True"]).MODEL.COMPILE is True
+    # a config built another way, given to the segmenter directly: the same
+    from detectron2.config import get_cfg
+
+    from cat_seg import OpenVocabSegmenter, add_cat_seg_config
+
+    cfg = add_cat_seg_config(get_cfg())
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE, cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED = "cpu", os.path.join(
+        os.path.dirname(config), "..", "clip_models", "tiny-vit-b16.json")
+    assert cfg.MODEL.COMPILE is None
+    assert OpenVocabSegmenter(cfg).cfg.MODEL.COMPILE is False
 
 
 def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
