@@ -91,3 +91,18 @@ def test_new_modules_keep_their_initialisation_when_a_checkpoint_lacks_them(buil
     with pytest.raises(CheckpointMismatchError, match=r"2 missing key\(s\): adapter.bias, adapter.weight .*names them "
                                                       r"in its new_modules attribute"):
         CATSegCheckpointer(extended).load(str(path))
+
+
+def test_forward_inputs_of_the_wrong_layout_are_named(tiny_model):
+    """CATSeg.forward called directly with detectron2's list of dicts: an image that is not
+    [3, H, W] or a training label of another size is one ValueError naming the input."""
+    model = tiny_model().eval()
+    good = torch.randint(0, 256, (3, 32, 40), dtype=torch.uint8)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"^input 1: 'image' must be an RGB tensor \[3, H, W\] .*got "
+                                                           r"torch.uint8 \(32, 40, 3\) \(channels last\? use "
+                                                           r"image.permute\(2, 0, 1\)\)$"):
+        model([{"image": good}, {"image": good.permute(1, 2, 0)}], class_names=["cat"])
+    model.train()
+    with pytest.raises(ValueError, match=r"^input 0: training needs 'sem_seg', an integer label map of the image's size "
+                                         r"\(32, 40\), got torch.int64 \(16, 20\)$"):
+        model([{"image": good, "sem_seg": torch.zeros(16, 20, dtype=torch.long)}])

@@ -24,6 +24,28 @@ logger = logging.getLogger(__name__)
 COMPILE_SETTINGS = (None, "auto", True, False)
 
 
+def check_input(inputs: Dict, position: int, with_label: bool) -> None:
+    """One input dict of :meth:`CATSeg.forward`: ``image`` a ``[3, H, W]`` tensor (uint8, or
+    float on the 0-255 scale), in training ``sem_seg`` an ``[H, W]`` integer tensor of the same
+    size. Raises a one-line ``ValueError`` naming the input's position (a ``[H, W, 3]``
+    image failed inside the normalisation, a label of another size trained without a word)."""
+    image = inputs.get("image") if isinstance(inputs, dict) else None
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3 or image.is_complex() \
+            or image.dtype == torch.bool:
+        what = f"a {type(image).__name__}" if not isinstance(image, torch.Tensor) else \
+            f"{image.dtype} {tuple(image.shape)}"
+        raise ValueError(f"input {position}: 'image' must be an RGB tensor [3, H, W] (uint8, or float on the 0-255 "
+                         f"scale), got {what}" + (" (channels last? use image.permute(2, 0, 1))"
+                                                 if isinstance(image, torch.Tensor) and image.dim() == 3
+                                                 and image.shape[-1] == 3 else ""))
+    if with_label:
+        label = inputs.get("sem_seg")
+        if not isinstance(label, torch.Tensor) or label.shape != image.shape[1:] or label.is_floating_point():
+            what = f"{label.dtype} {tuple(label.shape)}" if isinstance(label, torch.Tensor) else type(label).__name__
+            raise ValueError(f"input {position}: training needs 'sem_seg', an integer label map of the image's size "
+                             f"{tuple(image.shape[1:])}, got {what}")
+
+
 def compile_is_auto(setting: Optional[Union[bool, str]]) -> bool:
     """Whether ``MODEL.COMPILE`` is the auto setting (None, the default, or ``"auto"``)."""
     return setting is None or (isinstance(setting, str) and setting.lower() == "auto")
@@ -285,6 +307,8 @@ class CATSeg(nn.Module):
                 f"with autocast; set MODEL.PRECISION (the model's precision argument) to bf16 or fp16 instead of "
                 f"converting the model with .to() / .half()"
             )
+        for position, inputs in enumerate(batched_inputs):
+            check_input(inputs, position, with_label=self.training)
         if self.training:
             return self.losses(batched_inputs, class_names)
         names = list(class_names) if class_names is not None else self.class_names("test")
