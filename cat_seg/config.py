@@ -241,12 +241,16 @@ def check_model_builds(cfg) -> None:
         architecture = META_ARCH_REGISTRY.get(name)
     except KeyError:
         architecture = None
+    how = "register yours in a script of your own that runs train_net: docs/architecture.md, 'Building on cat-seg'"
+    if architecture is None:
+        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: not registered; expected CATSeg or a subclass of it "
+                         f"({how})")
     if not (isinstance(architecture, type) and issubclass(architecture, CATSeg)):
-        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: expected CATSeg (or a registered subclass of it)")
+        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: registered, but not CATSeg or a subclass of it")
     head = cfg.MODEL.SEM_SEG_HEAD.NAME
     if head not in SEM_SEG_HEADS_REGISTRY:
-        raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={head!r}: not a registered head; expected CATSegHead (or a head "
-                         f"registered in detectron2's SEM_SEG_HEADS_REGISTRY)")
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={head!r}: not a registered head; expected CATSegHead or a head "
+                         f"registered in detectron2's SEM_SEG_HEADS_REGISTRY ({how})")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"

@@ -113,7 +113,7 @@ def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark
     script.write_text(MY_TRAIN_NET)
     options = [*geometry(tiny_benchmark, trained), "MODEL.META_ARCHITECTURE", "MyCATSeg"]
     proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *options)
-    assert proc.returncode == 2 and "MODEL.META_ARCHITECTURE='MyCATSeg': expected CATSeg" in proc.stderr
+    assert proc.returncode == 2 and "MODEL.META_ARCHITECTURE='MyCATSeg': not registered" in proc.stderr
     env = run_env(tiny_benchmark)
     env.update(BENCHMARKS="synthetic", TRAIN_NET=str(script))
     proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained, *options], env=env,
