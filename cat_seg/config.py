@@ -227,8 +227,8 @@ def check_model_builds(cfg) -> None:
     what the constructors reject (heads that do not divide the hidden dim, windows that do not
     tile the patch grid, decoder lists of different lengths, a sliding-window geometry that
     leaves part of the canvas uncovered, an architecture or head that does not take the
-    constructor arguments it is built with) is a one-line ``ValueError`` before a run starts. Anything else the meta build
-    raises is left to the real build."""
+    constructor arguments it is built with) is a one-line ``ValueError`` before a run starts.
+    Anything else the meta build raises is left to the real build."""
     import logging
 
     import torch

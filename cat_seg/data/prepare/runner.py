@@ -99,7 +99,7 @@ class Summary:
             lines.append(
                 f"  note: {len(self.strays)} file(s) in {', '.join(folders)} are not made from these inputs (left by "
                 f"an earlier run with other inputs?), e.g. {self.strays[0].name}; the dataset reads every label "
-                f"file there: remove them unless they belong"
+                f"file there that has an image: remove them unless they belong"
             )
         return "\n".join(lines)
 
