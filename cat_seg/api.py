@@ -180,6 +180,8 @@ def parse_vocabulary_text(text: str, source: Optional[str] = None) -> List[str]:
     if len(lines) > 1:
         return _clean_classes(lines, source or "the class list")
     line = lines[0] if lines else ""
+    if not lines and (text or "").strip():
+        source = source or "the text holds only # comments"
     return _parse_vocabulary_string(line, source or repr(line))
 
 
@@ -426,6 +428,16 @@ class SegmentationResult:
             name: (float(sums[i] / counts[i]) if counts[i] else None) for i, name in enumerate(self.classes)
         }
 
+    def display(self, max_pixels: Optional[int] = OVERLAY_MAX_PIXELS) -> Tuple[np.ndarray, np.ndarray]:
+        """``(image, label_map)`` at the display resolution :meth:`overlay` draws at: as they are
+        up to ``max_pixels`` pixels, else downscaled to that many (same aspect ratio; the image
+        bilinear, the labels nearest at pixel centres)."""
+        size = _display_size(self.height, self.width, max_pixels)
+        if size == (self.height, self.width):
+            return self.image, self.label_map
+        image = np.asarray(Image.fromarray(self.image).resize(size[::-1], Image.BILINEAR, reducing_gap=2.0))
+        return image, _nearest_resize(self.label_map, size)
+
     def overlay(self, alpha: float = 0.6, legend: bool = True, area_threshold: Optional[int] = None,
                 max_pixels: Optional[int] = OVERLAY_MAX_PIXELS) -> np.ndarray:
         """RGB ``uint8`` visualisation: ``[H, W, 3]`` (the image size) up to ``max_pixels``
@@ -445,15 +457,12 @@ class SegmentationResult:
 
         names = [primary_name(c) for c in self.classes]
         colors = self.colors
-        size = _display_size(self.height, self.width, max_pixels)
-        image, label_map = self.image, self.label_map
-        if size != (self.height, self.width):
-            # detectron2 draws every segment as polygons at the image resolution (minutes at 24 MP):
-            # draw the downscaled image and label map instead
-            image = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR, reducing_gap=2.0))
-            label_map = _nearest_resize(label_map, size)
-            if area_threshold is not None:
-                area_threshold = area_threshold * size[0] * size[1] / (self.height * self.width)
+        # detectron2 draws every segment as polygons at the image resolution (minutes at 24 MP):
+        # draw the downscaled image and label map instead
+        image, label_map = self.display(max_pixels)
+        size = label_map.shape
+        if area_threshold is not None and size != (self.height, self.width):
+            area_threshold = area_threshold * size[0] * size[1] / (self.height * self.width)
         metadata = Metadata(stuff_classes=names, stuff_colors=[list(c) for c in colors])
         visualizer = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE)
         # draw_sem_seg skips labels >= len(stuff_classes): map unlabeled pixels there
@@ -518,14 +527,15 @@ class SegmentationResult:
         return np.where(self.label_map < 0, PNG_UNLABELED[dtype], self.label_map).astype(dtype)
 
     def save(self, target: str, info: Optional[Dict[str, Any]] = None, relative_to: Optional[str] = None,
-             extra_outputs: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+             extra_outputs: Optional[Dict[str, str]] = None, overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
         """Write the files of the demo and the web app: ``<target>_labels.png`` (:meth:`label_png`),
         ``<target>_overlay.png`` (:meth:`overlay`) and ``<target>.json``.
 
         The JSON holds ``info`` (e.g. ``input``, ``model``), :meth:`to_json`, the PNG's dtype and
         unlabeled value, and ``outputs``: the files' paths relative to ``relative_to`` (default:
         the folder of ``target``), including ``extra_outputs`` (name -> path) written by the caller.
-        Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones).
+        Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones). ``overlay``:
+        the :meth:`overlay` image when the caller has drawn it already (drawn here otherwise).
 
         The three files are written under temporary names and renamed when all are written: a
         failure (a folder in the way, a full disk, no permission) leaves none of them and raises
@@ -547,7 +557,8 @@ class SegmentationResult:
         base = relative_to or folder
         record["outputs"] = {name: os.path.relpath(path, base) for name, path in {**paths, **(extra_outputs or {})}.items()}
         writers = {
-            paths["overlay"]: lambda f: Image.fromarray(self.overlay()).save(f, format="PNG"),
+            paths["overlay"]: lambda f: Image.fromarray(self.overlay() if overlay is None else overlay).save(
+                f, format="PNG"),
             paths["labels"]: lambda f: Image.fromarray(png).save(f, format="PNG"),
             target + ".json": lambda f: f.write(json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")),
         }

@@ -188,22 +188,38 @@ def class_table(result: SegmentationResult) -> List[List]:
 
 
 def annotations(result: SegmentationResult):
-    """``gr.AnnotatedImage`` value and colour map: one mask per class present, overlay colours."""
-    masks = [((result.label_map == i).astype(np.float32), name)
-             for i, name in enumerate(result.classes) if (result.label_map == i).any()]
+    """``gr.AnnotatedImage`` value and colour map: one mask per class present, overlay colours,
+    at the overlay's display resolution (full-size float masks of a 24-megapixel photo were
+    1.5 GB, encoded as PNGs and sent to the browser)."""
+    image, label_map = result.display()
+    masks = [((label_map == i).astype(np.float32), name)
+             for i, name in enumerate(result.classes) if (label_map == i).any()]
     colors = {name: hex_color(c) for name, c in zip(result.classes, result.colors)}
-    return (result.image, masks), colors
+    return (image, masks), colors
 
 
-def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict) -> Dict[str, str]:
+def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict,
+                 overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
     """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files)."""
-    return result.save(os.path.join(folder, stem), info={"input": stem, "model": model})
+    return result.save(os.path.join(folder, stem), info={"input": stem, "model": model}, overlay=overlay)
 
 
 def _stems(paths: Sequence[str]) -> List[str]:
     """Output names of the uploads: their file stems (each upload sits in its own temporary
-    folder, so no folder is mirrored), made unique as the demo's are."""
-    return unique_names([os.path.splitext(os.path.basename(path))[0] or "image" for path in paths])
+    folder, so no folder is mirrored; a name such as ``.png`` gives ``image``, not a hidden
+    file), made unique as the demo's are."""
+    stems = []
+    for path in paths:
+        name = os.path.basename(path)
+        stem, extension = os.path.splitext(name)
+        if not extension and name.startswith("."):  # ".png": an extension without a name
+            stem = ""
+        stems.append(stem.lstrip(".") or "image")
+    return unique_names(stems)
+
+
+#: Request folders the app keeps in its output folder (the oldest are deleted beyond that).
+KEPT_REQUESTS = 20
 
 
 # ---------------------------------------------------------------------------------- the page
@@ -219,40 +235,58 @@ class App:
 
     def segment(self, files, vocabulary_text: str, model_choice: str, config_file: str, weights: str,
                 threshold, background_prompts: bool, progress=None):
-        """Run one request. Returns ``(results, stems, file paths, status)``; raises
-        :class:`CATSegError` for user errors."""
+        """Run one request. Returns ``(results, stems, file paths, status, overlays)``; raises
+        :class:`CATSegError` for user errors. The request's files go to a new folder of the output
+        folder, which keeps the last :data:`KEPT_REQUESTS` requests."""
         progress = progress or (lambda *args, **kwargs: None)
         paths = _upload_paths(files)
         if not paths:
             raise CATSegError("no image given: upload one or several images, or pick an example")
         names = vocabulary_from_text(vocabulary_text)
         background = "prompts" if background_prompts else parse_threshold(threshold)
-        images = [load_image(p) for p in paths]  # same checks as the CLI and the API, before the model
+        images = []
+        for path in paths:  # same checks as the CLI and the API, before the model
+            try:
+                images.append(load_image(path))
+            except CATSegError as e:  # named as uploaded, not by Gradio's cache path
+                raise CATSegError(str(e).replace(path, os.path.basename(path))) from None
         config, model_weights, model_opts = model_spec(model_choice, config_file, weights)
         progress(0.05, desc=f"loading the model ({os.path.basename(config)}"
                             + (f", {model_weights})" if model_weights else ")"))
         segmenter = self.segmenters.get(config, model_weights, self.device, self.opts + model_opts)
+        self._prune_requests()
         folder = tempfile.mkdtemp(dir=self.output_root)
         stems = _stems(paths)
-        results, files_out = [], []
+        results, files_out, overlays = [], [], []
         model_info = {"config_file": config, "weights": segmenter.weights, "device": str(segmenter.device),
                       "opts": self.opts + model_opts}
         for i, (image, stem) in enumerate(zip(images, stems)):
             progress((i, len(images)), desc=f"segmenting {stem} ({i + 1}/{len(images)})", unit="images")
             result = segmenter(image, names, background=background)
-            written = save_outputs(result, folder, stem, model_info)
+            overlays.append(result.overlay())  # drawn once: saved and shown
+            written = save_outputs(result, folder, stem, model_info, overlays[-1])
             results.append(result)
             files_out += [written["labels"], written["overlay"], written["json"]]
         status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"
                   + (f" + `{model_weights}`" if model_weights else " (random head: no weights)")
                   + f" on {segmenter.device}")
-        return results, stems, files_out, status
+        return results, stems, files_out, status, overlays
+
+    def _prune_requests(self) -> None:
+        """Delete the oldest request folders beyond :data:`KEPT_REQUESTS` (a server left running
+        wrote a folder per request without end)."""
+        import shutil
+
+        folders = sorted((entry for entry in os.scandir(self.output_root) if entry.is_dir()),
+                         key=lambda entry: entry.stat().st_mtime)
+        for entry in folders[:max(0, len(folders) - KEPT_REQUESTS + 1)]:
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _view(result: SegmentationResult):
-    """Page values shown for one result: overlay, annotated image, colour map, table, click state."""
+def _view(result: SegmentationResult, overlay: np.ndarray):
+    """Page values shown for one result (``overlay``: its :meth:`~SegmentationResult.overlay`,
+    drawn once per request): overlay, annotated image, colour map, table, click state."""
     annotated, colors = annotations(result)
-    overlay = result.overlay()  # drawn at display resolution for large images
     # the winning class's probability per pixel, without the [T, H, W] probability maps
     click = {"label_map": result.label_map, "confidence": result.confidence_map().numpy(),
              "classes": list(result.classes), "overlay_size": overlay.shape[:2]}
@@ -269,7 +303,9 @@ def describe_pixel(click: Optional[Dict], x: int, y: int) -> str:
     overlay_height, overlay_width = click.get("overlay_size", label_map.shape)
     if not (0 <= y < overlay_height and 0 <= x < overlay_width):
         return f"({x}, {y}) is outside the image"
-    x, y = x * label_map.shape[1] // overlay_width, y * label_map.shape[0] // overlay_height
+    # the pixel whose centre the display resize took (cat_seg.api nearest resize at pixel centres)
+    x = min(int((x + 0.5) * label_map.shape[1] / overlay_width), label_map.shape[1] - 1)
+    y = min(int((y + 0.5) * label_map.shape[0] / overlay_height), label_map.shape[0] - 1)
     label = int(label_map[y, x])
     if label < 0:
         return f"({x}, {y}): unlabeled"
@@ -281,17 +317,18 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
     import gradio as gr
 
     def fail(error: CATSegError):
-        return gr.Error(str(error), print_exception=False)
+        # duration None: the message stays until closed (a 10 s toast vanished before it was read)
+        return gr.Error(str(error), duration=None, print_exception=False)
 
     def run(files, vocab_text, model_choice, config_box, weights_box, threshold, prompts,
             progress=gr.Progress(track_tqdm=True)):  # tqdm: a first download of released weights
         try:
-            results, stems, files_out, status = app.segment(
+            results, stems, files_out, status, overlays = app.segment(
                 files, vocab_text, model_choice, config_box, weights_box, threshold, prompts, progress)
         except CATSegError as e:
             raise fail(e) from None
-        overlay, annotated, colors, table, click = _view(results[0])
-        state = {"results": results, "stems": stems}
+        overlay, annotated, colors, table, click = _view(results[0], overlays[0])
+        state = {"results": results, "stems": stems, "overlays": overlays}
         return (
             status,
             gr.Dropdown(choices=stems, value=stems[0], visible=len(stems) > 1),
@@ -307,7 +344,8 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
     def show(stem, state):
         if not state or stem not in state["stems"]:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        overlay, annotated, colors, table, click = _view(state["results"][state["stems"].index(stem)])
+        index = state["stems"].index(stem)
+        overlay, annotated, colors, table, click = _view(state["results"][index], state["overlays"][index])
         return overlay, gr.AnnotatedImage(value=annotated, color_map=colors), table, click
 
     def pick_vocabulary(choice):
@@ -325,7 +363,9 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
         return f"selected: {evt.value}"
 
     # analytics off: a local research tool sends nothing anywhere
-    with gr.Blocks(title="CAT-Seg: open-vocabulary segmentation", analytics_enabled=False) as page:
+    # delete_cache: Gradio's copies of uploads and downloads older than a day, checked hourly
+    with gr.Blocks(title="CAT-Seg: open-vocabulary segmentation", analytics_enabled=False,
+                   delete_cache=(3600, 86400)) as page:
         gr.Markdown("## CAT-Seg: open-vocabulary semantic segmentation\n"
                     "Upload images, name the classes you want, press **Segment**.")
         with gr.Row():
@@ -374,10 +414,14 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
         results = gr.State()
         click_state = gr.State()
 
-        vocab_choice.change(pick_vocabulary, vocab_choice, vocab_text)
+        # .input: the user's choices only (.change also fired when a run set the dropdown, which
+        # rendered its first result a second time)
+        vocab_choice.input(pick_vocabulary, vocab_choice, vocab_text)
+        # an edited class list is no longer the benchmark's: picking that benchmark again refills it
+        vocab_text.input(lambda: CUSTOM_VOCABULARY, None, vocab_choice)
         button.click(run, [files, vocab_text, model_choice, config_box, weights_box, threshold, prompts],
                      [status, which, overlay, annotated, table, downloads, results, click_state, pixel])
-        which.change(show, [which, results], [overlay, annotated, table, click_state])
+        which.input(show, [which, results], [overlay, annotated, table, click_state])
         overlay.select(clicked, click_state, pixel)
         annotated.select(clicked_class, None, pixel)
     return page

@@ -1,6 +1,7 @@
 """The web app's request handling without a browser: vocabulary and model parsing, the
 segmenter cache, outputs against the API, and the command line's one-line errors."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,11 @@ def test_vocabulary_box_follows_the_cli_rules():
         with pytest.raises(CATSegError) as library:
             parse_vocabulary(lines if len(lines) > 1 else (lines[0] if lines else ""))
         assert str(ours.value) == str(library.value)
+
+
+def test_a_class_box_of_comments_only_says_so():
+    with pytest.raises(CATSegError, match=r"^empty vocabulary \(the text holds only # comments\)"):
+        app_cli.vocabulary_from_text("# classes come here\n")
 
 
 def test_benchmark_vocabularies_are_read_from_the_class_jsons():
@@ -64,19 +70,35 @@ def test_clicks_on_a_downscaled_overlay_read_the_label_under_them():
     probs = torch.full((2, height, width), 0.5)
     result = SegmentationResult(image=np.zeros((height, width, 3), np.uint8), classes=["cat", "dog"],
                                 label_map=labels, probs=probs)
-    overlay, _, _, _, click = app_cli._view(result)
+    overlay, (shown, masks), _, _, click = app_cli._view(result, result.overlay())
     overlay_height, overlay_width = overlay.shape[:2]
     assert overlay_width < width and click["overlay_size"] == (overlay_height, overlay_width)
+    # the segments view is drawn at the overlay's size too (not 2 full-size float masks)
+    assert shown.shape[:2] == (overlay_height, overlay_width)
+    assert [m.shape for m, _ in masks] == [(overlay_height, overlay_width)] * 2
     assert app_cli.describe_pixel(click, overlay_width // 4, 10).endswith(": cat (confidence 0.50)")
-    right = app_cli.describe_pixel(click, 3 * overlay_width // 4, 10)
-    assert right == f"({3 * overlay_width // 4 * width // overlay_width}, {10 * height // overlay_height}): dog " \
-                    "(confidence 0.50)"
+    x = 3 * overlay_width // 4
+    right = app_cli.describe_pixel(click, x, 10)
+    assert right == (f"({int((x + 0.5) * width / overlay_width)}, {int(10.5 * height / overlay_height)}): dog "
+                     "(confidence 0.50)")
     assert app_cli.describe_pixel(click, overlay_width - 1, overlay_height - 1).endswith(": unlabeled")
     assert app_cli.describe_pixel(click, overlay_width, 0) == f"({overlay_width}, 0) is outside the image"
 
 
 def test_upload_names_are_unique_after_numbering():
     assert app_cli._stems(["a/x.jpg", "b/x_2.jpg", "c/x.png", "d/X.png"]) == ["x", "x_2", "x_3", "X_4"]
+    assert app_cli._stems(["a/.png", "b/..jpg"]) == ["image", "image_2"]  # no hidden output files
+
+
+def test_the_output_folder_keeps_the_last_requests(tmp_path):
+    app = app_cli.App(device="cpu", output_root=str(tmp_path))
+    for i in range(app_cli.KEPT_REQUESTS + 5):
+        folder = tmp_path / f"request{i:02d}"
+        folder.mkdir()
+        os.utime(folder, (i, i))
+    app._prune_requests()  # before a request: room for its folder
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == [f"request{i:02d}" for i in range(6, app_cli.KEPT_REQUESTS + 5)]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +115,7 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
     Image.fromarray(image[:, ::-1]).save(paths[1])
     config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
     args = ([str(p) for p in paths], "red dotted\nred speckled\nsky", app_cli.LOCAL_MODEL, config, tiny_checkpoint)
-    results, stems, files, status = local_app.segment(*args, 0.3, False)
+    results, stems, files, status, overlays = local_app.segment(*args, 0.3, False)
     assert stems == ["a", "sub_a"] and len(files) == 6 and "2 image(s), 3 class(es)" in status
     api = OpenVocabSegmenter.from_config(config, weights=tiny_checkpoint, device="cpu")
     expected = api([str(p) for p in paths], ["red dotted", "red speckled", "sky"], background=0.3)
@@ -109,7 +131,8 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
         assert [r[0] for r in rows if r[0] != "(unlabeled)"] == sorted(
             [n for n, a in want.areas().items() if a], key=lambda n: -want.areas()[n])
         # the click readout holds the label's probability, read without the [T, H, W] maps
-        click = app_cli._view(result)[-1]
+        click = app_cli._view(result, overlays[stems.index(stem)])[-1]
+        np.testing.assert_array_equal(overlays[stems.index(stem)], np.asarray(Image.open(f"{folder}/{stem}_overlay.png")))
         assert result._probs is None
         labeled = want.label_map >= 0
         own = want.probs.gather(0, torch.from_numpy(want.label_map).long().clamp(min=0)[None])[0].numpy()
@@ -125,8 +148,9 @@ def test_bad_inputs_raise_the_library_errors(local_app, tiny_checkpoint, tmp_pat
     config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
     with pytest.raises(CATSegError, match="no image given"):
         local_app.segment([], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
-    with pytest.raises(CATSegError, match=r"cannot read image .*broken\.png"):
+    with pytest.raises(CATSegError) as error:  # named as uploaded, without the folder it was uploaded to
         local_app.segment([str(broken)], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    assert str(error.value).startswith("cannot read image 'broken.png': ") and str(tmp_path) not in str(error.value)
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
     with pytest.raises(CATSegError, match=r"weights file '.*missing\.pth' not found"):
