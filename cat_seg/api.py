@@ -390,13 +390,28 @@ class SegmentationResult:
         """RGB colour of each class in :meth:`overlay`."""
         return class_colors(len(self.classes))
 
-    def probabilities(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``[T, H, W]`` probabilities of the user classes on the CPU in ``dtype`` (not kept)."""
+    def probabilities(self, dtype: torch.dtype = torch.float32,
+                      classes: Optional[Sequence[Union[str, int]]] = None) -> torch.Tensor:
+        """``[T, H, W]`` probabilities of the user classes on the CPU in ``dtype`` (not kept);
+        with ``classes`` (names of :attr:`classes` or their indices) only those, ``[len(classes),
+        H, W]``: the maps of a few classes of a large image or vocabulary without the memory of
+        all (171 classes of a 24-megapixel image are 16 GB in float32)."""
+        indices = list(range(len(self.classes))) if classes is None else [self._class_index(c) for c in classes]
         if self.class_maps is None:
             if self._probs is None:
                 raise ValueError("this result holds neither probabilities nor the class maps to compute them")
-            return self._probs.to(dtype)
-        return self.class_maps.probabilities(classes=range(len(self.classes)), dtype=dtype, device="cpu")
+            return self._probs[indices].to(dtype)
+        return self.class_maps.probabilities(classes=indices, dtype=dtype, device="cpu")
+
+    def _class_index(self, name_or_index: Union[str, int]) -> int:
+        if isinstance(name_or_index, str):
+            if name_or_index not in self.classes:
+                raise CATSegError(f"class {name_or_index!r} is not in this result's vocabulary "
+                                  f"({len(self.classes)} classes, e.g. {self.classes[0]!r})")
+            return self.classes.index(name_or_index)
+        if not (isinstance(name_or_index, numbers.Integral) and 0 <= name_or_index < len(self.classes)):
+            raise CATSegError(f"class index {name_or_index!r}: expected 0..{len(self.classes) - 1}")
+        return int(name_or_index)
 
     def confidence_map(self) -> torch.Tensor:
         """``[H, W]`` float32: :attr:`confidence`, or (for a result built by hand without it)
@@ -999,8 +1014,10 @@ class OpenVocabSegmenter:
             background: ``None`` (every pixel gets a class), ``"prompts"`` (add
                 :data:`BACKGROUND_PROMPTS`; their pixels become unlabeled) or a float
                 threshold (pixels whose best probability is below it become unlabeled).
-            batch_size: images per forward, a positive int (default ``None``: all). Images of
-                any sizes share a forward: each is padded and resized on its own, so batching
+            batch_size: images per forward, a positive int (default ``None``: the config's
+                ``TEST.IMS_PER_BATCH``, whose 0 means 8 on CUDA and 1 on CPU; each image in a
+                forward holds about 100 MB of working memory for ViT-B at 171 classes). Images
+                of any sizes share a forward: each is padded and resized on its own, so batching
                 changes results only by float rounding (probabilities within about 1e-6; a
                 pixel where two classes are that close may change label).
         Returns:
@@ -1012,6 +1029,10 @@ class OpenVocabSegmenter:
         names = parse_vocabulary(classes)
         background = self._check_background(background)
         batch_size = _check_batch_size(batch_size)
+        if batch_size is None:  # the working memory grows with the batch: bounded by default
+            from .engine.trainer import resolve_test_batch_size
+
+            batch_size = resolve_test_batch_size(self.cfg)
         if not inputs:
             return []
         extra = self.background_prompts_for(names) if background == "prompts" else []
@@ -1024,13 +1045,13 @@ class OpenVocabSegmenter:
         return results[0] if single else results
 
     @staticmethod
-    def _forward_groups(prepared: List[Dict], batch_size: Optional[int]) -> List[List[int]]:
+    def _forward_groups(prepared: List[Dict], batch_size: int) -> List[List[int]]:
         """Indexes of the inputs that go through one forward together: ``batch_size`` at a time
         in input order (the model prepares each image of a batch on its own, any size)."""
-        step = batch_size or len(prepared)
+        step = batch_size
         return [list(range(start, min(start + step, len(prepared)))) for start in range(0, len(prepared), step)]
 
-    def _predict(self, prepared: List[Dict], names: List[str], batch_size: Optional[int]) -> List[ClassMaps]:
+    def _predict(self, prepared: List[Dict], names: List[str], batch_size: int) -> List[ClassMaps]:
         """Model-resolution per-class maps (:class:`~cat_seg.modeling.postprocess.ClassMaps`)
         of every prepared input, from which labels, confidence and (on demand) probabilities
         are computed at the original image size."""

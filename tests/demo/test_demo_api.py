@@ -96,11 +96,14 @@ def test_images_of_any_size_share_a_forward(segmenter, images, monkeypatch):
         return forward(batched_inputs, class_names)
 
     monkeypatch.setattr(segmenter.model, "forward", counting)
-    segmenter(images, VOCAB)
+    segmenter(images, VOCAB, batch_size=3)
     assert len(calls) == 1 and len(set(calls[0])) == 2  # 96x128 twice and another size: one forward
     calls.clear()
     segmenter(images, VOCAB, batch_size=2)
     assert [len(c) for c in calls] == [2, 1]
+    calls.clear()
+    segmenter(images, VOCAB)  # default: TEST.IMS_PER_BATCH auto, 1 on CPU (memory grows with the batch)
+    assert [len(c) for c in calls] == [1, 1, 1]
 
 
 def test_path_pil_numpy_inputs_agree(segmenter, images, tmp_path):
@@ -144,6 +147,18 @@ def test_extremely_elongated_images_are_segmented(segmenter):
     result = segmenter(strip, VOCAB)
     assert result.label_map.shape == (2, 3000)
     assert segmenter.dense_features(strip, VOCAB).resized_size == (1, 640)
+
+
+def test_probabilities_of_some_classes(segmenter, images):
+    result = segmenter(images[0], VOCAB)
+    some = result.probabilities(classes=["grass", 0])
+    assert some.shape == (2, *images[0].shape[:2])
+    torch.testing.assert_close(some, result.probs[[2, 0]])
+    assert result.probabilities(torch.float16, classes=[1]).dtype == torch.float16
+    with pytest.raises(CATSegError, match=r"class 'sky' is not in this result's vocabulary \(3 classes"):
+        result.probabilities(classes=["sky"])
+    with pytest.raises(CATSegError, match=r"class index 3: expected 0..2"):
+        result.probabilities(classes=[3])
 
 
 def test_dense_features_do_not_share_the_text_embedding_cache(segmenter, images):
@@ -384,7 +399,7 @@ def test_sliding_window_batches_mixed_sizes(checkpoint, images, tiny, monkeypatc
         return forward(batched_inputs, class_names)
 
     monkeypatch.setattr(seg.model, "forward", counting)
-    batch = seg([images[0], images[2]], VOCAB)
+    batch = seg([images[0], images[2]], VOCAB, batch_size=2)
     assert calls == [2]
     for image, batched in zip([images[0], images[2]], batch):
         single = seg(image, VOCAB)

@@ -201,3 +201,17 @@ def test_a_prompt_cut_at_the_context_length_is_warned_about(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encoder.tokenize(["dog", "a fairly long but ordinary class name, with a synonym"])
+
+
+def test_large_vocabularies_are_encoded_in_chunks(model, monkeypatch):
+    """At inference the prompts go through the text tower ENCODE_CHUNK at a time (one pass of
+    3,000 classes took 1.8 GB), with the embeddings of one pass."""
+    from cat_seg.modeling.clip import text_encoder
+
+    monkeypatch.setattr(text_encoder, "ENCODE_CHUNK", 4)
+    counter = CountingEncoder(model.text_encoder)
+    names = [f"class number {i}" for i in range(10)]
+    model.eval()
+    chunked = model.text_embeddings(names)
+    assert counter.calls == 3  # 4 + 4 + 2 prompts
+    torch.testing.assert_close(chunked, direct_text(model, names, [SINGLE]), rtol=1e-5, atol=1e-6)
