@@ -59,7 +59,7 @@ from ..api import (
     parse_vocabulary,
     read_vocabulary_file,
 )
-from ..utils import resolve_path
+from ..utils import atomic_write, resolve_path
 from .errors import ArgumentParser
 
 WINDOW_NAME = "CAT-Seg"
@@ -297,12 +297,10 @@ def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, s
     extra = {}
     if args.dense_features:
         extra["features"] = target + "_features.npz"
-        try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            np.savez(extra["features"], **seg.dense_features(result.image, names).to_numpy())
+        arrays = seg.dense_features(result.image, names).to_numpy()
+        try:  # renamed into place when complete: a kill leaves no partial .npz
+            atomic_write(extra["features"], lambda f: np.savez(f, **arrays), durable=False)
         except OSError as e:
-            if os.path.isfile(extra["features"]):
-                os.remove(extra["features"])
             raise CATSegError(f"cannot write {extra['features']!r}: {e.strerror or e}") from None
     try:
         result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
