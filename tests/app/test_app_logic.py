@@ -192,3 +192,35 @@ def test_address_the_server_cannot_listen_at_is_one_line_before_loading(capsys):
     assert app_cli.main(["--host", "192.0.2.1"]) == 2  # TEST-NET-1: no machine's own address
     assert capsys.readouterr().err == ("error: --host 192.0.2.1 --port 7860: 192.0.2.1 is not an address of this "
                                        "machine\n")
+
+
+def test_page_events_follow_the_users_choices_only(tmp_path):
+    """The page's wiring (the browser tests drive it): the result and vocabulary dropdowns react
+    to the user's input only (a run setting the result dropdown rendered its first result a
+    second time), editing the class box resets the vocabulary choice, Gradio's cached files are
+    deleted after a day, and errors stay until closed."""
+    import gradio as gr
+
+    page = app_cli.build_app(app_cli.App(device="cpu", output_root=str(tmp_path)), app_cli.LOCAL_MODEL)
+    config = page.get_config_file()
+    names = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    triggers = {(names.get(target), event) for d in config["dependencies"] for target, event in d["targets"]}
+    assert {("which", "input"), ("vocab-choice", "input"), ("vocab", "input"), ("run", "click")} <= triggers
+    assert not {("which", "change"), ("vocab-choice", "change")} & triggers
+    assert page.delete_cache == (3600, 86400)
+    captured = {}
+    real_error = gr.Error
+
+    def error(*args, **kwargs):
+        captured.update(kwargs)
+        return real_error(*args, **kwargs)
+
+    run = next(fn for fn in page.fns.values() if getattr(fn, "name", "") == "run")
+    original = gr.Error
+    try:
+        gr.Error = error
+        with pytest.raises(real_error):
+            run.fn([], "cat", app_cli.LOCAL_MODEL, "", "", 0.0, False)
+    finally:
+        gr.Error = original
+    assert captured.get("duration", 10) is None
