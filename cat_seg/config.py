@@ -12,7 +12,7 @@ with the reason, and :func:`add_official_compat_keys` (called by ``add_cat_seg_c
 registers them with yacs as deprecated, so merging a file or a command line that sets them
 logs one "ignoring" line per key instead of failing.
 """
-from typing import Callable, List
+from typing import Any, Callable, List, Tuple
 
 from detectron2.config import CfgNode as CN
 
@@ -166,27 +166,31 @@ def _node_and_leaf(cfg, key: str):
     return node, leaf
 
 
-def _base_chain(config_file: str) -> List[str]:
-    """``config_file`` and the files it inherits from through ``_BASE_`` (each relative to the
-    file naming it, as detectron2 reads them), as absolute paths, the file itself first. Files
-    that cannot be read end the chain (merging the config reports them)."""
+def config_file_chain(config_file: str) -> List[Tuple[str, Any]]:
+    """``(path, YAML content)`` of ``config_file`` and of the files it inherits from through
+    ``_BASE_`` (each relative to the file naming it, ``~`` expanded, as detectron2 reads them),
+    the file itself first. The chain ends at a file that holds no string ``_BASE_`` (a file
+    that is not a mapping of keys is its last entry), at one that cannot be read or parsed,
+    or at one already in the chain; merging the config reports those files' own errors."""
     import os
 
     import yaml
 
-    chain, path = [], os.path.abspath(config_file)
-    while path not in chain and os.path.isfile(path):
-        chain.append(path)
+    chain, seen, path = [], set(), config_file
+    while os.path.abspath(path) not in seen and os.path.isfile(path):
+        seen.add(os.path.abspath(path))
         try:
-            with open(path) as f:
-                base = (yaml.safe_load(f) or {}).get("_BASE_")
-        except (OSError, yaml.YAMLError, AttributeError):
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except Exception:  # noqa: BLE001 - unreadable, YAML syntax, unsafe tags: reported when merging
             break
+        chain.append((path, data))
+        base = data.get("_BASE_") if isinstance(data, dict) else None
         if not isinstance(base, str):
             break
         base = os.path.expanduser(base)
-        path = base if os.path.isabs(base) else os.path.abspath(os.path.join(os.path.dirname(path), base))
-    return chain or [os.path.abspath(config_file)]
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    return chain
 
 
 def resolve_paths_near_config(cfg, config_file: str) -> None:
@@ -202,8 +206,8 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
     from .utils import resolve_path
 
     folders = []
-    for path in _base_chain(config_file):
-        folder = os.path.dirname(path)
+    for path in [path for path, _ in config_file_chain(config_file)] or [config_file]:
+        folder = os.path.dirname(os.path.abspath(path))
         while folder not in folders:
             folders.append(folder)
             folder = os.path.dirname(folder)

@@ -154,25 +154,16 @@ def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
         raise UserError(f"unknown config key {key!r} in {source}; {hint}")
 
 
-def _not_a_mapping(config_file: str, depth: int = 0) -> Optional[str]:
+def _not_a_mapping(config_file: str) -> Optional[str]:
     """The first file of ``config_file``'s ``_BASE_`` chain whose YAML is not a mapping of
     config keys (an empty file, a list), with what it holds; ``None`` when there is none or a
     file cannot be read (its own error is reported then)."""
-    import yaml
+    from cat_seg.config import config_file_chain
 
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except Exception:  # noqa: BLE001 - unreadable, YAML syntax, unsafe tags: reported elsewhere
-        return None
-    if not isinstance(data, dict):
-        held = "nothing" if data is None else f"a YAML {type(data).__name__}"
-        return f"{config_file!r} holds {held}"
-    base = data.get("_BASE_")
-    if isinstance(base, str) and depth < 16:
-        if not os.path.isabs(base):
-            base = os.path.join(os.path.dirname(config_file), base)
-        return _not_a_mapping(base, depth + 1) if os.path.isfile(base) else None
+    for path, data in config_file_chain(config_file):
+        if not isinstance(data, dict):
+            held = "nothing" if data is None else f"a YAML {type(data).__name__}"
+            return f"{path!r} holds {held}"
     return None
 
 
