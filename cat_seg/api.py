@@ -336,10 +336,17 @@ def _display_size(height: int, width: int, max_pixels: Optional[int]) -> Tuple[i
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
+def nearest_indices(out_length: int, in_length: int) -> np.ndarray:
+    """For each of ``out_length`` pixels of a resized axis, the pixel of the original
+    ``in_length`` axis whose value a nearest-neighbour resize takes (pixel centres, like
+    ``cv2.INTER_NEAREST_EXACT``): what :meth:`SegmentationResult.display` draws, and where a
+    click on it lies in the image."""
+    return np.minimum(((np.arange(out_length) + 0.5) * in_length / out_length).astype(np.int64), in_length - 1)
+
+
 def _nearest_resize(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (pixel centres, like ``cv2.INTER_NEAREST_EXACT``)."""
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(np.int64), labels.shape[0] - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(np.int64), labels.shape[1] - 1)
+    """Nearest-neighbour resize of a label map (:func:`nearest_indices` on both axes)."""
+    rows, cols = nearest_indices(size[0], labels.shape[0]), nearest_indices(size[1], labels.shape[1])
     return labels[rows[:, None], cols[None, :]]
 
 
@@ -1048,8 +1055,8 @@ class OpenVocabSegmenter:
     def _forward_groups(prepared: List[Dict], batch_size: int) -> List[List[int]]:
         """Indexes of the inputs that go through one forward together: ``batch_size`` at a time
         in input order (the model prepares each image of a batch on its own, any size)."""
-        step = batch_size
-        return [list(range(start, min(start + step, len(prepared)))) for start in range(0, len(prepared), step)]
+        return [list(range(start, min(start + batch_size, len(prepared))))
+                for start in range(0, len(prepared), batch_size)]
 
     def _predict(self, prepared: List[Dict], names: List[str], batch_size: int) -> List[ClassMaps]:
         """Model-resolution per-class maps (:class:`~cat_seg.modeling.postprocess.ClassMaps`)

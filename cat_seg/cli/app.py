@@ -41,6 +41,7 @@ from ..api import (  # noqa: E402
     SegmentationResult,
     build_config,
     load_image,
+    nearest_indices,
     parse_vocabulary_text,
 )
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
@@ -303,9 +304,9 @@ def describe_pixel(click: Optional[Dict], x: int, y: int) -> str:
     overlay_height, overlay_width = click.get("overlay_size", label_map.shape)
     if not (0 <= y < overlay_height and 0 <= x < overlay_width):
         return f"({x}, {y}) is outside the image"
-    # the pixel whose centre the display resize took (cat_seg.api nearest resize at pixel centres)
-    x = min(int((x + 0.5) * label_map.shape[1] / overlay_width), label_map.shape[1] - 1)
-    y = min(int((y + 0.5) * label_map.shape[0] / overlay_height), label_map.shape[0] - 1)
+    # the image pixel the display resize drew there
+    x = int(nearest_indices(overlay_width, label_map.shape[1])[x])
+    y = int(nearest_indices(overlay_height, label_map.shape[0])[y])
     label = int(label_map[y, x])
     if label < 0:
         return f"({x}, {y}): unlabeled"
