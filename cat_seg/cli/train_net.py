@@ -266,12 +266,13 @@ def check_training_vocabulary(cfg) -> None:
     count = len(names)
     ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     for name in cfg.DATASETS.TRAIN:
-        ignore_label = getattr(MetadataCatalog.get(name), "ignore_label", ignore_value)
+        meta = MetadataCatalog.get(name)
+        ignore_label = getattr(meta, "ignore_label", ignore_value)
         if ignore_label != ignore_value:  # the loss and the crop would read its unlabelled pixels as a class
             raise UserError(f"training dataset {name} marks unlabelled pixels with {ignore_label} (its ignore_label) "
                             f"but MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}: set MODEL.SEM_SEG_HEAD."
                             f"IGNORE_VALUE {ignore_label}")
-        classes = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+        classes = getattr(meta, "stuff_classes", None)
         if classes is None:
             continue
         what = (f"MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON={train_json} has {count} classes but training dataset {name} "
