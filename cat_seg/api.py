@@ -89,28 +89,40 @@ def _clean_class(name: str) -> str:
     return ", ".join(s for s in synonyms if s)
 
 
-def _check_vocabulary(classes: List[str], source: str) -> List[str]:
-    """A class given twice (the same entry, compared without case) is an error. Different
-    entries with the same first synonym (``"screen, silver screen"`` and ``"screen, crt
-    screen"``: ADE-847 has 10 such classes) are allowed with one warning: the model sees only the
-    first synonym, so such classes get the same scores and the first listed wins their pixels."""
-    if not classes:
-        raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
-    entries, primaries, shared = set(), {}, []
+def shared_first_synonym_note(classes: Sequence[str], source: str) -> Optional[str]:
+    """The note for entries of ``classes`` that share their first synonym with an earlier entry
+    (``"screen, silver screen"`` and ``"screen, crt screen"``: ADE-847 has 10 such classes), or
+    ``None``. The model sees only the first synonym, so such classes get the same scores and the
+    first listed wins their pixels."""
+    primaries, shared = {}, []
     for name in classes:
-        entry = name.lower()
-        if entry in entries:
-            raise CATSegError(f"class {name!r} appears twice in the vocabulary ({source})")
-        entries.add(entry)
         primary = primary_name(name).lower()
         if primary in primaries:
             shared.append(f"{name!r} after {primaries[primary]!r}")
         else:
             primaries[primary] = name
-    if shared:
-        logger.warning(f"{len(shared)} class(es) of {source} share their first synonym, the name the model sees, "
-                       f"with an earlier class ({'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''}): "
-                       f"they get the same scores, and the earlier class wins their pixels")
+    if not shared:
+        return None
+    return (f"{len(shared)} class(es) of {source} share their first synonym, the name the model sees, "
+            f"with an earlier class ({'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''}): "
+            f"they get the same scores, and the earlier class wins their pixels")
+
+
+def _check_vocabulary(classes: List[str], source: str) -> List[str]:
+    """A class given twice (the same entry, compared without case) is an error. Different
+    entries with the same first synonym are allowed with one warning
+    (:func:`shared_first_synonym_note`)."""
+    if not classes:
+        raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
+    entries = set()
+    for name in classes:
+        entry = name.lower()
+        if entry in entries:
+            raise CATSegError(f"class {name!r} appears twice in the vocabulary ({source})")
+        entries.add(entry)
+    note = shared_first_synonym_note(classes, source)
+    if note:
+        logger.warning(note)
     return classes
 
 

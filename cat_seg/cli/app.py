@@ -43,6 +43,7 @@ from ..api import (  # noqa: E402
     load_image,
     nearest_indices,
     parse_vocabulary_text,
+    shared_first_synonym_note,
 )
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
@@ -237,7 +238,8 @@ class App:
     def segment(self, files, vocabulary_text: str, model_choice: str, config_file: str, weights: str,
                 threshold, background_prompts: bool, progress=None):
         """Run one request. Returns ``(results, stems, file paths, status, overlays)``; raises
-        :class:`CATSegError` for user errors. The request's files go to a new folder of the output
+        :class:`CATSegError` for user errors. An unreadable upload among readable ones is skipped
+        and named in the status, as are classes that share their first synonym. The request's files go to a new folder of the output
         folder, which keeps the last :data:`KEPT_REQUESTS` requests."""
         progress = progress or (lambda *args, **kwargs: None)
         paths = _upload_paths(files)
@@ -245,12 +247,23 @@ class App:
             raise CATSegError("no image given: upload one or several images, or pick an example")
         names = vocabulary_from_text(vocabulary_text)
         background = "prompts" if background_prompts else parse_threshold(threshold)
-        images = []
+        notes = []
+        shared = shared_first_synonym_note(names, "the class list")
+        if shared:  # on the page: the server's log is not where a user of the page looks
+            notes.append(shared)
+        images, readable, unreadable = [], [], []
         for path in paths:  # same checks as the CLI and the API, before the model
             try:
                 images.append(load_image(path))
+                readable.append(path)
             except CATSegError as e:  # named as uploaded, not by Gradio's cache path
-                raise CATSegError(str(e).replace(path, os.path.basename(path))) from None
+                unreadable.append(str(e).replace(path, os.path.basename(path)))
+        if not images:
+            raise CATSegError(unreadable[0] if len(unreadable) == 1 else
+                              f"none of the {len(unreadable)} uploads is a readable image: {'; '.join(unreadable)}")
+        # one bad upload among several: the others are segmented and the bad one is named
+        notes += [f"skipped: {message}" for message in unreadable]
+        paths = readable
         config, model_weights, model_opts = model_spec(model_choice, config_file, weights)
         progress(0.05, desc=f"loading the model ({os.path.basename(config)}"
                             + (f", {model_weights})" if model_weights else ")"))
@@ -271,6 +284,7 @@ class App:
         status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"
                   + (f" + `{model_weights}`" if model_weights else " (random head: no weights)")
                   + f" on {segmenter.device}")
+        status += "".join(f"\n\n**Note:** {note}" for note in notes)
         return results, stems, files_out, status, overlays
 
     def _prune_requests(self) -> None:

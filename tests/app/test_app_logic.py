@@ -151,12 +151,35 @@ def test_bad_inputs_raise_the_library_errors(local_app, tiny_checkpoint, tmp_pat
     with pytest.raises(CATSegError) as error:  # named as uploaded, without the folder it was uploaded to
         local_app.segment([str(broken)], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
     assert str(error.value).startswith("cannot read image 'broken.png': ") and str(tmp_path) not in str(error.value)
+    with pytest.raises(CATSegError) as error:
+        local_app.segment([str(broken), str(broken)], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    assert str(error.value).startswith("none of the 2 uploads is a readable image: cannot read image 'broken.png': ")
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    # one bad upload among good ones: the others are segmented, the bad one is named in the status
+    results, stems, files, status, _ = local_app.segment(
+        [str(broken), str(good)], "cat", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    assert stems == ["good"] and len(results) == 1 and len(files) == 3
+    assert status.startswith("1 image(s), 1 class(es)")
+    assert "**Note:** skipped: cannot read image 'broken.png': " in status and str(tmp_path) not in status
     with pytest.raises(CATSegError, match=r"weights file '.*missing\.pth' not found"):
         local_app.segment([str(good)], "cat", app_cli.LOCAL_MODEL, config, str(tmp_path / "missing.pth"), 0, False)
     with pytest.raises(CATSegError, match=r"config file 'nope\.yaml' not found"):
         local_app.segment([str(good)], "cat", app_cli.LOCAL_MODEL, "nope.yaml", "", 0, False)
+
+
+def test_classes_sharing_their_first_synonym_are_noted_on_the_page(local_app, tiny_checkpoint, tmp_path):
+    """The API logs the note for the server's console; the page's user sees it in the status."""
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
+    vocabulary = "screen, silver screen\nscreen, crt screen\nsky"
+    *_, status, _ = local_app.segment([str(good)], vocabulary, app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    assert status.endswith("**Note:** 1 class(es) of the class list share their first synonym, the name the model "
+                           "sees, with an earlier class ('screen, crt screen' after 'screen, silver screen'): they "
+                           "get the same scores, and the earlier class wins their pixels")
+    *_, status, _ = local_app.segment([str(good)], "sky, grass", app_cli.LOCAL_MODEL, config, tiny_checkpoint, 0, False)
+    assert "Note" not in status
 
 
 def test_command_line_errors_are_one_line(capsys):
