@@ -67,8 +67,16 @@ BACKGROUND_PROMPTS: Tuple[str, ...] = (
     "water",
 )
 
-#: File extensions treated as images when a directory or glob is expanded.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+#: File extensions treated as images when a directory or glob is expanded: the photo and bitmap
+#: formats among those the installed Pillow opens. Not all of Pillow's: it also registers
+#: containers and documents (.h5, .fits, .mpeg, .ps, .ico, ...) that a folder of photos may hold
+#: and that are not pictures to segment (a file named explicitly is read whatever its extension).
+_PILLOW_EXTENSIONS = Image.registered_extensions()  # extension -> format (loads Pillow's plugins)
+IMAGE_EXTENSIONS = tuple(
+    extension for extension in (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".tif", ".tiff",
+                                ".webp", ".avif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi",
+                                ".gif")
+    if _PILLOW_EXTENSIONS.get(extension) in Image.OPEN)
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 

@@ -120,7 +120,7 @@ def test_path_pil_numpy_inputs_agree(segmenter, images, tmp_path):
     assert grey.image.shape == images[2].shape
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".tiff", ".webp"])
+@pytest.mark.parametrize("suffix", [".jpg", ".tiff", ".webp", ".avif"])
 def test_orientation_tag_is_applied_once(suffix, tmp_path):
     """EXIF orientation 6 (rotate 90 degrees clockwise): a 32 x 64 landscape image with a
     white top-left corner is shown as a 64 x 32 portrait with the corner at the top right,
