@@ -298,7 +298,3 @@ def markdown_tables() -> str:
         lines.append(f"| `{key}` | [{archive.filename}]({archive.url}) "
                      f"| `{archive.extract_to or '.'}` | {note} |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(markdown_tables(), end="")

@@ -183,9 +183,18 @@ def test_module_imports_on_its_own(module, import_results):
 
 
 def test_docs_tables_are_current():
-    """docs/datasets.md holds the output of ``python -m cat_seg.data.catalog``."""
+    """docs/datasets.md holds the output of ``python -m cat_seg.data``."""
     from pathlib import Path
 
     docs = (Path(cat_seg.data.__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
     begin, end = "<!-- catalog tables: begin -->\n", "<!-- catalog tables: end -->"
     assert docs[docs.index(begin) + len(begin):docs.index(end)] == catalog.markdown_tables()
+
+
+def test_the_tables_command_prints_them_without_warnings():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "cat_seg.data"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == catalog.markdown_tables()
+    assert "Warning" not in run.stderr, run.stderr  # running the catalog module itself got a RuntimeWarning
