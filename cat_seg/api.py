@@ -347,6 +347,10 @@ def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
 #: Overlays of images with more pixels are drawn at this many pixels (full HD stays full size).
 OVERLAY_MAX_PIXELS = 1 << 21
 
+#: Smallest letter height (pixels) of the overlay's legend, written smaller on narrow images;
+#: an image too narrow for that gets no legend (the class names on the segments remain).
+LEGEND_MIN_FONT_PX = 6
+
 
 def _display_size(height: int, width: int, max_pixels: Optional[int]) -> Tuple[int, int]:
     """``(h, w)`` of at most ``max_pixels`` pixels with the aspect ratio of ``height x width``."""
@@ -529,15 +533,18 @@ class SegmentationResult:
         """Legend of the classes present in ``label_map`` (default :attr:`label_map`; the drawn,
         possibly downscaled one), largest first, covering at most about half the height, written
         in ``font_family`` (a list of families, :func:`~cat_seg.fonts.font_families`; default
-        matplotlib's)."""
+        matplotlib's). On an image too narrow for it the legend is written smaller, down to
+        :data:`LEGEND_MIN_FONT_PX` pixels a letter; narrower still, it is left out (it was cut off
+        at the image's left edge). Returns the matplotlib legend drawn, or ``None``."""
+        from matplotlib.font_manager import FontProperties
         from matplotlib.patches import Patch
 
         label_map = self.label_map if label_map is None else label_map
         areas = np.bincount(label_map.ravel() + 1, minlength=len(names) + 1)[1:]  # UNLABELED (-1) -> 0
         present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
         if not present:
-            return
-        font_size = font_size * output.scale * 0.9
+            return None
+        font_size = font_size * output.scale * 0.9  # points
         line_height = font_size * output.dpi / 72 * 1.8  # pixels per legend row, spacing included
         max_entries = max(1, min(max_entries, int(0.5 * output.height * output.scale / line_height) - 1))
         handles = [
@@ -546,20 +553,32 @@ class SegmentationResult:
         ]
         if len(present) > max_entries:
             handles.append(Patch(facecolor="none", edgecolor="none", label=f"+{len(present) - max_entries} more"))
-        from matplotlib.font_manager import FontProperties
 
-        legend = output.ax.legend(
-            handles=handles,
-            loc="upper right",
-            prop=FontProperties(family=font_family, size=font_size),
-            framealpha=0.75,
-            facecolor="black",
-            labelcolor="white",
-            edgecolor="none",
-            borderaxespad=0.3,
-            handlelength=1.0,
-        )
-        legend.set_zorder(20)  # above the segment names (zorder 10)
+        def draw(size: float):
+            legend = output.ax.legend(
+                handles=handles,
+                loc="upper right",
+                prop=FontProperties(family=font_family, size=size),
+                framealpha=0.75,
+                facecolor="black",
+                labelcolor="white",
+                edgecolor="none",
+                borderaxespad=0.3,
+                handlelength=1.0,
+            )
+            legend.set_zorder(20)  # above the segment names (zorder 10)
+            return legend
+
+        # every part of the legend (text, handles, padding) is sized in font units, so its width
+        # scales with the font size: one measure gives the size that fits
+        legend = draw(font_size)
+        available = output.width * output.scale * 0.98  # pixels of the drawing
+        width = legend.get_window_extent(output.canvas.get_renderer()).width
+        if width <= available:
+            return legend
+        legend.remove()
+        smaller = font_size * available / width * 0.98
+        return draw(smaller) if smaller * output.dpi / 72 >= LEGEND_MIN_FONT_PX else None
 
     def label_png(self) -> np.ndarray:
         """The label map as an index image (what the demo and the web app save as ``*_labels.png``):

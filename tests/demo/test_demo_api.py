@@ -252,6 +252,39 @@ def test_overlay_colours_labeled_pixels_only(image_factory):
     assert (with_legend != overlay).any(axis=2)[:60, 80:].mean() > 0.05  # legend in the top-right corner
 
 
+@pytest.mark.parametrize("width, fits", [(640, True), (60, True), (12, False)])
+def test_legend_of_a_narrow_image_is_written_smaller_or_left_out(width, fits, monkeypatch):
+    """The legend stays inside the image: written smaller on a narrow one (it was cut off at the
+    left edge), left out where even letters of the smallest size would not fit."""
+    import cat_seg.api as api
+
+    drawn = []
+    draw_legend = api.SegmentationResult._draw_legend
+
+    def recording(self, output, *args, **kwargs):
+        drawn.append((output, draw_legend(self, output, *args, **kwargs)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(api.SegmentationResult, "_draw_legend", recording)
+    names = ["motorbike", "potted plant", "tv monitor", "dining table"]
+    labels = (np.arange(400)[:, None] * 4 // 400).repeat(width, 1)
+    result = SegmentationResult(image=np.full((400, width, 3), 128, np.uint8), classes=names, label_map=labels,
+                                probs=torch.rand(4, 400, width))
+    overlay_with, overlay_without = result.overlay(), result.overlay(legend=False)
+    ((output, legend),) = drawn
+    if not fits:
+        assert legend is None and np.array_equal(overlay_with, overlay_without)
+        return
+    box = legend.get_window_extent(output.canvas.get_renderer())
+    assert 0 <= box.x0 < box.x1 <= output.width * output.scale
+    letter_px = legend.get_texts()[0].get_fontsize() * output.dpi / 72
+    assert letter_px >= api.LEGEND_MIN_FONT_PX
+    if width == 640:  # room enough: the size of the segment names' font, as before
+        assert letter_px > 10
+    assert [t.get_text() for t in legend.get_texts()][:1] == ["motorbike"]
+    assert (overlay_with != overlay_without).any()
+
+
 def test_vocabulary_parsing(tmp_path):
     assert parse_vocabulary("cat, dog") == ["cat", "dog"]
     assert parse_vocabulary("person,  human ; dog;") == ["person, human", "dog"]
