@@ -21,6 +21,7 @@ from ..modeling.precision import resolve_precision
 from ..solver import build_lr_scheduler, build_optimizer
 from .data import build_deterministic_train_loader
 from .train_loop import MixedPrecisionTrainer
+from .writers import default_writers
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,9 @@ class Trainer(DefaultTrainer):
     deterministic data stream that ``--resume`` continues exactly (its seed is saved in the
     checkpoints); mixed precision from ``MODEL.PRECISION`` on CPU or GPU; evaluation with
     ``TEST.IMS_PER_BATCH`` images per forward (0 = auto), the model returning the predicted
-    classes without the ``[T, H, W]`` probability maps. Hooks, resuming, ``test`` and the
-    other builders are ``DefaultTrainer``'s.
+    classes without the ``[T, H, W]`` probability maps; ``metrics.json`` kept valid JSON (NaN
+    written as ``null``). Hooks, resuming, ``test`` and the other builders are
+    ``DefaultTrainer``'s.
     """
 
     def __init__(self, cfg):
@@ -191,6 +193,11 @@ class Trainer(DefaultTrainer):
             return SimpleTrainer(model, data_loader, optimizer)
         device_type = torch.device(cfg.MODEL.DEVICE).type
         return MixedPrecisionTrainer(model, data_loader, optimizer, dtype, device_type)
+
+    def build_writers(self):
+        """detectron2's writers, ``metrics.json`` with NaN written as ``null``
+        (:class:`~cat_seg.engine.writers.StrictJSONWriter`)."""
+        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
 
     # ------------------------------------------------------------------ resume
     def resume_or_load(self, resume=True):

@@ -101,3 +101,37 @@ def test_vocabulary_mismatch_by_class_count():
     assert vocabulary_mismatch("voc20.json", names("voc20"), "voc_2012_test_background_sem_seg") == (
         "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON=voc20.json has 20 classes but dataset voc_2012_test_background_sem_seg "
         "needs its 20 classes followed by background prompts: use the dataset's class json")
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    """detectron2's JSONWriter wrote NaN (classes absent from a benchmark's ground truth,
+    mIoU-unseen without unseen classes, a diverging loss) as the bare token NaN, which JSON
+    readers other than Python's refuse; the trainer's writer writes null."""
+    import json
+    import math
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    from cat_seg.engine.writers import StrictJSONWriter
+
+    writers = Trainer.build_writers(SimpleNamespace(cfg=SimpleNamespace(OUTPUT_DIR=str(tmp_path)), max_iter=5))
+    (writer,) = [w for w in writers if isinstance(w, StrictJSONWriter)]
+    with EventStorage(3) as storage:
+        storage.put_scalars(**{"sem_seg/mIoU": 50.5, "sem_seg/mIoU-unseen": math.nan, "sem_seg/IoU-cat": math.inf,
+                               "total_loss": -math.inf}, smoothing_hint=False)
+        writer.write()
+        storage.iter = 4
+        storage.put_scalar("total_loss", 0.25, smoothing_hint=False)
+        writer.write()
+    for w in writers:
+        w.close()
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    with open(tmp_path / "metrics.json") as f:
+        rows = [json.loads(line, parse_constant=refuse) for line in f]
+    assert rows == [{"iteration": 3, "sem_seg/mIoU": 50.5, "sem_seg/mIoU-unseen": None, "sem_seg/IoU-cat": None,
+                     "total_loss": None},
+                    {"iteration": 4, "total_loss": 0.25}]
