@@ -12,7 +12,7 @@ with the reason, and :func:`add_official_compat_keys` (called by ``add_cat_seg_c
 registers them with yacs as deprecated, so merging a file or a command line that sets them
 logs one "ignoring" line per key instead of failing.
 """
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
 
@@ -225,9 +225,10 @@ def resolve_paths_near_config(cfg, config_file: str) -> None:
                 break
 
 
-def check_model_builds(cfg) -> None:
+def check_model_builds(cfg) -> Optional["torch.nn.Module"]:
     """``MODEL.META_ARCHITECTURE`` must be :class:`CATSeg` or a registered subclass; its model
-    is then built on the meta device (no memory, no weights: ``CLIP_WEIGHTS none``), so that
+    is then built on the meta device (no memory, no weights: ``CLIP_WEIGHTS none``) and
+    returned (``None`` where the meta build failed otherwise), so that
     what the constructors reject (heads that do not divide the hidden dim, windows that do not
     tile the patch grid, decoder lists of different lengths, a sliding-window geometry that
     leaves part of the canvas uncovered, an architecture or head that does not take the
@@ -260,7 +261,7 @@ def check_model_builds(cfg) -> None:
     cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
     try:
         with torch.device("meta"):
-            architecture(cfg)
+            return architecture(cfg)
     except ValueError:
         raise
     except TypeError as exc:  # e.g. a head whose constructor does not take what CATSeg passes it
@@ -270,6 +271,7 @@ def check_model_builds(cfg) -> None:
                          "num_templates=...): docs/architecture.md, 'Building on cat-seg')") from None
     except Exception as exc:  # e.g. an operation a meta tensor cannot do: the real build decides
         logging.getLogger(__name__).debug("model not built on the meta device: %s", exc)
+        return None
 
 
 def check_backbone(name: str) -> None:

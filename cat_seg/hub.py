@@ -230,12 +230,17 @@ def _short_reason(error: Exception) -> str:
     return reason[:157] + "..." if len(reason) > 160 else reason
 
 
-def check_released_weights(weights: str) -> None:
+def check_released_weights(weights: str) -> Optional[str]:
     """For a released name: its file is in the hub cache or can be downloaded now (else
-    :class:`WeightsUnavailableError`, one line); nothing is downloaded. Anything else passes."""
+    :class:`WeightsUnavailableError`, one line); nothing is downloaded. Anything else passes.
+    Returns the cached file of a released name (``None`` when not cached or not a name)."""
     entry = get_released(weights)
-    if entry is not None and _cached(entry) is None:
+    if entry is None:
+        return None
+    cached = _cached(entry)
+    if cached is None:
         _probe(entry)
+    return cached
 
 
 def resolve_weights(weights: str) -> str:

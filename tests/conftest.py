@@ -151,6 +151,16 @@ def tiny_model_fixture():
     return tiny_model
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint file (our layout) of the tiny B-like model (``tiny_vitb_cpu.yaml``) with
+    seeded random weights: what ``MODEL.WEIGHTS`` must hold for that config (the web app's
+    process and a test's API see the same model)."""
+    path = tmp_path_factory.mktemp("tiny-ckpt") / "tiny.pth"
+    torch.save({"model": tiny_model("b", seed=3).state_dict()}, path)
+    return str(path)
+
+
 @pytest.fixture(name="random_images", scope="session")
 def random_images_fixture():
     return random_images

@@ -95,6 +95,59 @@ def check_state_dict_fits(
     return left_new
 
 
+def model_state_of(checkpoint: Mapping[str, Any], source: str, to_tensors=None):
+    """The model state dict of a loaded checkpoint, in our layout: ``(state, report, ignored)``.
+
+    ``checkpoint["model"]`` is an official CAT-Seg state dict (converted; ``ignored`` lists the
+    checkpoint's other entries, the official run's training state) or ours (a ``module.``
+    prefix of a DDP save is dropped). ``to_tensors`` (detectron2's in-place numpy -> tensor
+    conversion of a ``.pkl``) is applied first. Raises :class:`CheckpointFormatError` for
+    anything else."""
+    if checkpoint.get("matching_heuristics", False):
+        raise CheckpointFormatError(
+            f"{source}: matching heuristics are not supported for CAT-Seg checkpoints "
+            "(keys are matched exactly; official checkpoints are converted automatically)"
+        )
+    state = checkpoint.get("model")
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointFormatError(f"{source}: 'model' is not a non-empty state dict")
+    state = dict(state)
+    if to_tensors is not None:
+        to_tensors(state)
+    state = strip_prefix(state)
+    layout = detect_layout(state)
+    if layout == OFFICIAL:
+        state, report = convert_official_state_dict(state)
+        return state, report, [key for key in checkpoint if key != "model"]
+    if layout != OURS:
+        keys = list(state)[:3]
+        raise CheckpointFormatError(
+            f"{source}: neither the official CAT-Seg layout (sem_seg_head.predictor.*, upsample1/2.*) "
+            f"nor ours (backbone.*, sem_seg_head.aggregator.*); first keys: {', '.join(keys)}"
+        )
+    return state, ConversionReport(layout=OURS), []
+
+
+def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
+    """Raise the error :meth:`CATSegCheckpointer.load` would raise for a checkpoint file whose
+    tensors do not fit ``model`` (:class:`CheckpointMismatchError`), or that is not a CAT-Seg
+    checkpoint (:class:`CheckpointFormatError`), without reading its tensors: the file is
+    loaded onto the meta device (shapes and dtypes only, instantly for any size), and ``model``
+    may be a meta-device build. So that a run, or each benchmark of ``eval.sh``, does not fail
+    at the load after its set-up. detectron2 ``.pkl`` files are left to the load."""
+    if path.endswith(".pkl"):
+        return
+    try:
+        loaded = torch.load(path, map_location="meta", weights_only=True)
+    except Exception:  # not readable: read_checkpoint's one-line message
+        loaded = read_checkpoint(path)
+    if not isinstance(loaded, dict):
+        raise CheckpointFormatError(f"{path} holds a {type(loaded).__name__}, not a checkpoint dict")
+    state, report, _ = model_state_of(loaded if "model" in loaded else {"model": loaded}, path)
+    check_state_dict_fits(model.state_dict(), state, path, report if report.layout == OFFICIAL else None,
+                          tuple(getattr(model, "new_modules", ())))
+
+
 class CATSegCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also loads official CAT-Seg checkpoints, strictly.
 
@@ -136,34 +189,13 @@ class CATSegCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         source = self._loading
-        if checkpoint.get("matching_heuristics", False):
-            raise CheckpointFormatError(
-                f"{source}: matching heuristics are not supported for CAT-Seg checkpoints "
-                "(keys are matched exactly; official checkpoints are converted automatically)"
-            )
-        state = checkpoint["model"]
-        if not isinstance(state, Mapping) or not state:
-            raise CheckpointFormatError(f"{source}: 'model' is not a non-empty state dict")
-        state = dict(state)
-        self._convert_ndarray_to_tensor(state)
-        state = strip_prefix(state)
-        layout = detect_layout(state)
-        report = None
+        state, report, ignored = model_state_of(checkpoint, source, self._convert_ndarray_to_tensor)
+        layout = report.layout
         if layout == OFFICIAL:
-            state, report = convert_official_state_dict(state)
-            ignored = [key for key in checkpoint if key != "model"]
             for key in ignored:  # training state of the official run: not ours to resume
                 checkpoint.pop(key)
             logger.info(f"{source}: official CAT-Seg checkpoint\n{report.summary()}"
                         + (f"\n  ignored non-model entries: {', '.join(ignored)}" if ignored else ""))
-        elif layout != OURS:
-            keys = list(state)[:3]
-            raise CheckpointFormatError(
-                f"{source}: neither the official CAT-Seg layout (sem_seg_head.predictor.*, upsample1/2.*) "
-                f"nor ours (backbone.*, sem_seg_head.aggregator.*); first keys: {', '.join(keys)}"
-            )
-        else:
-            report = ConversionReport(layout=OURS)
         self.last_report = report
         new_modules = tuple(getattr(self.model, "new_modules", ()))
         left_new = check_state_dict_fits(self.model.state_dict(), state, source,

@@ -131,7 +131,6 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
     is downloaded into the hub cache here, once); returns the ``MODEL.WEIGHTS`` value. Raises
     :class:`UserError` (or the hub's one-line error)."""
     from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
-    from cat_seg.hub import resolve_weights
 
     from .train_net import check_config_values, check_output_dir, check_weights, load_config
 
@@ -148,8 +147,7 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
     if cfg.MODEL.WEIGHTS == default_weights and not os.path.isfile(default_weights):
         raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
                         f"MODEL.WEIGHTS FILE after OUTPUT_DIR")
-    check_weights(cfg, resume=False)
-    resolve_weights(cfg.MODEL.WEIGHTS)  # a released name: downloaded once here, not by every benchmark
+    check_weights(cfg, resume=False, download=True)  # a released name: downloaded once here, not by every benchmark
     return cfg.MODEL.WEIGHTS
 
 

@@ -169,12 +169,13 @@ def has_run(cfg) -> bool:
     return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
 
 
-def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
+def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = False) -> None:
     """``MODEL.WEIGHTS`` names an existing file (or a URL, or a released name whose file is
-    cached or can be downloaded now), unless
+    cached or can be downloaded now) whose tensors fit the config's model, unless
     ``--resume`` finds a checkpoint in ``OUTPUT_DIR``: with ``--eval-only`` the checkpoint to
     evaluate (it must be given), in training the one to start from (empty: CLIP weights and a
-    new head)."""
+    new head). ``download``: a released name not yet cached is downloaded here (once for all
+    of ``eval.sh``'s benchmarks) and checked too."""
     if resume and has_run(cfg):
         return
     weights = cfg.MODEL.WEIGHTS
@@ -183,9 +184,15 @@ def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
             raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
                             "output/model_final.pth); it is empty")
         return
-    from cat_seg.hub import check_released_weights, weights_file_missing
+    from cat_seg.hub import check_released_weights, is_released_name, resolve_weights, weights_file_missing
 
-    check_released_weights(weights)  # a released name: in the hub cache or downloadable now
+    if download and is_released_name(weights):
+        cached = resolve_weights(weights)
+    else:
+        cached = check_released_weights(weights)  # a released name: in the hub cache or downloadable now
+    if cached:
+        check_weights_fit(cfg, cached)
+        return
     if weights_file_missing(weights):
         expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
@@ -197,6 +204,25 @@ def check_weights(cfg, resume: bool, eval_only: bool = True) -> None:
         problem = checkpoint_file_problem(weights)  # e.g. a copy cut short: before any process starts
         if problem:
             raise UserError(f"MODEL.WEIGHTS: {problem}")
+        check_weights_fit(cfg, weights)
+
+
+def check_weights_fit(cfg, path: str) -> None:
+    """The checkpoint file ``path`` holds the tensors of the config's model (same keys, same
+    shapes; a ViT-L checkpoint with a ViT-B config is the usual mistake), found from its
+    tensors' shapes on the meta device: before any process starts or any benchmark of
+    ``eval.sh`` runs, instead of at the load after the set-up."""
+    from cat_seg.checkpoint import CheckpointError
+    from cat_seg.checkpoint.catseg_checkpointer import check_checkpoint_fits
+    from cat_seg.config import check_model_builds
+
+    model = check_model_builds(cfg)  # the meta-device build of the value checks (no weights, instant)
+    if model is None:  # not buildable on the meta device: the load decides
+        return
+    try:
+        check_checkpoint_fits(model, path)
+    except CheckpointError as exc:
+        raise UserError(f"MODEL.WEIGHTS: {exc}") from None
 
 
 def check_class_jsons(cfg, eval_only: bool) -> None:

@@ -10,21 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs/quick_schedules/tiny_vitb_cpu.yaml"
 #: generous hang guard (never a pass/fail criterion): the app must answer its first page load
 STARTUP_GUARD_S = 1800
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model, tmp_path_factory):
-    """A checkpoint (our layout) of the tiny B-like model with seeded random weights, so that
-    the app's process and the test's API see the same model."""
-    path = tmp_path_factory.mktemp("app-ckpt") / "tiny.pth"
-    torch.save({"model": tiny_model("b", seed=3).state_dict()}, path)
-    return str(path)
 
 
 def _free_port() -> int:

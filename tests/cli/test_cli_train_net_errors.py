@@ -124,15 +124,35 @@ def test_eval_only_needs_existing_weights(capsys, tmp_path):
     assert one_error_line(capsys) == f"error: MODEL.WEIGHTS: {cut} is not a readable torch checkpoint: the file is empty"
 
 
-def test_check_only_accepts_a_good_command_and_creates_nothing(capsys, tmp_path, synthetic_registered):
-    weights = tmp_path / "w.pth"
-    torch.save({}, weights)  # its existence and that it is a whole file are checked, not its contents
+def test_check_only_accepts_a_good_command_and_creates_nothing(capsys, tmp_path, synthetic_registered,
+                                                              tiny_checkpoint):
     code = train_net.main(["--config-file", TINY, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                           "MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('synthetic_val_sem_seg',)"])
+                           "MODEL.WEIGHTS", tiny_checkpoint, "DATASETS.TEST", "('synthetic_val_sem_seg',)"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert out.out.startswith("ok: config") and str(weights) in out.out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "w.pth"]  # data: the fixture's benchmark
+    assert out.out.startswith("ok: config") and tiny_checkpoint in out.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # data: the fixture's benchmark
+
+
+def test_a_checkpoint_of_another_model_is_found_before_any_process_starts(capsys, tmp_path, tiny_model):
+    """A checkpoint whose tensors do not fit the config's model (the L-like model's with the
+    B-like config) is one line from its shapes alone (loaded on the meta device), not an error
+    at the load after the set-up."""
+    other = tmp_path / "large.pth"
+    torch.save({"model": tiny_model("l").state_dict()}, other)
+    base = ["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.WEIGHTS", str(other)]
+    for mode in (["--eval-only"], []):  # the checkpoint to evaluate, or to start training from
+        assert train_net.main(mode + base) == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"error: MODEL.WEIGHTS: checkpoint {other} does not fit the model (its CLIP image "
+                               "tower has width "), line
+        assert "shape mismatch(es)" in line and "does the config match the checkpoint?" in line
+    not_ours = tmp_path / "other.pth"
+    torch.save({"model": {"encoder.weight": torch.zeros(2)}}, not_ours)
+    assert train_net.main(["--eval-only"] + base[:-1] + [str(not_ours)]) == 2
+    assert one_error_line(capsys).startswith(f"error: MODEL.WEIGHTS: {not_ours}: neither the official CAT-Seg "
+                                             "layout")
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_process_counts_and_options_after_pairs(capsys):
@@ -273,22 +293,20 @@ def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path,
     assert "holds a run (last_checkpoint) and --resume is not given" in caplog.text
 
 
-def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path):
+def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path, tiny_checkpoint):
     """An empty DATASETS.TRAIN failed in the data loader with a traceback; --eval-only with an
     empty DATASETS.TEST evaluated nothing and exited 0."""
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
                            "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]) == 2
     assert one_error_line(capsys).startswith("error: DATASETS.TRAIN is empty: nothing to train on")
-    weights = tmp_path / "w.pth"
-    torch.save({}, weights)
+    weights = tiny_checkpoint
     assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
                            "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "()"]) == 2
     assert one_error_line(capsys).startswith("error: --eval-only with DATASETS.TEST empty has nothing to evaluate")
 
 
-def test_unregistered_dataset_is_named(capsys, tmp_path):
-    weights = tmp_path / "w.pth"
-    torch.save({}, weights)
+def test_unregistered_dataset_is_named(capsys, tmp_path, tiny_checkpoint):
+    weights = tiny_checkpoint
     assert train_net.main(["--config-file", TINY, "--eval-only", "MODEL.WEIGHTS", str(weights),
                            "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", "('synthetic_vall_sem_seg',)"]) == 2
     assert one_error_line(capsys) == ("error: dataset 'synthetic_vall_sem_seg' (DATASETS.TEST) is not registered; "

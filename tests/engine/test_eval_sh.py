@@ -162,14 +162,18 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
-                                  "output dir option", "bad value", "protocol geometry", "released offline"])
-def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch):
+                                  "output dir option", "bad value", "protocol geometry", "released offline",
+                                  "another model's checkpoint"])
+def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path, capsys, monkeypatch,
+                                                                 tiny_checkpoint, tiny_model):
     monkeypatch.setenv("BENCHMARKS", "synthetic ade150")
     out = tmp_path / "run"
     out.mkdir()
     config, extra = TINY_CONFIG, []
-    if case != "no checkpoint":
-        torch.save({}, out / "model_final.pth")  # only that it is a whole file is checked here
+    if case == "another model's checkpoint":  # the L-like model's: its shapes are read, not its tensors
+        torch.save({"model": tiny_model("l").state_dict()}, out / "model_final.pth")
+    elif case != "no checkpoint":
+        shutil.copy(tiny_checkpoint, out / "model_final.pth")
     if case == "misspelt key":
         extra = ["MODEL.SEM_SEG_HEAD.TEST_CLASS_JSONS", "x.json"]
     elif case == "missing config":
@@ -199,6 +203,8 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
         "bad value": "error: MODEL.PRECISION='fp64': expected one of auto, fp32, bf16, fp16",
         "protocol geometry": "error: sliding-window crops leave the last 1 pixels of the canvas uncovered",
         "released offline": "error: catseg-vitb: not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+        "another model's checkpoint": f"error: MODEL.WEIGHTS: checkpoint {out / 'model_final.pth'} does not fit the "
+                                      "model (its CLIP image tower has width",
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written
