@@ -45,8 +45,7 @@ where there is no such node (gradient accumulation) it goes to the modules whose
 running, tracked with ``register_multi_grad_hook`` on module outputs and inputs (the scheme
 of ``torch.utils.module_tracker.ModuleTracker``, which only exposes names, while the groups
 are decided on the module objects). The backward of a custom ``autograd.Function`` (whose
-forward runs without recording) goes to the group of the next recorded forward op after it;
-for the model's two (the decoder head, the chunked loss) that is their own group. The seed
+forward runs without recording) goes to the group of the first op of its forward. The seed
 gradient of ``backward()`` is made outside the backward pass (group ``outside_model``).
 Phases: ``forward``, ``backward`` and ``optimizer`` (the optimizer group's ops).
 
@@ -147,6 +146,10 @@ _WRITE_ONLY_SELF = frozenset({
 # in-place indexed writes ``self[indices] = values`` (``accumulate``: ``+=``): they write (and,
 # accumulating, read) only the indexed region of ``self``, not all of it
 _INDEXED_WRITES = frozenset({"aten::index_put_", "aten::_index_put_impl_"})
+# fused optimizer steps: their schema marks the gradients mutated because with ``grad_scale``
+# (a gradient scaler's factor) they unscale them in place; without it they only read them
+_FUSED_OPTIMIZER_STEPS = frozenset({"aten::_fused_adamw_", "aten::_fused_adam_", "aten::_fused_sgd_",
+                                    "aten::_fused_adagrad_"})
 # metadata queries and dtype rules (no kernel)
 _METADATA = frozenset({
     "aten::size", "aten::sym_size", "aten::stride", "aten::sym_stride", "aten::dim", "aten::numel",
@@ -535,9 +538,12 @@ class WorkCounter(TorchDispatchMode):
             kind = self._kinds[func] = _OpKind(func)
         backward = torch._C._current_graph_task_id() != -1
         group = self._group_of_op(backward)
-        if not backward and _sequence_nr is not None and torch.is_grad_enabled():
+        if not backward and _sequence_nr is not None:
             # autograd made this op's node (if any) before dispatching here: its sequence
-            # number is below the counter now, above the one of the previous op
+            # number is below the counter now, above the one of the previous op. Ops run
+            # without recording are listed too: those of a custom autograd.Function's forward
+            # follow the Function's node, whose backward is theirs (an op that makes no node
+            # repeats the number, which the lookup's bisect_right passes over)
             self._seq_after.append(_sequence_nr())
             self._seq_group.append(group)
         flops_before = self._flops.get_total_flops()
@@ -562,6 +568,9 @@ class WorkCounter(TorchDispatchMode):
         read = written = storage = 0
         seen = set()
         written_keys = set()
+        written_args = kind.written_args
+        if kind.name in _FUSED_OPTIMIZER_STEPS and kwargs.get("grad_scale") is None:
+            written_args = written_args - {"grads"}
         schema_args = [] if kind.name in _TEMPLATE_FACTORIES else func._schema.arguments
         for i, arg in enumerate(schema_args):
             value = args[i] if i < len(args) else kwargs.get(arg.name)
@@ -569,7 +578,7 @@ class WorkCounter(TorchDispatchMode):
             for t in tensors:
                 key = _tensor_key(t)
                 nbytes = _tensor_bytes(t)
-                if arg.name in kind.written_args:
+                if arg.name in written_args:
                     if key not in written_keys:
                         written_keys.add(key)
                         written += nbytes

@@ -289,6 +289,53 @@ def test_backward_ops_follow_the_forward_op_that_made_them():
     assert groups["main"]["flops"] == 2 * 3 * mm
 
 
+class _MatmulFunction(torch.autograd.Function):
+    """x @ w with a hand-written backward (as the decoder head and the chunked loss have)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        return grad @ w.t(), x.t() @ grad
+
+
+class _CustomThenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.custom = _Custom()
+        self.after = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        return self.after(self.custom(x))
+
+
+class _Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return _MatmulFunction.apply(x, self.weight)
+
+
+def test_backward_of_a_custom_autograd_function_goes_to_its_own_group():
+    """Its forward runs without recording gradients; its backward went to the group of the next
+    recorded forward op (here another module's)."""
+    net = _CustomThenLinear()
+    x = torch.randn(2, 4, requires_grad=True)
+    counter = WorkCounter(net, [("custom", lambda m, p: p == "custom"), ("after", lambda m, p: p == "after")])
+    with counter:
+        net(x).sum().backward()
+    groups = counter.groups()
+    mm = 2 * 2 * 4 * 4
+    assert groups["custom"]["flops"] == 3 * mm  # forward, and its backward's two products
+    assert groups["after"]["flops"] == 3 * mm
+
+
 def test_saved_activations_count_distinct_storages_and_follow_recomputation():
     """Linear -> GELU -> Linear on a [16, 4] fp32 input that needs no gradient: the first
     linear saves its input (256 B), the GELU its input (512 B), the second linear the GELU's
@@ -362,3 +409,27 @@ def test_peak_memory_counts_a_storage_once_and_frees_it_with_its_last_view():
     memory = counter.memory()
     assert memory["peak_bytes"] - memory["before_step_bytes"] == 18000
     assert memory["end_bytes"] == memory["before_step_bytes"]
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_fused_adamw_writes_the_gradients_only_when_it_unscales_them(scaled):
+    """The fused step's schema marks the gradients mutated (it unscales them in place with a
+    gradient scaler's factor); without a factor it reads them only."""
+    net = nn.Linear(64, 32)  # 2080 parameters: 8320 bytes per tensor of them
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    for _ in range(2):  # the second step: with its state (exp_avg, exp_avg_sq, step)
+        optimizer.zero_grad()
+        net(torch.randn(2, 64)).sum().backward()
+        if _ == 0:
+            optimizer.step()
+    if scaled:  # as torch.amp.GradScaler.step passes them
+        optimizer.grad_scale, optimizer.found_inf = torch.ones(()), torch.zeros(())
+    with WorkCounter() as counter:
+        optimizer.step()
+    totals = counter.totals()
+    per_tensor, steps = 8320, 2 * 4  # the two float32 step counters, read and written by the +1
+    # read: parameters, gradients, both moments (and the steps, by the +1 and the fused step);
+    # scaled: also the factor and the found-inf flag, and the steps' "- found_inf" reads both
+    assert totals["bytes_read"] == 4 * per_tensor + 2 * steps + ((4 + 4) + (steps + 4) if scaled else 0)
+    # written: parameters and both moments (and the steps); the gradients too when unscaled
+    assert totals["bytes_written"] == (4 if scaled else 3) * per_tensor + (2 * steps if scaled else steps)
