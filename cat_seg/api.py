@@ -29,6 +29,7 @@ import json
 import logging
 import numbers
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -36,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
 from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
@@ -253,7 +254,7 @@ def load_image(image: ImageInput) -> np.ndarray:
         if not os.path.isfile(path):
             raise CATSegError(f"cannot read image {path!r}: no such file")
         try:
-            with Image.open(path) as opened:
+            with _open_image(path) as opened:
                 # decoded here, not by detectron2's read_image: Pillow's TIFF decoder applies the
                 # orientation tag itself, which read_image would apply a second time
                 opened.load()
@@ -304,6 +305,29 @@ def load_image(image: ImageInput) -> np.ndarray:
     raise CATSegError(
         f"unsupported image type {type(image).__name__}: give a file path, a PIL image or an RGB uint8 numpy array"
     )
+
+
+_LIBTIFF_SWITCH = threading.Lock()
+
+
+def _open_image(path: str) -> Image.Image:
+    """``Image.open``, except for uncompressed TIFFs whose orientation tag turns them by 90
+    degrees (5 to 8): Pillow's own TIFF decoder applies the tag and returns wrong pixels for
+    those of one band (8- and 16-bit grey) and RGBA (Pillow 12), where the libtiff decoder it
+    uses for compressed TIFFs is right; such a file is opened with libtiff."""
+    opened = Image.open(path)
+    rotated = opened.format == "TIFF" and opened.tag_v2.get(0x0112) in (5, 6, 7, 8)
+    if not rotated or opened.use_load_libtiff or not features.check("libtiff"):
+        return opened
+    opened.close()
+    from PIL import TiffImagePlugin
+
+    with _LIBTIFF_SWITCH:  # Pillow's switch is a module global, read while the file is opened
+        default, TiffImagePlugin.READ_LIBTIFF = TiffImagePlugin.READ_LIBTIFF, True
+        try:
+            return Image.open(path)
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = default
 
 
 def _is_16_bit(image: Image.Image) -> bool:

@@ -222,6 +222,33 @@ def test_dense_features(segmenter, images):
     assert arrays["cost_volume"].shape == (3, *grid) and list(arrays["classes"]) == VOCAB
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_orientation_of_uncompressed_tiffs_of_every_mode(mode, orientation, tmp_path):
+    """Pillow's own TIFF decoder returned wrong pixels for uncompressed grey and RGBA TIFFs
+    turned by 90 degrees (orientation 5 to 8); they are read with libtiff. Expected: the tag
+    applied once to the pixels, as ImageOps.exif_transpose applies it to the image made in
+    memory (8 bits: 16-bit samples scaled by 1/257)."""
+    from PIL import ImageOps
+
+    from cat_seg.api import load_image
+
+    grey = np.random.default_rng(orientation).integers(0, 256, (24, 40), dtype=np.uint8)
+    pixels = {"L": grey, "I;16": grey.astype(np.uint16) * 257, "RGB": np.stack([grey, grey // 2, 255 - grey], 2),
+              "RGBA": np.stack([grey, grey // 2, 255 - grey, np.full_like(grey, 255)], 2)}[mode]
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "rotated.tiff"
+    Image.fromarray(pixels).save(path, exif=exif)  # uncompressed: Pillow's own decoder by default
+    in_memory = Image.fromarray(pixels)
+    in_memory.getexif()[0x0112] = orientation
+    expected = np.asarray(ImageOps.exif_transpose(in_memory))
+    expected = (expected // 257).astype(np.uint8) if mode == "I;16" else expected
+    expected = np.repeat(expected[..., None], 3, 2) if expected.ndim == 2 else expected[..., :3]
+    loaded = load_image(str(path))
+    assert loaded.shape == expected.shape and np.array_equal(loaded, expected)
+
+
 def test_overlay_of_model_output(segmenter, images):
     result = segmenter(images[2], VOCAB, background="prompts")
     for legend in (True, False):
