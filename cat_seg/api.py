@@ -32,7 +32,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -612,18 +612,20 @@ class SegmentationResult:
         return np.where(self.label_map < 0, PNG_UNLABELED[dtype], self.label_map).astype(dtype)
 
     def save(self, target: str, info: Optional[Dict[str, Any]] = None, relative_to: Optional[str] = None,
-             extra_outputs: Optional[Dict[str, str]] = None, overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
+             extra_files: Optional[Dict[str, Tuple[str, Callable[[BinaryIO], Any]]]] = None,
+             overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
         """Write the files of the demo and the web app: ``<target>_labels.png`` (:meth:`label_png`),
         ``<target>_overlay.png`` (:meth:`overlay`) and ``<target>.json``.
 
         The JSON holds ``info`` (e.g. ``input``, ``model``), :meth:`to_json`, the PNG's dtype and
         unlabeled value, and ``outputs``: the files' paths relative to ``relative_to`` (default:
-        the folder of ``target``), including ``extra_outputs`` (name -> path) written by the caller.
+        the folder of ``target``). ``extra_files``: name -> ``(path, writer)``, more files of the
+        image written with the others (``writer(binary file)``; the demo's ``_features.npz``).
         Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones). ``overlay``:
         the :meth:`overlay` image when the caller has drawn it already (drawn here otherwise).
 
-        The three files are written under temporary names and renamed when all are written: a
-        failure (a folder in the way, a full disk, no permission) leaves none of them and raises
+        The files are written under temporary names and renamed when all are written: a failure
+        (a folder in the way, a full disk, no permission) leaves none of them and raises
         :class:`CATSegError` naming the path.
         """
         folder = os.path.dirname(target) or "."
@@ -634,21 +636,22 @@ class SegmentationResult:
         except OSError as e:
             raise CATSegError(f"cannot create output folder {folder!r}: {e.strerror or e}") from None
         paths = {name: target + suffix for name, suffix in IMAGE_OUTPUT_SUFFIXES.items()}
+        paths.update({name: path for name, (path, _) in (extra_files or {}).items()})
         png = self.label_png()
         record = dict(info or {})
         record.update(self.to_json())
         del record["unlabeled_value"]  # the label map's -1; the PNG's value is given under label_png
         record["label_png"] = {"dtype": png.dtype.name, "unlabeled_value": PNG_UNLABELED[png.dtype.type]}
         base = relative_to or folder
-        record["outputs"] = {name: os.path.relpath(path, base) for name, path in {**paths, **(extra_outputs or {})}.items()}
+        record["outputs"] = {name: os.path.relpath(path, base) for name, path in paths.items()}
         writers = {
             paths["overlay"]: lambda f: Image.fromarray(self.overlay() if overlay is None else overlay).save(
                 f, format="PNG"),
             paths["labels"]: lambda f: Image.fromarray(png).save(f, format="PNG"),
             target + ".json": lambda f: f.write(json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")),
+            **{path: writer for path, writer in (extra_files or {}).values()},
         }
         _write_files_together(writers)
-        paths.update(extra_outputs or {})
         paths["json"] = target + ".json"
         return paths
 

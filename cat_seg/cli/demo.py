@@ -59,7 +59,7 @@ from ..api import (
     parse_vocabulary,
     read_vocabulary_file,
 )
-from ..utils import atomic_write, resolve_path
+from ..utils import resolve_path
 from .errors import ArgumentParser
 
 WINDOW_NAME = "CAT-Seg"
@@ -296,19 +296,11 @@ def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, s
     target = os.path.join(args.output, stem)
     extra = {}
     if args.dense_features:
-        extra["features"] = target + "_features.npz"
         arrays = seg.dense_features(result.image, names).to_numpy()
-        try:  # renamed into place when complete: a kill leaves no partial .npz
-            atomic_write(extra["features"], lambda f: np.savez(f, **arrays), durable=False)
-        except OSError as e:
-            raise CATSegError(f"cannot write {extra['features']!r}: {e.strerror or e}") from None
-    try:
-        result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
-                    extra_outputs=extra)
-    except CATSegError:  # none of its files was written: nor is the features file left
-        if extra:
-            os.remove(extra["features"])
-        raise
+        extra["features"] = (target + "_features.npz", lambda f: np.savez(f, **arrays))
+    # all of the image's files or none (renamed into place together: a kill leaves no partial file)
+    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
+                extra_files=extra)
 
 
 def show(window_image_rgb: np.ndarray, wait: int) -> bool:

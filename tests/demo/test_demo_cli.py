@@ -256,6 +256,19 @@ def test_outputs_that_cannot_be_written_leave_no_partial_files(demo_module, caps
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"error: cannot write {str(out / 'top_overlay.png')!r}: No space left on device")
     assert not out.exists() or not any(out.iterdir())
+    # the features file is written with the others: its failure leaves none of them either
+    monkeypatch.undo()
+
+    def features_disk_full(file, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", features_disk_full)
+    out = tmp_path / "full_features"
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", photo_dir / "top.jpg", "--output", out,
+                                                  "--dense-features", *opts])
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: cannot write {str(out / 'top_features.npz')!r}: No space left on device")
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_output_stems_do_not_collide(demo_module):
