@@ -470,9 +470,12 @@ class SegmentationResult:
 
     def confidence_map(self) -> torch.Tensor:
         """``[H, W]`` float32: :attr:`confidence`, or (for a result built by hand without it)
-        the probability of each pixel's label read from :attr:`probs`."""
+        the probability of each pixel's label read from :attr:`probs`. Raises ``ValueError``
+        for a result that holds neither (a label map only)."""
         if self.confidence is not None:
             return torch.from_numpy(self.confidence)
+        if self.probs is None:
+            raise ValueError("this result holds neither a confidence map nor probabilities to read it from")
         labels = torch.from_numpy(self.label_map).long()
         return self.probs.gather(0, labels.clamp(min=0)[None])[0]
 
@@ -488,7 +491,10 @@ class SegmentationResult:
 
     def mean_probabilities(self) -> Dict[str, Optional[float]]:
         """Per class, the mean probability of that class over the pixels labeled with it
-        (the confidence of its segment); ``None`` for classes that label no pixel."""
+        (the confidence of its segment); ``None`` for classes that label no pixel, and for
+        every class of a result built from a label map alone."""
+        if self.confidence is None and self.probs is None:
+            return {name: None for name in self.classes}
         labels = torch.from_numpy(self.label_map).long().ravel()
         valid = labels >= 0
         own = self.confidence_map().ravel()
@@ -679,8 +685,11 @@ IMAGE_OUTPUT_SUFFIXES = {"overlay": "_overlay.png", "labels": "_labels.png"}
 
 def _write_files_together(writers: Dict[str, Any]) -> None:
     """Write each ``path`` with ``writer(binary file)`` under a temporary name beside it, then
-    rename them all: a failure leaves none of the files (and no temporary one) and raises a
-    one-line :class:`CATSegError` naming the path."""
+    rename them all. A failure while writing (a full disk, no permission, or a writer's own
+    error) leaves none of the files and no temporary one; an ``OSError`` becomes a one-line
+    :class:`CATSegError` naming the path, anything else is raised as it is. (The renames come
+    last, all in one folder; one that fails after another succeeded would leave the files
+    renamed before it.)"""
     for path in writers:
         if os.path.isdir(path):
             raise CATSegError(f"cannot write {path!r}: a folder of that name is in the way")
@@ -692,11 +701,13 @@ def _write_files_together(writers: Dict[str, Any]) -> None:
                 writer(f)
         for path, temporary in temporaries.items():
             os.replace(temporary, path)
-    except OSError as e:
+    except BaseException as e:
         for temporary in temporaries.values():
             if os.path.exists(temporary):
                 os.remove(temporary)
-        raise CATSegError(f"cannot write {path!r}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise CATSegError(f"cannot write {path!r}: {e.strerror or e}") from None
+        raise
 
 
 def _get_probs(self: SegmentationResult) -> Optional[torch.Tensor]:

@@ -279,6 +279,29 @@ def test_overlay_colours_labeled_pixels_only(image_factory):
     assert (with_legend != overlay).any(axis=2)[:60, 80:].mean() > 0.05  # legend in the top-right corner
 
 
+def test_a_result_built_from_a_label_map_alone_is_saved_without_probabilities(tmp_path, image_factory):
+    """A result made by hand from a label map (e.g. a ground truth to visualise) has no
+    probabilities: its JSON says null for them (to_json raised an AttributeError)."""
+    labels = np.zeros((20, 30), np.int32)
+    labels[:, 15:] = 1
+    result = SegmentationResult(image=image_factory(1, 20, 30), classes=["cat", "dog"], label_map=labels)
+    assert result.mean_probabilities() == {"cat": None, "dog": None}
+    with pytest.raises(ValueError, match="neither a confidence map nor probabilities"):
+        result.confidence_map()
+    paths = result.save(str(tmp_path / "gt"))
+    record = json.load(open(paths["json"]))
+    assert [(c["area"], c["mean_probability"]) for c in record["per_class"]] == [(300, None), (300, None)]
+
+
+def test_an_error_while_writing_an_image_leaves_no_file(tmp_path, image_factory):
+    """Not only OSErrors: a writer's own error (here a malformed overlay) leaves neither the
+    image's files nor their temporary files; it is raised as it is."""
+    result = SegmentationResult(image=image_factory(1, 8, 8), classes=["cat"], label_map=np.zeros((8, 8), np.int32))
+    with pytest.raises(TypeError):
+        result.save(str(tmp_path / "x"), overlay=np.zeros((8, 8, 5)))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("width, fits", [(640, True), (60, True), (12, False)])
 def test_legend_of_a_narrow_image_is_written_smaller_or_left_out(width, fits, monkeypatch):
     """The legend stays inside the image: written smaller on a narrow one (it was cut off at the
