@@ -935,7 +935,6 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
     from .config import add_cat_seg_config, check_config_values
     from .hub import apply_released_defaults, get_released, weights_file_missing
-    from .modeling.meta_arch.cat_seg import compile_is_auto
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:
         config_file = released.config_file

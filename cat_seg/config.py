@@ -12,9 +12,12 @@ with the reason, and :func:`add_official_compat_keys` (called by ``add_cat_seg_c
 registers them with yacs as deprecated, so merging a file or a command line that sets them
 logs one "ignoring" line per key instead of failing.
 """
-from typing import Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_cat_seg_config(cfg):

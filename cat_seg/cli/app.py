@@ -48,7 +48,7 @@ from ..api import (  # noqa: E402
 from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
 from .demo import unique_names  # noqa: E402  (output names as the demo makes them)
-from .errors import ArgumentParser  # noqa: E402
+from .errors import ArgumentParser, print_user_error  # noqa: E402
 from .ports import listen_problem  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,6 @@ TOY_WEIGHTS = "output/toy/model_final.pth"
 LOCAL_MODEL = "local config + checkpoint"
 TOY_MODEL = "toy model (make demo)"
 EXAMPLES_DIR = os.path.join("demo", "examples")
-
-#: Value of unlabeled pixels in the label PNG, by dtype (as in ``cat-seg-demo``'s ``*_labels.png``).
 
 
 # ---------------------------------------------------------------------------------- models
@@ -104,9 +102,11 @@ def model_spec(choice: str, config_file: str, weights: str) -> Tuple[str, Option
 
 
 class SegmenterCache:
-    """The last ``size`` segmenters, keyed by (config file, weights, device, overrides).
+    """The last ``size`` segmenters, keyed by (config file, weights, device, overrides) and by
+    the modification times of the config and weights files: a checkpoint retrained or a config
+    edited while the app runs is loaded again (``make demo`` rewrites the toy model's).
 
-    Thread-safe: the page may serve several requests at once; a model is built once.
+    Thread-safe (a model is built once), although the page runs one segmentation at a time.
     """
 
     def __init__(self, size: int = 2):
@@ -118,7 +118,9 @@ class SegmenterCache:
         # the library validates config, overrides, device and a local weights file (CLI messages);
         # a released name is resolved (downloaded once) by the checkpointer when the model loads
         cfg = build_config(config_file, weights=weights, device=device, opts=list(opts))
-        key = (os.path.abspath(config_file), cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE, tuple(opts))
+        files = (resolve_path(config_file), cfg.MODEL.WEIGHTS)
+        versions = tuple(os.stat(path).st_mtime_ns if path and os.path.isfile(path) else None for path in files)
+        key = (os.path.abspath(files[0]), cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE, tuple(opts), versions)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -234,6 +236,7 @@ class App:
         self.opts = list(opts)
         self.segmenters = SegmenterCache(cache_size)
         self.output_root = output_root or tempfile.mkdtemp(prefix="cat-seg-app-")
+        os.makedirs(self.output_root, exist_ok=True)
 
     def segment(self, files, vocabulary_text: str, model_choice: str, config_file: str, weights: str,
                 threshold, background_prompts: bool, progress=None):
@@ -434,8 +437,11 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
         vocab_choice.input(pick_vocabulary, vocab_choice, vocab_text)
         # an edited class list is no longer the benchmark's: picking that benchmark again refills it
         vocab_text.input(lambda: CUSTOM_VOCABULARY, None, vocab_choice)
+        # one segmentation at a time, whatever GRADIO_DEFAULT_CONCURRENCY_LIMIT says: a segmenter
+        # serves one call at a time (OpenVocabSegmenter), and one call already uses the device
         button.click(run, [files, vocab_text, model_choice, config_box, weights_box, threshold, prompts],
-                     [status, which, overlay, annotated, table, downloads, results, click_state, pixel])
+                     [status, which, overlay, annotated, table, downloads, results, click_state, pixel],
+                     concurrency_limit=1)
         which.input(show, [which, results], [overlay, annotated, table, click_state])
         overlay.select(clicked, click_state, pixel)
         annotated.select(clicked_class, None, pixel)
@@ -517,14 +523,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise CATSegError("the web app needs Gradio: pip install 'cat-seg[app]' (or: pip install gradio)") from None
         check_listen_address(args.host, args.port)
         default = default_model_choice(args)
-        if args.config_file and not os.path.isfile(args.config_file):
+        if args.config_file and not os.path.isfile(resolve_path(args.config_file)):  # configs/...: any folder
             raise CATSegError(f"config file {args.config_file!r} not found")
         check_startup_options(args.device, args.opts)
         app = App(device=args.device, opts=args.opts)
         page = build_app(app, default, args.config_file, args.weights)
     except CATSegError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_user_error(e)
     print(f"cat-seg-app: http://{args.host}:{args.port}", flush=True)
     page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
                         allowed_paths=[app.output_root], footer_links=["gradio"])

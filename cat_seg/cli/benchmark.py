@@ -72,7 +72,7 @@ from typing import Optional
 
 import torch
 
-from .errors import ArgumentParser, UserError
+from .errors import ArgumentParser, UserError, print_user_error
 
 logger = logging.getLogger("cat_seg.benchmark")
 
@@ -661,8 +661,7 @@ def main(argv=None) -> int:
         try:
             return _main(args)
         except UserError as e:
-            print(f"cat-seg-benchmark: error: {e}", file=sys.stderr)
-            return 2
+            return print_user_error(e)
 
 
 if __name__ == "__main__":

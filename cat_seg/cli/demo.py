@@ -60,18 +60,13 @@ from ..api import (
     read_vocabulary_file,
 )
 from ..utils import resolve_path
-from .errors import ArgumentParser
+from .errors import ArgumentParser, print_user_error
 
 WINDOW_NAME = "CAT-Seg"
 #: Exit status when some images could not be read (skipped; the others were written).
 EXIT_SOME_FAILED = 1
 #: Exit status of a user error (one ``error: ...`` line).
 EXIT_USER_ERROR = 2
-
-
-def print_error(message: str):
-    """Print a one-line user error to stderr."""
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 def default_config(weights: Optional[str] = None) -> str:
@@ -489,8 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run_video(seg, args, names, background)
     except CATSegError as e:
         remove_empty_dirs(created_dirs)  # leave nothing behind for a run that wrote nothing
-        print_error(str(e))
-        return EXIT_USER_ERROR
+        return print_user_error(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

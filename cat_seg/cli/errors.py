@@ -1,6 +1,7 @@
 """User errors of the command-line programs: one ``error: ...`` line, exit status 2.
 
-Interface (used by every ``cat_seg.cli`` program and the prepare scripts):
+Interface (used by every ``cat_seg.cli`` program, the prepare scripts and the synthetic
+benchmark's generator):
 
 - :class:`UserError`: raise it for a mistake of the user (a bad argument, a missing file, a
   misspelt config key); its message is one line naming the key, file or value and what was
@@ -10,6 +11,9 @@ Interface (used by every ``cat_seg.cli`` program and the prepare scripts):
   ``user_errors``) into that one line on stderr and exit status 2. Any other exception is an
   internal error and keeps its traceback. ``CATSEG_DEBUG=1`` shows the traceback of user
   errors too.
+- :func:`print_user_error`: that one line (and exit status 2) for a program whose ``main``
+  catches its user errors itself (the demo, the web app, the benchmark tool, the prepare
+  scripts).
 - :func:`merge_config`: ``merge_config(cfg, config_file, opts)`` merges a YAML file and
   ``KEY VALUE`` pairs into a detectron2 config; a missing file, a YAML error, a bad value or
   an unknown key raise :class:`UserError` (an unknown key names the closest valid key).
@@ -80,6 +84,16 @@ def one_line_argument_errors(parser: argparse.ArgumentParser) -> argparse.Argume
     return parser
 
 
+def print_user_error(error: BaseException) -> int:
+    """Print ``error: <message>`` as one line on stderr and return the exit status 2; with
+    ``CATSEG_DEBUG=1`` re-raise ``error`` instead (its traceback). The one way every program
+    reports a user error (:func:`run_main` and the programs with a ``main`` of their own)."""
+    if os.environ.get(DEBUG_ENV):
+        raise error
+    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+    return 2
+
+
 def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None,
              user_errors: Tuple[Type[BaseException], ...] = ()) -> int:
     """Run ``main(argv)`` and return its exit status (``None`` counts as 0).
@@ -93,10 +107,7 @@ def run_main(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Opt
     try:
         status = main(argv)
     except (UserError, *user_errors) as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
-        return 2
+        return print_user_error(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130

@@ -30,7 +30,6 @@ Generation is deterministic from the seed (each image has its own random stream 
 import functools
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -335,6 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         generate_synthetic(args.root, args.num_train, args.num_val, args.image_size, args.seed,
                            force=args.force)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from ..cli.errors import print_user_error
+
+        return print_user_error(exc)
     return 0

@@ -2,6 +2,8 @@
 segmenter cache, outputs against the API, and the command line's one-line errors."""
 import json
 import os
+import shutil
+import time
 
 import numpy as np
 import pytest
@@ -140,6 +142,35 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
     segmenter = next(iter(local_app.segmenters._items.values()))
     local_app.segment(*args, 0.0, False)  # same model: no new segmenter, text features reused
     assert len(local_app.segmenters) == 1 and next(iter(local_app.segmenters._items.values())) is segmenter
+
+
+def test_a_checkpoint_rewritten_while_the_app_runs_is_loaded_again(tiny_checkpoint, tmp_path):
+    app = app_cli.App(device="cpu", output_root=str(tmp_path / "out"))
+    weights = tmp_path / "model_final.pth"
+    shutil.copy(tiny_checkpoint, weights)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
+    args = ([str(image)], "sky", app_cli.LOCAL_MODEL, config, str(weights), 0, False)
+    app.segment(*args)
+    first = list(app.segmenters._items.values())
+    os.utime(weights, ns=(time.time_ns(), os.stat(weights).st_mtime_ns + 10**9))  # retrained (make demo)
+    app.segment(*args)
+    assert len(app.segmenters) == 2 and list(app.segmenters._items.values())[0] is first[0]
+    app.segment(*args)  # unchanged since: the cached one
+    assert len(app.segmenters) == 2
+
+
+def test_a_repository_config_path_is_accepted_from_any_folder(monkeypatch, tmp_path, capsys):
+    """--config-file configs/... is the repository's from any folder, as for every other program."""
+    monkeypatch.chdir(tmp_path)
+
+    def stop(*args, **kwargs):  # the check before it passed: stop before the server starts
+        raise CATSegError("reached the app")
+
+    monkeypatch.setattr(app_cli, "App", stop)
+    assert app_cli.main(["--config-file", "configs/quick_schedules/tiny_vitb_cpu.yaml", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "error: reached the app\n"
 
 
 def test_bad_inputs_raise_the_library_errors(local_app, tiny_checkpoint, tmp_path):

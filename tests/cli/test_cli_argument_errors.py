@@ -2,7 +2,6 @@
 are one ``error: ... (see --help)`` line on stderr and exit status 2, without argparse's usage
 block; ``--help`` still prints the usage."""
 import importlib
-import sys
 from pathlib import Path
 
 import pytest

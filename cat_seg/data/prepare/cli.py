@@ -115,17 +115,17 @@ def fetch_if_asked(args, keys: Sequence[str]) -> None:
 def run(main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
     """Run a script's ``main``: user errors (:class:`DatasetError`, an ``OSError`` on a named
     file such as a read-only output folder) print ``error: ...`` and give exit status 2."""
+    from ...cli.errors import print_user_error
+
     try:
         return main(argv)
     except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_user_error(exc)
     except OSError as exc:
         if exc.filename is None:  # not about a file of the user: an internal error
             raise
         # a folder that cannot be written (read-only, under a regular file, disk full)
-        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return print_user_error(DatasetError(f"{exc.filename}: {exc.strerror or exc}"))
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; rerun the same command to resume",
               file=sys.stderr)
