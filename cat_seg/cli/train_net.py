@@ -264,8 +264,13 @@ def check_datasets(cfg, eval_only: bool) -> None:
                             f"is not registered; {hint}")
         DatasetCatalog.get(name)
     from cat_seg.engine.trainer import vocabulary_mismatch
+    from cat_seg.evaluation import evaluator_problem
     from cat_seg.utils import read_class_json
 
+    for name in cfg.DATASETS.TEST:
+        problem = evaluator_problem(name)
+        if problem:
+            raise UserError(f"{problem}; DATASETS.TEST holds the datasets to evaluate")
     test_json = cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON
     for name in cfg.DATASETS.TEST:  # the class jsons were read by check_class_jsons
         problem = vocabulary_mismatch(test_json, read_class_json(test_json, "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON"), name)

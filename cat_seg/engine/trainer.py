@@ -1,6 +1,5 @@
 """The CAT-Seg trainer: detectron2's ``DefaultTrainer`` with CAT-Seg's data, solver and evaluation."""
 import logging
-import os
 import weakref
 from collections import Counter
 from typing import Optional, Sequence
@@ -15,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer, CheckpointError
 from ..data.dataset_mappers import TRAIN_MAPPERS, InferenceDatasetMapper
-from ..evaluation import SemSegEvaluator, build_evaluator
+from ..evaluation import SemSegEvaluator, build_evaluator, evaluator_type_of
 from ..modeling.postprocess import OutputRequest
 from ..modeling.precision import resolve_precision
 from ..solver import build_lr_scheduler, build_optimizer
@@ -122,9 +121,8 @@ def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name
     (``sem_seg_background``, VOC-20b: its classes, then ``background``) needs its classes
     followed by at least one background prompt. Datasets without ``stuff_classes`` or with
     another evaluator type are not checked."""
-    meta = MetadataCatalog.get(dataset_name)
-    classes = getattr(meta, "stuff_classes", None)
-    kind = getattr(meta, "evaluator_type", "sem_seg")
+    classes = getattr(MetadataCatalog.get(dataset_name), "stuff_classes", None)
+    kind = evaluator_type_of(dataset_name)
     if classes is None:
         return None
     if kind == "sem_seg_background":
@@ -276,8 +274,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        """:func:`cat_seg.evaluation.build_evaluator` (results in ``OUTPUT_DIR/inference/<dataset>``)."""
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

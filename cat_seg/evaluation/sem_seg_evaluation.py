@@ -413,20 +413,34 @@ def _csv_float(value: float) -> str:
 _EVALUATORS = {"sem_seg": SemSegEvaluator, "sem_seg_background": VOCbEvaluator}
 
 
+def evaluator_type_of(dataset_name: str) -> str:
+    """The metadata ``evaluator_type`` of ``dataset_name``; ``sem_seg`` for a dataset registered
+    without one (semantic segmentation, what cat-seg evaluates)."""
+    return getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) or "sem_seg"
+
+
+def evaluator_problem(dataset_name: str) -> Optional[str]:
+    """Why cat-seg has no evaluator for ``dataset_name`` (one line), or None."""
+    evaluator_type = evaluator_type_of(dataset_name)
+    if evaluator_type in _EVALUATORS:
+        return None
+    return (f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r} "
+            f"(supported: {', '.join(sorted(_EVALUATORS))})")
+
+
 def build_evaluator(
     cfg, dataset_name: str, output_folder: Optional[str] = None
 ) -> DatasetEvaluator:
     """
     Evaluator for ``dataset_name`` chosen by its metadata ``evaluator_type``
-    (``sem_seg`` -> :class:`SemSegEvaluator`, ``sem_seg_background`` -> :class:`VOCbEvaluator`).
-    ``output_folder`` defaults to ``cfg.OUTPUT_DIR/inference``.
+    (:func:`evaluator_type_of`: ``sem_seg`` -> :class:`SemSegEvaluator`,
+    ``sem_seg_background`` -> :class:`VOCbEvaluator`). ``output_folder`` defaults to
+    ``cfg.OUTPUT_DIR/inference/<dataset_name>`` (one folder per dataset: each evaluator writes
+    ``sem_seg_results.json`` and ``per_class_iou.csv`` there).
     """
     if output_folder is None:
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
-    if evaluator_type not in _EVALUATORS:
-        raise NotImplementedError(
-            f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r} "
-            f"(supported: {sorted(_EVALUATORS)})"
-        )
-    return _EVALUATORS[evaluator_type](dataset_name, distributed=True, output_dir=output_folder)
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    problem = evaluator_problem(dataset_name)
+    if problem:
+        raise NotImplementedError(problem)
+    return _EVALUATORS[evaluator_type_of(dataset_name)](dataset_name, distributed=True, output_dir=output_folder)

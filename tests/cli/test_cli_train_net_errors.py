@@ -536,3 +536,22 @@ def test_prompt_settings_that_train_nothing_are_said(caplog):
     with caplog.at_level("WARNING", logger="cat_seg"):
         train_net.warn_about_prompts(cfg)
     assert caplog.text == ""
+
+
+def test_a_dataset_cat_seg_cannot_evaluate_is_one_line_before_starting(capsys, tmp_path, tiny_checkpoint):
+    """A registered dataset whose evaluator_type has no evaluator (here COCO detection) failed
+    in every launched process with a NotImplementedError traceback, after the model was built."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = "my_detection_val"
+    DatasetCatalog.register(name, lambda: [{"file_name": "a.jpg"}])
+    MetadataCatalog.get(name).set(evaluator_type="coco", stuff_classes=["a", "b"])
+    try:
+        assert train_net.main(["--config-file", TINY, "--eval-only", "--check-only", "MODEL.WEIGHTS", tiny_checkpoint,
+                               "OUTPUT_DIR", str(tmp_path / "o"), "DATASETS.TEST", f"('{name}',)"]) == 2
+        assert one_error_line(capsys) == (f"error: no evaluator for dataset '{name}' with evaluator_type 'coco' "
+                                          "(supported: sem_seg, sem_seg_background); DATASETS.TEST holds the "
+                                          "datasets to evaluate")
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -13,7 +13,14 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
-from cat_seg.evaluation import SemSegEvaluator, VOCbEvaluator, build_evaluator, load_sem_seg_gt
+from cat_seg.evaluation import (
+    SemSegEvaluator,
+    VOCbEvaluator,
+    build_evaluator,
+    evaluator_problem,
+    evaluator_type_of,
+    load_sem_seg_gt,
+)
 
 
 @pytest.fixture
@@ -302,10 +309,17 @@ def test_build_evaluator_by_evaluator_type(make_dataset, tmp_path):
     plain, _ = make_dataset([GT0], ["a", "b", "c"], evaluator_type="sem_seg")
     voc, _ = make_dataset([GT0], [f"v{i}" for i in range(21)], evaluator_type="sem_seg_background")
     other, _ = make_dataset([GT0], ["a", "b", "c"], evaluator_type="coco")
+    unset, _ = make_dataset([GT0], ["a", "b", "c"])  # registered without an evaluator_type
     evaluator = build_evaluator(cfg, plain)
     assert type(evaluator) is SemSegEvaluator
-    assert evaluator._output_dir == str(tmp_path / "inference")
+    # one folder per dataset: two datasets' results never overwrite each other
+    assert evaluator._output_dir == str(tmp_path / "inference" / plain)
     assert type(build_evaluator(cfg, voc, str(tmp_path / "x"))) is VOCbEvaluator
+    # the trainer's pre-launch vocabulary check and the evaluator read a missing type alike
+    assert type(build_evaluator(cfg, unset)) is SemSegEvaluator and evaluator_type_of(unset) == "sem_seg"
+    assert evaluator_problem(plain) is None
+    assert evaluator_problem(other) == (f"no evaluator for dataset {other!r} with evaluator_type 'coco' "
+                                        "(supported: sem_seg, sem_seg_background)")
     with pytest.raises(NotImplementedError, match="coco"):
         build_evaluator(cfg, other)
 
