@@ -89,11 +89,15 @@ class CATSegError(Exception):
 # ---------------------------------------------------------------------------------- vocabulary
 # invisible format characters (zero-width space / joiners, byte-order mark) pasted with names
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+# the full-width commas: synonyms within one class name, wherever the name comes from
+_FULL_WIDTH_COMMAS = str.maketrans({"\uff0c": ",", "\u3001": ","})  # ，、
 
 
 def _clean_class(name: str) -> str:
-    """Normalise whitespace and the synonym separator of one class name; invisible characters
-    around a synonym are dropped (a name of only such characters is blank)."""
+    """Normalise whitespace and the synonym separator of one class name (``,``, or the
+    full-width ``，`` / ``、`` of CJK input methods); invisible characters around a synonym are
+    dropped (a name of only such characters is blank)."""
+    name = name.translate(_FULL_WIDTH_COMMAS)
     synonyms = [" ".join(part.split()).strip(_INVISIBLE).strip() for part in name.split(",")]
     return ", ".join(s for s in synonyms if s)
 

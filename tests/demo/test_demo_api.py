@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cat_seg import CATSegError, OpenVocabSegmenter, SegmentationResult
-from cat_seg.api import BACKGROUND_PROMPTS, UNLABELED, parse_vocabulary, read_vocabulary_file
+from cat_seg.api import BACKGROUND_PROMPTS, UNLABELED, parse_vocabulary, parse_vocabulary_text, read_vocabulary_file
 
 VOCAB = ["cat", "dog", "grass"]
 
@@ -343,6 +343,9 @@ def test_vocabulary_parsing(tmp_path):
     assert parse_vocabulary("猫，狗") == ["猫", "狗"]
     assert parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
     assert parse_vocabulary("猫、犬") == ["猫", "犬"]
+    # one class per line, or a list: the full-width comma still separates synonyms
+    assert parse_vocabulary_text("人，人类\n狗") == parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
+    assert parse_vocabulary(["人，人类", "狗"]) == ["人, 人类", "狗"]
     assert parse_vocabulary(["\u200bcat", "dog\u200b"]) == ["cat", "dog"]
     with pytest.raises(CATSegError, match="empty vocabulary"):
         parse_vocabulary(["\u200b"])
