@@ -552,15 +552,16 @@ class SegmentationResult:
         if families:  # names with glyphs the default font lacks (e.g. CJK): fallback fonts
             for text in output.ax.texts:
                 text.set_fontfamily(families)
-        if legend:
-            self._draw_legend(output, names, colors, font_size=visualizer._default_font_size, label_map=label_map,
-                              font_family=families or None)
-        if not missing:
-            return output.get_image()
-        warnings.warn(missing_glyphs_message(missing), stacklevel=2)
-        with warnings.catch_warnings():  # instead of matplotlib's one warning per glyph and drawing
-            warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-            return output.get_image()
+        with warnings.catch_warnings():
+            if missing:  # one warning below instead of matplotlib's per glyph and drawing
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            if legend:  # (measures its text: a drawing)
+                self._draw_legend(output, names, colors, font_size=visualizer._default_font_size,
+                                  label_map=label_map, font_family=families or None)
+            image = output.get_image()
+        if missing:
+            warnings.warn(missing_glyphs_message(missing), stacklevel=2)
+        return image
 
     def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12,
                      label_map: Optional[np.ndarray] = None, font_family: Optional[List[str]] = None):

@@ -70,21 +70,28 @@ def _resolves_to(family: str, path: str) -> bool:
     return os.path.realpath(found) == path
 
 
-@functools.lru_cache(maxsize=64)
 def _fallbacks(missing: FrozenSet[int]) -> Tuple[Tuple[str, ...], FrozenSet[int]]:
     """Families that cover ``missing`` (few fonts, greedily: the font with the most of the
     still-missing glyphs first; matplotlib's registered fonts before unregistered files, then by
-    path), and the code points no installed font has."""
+    path), and the code points no installed font has. Cached per installed font files: a font
+    installed while a program runs (the web app), as the missing-glyph warning advises, is
+    found by the next drawing."""
+    from matplotlib import font_manager
+
+    installed = tuple(sorted(set(map(os.path.realpath, font_manager.findSystemFonts(fontext="ttf")))))
+    return _fallbacks_among(missing, installed)
+
+
+@functools.lru_cache(maxsize=64)
+def _fallbacks_among(missing: FrozenSet[int], installed: Tuple[str, ...]) -> Tuple[Tuple[str, ...], FrozenSet[int]]:
+    """:func:`_fallbacks` among the system font files ``installed`` (real paths)."""
     from matplotlib import font_manager
 
     last_resort = _last_resort_path()
     registered = {}
     for entry in font_manager.fontManager.ttflist:
         registered.setdefault(os.path.realpath(entry.fname), entry.name)
-    system = sorted(
-        path for path in map(os.path.realpath, font_manager.findSystemFonts(fontext="ttf"))
-        if path not in registered
-    )
+    system = [path for path in installed if path not in registered]
     # each font file read once, keeping only what it has of the missing glyphs
     covers = {}
     for path in sorted(registered) + system:

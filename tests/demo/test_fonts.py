@@ -15,9 +15,9 @@ from cat_seg import SegmentationResult, fonts
 
 @pytest.fixture(autouse=True)
 def fresh_font_search():
-    fonts._fallbacks.cache_clear()
+    fonts._fallbacks_among.cache_clear()
     yield
-    fonts._fallbacks.cache_clear()
+    fonts._fallbacks_among.cache_clear()
 
 
 def _result(names):
@@ -123,3 +123,20 @@ def test_weight_substitution_of_a_fallback_font_is_not_logged():
     assert not fonts.WEIGHT_FILTER.filter(record(weight, "normal", "Some CJK Sans", 500))
     assert fonts.WEIGHT_FILTER.filter(record(weight, "normal", "DejaVu Sans", 500))
     assert fonts.WEIGHT_FILTER.filter(record("findfont: Font family %r not found.", "Some CJK Sans"))
+
+
+def test_a_font_installed_while_the_program_runs_is_searched(monkeypatch, tmp_path):
+    """The search for fallback fonts was cached by the missing characters alone, so a font
+    installed after a drawing warned about them (the web app runs on) was never found; the
+    cache is per set of installed font files."""
+    listed = [[]]
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda fontext="ttf": list(listed[0]))
+    missing = frozenset({0x10FFFD})  # a private-use code point no font draws
+    assert fonts._fallbacks(missing) == ((), missing)
+    assert fonts._fallbacks(missing) == ((), missing)
+    assert fonts._fallbacks_among.cache_info().misses == 1  # the same fonts: searched once
+    new_font = tmp_path / "installed_later.ttf"
+    new_font.write_bytes(b"")  # not a font matplotlib can read: found, read, and left out
+    listed[0] = [str(new_font)]
+    assert fonts._fallbacks(missing) == ((), missing)
+    assert fonts._fallbacks_among.cache_info().misses == 2  # another set of fonts: searched again
