@@ -52,8 +52,9 @@ UNLABELED = -1
 PNG_UNLABELED = {np.uint8: 255, np.uint16: 65535}
 
 #: Generic "stuff" prompts appended to the vocabulary with ``background="prompts"``; pixels
-#: won by one of them are left unlabeled. Prompts that equal a user class (first synonym,
-#: case-insensitive) are not added, so e.g. asking for "grass" still labels grass.
+#: won by one of them are left unlabeled. Prompts that name a user class (any of its synonyms,
+#: singular or plural, case-insensitive: :meth:`OpenVocabSegmenter.background_prompts_for`)
+#: are not added, so e.g. asking for "grass" still labels grass.
 BACKGROUND_PROMPTS: Tuple[str, ...] = (
     "background",
     "wall",
@@ -818,7 +819,7 @@ def check_device(device: Union[str, torch.device]) -> str:
 
 
 def _check_batch_size(batch_size) -> Optional[int]:
-    """``None`` (all images in one forward per size group) or a positive int."""
+    """``None`` (the config's ``TEST.IMS_PER_BATCH``, 0 = auto) or a positive int."""
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:

@@ -27,7 +27,7 @@ from .api import CATSegError
 from .checkpoint.errors import CheckpointError
 
 #: Seconds to wait for the hub's metadata (HEAD) answer before concluding it is unreachable.
-#: ``HF_HUB_ETAG_TIMEOUT`` in the environment takes precedence (huggingface_hub's own rule).
+#: ``HF_HUB_ETAG_TIMEOUT`` in the environment replaces it (huggingface_hub reads it for its downloads).
 METADATA_TIMEOUT_S = 5.0
 
 
@@ -96,10 +96,6 @@ class WeightsUnavailableError(CATSegError, CheckpointError):
 
     A :class:`~cat_seg.api.CATSegError` for the demo / app / API and a ``ValueError`` (through
     :class:`~cat_seg.checkpoint.CheckpointError`) for ``train_net``'s one-line errors."""
-
-
-def released_names() -> List[str]:
-    return sorted(RELEASED_WEIGHTS)
 
 
 def get_released(name: str) -> Optional[ReleasedWeights]:
@@ -198,10 +194,19 @@ def _cached(entry: ReleasedWeights) -> Optional[str]:
     return cached if isinstance(cached, str) and os.path.isfile(cached) else None
 
 
+def _metadata_timeout() -> float:
+    """:data:`METADATA_TIMEOUT_S`, or ``HF_HUB_ETAG_TIMEOUT`` when set (a slow connection's
+    setting, which huggingface_hub applies to its own downloads)."""
+    try:
+        return float(os.environ["HF_HUB_ETAG_TIMEOUT"])
+    except (KeyError, ValueError):
+        return METADATA_TIMEOUT_S
+
+
 def _probe(entry: ReleasedWeights) -> None:
     """Raise :class:`WeightsUnavailableError` (one line: why, and how to get the file) when
     ``entry`` cannot be downloaded now: ``HF_HUB_OFFLINE`` set, or the hub does not answer a
-    metadata request within :data:`METADATA_TIMEOUT_S` (one try: ``hf_hub_download`` retries
+    metadata request within :func:`_metadata_timeout` seconds (one try: ``hf_hub_download`` retries
     an unreachable hub with back-off for about a minute before giving up)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub import constants as hf_constants
@@ -213,7 +218,7 @@ def _probe(entry: ReleasedWeights) -> None:
     try:
         url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
                          endpoint=endpoint)
-        get_hf_file_metadata(url, timeout=METADATA_TIMEOUT_S, endpoint=endpoint, retry_on_errors=False)
+        get_hf_file_metadata(url, timeout=_metadata_timeout(), endpoint=endpoint, retry_on_errors=False)
     except Exception as e:  # no network, hub error, HTTP 404: all end the same way for the user
         raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "
                                       f"{_how_to_get(entry)}") from None

@@ -34,8 +34,9 @@ class ColorAugSSDTransform(Transform):
     adds randint(-18, 18) modulo 180 to the HSV H channel with p=0.5. Every op computes in
     float32, clips to 0..255 and truncates back to uint8.
 
-    The random draws happen in ``apply_image`` with Python's ``random`` module (seeded by
-    detectron2's ``seed_all_rng``), so one instance can sit in the augmentation list.
+    The random draws happen in ``apply_image`` with Python's ``random`` module (in cat-seg
+    training seeded per sample by :func:`cat_seg.engine.data.seeded_global_rngs`, which makes
+    ``--resume`` exact), so one instance can sit in the augmentation list.
     Segmentation maps and coordinates are returned unchanged.
     """
 

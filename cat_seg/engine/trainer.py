@@ -147,8 +147,8 @@ class Trainer(DefaultTrainer):
     checkpoints); mixed precision from ``MODEL.PRECISION`` on CPU or GPU; evaluation with
     ``TEST.IMS_PER_BATCH`` images per forward (0 = auto), the model returning the predicted
     classes without the ``[T, H, W]`` probability maps; ``metrics.json`` kept valid JSON (NaN
-    written as ``null``). Hooks, resuming, ``test`` and the other builders are
-    ``DefaultTrainer``'s.
+    written as ``null``). The hooks and the training loop are ``DefaultTrainer``'s; resuming,
+    ``test``, the loaders, evaluators and writers extend its own.
     """
 
     def __init__(self, cfg):

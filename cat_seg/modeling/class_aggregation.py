@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norms import LayerNorm
-
 from .spatial_aggregation import GuidedLinear, fused_qkv
-
-ATTENTION_TYPES = ("linear", "full")
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_k: Optional[torch.Tensor] = None,

@@ -88,6 +88,15 @@ def test_missing_folder_error_is_one_clear_line(tmp_path, monkeypatch, restore_r
     assert "python datasets/prepare_ade20k.py --benchmark 150" in message
     with pytest.raises(DatasetNotFoundError, match="prepare_voc.py --benchmark pc459"):
         DatasetCatalog.get("context_459_test_sem_seg")
+    # registered with a root of its own: the message names that root, not the variable
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
+    register_all(tmp_path / "mine")
+    with pytest.raises(DatasetNotFoundError) as info:
+        DatasetCatalog.get("ade20k_150_test_sem_seg")
+    assert str(info.value) == (
+        f"dataset 'ade20k_150_test_sem_seg': folder {tmp_path / 'mine' / 'ADEChallengeData2016'}/images/validation "
+        f"not found (registered with the dataset root {tmp_path / 'mine'}); register it with the folder holding the "
+        "datasets as its root or run: python datasets/prepare_ade20k.py --benchmark 150")
 
 
 def test_empty_label_folder(tmp_path, restore_registration):

@@ -210,3 +210,16 @@ def test_check_released_weights_downloads_nothing(monkeypatch, loopback_hub, tin
     loopback_hub.close()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.check_released_weights(entry.name)  # cached
+
+
+def test_the_reachability_probe_waits_as_long_as_hf_hub_etag_timeout_says(monkeypatch):
+    """A slow connection's HF_HUB_ETAG_TIMEOUT (huggingface_hub's own setting) also applies to
+    the probe before a download; unset or not a number: 5 s."""
+    from cat_seg import hub
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    assert hub._metadata_timeout() == hub.METADATA_TIMEOUT_S == 5.0
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "60")
+    assert hub._metadata_timeout() == 60.0
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "slow")
+    assert hub._metadata_timeout() == 5.0

@@ -32,7 +32,9 @@ def _extra_metadata(layout: SemSegLayout) -> dict:
 
 
 def register_dataset(layout: SemSegLayout, root=None) -> str:
-    """Register one split under ``layout.name`` with its files below ``root``; returns the name."""
+    """Register one split under ``layout.name`` with its files below ``root`` (default
+    ``$DETECTRON2_DATASETS``, else ``datasets``); returns the name."""
+    given_root = None if root is None else str(root)
     root = dataset_root(root)
     image_root = str(root / layout.image_dir)
     gt_root = str(root / layout.label_dir)
@@ -44,7 +46,7 @@ def register_dataset(layout: SemSegLayout, root=None) -> str:
         layout.name,
         functools.partial(
             load_sem_seg_files, layout.name, gt_root, image_root, gt_ext=layout.label_ext,
-            image_ext=layout.image_ext, prepare_command=layout.prepare_command,
+            image_ext=layout.image_ext, prepare_command=layout.prepare_command, dataset_root=given_root,
         ),
     )
     MetadataCatalog.get(layout.name).set(

@@ -25,14 +25,23 @@ def _files_by_stem(folder: str, ext: str) -> Dict[str, str]:
     }
 
 
-def _not_found(dataset_name: str, what: str, prepare_command: Optional[str]) -> DatasetNotFoundError:
+def root_note(root: Optional[str] = None) -> str:
+    """Where a dataset root comes from, for messages: ``root`` given at registration, else
+    ``$DETECTRON2_DATASETS`` or its default (read now)."""
+    if root is not None:
+        return f"registered with the dataset root {root}"
+    root = os.environ.get(ENV_VAR)
+    return f"${ENV_VAR}={root}" if root else f"${ENV_VAR} is not set, default 'datasets'"
+
+
+def _not_found(dataset_name: str, what: str, prepare_command: Optional[str],
+               root: Optional[str] = None) -> DatasetNotFoundError:
     if prepare_command is None:  # a folder of the user's (register_sem_seg_folder): no root, no script
         return DatasetNotFoundError(f"dataset '{dataset_name}': {what}")
-    root = os.environ.get(ENV_VAR)
-    root_note = f"${ENV_VAR}={root}" if root else f"${ENV_VAR} is not set, default 'datasets'"
+    where = (f"register it with the folder holding the datasets as its root" if root is not None
+             else f"set ${ENV_VAR} to the folder holding the datasets")
     return DatasetNotFoundError(
-        f"dataset '{dataset_name}': {what} ({root_note}); set ${ENV_VAR} to the folder holding "
-        f"the datasets or run: {prepare_command}"
+        f"dataset '{dataset_name}': {what} ({root_note(root)}); {where} or run: {prepare_command}"
     )
 
 
@@ -43,18 +52,20 @@ def load_sem_seg_files(
     gt_ext: str = "png",
     image_ext: str = "jpg",
     prepare_command: Optional[str] = "the dataset's prepare script",
+    dataset_root: Optional[str] = None,
 ) -> List[dict]:
     """Records ``{"file_name", "sem_seg_file_name"}`` for every image that has a label file.
 
     Raises :class:`DatasetNotFoundError` when a folder is missing, holds no label file, or no
     image matches a label; it says what to run (``prepare_command``; ``None`` for a folder of
-    the user's, which has none)."""
+    the user's, which has none) and where the folders were looked for (``dataset_root``, the
+    root given at registration; ``None``: ``$DETECTRON2_DATASETS``)."""
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
-            raise _not_found(dataset_name, f"folder {folder} not found", prepare_command)
+            raise _not_found(dataset_name, f"folder {folder} not found", prepare_command, dataset_root)
     labels = _files_by_stem(gt_root, gt_ext)
     if not labels:
-        raise _not_found(dataset_name, f"no .{gt_ext} label files in {gt_root}", prepare_command)
+        raise _not_found(dataset_name, f"no .{gt_ext} label files in {gt_root}", prepare_command, dataset_root)
     images = _files_by_stem(image_root, image_ext)
     if len(images) != len(labels):
         logger.warning(
@@ -65,7 +76,7 @@ def load_sem_seg_files(
     if not common:
         raise _not_found(
             dataset_name, f"no .{image_ext} image in {image_root} matches a label in {gt_root}",
-            prepare_command,
+            prepare_command, dataset_root,
         )
     logger.info("Loaded %d images with semantic segmentation from %s", len(common), image_root)
     return [{"file_name": images[s], "sem_seg_file_name": labels[s]} for s in common]

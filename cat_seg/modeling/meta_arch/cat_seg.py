@@ -297,8 +297,11 @@ class CATSeg(nn.Module):
                 (output size, default the image size).
             class_names: vocabulary at inference (default: the test class json).
         Returns:
-            training: ``{"loss_sem_seg": loss}``; inference: one ``{"sem_seg": [T, H, W]}``
-            dict of class probabilities per input.
+            training: ``{"loss_sem_seg": loss}``; inference: one dict per input with the
+            outputs its ``"output_request"`` entry, else :attr:`output_request`, asks for
+            (:class:`~cat_seg.modeling.postprocess.OutputRequest`;
+            by default ``{"sem_seg": [T, H, W]}`` class probabilities, what detectron2's
+            evaluators read).
         """
         weight_dtype = self.clip_pixel_mean.dtype
         if weight_dtype in (torch.float16, torch.bfloat16):
