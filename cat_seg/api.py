@@ -883,27 +883,23 @@ def check_weights_available(cfg) -> None:
     :class:`OpenVocabSegmenter` then does not fetch it).
     """
     from .hub import hub_offline
-    from .modeling.clip.builder import NO_WEIGHTS
+    from .modeling.clip.builder import CLIPLoadError, clip_weights_source
     from .modeling.clip.model_configs import resolve_clip_arch
 
     head = cfg.MODEL.SEM_SEG_HEAD
     weights = str(head.CLIP_WEIGHTS)
-    if weights in NO_WEIGHTS or cfg.MODEL.WEIGHTS:
-        return
-    if os.path.exists(weights) or os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        if not os.path.isfile(weights):
-            raise CATSegError(f"CLIP weights file {weights!r} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found")
+    if cfg.MODEL.WEIGHTS:
         return
     try:
         resolved = resolve_clip_arch(head.CLIP_PRETRAINED)
-    except ValueError as e:
+        kind, source, pretrained_cfg = clip_weights_source(resolved, weights)
+    except (ValueError, CLIPLoadError) as e:  # a CLIP file not found, an unknown tag or architecture
         raise CATSegError(str(e).replace("\n", " ")) from None
+    if kind != "pretrained" or _pretrained_cached(pretrained_cfg):
+        return
     import open_clip
 
-    tag = resolved.default_tag if weights == "default" else weights
-    pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
-    if not pretrained_cfg or _pretrained_cached(pretrained_cfg):
-        return  # an unknown tag is reported by the model builder, with the known tags
+    tag = source.split("/", 1)[1]
     if pretrained_cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
         from huggingface_hub import constants
 
