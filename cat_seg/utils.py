@@ -3,10 +3,26 @@ import json
 import os
 import re
 import threading
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the OS tells; else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def show_keys(keys: Sequence[str], limit: int = 5) -> str:
+    """``"a, b, c (+12 more)"``: the first ``limit`` keys and how many were left out."""
+    keys = list(keys)
+    text = ", ".join(keys[:limit])
+    if len(keys) > limit:
+        text += f" (+{len(keys) - limit} more)"
+    return text
 
 
 def resolve_path(path: str) -> str:

@@ -3,7 +3,9 @@
 They derive from ``ValueError`` so that ``train_net.py`` reports them as one ``error: ...``
 line (a bad ``MODEL.WEIGHTS`` is an input mistake, not a crash).
 """
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Tuple
+
+from ..utils import show_keys  # noqa: F401  (also imported from here)
 
 
 class CheckpointError(ValueError):
@@ -14,13 +16,6 @@ class CheckpointFormatError(CheckpointError):
     """The file is not a readable checkpoint, or its layout is not recognised."""
 
 
-def show_keys(keys: Sequence[str], limit: int = 5) -> str:
-    """``"a, b, c (+12 more)"``: the first ``limit`` keys and how many were left out."""
-    keys = list(keys)
-    text = ", ".join(keys[:limit])
-    if len(keys) > limit:
-        text += f" (+{len(keys) - limit} more)"
-    return text
 
 
 class CheckpointMismatchError(CheckpointError):

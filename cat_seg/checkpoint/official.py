@@ -323,10 +323,11 @@ def _not_a_checkpoint(path: str, error: Exception) -> str:
     if unsafe:
         return (f"{path} is not a readable torch checkpoint: it is not only tensors, it holds a pickled "
                 f"{unsafe.group(1)} object (not unpickled, as that could run code from the file)")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return f"{path} is not a readable torch checkpoint: the file is empty"
+    problem = checkpoint_file_problem(path) if os.path.isfile(path) else None  # empty, cut short
+    if problem:
+        return problem
     with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
+        if f.read(4) == b"PK\x03\x04":  # a whole zip archive torch cannot read
             return f"{path} is not a readable torch checkpoint: a damaged or truncated torch.save zip archive"
     return f"{path} is not a readable torch checkpoint: neither a torch.save zip archive nor a pickle of tensors"
 

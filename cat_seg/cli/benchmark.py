@@ -72,12 +72,12 @@ from typing import Optional
 
 import torch
 
+from ..utils import REPO_ROOT
 from .errors import ArgumentParser, UserError, print_user_error
 
 logger = logging.getLogger("cat_seg.benchmark")
 
 SMOKE_CONFIG = "configs/quick_schedules/tiny_vitb_cpu.yaml"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -151,9 +151,9 @@ def cpu_model_name() -> str:
 def git_commit() -> str:
     """Short commit id of the checkout (``+dirty`` with uncommitted changes to tracked files)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):

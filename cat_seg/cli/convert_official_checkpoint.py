@@ -32,22 +32,24 @@ from cat_seg.utils import atomic_write
 from .errors import ArgumentParser, UserError, run_main
 
 
-def _model_state_of_config(config_file: str):
-    """State dict (shapes) of the model built from ``config_file`` with random CLIP."""
+def _model_of_config(config_file: str):
+    """The model of ``config_file`` built on the meta device (shapes only, no memory), as the
+    pre-launch checks build it (:func:`cat_seg.config.check_model_builds`)."""
     from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
 
     from cat_seg import add_cat_seg_config
+    from cat_seg.config import check_model_builds
 
     from .errors import merge_config
 
     try:
         cfg = merge_config(add_cat_seg_config(get_cfg()), config_file)
-    except UserError as exc:
+        model = check_model_builds(cfg)
+    except (UserError, ValueError) as exc:
         raise CheckpointFormatError(str(exc)) from None
-    cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
-    cfg.MODEL.DEVICE = "cpu"
-    return build_model(cfg).state_dict()
+    if model is None:
+        raise CheckpointFormatError(f"the model of {config_file} cannot be built to check the checkpoint against")
+    return model
 
 
 def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False) -> str:
@@ -68,10 +70,11 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
         raise CheckpointFormatError(
             f"{src}: {len(report.unknown)} unknown official key(s): {show_keys(report.unknown)} (no conversion rule)"
         )
-    if config_file:
+    if config_file:  # the check the checkpointer makes when it loads the file (new_modules included)
         from cat_seg.checkpoint.catseg_checkpointer import check_state_dict_fits
 
-        check_state_dict_fits(_model_state_of_config(config_file), converted, src, report)
+        model = _model_of_config(config_file)
+        check_state_dict_fits(model.state_dict(), converted, src, report, tuple(getattr(model, "new_modules", ())))
     text = report.summary(verbose=verbose)
     if not config_file:
         text += "\n  not checked against a model: --config-file CFG checks that every key the model needs is there"

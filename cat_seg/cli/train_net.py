@@ -421,10 +421,11 @@ def share_cpu_threads() -> None:
     import torch
     from detectron2.utils import comm
 
+    from cat_seg.utils import available_cores
+
     local = comm.get_local_size()
     if local > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // local))
+        torch.set_num_threads(max(1, available_cores() // local))
 
 
 def end_worker_process() -> None:

@@ -38,7 +38,7 @@ def _not_found(dataset_name: str, what: str, prepare_command: Optional[str],
                root: Optional[str] = None) -> DatasetNotFoundError:
     if prepare_command is None:  # a folder of the user's (register_sem_seg_folder): no root, no script
         return DatasetNotFoundError(f"dataset '{dataset_name}': {what}")
-    where = (f"register it with the folder holding the datasets as its root" if root is not None
+    where = ("register it with the folder holding the datasets as its root" if root is not None
              else f"set ${ENV_VAR} to the folder holding the datasets")
     return DatasetNotFoundError(
         f"dataset '{dataset_name}': {what} ({root_note(root)}); {where} or run: {prepare_command}"

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from ...utils import available_cores
 from ..datasets.errors import PrepareError
 from .io import exclusive_folders, remove_stale_temp_files
 
@@ -130,9 +131,8 @@ def _results(convert: Callable, tasks: Sequence[Task], pool, pool_size: int
 
 
 def default_workers() -> int:
-    """All cores of this machine."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))
+    """All cores this process may run on."""
+    return available_cores()
 
 
 def run_tasks(

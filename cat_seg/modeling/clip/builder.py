@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple, Union
 import open_clip
 import torch
 
+from ...utils import show_keys
 from .attention import replace_multihead_attention, split_attention_weights
 from .model_configs import CLIPArch, resolve_clip_arch
 
@@ -77,16 +78,13 @@ def load_clip_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or wrong_shape:
-        def show(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
         problems = []
         if missing:
-            problems.append(f"missing {len(missing)}: {show(missing)}")
+            problems.append(f"missing {len(missing)}: {show_keys(missing)}")
         if unexpected:
-            problems.append(f"unexpected {len(unexpected)}: {show(unexpected)}")
+            problems.append(f"unexpected {len(unexpected)}: {show_keys(unexpected)}")
         if wrong_shape:
-            problems.append(f"shape mismatch {len(wrong_shape)}: {show(wrong_shape)}")
+            problems.append(f"shape mismatch {len(wrong_shape)}: {show_keys(wrong_shape)}")
         raise CLIPLoadError(f"CLIP weights {source} do not fit the model: " + "; ".join(problems))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
