@@ -482,7 +482,8 @@ def run_timed(args, config_file: str, smoke: bool) -> dict:
         "min_s": round(min(times), 5),
         "times_s": [round(t, 5) for t in times],
         "per_image_s": round(median / batch, 5),
-        "images_per_s": round(batch / median, 3),  # training: images per second of training steps
+        # 4 significant digits (3 decimals left 0.263 of a CPU's 0.26326: 0.1% off, more below)
+        "images_per_s": float(f"{batch / median:.4g}"),  # training: images per second of training steps
         "first_call_s": round(first if first is not None else times[0], 5),
         "cpu_median_s": round(statistics.median(cpu_times), 5) if device.type == "cpu" else None,
         "peak_memory_bytes": peak,
