@@ -160,13 +160,27 @@ CONFIG_PATH_KEYS = (
 )
 
 
+_MISSING = object()
+
+
+def get_key(cfg, key: str, default: Any = _MISSING) -> Any:
+    """The value of the dotted ``key`` (``"MODEL.SEM_SEG_HEAD.NAME"``) in ``cfg`` (a config
+    node or a dict of dicts); ``default`` when a part of it is missing, else ``KeyError``
+    naming the key."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is _MISSING:
+                raise KeyError(f"config key {key} is missing (add it with cat_seg.config.add_cat_seg_config)")
+            return default
+        node = node[part]
+    return node
+
+
 def _node_and_leaf(cfg, key: str):
     """``(node, leaf)`` of the dotted ``key``: ``node[leaf]`` is its value in ``cfg``."""
-    *parents, leaf = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node[part]
-    return node, leaf
+    parents, _, leaf = key.rpartition(".")
+    return (get_key(cfg, parents) if parents else cfg), leaf
 
 
 def config_file_chain(config_file: str) -> List[Tuple[str, Any]]:

@@ -289,27 +289,15 @@ def build_cfg(args, config_file: str):
     return cfg, overrides
 
 
-def _has_key(cfg, dotted: str) -> bool:
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def speed_settings(cfg) -> dict:
     """The speed keys as the run used them."""
     keys = ["MODEL.PRECISION", "TEST.CLASS_CHUNK_SIZE", "MODEL.CHECKPOINT_ACTIVATIONS", "MODEL.COMPILE",
             "TEST.CUDA_GRAPHS", "TEST.IMS_PER_BATCH"]
-    out = {}
-    for key in keys:
-        if _has_key(cfg, key):
-            node = cfg
-            for part in key.split("."):
-                node = node[part]
-            out[key] = node
-    return out
+    from ..config import get_key
+
+    missing = object()
+    values = {key: get_key(cfg, key, missing) for key in keys}
+    return {key: value for key, value in values.items() if value is not missing}
 
 
 def class_names(args, default: int):

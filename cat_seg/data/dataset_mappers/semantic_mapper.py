@@ -14,9 +14,10 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ...config import get_key
+from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
-from ...utils import read_class_json
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
 
@@ -25,17 +26,6 @@ logger = logging.getLogger(__name__)
 # Raw pixel value of the padding, before normalisation: the official mapper pads images with
 # 128 (not 0), and the padded area is seen by the model, so we keep it.
 IMAGE_PAD_VALUE = 128
-
-
-def _cfg_value(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if part not in node:
-            raise KeyError(
-                f"config key {key} is missing (add it with cat_seg.config.add_cat_seg_config)"
-            )
-        node = node[part]
-    return node
 
 
 #: ``INPUT.MIN_SIZE_TRAIN_SAMPLING`` / ``INPUT.CROP.TYPE`` values detectron2's augmentations take.
@@ -97,11 +87,11 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
             T.RandomCrop_CategoryAreaConstraint(
                 cfg.INPUT.CROP.TYPE,
                 cfg.INPUT.CROP.SIZE,
-                _cfg_value(cfg, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA"),
+                get_key(cfg, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA"),
                 cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             )
         )
-    if _cfg_value(cfg, "INPUT.COLOR_AUG_SSD"):
+    if get_key(cfg, "INPUT.COLOR_AUG_SSD"):
         augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
     flip = cfg.INPUT.RANDOM_FLIP
     if flip not in ("horizontal", "vertical", "none"):
@@ -176,7 +166,7 @@ class MaskFormerSemanticDatasetMapper:
             "augmentations": build_train_augmentations(cfg),
             "image_format": cfg.INPUT.FORMAT,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "size_divisibility": _cfg_value(cfg, "INPUT.SIZE_DIVISIBILITY"),
+            "size_divisibility": get_key(cfg, "INPUT.SIZE_DIVISIBILITY"),
             "num_classes": len(read_class_json(class_json)) if class_json else None,
         }
 
