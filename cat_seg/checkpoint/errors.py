@@ -16,8 +16,6 @@ class CheckpointFormatError(CheckpointError):
     """The file is not a readable checkpoint, or its layout is not recognised."""
 
 
-
-
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's tensors do not fit the model: nothing was loaded.
 

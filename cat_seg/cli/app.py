@@ -242,8 +242,9 @@ class App:
                 threshold, background_prompts: bool, progress=None):
         """Run one request. Returns ``(results, stems, file paths, status, overlays)``; raises
         :class:`CATSegError` for user errors. An unreadable upload among readable ones is skipped
-        and named in the status, as are classes that share their first synonym. The request's files go to a new folder of the output
-        folder, which keeps the last :data:`KEPT_REQUESTS` requests."""
+        and named in the status, as are classes that share their first synonym. The request's
+        files go to a new folder of the output folder, which keeps the last
+        :data:`KEPT_REQUESTS` requests."""
         progress = progress or (lambda *args, **kwargs: None)
         paths = _upload_paths(files)
         if not paths:
