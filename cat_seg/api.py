@@ -29,7 +29,6 @@ import json
 import logging
 import numbers
 import os
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -37,8 +36,9 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, features
+from PIL import Image
 
+from .data.image_io import read_image_file, rgb_array, scale_16_bit
 from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.postprocess import ClassMaps, OutputRequest
@@ -259,32 +259,18 @@ def load_image(image: ImageInput) -> np.ndarray:
         if not os.path.isfile(path):
             raise CATSegError(f"cannot read image {path!r}: no such file")
         try:
-            with _open_image(path) as opened:
-                # decoded here, not by detectron2's read_image: Pillow's TIFF decoder applies the
-                # orientation tag itself, which read_image would apply a second time
-                opened.load()
-                return load_image(opened)
-        except CATSegError as e:
-            raise CATSegError(f"cannot read image {path!r}: {e}") from None
+            return read_image_file(path)  # as training and evaluation read it (cat_seg.data.image_io)
         except Exception as e:  # PIL raises several types for corrupt / non-image files
             message = f"{type(e).__name__}: {e}".replace("\n", " ")
             raise CATSegError(f"cannot read image {path!r}: {message}") from None
     if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise CATSegError(f"empty image of size {image.size}")
-        if image.mode == "F":  # converting would truncate: an image in [0, 1] would become black
-            raise CATSegError("PIL images of floating-point samples (mode F) are not accepted: give 8-bit "
-                              "samples, e.g. Image.fromarray((array * 255).round().astype(np.uint8))")
         try:
-            image = ImageOps.exif_transpose(image)
-            if _is_16_bit(image):
-                return load_image(np.asarray(image).astype(np.uint16))
-            return np.asarray(image.convert("RGB")).copy()
-        except ValueError as e:  # e.g. "Operation on closed image"
-            raise CATSegError(f"cannot read the PIL image: {e}") from None
+            return rgb_array(image)
+        except ValueError as e:  # empty, mode F, or closed
+            raise CATSegError(str(e)) from None
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16:
-            image = ((image.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
+            image = scale_16_bit(image)  # round(v / 257)
         if image.dtype != np.uint8:
             hint = " (scale floats in [0, 1] with (image * 255).round().astype(np.uint8))" if image.dtype.kind == "f" else ""
             raise CATSegError(f"numpy images must be uint8 RGB [H, W, 3], got dtype {image.dtype}{hint}")
@@ -310,40 +296,6 @@ def load_image(image: ImageInput) -> np.ndarray:
     raise CATSegError(
         f"unsupported image type {type(image).__name__}: give a file path, a PIL image or an RGB uint8 numpy array"
     )
-
-
-_LIBTIFF_SWITCH = threading.Lock()
-
-
-def _open_image(path: str) -> Image.Image:
-    """``Image.open``, except for uncompressed TIFFs whose orientation tag turns them by 90
-    degrees (5 to 8): Pillow's own TIFF decoder applies the tag and returns wrong pixels for
-    those of one band (8- and 16-bit grey) and RGBA (Pillow 12), where the libtiff decoder it
-    uses for compressed TIFFs is right; such a file is opened with libtiff."""
-    opened = Image.open(path)
-    rotated = opened.format == "TIFF" and opened.tag_v2.get(0x0112) in (5, 6, 7, 8)
-    if not rotated or opened.use_load_libtiff or not features.check("libtiff"):
-        return opened
-    opened.close()
-    from PIL import TiffImagePlugin
-
-    with _LIBTIFF_SWITCH:  # Pillow's switch is a module global, read while the file is opened
-        default, TiffImagePlugin.READ_LIBTIFF = TiffImagePlugin.READ_LIBTIFF, True
-        try:
-            return Image.open(path)
-        finally:
-            TiffImagePlugin.READ_LIBTIFF = default
-
-
-def _is_16_bit(image: Image.Image) -> bool:
-    """A PIL image of 16-bit integer samples (``I;16*`` modes; ``I`` holding 16-bit values,
-    as some Pillow versions open 16-bit PNGs)."""
-    if image.mode.startswith("I;16"):
-        return True
-    if image.mode != "I":
-        return False
-    low, high = image.getextrema()
-    return 0 <= low and 255 < high <= 65535
 
 
 def _load_images(inputs: Sequence[ImageInput]) -> List[np.ndarray]:

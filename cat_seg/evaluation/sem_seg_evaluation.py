@@ -32,7 +32,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -41,6 +40,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
+from ..data.image_io import read_label_file
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
 
@@ -73,13 +73,13 @@ def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
     """Read a label map (PNG, or TIFF incl. 16-bit) as an array ``[H, W]`` of ``dtype``.
 
     Same call signature as detectron2's ``load_image_into_numpy_array`` (usable as its
-    ``sem_seg_loading_fn``), but always copies, so it works with numpy >= 2. Uses PIL,
-    falling back to OpenCV (``IMREAD_UNCHANGED``) for files PIL cannot decode.
+    ``sem_seg_loading_fn``), but always copies, so it works with numpy >= 2. Decoded as the
+    training mapper decodes labels (:func:`cat_seg.data.image_io.read_label_file`: turned by
+    an EXIF orientation tag like its image), falling back to OpenCV (``IMREAD_UNCHANGED``) for
+    files PIL cannot decode.
     """
     try:
-        with PathManager.open(file_name, "rb") as f:
-            with Image.open(f) as img:
-                array = np.asarray(img)
+        array = read_label_file(PathManager.get_local_path(file_name))
     except Exception as pil_error:  # noqa: BLE001 - retry with OpenCV, then report both
         array = None
         try:

@@ -218,21 +218,88 @@ def test_unreadable_training_files_are_named(tmp_path):
             MaskFormerSemanticDatasetMapper(cfg)(dict(record))
 
 
-def test_inference_mapper_is_detectron2s_and_names_unreadable_files(tmp_path):
-    """Same outputs as detectron2's test mapper; a damaged image or label is named."""
+def test_inference_mapper_is_detectron2s_without_the_label_and_names_unreadable_files(tmp_path):
+    """detectron2's test mapper's outputs but the label (the evaluator reads the ground truth
+    from its file); a damaged image is named; a label is not read, so one of another size no
+    longer stops the mapper with a bare assertion (the evaluator names it)."""
     image, label, record = random_sample(tmp_path, h=60, w=90)
     cfg = make_cfg(50)
     cfg.INPUT.MIN_SIZE_TEST = 40
     cfg.INPUT.MAX_SIZE_TEST = 1333
     ours = InferenceDatasetMapper(cfg, False)(dict(record))
     theirs = DatasetMapper(cfg, False)(dict(record))
-    assert ours.keys() == theirs.keys() and tuple(ours["image"].shape) == (3, 40, 60)
+    assert ours.keys() == theirs.keys() - {"sem_seg"} and tuple(ours["image"].shape) == (3, 40, 60)
     for key in ours:
         assert torch.equal(ours[key], theirs[key]) if torch.is_tensor(ours[key]) else ours[key] == theirs[key]
-    for key, what in (("sem_seg_file_name", "semantic segmentation label"), ("file_name", "image")):
-        _truncate(record[key])
-        with pytest.raises(DatasetFileError, match=f"cannot read {what} {re.escape(record[key])}: .*truncated"):
-            InferenceDatasetMapper(cfg, False)(dict(record))
+    Image.fromarray(label[:30, :45]).save(record["sem_seg_file_name"])
+    assert torch.equal(InferenceDatasetMapper(cfg, False)(dict(record))["image"], ours["image"])
+    _truncate(record["file_name"])
+    with pytest.raises(DatasetFileError, match=f"cannot read image {re.escape(record['file_name'])}: .*truncated"):
+        InferenceDatasetMapper(cfg, False)(dict(record))
+
+
+def test_16_bit_images_are_scaled_as_the_api_scales_them(tmp_path):
+    """detectron2's read_image converted a 16-bit image to RGB by clipping: nearly all white in
+    training and evaluation, while the Python API scales by 1/257."""
+    from cat_seg.api import load_image
+
+    ramp = (np.arange(60 * 90, dtype=np.uint32) * 65535 // (60 * 90 - 1)).astype(np.uint16).reshape(60, 90)
+    _, label, record = random_sample(tmp_path, h=60, w=90)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    record["file_name"] = str(tmp_path / "ramp.png")
+    expected = load_image(record["file_name"])
+    assert 120 < expected.mean() < 135  # a ramp over the whole range, not white
+    cfg = make_cfg(60)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 60, 1333
+    trained = MaskFormerSemanticDatasetMapper(cfg)(dict(record))["image"]
+    evaluated = InferenceDatasetMapper(cfg, False)(dict(record))["image"]
+    np.testing.assert_array_equal(trained.numpy().transpose(1, 2, 0), expected)
+    np.testing.assert_array_equal(evaluated.numpy().transpose(1, 2, 0), expected)
+
+
+def test_labels_follow_their_exif_orientation_in_training_and_evaluation(tmp_path):
+    """A label saved with its photo's EXIF orientation tag (tools copy the metadata) is turned
+    with it in training and, as well, by the evaluator's ground-truth reader (it was read as
+    stored there, so the scores compared rotated maps)."""
+    from cat_seg.evaluation import load_sem_seg_gt
+
+    rng = np.random.default_rng(3)
+    stored_image = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    stored_label = rng.integers(0, 4, size=(40, 60)).astype(np.uint8)
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    Image.fromarray(stored_image).save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    Image.fromarray(stored_label).save(tmp_path / "photo.png", exif=exif)
+    record = {"file_name": str(tmp_path / "photo.jpg"), "sem_seg_file_name": str(tmp_path / "photo.png")}
+    shown = np.rot90(stored_label, k=-1)  # as the photo is shown: 60 x 40
+    np.testing.assert_array_equal(load_sem_seg_gt(record["sem_seg_file_name"]), shown)
+    out = MaskFormerSemanticDatasetMapper(make_cfg(40))(dict(record))
+    assert tuple(out["image"].shape) == (3, 60, 40)
+    np.testing.assert_array_equal(out["sem_seg"].numpy(), shown)
+
+
+def test_labels_below_zero_are_named(tmp_path):
+    """A label using -1 (not the ignore value) for unlabeled pixels failed inside the loss."""
+    _, label, record = random_sample(tmp_path)
+    signed = label.astype(np.int32)
+    signed[10:12, 10:12] = -1
+    Image.fromarray(signed).save(tmp_path / "signed.tif")
+    record["sem_seg_file_name"] = str(tmp_path / "signed.tif")
+    cfg = make_cfg(50)
+    mapper = MaskFormerSemanticDatasetMapper(cfg)
+    with pytest.raises(DatasetFileError, match=re.escape(f"semantic segmentation label {tmp_path / 'signed.tif'} "
+                                                         "has value -1, outside the class indices (>= 0) and not "
+                                                         "the ignore value 255")):
+        mapper(dict(record))
+
+
+def test_a_colour_coded_label_is_told_to_be_converted(tmp_path):
+    _, label, record = random_sample(tmp_path)
+    Image.fromarray(np.stack([label] * 3, axis=2)).save(tmp_path / "rgb.png")
+    record["sem_seg_file_name"] = str(tmp_path / "rgb.png")
+    with pytest.raises(DatasetFileError, match=r"must be single-channel \(value = class index\), got shape "
+                                               r"\(50, 70, 3\) \(a colour-coded mask: convert each colour"):
+        MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))
 
 
 # ---------------------------------------------------------------- ColorAugSSDTransform

@@ -6,6 +6,7 @@ from .semantic_mapper import (
     SemanticTrainMapper,
     build_train_augmentations,
     read_dataset_image,
+    read_dataset_label,
 )
 
 #: ``INPUT.DATASET_MAPPER_NAME`` -> training mapper (the official configs' name).
@@ -18,4 +19,5 @@ __all__ = [
     "SemanticTrainMapper",
     "build_train_augmentations",
     "read_dataset_image",
+    "read_dataset_label",
 ]

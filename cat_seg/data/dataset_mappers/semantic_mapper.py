@@ -17,6 +17,7 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
+from ..image_io import read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
@@ -102,14 +103,34 @@ def build_train_augmentations(cfg) -> List[Union[T.Augmentation, T.Transform]]:
 
 
 
-def read_dataset_image(file_name: str, format: Optional[str] = None, what: str = "image") -> np.ndarray:
-    """detectron2's ``read_image``, with a file that cannot be read (missing, corrupt,
-    truncated) raised as a :class:`DatasetFileError` that names it (PIL's messages do not
-    always)."""
+def read_dataset_image(file_name: str, format: Optional[str] = "RGB") -> np.ndarray:
+    """An image of a dataset as ``uint8`` ``[H, W, 3]`` in ``format`` (``RGB`` or ``BGR``,
+    ``INPUT.FORMAT``), decoded as the Python API decodes it
+    (:func:`cat_seg.data.image_io.read_image_file`: EXIF orientation applied once, 16-bit
+    images scaled to 8 bits, where detectron2's ``read_image`` clipped them to white). A file
+    that cannot be read (missing, corrupt, truncated) is a :class:`DatasetFileError` naming it
+    (PIL's messages do not always)."""
     try:
-        return utils.read_image(file_name, format=format)
+        image = read_image_file(file_name)
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetFileError(f"cannot read {what} {file_name}: {e}") from e
+        raise DatasetFileError(f"cannot read image {file_name}: {e}") from e
+    return np.ascontiguousarray(image[:, :, ::-1]) if format == "BGR" else image
+
+
+def read_dataset_label(file_name: str) -> np.ndarray:
+    """A label map of a dataset (:func:`cat_seg.data.image_io.read_label_file`: its own values,
+    turned by its EXIF orientation like its image); ``DatasetFileError`` naming the file when
+    it cannot be read or is not single-channel."""
+    try:
+        label = read_label_file(file_name)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetFileError(f"cannot read semantic segmentation label {file_name}: {e}") from e
+    if label.ndim != 2:
+        hint = (" (a colour-coded mask: convert each colour to its class index first)"
+                if label.ndim == 3 and label.shape[2] in (3, 4) else "")
+        raise DatasetFileError(f"semantic segmentation label {file_name} must be single-channel (value = class "
+                               f"index), got shape {label.shape}{hint}")
+    return label
 
 
 class MaskFormerSemanticDatasetMapper:
@@ -171,20 +192,19 @@ class MaskFormerSemanticDatasetMapper:
         }
 
     def _read_label(self, file_name: str) -> np.ndarray:
-        label = read_dataset_image(file_name, what="semantic segmentation label")
-        if label.ndim != 2:
-            raise DatasetFileError(
-                f"semantic segmentation label {file_name} must be single-channel, "
-                f"got shape {label.shape}"
-            )
+        label = read_dataset_label(file_name)
+        outside = (label != self.ignore_label) & (label < 0)  # e.g. -1 for unlabeled, not the ignore value
         if self.num_classes is not None:
-            bad = (label != self.ignore_label) & (label >= self.num_classes)
-            if bad.any():
-                raise DatasetFileError(
-                    f"semantic segmentation label {file_name} has value {int(label[bad].max())}, outside the "
-                    f"{self.num_classes} classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..{self.num_classes - 1}) "
-                    f"and not the ignore value {self.ignore_label}"
-                )
+            outside |= (label != self.ignore_label) & (label >= self.num_classes)
+        if outside.any():
+            values = label[outside]
+            value = int(values.min()) if values.min() < 0 else int(values.max())
+            classes = (f"the {self.num_classes} classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON "
+                       f"(0..{self.num_classes - 1})" if self.num_classes is not None else "the class indices (>= 0)")
+            raise DatasetFileError(
+                f"semantic segmentation label {file_name} has value {value}, outside {classes} and not the "
+                f"ignore value {self.ignore_label}"
+            )
         # float64 like the official mapper: detectron2 then resizes it with torch "nearest"
         return label.astype(np.float64)
 
@@ -236,12 +256,14 @@ SemanticTrainMapper = MaskFormerSemanticDatasetMapper
 
 
 class InferenceDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper(cfg, is_train=False)`` for evaluation (same outputs:
-    ``image`` ``[3, H', W']`` resized by the test augmentations, ``sem_seg`` when the record
-    has a label, ``height``/``width`` of the original, the record's other fields), except that
-    an image or label that cannot be read raises a :class:`DatasetFileError` naming the file
-    (PIL's messages do not always) and that the resize never makes a side 0 pixels
-    (:class:`ResizeShortestEdgeNonEmpty`)."""
+    """detectron2's ``DatasetMapper(cfg, is_train=False)`` for evaluation: ``image``
+    ``[3, H', W']`` resized by the test augmentations, ``height``/``width`` of the original,
+    the record's other fields. Differences: the image is decoded as the Python API and training
+    decode it (:func:`read_dataset_image`), an image that cannot be read raises a
+    :class:`DatasetFileError` naming the file, the resize never makes a side 0 pixels
+    (:class:`ResizeShortestEdgeNonEmpty`), and the label is not read: the evaluator reads the
+    ground truth from its file (detectron2's mapper read it, resized it and left it unused,
+    and a label of another size than its image stopped it with a bare assertion)."""
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = False):
@@ -254,12 +276,12 @@ class InferenceDatasetMapper(DatasetMapper):
         return kwargs
 
     def __call__(self, dataset_dict: dict) -> dict:
-        try:
-            return super().__call__(dataset_dict)
-        except (OSError, SyntaxError):
-            files = [("image", dataset_dict.get("file_name")),
-                     ("semantic segmentation label", dataset_dict.get("sem_seg_file_name"))]
-            for what, file_name in files:  # which one: read each again (the failure path only)
-                if file_name:
-                    read_dataset_image(file_name, what=what)
-            raise
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_dataset_image(dataset_dict["file_name"], self.image_format)
+        utils.check_image_size(dataset_dict, image)  # sets height / width, the output size
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        dataset_dict.pop("sem_seg_file_name", None)
+        dataset_dict.pop("annotations", None)
+        return dataset_dict
