@@ -41,6 +41,7 @@ from PIL import Image
 from .data.image_io import read_image_file, rgb_array, scale_16_bit
 from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
+from .modeling.clip.prompts import shared_first_synonym_note
 from .modeling.postprocess import ClassMaps, OutputRequest
 from .utils import resolve_vocabulary_path, temporary_path
 
@@ -101,25 +102,6 @@ def _clean_class(name: str) -> str:
     name = name.translate(_FULL_WIDTH_COMMAS)
     synonyms = [" ".join(part.split()).strip(_INVISIBLE).strip() for part in name.split(",")]
     return ", ".join(s for s in synonyms if s)
-
-
-def shared_first_synonym_note(classes: Sequence[str], source: str) -> Optional[str]:
-    """The note for entries of ``classes`` that share their first synonym with an earlier entry
-    (``"screen, silver screen"`` and ``"screen, crt screen"``: ADE-847 has 10 such classes), or
-    ``None``. The model sees only the first synonym, so such classes get the same scores and the
-    first listed wins their pixels."""
-    primaries, shared = {}, []
-    for name in classes:
-        primary = primary_name(name).lower()
-        if primary in primaries:
-            shared.append(f"{name!r} after {primaries[primary]!r}")
-        else:
-            primaries[primary] = name
-    if not shared:
-        return None
-    return (f"{len(shared)} class(es) of {source} share their first synonym, the name the model sees, "
-            f"with an earlier class ({'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''}): "
-            f"they get the same scores, and the earlier class wins their pixels")
 
 
 def _check_vocabulary(classes: List[str], source: str) -> List[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 
 import cat_seg.data.datasets as datasets_pkg
 from cat_seg.data.catalog import class_names
@@ -122,3 +123,45 @@ def test_loader_matches_basenames_and_keeps_intersection(tmp_path, raw, restore_
         assert set(r) == {"file_name", "sem_seg_file_name"}
         assert Path(r["file_name"]).stem == Path(r["sem_seg_file_name"]).stem
         assert r["sem_seg_file_name"].endswith(".png") and r["file_name"].endswith(".jpg")
+
+
+def test_own_folder_pairs_are_matched_in_any_case_and_unpaired_files_are_named(tmp_path, caplog):
+    """Images and labels left out were counted only when the two counts differed (a missing
+    label and an orphan label passed unseen), .JPG was not a jpg, and several image
+    extensions could not be given."""
+    from cat_seg.data.datasets import register_sem_seg_folder
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for stem, image_name in (("a", "a.jpg"), ("b", "b.JPG"), ("c", "c.png"), ("d", "d.jpg")):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / image_name, format="PNG")
+        if stem != "d":  # d: no label
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / f"{stem}.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / "orphan.png")
+    classes = tmp_path / "classes.json"
+    classes.write_text('["sky", "grass"]')
+    try:
+        register_sem_seg_folder("own", images, labels, str(classes), image_ext=[".jpg", "png"], label_ext=".PNG")
+        with caplog.at_level("WARNING"):
+            records = DatasetCatalog.get("own")
+        assert [Path(r["file_name"]).name for r in records] == ["a.jpg", "b.JPG", "c.png"]
+        assert (f"dataset 'own': 1 image(s) without a label in {labels} (d.jpg) and 1 label(s) without an image in "
+                f"{images} (orphan.png) are left out; 3 pairs are used") in caplog.text
+        # nothing pairs: both sides' names are shown
+        register_sem_seg_folder("own", images, labels, str(classes), image_ext="tif")
+        with pytest.raises(DatasetNotFoundError) as info:
+            DatasetCatalog.get("own")
+        assert str(info.value) == (
+            f"dataset 'own': no image in {images} matches a label in {labels} by name: labels such as a.png, b.png, "
+            f"c.png (+1 more), no .tif image (it holds 3 .jpg file(s), 1 .png file(s))")
+        # labels in subfolders: said
+        nested = tmp_path / "nested"
+        (nested / "train").mkdir(parents=True)
+        register_sem_seg_folder("own", images, nested, str(classes))
+        with pytest.raises(DatasetNotFoundError, match=r"no \.png label files in .*nested \(subfolders are not "
+                                                       r"searched: train\)$"):
+            DatasetCatalog.get("own")
+    finally:
+        DatasetCatalog.remove("own")
+        MetadataCatalog.remove("own")

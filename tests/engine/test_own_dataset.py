@@ -45,25 +45,56 @@ def test_two_processes_train_and_evaluate_on_a_registered_folder(tiny_benchmark,
         assert sorted(results["per_class"]) == sorted(json.load(f))
 
 
-def test_registration_errors_are_one_line(tmp_path):
+def test_registration_errors_are_one_line(tmp_path, caplog):
+    """Registering never raises (a registration at the top of a script would end in a
+    traceback): loading the dataset raises the problem, which train_net prints as one line
+    before a run starts."""
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps(["cat", "dog"]))
-    with pytest.raises(DatasetError, match=r"^dataset 'mine': .*no_such\.json.* not found"):
-        register_sem_seg_folder("mine", tmp_path, tmp_path, str(tmp_path / "no_such.json"))
     twice = tmp_path / "twice.json"
-    twice.write_text(json.dumps(["cat", "dog", "cat"]))
-    with pytest.raises(DatasetError, match=r"^dataset 'mine': .*twice\.json lists 'cat' twice \(classes 0 and 2\)"):
-        register_sem_seg_folder("mine", tmp_path, tmp_path, str(twice))
-    with pytest.raises(DatasetError, match=r"^dataset 'mine': ignore_label=1 is the index of class 'dog' of "):
-        register_sem_seg_folder("mine", tmp_path, tmp_path, str(classes), ignore_label=1)
-    register_sem_seg_folder("mine", tmp_path / "images", tmp_path / "labels", str(classes))
+    twice.write_text(json.dumps(["cat", "dog", "Cat "]))
+    cases = [
+        ({"class_json": str(tmp_path / "no_such.json")}, r"^dataset 'mine': .*no_such\.json.* not found"),
+        ({"class_json": str(twice)}, r"^dataset 'mine': .*twice\.json lists 'Cat ' twice \(classes 0 and 2, compared "
+                                     r"without case and extra spaces\)"),
+        ({"class_json": str(classes), "ignore_label": 1}, r"^dataset 'mine': ignore_label=1 is the index of class 'dog' "),
+    ]
     try:
+        for kwargs, message in cases:
+            kwargs = dict(kwargs)
+            assert register_sem_seg_folder("mine", tmp_path, tmp_path, kwargs.pop("class_json"), **kwargs) == "mine"
+            with pytest.raises(DatasetError, match=message):
+                DatasetCatalog.get("mine")
+        register_sem_seg_folder("mine", tmp_path / "images", tmp_path / "labels", str(classes))
         with pytest.raises(DatasetNotFoundError) as info:
             DatasetCatalog.get("mine")
         # a folder of the user's: no $DETECTRON2_DATASETS or prepare-script hint
         assert str(info.value) == f"dataset 'mine': folder {tmp_path / 'images'} not found"
+        synonyms = tmp_path / "synonyms.json"
+        synonyms.write_text(json.dumps(["car, auto", "grass", "car"]))
+        register_sem_seg_folder("mine", tmp_path, tmp_path, str(synonyms))
+        assert ("1 class(es) of dataset 'mine' (" in caplog.text and "share their first synonym" in caplog.text
+                and "'car' after 'car, auto'" in caplog.text)
     finally:
         DatasetCatalog.remove("mine")
+    # as a script registers it (at its top), the mistake is one line, before a run starts
+    script = tmp_path / "my_train_net.py"
+    script.write_text(textwrap.dedent(f"""
+        from cat_seg.cli.train_net import main
+        from cat_seg.data.datasets import register_sem_seg_folder
+
+        register_sem_seg_folder("mine", {str(tmp_path)!r}, {str(tmp_path)!r}, {str(twice)!r})
+
+        if __name__ == "__main__":
+            raise SystemExit(main())
+    """))
+    proc = subprocess.run([sys.executable, str(script), "--config-file", TINY_CONFIG, "--check-only",
+                           "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "o")],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                          timeout=1800)  # hang guard only
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: dataset 'mine': {twice} lists 'Cat ' twice")
+    assert "Traceback" not in proc.stderr
 
 
 def test_colour_label_maps_are_one_error_line(tiny_benchmark, tmp_path):

@@ -6,13 +6,16 @@ Registering never touches the disk: the folders are looked at only when a datase
 the previous registration of the same names.
 """
 import functools
-from typing import List
+import logging
+from typing import List, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..catalog import LAYOUTS, SemSegLayout, dataset_root, raw_id_to_label
 from .errors import DatasetError
 from .loader import load_sem_seg_files
+
+logger = logging.getLogger(__name__)
 
 
 def _extra_metadata(layout: SemSegLayout) -> dict:
@@ -62,18 +65,51 @@ def register_dataset(layout: SemSegLayout, root=None) -> str:
 
 
 def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_json: str, *,
-                            ignore_label: int = 255, image_ext: str = "jpg", label_ext: str = "png") -> str:
+                            ignore_label: int = 255, image_ext: Union[str, Sequence[str]] = "jpg",
+                            label_ext: Union[str, Sequence[str]] = "png") -> str:
     """Register a semantic-segmentation split of your own under ``name``, for ``DATASETS.TRAIN``
     / ``DATASETS.TEST`` (with ``class_json`` as ``MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON`` /
     ``TEST_CLASS_JSON``); returns ``name``.
 
     Images are ``<image_root>/<stem>.<image_ext>``, labels ``<label_root>/<stem>.<label_ext>``
-    (matched by stem): single-channel images whose value is the index of the pixel's class in
-    ``class_json`` (a JSON array of class names), ``ignore_label`` for pixels not scored. Scored
-    with detectron2's semantic-segmentation metrics (mIoU, fwIoU, pACC). Like the built-in
-    registrations it does not touch the image folders (they are read when the dataset is
-    loaded); ``class_json`` is read now. Registering a name again replaces it. See
-    docs/datasets.md, "Your own dataset"."""
+    (matched by stem, in one folder each, subfolders not searched; extensions in any case, with
+    or without the dot, several as a list: ``image_ext=["jpg", "png"]``): single-channel images
+    whose value is the index of the pixel's class in ``class_json`` (a JSON array of class
+    names), ``ignore_label`` for pixels not scored. Scored with detectron2's
+    semantic-segmentation metrics (mIoU, fwIoU, pACC). Like the built-in registrations it
+    does not touch the image folders (they are read when the dataset is loaded), and it never
+    raises: a class json that cannot be read, a class named twice (compared without case and
+    extra spaces) or an ``ignore_label`` that is the index of a class make loading the dataset
+    raise :class:`DatasetError` (one error line before a run starts; a registration at the top
+    of a script, as the docs show, would otherwise end in a traceback). Classes that share their
+    first synonym (the name the model sees) are warned about. Registering a name again replaces
+    it. See docs/datasets.md, "Your own dataset"."""
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        if name in catalog:
+            catalog.remove(name)
+    try:
+        classes = _own_classes(name, class_json, ignore_label)
+    except DatasetError as problem:
+        DatasetCatalog.register(name, functools.partial(_raise, problem))
+        MetadataCatalog.get(name).set(evaluator_type="sem_seg", ignore_label=ignore_label,
+                                      class_json=str(class_json))
+        return name
+    DatasetCatalog.register(name, functools.partial(
+        load_sem_seg_files, name, str(label_root), str(image_root), gt_ext=label_ext, image_ext=image_ext,
+        prepare_command=None))
+    MetadataCatalog.get(name).set(
+        image_root=str(image_root), sem_seg_root=str(label_root), stuff_classes=classes,
+        ignore_label=ignore_label, evaluator_type="sem_seg", class_json=str(class_json))
+    return name
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def _own_classes(name: str, class_json: str, ignore_label: int) -> List[str]:
+    """The classes of a dataset of one's own, checked (:func:`register_sem_seg_folder`)."""
+    from ...modeling.clip.prompts import shared_first_synonym_note
     from ...utils import read_class_json
 
     try:
@@ -82,24 +118,20 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
         raise DatasetError(f"dataset '{name}': {exc}") from None
     seen = {}
     for index, class_name in enumerate(classes):
-        if class_name in seen:
-            raise DatasetError(f"dataset '{name}': {class_json} lists {class_name!r} twice (classes {seen[class_name]} "
-                               f"and {index}); each class needs its own name (the per-class results are keyed by it)")
-        seen[class_name] = index
+        key = " ".join(class_name.lower().split())
+        if key in seen:
+            raise DatasetError(f"dataset '{name}': {class_json} lists {class_name!r} twice (classes {seen[key]} "
+                               f"and {index}, compared without case and extra spaces); each class needs its own name "
+                               f"(the per-class results are keyed by it)")
+        seen[key] = index
     if 0 <= ignore_label < len(classes):
         raise DatasetError(f"dataset '{name}': ignore_label={ignore_label} is the index of class "
                            f"{classes[ignore_label]!r} of {class_json}; expected a value outside "
                            f"0..{len(classes) - 1} (255)")
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog:
-            catalog.remove(name)
-    DatasetCatalog.register(name, functools.partial(
-        load_sem_seg_files, name, str(label_root), str(image_root), gt_ext=label_ext, image_ext=image_ext,
-        prepare_command=None))
-    MetadataCatalog.get(name).set(
-        image_root=str(image_root), sem_seg_root=str(label_root), stuff_classes=classes,
-        ignore_label=ignore_label, evaluator_type="sem_seg", class_json=str(class_json))
-    return name
+    note = shared_first_synonym_note(classes, f"dataset '{name}' ({class_json})")
+    if note:
+        logger.warning(note)
+    return classes
 
 
 def register_all(root=None) -> List[str]:

@@ -7,7 +7,8 @@ intersection kept when the folders hold different files, records with only ``fil
 """
 import logging
 import os
-from typing import Dict, List, Optional
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import DatasetNotFoundError
 from ..catalog import ENV_VAR
@@ -15,14 +16,41 @@ from ..catalog import ENV_VAR
 logger = logging.getLogger(__name__)
 
 
-def _files_by_stem(folder: str, ext: str) -> Dict[str, str]:
-    """``{basename without extension: path}`` of the visible ``*.ext`` files in ``folder``."""
-    suffix = "." + ext
-    return {
-        name[: -len(suffix)]: os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name.endswith(suffix) and not name.startswith(".")
-    }
+def extensions(ext: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """``"png"``, ``".png"`` or ``["jpg", "jpeg"]`` -> ``(".png",)`` / ``(".jpg", ".jpeg")``,
+    lower-case."""
+    names = [ext] if isinstance(ext, str) else list(ext)
+    return tuple("." + name.lower().lstrip(".") for name in names)
+
+
+def _files_by_stem(folder: str, ext: Union[str, Sequence[str]]) -> Dict[str, str]:
+    """``{basename without extension: path}`` of the visible files in ``folder`` with one of
+    the extensions ``ext``, in any case (``.JPG`` is a ``jpg``)."""
+    suffixes = extensions(ext)
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in suffixes and not name.startswith("."):
+            files.setdefault(stem, os.path.join(folder, name))
+    return files
+
+
+def _what_is_there(folder: str, wanted: Tuple[str, ...]) -> str:
+    """``" (it holds 12 .tif files; subfolders are not searched: train, val)"``: why a folder
+    has none of the ``wanted`` files, or ""."""
+    entries = [entry for entry in os.scandir(folder) if not entry.name.startswith(".")]
+    found = Counter(os.path.splitext(e.name)[1].lower() or "(no extension)" for e in entries if e.is_file())
+    folders = sorted(e.name for e in entries if e.is_dir())
+    notes = []
+    if found:
+        notes.append("it holds " + ", ".join(f"{n} {ext} file(s)" for ext, n in found.most_common(3)))
+    if folders:
+        notes.append(f"subfolders are not searched: {', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _examples(names: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def root_note(root: Optional[str] = None) -> str:
@@ -49,8 +77,8 @@ def load_sem_seg_files(
     dataset_name: str,
     gt_root: str,
     image_root: str,
-    gt_ext: str = "png",
-    image_ext: str = "jpg",
+    gt_ext: Union[str, Sequence[str]] = "png",
+    image_ext: Union[str, Sequence[str]] = "jpg",
     prepare_command: Optional[str] = "the dataset's prepare script",
     dataset_root: Optional[str] = None,
 ) -> List[dict]:
@@ -63,20 +91,28 @@ def load_sem_seg_files(
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
             raise _not_found(dataset_name, f"folder {folder} not found", prepare_command, dataset_root)
-    labels = _files_by_stem(gt_root, gt_ext)
+    label_exts, image_exts = extensions(gt_ext), extensions(image_ext)
+    labels = _files_by_stem(gt_root, label_exts)
     if not labels:
-        raise _not_found(dataset_name, f"no .{gt_ext} label files in {gt_root}", prepare_command, dataset_root)
-    images = _files_by_stem(image_root, image_ext)
-    if len(images) != len(labels):
-        logger.warning(
-            "Directory %s and %s have %d and %d files; using their intersection.",
-            image_root, gt_root, len(images), len(labels),
-        )
+        raise _not_found(dataset_name, f"no {'/'.join(label_exts)} label files in {gt_root}"
+                         f"{_what_is_there(gt_root, label_exts)}", prepare_command, dataset_root)
+    images = _files_by_stem(image_root, image_exts)
     common = sorted(set(images) & set(labels))
     if not common:
+        image_note = (f"images such as {_examples(sorted(os.path.basename(p) for p in images.values()))}"
+                      if images else f"no {'/'.join(image_exts)} image{_what_is_there(image_root, image_exts)}")
         raise _not_found(
-            dataset_name, f"no .{image_ext} image in {image_root} matches a label in {gt_root}",
+            dataset_name, f"no image in {image_root} matches a label in {gt_root} by name: labels such as "
+            f"{_examples(sorted(os.path.basename(p) for p in labels.values()))}, {image_note}",
             prepare_command, dataset_root,
         )
+    without_label = sorted(os.path.basename(images[stem]) for stem in set(images) - set(labels))
+    without_image = sorted(os.path.basename(labels[stem]) for stem in set(labels) - set(images))
+    if without_label or without_image:  # each named: a pairing mistake should not pass unseen
+        parts = ([f"{len(without_label)} image(s) without a label in {gt_root} ({_examples(without_label)})"]
+                 if without_label else [])
+        parts += ([f"{len(without_image)} label(s) without an image in {image_root} ({_examples(without_image)})"]
+                  if without_image else [])
+        logger.warning(f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
     logger.info("Loaded %d images with semantic segmentation from %s", len(common), image_root)
     return [{"file_name": images[s], "sem_seg_file_name": labels[s]} for s in common]

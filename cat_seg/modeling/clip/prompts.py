@@ -1,5 +1,5 @@
 """Prompt templates (``MODEL.PROMPT_ENSEMBLE_TYPE``) and class-name handling."""
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
@@ -47,6 +47,25 @@ def primary_name(class_name: str) -> str:
     ``"building, edifice"`` -> ``"building"``; surrounding whitespace is removed.
     """
     return class_name.split(", ")[0].strip()
+
+
+def shared_first_synonym_note(classes: Sequence[str], source: str) -> Optional[str]:
+    """The note for entries of ``classes`` that share their first synonym with an earlier entry
+    (``"screen, silver screen"`` and ``"screen, crt screen"``: ADE-847 has 10 such classes), or
+    ``None``. The model sees only the first synonym, so such classes get the same scores and the
+    first listed wins their pixels."""
+    primaries, shared = {}, []
+    for name in classes:
+        primary = primary_name(name).lower()
+        if primary in primaries:
+            shared.append(f"{name!r} after {primaries[primary]!r}")
+        else:
+            primaries[primary] = name
+    if not shared:
+        return None
+    return (f"{len(shared)} class(es) of {source} share their first synonym, the name the model sees, "
+            f"with an earlier class ({'; '.join(shared[:3])}{'; ...' if len(shared) > 3 else ''}): "
+            f"they get the same scores, and the earlier class wins their pixels")
 
 
 def build_prompts(class_names: Sequence[str], templates: Sequence[str]) -> List[str]:
