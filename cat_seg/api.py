@@ -159,6 +159,7 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     separator in a string, ``"cat, dog,"``, is allowed).
     """
     if isinstance(vocabulary, str):
+        _refuse_a_file_name(vocabulary)
         return _parse_vocabulary_string(vocabulary, repr(vocabulary))
     if isinstance(vocabulary, (list, tuple)):
         for position, part in enumerate(vocabulary):
@@ -170,6 +171,21 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     if vocabulary is None:
         raise CATSegError("empty vocabulary: give at least one class name")
     raise CATSegError(f"vocabulary must be a string or a list of strings, got {type(vocabulary).__name__}")
+
+
+#: Endings of a vocabulary string that is a file's name (read_vocabulary_file reads such files).
+_VOCABULARY_FILE_ENDINGS = (".json", ".txt", ".csv", ".tsv")
+
+
+def _refuse_a_file_name(vocabulary: str) -> None:
+    """A vocabulary string that names a file (``"data/classes.json"``) would segment every pixel
+    as one class of that name; it is an error saying how to read the file instead."""
+    text = vocabulary.strip()
+    if any(separator in text for separator in ",;\uff0c\uff1b\u3001"):
+        return
+    if text.lower().endswith(_VOCABULARY_FILE_ENDINGS) or os.path.isfile(text):
+        raise CATSegError(f"the vocabulary {text!r} looks like a file name, not class names: read a file of "
+                          f"classes with --vocab-file (read_vocabulary_file in Python)")
 
 
 def _parse_vocabulary_string(vocabulary: str, source: str) -> List[str]:

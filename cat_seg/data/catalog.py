@@ -48,11 +48,16 @@ def vocabulary_key(name: str) -> str:
 
 
 def vocabulary_path(name: str) -> Path:
-    """The packaged json of vocabulary ``name`` (a key, file name or ``datasets/<key>.json``).
+    """The packaged json of vocabulary ``name`` (a key, file name or ``datasets/<key>.json``,
+    as configs written for the official code name them; a path in another folder names a file
+    of the user's, never a packaged list).
 
     Raises ``KeyError`` naming the known keys."""
     key = vocabulary_key(name)
     path = VOCABULARY_DIR / f"{key}.json"
+    folder = Path(os.path.normpath(name)).parent
+    if folder not in (Path("."), Path("datasets")):
+        raise KeyError("only a name or datasets/<name>.json names a packaged class list")
     if not path.is_file():
         raise KeyError(f"unknown class list {name!r}; known: {', '.join(vocabulary_keys())}")
     return path

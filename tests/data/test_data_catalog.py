@@ -2,6 +2,7 @@
 benchmarks and downloads, and that every cat_seg.data module imports on its own."""
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 
@@ -91,6 +92,15 @@ def test_unknown_key_and_config_style_names():
         catalog.class_names("cityscapes")
     assert catalog.class_names("datasets/ade150.json") == catalog.class_names("ade150")
     assert catalog.class_names("coco.json") == catalog.class_names("coco")
+
+
+def test_a_missing_file_of_ones_own_never_reads_a_packaged_list(tmp_path):
+    """data/mine/pc59.json (a mistyped path of one's own) read the packaged 59 classes
+    silently; only a bare name or datasets/<name>.json names a packaged list."""
+    for path in (str(tmp_path / "voc20.json"), "data/mine/pc59.json"):
+        with pytest.raises(FileNotFoundError, match=f"class json '{re.escape(path)}' not found, and it names no "
+                                                    r"packaged vocabulary \(only a name or datasets/<name>\.json"):
+            read_class_json(path)
 
 
 def test_read_class_json_resolves_official_config_names(tmp_path, monkeypatch):

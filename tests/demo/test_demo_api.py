@@ -1,5 +1,6 @@
 """Python API (``cat_seg.OpenVocabSegmenter``) on the tiny CPU model with saved random weights."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -346,6 +347,13 @@ def test_vocabulary_parsing(tmp_path):
     # one class per line, or a list: the full-width comma still separates synonyms
     assert parse_vocabulary_text("人，人类\n狗") == parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
     assert parse_vocabulary(["人，人类", "狗"]) == ["人, 人类", "狗"]
+    # a file's name given as the vocabulary (it segmented every pixel as the class "classes.json")
+    for name in ("data/classes.json", "classes.TXT", str(tmp_path / "vocabulary")):
+        (tmp_path / "vocabulary").write_text("cat\ndog\n")
+        with pytest.raises(CATSegError, match=f"the vocabulary '{re.escape(name)}' looks like a file name, not class "
+                                              "names: read a file of classes with --vocab-file"):
+            parse_vocabulary(name)
+    assert parse_vocabulary("cat, dog.txt") == ["cat", "dog.txt"]  # among classes: a class name
     assert parse_vocabulary(["\u200bcat", "dog\u200b"]) == ["cat", "dog"]
     with pytest.raises(CATSegError, match="empty vocabulary"):
         parse_vocabulary(["\u200b"])
