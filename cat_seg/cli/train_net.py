@@ -335,8 +335,14 @@ def check_config_values(cfg, processes: int, eval_only: bool) -> None:
 
 
 def check_resume(cfg) -> None:
-    """With ``--resume``: the checkpoint ``OUTPUT_DIR/last_checkpoint`` names exists."""
+    """With ``--resume``: the checkpoint ``OUTPUT_DIR/last_checkpoint`` names exists; without a
+    run in ``OUTPUT_DIR``, a line says where training starts, naming the folder (a mistyped
+    ``OUTPUT_DIR`` is seen there). Not a warning: ``run.sh`` always passes ``--resume`` (a rerun
+    continues), so a first run takes this path."""
     if not has_run(cfg):
+        start = f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}" if cfg.MODEL.WEIGHTS else "CLIP's weights and a new head"
+        logger.info(f"--resume: OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds no run to resume (no last_checkpoint): "
+                    f"training starts at iteration 0 from {start}")
         return
     marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     with open(marker) as f:

@@ -293,6 +293,16 @@ def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path,
     assert "holds a run (last_checkpoint) and --resume is not given" in caplog.text
 
 
+def test_resume_without_a_run_says_where_training_starts(caplog, tmp_path, synthetic_registered):
+    """--resume with an OUTPUT_DIR that holds no run (a first run of run.sh, or a mistyped
+    folder): a line names the folder and where training starts."""
+    with caplog.at_level("INFO", logger="cat_seg"):
+        assert train_net.main(["--config-file", TINY, "--check-only", "--resume", "OUTPUT_DIR", str(tmp_path / "moved"),
+                               "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()"]) == 0
+    assert (f"--resume: OUTPUT_DIR '{tmp_path / 'moved'}' holds no run to resume (no last_checkpoint): training "
+            "starts at iteration 0 from CLIP's weights and a new head") in caplog.text
+
+
 def test_nothing_to_train_on_or_to_evaluate_is_one_line(capsys, tmp_path, tiny_checkpoint):
     """An empty DATASETS.TRAIN failed in the data loader with a traceback; --eval-only with an
     empty DATASETS.TEST evaluated nothing and exited 0."""
