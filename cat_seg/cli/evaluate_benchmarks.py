@@ -65,8 +65,14 @@ def selected_benchmarks() -> List[str]:
     unknown = [k for k in keys if k not in BENCHMARKS]
     if unknown or not keys:
         raise UserError(f"BENCHMARKS={os.environ.get('BENCHMARKS', '')!r}: unknown benchmark(s) "
-                        f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)}")
+                        f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)} "
+                        f"(a dataset of your own: {OWN_DATASET_HINT})")
     return keys
+
+
+#: How to evaluate a dataset that is not one of the benchmarks (eval.sh runs the benchmarks only).
+OWN_DATASET_HINT = ("train_net.py --eval-only DATASETS.TEST \"('NAME',)\" with its TEST_CLASS_JSON, "
+                    "docs/datasets.md, 'Your own dataset'")
 
 
 # A train_net.py of one's own (a script that registers a method's components, then calls
@@ -112,8 +118,11 @@ def evaluation_options(extra: Sequence[str]) -> List[str]:
     if os.environ.get(FROM_TRAINING_ENV):
         left_out = [f"{key} {value}" for key, value in pairs if key in BENCHMARK_KEYS or key in protocol]
         if left_out:
+            own = (f"; the benchmarks are evaluated, not DATASETS.TEST (a dataset of your own: {OWN_DATASET_HINT})"
+                   if any(key == "DATASETS.TEST" and (value or "").replace(" ", "") not in ("", "()", "[]")
+                          for key, value in pairs) else "")
             print(f"[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark "
-                  f"and by the protocol): {', '.join(left_out)}", file=sys.stderr, flush=True)
+                  f"and by the protocol): {', '.join(left_out)}{own}", file=sys.stderr, flush=True)
         return [x for key, value in pairs if not (key in BENCHMARK_KEYS or key in protocol)
                 for x in ((key,) if value is None else (key, value))]
     for key, value in pairs:

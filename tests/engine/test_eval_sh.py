@@ -159,6 +159,17 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
         "protocol): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2]\n")
+    # a dataset of one's own given to run.sh: said how it is evaluated
+    assert evaluate_benchmarks.evaluation_options(["DATASETS.TEST", "('my_val',)"]) == []
+    assert capsys.readouterr().err == (
+        "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
+        "protocol): DATASETS.TEST ('my_val',); the benchmarks are evaluated, not DATASETS.TEST (a dataset of your "
+        "own: train_net.py --eval-only DATASETS.TEST \"('NAME',)\" with its TEST_CLASS_JSON, docs/datasets.md, "
+        "'Your own dataset')\n")
+    monkeypatch.setenv("BENCHMARKS", "my_val")
+    with pytest.raises(evaluate_benchmarks.UserError, match=r"unknown benchmark\(s\) my_val; expected some of: .*"
+                                                           r"\(a dataset of your own: train_net.py --eval-only"):
+        evaluate_benchmarks.selected_benchmarks()
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
