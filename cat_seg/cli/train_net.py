@@ -125,6 +125,14 @@ def load_config(args):
     return cfg
 
 
+class UserErrorTracebackFilter(logging.Filter):
+    """Drops log records that carry a user error's traceback (:func:`user_error_types`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, user_error_types())
+
+
 def setup(args):
     """Frozen config of one training/evaluation process; also sets up logging, the config dump
     in ``OUTPUT_DIR``, seeds and the matmul precision (``detectron2.engine.default_setup``)."""
@@ -141,6 +149,11 @@ def setup(args):
     # cat-seg's own messages (data, checkpoint conversion, precision, evaluation throughput) on
     # the console and in OUTPUT_DIR/log.txt, as default_setup does for detectron2's and fvcore's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cat_seg", abbrev_name="cat_seg")
+    # detectron2's train loop logs the traceback of any exception before re-raising it; a user
+    # error (a bad label file met during training) is the one line run_main prints instead
+    train_loop_log = logging.getLogger("detectron2.engine.train_loop")
+    if not any(isinstance(f, UserErrorTracebackFilter) for f in train_loop_log.filters):
+        train_loop_log.addFilter(UserErrorTracebackFilter())
     # matmul precision: "high" lets fp32 matmuls use TF32 on Ampere+ GPUs, as the official code.
     torch.set_float32_matmul_precision("high")
     return cfg

@@ -131,3 +131,37 @@ def test_colour_label_maps_are_one_error_line(tiny_benchmark, tmp_path):
         f"error: semantic segmentation GT file {labels / '0.png'} must be a single-channel label map (value = class "
         "index), got array of shape (64, 64, 3)")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_training_label_is_one_line_without_detectron2s_traceback(tiny_benchmark, tmp_path):
+    """detectron2's train loop logged ~30 lines of traceback ("Exception during training:")
+    before the one error line of a bad label met during training."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / f"{i}.jpg")
+        Image.fromarray(np.full((64, 64), 200, np.uint8)).save(labels / f"{i}.png")  # no such class
+    script = tmp_path / "my_train.py"
+    script.write_text(textwrap.dedent(f'''
+        from cat_seg.cli.train_net import main
+        from cat_seg.data.datasets import register_sem_seg_folder
+
+        register_sem_seg_folder("bad_train", {str(images)!r}, {str(labels)!r}, {tiny_benchmark["train_json"]!r})
+
+        if __name__ == "__main__":
+            raise SystemExit(main())
+    '''))
+    proc = subprocess.run([sys.executable, str(script), "--config-file", TINY_CONFIG,
+                           *train_opts(tiny_benchmark, str(tmp_path / "out"), **{
+                               "SOLVER.MAX_ITER": 1, "DATASETS.TRAIN": "('bad_train',)", "DATASETS.TEST": "()"})],
+                          env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True,
+                          timeout=1800)  # hang guard only
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: semantic segmentation label ")
+    assert "has value 200, outside the" in proc.stderr.strip().splitlines()[-1]
+    output = proc.stdout + proc.stderr  # detectron2 logs to stdout
+    assert "Traceback" not in output and "Exception during training" not in output
