@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 ARCH_HINT = (
     "does the config match the checkpoint? CAT-Seg (B) model_base.pth: configs/vitb_384.yaml, "
-    "(L) model_large.pth: configs/vitl_336.yaml"
+    "(L) model_large.pth: configs/vitl_336.yaml; a model you trained: the config.yaml in its OUTPUT_DIR"
 )
 
 

@@ -93,3 +93,11 @@ def read_label_file(path: str) -> np.ndarray:
     with open_image(path) as opened:
         opened.load()
         return np.array(ImageOps.exif_transpose(opened))
+
+
+def lossy_label_hint(path: str) -> str:
+    """``" (a JPEG label: ...)"`` for a label map saved in a lossy format, whose compression
+    makes values no class has; "" otherwise. For the errors about a label's values."""
+    if path.lower().endswith((".jpg", ".jpeg", ".jpe", ".jfif")):
+        return " (a JPEG label: JPEG compression changes values; save label maps as PNG)"
+    return ""

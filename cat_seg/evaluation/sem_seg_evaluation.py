@@ -40,7 +40,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
-from ..data.image_io import read_label_file
+from ..data.image_io import lossy_label_hint, read_label_file
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
 
@@ -181,7 +181,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
             raise DatasetFileError(
                 f"GT file {file_name} has label value {int(gt[bad][0])} outside "
                 f"0..{self._num_classes - 1} (ignore_label {self._ignore_label}) of dataset "
-                f"{self._dataset_name!r}"
+                f"{self._dataset_name!r}{lossy_label_hint(file_name)}"
             )
         if self._expected_gt is not None and gt.shape != self._expected_gt:
             raise DatasetFileError(

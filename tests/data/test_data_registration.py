@@ -1,6 +1,7 @@
 """Registration: names, class counts, metadata, lazy disk access, clear loading errors."""
 import importlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,11 @@ def test_own_folder_pairs_are_matched_in_any_case_and_unpaired_files_are_named(t
         assert str(info.value) == (
             f"dataset 'own': no image in {images} matches a label in {labels} by name: labels such as a.png, b.png, "
             f"c.png (+1 more), no .tif image (it holds 3 .jpg file(s), 1 .png file(s))")
+        # a relative folder that is not there: the working folder is named
+        register_sem_seg_folder("own", "no_such_images", labels, str(classes))
+        with pytest.raises(DatasetNotFoundError, match=r"^dataset 'own': folder no_such_images not found \(relative to "
+                                                       f"the working folder {re.escape(os.getcwd())}\\)$"):
+            DatasetCatalog.get("own")
         # labels in subfolders: said
         nested = tmp_path / "nested"
         (nested / "train").mkdir(parents=True)

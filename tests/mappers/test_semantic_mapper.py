@@ -509,3 +509,14 @@ def test_label_value_outside_the_training_classes_names_the_file(tmp_path):
         mapper(record)
     assert str(info.value) == (f"semantic segmentation label {record['sem_seg_file_name']} has value 7, outside the 3 "
                                f"classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..2) and not the ignore value 255")
+
+
+def test_a_jpeg_label_with_values_no_class_has_is_told_why(tmp_path):
+    _, label, record = random_sample(tmp_path)
+    Image.fromarray(np.where(label == IGNORE, 1, label) * 60).save(tmp_path / "label.jpg", quality=50)
+    record["sem_seg_file_name"] = str(tmp_path / "label.jpg")
+    mapper = MaskFormerSemanticDatasetMapper(make_cfg(50))
+    mapper.num_classes = 4
+    with pytest.raises(DatasetFileError, match=r"\(a JPEG label: JPEG compression changes values; save label maps "
+                                               r"as PNG\)$"):
+        mapper(dict(record))

@@ -17,7 +17,7 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
-from ..image_io import read_image_file, read_label_file
+from ..image_io import lossy_label_hint, read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
@@ -203,7 +203,7 @@ class MaskFormerSemanticDatasetMapper:
                        f"(0..{self.num_classes - 1})" if self.num_classes is not None else "the class indices (>= 0)")
             raise DatasetFileError(
                 f"semantic segmentation label {file_name} has value {value}, outside {classes} and not the "
-                f"ignore value {self.ignore_label}"
+                f"ignore value {self.ignore_label}{lossy_label_hint(file_name)}"
             )
         # float64 like the official mapper: detectron2 then resizes it with torch "nearest"
         return label.astype(np.float64)

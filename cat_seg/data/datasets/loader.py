@@ -90,7 +90,8 @@ def load_sem_seg_files(
     root given at registration; ``None``: ``$DETECTRON2_DATASETS``)."""
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
-            raise _not_found(dataset_name, f"folder {folder} not found", prepare_command, dataset_root)
+            where = "" if os.path.isabs(folder) else f" (relative to the working folder {os.getcwd()})"
+            raise _not_found(dataset_name, f"folder {folder} not found{where}", prepare_command, dataset_root)
     label_exts, image_exts = extensions(gt_ext), extensions(image_ext)
     labels = _files_by_stem(gt_root, label_exts)
     if not labels:
