@@ -421,6 +421,7 @@ def train_or_evaluate(args):
 
     share_cpu_threads()
     cfg = setup(args)
+    check_registered_here(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         CATSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -431,6 +432,23 @@ def train_or_evaluate(args):
         result = trainer.train()
     end_worker_process()
     return result
+
+
+def check_registered_here(cfg) -> None:
+    """The datasets of the run are registered in this process. They were in the process that
+    checked the run; a launched process (``--num-gpus``) imports the script again without
+    running its ``if __name__ == "__main__"`` block, so a dataset registered there is missing
+    here (detectron2 then raised a KeyError listing every registered name)."""
+    import cat_seg.data  # noqa: F401  (registers the benchmarks)
+    from detectron2.data import DatasetCatalog
+
+    from cat_seg.data.datasets.errors import DatasetError
+
+    missing = [name for name in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST] if name not in DatasetCatalog.list()]
+    if missing:
+        raise DatasetError(f"dataset {missing[0]!r} is not registered in the launched processes: register it at the "
+                           "top level of your script, outside its if __name__ == \"__main__\" block (the processes "
+                           "import the script again; docs/datasets.md, 'Your own dataset')")
 
 
 def share_cpu_threads() -> None:

@@ -565,3 +565,15 @@ def test_a_dataset_cat_seg_cannot_evaluate_is_one_line_before_starting(capsys, t
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_a_dataset_registered_only_in_the_main_block_is_named_in_the_launched_processes():
+    """A launched process imports the script again without its __main__ block: a dataset
+    registered there is missing (detectron2 raised a KeyError listing ~60 names)."""
+    from cat_seg.data.datasets import DatasetError
+
+    cfg = train_net.load_config(train_net.build_parser().parse_args(
+        ["--config-file", TINY, "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "('my_val',)"]))
+    with pytest.raises(DatasetError, match=r"^dataset 'my_val' is not registered in the launched processes: register "
+                                           r"it at the top level of your script, outside its if __name__ == "):
+        train_net.check_registered_here(cfg)
