@@ -32,6 +32,10 @@ def build_parser():
     parser.add_argument("--check-only", action="store_true",
                         help="check the config (keys and values), OUTPUT_DIR, class jsons, datasets and (with "
                              "--eval-only) the weights, then exit")
+    parser.add_argument("--check-labels", action="store_true",
+                        help="also read every label map of the datasets before starting (modes, sizes against "
+                             "the images, values against the classes) and list the bad ones; otherwise a label "
+                             "is read when used, and a bad one stops the run there")
     # detectron2's default is a fixed port per user: two runs of one user on a machine collide
     parser.set_defaults(dist_url=None)
     for action in parser._actions:
@@ -410,7 +414,43 @@ def check(args):
     check_weights(cfg, args.resume, args.eval_only)
     check_class_jsons(cfg, args.eval_only)
     check_datasets(cfg, args.eval_only)
+    if args.check_labels:
+        check_labels(cfg, args.eval_only)
     return cfg
+
+
+#: Bad label files listed by --check-labels before its error line.
+LISTED_LABEL_PROBLEMS = 20
+
+
+def check_labels(cfg, eval_only: bool) -> None:
+    """``--check-labels``: every label map of ``DATASETS.TRAIN`` (unless ``eval_only``; values
+    against ``TRAIN_CLASS_JSON``, which training labels index) and ``DATASETS.TEST`` (values
+    against the dataset's classes, which the evaluator scores) is read; the bad ones are listed
+    (:data:`LISTED_LABEL_PROBLEMS` at most) and end in one error line."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from cat_seg.data.datasets.label_check import label_problems
+    from cat_seg.utils import read_class_json
+
+    splits = [] if eval_only else [(name, len(read_class_json(cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON)))
+                                   for name in cfg.DATASETS.TRAIN]
+    splits += [(name, len(MetadataCatalog.get(name).stuff_classes)) for name in cfg.DATASETS.TEST
+               if getattr(MetadataCatalog.get(name), "stuff_classes", None)]
+    bad, first = 0, None
+    for name, num_classes in splits:
+        records = DatasetCatalog.get(name)
+        ignore_label = getattr(MetadataCatalog.get(name), "ignore_label", 255)
+        problems = label_problems(records, num_classes, ignore_label)
+        for problem in problems[:max(0, LISTED_LABEL_PROBLEMS - bad)]:
+            print(f"  {name}: {problem}", file=sys.stderr, flush=True)
+        if problems and first is None:
+            first = f"{name}: {problems[0]}"
+        bad += len(problems)
+        logger.info(f"--check-labels: {len(records)} label maps of {name}: {len(problems) or 'none'} bad")
+    if bad:
+        raise UserError(f"--check-labels: {bad} bad label map(s) (listed above, {LISTED_LABEL_PROBLEMS} at most); "
+                        f"the first: {first}")
 
 
 # ------------------------------------------------------------------------------ run

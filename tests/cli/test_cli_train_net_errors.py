@@ -577,3 +577,54 @@ def test_a_dataset_registered_only_in_the_main_block_is_named_in_the_launched_pr
     with pytest.raises(DatasetError, match=r"^dataset 'my_val' is not registered in the launched processes: register "
                                            r"it at the top level of your script, outside its if __name__ == "):
         train_net.check_registered_here(cfg)
+
+
+def test_check_labels_lists_every_bad_label_before_a_run(capsys, tmp_path, tiny_checkpoint):
+    """--check-labels reads every label map up front (a bad one otherwise stops the run when a
+    batch meets it): the bad ones are listed, then one error line."""
+    import json
+
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
+
+    from cat_seg.data.datasets import register_sem_seg_folder
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps(["sky", "grass", "car"]))
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    cases = {"good": np.zeros((16, 24), np.uint8), "ignored": np.full((16, 24), 255, np.uint8),
+             "small": np.zeros((8, 12), np.uint8), "value": np.full((16, 24), 7, np.uint8),
+             "colour": np.zeros((16, 24, 3), np.uint8), "turned": np.zeros((24, 16), np.uint8)}
+    for stem, label in cases.items():
+        Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(images / f"{stem}.jpg",
+                                                              **({"exif": exif} if stem == "turned" else {}))
+        Image.fromarray(label).save(labels / f"{stem}.png")  # "turned": shown 24 x 16, as its photo
+    register_sem_seg_folder("scan_train", images, labels, str(classes))
+    base = ["--config-file", TINY, "--check-only", "--check-labels", "OUTPUT_DIR", str(tmp_path / "o"),
+            "DATASETS.TRAIN", "('scan_train',)", "DATASETS.TEST", "()",
+            "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", str(classes), "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", str(classes)]
+    try:
+        assert train_net.main(base) == 2
+        err = capsys.readouterr().err.rstrip().splitlines()
+        assert err[:-1] == [
+            f"  scan_train: {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); value = class index "
+            "expected)",
+            f"  scan_train: {labels / 'small.png'}: size 8x12 (HxW), its image 16x24",
+            f"  scan_train: {labels / 'value.png'}: value(s) 7 outside the 3 classes (0..2) and not the ignore "
+            "value 255",
+        ]
+        assert err[-1] == (f"error: --check-labels: 3 bad label map(s) (listed above, 20 at most); the first: "
+                           f"scan_train: {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); value = "
+                           "class index expected)")
+        for stem in ("colour", "small", "value"):
+            (labels / f"{stem}.png").unlink()
+        assert train_net.main(base) == 0
+        assert capsys.readouterr().out.startswith("ok: config")
+    finally:
+        DatasetCatalog.remove("scan_train")
+        MetadataCatalog.remove("scan_train")
