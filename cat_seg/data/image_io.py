@@ -89,10 +89,15 @@ def read_label_file(path: str) -> np.ndarray:
     """The label map file ``path`` as an array of its own values and dtype (``[H, W]`` for a
     label map; the caller checks that), turned by its EXIF orientation tag like an image (a
     label saved with its photo's metadata stays aligned with the photo; without the tag it is
-    read as stored)."""
+    read as stored). A label map saved as RGB(A) with three equal colour channels (grey values
+    written by a tool that saves RGB) is read as those values; a colour-coded mask stays
+    ``[H, W, C]``."""
     with open_image(path) as opened:
         opened.load()
-        return np.array(ImageOps.exif_transpose(opened))
+        label = np.array(ImageOps.exif_transpose(opened))
+    if label.ndim == 3 and label.shape[2] in (3, 4) and (label[..., 1:3] == label[..., :1]).all():
+        return np.ascontiguousarray(label[..., 0])
+    return label
 
 
 def lossy_label_hint(path: str) -> str:

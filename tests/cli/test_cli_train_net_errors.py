@@ -599,7 +599,9 @@ def test_check_labels_lists_every_bad_label_before_a_run(capsys, tmp_path, tiny_
     exif[0x0112] = 6
     cases = {"good": np.zeros((16, 24), np.uint8), "ignored": np.full((16, 24), 255, np.uint8),
              "small": np.zeros((8, 12), np.uint8), "value": np.full((16, 24), 7, np.uint8),
-             "colour": np.zeros((16, 24, 3), np.uint8), "turned": np.zeros((24, 16), np.uint8)}
+             "colour": np.dstack([np.zeros((16, 24), np.uint8), np.ones((16, 24), np.uint8),
+                                                   np.zeros((16, 24), np.uint8)]),
+             "grey_as_rgb": np.zeros((16, 24, 3), np.uint8), "turned": np.zeros((24, 16), np.uint8)}
     for stem, label in cases.items():
         Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(images / f"{stem}.jpg",
                                                               **({"exif": exif} if stem == "turned" else {}))

@@ -293,9 +293,15 @@ def test_labels_below_zero_are_named(tmp_path):
         mapper(dict(record))
 
 
-def test_a_colour_coded_label_is_told_to_be_converted(tmp_path):
+def test_a_colour_coded_label_is_told_to_be_converted_and_a_grey_one_saved_as_rgb_is_read(tmp_path):
+    """A label saved as RGB with three equal channels (a tool that writes RGB) is its grey
+    values; a colour-coded one is an error that says to convert it."""
     _, label, record = random_sample(tmp_path)
-    Image.fromarray(np.stack([label] * 3, axis=2)).save(tmp_path / "rgb.png")
+    grey = MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))["sem_seg"]
+    Image.fromarray(np.stack([label] * 3, axis=2)).save(tmp_path / "grey_rgb.png")
+    assert torch.equal(MaskFormerSemanticDatasetMapper(make_cfg(50))(
+        dict(record, sem_seg_file_name=str(tmp_path / "grey_rgb.png")))["sem_seg"], grey)
+    Image.fromarray(np.stack([label, label // 2, label], axis=2)).save(tmp_path / "rgb.png")
     record["sem_seg_file_name"] = str(tmp_path / "rgb.png")
     with pytest.raises(DatasetFileError, match=r"must be single-channel \(value = class index\), got shape "
                                                r"\(50, 70, 3\) \(a colour-coded mask: convert each colour"):
