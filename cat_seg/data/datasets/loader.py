@@ -2,8 +2,10 @@
 
 Equivalent to detectron2's ``load_sem_seg`` (images and labels matched by basename, the
 intersection kept when the folders hold different files, records with only ``file_name`` and
-``sem_seg_file_name``), but a missing or empty folder raises a one-line
-:class:`DatasetNotFoundError` that says what to run.
+``sem_seg_file_name``), except that extensions match in any case (several may be given), the
+files left out are named (a warning, except a benchmark's images without a label: VOC's image
+folder holds every image), and a missing or empty folder raises a one-line
+:class:`DatasetNotFoundError` that says what the folder holds and what to run.
 """
 import logging
 import os
@@ -114,6 +116,9 @@ def load_sem_seg_files(
                  if without_label else [])
         parts += ([f"{len(without_image)} label(s) without an image in {image_root} ({_examples(without_image)})"]
                   if without_image else [])
-        logger.warning(f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
+        # a benchmark's image folder may hold more than its split (VOC's JPEGImages: every image)
+        expected = prepare_command is not None and not without_image
+        (logger.info if expected else logger.warning)(
+            f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
     logger.info("Loaded %d images with semantic segmentation from %s", len(common), image_root)
     return [{"file_name": images[s], "sem_seg_file_name": labels[s]} for s in common]
