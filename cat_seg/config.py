@@ -56,10 +56,12 @@ def add_cat_seg_config(cfg):
     # CLIP architecture: an official name ("ViT-B/16", "ViT-L/14@336px"), an open_clip model
     # name ("ViT-B-16", "ViT-H-14", ...) or a path to an open_clip model-config JSON.
     head.CLIP_PRETRAINED = "ViT-B/16"
-    # Where the CLIP weights come from: an open_clip pretrained tag ("openai", downloads on
-    # first use), a local checkpoint file, or "" / "none" (random init: tests, or when a full
+    # Where the CLIP weights come from: "default" (the tag the official code uses for the
+    # architecture: "openai" for ViT-B/16 and ViT-L/14@336px, LAION's for ViT-H and ViT-G, so
+    # the official commands for those work unchanged; downloads on first use), another open_clip
+    # pretrained tag, a local checkpoint file, or "" / "none" (random init: tests, or when a full
     # CAT-Seg checkpoint is loaded afterwards through MODEL.WEIGHTS).
-    head.CLIP_WEIGHTS = "openai"
+    head.CLIP_WEIGHTS = "default"
     # Side of the square image fed to CLIP. 0 = derive: FEATURE_RESOLUTION x patch size
     # (the official recipe: a 24x24 grid, so ViT-B/16 at 384 px and ViT-L/14 at 336 px).
     head.CLIP_RESOLUTION = 0

@@ -181,3 +181,18 @@ def test_a_method_built_on_cat_seg_registers_its_own_keys(tmp_path, monkeypatch,
     args = train_net.build_parser().parse_args(["--config-file", str(tmp_path / "mine.yaml"),
                                                 "MODEL.MY_METHOD.WEIGHT", "0.25"])
     assert train_net.load_config(args).MODEL.MY_METHOD.WEIGHT == 0.25
+
+
+def test_the_default_clip_weights_are_the_official_codes_for_every_official_architecture():
+    """CLIP_WEIGHTS (new here) defaulted to 'openai', which ViT-H and ViT-G do not have: the
+    official commands for them stopped; the default is now the official code's tag."""
+    from detectron2.config import get_cfg
+
+    from cat_seg import add_cat_seg_config
+    from cat_seg.modeling.clip.builder import clip_weights_source
+
+    default = add_cat_seg_config(get_cfg()).MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS
+    for arch, tag in (("ViT-B/16", "ViT-B-16/openai"), ("ViT-L/14@336px", "ViT-L-14-336/openai"),
+                      ("ViT-H", "ViT-H-14/laion2b_s32b_b79k"), ("ViT-G", "ViT-bigG-14/laion2b_s39b_b160k")):
+        kind, source, _ = clip_weights_source(arch, default)
+        assert (kind, source) == ("pretrained", tag)
