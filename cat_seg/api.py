@@ -1008,6 +1008,14 @@ class OpenVocabSegmenter:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def precision(self) -> str:
+        """The precision inference computes in on :attr:`device`: ``"fp32"``, ``"bf16"`` or
+        ``"fp16"`` (``MODEL.PRECISION`` resolved; ``auto`` is bf16 where the device computes it
+        natively). ``MODEL.PRECISION fp32`` computes as the official code."""
+        dtype = self.model.inference_dtype()
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
     # ------------------------------------------------------------------ preprocessing
     def _prepare(self, image: np.ndarray) -> Dict[str, Any]:
         """RGB ``[H, W, 3]`` -> model input dict (resized CHW uint8 tensor, original size)."""

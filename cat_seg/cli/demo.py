@@ -283,6 +283,7 @@ def model_info(args, seg: OpenVocabSegmenter) -> Dict:
         "opts": list(args.opts),
         "clip": seg.cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED,
         "sliding_window": bool(seg.cfg.TEST.SLIDING_WINDOW),
+        "precision": seg.precision,  # the computation that ran (MODEL.PRECISION auto resolved)
     }
 
 

@@ -137,7 +137,8 @@ def evaluation_options(extra: Sequence[str]) -> List[str]:
 def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]) -> str:
     """Check the config (file, keys, values, with the protocol's overrides every benchmark
     runs with), ``OUTPUT_DIR`` and the checkpoint before any benchmark runs (a released name
-    is downloaded into the hub cache here, once); returns the ``MODEL.WEIGHTS`` value. Raises
+    is downloaded into the hub cache here, once); returns the ``MODEL.WEIGHTS`` value and
+    :func:`precision_note`. Raises
     :class:`UserError` (or the hub's one-line error)."""
     from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
 
@@ -157,7 +158,22 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
         raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
                         f"MODEL.WEIGHTS FILE after OUTPUT_DIR")
     check_weights(cfg, resume=False, download=True)  # a released name: downloaded once here, not by every benchmark
-    return cfg.MODEL.WEIGHTS
+    return cfg.MODEL.WEIGHTS, precision_note(cfg)
+
+
+def precision_note(cfg) -> str:
+    """``"precision bf16 (MODEL.PRECISION auto on cuda)"``: the computation the benchmarks run
+    (``auto`` is bf16 where the device computes it natively; fp32 is the official one)."""
+    import torch
+
+    from cat_seg.modeling.precision import resolve_precision
+
+    device = cfg.MODEL.DEVICE
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"  # as train_net runs it
+    dtype = resolve_precision(cfg.MODEL.PRECISION, device)
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return f"precision {name} (MODEL.PRECISION {cfg.MODEL.PRECISION} on {torch.device(device).type})"
 
 
 def missing_data(dataset: str) -> str:
@@ -233,12 +249,13 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def results_header(config: str, weights: str, extra: Sequence[str]) -> str:
-    """The line above the table in ``results.md``: what was evaluated, when (the file holds the
-    benchmarks of the last ``eval.sh`` run into this ``OUTPUT_DIR``)."""
+def results_header(config: str, weights: str, extra: Sequence[str], precision: str = "") -> str:
+    """The line above the table in ``results.md``: what was evaluated, how and when (the file
+    holds the benchmarks of the last ``eval.sh`` run into this ``OUTPUT_DIR``)."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     options = f", options `{' '.join(extra)}`" if extra else ""
-    return (f"Config `{config}`, weights `{weights}`{options}; evaluated {when}. Each benchmark's files: "
+    how = f", {precision}" if precision else ""
+    return (f"Config `{config}`, weights `{weights}`{options}{how}; evaluated {when}. Each benchmark's files: "
             f"`eval/<benchmark>/`.")
 
 
@@ -259,11 +276,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     extra = evaluation_options(argv[3:])
     keys = selected_benchmarks()
     train_net = train_net_command()
-    weights = check_once(config, num_gpus, output_dir, extra)
+    weights, precision = check_once(config, num_gpus, output_dir, extra)
+    print(f"[eval] {precision}", file=sys.stderr, flush=True)
     rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net)
     table = markdown_table(rows)
     atomic_write(os.path.join(output_dir, "eval", "results.md"),
-                 lambda f: f.write(results_header(config, weights, extra) + "\n\n" + table + "\n"), mode="w")
+                 lambda f: f.write(results_header(config, weights, extra, precision) + "\n\n" + table + "\n"),
+                 mode="w")
     print(table, flush=True)
     print(f"[eval] {counts(rows)}", file=sys.stderr, flush=True)
     return 1 if any(r.status == "failed" for r in rows) else 0

@@ -62,6 +62,7 @@ def test_cli_on_a_folder(tiny, checkpoint, segmenter, photo_dir, tmp_path):
         assert info["image_size"] == {"height": h, "width": w}
         assert info["model"]["weights"] == checkpoint and info["model"]["device"] == "cpu"
         assert info["model"]["config_file"] == tiny.config
+        assert info["model"]["precision"] == "fp32"  # the computation that ran (the tiny config: fp32)
         assert info["label_png"] == {"dtype": "uint8", "unlabeled_value": 255}
 
         labels_png = Image.open(out / f"{stem}_labels.png")

@@ -66,6 +66,9 @@ def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, train
         header, table = f.read().split("\n\n", 1)
     assert table.strip() == proc.stdout.strip()
     assert header.startswith(f"Config `{TINY_CONFIG}`, weights `{os.path.join(trained, 'model_final.pth')}`")
+    # the computation that ran (MODEL.PRECISION auto is bf16 where native): here the tiny config's fp32
+    assert ", precision fp32 (MODEL.PRECISION fp32 on cpu); evaluated " in header
+    assert "[eval] precision fp32 (MODEL.PRECISION fp32 on cpu)" in proc.stderr
 
 
 def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained, tmp_path):

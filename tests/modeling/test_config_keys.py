@@ -196,3 +196,23 @@ def test_the_default_clip_weights_are_the_official_codes_for_every_official_arch
                       ("ViT-H", "ViT-H-14/laion2b_s32b_b79k"), ("ViT-G", "ViT-bigG-14/laion2b_s39b_b160k")):
         kind, source, _ = clip_weights_source(arch, default)
         assert (kind, source) == ("pretrained", tag)
+
+
+def test_the_precision_auto_resolves_to_is_logged_once_per_device_type(caplog, monkeypatch):
+    """MODEL.PRECISION auto runs bf16 where the device computes it natively: which computation
+    ran is in the run's log (it was visible only as 'auto' in the config dump)."""
+    import torch
+
+    from cat_seg.modeling import precision
+
+    for native in (True, False):
+        monkeypatch.setattr(precision, "_told", set())
+        monkeypatch.setattr(precision, "supports_native", lambda dtype, device, native=native: native)
+        with caplog.at_level("INFO", logger="cat_seg.modeling.precision"):
+            caplog.clear()
+            assert precision.resolve_precision("auto", "cpu") == (torch.bfloat16 if native else None)
+            precision.resolve_precision("auto", "cpu")  # once per process and device type
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == (["MODEL.PRECISION=auto on cpu: bf16 autocast (native bf16 here); MODEL.PRECISION fp32 "
+                          "computes as the official code"] if native else
+                         ["MODEL.PRECISION=auto on cpu: fp32 (no native bf16 here), the official computation"])
