@@ -454,10 +454,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         names = read_vocabulary_file(args.vocab_file) if args.vocab_file else (
             parse_vocabulary(args.vocab) if args.vocab is not None else None)
-        if args.confidence_threshold is not None:
-            raise CATSegError(f"--confidence-threshold {args.confidence_threshold}: detectron2's threshold on instance "
-                              "scores, which semantic segmentation has none of; to leave pixels whose best class "
-                              "probability is below a threshold unlabeled, use --background THRESH")
+        if args.confidence_threshold is not None:  # the official demo's option: accepted, as it is there
+            print(f"warning: --confidence-threshold {args.confidence_threshold} is ignored: it is detectron2's "
+                  "threshold on instance scores, which semantic segmentation has none of (the official demo ignores "
+                  "it too); to leave pixels whose best class probability is below a threshold unlabeled, use "
+                  "--background THRESH", file=sys.stderr, flush=True)
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")

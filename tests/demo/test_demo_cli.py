@@ -182,7 +182,7 @@ def test_cli_error_is_one_line(tiny, tmp_path):
 
 @pytest.mark.parametrize("case", [
     "missing_config", "missing_weights", "empty_vocab", "empty_vocab_file", "missing_image", "empty_dir",
-    "bad_background", "odd_opts", "no_vocab", "no_display", "confidence_threshold",
+    "bad_background", "odd_opts", "no_vocab", "no_display",
 ])
 def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeypatch, case):
     base = {
@@ -204,9 +204,6 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
                      "no --vocab or --vocab-file given, and the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON cannot "
                      "be used: vocabulary file .*nope.json"),
         "no_display": ({"--output": None}, "cannot show the results in a window: .*--output"),
-        "confidence_threshold": ({"--confidence-threshold": "0.5"},
-                                 "--confidence-threshold 0.5: detectron2's threshold on instance scores.*--background "
-                                 "THRESH"),
     }[case]
     if case == "no_display":
         monkeypatch.delenv("DISPLAY", raising=False)
@@ -224,6 +221,19 @@ def test_cli_user_errors(demo_module, capsys, tiny, photo_dir, tmp_path, monkeyp
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert re.search(expected, lines[0]), lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_official_demos_confidence_threshold_is_accepted_and_said_to_be_ignored(demo_module, capsys, tiny,
+                                                                                      photo_dir, tmp_path):
+    """The official demo takes --confidence-threshold (detectron2's, for instance scores) and
+    ignores it for semantic segmentation: a command written for it runs, with a warning."""
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", str(photo_dir / "top.jpg"), "--output", str(tmp_path / "out"),
+        "--vocab", VOCAB, "--device", "cpu", "--confidence-threshold", "0.5", "--opts", *tiny.opts])
+    assert code == 0, err
+    assert err.startswith("warning: --confidence-threshold 0.5 is ignored: it is detectron2's threshold on instance "
+                          "scores") and "use --background THRESH" in err
+    assert (tmp_path / "out" / "top_overlay.png").is_file()
 
 
 def test_outputs_that_cannot_be_written_leave_no_partial_files(demo_module, capsys, tiny, checkpoint, photo_dir,
