@@ -18,7 +18,8 @@ A benchmark whose data is missing is listed as skipped with the reason; one that
 other reason is listed as failed, and the exit status is then 1. The last line on stderr
 counts the evaluated, skipped and failed benchmarks. Results: ``OUTPUT_DIR/eval/<benchmark>/``,
 the table also in ``OUTPUT_DIR/eval/results.md`` (below a line naming the config, weights,
-options and time of the run).
+options, precision and time of the run), and the benchmarks' logs of the run in
+``OUTPUT_DIR/eval/log.txt``, where the official eval.sh leaves them (``grep copypaste`` works).
 """
 import argparse
 import json
@@ -194,7 +195,7 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
              ) -> List[Row]:
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
-    rows = []
+    rows, logs = [], []
     for key in keys:
         bench = BENCHMARKS[key]
         reason = missing_data(bench.dataset)
@@ -212,10 +213,16 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
         cmd += benchmark_opts(bench) + list(extra_opts)
         print(f"[eval] {bench.title}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         start = time.time()
+        log = os.path.join(out, "log.txt")  # detectron2 appends to it: this run's part is read below
+        log_start = os.path.getsize(log) if os.path.isfile(log) else 0
         with open(os.path.join(out, "stderr.log"), "w") as err:
             proc = subprocess.run(cmd, stdout=err, stderr=subprocess.PIPE, text=True)
             err.write(proc.stderr)
         seconds = time.time() - start
+        if os.path.isfile(log):
+            with open(log, encoding="utf-8", errors="replace") as f:
+                f.seek(log_start)
+                logs.append(f.read())
         if proc.returncode == 0 and os.path.isfile(result_file):
             with open(result_file) as f:
                 res = json.load(f)
@@ -231,6 +238,10 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             reason += f" (exit code {proc.returncode}; log: {os.path.join(out, 'stderr.log')})"
             rows.append(Row(bench.title, "failed", seconds=seconds, reason=reason))
             print(f"[eval] {bench.title}: failed: {reason}", file=sys.stderr, flush=True)
+    # the benchmarks' logs of this run in one file, where the official eval.sh leaves them
+    # (its last line: cat OUTPUT_DIR/eval/log.txt | grep copypaste)
+    os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
+    atomic_write(os.path.join(output_dir, "eval", "log.txt"), lambda f: f.write("".join(logs)), mode="w")
     return rows
 
 

@@ -69,6 +69,10 @@ def test_eval_sh_prints_table_and_skips_missing_benchmarks(tiny_benchmark, train
     # the computation that ran (MODEL.PRECISION auto is bf16 where native): here the tiny config's fp32
     assert ", precision fp32 (MODEL.PRECISION fp32 on cpu); evaluated " in header
     assert "[eval] precision fp32 (MODEL.PRECISION fp32 on cpu)" in proc.stderr
+    # the benchmarks' logs where the official eval.sh leaves them: its `grep copypaste` finds the numbers
+    with open(os.path.join(trained, "eval", "log.txt")) as f:
+        copypaste = [line for line in f if "copypaste" in line]
+    assert len(copypaste) >= 2 and any("mIoU" in line for line in copypaste)
 
 
 def test_failing_benchmark_is_listed_and_exit_status_is_1(tiny_benchmark, trained, tmp_path):
