@@ -153,3 +153,24 @@ def test_concurrent_run_on_the_same_folder_is_refused(tmp_path, raw):
             prepare(tmp_path, "--workers", "1")
     assert not (out / LOCK_FILE).exists()
     assert prepare(tmp_path, "--workers", "1") == 0
+
+
+@pytest.mark.parametrize("script, needs", [
+    ("prepare_ade20k_150.py", "ADEChallengeData2016/annotations/validation"),
+    ("prepare_ade20k_full.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_ade20k_847.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_pascal_context_59.py", "VOCdevkit/VOC2010/trainval_merged.json"),
+    ("prepare_pascal_context_459.py", "VOCdevkit/VOC2010/pascalcontext_val.txt"),
+])
+def test_the_official_script_names_prepare_their_benchmark(script, needs, tmp_path):
+    """datasets/prepare_ade20k_150.py etc. (the official code's names) run our preparation of
+    that benchmark: on an empty root they ask for its own raw files."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(repo / "datasets" / script), "--root", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1800)  # hang guard only
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: missing ") and str(tmp_path / needs) in proc.stderr
