@@ -81,6 +81,15 @@ IMAGE_EXTENSIONS = tuple(
                                 ".gif")
     if _PILLOW_EXTENSIONS.get(extension) in Image.OPEN)
 
+
+def image_file_format(path: str) -> Optional[str]:
+    """The Pillow format an image file named ``path`` is written in (``"JPEG"`` for
+    ``out.jpg``), or None when its extension is not one of :data:`IMAGE_EXTENSIONS` Pillow
+    can write."""
+    extension = os.path.splitext(path)[1].lower()
+    image_format = _PILLOW_EXTENSIONS.get(extension)
+    return image_format if extension in IMAGE_EXTENSIONS and image_format in Image.SAVE else None
+
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
@@ -575,7 +584,7 @@ class SegmentationResult:
 
     def save(self, target: str, info: Optional[Dict[str, Any]] = None, relative_to: Optional[str] = None,
              extra_files: Optional[Dict[str, Tuple[str, Callable[[BinaryIO], Any]]]] = None,
-             overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
+             overlay: Optional[np.ndarray] = None, overlay_file: Optional[str] = None) -> Dict[str, str]:
         """Write the files of the demo and the web app: ``<target>_labels.png`` (:meth:`label_png`),
         ``<target>_overlay.png`` (:meth:`overlay`) and ``<target>.json``.
 
@@ -585,6 +594,8 @@ class SegmentationResult:
         image written with the others (``writer(binary file)``; the demo's ``_features.npz``).
         Returns the paths (``overlay``, ``labels``, ``json`` and the extra ones). ``overlay``:
         the :meth:`overlay` image when the caller has drawn it already (drawn here otherwise).
+        ``overlay_file``: where the overlay goes instead of ``<target>_overlay.png``, in the
+        format its extension names (``out.jpg``: JPEG), as the official demo's ``--output FILE``.
 
         The files are written under temporary names and renamed when all are written: a failure
         (a folder in the way, a full disk, no permission) leaves none of them and raises
@@ -598,6 +609,10 @@ class SegmentationResult:
         except OSError as e:
             raise CATSegError(f"cannot create output folder {folder!r}: {e.strerror or e}") from None
         paths = {name: target + suffix for name, suffix in IMAGE_OUTPUT_SUFFIXES.items()}
+        overlay_format = "PNG"
+        if overlay_file:
+            paths["overlay"] = overlay_file
+            overlay_format = image_file_format(overlay_file) or "PNG"
         paths.update({name: path for name, (path, _) in (extra_files or {}).items()})
         png = self.label_png()
         record = dict(info or {})
@@ -608,7 +623,7 @@ class SegmentationResult:
         record["outputs"] = {name: os.path.relpath(path, base) for name, path in paths.items()}
         writers = {
             paths["overlay"]: lambda f: Image.fromarray(self.overlay() if overlay is None else overlay).save(
-                f, format="PNG"),
+                f, format=overlay_format),
             paths["labels"]: lambda f: Image.fromarray(png).save(f, format="PNG"),
             target + ".json": lambda f: f.write(json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")),
             **{path: writer for path, writer in (extra_files or {}).values()},

@@ -55,6 +55,7 @@ from ..api import (
     SegmentationResult,
     build_config,
     check_weights_available,
+    image_file_format,
     load_image,
     parse_vocabulary,
     read_vocabulary_file,
@@ -96,7 +97,9 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) or directories (searched recursively)")
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="take frames from the webcam")
-    parser.add_argument("--output", help="output directory (default: show the results in a window)")
+    parser.add_argument("--output", help="output directory (default: show the results in a window); with one "
+                                         "input image, an image file name (out.jpg) takes its overlay, as in the "
+                                         "official demo, with <name>_labels.png and <name>.json beside it")
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms '
                                        "(default: the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON)")
@@ -110,8 +113,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-features", action="store_true", help="also write <stem>_features.npz")
     parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
-    # the option of detectron2's demo script (instance scores), in commands written for demos
-    # derived from it: a hint instead of argparse's "unrecognized arguments"
+    # the option of detectron2's demo script (instance scores), which the official demo keeps
+    # and ignores: accepted with a warning that it does nothing here
     parser.add_argument("--confidence-threshold", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -287,16 +290,27 @@ def model_info(args, seg: OpenVocabSegmenter) -> Dict:
     }
 
 
+def output_image_file(output: Optional[str]) -> Optional[str]:
+    """``--output`` when it names an image file (``out.jpg``, not an existing folder): the
+    official demo's way of saving one input's visualisation; else None (a folder)."""
+    if output and not os.path.isdir(output) and image_file_format(output):
+        return output
+    return None
+
+
 def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, seg: OpenVocabSegmenter, names):
-    """Write overlay, index PNG, JSON (and features) of one image."""
-    target = os.path.join(args.output, stem)
+    """Write overlay, index PNG, JSON (and features) of one image: ``<output>/<stem>_*``, or
+    with ``--output FILE`` the overlay to FILE and the others beside it."""
+    overlay_file = output_image_file(args.output)
+    folder = (os.path.dirname(overlay_file) or ".") if overlay_file else args.output
+    target = os.path.splitext(overlay_file)[0] if overlay_file else os.path.join(args.output, stem)
     extra = {}
     if args.dense_features:
         arrays = seg.dense_features(result.image, names).to_numpy()
         extra["features"] = (target + "_features.npz", lambda f: np.savez(f, **arrays))
     # all of the image's files or none (renamed into place together: a kill leaves no partial file)
-    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=args.output,
-                extra_files=extra)
+    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=folder,
+                extra_files=extra, overlay_file=overlay_file)
 
 
 def show(window_image_rgb: np.ndarray, wait: int) -> bool:
@@ -472,13 +486,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.input:
             inputs = expand_inputs(args.input, exclude=args.output)
             files, skipped = check_readable(inputs)
+        if output_image_file(args.output):
+            if not args.input:
+                raise CATSegError(f"--output {args.output!r} names an image file: use it with one --input image "
+                                  "(video frames go to a folder: --output DIR)")
+            if len(inputs) != 1:
+                raise CATSegError(f"--output {args.output!r} names an image file, which takes one input; "
+                                  f"{len(inputs)} inputs need a folder: --output DIR")
         if not args.output:
             problem = display_problem()
             if problem:
                 raise CATSegError(f"cannot show the results in a window: {problem}; pass --output DIR to save them")
         check_weights_available(cfg)  # before anything is written: fails in seconds offline
         if args.output:
-            created_dirs = make_output_dir(args.output)
+            created_dirs = make_output_dir((os.path.dirname(args.output) or ".") if output_image_file(args.output)
+                                           else args.output)
         seg = OpenVocabSegmenter(cfg)
         if args.input:
             run_images(seg, args, files, names, background, skipped)

@@ -345,3 +345,25 @@ def test_background_option_spellings(demo_module):
     assert str(demo_module.parse_background("-0")) == "0.0"
     with pytest.raises(demo_module.CATSegError, match="--background must be 'prompts' or a number in"):
         demo_module.parse_background("sky")
+
+
+def test_output_as_an_image_file_name_takes_the_overlay_as_the_official_demo_does(demo_module, capsys, tiny,
+                                                                                  photo_dir, tmp_path):
+    """The official demo's --output out.jpg writes the visualisation to that file (here it made
+    a folder named out.jpg); the label PNG and the JSON go beside it. Several inputs need a
+    folder."""
+    base = ["--config-file", tiny.config, "--vocab", VOCAB, "--device", "cpu"]
+    target = tmp_path / "results" / "demo_out.jpg"
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", str(photo_dir / "top.jpg"), "--output",
+                                                  str(target), "--opts", *tiny.opts])
+    assert code == 0, err
+    assert sorted(p.name for p in target.parent.iterdir()) == ["demo_out.jpg", "demo_out.json", "demo_out_labels.png"]
+    with Image.open(target) as written:
+        assert written.format == "JPEG" and written.size == Image.open(photo_dir / "top.jpg").size
+    info = json.loads((target.parent / "demo_out.json").read_text())
+    assert info["outputs"] == {"overlay": "demo_out.jpg", "labels": "demo_out_labels.png"}
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", str(photo_dir), "--output", str(tmp_path / "x.png"),
+                                                  "--opts", *tiny.opts])
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        f"error: --output '{tmp_path / 'x.png'}' names an image file, which takes one input; ")
+    assert not (tmp_path / "x.png").exists()
