@@ -224,6 +224,7 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
             except Exception:  # the file itself cannot be read: report the merge error below
                 pass
             raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
+        _say_ignored_keys(_file_keys(config_file))
     if len(opts) % 2:
         hint = "; options (--...) go before the KEY VALUE pairs" if any(o.startswith("--") for o in opts) else ""
         raise UserError(f"config overrides must be KEY VALUE pairs, got an odd number of items: "
@@ -233,4 +234,20 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
         cfg.merge_from_list(opts)
     except Exception as exc:  # a value of the wrong type or a value that does not parse
         raise UserError(f"bad config override on the command line: {type(exc).__name__}: {one_line(exc)}") from None
+    _say_ignored_keys(opts[0::2])
     return cfg
+
+
+def _say_ignored_keys(keys: Iterable[str]) -> None:
+    """Log why cat-seg does not read the keys of the official code among ``keys``
+    (:data:`cat_seg.config.IGNORED_KEYS`; yacs only says "Deprecated config key (ignoring)")."""
+    import logging
+
+    from cat_seg.config import IGNORED_KEYS
+
+    said = set()
+    for key in keys:
+        node = next((k for k in IGNORED_KEYS if key == k or key.startswith(k + ".")), None)
+        if node is not None and node not in said:
+            said.add(node)
+            logging.getLogger("cat_seg.config").warning(f"{key}: not read by cat-seg ({IGNORED_KEYS[node]})")

@@ -104,6 +104,23 @@ def test_official_only_keys_are_ignored_with_a_log_line(tmp_path, caplog):
         assert key in logged
 
 
+def test_the_reason_an_official_key_is_not_read_is_said(tmp_path, caplog):
+    """yacs says only "Deprecated config key (ignoring)" for keys the official configs still
+    use; the merge of the command lines says why each is not read."""
+    from cat_seg.cli.errors import merge_config
+
+    path = tmp_path / "official.yaml"
+    path.write_text(OFFICIAL_ONLY)
+    with caplog.at_level(logging.WARNING, logger="cat_seg.config"):
+        merge_config(add_cat_seg_config(get_cfg()), str(path), ["MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM", "1024"])
+    said = [r.getMessage() for r in caplog.records if r.name == "cat_seg.config"]
+    assert "MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM: not read by cat-seg (derived from the CLIP model (its embedding " \
+           "dim))" in said
+    assert "MODEL.SWIN.EMBED_DIM: not read by cat-seg (Swin feature backbone of the arXiv-v1 model (removed from " \
+           "the official code's model))" in said
+    assert len([m for m in said if m.startswith("MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM")]) == 2  # file, command line
+
+
 def test_unknown_keys_still_fail(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("MODEL:\n  SEM_SEG_HEAD:\n    PAD_LENGTH: 100\n")
