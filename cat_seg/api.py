@@ -335,6 +335,9 @@ def class_colors(num_classes: int) -> List[Tuple[int, int, int]]:
 #: Overlays of images with more pixels are drawn at this many pixels (full HD stays full size).
 OVERLAY_MAX_PIXELS = 1 << 21
 
+#: Pixels per block of the per-class statistics (areas, mean probabilities).
+_STATS_BLOCK = 1 << 20
+
 #: Smallest letter height (pixels) of the overlay's legend, written smaller on narrow images;
 #: an image too narrow for that gets no legend (the class names on the segments remain).
 LEGEND_MIN_FONT_PX = 6
@@ -445,8 +448,25 @@ class SegmentationResult:
 
     def areas(self) -> Dict[str, int]:
         """Pixel count of every class (in vocabulary order, zeros included)."""
-        counts = np.bincount(self.label_map[self.label_map >= 0].ravel(), minlength=len(self.classes))
+        counts, _ = self._class_sums()
         return {name: int(n) for name, n in zip(self.classes, counts)}
+
+    def _class_sums(self, weights: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Per class: the number of pixels labeled with it ``[T]`` and, with ``weights``
+        (``[H, W]``), the sum of their weights ``[T]`` (float64). Computed in blocks of
+        :data:`_STATS_BLOCK` pixels: whole-map int64 / float64 copies of a 24-megapixel label map
+        took about 0.6 GB."""
+        labels = self.label_map.reshape(-1)
+        weights = None if weights is None else weights.reshape(-1)
+        slots = len(self.classes) + 1  # slot 0: unlabeled pixels (UNLABELED = -1)
+        counts = np.zeros(slots, np.int64)
+        sums = None if weights is None else np.zeros(slots, np.float64)
+        for start in range(0, labels.size, _STATS_BLOCK):
+            block = labels[start:start + _STATS_BLOCK].astype(np.int64) + 1
+            counts += np.bincount(block, minlength=slots)
+            if sums is not None:
+                sums += np.bincount(block, weights=weights[start:start + _STATS_BLOCK], minlength=slots)
+        return counts[1:], (None if sums is None else sums[1:])
 
     @property
     def unlabeled_area(self) -> int:
@@ -459,11 +479,7 @@ class SegmentationResult:
         every class of a result built from a label map alone."""
         if self.confidence is None and self.probs is None:
             return {name: None for name in self.classes}
-        labels = torch.from_numpy(self.label_map).long().ravel()
-        valid = labels >= 0
-        own = self.confidence_map().ravel()
-        sums = torch.bincount(labels[valid], weights=own[valid].double(), minlength=len(self.classes))
-        counts = torch.bincount(labels[valid], minlength=len(self.classes))
+        counts, sums = self._class_sums(self.confidence_map().numpy())
         return {
             name: (float(sums[i] / counts[i]) if counts[i] else None) for i, name in enumerate(self.classes)
         }

@@ -500,3 +500,22 @@ def test_sliding_window_batches_mixed_sizes(checkpoint, images, tiny, monkeypatc
         assert batched.label_map.shape == image.shape[:2]
         assert torch.allclose(batched.probs, single.probs, atol=1e-5, rtol=0)
         assert_same_labels(batched, single)
+
+
+def test_class_statistics_in_blocks_equal_the_whole_map_formula(monkeypatch):
+    """Areas and mean probabilities are summed in blocks of pixels (bounded memory on large
+    images): the same as over the whole map, unlabeled pixels left out."""
+    import cat_seg.api as api
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(-1, 5, size=(300, 401)).astype(np.int32)
+    confidence = rng.random((300, 401)).astype(np.float32)
+    result = SegmentationResult(image=np.zeros((300, 401, 3), np.uint8), classes=list("abcde"), label_map=labels,
+                                confidence=confidence)
+    monkeypatch.setattr(api, "_STATS_BLOCK", 1000)  # 121 blocks, the last one partial
+    areas, means = result.areas(), result.mean_probabilities()
+    for i, name in enumerate("abcde"):
+        mask = labels == i
+        assert areas[name] == int(mask.sum())
+        assert means[name] == pytest.approx(float(confidence[mask].astype(np.float64).mean()), rel=1e-12)
+    assert result.unlabeled_area == int((labels == -1).sum())
