@@ -97,9 +97,10 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) or directories (searched recursively)")
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="take frames from the webcam")
-    parser.add_argument("--output", help="output directory (default: show the results in a window); with one "
-                                         "input image, an image file name (out.jpg) takes its overlay, as in the "
-                                         "official demo, with <name>_labels.png and <name>.json beside it")
+    parser.add_argument("--output", help="output directory (default: show the results in a window); as in the "
+                                         "official demo, an image file name (out.jpg) takes the overlay of one input "
+                                         "image, with <name>_labels.png and <name>.json beside it, and a video file "
+                                         "name (out.mp4) the overlay of --video-input / --webcam")
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--vocab", help='class names, "cat, dog, grass"; use ";" between classes to give ", " synonyms '
                                        "(default: the config's MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON)")
@@ -298,11 +299,30 @@ def output_image_file(output: Optional[str]) -> Optional[str]:
     return None
 
 
+#: Extensions of an ``--output`` that names the video file of ``--video-input`` / ``--webcam``.
+VIDEO_OUTPUT_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv")
+
+
+def output_video_file(output: Optional[str]) -> Optional[str]:
+    """``--output`` when it names a video file (``out.mp4``, not an existing folder): where the
+    official demo writes a video's visualisation; else None (a folder)."""
+    if output and not os.path.isdir(output) and output.lower().endswith(VIDEO_OUTPUT_EXTENSIONS):
+        return output
+    return None
+
+
+def output_folder(output: str) -> str:
+    """The folder ``--output`` writes into: itself, or the folder of the file it names."""
+    if output_image_file(output) or output_video_file(output):
+        return os.path.dirname(output) or "."
+    return output
+
+
 def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, seg: OpenVocabSegmenter, names):
     """Write overlay, index PNG, JSON (and features) of one image: ``<output>/<stem>_*``, or
     with ``--output FILE`` the overlay to FILE and the others beside it."""
     overlay_file = output_image_file(args.output)
-    folder = (os.path.dirname(overlay_file) or ".") if overlay_file else args.output
+    folder = output_folder(args.output)
     target = os.path.splitext(overlay_file)[0] if overlay_file else os.path.join(args.output, stem)
     extra = {}
     if args.dense_features:
@@ -370,6 +390,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
     fps = capture.get(cv2.CAP_PROP_FPS) or 15.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if args.video_input else 0
     stem = os.path.splitext(os.path.basename(args.video_input))[0] if args.video_input else "webcam"
+    video_file = output_video_file(args.output)  # --output out.mp4: the official demo's video file
     writer, frames, size = None, 0, None
     step = max(args.batch_size, 1)
 
@@ -381,7 +402,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             bar.update(1)
             if args.output:
                 if writer is None:
-                    path = os.path.join(args.output, stem + "_overlay.mp4")
+                    path = video_file or os.path.join(args.output, stem + "_overlay.mp4")
                     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (overlay.shape[1], overlay.shape[0]))
                     if not writer.isOpened():
                         raise CATSegError(f"cannot write video {path!r} (no mp4v encoder in this OpenCV build)")
@@ -422,9 +443,10 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             "fps": fps,
             "frame_size": {"height": size[0], "width": size[1]},
             "model": model_info(args, seg),
-            "outputs": {"overlay": stem + "_overlay.mp4"},
+            "outputs": {"overlay": os.path.basename(video_file) if video_file else stem + "_overlay.mp4"},
         }
-        with open(os.path.join(args.output, stem + ".json"), "w") as f:
+        json_path = os.path.splitext(video_file)[0] + ".json" if video_file else os.path.join(args.output, stem + ".json")
+        with open(json_path, "w") as f:
             json.dump(info, f, indent=2)
 
 
@@ -489,18 +511,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if output_image_file(args.output):
             if not args.input:
                 raise CATSegError(f"--output {args.output!r} names an image file: use it with one --input image "
-                                  "(video frames go to a folder: --output DIR)")
+                                  "(a video's goes to a video file, --output out.mp4, or a folder)")
             if len(inputs) != 1:
                 raise CATSegError(f"--output {args.output!r} names an image file, which takes one input; "
                                   f"{len(inputs)} inputs need a folder: --output DIR")
+        if output_video_file(args.output) and args.input:
+            raise CATSegError(f"--output {args.output!r} names a video file, which --video-input and --webcam "
+                              "write; images go to a folder (--output DIR) or, one image, to an image file")
         if not args.output:
             problem = display_problem()
             if problem:
                 raise CATSegError(f"cannot show the results in a window: {problem}; pass --output DIR to save them")
         check_weights_available(cfg)  # before anything is written: fails in seconds offline
         if args.output:
-            created_dirs = make_output_dir((os.path.dirname(args.output) or ".") if output_image_file(args.output)
-                                           else args.output)
+            created_dirs = make_output_dir(output_folder(args.output))
         seg = OpenVocabSegmenter(cfg)
         if args.input:
             run_images(seg, args, files, names, background, skipped)

@@ -162,6 +162,18 @@ def test_cli_video_input(demo_module, capsys, tiny, checkpoint, tmp_path, image_
         frames.append(frame)
     capture.release()
     assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+    # a video file name, as in the official demo: the overlay video there, its JSON beside it
+    target = tmp_path / "videos" / "segmented.mp4"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--video-input", video, "--output", target, "--vocab", VOCAB,
+        "--weights", checkpoint, "--device", "cpu", "--opts", *tiny.opts,
+    ])
+    assert code == 0, err
+    assert sorted(p.name for p in target.parent.iterdir()) == ["segmented.json", "segmented.mp4"]
+    assert read_json(target.parent / "segmented.json")["outputs"] == {"overlay": "segmented.mp4"}
+    capture = cv2.VideoCapture(str(target))
+    assert capture.read()[0]
+    capture.release()
 
 
 def test_cli_error_is_one_line(tiny, tmp_path):
