@@ -58,7 +58,8 @@ def add_cat_seg_config(cfg):
     head.CLIP_PRETRAINED = "ViT-B/16"
     # Where the CLIP weights come from: "default" (the tag the official code uses for the
     # architecture: "openai" for ViT-B/16 and ViT-L/14@336px, LAION's for ViT-H and ViT-G, so
-    # the official commands for those work unchanged; downloads on first use), another open_clip
+    # the official commands for those work unchanged; for an open_clip model name "openai" where
+    # it exists, else its first tag; downloads on first use), another open_clip
     # pretrained tag, a local checkpoint file, or "" / "none" (random init: tests, or when a full
     # CAT-Seg checkpoint is loaded afterwards through MODEL.WEIGHTS).
     head.CLIP_WEIGHTS = "default"

@@ -171,3 +171,22 @@ def test_own_folder_pairs_are_matched_in_any_case_and_unpaired_files_are_named(t
     finally:
         DatasetCatalog.remove("own")
         MetadataCatalog.remove("own")
+
+
+def test_compound_extensions_and_a_name_taken_twice(tmp_path, caplog):
+    """A label extension with a dot (`mask.png`, as detectron2's loader accepts) is cut off
+    whole; two files of one name with two extensions: the first is used, the other named."""
+    from cat_seg.data.datasets.loader import load_sem_seg_files
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for name in ("a.jpg", "a.png", "b.jpg"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / name, format="PNG")
+    for name in ("a.mask.png", "b.mask.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / name)
+    with caplog.at_level("WARNING"):
+        records = load_sem_seg_files("own", str(labels), str(images), gt_ext="mask.png", image_ext=["jpg", "png"])
+    assert [(Path(r["file_name"]).name, Path(r["sem_seg_file_name"]).name) for r in records] == [
+        ("a.jpg", "a.mask.png"), ("b.jpg", "b.mask.png")]
+    assert f"{images}: 1 file(s) with the name of another one and another extension are left out (a.png)" in caplog.text

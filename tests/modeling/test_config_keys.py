@@ -213,6 +213,9 @@ def test_the_default_clip_weights_are_the_official_codes_for_every_official_arch
                       ("ViT-H", "ViT-H-14/laion2b_s32b_b79k"), ("ViT-G", "ViT-bigG-14/laion2b_s39b_b160k")):
         kind, source, _ = clip_weights_source(arch, default)
         assert (kind, source) == ("pretrained", tag)
+    # open_clip's own model names: openai where open_clip has it, else its first tag
+    assert clip_weights_source("ViT-B-16", default)[1] == "ViT-B-16/openai"
+    assert clip_weights_source("ViT-H-14", default)[1] == "ViT-H-14/laion2b_s32b_b79k"
 
 
 def test_the_precision_auto_resolves_to_is_logged_once_per_device_type(caplog, monkeypatch):

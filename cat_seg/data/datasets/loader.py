@@ -27,13 +27,23 @@ def extensions(ext: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 
 def _files_by_stem(folder: str, ext: Union[str, Sequence[str]]) -> Dict[str, str]:
     """``{basename without extension: path}`` of the visible files in ``folder`` with one of
-    the extensions ``ext``, in any case (``.JPG`` is a ``jpg``)."""
+    the extensions ``ext``, in any case (``.JPG`` is a ``jpg``; a compound extension such as
+    ``mask.png`` is cut off whole). A stem with files of two of the extensions keeps the first
+    in sorted order, with a warning."""
     suffixes = extensions(ext)
-    files = {}
+    files, twice = {}, []
     for name in sorted(os.listdir(folder)):
-        stem, suffix = os.path.splitext(name)
-        if suffix.lower() in suffixes and not name.startswith("."):
-            files.setdefault(stem, os.path.join(folder, name))
+        suffix = next((s for s in suffixes if name.lower().endswith(s)), None)
+        if suffix is None or name.startswith(".") or len(name) == len(suffix):
+            continue
+        stem = name[:-len(suffix)]
+        if stem in files:
+            twice.append(name)
+        else:
+            files[stem] = os.path.join(folder, name)
+    if twice:
+        logger.warning(f"{folder}: {len(twice)} file(s) with the name of another one and another extension are left "
+                       f"out ({_examples(twice)}); each image needs a name of its own")
     return files
 
 

@@ -106,6 +106,16 @@ def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.M
     return model.float()
 
 
+def default_pretrained_tag(arch: CLIPArch) -> Optional[str]:
+    """The tag ``CLIP_WEIGHTS default`` means for ``arch``: the official code's for an official
+    name (``ViT-B/16``: ``openai``; ``ViT-H``: LAION's), else ``openai`` when open_clip has it
+    for the model, else its first listed tag; None for a model without pretrained weights."""
+    if arch.default_tag:
+        return arch.default_tag
+    tags = open_clip.list_pretrained_tags_by_model(arch.name)
+    return "openai" if "openai" in tags else (tags[0] if tags else None)
+
+
 def clip_weights_source(arch: Union[str, CLIPArch], weights: Optional[str]) -> Tuple[str, str, Optional[dict]]:
     """What ``CLIP_WEIGHTS`` names, without reading or downloading anything:
     ``("none", "", None)``, ``("file", path, None)`` or ``("pretrained", "name/tag",
@@ -119,12 +129,17 @@ def clip_weights_source(arch: Union[str, CLIPArch], weights: Optional[str]) -> T
         if not os.path.isfile(weights):
             raise CLIPLoadError(f"CLIP weights file {weights!r} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not found")
         return "file", weights, None
-    tag = resolved.default_tag if weights == "default" else weights
+    default_tag = default_pretrained_tag(resolved)
+    tag = default_tag if weights == "default" else weights
     pretrained_cfg = open_clip.get_pretrained_cfg(resolved.name, tag or "")
     if not pretrained_cfg:
+        if weights == "default" and default_tag is None:
+            raise CLIPLoadError(f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS=default: open_clip has no pretrained weights for "
+                                f"{resolved.name}; give a weights file, or none (random, with MODEL.WEIGHTS of a "
+                                f"full CAT-Seg checkpoint)")
         known = open_clip.list_pretrained_tags_by_model(resolved.name)
-        default = (f"; MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS default picks {resolved.default_tag!r}"
-                   if resolved.default_tag and weights != "default" else "")
+        default = (f"; MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS default picks {default_tag!r}"
+                   if default_tag and weights != "default" else "")
         raise CLIPLoadError(
             f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS={weights!r} is neither a file nor a pretrained tag "
             f"of {resolved.name} (known tags: {known}){default}"
