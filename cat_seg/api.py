@@ -192,7 +192,8 @@ def _refuse_a_file_name(vocabulary: str) -> None:
     text = vocabulary.strip()
     if any(separator in text for separator in ",;\uff0c\uff1b\u3001"):
         return
-    if text.lower().endswith(_VOCABULARY_FILE_ENDINGS) or os.path.isfile(text):
+    looks_like_a_path = os.sep in text or "/" in text  # "tree" may be a file in the working folder too
+    if text.lower().endswith(_VOCABULARY_FILE_ENDINGS) or (looks_like_a_path and os.path.isfile(text)):
         raise CATSegError(f"the vocabulary {text!r} looks like a file name, not class names: read a file of "
                           f"classes with --vocab-file (read_vocabulary_file in Python)")
 
@@ -463,6 +464,7 @@ class SegmentationResult:
         sums = None if weights is None else np.zeros(slots, np.float64)
         for start in range(0, labels.size, _STATS_BLOCK):
             block = labels[start:start + _STATS_BLOCK].astype(np.int64) + 1
+            block[(block < 0) | (block >= slots)] = 0  # values no class has (a hand-made map's 255): no class's
             counts += np.bincount(block, minlength=slots)
             if sums is not None:
                 sums += np.bincount(block, weights=weights[start:start + _STATS_BLOCK], minlength=slots)

@@ -311,6 +311,18 @@ def output_video_file(output: Optional[str]) -> Optional[str]:
     return None
 
 
+def without_output_files(inputs: List[str], output: str, explicit: Sequence[str]) -> List[str]:
+    """The inputs other than the files ``--output FILE`` writes (the overlay, ``<name>_labels.png``,
+    ``<name>.json``): a rerun into a folder of inputs does not take them as images. Naming
+    the output file itself as an input is an error (its overlay would replace it)."""
+    stem = os.path.splitext(output)[0]
+    written = {os.path.realpath(path) for path in (output, stem + "_labels.png", stem + ".json")}
+    if os.path.realpath(output) in {os.path.realpath(path) for path in explicit}:
+        raise CATSegError(f"--output {output!r} is an input image: its overlay would replace it; give another file "
+                          "name or a folder")
+    return [path for path in inputs if os.path.realpath(path) not in written]
+
+
 def output_folder(output: str) -> str:
     """The folder ``--output`` writes into: itself, or the folder of the file it names."""
     if output_image_file(output) or output_video_file(output):
@@ -507,6 +519,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             names = config_vocabulary(cfg)
         if args.input:
             inputs = expand_inputs(args.input, exclude=args.output)
+            if output_image_file(args.output):
+                inputs = without_output_files(inputs, args.output, explicit=args.input)
             files, skipped = check_readable(inputs)
         if output_image_file(args.output):
             if not args.input:

@@ -336,7 +336,7 @@ def test_legend_of_a_narrow_image_is_written_smaller_or_left_out(width, fits, mo
     assert (overlay_with != overlay_without).any()
 
 
-def test_vocabulary_parsing(tmp_path):
+def test_vocabulary_parsing(tmp_path, monkeypatch):
     assert parse_vocabulary("cat, dog") == ["cat", "dog"]
     assert parse_vocabulary("person,  human ; dog;") == ["person, human", "dog"]
     assert parse_vocabulary(["building, edifice", " sky "]) == ["building, edifice", "sky"]
@@ -348,6 +348,9 @@ def test_vocabulary_parsing(tmp_path):
     assert parse_vocabulary_text("人，人类\n狗") == parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
     assert parse_vocabulary(["人，人类", "狗"]) == ["人, 人类", "狗"]
     # a file's name given as the vocabulary (it segmented every pixel as the class "classes.json")
+    (tmp_path / "tree").write_text("a file named like a class")
+    monkeypatch.chdir(tmp_path)
+    assert parse_vocabulary("tree") == ["tree"]  # a class name, even beside a file of that name
     for name in ("data/classes.json", "classes.TXT", str(tmp_path / "vocabulary")):
         (tmp_path / "vocabulary").write_text("cat\ndog\n")
         with pytest.raises(CATSegError, match=f"the vocabulary '{re.escape(name)}' looks like a file name, not class "
@@ -519,3 +522,9 @@ def test_class_statistics_in_blocks_equal_the_whole_map_formula(monkeypatch):
         assert areas[name] == int(mask.sum())
         assert means[name] == pytest.approx(float(confidence[mask].astype(np.float64).mean()), rel=1e-12)
     assert result.unlabeled_area == int((labels == -1).sum())
+    # a map made by hand with values no class has (a ground truth's 255): counted for no class
+    labels[0, :7] = 255
+    labels[1, :3] = -2
+    result = SegmentationResult(image=np.zeros((300, 401, 3), np.uint8), classes=list("abcde"), label_map=labels,
+                                confidence=confidence)
+    assert result.areas() == {name: int((labels == i).sum()) for i, name in enumerate("abcde")}

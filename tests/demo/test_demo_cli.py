@@ -379,3 +379,21 @@ def test_output_as_an_image_file_name_takes_the_overlay_as_the_official_demo_doe
     assert code == 2 and err.strip().splitlines()[-1].startswith(
         f"error: --output '{tmp_path / 'x.png'}' names an image file, which takes one input; ")
     assert not (tmp_path / "x.png").exists()
+    # the input itself as the output: refused (its overlay replaced the photo)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((photo_dir / "top.jpg").read_bytes())
+    code, _, err = run_main(demo_module, capsys, [*base, "--input", str(photo), "--output", str(photo),
+                                                  "--opts", *tiny.opts])
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --output '{photo}' is an input image: its overlay would replace it; give another file name or a "
+        "folder")
+    assert photo.read_bytes() == (photo_dir / "top.jpg").read_bytes()
+    # a rerun into a folder that also holds the inputs: the earlier outputs are not inputs
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    (folder / "one.jpg").write_bytes((photo_dir / "top.jpg").read_bytes())
+    for _ in range(2):
+        code, _, err = run_main(demo_module, capsys, [*base, "--input", str(folder), "--output", str(folder / "out.png"),
+                                                      "--opts", *tiny.opts])
+        assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["one.jpg", "out.json", "out.png", "out_labels.png"]
