@@ -358,8 +358,9 @@ def check_resume(cfg) -> None:
     continues), so a first run takes this path."""
     if not has_run(cfg):
         start = f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}" if cfg.MODEL.WEIGHTS else "CLIP's weights and a new head"
-        logger.info(f"--resume: OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds no run to resume (no last_checkpoint): "
-                    f"training starts at iteration 0 from {start}")
+        # printed: the checks run before logging is set up (a log record at INFO would not show)
+        print(f"--resume: OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds no run to resume (no last_checkpoint): training "
+              f"starts at iteration 0 from {start}", flush=True)
         return
     marker = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
     with open(marker) as f:
@@ -433,21 +434,24 @@ def check_labels(cfg, eval_only: bool) -> None:
     from cat_seg.data.datasets.label_check import label_problems
     from cat_seg.utils import read_class_json
 
-    splits = [] if eval_only else [(name, len(read_class_json(cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON)))
-                                   for name in cfg.DATASETS.TRAIN]
-    splits += [(name, len(MetadataCatalog.get(name).stuff_classes)) for name in cfg.DATASETS.TEST
-               if getattr(MetadataCatalog.get(name), "stuff_classes", None)]
+    # the rules of the readers: training labels index TRAIN_CLASS_JSON and skip IGNORE_VALUE (the
+    # mapper's); evaluation scores the dataset's classes and skips its ignore_label (the evaluator's)
+    splits = [] if eval_only else [
+        (name, len(read_class_json(cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON)), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+        for name in cfg.DATASETS.TRAIN]
+    splits += [(name, len(MetadataCatalog.get(name).stuff_classes), getattr(MetadataCatalog.get(name), "ignore_label",
+                                                                               255))
+               for name in cfg.DATASETS.TEST if getattr(MetadataCatalog.get(name), "stuff_classes", None)]
     bad, first = 0, None
-    for name, num_classes in splits:
+    for name, num_classes, ignore_label in splits:
         records = DatasetCatalog.get(name)
-        ignore_label = getattr(MetadataCatalog.get(name), "ignore_label", 255)
         problems = label_problems(records, num_classes, ignore_label)
         for problem in problems[:max(0, LISTED_LABEL_PROBLEMS - bad)]:
             print(f"  {name}: {problem}", file=sys.stderr, flush=True)
         if problems and first is None:
             first = f"{name}: {problems[0]}"
         bad += len(problems)
-        logger.info(f"--check-labels: {len(records)} label maps of {name}: {len(problems) or 'none'} bad")
+        print(f"--check-labels: {len(records)} label maps of {name}: {len(problems) or 'none'} bad", flush=True)
     if bad:
         raise UserError(f"--check-labels: {bad} bad label map(s) (listed above, {LISTED_LABEL_PROBLEMS} at most); "
                         f"the first: {first}")
