@@ -195,7 +195,12 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
              ) -> List[Row]:
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
-    rows, logs = [], []
+    rows = []
+    # the benchmarks' logs of this run in one file, where the official eval.sh leaves them (its
+    # last line: cat OUTPUT_DIR/eval/log.txt | grep copypaste); emptied now, each appended when done
+    combined_log = os.path.join(output_dir, "eval", "log.txt")
+    os.makedirs(os.path.dirname(combined_log), exist_ok=True)
+    open(combined_log, "w").close()
     for key in keys:
         bench = BENCHMARKS[key]
         reason = missing_data(bench.dataset)
@@ -220,9 +225,9 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             err.write(proc.stderr)
         seconds = time.time() - start
         if os.path.isfile(log):
-            with open(log, encoding="utf-8", errors="replace") as f:
+            with open(log, encoding="utf-8", errors="replace") as f, open(combined_log, "a") as combined:
                 f.seek(log_start)
-                logs.append(f.read())
+                combined.write(f.read())
         if proc.returncode == 0 and os.path.isfile(result_file):
             with open(result_file) as f:
                 res = json.load(f)
@@ -238,10 +243,6 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
             reason += f" (exit code {proc.returncode}; log: {os.path.join(out, 'stderr.log')})"
             rows.append(Row(bench.title, "failed", seconds=seconds, reason=reason))
             print(f"[eval] {bench.title}: failed: {reason}", file=sys.stderr, flush=True)
-    # the benchmarks' logs of this run in one file, where the official eval.sh leaves them
-    # (its last line: cat OUTPUT_DIR/eval/log.txt | grep copypaste)
-    os.makedirs(os.path.join(output_dir, "eval"), exist_ok=True)
-    atomic_write(os.path.join(output_dir, "eval", "log.txt"), lambda f: f.write("".join(logs)), mode="w")
     return rows
 
 
