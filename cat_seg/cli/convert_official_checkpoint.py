@@ -34,7 +34,8 @@ from .errors import ArgumentParser, UserError, run_main
 
 def _model_of_config(config_file: str):
     """The model of ``config_file`` built on the meta device (shapes only, no memory), as the
-    pre-launch checks build it (:func:`cat_seg.config.check_model_builds`)."""
+    pre-launch checks build it (:func:`cat_seg.config.check_model_builds`); on the CPU where
+    the meta build is not possible."""
     from detectron2.config import get_cfg
 
     from cat_seg import add_cat_seg_config
@@ -47,8 +48,12 @@ def _model_of_config(config_file: str):
         model = check_model_builds(cfg)
     except (UserError, ValueError) as exc:
         raise CheckpointFormatError(str(exc)) from None
-    if model is None:
-        raise CheckpointFormatError(f"the model of {config_file} cannot be built to check the checkpoint against")
+    if model is None:  # an operation a meta tensor cannot do: built for real (CPU, random CLIP)
+        from detectron2.modeling import build_model
+
+        cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg)
     return model
 
 

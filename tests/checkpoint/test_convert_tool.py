@@ -59,6 +59,21 @@ def test_config_check_before_writing(tool, official_tiny_file, tmp_path, capsys)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("meta_build", [True, False])
+def test_config_check_on_the_meta_device_or_else_the_cpu(tool, official_tiny_file, tmp_path, capsys, monkeypatch,
+                                                         meta_build):
+    """--config-file checks against the meta-device model, or a CPU build where a model cannot
+    be built on the meta device (as before the meta build)."""
+    import cat_seg.config
+
+    if not meta_build:
+        monkeypatch.setattr(cat_seg.config, "check_model_builds", lambda cfg: None)
+    out = tmp_path / "x.pth"
+    code = tool.main([official_tiny_file, str(out), "--config-file", str(REPO / "configs/quick_schedules/tiny_vitl_cpu.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "shape mismatch" in err and not out.exists()
+
+
 def _bad_inputs(tmp_path, official_tiny):
     text = tmp_path / "notes.pth"
     text.write_text("hello")
