@@ -3,6 +3,7 @@ segmenter cache, outputs against the API, and the command line's one-line errors
 import json
 import os
 import shutil
+import socket
 import time
 
 import numpy as np
@@ -169,7 +170,11 @@ def test_a_repository_config_path_is_accepted_from_any_folder(monkeypatch, tmp_p
         raise CATSegError("reached the app")
 
     monkeypatch.setattr(app_cli, "App", stop)
-    assert app_cli.main(["--config-file", "configs/quick_schedules/tiny_vitb_cpu.yaml", "--device", "cpu"]) == 2
+    with socket.socket() as probe:  # a free port: the address check comes first
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert app_cli.main(["--config-file", "configs/quick_schedules/tiny_vitb_cpu.yaml", "--device", "cpu",
+                         "--port", port]) == 2
     assert capsys.readouterr().err == "error: reached the app\n"
 
 

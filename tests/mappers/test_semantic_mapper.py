@@ -276,6 +276,11 @@ def test_labels_follow_their_exif_orientation_in_training_and_evaluation(tmp_pat
     out = MaskFormerSemanticDatasetMapper(make_cfg(40))(dict(record))
     assert tuple(out["image"].shape) == (3, 60, 40)
     np.testing.assert_array_equal(out["sem_seg"].numpy(), shown)
+    # evaluation: the prediction's size (the mapper's height / width) is the turned ground truth's
+    cfg = make_cfg(40)
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 40, 1333
+    evaluated = InferenceDatasetMapper(cfg, False)(dict(record))
+    assert (evaluated["height"], evaluated["width"]) == shown.shape
 
 
 def test_labels_below_zero_are_named(tmp_path):
