@@ -104,7 +104,9 @@ def model_spec(choice: str, config_file: str, weights: str) -> Tuple[str, Option
 class SegmenterCache:
     """The last ``size`` segmenters, keyed by (config file, weights, device, overrides) and by
     the modification times of the config and weights files: a checkpoint retrained or a config
-    edited while the app runs is loaded again (``make demo`` rewrites the toy model's).
+    edited while the app runs is loaded again, replacing the earlier one (``make demo``
+    rewrites the toy model's). The files a config names (its ``_BASE_`` files, class jsons)
+    are not watched.
 
     Thread-safe (a model is built once), although the page runs one segmentation at a time.
     """
@@ -125,6 +127,8 @@ class SegmenterCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+            for stale in [k for k in self._items if k[:4] == key[:4]]:  # an earlier version of the files
+                del self._items[stale]
             segmenter = OpenVocabSegmenter(cfg)
             self._items[key] = segmenter
             while len(self._items) > self.size:

@@ -157,9 +157,10 @@ def test_a_checkpoint_rewritten_while_the_app_runs_is_loaded_again(tiny_checkpoi
     first = list(app.segmenters._items.values())
     os.utime(weights, ns=(time.time_ns(), os.stat(weights).st_mtime_ns + 10**9))  # retrained (make demo)
     app.segment(*args)
-    assert len(app.segmenters) == 2 and list(app.segmenters._items.values())[0] is first[0]
+    assert len(app.segmenters) == 1 and list(app.segmenters._items.values())[0] is not first[0]  # replaced
+    second = list(app.segmenters._items.values())[0]
     app.segment(*args)  # unchanged since: the cached one
-    assert len(app.segmenters) == 2
+    assert list(app.segmenters._items.values()) == [second]
 
 
 def test_a_repository_config_path_is_accepted_from_any_folder(monkeypatch, tmp_path, capsys):

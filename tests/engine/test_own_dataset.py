@@ -58,6 +58,8 @@ def test_registration_errors_are_one_line(tmp_path, caplog):
         ({"class_json": str(twice)}, r"^dataset 'mine': .*twice\.json lists 'Cat ' twice \(classes 0 and 2, compared "
                                      r"without case and extra spaces\)"),
         ({"class_json": str(classes), "ignore_label": 1}, r"^dataset 'mine': ignore_label=1 is the index of class 'dog' "),
+        ({"class_json": str(classes), "ignore_label": "255"}, r"^dataset 'mine': ignore_label='255'; expected an integer"),
+        ({"class_json": None}, r"^dataset 'mine': class json None: "),
     ]
     try:
         for kwargs, message in cases:

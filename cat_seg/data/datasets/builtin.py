@@ -77,11 +77,12 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
     whose value is the index of the pixel's class in ``class_json`` (a JSON array of class
     names), ``ignore_label`` for pixels not scored. Scored with detectron2's
     semantic-segmentation metrics (mIoU, fwIoU, pACC). Like the built-in registrations it
-    does not touch the image folders (they are read when the dataset is loaded), and it never
-    raises: a class json that cannot be read, a class named twice (compared without case and
-    extra spaces) or an ``ignore_label`` that is the index of a class make loading the dataset
-    raise :class:`DatasetError` (one error line before a run starts; a registration at the top
-    of a script, as the docs show, would otherwise end in a traceback). Classes that share their
+    does not touch the image folders (they are read when the dataset is loaded), and it does
+    not raise for the data's mistakes: a class json that cannot be read, a class named twice
+    (compared without case and extra spaces) or an ``ignore_label`` that is not an integer
+    outside the class indices make loading the dataset raise :class:`DatasetError` (one error
+    line before a run starts; a registration at the top of a script, as the docs show, would
+    otherwise end in a traceback). Classes that share their
     first synonym (the name the model sees) are warned about. Registering a name again replaces
     it. See docs/datasets.md, "Your own dataset"."""
     for catalog in (DatasetCatalog, MetadataCatalog):
@@ -114,8 +115,11 @@ def _own_classes(name: str, class_json: str, ignore_label: int) -> List[str]:
 
     try:
         classes = read_class_json(class_json)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"dataset '{name}': {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: not a path at all (None)
+        raise DatasetError(f"dataset '{name}': class json {class_json!r}: {exc}") from None
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
+        raise DatasetError(f"dataset '{name}': ignore_label={ignore_label!r}; expected an integer label value "
+                           f"outside 0..{len(classes) - 1} (255)")
     seen = {}
     for index, class_name in enumerate(classes):
         key = " ".join(class_name.lower().split())
