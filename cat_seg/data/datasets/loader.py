@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ...utils import show_keys
 from .errors import DatasetNotFoundError
 from ..catalog import ENV_VAR
 
@@ -47,9 +48,9 @@ def _files_by_stem(folder: str, ext: Union[str, Sequence[str]]) -> Dict[str, str
     return files
 
 
-def _what_is_there(folder: str, wanted: Tuple[str, ...]) -> str:
-    """``" (it holds 12 .tif files; subfolders are not searched: train, val)"``: why a folder
-    has none of the ``wanted`` files, or ""."""
+def _what_is_there(folder: str) -> str:
+    """``" (it holds 12 .tif files; subfolders are not searched: train, val)"``: what a folder
+    without the files looked for holds, or ""."""
     entries = [entry for entry in os.scandir(folder) if not entry.name.startswith(".")]
     found = Counter(os.path.splitext(e.name)[1].lower() or "(no extension)" for e in entries if e.is_file())
     folders = sorted(e.name for e in entries if e.is_dir())
@@ -61,8 +62,9 @@ def _what_is_there(folder: str, wanted: Tuple[str, ...]) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def _examples(names: Sequence[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+def _examples(names: Sequence[str]) -> str:
+    """``"a, b, c (+4 more)"``."""
+    return show_keys(names, limit=3)
 
 
 def root_note(root: Optional[str] = None) -> str:
@@ -108,12 +110,12 @@ def load_sem_seg_files(
     labels = _files_by_stem(gt_root, label_exts)
     if not labels:
         raise _not_found(dataset_name, f"no {'/'.join(label_exts)} label files in {gt_root}"
-                         f"{_what_is_there(gt_root, label_exts)}", prepare_command, dataset_root)
+                         f"{_what_is_there(gt_root)}", prepare_command, dataset_root)
     images = _files_by_stem(image_root, image_exts)
     common = sorted(set(images) & set(labels))
     if not common:
         image_note = (f"images such as {_examples(sorted(os.path.basename(p) for p in images.values()))}"
-                      if images else f"no {'/'.join(image_exts)} image{_what_is_there(image_root, image_exts)}")
+                      if images else f"no {'/'.join(image_exts)} image{_what_is_there(image_root)}")
         raise _not_found(
             dataset_name, f"no image in {image_root} matches a label in {gt_root} by name: labels such as "
             f"{_examples(sorted(os.path.basename(p) for p in labels.values()))}, {image_note}",
