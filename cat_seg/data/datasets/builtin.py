@@ -82,9 +82,9 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
     (compared without case and extra spaces) or an ``ignore_label`` that is not an integer
     outside the class indices make loading the dataset raise :class:`DatasetError` (one error
     line before a run starts; a registration at the top of a script, as the docs show, would
-    otherwise end in a traceback). Classes that share their
-    first synonym (the name the model sees) are warned about. Registering a name again replaces
-    it. See docs/datasets.md, "Your own dataset"."""
+    otherwise end in a traceback). Classes that share their first synonym (the name the model
+    sees) are warned about. Registering a name again replaces it. See docs/datasets.md, "Your
+    own dataset"."""
     for catalog in (DatasetCatalog, MetadataCatalog):
         if name in catalog:
             catalog.remove(name)
@@ -92,8 +92,7 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
         classes = _own_classes(name, class_json, ignore_label)
     except DatasetError as problem:
         DatasetCatalog.register(name, functools.partial(_raise, problem))
-        MetadataCatalog.get(name).set(evaluator_type="sem_seg", ignore_label=ignore_label,
-                                      class_json=str(class_json))
+        MetadataCatalog.get(name).set(evaluator_type="sem_seg", class_json=str(class_json))
         return name
     DatasetCatalog.register(name, functools.partial(
         load_sem_seg_files, name, str(label_root), str(image_root), gt_ext=label_ext, image_ext=image_ext,
