@@ -190,7 +190,7 @@ def _refuse_a_file_name(vocabulary: str) -> None:
     """A vocabulary string that names a file (``"data/classes.json"``) would segment every pixel
     as one class of that name; it is an error saying how to read the file instead."""
     text = vocabulary.strip()
-    if any(separator in text for separator in ",;\uff0c\uff1b\u3001"):
+    if any(separator in text.translate(FULL_WIDTH_SEPARATORS) for separator in ",;"):  # several classes
         return
     looks_like_a_path = os.sep in text or "/" in text  # "tree" may be a file in the working folder too
     if text.lower().endswith(_VOCABULARY_FILE_ENDINGS) or (looks_like_a_path and os.path.isfile(text)):
@@ -1046,8 +1046,9 @@ class OpenVocabSegmenter:
         """The precision inference computes in on :attr:`device`: ``"fp32"``, ``"bf16"`` or
         ``"fp16"`` (``MODEL.PRECISION`` resolved; ``auto`` is bf16 where the device computes it
         natively). ``MODEL.PRECISION fp32`` computes as the official code."""
-        dtype = self.model.inference_dtype()
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        from .modeling.precision import precision_name
+
+        return precision_name(self.model.inference_dtype())
 
     # ------------------------------------------------------------------ preprocessing
     def _prepare(self, image: np.ndarray) -> Dict[str, Any]:

@@ -81,13 +81,17 @@ OWN_DATASET_HINT = ("train_net.py --eval-only DATASETS.TEST \"('NAME',)\" with i
 TRAIN_NET_ENV = "TRAIN_NET"
 
 
+#: cat-seg's train_net, run for each benchmark unless $TRAIN_NET names a script of one's own.
+DEFAULT_TRAIN_NET = (sys.executable, "-m", "cat_seg.cli.train_net")
+
+
 def train_net_command() -> List[str]:
     """The command each benchmark runs: ``$TRAIN_NET`` (a script) or cat-seg's train_net. The
     script's top level runs here too (not its ``__main__`` part), so that the checks before
     the benchmarks know what it registers (docs/architecture.md, "Building on cat-seg")."""
     script = os.environ.get(TRAIN_NET_ENV)
     if not script:
-        return [sys.executable, "-m", "cat_seg.cli.train_net"]
+        return list(DEFAULT_TRAIN_NET)
     if not os.path.isfile(script):
         raise UserError(f"{TRAIN_NET_ENV}={script!r}: not found; expected a script that registers your components "
                         "and calls cat_seg.cli.train_net.main")
@@ -167,13 +171,12 @@ def precision_note(cfg) -> str:
     (``auto`` is bf16 where the device computes it natively; fp32 is the official one)."""
     import torch
 
-    from cat_seg.modeling.precision import resolve_precision
+    from cat_seg.modeling.precision import precision_name, resolve_precision
 
-    device = cfg.MODEL.DEVICE
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"  # as train_net runs it
-    dtype = resolve_precision(cfg.MODEL.PRECISION, device)
-    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    from .train_net import run_device
+
+    device = run_device(cfg.MODEL.DEVICE)  # as train_net runs it
+    name = precision_name(resolve_precision(cfg.MODEL.PRECISION, device))
     return f"precision {name} (MODEL.PRECISION {cfg.MODEL.PRECISION} on {torch.device(device).type})"
 
 
@@ -191,8 +194,7 @@ def missing_data(dataset: str) -> str:
 
 
 def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_opts: Sequence[str],
-             keys: Sequence[str], train_net: Sequence[str] = (sys.executable, "-m", "cat_seg.cli.train_net")
-             ) -> List[Row]:
+             keys: Sequence[str], train_net: Sequence[str] = DEFAULT_TRAIN_NET) -> List[Row]:
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
     rows = []

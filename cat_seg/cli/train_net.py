@@ -137,6 +137,14 @@ class UserErrorTracebackFilter(logging.Filter):
         return not isinstance(error, user_error_types())
 
 
+def run_device(device: str) -> str:
+    """The device a run uses for ``MODEL.DEVICE``: a CUDA device without a GPU is the CPU
+    (laptop use: same code, only slower)."""
+    import torch
+
+    return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
+
+
 def setup(args):
     """Frozen config of one training/evaluation process; also sets up logging, the config dump
     in ``OUTPUT_DIR``, seeds and the matmul precision (``detectron2.engine.default_setup``)."""
@@ -146,8 +154,7 @@ def setup(args):
     from detectron2.utils.logger import setup_logger
 
     cfg = load_config(args)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # laptop use: same code, only slower
+    cfg.MODEL.DEVICE = run_device(cfg.MODEL.DEVICE)
     cfg.freeze()
     default_setup(cfg, args)  # logging, output/config.yaml dump, seeds, cudnn benchmark
     # cat-seg's own messages (data, checkpoint conversion, precision, evaluation throughput) on
@@ -436,12 +443,14 @@ def check_labels(cfg, eval_only: bool) -> None:
 
     # the rules of the readers: training labels index TRAIN_CLASS_JSON and skip IGNORE_VALUE (the
     # mapper's); evaluation scores the dataset's classes and skips its ignore_label (the evaluator's)
-    splits = [] if eval_only else [
-        (name, len(read_class_json(cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON)), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-        for name in cfg.DATASETS.TRAIN]
-    splits += [(name, len(MetadataCatalog.get(name).stuff_classes), getattr(MetadataCatalog.get(name), "ignore_label",
-                                                                               255))
-               for name in cfg.DATASETS.TEST if getattr(MetadataCatalog.get(name), "stuff_classes", None)]
+    splits = []
+    if not eval_only and cfg.DATASETS.TRAIN:
+        trained = len(read_class_json(cfg.MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON))
+        splits += [(name, trained, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE) for name in cfg.DATASETS.TRAIN]
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if getattr(meta, "stuff_classes", None):
+            splits.append((name, len(meta.stuff_classes), getattr(meta, "ignore_label", 255)))
     bad, first = 0, None
     for name, num_classes, ignore_label in splits:
         records = DatasetCatalog.get(name)

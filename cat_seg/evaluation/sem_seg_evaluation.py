@@ -40,6 +40,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
+from ..data.datasets.label_check import outside_classes
 from ..data.image_io import lossy_label_hint, read_label_file
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
@@ -176,7 +177,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         """``sem_seg_loading_fn``: the GT ``[H, W]``, checked against the classes and the
         size of the prediction being scored."""
         gt = load_sem_seg_gt(file_name, dtype=np.int64)
-        bad = (gt != self._ignore_label) & ((gt < 0) | (gt >= self._num_classes))
+        bad = outside_classes(gt, self._num_classes, self._ignore_label)
         if bad.any():
             raise DatasetFileError(
                 f"GT file {file_name} has label value {int(gt[bad][0])} outside "

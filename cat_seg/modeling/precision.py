@@ -46,6 +46,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``"fp32"`` for ``None`` (no autocast), else the setting name of an autocast dtype
+    (``torch.bfloat16`` -> ``"bf16"``): what :func:`resolve_precision` resolved to, by name."""
+    return "fp32" if dtype is None else next(name for name, value in _DTYPES.items() if value == dtype)
+
+
 @lru_cache(maxsize=None)
 def _cpu_native(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():

@@ -17,6 +17,7 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
+from ..datasets.label_check import outside_classes
 from ..image_io import lossy_label_hint, read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
@@ -193,9 +194,7 @@ class MaskFormerSemanticDatasetMapper:
 
     def _read_label(self, file_name: str) -> np.ndarray:
         label = read_dataset_label(file_name)
-        outside = (label != self.ignore_label) & (label < 0)  # e.g. -1 for unlabeled, not the ignore value
-        if self.num_classes is not None:
-            outside |= (label != self.ignore_label) & (label >= self.num_classes)
+        outside = outside_classes(label, self.num_classes, self.ignore_label)  # e.g. -1 for unlabeled
         if outside.any():
             values = label[outside]
             value = int(values.min()) if values.min() < 0 else int(values.max())

@@ -15,6 +15,16 @@ from ...utils import available_cores
 from ..image_io import ORIENTATION_TAG, lossy_label_hint, read_label_file
 
 
+def outside_classes(label: np.ndarray, num_classes: Optional[int], ignore_label: int) -> np.ndarray:
+    """Mask of the pixels of ``label`` whose value is neither a class index
+    (``0..num_classes - 1``; any value >= 0 for ``num_classes`` None) nor ``ignore_label``: the
+    one rule of the training mapper, the evaluator and :func:`label_problem`."""
+    outside = label < 0
+    if num_classes is not None:
+        outside |= label >= num_classes
+    return outside & (label != ignore_label)
+
+
 def _image_size(path: str) -> tuple:
     """``(H, W)`` of an image as decoded (a 90-degree EXIF orientation swaps the sides), from
     its header."""
@@ -42,7 +52,7 @@ def label_problem(record: dict, num_classes: int, ignore_label: int) -> Optional
         return f"{record['file_name']}: the image cannot be read ({e})"
     if label.shape != size:
         return f"{label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {size[0]}x{size[1]}"
-    outside = (label != ignore_label) & ((label < 0) | (label >= num_classes))
+    outside = outside_classes(label, num_classes, ignore_label)
     if outside.any():
         values = np.unique(label[outside])
         shown = ", ".join(str(int(v)) for v in values[:5]) + (" ..." if len(values) > 5 else "")
