@@ -13,7 +13,10 @@ runs it (TF32 allowed for the fp32 regions' matmuls and convolutions, as ``train
 it; eager, as the compiled graph's fused kernels only keep more fp32 intermediates).
 
 Target: >= 99.5% on the val split (100 images); measured 99.51-99.74% with the precision
-policy of ``cat_seg/modeling/precision.py`` on two toy checkpoints (docs/benchmarks.md). The
+policy of ``cat_seg/modeling/precision.py`` on two toy checkpoints (docs/benchmarks.md). On
+an H200 (torch 2.11, run 3 of docs/benchmarks.md) the ``cuda`` setting gave 99.34% / 99.29%
+(whole image / sliding window) for the checkpoint that gives 99.54% / 99.52% on the CPU: it
+fails there, for a reason not yet known; the two other CUDA settings narrow it down. The
 toy model is a hard case: its unseen classes come in near-identical pairs (``green dotted``
 and ``green speckled`` both at 0.4587 on the same pixels), so 17-21% of the scored pixels
 have a top-2 probability margin below 1e-3, under what bf16 resolves; where the margin is
@@ -61,13 +64,21 @@ def _tf32(monkeypatch, allow: bool):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
 
 
+# The GPU runs: evaluation's settings (TF32 allowed in the fp32 regions), and two variants
+# that tell where a GPU-only loss of agreement comes from: TF32 off in the bf16 run too, and
+# cuBLAS's bf16 GEMMs without reduced-precision (bf16) reductions of split-K partial sums
+# (allowed by default; the CPU never reduces in bf16). Each is a setting a user may run, so each must meet the target.
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+SETTINGS = {"cpu": {}, "cuda": {"tf32": True}, "cuda-tf32-off": {"tf32": False},
+            "cuda-full-bf16-reductions": {"tf32": True, "reduced_precision_reduction": False}}
+
+
 @pytest.mark.skipif(not CHECKPOINT.is_file(),
                     reason=f"no toy-trained checkpoint at {CHECKPOINT.relative_to(REPO)} (run tools/run_toy.py); "
                            "this test trains nothing")
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("setting", [name if name == "cpu" else pytest.param(name, marks=CUDA) for name in SETTINGS])
 @pytest.mark.parametrize("sliding", [False, True])
-def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding, device, monkeypatch):
+def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding, setting, monkeypatch):
     from detectron2.modeling import build_model
 
     import cat_seg.modeling  # noqa: F401
@@ -75,6 +86,8 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
     from cat_seg.data.synthetic import IGNORE_LABEL
     from cat_seg.modeling.meta_arch import cat_seg as meta_arch
 
+    device = "cpu" if setting == "cpu" else "cuda"
+    flags = SETTINGS[setting]
     cfg = build_cfg(TOY_CONFIG, MODEL__SEM_SEG_HEAD__CLIP_WEIGHTS="none", TEST__SLIDING_WINDOW=sliding,
                     MODEL__DEVICE=device, MODEL__COMPILE=False)
     cfg.MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON = str(REPO / "datasets" / "synthetic_val.json")
@@ -86,7 +99,9 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
         _tf32(monkeypatch, False)
     fp32_labels = _labels(model, val_samples)
     if device == "cuda":
-        _tf32(monkeypatch, True)
+        _tf32(monkeypatch, flags["tf32"])
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction",
+                            flags.get("reduced_precision_reduction", True))
     model.precision = "bf16"
     monkeypatch.setattr(meta_arch, "resolve_precision", lambda setting, device: torch.bfloat16)
     bf16_labels = _labels(model, val_samples)
@@ -97,5 +112,5 @@ def test_bf16_agrees_with_fp32_on_scored_pixels(build_cfg, val_samples, sliding,
         agree += int((exact == fast)[scored].sum())
         total += int(scored.sum())
     assert total > 0
-    print(f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels ({device}, sliding window: {sliding})")
+    print(f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels ({setting}, sliding window: {sliding})")
     assert agree / total >= MIN_AGREEMENT, f"bf16 agrees with fp32 on {agree / total:.4%} of the scored pixels"

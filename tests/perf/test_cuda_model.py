@@ -1,14 +1,16 @@
 """The tiny model on a CUDA device (skipped without one; ``tools/gpu_benchmark.sh`` runs these
 on the lent GPU machine): the fp32 CUDA path equals the CPU path, inductor-compiled CUDA code
 equals eager without a recompilation per vocabulary, CUDA-graph replay equals eager, and
-bf16 keeps the labels of fp32.
+bf16 stays within bf16's error of fp32.
 """
 import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-SIZES = (5, 9, 3)  # vocabulary sizes: padded, top-k pruned (above the tiny PAD_LEN), padded
+# vocabulary sizes, all under the tiny config's PAD_LEN (32): padded, not pruned (the top-k
+# pruning is compared with the reference on the CPU, tests/checkpoint/test_reference_equivalence.py)
+SIZES = (5, 9, 3)
 
 
 def names(size):
@@ -69,11 +71,19 @@ def test_cuda_graph_replay_equals_eager(tiny_model, compiled):
     model = eager(tiny_model, TEST__CUDA_GRAPHS=True, MODEL__COMPILE=compiled)
     reference = eager(tiny_model)
     graphed = model._graphed_views
+    previous = None
     with torch.no_grad():
         for seed in range(3):
             views = torch.randn(5, 3, 128, 128, generator=torch.Generator().manual_seed(seed)).cuda()
             out = model.predict_logits(views, names(9), (1, 1)).clone()
-            assert (out - reference.predict_logits(views, names(9), (1, 1))).abs().max() <= 1e-4
+            error = (out - reference.predict_logits(views, names(9), (1, 1))).abs().max().item()
+            # which input, and whether the replay returned the previous input's logits (a
+            # stale static buffer) rather than a numerical difference
+            same_as_previous = previous is not None and torch.equal(out, previous)
+            assert error <= 1e-4, (f"views of seed {seed} (call {seed + 1}, captures {graphed.captures}, "
+                                   f"replays {graphed.replays}): max error {error:.3g}; output equal to the "
+                                   f"previous call's: {same_as_previous}")
+            previous = out
         assert graphed.captures == 1 and graphed.replays == 3
         model.predict_logits(images(), names(5), (1, 1))  # another vocabulary / batch: another graph
         assert graphed.captures == 2
@@ -82,8 +92,13 @@ def test_cuda_graph_replay_equals_eager(tiny_model, compiled):
 
 def test_sliding_window_inference_defaults_and_bf16(tiny_model):
     """The whole detectron2 inference path on CUDA: the defaults (compiled, graphs) change
-    nothing; bf16 keeps the fp32 label wherever fp32 is not near a tie (random weights make
-    many near-ties, so pixels whose top-2 fp32 margin is below 0.01 are not compared)."""
+    nothing; bf16 stays within a bf16-sized error of the fp32 probabilities.
+
+    bf16 is checked on the probabilities, not the labels: with random weights the top-2 margin
+    of most pixels is below bf16's error (the same comparison on the CPU, 2-core AMD EPYC with
+    native bf16: probabilities 0.40-0.65, median top-2 margin 7e-4, bf16 error median 3.2e-4,
+    max 3.1e-3). The toy model's label agreement is ``tests/perf/test_bf16_agreement.py``.
+    """
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -95,9 +110,7 @@ def test_sliding_window_inference_defaults_and_bf16(tiny_model):
     with torch.no_grad():
         reference = fp32(inputs, names(9))[0]["sem_seg"]
         assert (defaults(inputs, names(9))[0]["sem_seg"] - reference).abs().max() <= 1e-4
-        labels = bf16(inputs, names(9))[0]["sem_seg"].argmax(0)
-    top2 = reference.topk(2, dim=0).values
-    clear = (top2[0] - top2[1]) >= 0.01
-    assert clear.float().mean() > 0.5
-    assert (labels == reference.argmax(0))[clear].float().mean() >= 0.995
+        error = (bf16(inputs, names(9))[0]["sem_seg"] - reference).abs()
+    assert error.max() <= 0.01 and error.mean() <= 2e-3, (float(error.max()), float(error.mean()))
+    assert error.max() > 0  # bf16 did run (an fp32 fallback would give 0)
     torch._dynamo.reset()
