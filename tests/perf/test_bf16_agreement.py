@@ -67,7 +67,8 @@ def _tf32(monkeypatch, allow: bool):
 # The GPU runs: evaluation's settings (TF32 allowed in the fp32 regions), and two variants
 # that tell where a GPU-only loss of agreement comes from: TF32 off in the bf16 run too, and
 # cuBLAS's bf16 GEMMs without reduced-precision (bf16) reductions of split-K partial sums
-# (allowed by default; the CPU never reduces in bf16). Each is a setting a user may run, so each must meet the target.
+# (allowed by default; the CPU never reduces in bf16). Each is a setting a user may run, so
+# each must meet the target.
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 SETTINGS = {"cpu": {}, "cuda": {"tf32": True}, "cuda-tf32-off": {"tf32": False},
             "cuda-full-bf16-reductions": {"tf32": True, "reduced_precision_reduction": False}}
