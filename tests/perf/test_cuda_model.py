@@ -9,7 +9,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 # vocabulary sizes, all under the tiny config's PAD_LEN (32): padded, not pruned (the top-k
-# pruning is compared with the reference on the CPU, tests/checkpoint/test_reference_equivalence.py)
+# pruning: test_pruned_vocabulary_compiled_and_graphed_equals_eager)
 SIZES = (5, 9, 3)
 
 
@@ -87,6 +87,27 @@ def test_cuda_graph_replay_equals_eager(tiny_model, compiled):
         assert graphed.captures == 1 and graphed.replays == 3
         model.predict_logits(images(), names(5), (1, 1))  # another vocabulary / batch: another graph
         assert graphed.captures == 2
+    torch._dynamo.reset()
+
+
+def test_pruned_vocabulary_compiled_and_graphed_equals_eager(tiny_model):
+    """More classes than PAD_LEN (40 > 32): the top-k branch, compiled and replayed in a CUDA
+    graph as the defaults run it (the 847-class benchmark's path), equals eager on new inputs,
+    including which classes are pruned (-100)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    reference = eager(tiny_model)
+    assert model.compiled and model._graphed_views.enabled
+    with torch.no_grad():
+        for seed in range(2):
+            views = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(10 + seed)).cuda()
+            out = model.predict_logits(views, names(40), (1, 1))
+            expected = reference.predict_logits(views, names(40), (1, 1))
+            assert torch.equal(out == -100, expected == -100), f"seed {seed}: other classes pruned"
+            assert (out - expected).abs().max() <= 1e-4, f"seed {seed}"
+        assert (out == -100).any()  # the branch pruned classes
     torch._dynamo.reset()
 
 
