@@ -144,8 +144,15 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
     if not isinstance(loaded, dict):
         raise CheckpointFormatError(f"{path} holds a {type(loaded).__name__}, not a checkpoint dict")
     state, report, _ = model_state_of(loaded if "model" in loaded else {"model": loaded}, path)
-    check_state_dict_fits(model.state_dict(), state, path, report if report.layout == OFFICIAL else None,
-                          tuple(getattr(model, "new_modules", ())))
+    check_model_fits(model, state, path, report)
+
+
+def check_model_fits(model: torch.nn.Module, state: Mapping[str, Any], source: str,
+                     report: Optional[ConversionReport] = None) -> List[str]:
+    """:func:`check_state_dict_fits` of ``state`` against ``model``'s tensors, apart from the
+    modules the model names in its ``new_modules`` attribute (a model built on cat-seg);
+    returns the keys of those that ``state`` lacks. ``report``: :func:`model_state_of`'s."""
+    return check_state_dict_fits(model.state_dict(), state, source, report, tuple(getattr(model, "new_modules", ())))
 
 
 class CATSegCheckpointer(DetectionCheckpointer):
@@ -197,12 +204,10 @@ class CATSegCheckpointer(DetectionCheckpointer):
             logger.info(f"{source}: official CAT-Seg checkpoint\n{report.summary()}"
                         + (f"\n  ignored non-model entries: {', '.join(ignored)}" if ignored else ""))
         self.last_report = report
-        new_modules = tuple(getattr(self.model, "new_modules", ()))
-        left_new = check_state_dict_fits(self.model.state_dict(), state, source,
-                                         report if layout == OFFICIAL else None, new_modules)
+        left_new = check_model_fits(self.model, state, source, report)
         if left_new:
-            logger.info(f"{source}: {len(left_new)} tensor(s) of the new modules {', '.join(new_modules)} are not in "
-                        f"the checkpoint and keep their initialisation: {show_keys(left_new)}")
+            logger.info(f"{source}: {len(left_new)} tensor(s) of the new modules {', '.join(self.model.new_modules)} "
+                        f"are not in the checkpoint and keep their initialisation: {show_keys(left_new)}")
         checkpoint["model"] = state
         incompatible = super()._load_model(checkpoint)
         # check_state_dict_fits guarantees this; keep the invariant explicit.

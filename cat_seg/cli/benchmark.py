@@ -78,7 +78,6 @@ from .errors import ArgumentParser, UserError, print_user_error
 logger = logging.getLogger("cat_seg.benchmark")
 
 SMOKE_CONFIG = "configs/quick_schedules/tiny_vitb_cpu.yaml"
-_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def parse_args(argv=None):
@@ -329,14 +328,14 @@ def sync(device):
 def make_step(args, cfg, model, device, smoke: bool):
     """The step to time or count: ``(step, batch, names, size, extra, before_step)``;
     ``before_step()`` gives the labelled state the step keeps between calls (the optimizer's)."""
-    from cat_seg.modeling.precision import resolve_precision
+    from cat_seg.modeling.precision import precision_name, resolve_precision
 
     batch = args.batch or (4 if args.mode == "train" else 1)
     generator = torch.Generator().manual_seed(0)
     names = class_names(args, 171 if args.mode == "train" else 150)
     dtype = resolve_precision(cfg.MODEL.PRECISION, device)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
-    extra = {"precision_resolved": _DTYPE_NAMES[dtype]}
+    extra = {"precision_resolved": precision_name(dtype)}
 
     if args.mode == "train":
         model.train()

@@ -76,10 +76,9 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
             f"{src}: {len(report.unknown)} unknown official key(s): {show_keys(report.unknown)} (no conversion rule)"
         )
     if config_file:  # the check the checkpointer makes when it loads the file (new_modules included)
-        from cat_seg.checkpoint.catseg_checkpointer import check_state_dict_fits
+        from cat_seg.checkpoint.catseg_checkpointer import check_model_fits
 
-        model = _model_of_config(config_file)
-        check_state_dict_fits(model.state_dict(), converted, src, report, tuple(getattr(model, "new_modules", ())))
+        check_model_fits(_model_of_config(config_file), converted, src, report)
     text = report.summary(verbose=verbose)
     if not config_file:
         text += "\n  not checked against a model: --config-file CFG checks that every key the model needs is there"

@@ -88,7 +88,7 @@ def cpu_instruction_sets() -> str:
 
 
 _warned = set()
-# (setting, device type) whose auto resolution was logged (once per process)
+# device types whose MODEL.PRECISION auto resolution was logged (once per process)
 _told = set()
 
 
@@ -107,8 +107,8 @@ def resolve_precision(setting: str, device, key: str = "MODEL.PRECISION") -> Opt
         return None
     if setting == "auto":
         dtype = torch.bfloat16 if supports_native(torch.bfloat16, device) else None
-        if (setting, device.type) not in _told:  # which computation ran is in the run's log
-            _told.add((setting, device.type))
+        if device.type not in _told:  # which computation ran is in the run's log
+            _told.add(device.type)
             logger.info(f"{key}=auto on {device.type}: " + (
                 "bf16 autocast (native bf16 here); MODEL.PRECISION fp32 computes as the official code"
                 if dtype is not None else "fp32 (no native bf16 here), the official computation"))
