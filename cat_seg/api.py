@@ -452,12 +452,14 @@ class SegmentationResult:
         counts, _ = self._class_sums()
         return {name: int(n) for name, n in zip(self.classes, counts)}
 
-    def _class_sums(self, weights: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Per class: the number of pixels labeled with it ``[T]`` and, with ``weights``
-        (``[H, W]``), the sum of their weights ``[T]`` (float64). Computed in blocks of
-        :data:`_STATS_BLOCK` pixels: whole-map int64 / float64 copies of a 24-megapixel label map
-        took about 0.6 GB."""
-        labels = self.label_map.reshape(-1)
+    def _class_sums(self, weights: Optional[np.ndarray] = None, label_map: Optional[np.ndarray] = None
+                    ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Per class: the number of pixels of ``label_map`` (default :attr:`label_map`) labeled
+        with it ``[T]`` and, with ``weights`` (``[H, W]``), the sum of their weights ``[T]``
+        (float64); values that are no class's index (a hand-made map's 255) count for none.
+        Computed in blocks of :data:`_STATS_BLOCK` pixels: whole-map int64 / float64 copies of a
+        24-megapixel label map took about 0.6 GB."""
+        labels = (self.label_map if label_map is None else label_map).reshape(-1)
         weights = None if weights is None else weights.reshape(-1)
         slots = len(self.classes) + 1  # slot 0: unlabeled pixels (UNLABELED = -1)
         counts = np.zeros(slots, np.int64)
@@ -552,8 +554,7 @@ class SegmentationResult:
         from matplotlib.font_manager import FontProperties
         from matplotlib.patches import Patch
 
-        label_map = self.label_map if label_map is None else label_map
-        areas = np.bincount(label_map.ravel() + 1, minlength=len(names) + 1)[1:]  # UNLABELED (-1) -> 0
+        areas, _ = self._class_sums(label_map=label_map)
         present = [i for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
         if not present:
             return None

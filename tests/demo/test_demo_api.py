@@ -342,6 +342,24 @@ def test_legend_of_a_narrow_image_is_written_smaller_or_left_out(width, fits, mo
     assert (overlay_with != overlay_without).any()
 
 
+def test_legend_of_a_hand_made_map_lists_its_classes_only(monkeypatch):
+    """A label map made by hand whose largest region holds a value no class has (a ground
+    truth's 255) is drawn with a legend of its classes (the legend counted pixels its own way
+    and indexed the class names with 255)."""
+    import cat_seg.api as api
+
+    drawn = []
+    draw_legend = api.SegmentationResult._draw_legend
+    monkeypatch.setattr(api.SegmentationResult, "_draw_legend",
+                        lambda self, *args, **kwargs: drawn.append(draw_legend(self, *args, **kwargs)) or drawn[-1])
+    labels = np.zeros((400, 600), np.int64)
+    labels[:300] = 255
+    labels[350:] = 1
+    result = SegmentationResult(image=np.full((400, 600, 3), 128, np.uint8), classes=["sky", "road"], label_map=labels)
+    assert result.overlay().shape == (400, 600, 3)
+    assert [t.get_text() for t in drawn[0].get_texts()] == ["sky", "road"]
+
+
 def test_vocabulary_parsing(tmp_path, monkeypatch):
     assert parse_vocabulary("cat, dog") == ["cat", "dog"]
     assert parse_vocabulary("person,  human ; dog;") == ["person, human", "dog"]
