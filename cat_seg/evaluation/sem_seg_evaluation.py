@@ -40,8 +40,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
-from ..data.datasets.label_check import outside_classes
-from ..data.image_io import lossy_label_hint, read_label_file
+from ..data.datasets.label_check import channel_problem, unreadable, value_problem
+from ..data.image_io import read_label_file
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
 
@@ -90,14 +90,10 @@ def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
         except Exception:  # noqa: BLE001
             array = None
         if array is None:
-            raise DatasetFileError(
-                f"cannot read semantic segmentation GT file {file_name}: {pil_error}"
-            ) from pil_error
-    if array.ndim != 2:
-        raise DatasetFileError(
-            f"semantic segmentation GT file {file_name} must be a single-channel label map (value = class "
-            f"index), got array of shape {array.shape}"
-        )
+            raise DatasetFileError(unreadable(file_name, pil_error)) from pil_error
+    problem = channel_problem(file_name, array)
+    if problem:
+        raise DatasetFileError(problem)
     return np.array(array, dtype=dtype)
 
 
@@ -177,13 +173,10 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         """``sem_seg_loading_fn``: the GT ``[H, W]``, checked against the classes and the
         size of the prediction being scored."""
         gt = load_sem_seg_gt(file_name, dtype=np.int64)
-        bad = outside_classes(gt, self._num_classes, self._ignore_label)
-        if bad.any():
-            raise DatasetFileError(
-                f"GT file {file_name} has label value {int(gt[bad][0])} outside "
-                f"0..{self._num_classes - 1} (ignore_label {self._ignore_label}) of dataset "
-                f"{self._dataset_name!r}{lossy_label_hint(file_name)}"
-            )
+        problem = value_problem(file_name, gt, self._num_classes, self._ignore_label,
+                                f" of dataset {self._dataset_name!r}")
+        if problem:
+            raise DatasetFileError(problem)
         if self._expected_gt is not None and gt.shape != self._expected_gt:
             raise DatasetFileError(
                 f"prediction of shape {self._expected_gt} does not match GT {file_name} "

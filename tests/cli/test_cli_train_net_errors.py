@@ -614,15 +614,16 @@ def test_check_labels_lists_every_bad_label_before_a_run(capsys, tmp_path, tiny_
         assert train_net.main(base) == 2
         err = capsys.readouterr().err.rstrip().splitlines()
         assert err[:-1] == [
-            f"  scan_train: {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); value = class index "
-            "expected)",
-            f"  scan_train: {labels / 'small.png'}: size 8x12 (HxW), its image 16x24",
-            f"  scan_train: {labels / 'value.png'}: value(s) 7 outside the 3 classes (0..2) and not the ignore "
-            "value 255",
+            f"  scan_train: label map {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); class index "
+            "per pixel expected) (a colour-coded mask: convert each colour to its class index first)",
+            f"  scan_train: label map {labels / 'small.png'}: size 8x12 (HxW), its image 16x24",
+            f"  scan_train: label map {labels / 'value.png'}: value(s) 7 outside the 3 classes (0..2) and not the "
+            "ignore value 255",
         ]
         assert err[-1] == (f"error: --check-labels: 3 bad label map(s) (listed above, 20 at most); the first: "
-                           f"scan_train: {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); value = "
-                           "class index expected)")
+                           f"scan_train: label map {labels / 'colour.png'}: not single-channel (shape (16, 24, 3); "
+                           "class index per pixel expected) (a colour-coded mask: convert each colour to its class "
+                           "index first)")
         for stem in ("colour", "small", "value"):
             (labels / f"{stem}.png").unlink()
         assert train_net.main(base) == 0

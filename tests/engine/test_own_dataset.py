@@ -130,8 +130,8 @@ def test_colour_label_maps_are_one_error_line(tiny_benchmark, tmp_path):
                           env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: semantic segmentation GT file {labels / '0.png'} must be a single-channel label map (value = class "
-        "index), got array of shape (64, 64, 3)")
+        f"error: label map {labels / '0.png'}: not single-channel (shape (64, 64, 3); class index per pixel "
+        "expected) (a colour-coded mask: convert each colour to its class index first)")
     assert "Traceback" not in proc.stderr
 
 
@@ -163,7 +163,7 @@ def test_a_bad_training_label_is_one_line_without_detectron2s_traceback(tiny_ben
                           env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True,
                           timeout=1800)  # hang guard only
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: semantic segmentation label ")
-    assert "has value 200, outside the" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: label map {labels}")
+    assert ": value(s) 200 outside the" in proc.stderr.strip().splitlines()[-1]
     output = proc.stdout + proc.stderr  # detectron2 logs to stdout
     assert "Traceback" not in output and "Exception during training" not in output

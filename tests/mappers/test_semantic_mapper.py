@@ -212,9 +212,11 @@ def test_unreadable_training_files_are_named(tmp_path):
     """A truncated image or label is a DatasetFileError naming the file (PIL's message does not)."""
     _, _, record = random_sample(tmp_path)
     cfg = make_cfg(50)
-    for key, what in (("sem_seg_file_name", "semantic segmentation label"), ("file_name", "image")):
+    for key, message in (("sem_seg_file_name", f"label map {re.escape(record['sem_seg_file_name'])}: cannot be "
+                                                 r"read \(.*truncated"),
+                         ("file_name", f"cannot read image {re.escape(record['file_name'])}: .*truncated")):
         _truncate(record[key])
-        with pytest.raises(DatasetFileError, match=f"cannot read {what} {re.escape(record[key])}: .*truncated"):
+        with pytest.raises(DatasetFileError, match=message):
             MaskFormerSemanticDatasetMapper(cfg)(dict(record))
 
 
@@ -292,9 +294,9 @@ def test_labels_below_zero_are_named(tmp_path):
     record["sem_seg_file_name"] = str(tmp_path / "signed.tif")
     cfg = make_cfg(50)
     mapper = MaskFormerSemanticDatasetMapper(cfg)
-    with pytest.raises(DatasetFileError, match=re.escape(f"semantic segmentation label {tmp_path / 'signed.tif'} "
-                                                         "has value -1, outside the class indices (>= 0) and not "
-                                                         "the ignore value 255")):
+    with pytest.raises(DatasetFileError, match=re.escape(f"label map {tmp_path / 'signed.tif'}: value(s) -1 "
+                                                         "outside the class indices (>= 0) and not the ignore "
+                                                         "value 255")):
         mapper(dict(record))
 
 
@@ -308,8 +310,8 @@ def test_a_colour_coded_label_is_told_to_be_converted_and_a_grey_one_saved_as_rg
         dict(record, sem_seg_file_name=str(tmp_path / "grey_rgb.png")))["sem_seg"], grey)
     Image.fromarray(np.stack([label, label // 2, label], axis=2)).save(tmp_path / "rgb.png")
     record["sem_seg_file_name"] = str(tmp_path / "rgb.png")
-    with pytest.raises(DatasetFileError, match=r"must be single-channel \(value = class index\), got shape "
-                                               r"\(50, 70, 3\) \(a colour-coded mask: convert each colour"):
+    with pytest.raises(DatasetFileError, match=r"rgb.png: not single-channel \(shape \(50, 70, 3\); class index per "
+                                               r"pixel expected\) \(a colour-coded mask: convert each colour"):
         MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))
 
 
@@ -518,8 +520,8 @@ def test_label_value_outside_the_training_classes_names_the_file(tmp_path):
     record = write_sample(tmp_path, image, bad, "bad")
     with pytest.raises(DatasetFileError) as info:
         mapper(record)
-    assert str(info.value) == (f"semantic segmentation label {record['sem_seg_file_name']} has value 7, outside the 3 "
-                               f"classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..2) and not the ignore value 255")
+    assert str(info.value) == (f"label map {record['sem_seg_file_name']}: value(s) 7 outside the 3 classes of "
+                               f"MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON (0..2) and not the ignore value 255")
 
 
 def test_a_jpeg_label_with_values_no_class_has_is_told_why(tmp_path):

@@ -17,8 +17,8 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
-from ..datasets.label_check import outside_classes
-from ..image_io import lossy_label_hint, read_image_file, read_label_file
+from ..datasets.label_check import channel_problem, unreadable, value_problem
+from ..image_io import read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "SemanticTrainMapper", "build_train_augmentations"]
@@ -125,12 +125,10 @@ def read_dataset_label(file_name: str) -> np.ndarray:
     try:
         label = read_label_file(file_name)
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetFileError(f"cannot read semantic segmentation label {file_name}: {e}") from e
-    if label.ndim != 2:
-        hint = (" (a colour-coded mask: convert each colour to its class index first)"
-                if label.ndim == 3 and label.shape[2] in (3, 4) else "")
-        raise DatasetFileError(f"semantic segmentation label {file_name} must be single-channel (value = class "
-                               f"index), got shape {label.shape}{hint}")
+        raise DatasetFileError(unreadable(file_name, e)) from e
+    problem = channel_problem(file_name, label)
+    if problem:
+        raise DatasetFileError(problem)
     return label
 
 
@@ -194,16 +192,10 @@ class MaskFormerSemanticDatasetMapper:
 
     def _read_label(self, file_name: str) -> np.ndarray:
         label = read_dataset_label(file_name)
-        outside = outside_classes(label, self.num_classes, self.ignore_label)  # e.g. -1 for unlabeled
-        if outside.any():
-            values = label[outside]
-            value = int(values.min()) if values.min() < 0 else int(values.max())
-            classes = (f"the {self.num_classes} classes of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON "
-                       f"(0..{self.num_classes - 1})" if self.num_classes is not None else "the class indices (>= 0)")
-            raise DatasetFileError(
-                f"semantic segmentation label {file_name} has value {value}, outside {classes} and not the "
-                f"ignore value {self.ignore_label}{lossy_label_hint(file_name)}"
-            )
+        problem = value_problem(file_name, label, self.num_classes, self.ignore_label,  # e.g. -1 for unlabeled
+                                " of MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON")
+        if problem:
+            raise DatasetFileError(problem)
         # float64 like the official mapper: detectron2 then resizes it with torch "nearest"
         return label.astype(np.float64)
 

@@ -25,6 +25,42 @@ def outside_classes(label: np.ndarray, num_classes: Optional[int], ignore_label:
     return outside & (label != ignore_label)
 
 
+# The two problems of a label map's content, worded once for the training mapper, the
+# evaluator's ground-truth reader and the pre-run scan (``--check-labels``).
+
+def unreadable(label_file: str, error: BaseException) -> str:
+    """A label map that cannot be decoded."""
+    return f"label map {label_file}: cannot be read ({error})"
+
+
+def channel_problem(label_file: str, label: np.ndarray) -> Optional[str]:
+    """What is wrong with the shape of a decoded label map, or None when it is ``[H, W]``
+    (a colour-coded mask gets the hint to convert it)."""
+    if label.ndim == 2:
+        return None
+    hint = (" (a colour-coded mask: convert each colour to its class index first)"
+            if label.ndim == 3 and label.shape[2] in (3, 4) else "")
+    return f"label map {label_file}: not single-channel (shape {tuple(label.shape)}; class index per pixel expected){hint}"
+
+
+def value_problem(label_file: str, label: np.ndarray, num_classes: Optional[int], ignore_label: int,
+                  classes_of: str = "") -> Optional[str]:
+    """What is wrong with the values of a label map (:func:`outside_classes`), or None.
+
+    Names up to five of the offending values. ``classes_of``: where the classes come from,
+    appended to "the N classes" (e.g. ``" of dataset 'ade20k_150'"``).
+    """
+    outside = outside_classes(label, num_classes, ignore_label)
+    if not outside.any():
+        return None
+    values = np.unique(label[outside])
+    shown = ", ".join(str(int(v)) for v in values[:5]) + (" ..." if len(values) > 5 else "")
+    classes = (f"the {num_classes} classes{classes_of} (0..{num_classes - 1})" if num_classes is not None
+               else "the class indices (>= 0)")
+    return (f"label map {label_file}: value(s) {shown} outside {classes} and not the ignore value "
+            f"{ignore_label}{lossy_label_hint(label_file)}")
+
+
 def _image_size(path: str) -> tuple:
     """``(H, W)`` of an image as decoded (a 90-degree EXIF orientation swaps the sides), from
     its header."""
@@ -43,22 +79,17 @@ def label_problem(record: dict, num_classes: int, ignore_label: int) -> Optional
     try:
         label = read_label_file(label_file)
     except (OSError, SyntaxError, ValueError) as e:
-        return f"{label_file}: cannot be read ({e})"
-    if label.ndim != 2:
-        return f"{label_file}: not single-channel (shape {label.shape}; value = class index expected)"
+        return unreadable(label_file, e)
+    problem = channel_problem(label_file, label)
+    if problem:
+        return problem
     try:
         size = _image_size(record["file_name"])
     except (OSError, SyntaxError, ValueError) as e:
         return f"{record['file_name']}: the image cannot be read ({e})"
     if label.shape != size:
-        return f"{label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {size[0]}x{size[1]}"
-    outside = outside_classes(label, num_classes, ignore_label)
-    if outside.any():
-        values = np.unique(label[outside])
-        shown = ", ".join(str(int(v)) for v in values[:5]) + (" ..." if len(values) > 5 else "")
-        return (f"{label_file}: value(s) {shown} outside the {num_classes} classes (0..{num_classes - 1}) and "
-                f"not the ignore value {ignore_label}{lossy_label_hint(label_file)}")
-    return None
+        return f"label map {label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {size[0]}x{size[1]}"
+    return value_problem(label_file, label, num_classes, ignore_label)
 
 
 def label_problems(records: Iterable[dict], num_classes: int, ignore_label: int,
