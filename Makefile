@@ -25,8 +25,9 @@ demo: install
 browser:
 	-@scripts/install_browser.sh
 
+# --durations: the slowest tests at the end of the log (the suite must stay under 10 minutes on 2 cores)
 test: install browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 # the web app on http://127.0.0.1:7860 (the toy model after `make demo`, else released weights)
 app: install
