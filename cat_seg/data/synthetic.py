@@ -271,6 +271,26 @@ def _complete(root: Path, config: SyntheticConfig) -> bool:
     return True
 
 
+def generated_split_size(layout, root=None, given_root: Optional[str] = None) -> int:
+    """Images of the split ``layout`` (:data:`TRAIN` or :data:`VAL`) that the generation in
+    ``root`` made, from its record (written last, removed first by :func:`generate_synthetic`).
+
+    Raises :class:`~cat_seg.data.datasets.errors.DatasetNotFoundError` when there is no
+    readable record: the generation did not finish (or the folders were made otherwise), so
+    the splits may come from two runs. ``given_root``: the root given at registration (for
+    the message)."""
+    from .datasets.loader import _not_found
+
+    info_path = dataset_root(root) / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+        return int(info["num_train" if layout is TRAIN else "num_val"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        problem = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__}: {e})"
+        raise _not_found(layout.name, f"the toy benchmark's record {info_path} is {problem}: its generation did not "
+                         "finish", layout.prepare_command, given_root) from None
+
+
 def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
                        image_size: int = 256, seed: int = 0, force: bool = False,
                        verbose: bool = True) -> Path:

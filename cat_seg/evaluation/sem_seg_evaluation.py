@@ -40,7 +40,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
-from ..data.datasets.label_check import channel_problem, unreadable, value_problem
+from ..data.datasets.label_check import form_problem, unreadable, value_problem
 from ..data.image_io import read_label_file
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
@@ -76,22 +76,14 @@ def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
     Same call signature as detectron2's ``load_image_into_numpy_array`` (usable as its
     ``sem_seg_loading_fn``), but always copies, so it works with numpy >= 2. Decoded as the
     training mapper decodes labels (:func:`cat_seg.data.image_io.read_label_file`: turned by
-    an EXIF orientation tag like its image), falling back to OpenCV (``IMREAD_UNCHANGED``) for
-    files PIL cannot decode.
+    an EXIF orientation tag like its image), with the same errors: a file that does not decode
+    (a truncated one, too) is refused rather than scored with what a lenient decoder makes of it.
     """
     try:
         array = read_label_file(PathManager.get_local_path(file_name))
-    except Exception as pil_error:  # noqa: BLE001 - retry with OpenCV, then report both
-        array = None
-        try:
-            import cv2
-
-            array = cv2.imread(PathManager.get_local_path(file_name), cv2.IMREAD_UNCHANGED)
-        except Exception:  # noqa: BLE001
-            array = None
-        if array is None:
-            raise DatasetFileError(unreadable(file_name, pil_error)) from pil_error
-    problem = channel_problem(file_name, array)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetFileError(unreadable(file_name, e)) from e
+    problem = form_problem(file_name, array)
     if problem:
         raise DatasetFileError(problem)
     return np.array(array, dtype=dtype)

@@ -190,3 +190,47 @@ def test_compound_extensions_and_a_name_taken_twice(tmp_path, caplog):
     assert [(Path(r["file_name"]).name, Path(r["sem_seg_file_name"]).name) for r in records] == [
         ("a.jpg", "a.mask.png"), ("b.jpg", "b.mask.png")]
     assert f"{images}: 1 file(s) with the name of another one and another extension are left out (a.png)" in caplog.text
+
+
+def test_a_benchmark_with_another_number_of_pairs_than_its_complete_split_is_a_warning(
+        tmp_path, raw, caplog, restore_registration):
+    """An interrupted preparation (or deleted files) leaves part of a benchmark: its scores
+    would not compare with published ones, so loading it says so."""
+    images = tmp_path / "ADEChallengeData2016/images/validation"
+    labels = tmp_path / "ADEChallengeData2016/annotations_detectron2/validation"
+    for name in ("ADE_val_00000001", "ADE_val_00000002"):
+        raw.write_jpg(images / f"{name}.jpg", 4, 4)
+    raw.write_png(labels / "ADE_val_00000001.png", np.zeros((4, 4), np.uint8))
+    register_all(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert len(DatasetCatalog.get("ade20k_150_test_sem_seg")) == 1
+    assert (f"dataset 'ade20k_150_test_sem_seg': 1 image/label pairs in {labels}, the complete split has 2000: its "
+            "scores do not compare with published ones; if its preparation was interrupted, rerun: python "
+            "datasets/prepare_ade20k.py --benchmark 150") in caplog.text
+
+
+def test_label_extensions_match_the_longest_whatever_their_order(tmp_path):
+    """``gt_ext=["png", "mask.png"]`` found ``x.mask.png`` as the label of an image ``x.mask``
+    (none), so the pairs depended on the order the extensions were listed in."""
+    from cat_seg.data.datasets.loader import load_sem_seg_files
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / "x.jpg")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / "x.mask.png")
+    for order in (["png", "mask.png"], ["mask.png", "png"]):
+        records = load_sem_seg_files("own", str(labels), str(images), gt_ext=order, prepare_command=None)
+        assert [Path(r["sem_seg_file_name"]).name for r in records] == ["x.mask.png"], order
+
+
+def test_a_numpy_integer_ignore_label_is_an_integer(tmp_path, restore_registration):
+    from cat_seg.data.datasets import register_sem_seg_folder
+
+    classes = tmp_path / "classes.json"
+    classes.write_text('["a", "b", "c"]')
+    register_sem_seg_folder("own_np", tmp_path, tmp_path, str(classes), ignore_label=np.int64(255))
+    meta = MetadataCatalog.get("own_np")
+    assert meta.ignore_label == 255 and type(meta.ignore_label) is int
+    DatasetCatalog.remove("own_np")
+    MetadataCatalog.remove("own_np")

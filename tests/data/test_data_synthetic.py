@@ -137,3 +137,21 @@ def test_render_sample_label_matches_drawn_shapes(size):
     image, label = synthetic.render_sample(rng, size, [0, 5], synthetic.val_class_names())
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
     assert set(np.unique(label).tolist()) <= {0, 5, 255} and 0 in label
+
+
+def test_a_generation_that_did_not_finish_is_refused(tmp_path, restore_registration):
+    """The record is removed first and written last: without it the splits may come from two
+    runs (a regeneration with other parameters stopped half-way), so loading refuses."""
+    from cat_seg.data.datasets import DatasetNotFoundError
+
+    out = synthetic.generate_synthetic(tmp_path, seed=0, verbose=False, **SMALL)
+    register_all(tmp_path)
+    assert len(DatasetCatalog.get("synthetic_val_sem_seg")) == 16
+    (out / "synthetic_info.json").unlink()
+    for name in ("synthetic_train_sem_seg", "synthetic_val_sem_seg"):
+        with pytest.raises(DatasetNotFoundError) as info:
+            DatasetCatalog.get(name)
+        assert str(info.value) == (
+            f"dataset '{name}': the toy benchmark's record {out / 'synthetic_info.json'} is not found: its generation "
+            f"did not finish (registered with the dataset root {tmp_path}); register it with the folder holding the "
+            "datasets as its root or run: python datasets/prepare_synthetic.py")

@@ -527,3 +527,20 @@ def test_logged_results_show_plain_numbers(make_dataset, caplog):
         res = run(SemSegEvaluator(name), records, [PRED0, PRED1], 3)["sem_seg"]
     logged = [r.getMessage() for r in caplog.records if r.name == d2_sem_seg.__name__ and "mIoU" in r.getMessage()]
     assert len(logged) == 1 and f"'mIoU': {float(res['mIoU'])!r}" in logged[0] and "np." not in logged[0], logged
+
+
+def test_a_truncated_label_is_refused_not_scored(make_dataset):
+    """The ground-truth reader retried files PIL refused with OpenCV, which decodes a truncated
+    JPEG with made-up pixels; it now refuses them as training and --check-labels do."""
+    from cat_seg.evaluation import load_sem_seg_gt
+
+    gt = np.tile(np.arange(3, dtype=np.uint8), (40, 20))
+    name, records = make_dataset([gt], ["a", "b", "c"], suffix=".jpg")  # OpenCV makes up the missing half
+    path = records[0]["sem_seg_file_name"]
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(path) + r": cannot be read \(.*[Tt]runcated"):
+        load_sem_seg_gt(path)
+    with pytest.raises(ValueError, match=re.escape(path) + ": cannot be read"):
+        run(SemSegEvaluator(name), records, [gt], 3)

@@ -533,3 +533,29 @@ def test_a_jpeg_label_with_values_no_class_has_is_told_why(tmp_path):
     with pytest.raises(DatasetFileError, match=r"\(a JPEG label: JPEG compression changes values; save label maps "
                                                r"as PNG\)$"):
         mapper(dict(record))
+
+
+def test_a_label_with_fractional_values_is_refused_everywhere_it_is_read(tmp_path):
+    """A floating-point TIFF label holding 1.5 was truncated to class 1 by the training mapper
+    and the evaluator and passed --check-labels: each now names the file and the value."""
+    from cat_seg.data.datasets.label_check import label_problem
+    from cat_seg.evaluation import load_sem_seg_gt
+
+    _, label, record = random_sample(tmp_path)
+    values = label.astype(np.float32)
+    Image.fromarray(values).save(tmp_path / "whole.tif")  # whole numbers in a float TIFF: read as they are
+    whole = dict(record, sem_seg_file_name=str(tmp_path / "whole.tif"))
+    assert MaskFormerSemanticDatasetMapper(make_cfg(50))(whole)["sem_seg"].tolist() == (
+        MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))["sem_seg"].tolist())
+    values[3, 4] = 1.5
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    record["sem_seg_file_name"] = str(tmp_path / "float.tif")
+    message = (f"label map {tmp_path / 'float.tif'}: value 1.5 is not a whole number (class indices expected; save "
+               "the label map with an integer pixel type)")
+    with pytest.raises(DatasetFileError) as info:
+        MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))
+    assert str(info.value) == message
+    with pytest.raises(DatasetFileError) as info:
+        load_sem_seg_gt(str(tmp_path / "float.tif"))
+    assert str(info.value) == message
+    assert label_problem(record, 4, IGNORE) == message

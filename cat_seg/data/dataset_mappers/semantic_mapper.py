@@ -17,7 +17,7 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
-from ..datasets.label_check import channel_problem, unreadable, value_problem
+from ..datasets.label_check import form_problem, unreadable, value_problem
 from ..image_io import read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
@@ -126,7 +126,7 @@ def read_dataset_label(file_name: str) -> np.ndarray:
         label = read_label_file(file_name)
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetFileError(unreadable(file_name, e)) from e
-    problem = channel_problem(file_name, label)
+    problem = form_problem(file_name, label)
     if problem:
         raise DatasetFileError(problem)
     return label

@@ -6,8 +6,9 @@ Registering never touches the disk: the folders are looked at only when a datase
 the previous registration of the same names.
 """
 import functools
+import numbers
 import logging
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -34,6 +35,23 @@ def _extra_metadata(layout: SemSegLayout) -> dict:
     return {}
 
 
+def _load_split(layout: SemSegLayout, root, given_root: Optional[str]) -> List[dict]:
+    """The records of a registered split (at ``DatasetCatalog.get``), checked against the size
+    of the complete split: the catalog's count, or for the generated toy benchmark the count
+    its generator recorded (:func:`cat_seg.data.synthetic.generated_split_size`, which refuses
+    a generation that did not finish)."""
+    expected = layout.expected_count
+    if layout.class_key in ("synthetic_train", "synthetic_val"):
+        from .. import synthetic
+
+        expected = synthetic.generated_split_size(layout, root, given_root)
+    return load_sem_seg_files(
+        layout.name, str(root / layout.label_dir), str(root / layout.image_dir), gt_ext=layout.label_ext,
+        image_ext=layout.image_ext, prepare_command=layout.prepare_command, dataset_root=given_root,
+        expected_count=expected,
+    )
+
+
 def register_dataset(layout: SemSegLayout, root=None) -> str:
     """Register one split under ``layout.name`` with its files below ``root`` (default
     ``$DETECTRON2_DATASETS``, else ``datasets``); returns the name."""
@@ -45,13 +63,7 @@ def register_dataset(layout: SemSegLayout, root=None) -> str:
         DatasetCatalog.remove(layout.name)
     if layout.name in MetadataCatalog:
         MetadataCatalog.remove(layout.name)
-    DatasetCatalog.register(
-        layout.name,
-        functools.partial(
-            load_sem_seg_files, layout.name, gt_root, image_root, gt_ext=layout.label_ext,
-            image_ext=layout.image_ext, prepare_command=layout.prepare_command, dataset_root=given_root,
-        ),
-    )
+    DatasetCatalog.register(layout.name, functools.partial(_load_split, layout, root, given_root))
     MetadataCatalog.get(layout.name).set(
         image_root=image_root,
         sem_seg_root=gt_root,
@@ -99,7 +111,7 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
         prepare_command=None))
     MetadataCatalog.get(name).set(
         image_root=str(image_root), sem_seg_root=str(label_root), stuff_classes=classes,
-        ignore_label=ignore_label, evaluator_type="sem_seg", class_json=str(class_json))
+        ignore_label=int(ignore_label), evaluator_type="sem_seg", class_json=str(class_json))  # a numpy integer too
     return name
 
 
@@ -116,7 +128,7 @@ def _own_classes(name: str, class_json: str, ignore_label: int) -> List[str]:
         classes = read_class_json(class_json)
     except (OSError, ValueError, TypeError) as exc:  # TypeError: not a path at all (None)
         raise DatasetError(f"dataset '{name}': class json {class_json!r}: {exc}") from None
-    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral):
         raise DatasetError(f"dataset '{name}': ignore_label={ignore_label!r}; expected an integer label value "
                            f"outside 0..{len(classes) - 1} (255)")
     seen = {}

@@ -33,14 +33,21 @@ def unreadable(label_file: str, error: BaseException) -> str:
     return f"label map {label_file}: cannot be read ({error})"
 
 
-def channel_problem(label_file: str, label: np.ndarray) -> Optional[str]:
-    """What is wrong with the shape of a decoded label map, or None when it is ``[H, W]``
-    (a colour-coded mask gets the hint to convert it)."""
-    if label.ndim == 2:
-        return None
-    hint = (" (a colour-coded mask: convert each colour to its class index first)"
-            if label.ndim == 3 and label.shape[2] in (3, 4) else "")
-    return f"label map {label_file}: not single-channel (shape {tuple(label.shape)}; class index per pixel expected){hint}"
+def form_problem(label_file: str, label: np.ndarray) -> Optional[str]:
+    """What is wrong with the form of a decoded label map, or None when it is ``[H, W]`` of
+    whole numbers: more channels (a colour-coded mask gets the hint to convert it), or
+    fractional values (a floating-point TIFF; casting to class indices would truncate them)."""
+    if label.ndim != 2:
+        hint = (" (a colour-coded mask: convert each colour to its class index first)"
+                if label.ndim == 3 and label.shape[2] in (3, 4) else "")
+        return (f"label map {label_file}: not single-channel (shape {tuple(label.shape)}; class index per pixel "
+                f"expected){hint}")
+    if label.dtype.kind == "f":
+        fractional = label != np.round(label)  # NaN too
+        if fractional.any():
+            return (f"label map {label_file}: value {label[fractional][0]:g} is not a whole number (class indices "
+                    "expected; save the label map with an integer pixel type)")
+    return None
 
 
 def value_problem(label_file: str, label: np.ndarray, num_classes: Optional[int], ignore_label: int,
@@ -73,14 +80,14 @@ def _image_size(path: str) -> tuple:
 
 def label_problem(record: dict, num_classes: int, ignore_label: int) -> Optional[str]:
     """What is wrong with the label map of ``record`` (``{"file_name", "sem_seg_file_name"}``),
-    or None: unreadable, not single-channel, another size than its image, or a value that is
+    or None: unreadable, not single-channel or fractional, another size than its image, or a value that is
     neither a class index (``0..num_classes - 1``) nor ``ignore_label``."""
     label_file = record["sem_seg_file_name"]
     try:
         label = read_label_file(label_file)
     except (OSError, SyntaxError, ValueError) as e:
         return unreadable(label_file, e)
-    problem = channel_problem(label_file, label)
+    problem = form_problem(label_file, label)
     if problem:
         return problem
     try:

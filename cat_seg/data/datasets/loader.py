@@ -4,8 +4,9 @@ Equivalent to detectron2's ``load_sem_seg`` (images and labels matched by basena
 intersection kept when the folders hold different files, records with only ``file_name`` and
 ``sem_seg_file_name``), except that extensions match in any case (several may be given), the
 files left out are named (a warning, except a benchmark's images without a label: VOC's image
-folder holds every image), and a missing or empty folder raises a one-line
-:class:`DatasetNotFoundError` that says what the folder holds and what to run.
+folder holds every image), a benchmark with another number of pairs than its complete split
+is a warning, and a missing or empty folder raises a one-line :class:`DatasetNotFoundError`
+that says what the folder holds and what to run.
 """
 import logging
 import os
@@ -29,9 +30,9 @@ def extensions(ext: Union[str, Sequence[str]]) -> Tuple[str, ...]:
 def _files_by_stem(folder: str, ext: Union[str, Sequence[str]]) -> Dict[str, str]:
     """``{basename without extension: path}`` of the visible files in ``folder`` with one of
     the extensions ``ext``, in any case (``.JPG`` is a ``jpg``; a compound extension such as
-    ``mask.png`` is cut off whole). A stem with files of two of the extensions keeps the first
-    in sorted order, with a warning."""
-    suffixes = extensions(ext)
+    ``mask.png`` is cut off whole, whatever the order of the extensions). A stem with files of
+    two of the extensions keeps the first in sorted order, with a warning."""
+    suffixes = sorted(extensions(ext), key=len, reverse=True)  # the longest that matches: mask.png before png
     files, twice = {}, []
     for name in sorted(os.listdir(folder)):
         suffix = next((s for s in suffixes if name.lower().endswith(s)), None)
@@ -95,13 +96,17 @@ def load_sem_seg_files(
     image_ext: Union[str, Sequence[str]] = "jpg",
     prepare_command: Optional[str] = "the dataset's prepare script",
     dataset_root: Optional[str] = None,
+    expected_count: Optional[int] = None,
 ) -> List[dict]:
     """Records ``{"file_name", "sem_seg_file_name"}`` for every image that has a label file.
 
     Raises :class:`DatasetNotFoundError` when a folder is missing, holds no label file, or no
     image matches a label; it says what to run (``prepare_command``; ``None`` for a folder of
     the user's, which has none) and where the folders were looked for (``dataset_root``, the
-    root given at registration; ``None``: ``$DETECTRON2_DATASETS``)."""
+    root given at registration; ``None``: ``$DETECTRON2_DATASETS``). ``expected_count``: the
+    number of pairs of the complete split (a benchmark's); another number is a warning, since
+    scores on part of a benchmark (an interrupted preparation, deleted files) do not compare
+    with published ones."""
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
             where = "" if os.path.isabs(folder) else f" (relative to the working folder {os.getcwd()})"
@@ -132,5 +137,9 @@ def load_sem_seg_files(
         expected = prepare_command is not None and not without_image
         (logger.info if expected else logger.warning)(
             f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
+    if expected_count is not None and len(common) != expected_count:
+        rerun = f"; if its preparation was interrupted, rerun: {prepare_command}" if prepare_command else ""
+        logger.warning(f"dataset '{dataset_name}': {len(common)} image/label pairs in {gt_root}, the complete split "
+                       f"has {expected_count}: its scores do not compare with published ones{rerun}")
     logger.info("Loaded %d images with semantic segmentation from %s", len(common), image_root)
     return [{"file_name": images[s], "sem_seg_file_name": labels[s]} for s in common]
