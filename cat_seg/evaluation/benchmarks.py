@@ -23,8 +23,11 @@ BENCHMARKS = OrderedDict(
 )
 
 # Overrides eval.sh applies to every benchmark: the official protocol evaluates with sliding
-# windows and without pooling in the class aggregation (POOLING_SIZES [1,1]).
-PROTOCOL_OPTS = ["TEST.SLIDING_WINDOW", "True", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[1,1]"]
+# windows and without pooling in the class aggregation. The official eval.sh sets
+# POOLING_SIZES [1,1]; inference pools with TEST_POOLING_SIZES when that is set (a config's
+# training-time evaluation), so the protocol sets both.
+PROTOCOL_OPTS = ["TEST.SLIDING_WINDOW", "True", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[1,1]",
+                 "MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[1,1]"]
 
 __all__ = ["Benchmark", "BENCHMARKS", "PAPER_BENCHMARKS", "PROTOCOL_OPTS", "benchmark_opts"]
 

@@ -160,12 +160,19 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     options = ["TEST.SLIDING_WINDOW", "False", "MODEL.PRECISION", "fp32"]
     assert evaluate_benchmarks.evaluation_options(options) == options
     assert capsys.readouterr().err == "[eval] TEST.SLIDING_WINDOW False replaces the protocol's True\n"
+    # the pooling at inference is TEST_POOLING_SIZES when set: a protocol setting too (it replaced
+    # the protocol's [1,1] without a word)
+    options = ["MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[2,2]"]
+    assert evaluate_benchmarks.evaluation_options(options) == options
+    assert capsys.readouterr().err == "[eval] MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES [2,2] replaces the protocol's [1,1]\n"
     monkeypatch.setenv(evaluate_benchmarks.FROM_TRAINING_ENV, "1")
-    training = ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "10", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]"]
+    training = ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "10", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]",
+                "MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[3,3]"]
     assert evaluate_benchmarks.evaluation_options(training) == ["SOLVER.MAX_ITER", "10"]
     assert capsys.readouterr().err == (
         "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
-        "protocol): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2]\n")
+        "protocol): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2], MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES "
+        "[3,3]\n")
     # a dataset of one's own given to run.sh: said how it is evaluated
     assert evaluate_benchmarks.evaluation_options(["DATASETS.TEST", "('my_val',)"]) == []
     assert capsys.readouterr().err == (
