@@ -518,14 +518,34 @@ def check_listen_address(host: str, port: int) -> None:
         raise CATSegError(f"--host {host} --port {port}: {problem}")
 
 
+# The page uses Gradio 6's API (``launch(footer_links=...)``, which replaced ``show_api``).
+GRADIO_MAJOR = 6
+
+
+def check_gradio(version: Optional[str] = None) -> None:
+    """Raise :class:`CATSegError` unless Gradio ``GRADIO_MAJOR`` or later is installed
+    (``version``: the installed one, read from the package when None)."""
+    if version is None:
+        try:
+            import gradio
+        except ImportError:
+            raise CATSegError(f"the web app needs Gradio {GRADIO_MAJOR} or later: pip install 'cat-seg[app]' "
+                              f"(or: pip install 'gradio>={GRADIO_MAJOR}')") from None
+        version = gradio.__version__
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return  # a version string of a development build: let it run
+    if major < GRADIO_MAJOR:
+        raise CATSegError(f"the web app needs Gradio {GRADIO_MAJOR} or later, this environment has {version}: "
+                          f"pip install -U 'gradio>={GRADIO_MAJOR}'")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        try:
-            import gradio  # noqa: F401
-        except ImportError:
-            raise CATSegError("the web app needs Gradio: pip install 'cat-seg[app]' (or: pip install gradio)") from None
+        check_gradio()
         check_listen_address(args.host, args.port)
         default = default_model_choice(args)
         if args.config_file and not os.path.isfile(resolve_path(args.config_file)):  # configs/...: any folder

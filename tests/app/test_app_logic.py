@@ -235,6 +235,17 @@ def test_command_line_errors_are_one_line(capsys):
     assert "KEY VALUE pairs" in capsys.readouterr().err
 
 
+def test_gradio_older_than_the_pages_api_is_one_line():
+    """The page calls Gradio 6's launch(footer_links=...): Gradio 5 would fail at launch with a
+    TypeError, so it is refused first, naming the version and the upgrade."""
+    with pytest.raises(CATSegError) as info:
+        app_cli.check_gradio("5.49.1")
+    assert str(info.value) == ("the web app needs Gradio 6 or later, this environment has 5.49.1: "
+                               "pip install -U 'gradio>=6'")
+    app_cli.check_gradio("6.0.0")
+    app_cli.check_gradio()  # the installed one (the test extra requires 6)
+
+
 def test_address_the_server_cannot_listen_at_is_one_line_before_loading(capsys):
     """A port in use, out of range or privileged, or a host that is not this machine's: one
     line before the model is loaded (Gradio's own error came after it, with a traceback)."""
