@@ -1051,6 +1051,20 @@ class OpenVocabSegmenter:
 
         return precision_name(self.model.inference_dtype())
 
+    def model_info(self, config_file: Optional[str] = None, opts: Sequence[str] = ()) -> Dict[str, Any]:
+        """What ran, for the ``"model"`` entry of a result's JSON (the demo's and the web app's):
+        the config file and ``opts`` it was built from (as the caller gave them), the weights,
+        device, CLIP weights, whether the sliding window ran and the precision that ran."""
+        return {
+            "config_file": config_file,
+            "weights": self.weights,
+            "device": str(self.device),
+            "opts": list(opts),
+            "clip": self.cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED,
+            "sliding_window": bool(self.cfg.TEST.SLIDING_WINDOW),
+            "precision": self.precision,  # MODEL.PRECISION auto resolved
+        }
+
     # ------------------------------------------------------------------ preprocessing
     def _prepare(self, image: np.ndarray) -> Dict[str, Any]:
         """RGB ``[H, W, 3]`` -> model input dict (resized CHW uint8 tensor, original size)."""

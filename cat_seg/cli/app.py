@@ -280,8 +280,7 @@ class App:
         folder = tempfile.mkdtemp(dir=self.output_root)
         stems = _stems(paths)
         results, files_out, overlays = [], [], []
-        model_info = {"config_file": config, "weights": segmenter.weights, "device": str(segmenter.device),
-                      "opts": self.opts + model_opts}
+        model_info = segmenter.model_info(config, self.opts + model_opts)  # the demo's JSON entry
         for i, (image, stem) in enumerate(zip(images, stems)):
             progress((i, len(images)), desc=f"segmenting {stem} ({i + 1}/{len(images)})", unit="images")
             result = segmenter(image, names, background=background)

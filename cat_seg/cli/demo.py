@@ -91,8 +91,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="path to config file (default: the config of a released --weights name, "
                              "else configs/vitb_384.yaml)")
     parser.add_argument("--weights", default=None,
-                        help="checkpoint file, or a released name: catseg-vitb, catseg-vitl (downloaded once); "
-                             "same as --opts MODEL.WEIGHTS ...")
+                        help="checkpoint file, or a released name: catseg-vitb, catseg-vitl (downloaded once; "
+                             "without --config-file a released name also picks its config, which --opts "
+                             "MODEL.WEIGHTS does not)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) or directories (searched recursively)")
     source.add_argument("--video-input", help="a video file")
@@ -279,18 +280,6 @@ def display_problem() -> Optional[str]:
     return None
 
 
-def model_info(args, seg: OpenVocabSegmenter) -> Dict:
-    return {
-        "config_file": args.config_file,
-        "weights": seg.weights,
-        "device": str(seg.device),
-        "opts": list(args.opts),
-        "clip": seg.cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED,
-        "sliding_window": bool(seg.cfg.TEST.SLIDING_WINDOW),
-        "precision": seg.precision,  # the computation that ran (MODEL.PRECISION auto resolved)
-    }
-
-
 def output_image_file(output: Optional[str]) -> Optional[str]:
     """``--output`` when it names an image file (``out.jpg``, not an existing folder): the
     official demo's way of saving one input's visualisation; else None (a folder)."""
@@ -341,7 +330,7 @@ def save_image_outputs(result: SegmentationResult, path: str, stem: str, args, s
         arrays = seg.dense_features(result.image, names).to_numpy()
         extra["features"] = (target + "_features.npz", lambda f: np.savez(f, **arrays))
     # all of the image's files or none (renamed into place together: a kill leaves no partial file)
-    result.save(target, info={"input": path, "model": model_info(args, seg)}, relative_to=folder,
+    result.save(target, info={"input": path, "model": seg.model_info(args.config_file, args.opts)}, relative_to=folder,
                 extra_files=extra, overlay_file=overlay_file)
 
 
@@ -454,7 +443,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             "frames": frames,
             "fps": fps,
             "frame_size": {"height": size[0], "width": size[1]},
-            "model": model_info(args, seg),
+            "model": seg.model_info(args.config_file, args.opts),
             "outputs": {"overlay": os.path.basename(video_file) if video_file else stem + "_overlay.mp4"},
         }
         json_path = os.path.splitext(video_file)[0] + ".json" if video_file else os.path.join(args.output, stem + ".json")

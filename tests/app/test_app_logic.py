@@ -128,6 +128,10 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
         np.testing.assert_array_equal(np.asarray(Image.open(f"{folder}/{stem}_labels.png")), want.label_png())
         info = json.load(open(f"{folder}/{stem}.json"))
         assert info["background"] == 0.3
+        # the demo's "model" entry (it lacked the CLIP weights, the sliding window and the precision)
+        assert info["model"] == api.model_info(config, []) == {
+            "config_file": config, "weights": tiny_checkpoint, "device": "cpu", "opts": [],
+            "clip": api.cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED, "sliding_window": False, "precision": api.precision}
         for got, ref in zip(info["per_class"], want.to_json()["per_class"]):  # app: one image per forward
             assert got["area"] == ref["area"] and got["mean_probability"] == pytest.approx(ref["mean_probability"])
         rows = app_cli.class_table(result)
