@@ -98,15 +98,18 @@ else
   PRECISION=""  # MODEL.PRECISION of the config (auto: bf16 on the GPU)
 fi
 BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
+# Inference is measured with CUDA graphs (the speed setting, as runs 2 and 3 measured it; the
+# default TEST.CUDA_GRAPHS is False until the compiled + graphed replay test passes).
+GRAPHS="--cuda-graphs"
 # The main steps' arguments (without the iteration counts), for both their precompilation
 # and their measurement.
 declare -A ARGS=(
-  [vitb_infer_150]="--mode infer --classes 150 $VITB $PRECISION"
+  [vitb_infer_150]="--mode infer --classes 150 $VITB $PRECISION $GRAPHS"
   [vitb_train_b$TRAIN_BATCH]="--mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION"
-  [vitb_infer_$BIG]="--mode infer --classes $BIG $VITB $PRECISION"
+  [vitb_infer_$BIG]="--mode infer --classes $BIG $VITB $PRECISION $GRAPHS"
 )
 if [ "$SMOKE" != 1 ]; then
-  ARGS[vitl_infer_150]="--mode infer --classes 150 $VITL"
+  ARGS[vitl_infer_150]="--mode infer --classes 150 $VITL $GRAPHS"
   ARGS[vitl_train_b4]="--mode train --batch 4 --classes 171 $VITL"
 fi
 
@@ -195,14 +198,15 @@ precompile() {
   rm -rf "$tmp"
 }
 
-# toy_eval NAME MIN_SECONDS: eval.sh's evaluation of the toy model on the synthetic benchmark
-# on $DEVICE with the defaults there (on CUDA: batches of 8 images, compiled, CUDA graphs,
-# bf16); its table goes to log.txt, a record of kind "eval" with the evaluator's throughput
+# toy_eval NAME MIN_SECONDS [KEY VALUE ...]: eval.sh's evaluation of the toy model on the
+# synthetic benchmark on $DEVICE with the defaults there (on CUDA: batches of 8 images,
+# compiled, bf16) and the options given; its table goes to log.txt, a record of kind "eval" with the evaluator's throughput
 # (images/s without the first batch) to results.jsonl. Skipped without $TOY_DIR/model_final.pth.
 toy_eval() {
   local name=$1 need=$2 left t0 rc result
+  shift 2
   local cmd="$PYTHON tools/evaluate_benchmarks.py configs/quick_schedules/toy_synthetic.yaml 1 $TOY_DIR \
-MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none MODEL.DEVICE $DEVICE MODEL.PRECISION auto"
+MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none MODEL.DEVICE $DEVICE MODEL.PRECISION auto $*"
   selected "$name" || return 0
   if [ "$DRY_RUN" = 1 ]; then echo "$name: BENCHMARKS=synthetic $cmd"; return; fi
   has_time "$name" "$need" || return 0
@@ -227,7 +231,7 @@ PY
 }
 
 # In order of importance: the issue's targets with the defaults first (on CUDA: bf16,
-# MODEL.COMPILE auto = compiled aggregator, TEST.CUDA_GRAPHS on; ViT-L before the 847-class
+# MODEL.COMPILE auto = compiled aggregator; inference with CUDA graphs ($GRAPHS); ViT-L before the 847-class
 # ViT-B inference, which run 2 measured and ViT-L was not), then the eager model for
 # comparison (EAGER), then the rest. Each step is a fresh process: a compiled step's
 # first_call_s includes the compilation, or the reuse of inductor's on-disk cache
@@ -249,24 +253,26 @@ done
 [ "$SMOKE" = 1 ] || check bf16_agreement_cuda 40 tests/perf/test_bf16_agreement.py -k cuda
 # evaluation throughput on the synthetic benchmark (eval.sh, the toy model; needs the carried toy files)
 [ "$SMOKE" = 1 ] || toy_eval toy_eval 40
+# the same with CUDA graphs (the speed setting): a stale replay would show in the mIoU
+[ "$SMOKE" = 1 ] || toy_eval toy_eval_graphs 40 TEST.CUDA_GRAPHS True
 step vitb_infer_150_eager 30 --mode infer --classes 150 $VITB $PRECISION $ITERS $EAGER
 step vitb_train_b${TRAIN_BATCH}_eager 30 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION $ITERS $EAGER
 # the estimated peak memory of the same eager step (--count's "memory"), beside the measured one
 step vitb_count_train_b$TRAIN_BATCH 40 --mode train --batch $TRAIN_BATCH --classes 171 $VITB $PRECISION --count --warmup 1
 if [ "$SMOKE" != 1 ]; then
   # the same shapes again in a new process: first_call_s with inductor's on-disk cache
-  step vitb_infer_150_cached     30 --mode infer --classes 150 $VITB $ITERS
+  step vitb_infer_150_cached     30 --mode infer --classes 150 $VITB $ITERS $GRAPHS
   # evaluation throughput: 8 images (40 views) per forward, TEST.IMS_PER_BATCH auto on CUDA
-  step vitb_infer_150_b8         40 --mode infer --classes 150 --batch 8 $VITB $ITERS
+  step vitb_infer_150_b8         40 --mode infer --classes 150 --batch 8 $VITB $ITERS $GRAPHS
   step vitb_infer_150_nographs   30 --mode infer --classes 150 $VITB $ITERS --no-cuda-graphs
   # the CLIP image tower compiled too (MODEL.COMPILE compiles the aggregator): does it help?
-  step vitb_infer_150_compile_clip 40 --mode infer --classes 150 $VITB $ITERS --compile-clip
-  step vitl_infer_847            60 --mode infer --classes 847 $VITL $ITERS
+  step vitb_infer_150_compile_clip 40 --mode infer --classes 150 $VITB $ITERS --compile-clip $GRAPHS
+  step vitl_infer_847            60 --mode infer --classes 847 $VITL $ITERS $GRAPHS
   # inductor's GEMM templates (max-autotune), which can fuse the bias, GELU and residual adds
   # into the GEMMs (the MLPs' 4x-wide hidden layer is most of the compiled aggregator's
   # traffic; docs/benchmarks.md, "Counted work"): does the longer compilation pay?
   STEP_ENV="TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1" \
-    step vitb_infer_150_max_autotune 120 --mode infer --classes 150 $VITB $ITERS
+    step vitb_infer_150_max_autotune 120 --mode infer --classes 150 $VITB $ITERS $GRAPHS
 fi
 step vitb_infer_150_profile 30 --mode infer --classes 150 $VITB $PRECISION --no-cuda-graphs --iters 1 --warmup 2 \
     --profile 40 --profile-out "$OUT/profile_infer.txt"

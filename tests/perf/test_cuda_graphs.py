@@ -175,12 +175,12 @@ def test_cuda_graph_replay_matches_eager_and_recaptures_per_vocabulary():
 
 
 def test_model_with_cuda_graphs_on_cpu_runs_eagerly_and_equal(tiny_model, random_images):
-    """``TEST.CUDA_GRAPHS True`` (the default) wires the per-view forward through
-    :class:`GraphedForward`; on a CPU it runs eagerly (no capture) and gives the same
-    probabilities as without it."""
+    """``TEST.CUDA_GRAPHS True`` wires the per-view forward through :class:`GraphedForward`;
+    on a CPU it runs eagerly (no capture) and gives the same probabilities as without it
+    (the default, False)."""
     image = random_images([(64, 96)], seed=5)[0]
-    plain = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True, TEST__CUDA_GRAPHS=False)
-    graphed = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True)
+    plain = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True)
+    graphed = tiny_model("b", seed=1, TEST__SLIDING_WINDOW=True, TEST__CUDA_GRAPHS=True)
     assert graphed._graphed_views.enabled and not plain._graphed_views.enabled
     with torch.no_grad():
         want = plain([{"image": image}])[0]["sem_seg"]

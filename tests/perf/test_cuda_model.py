@@ -23,14 +23,16 @@ def images(batch=1, size=128, device="cuda"):
 
 
 def eager(tiny_model, **overrides):
-    """The tiny model on CUDA without compilation or graphs (the defaults turn both on there)."""
+    """The tiny model on CUDA without compilation or graphs (MODEL.COMPILE auto compiles there)."""
     settings = {"MODEL__DEVICE": "cuda", "MODEL__COMPILE": False, "TEST__CUDA_GRAPHS": False}
     return tiny_model("b", **{**settings, **overrides}).eval()
 
 
-def test_defaults_on_cuda_compile_and_graph(tiny_model):
+def test_defaults_on_cuda_compile_without_graphs(tiny_model):
+    """CUDA graphs are off by default until the compiled + graphed variant of
+    test_cuda_graph_replay_equals_eager passes on a GPU (config.py, TEST.CUDA_GRAPHS)."""
     model = tiny_model("b", MODEL__DEVICE="cuda").eval()
-    assert model.compiled and model._graphed_views.enabled
+    assert model.compiled and not model._graphed_views.enabled
     assert not tiny_model("b").eval().compiled  # CPU: eager
 
 
@@ -113,12 +115,12 @@ def test_cuda_graph_replay_equals_eager(tiny_model, compiled, graphs):
 
 def test_pruned_vocabulary_compiled_and_graphed_equals_eager(tiny_model):
     """More classes than PAD_LEN (40 > 32): the top-k branch, compiled and replayed in a CUDA
-    graph as the defaults run it (the 847-class benchmark's path), equals eager on new inputs,
-    including which classes are pruned (-100)."""
+    graph as the GPU benchmarks run it (the 847-class benchmark's path), equals eager on new
+    inputs, including which classes are pruned (-100)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    model = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    model = tiny_model("b", MODEL__DEVICE="cuda", TEST__CUDA_GRAPHS=True).eval()
     reference = eager(tiny_model)
     assert model.compiled and model._graphed_views.enabled
     with torch.no_grad():
@@ -133,8 +135,9 @@ def test_pruned_vocabulary_compiled_and_graphed_equals_eager(tiny_model):
 
 
 def test_sliding_window_inference_defaults_and_bf16(tiny_model):
-    """The whole detectron2 inference path on CUDA: the defaults (compiled, graphs) change
-    nothing; bf16 stays within a bf16-sized error of the fp32 probabilities.
+    """The whole detectron2 inference path on CUDA: the defaults (compiled) and the speed
+    settings (compiled, graphs) change nothing; bf16 stays within a bf16-sized error of the
+    fp32 probabilities.
 
     bf16 is checked on the probabilities, not the labels: with random weights the top-2 margin
     of most pixels is below bf16's error (the same comparison on the CPU, 2-core AMD EPYC with
@@ -148,10 +151,12 @@ def test_sliding_window_inference_defaults_and_bf16(tiny_model):
     inputs = [{"image": torch.randint(0, 256, (3, 170, 230), generator=g, dtype=torch.uint8)}]
     fp32 = eager(tiny_model)
     defaults = tiny_model("b", MODEL__DEVICE="cuda").eval()
+    graphed = tiny_model("b", MODEL__DEVICE="cuda", TEST__CUDA_GRAPHS=True).eval()
     bf16 = eager(tiny_model, MODEL__PRECISION="bf16")
     with torch.no_grad():
         reference = fp32(inputs, names(9))[0]["sem_seg"]
         assert (defaults(inputs, names(9))[0]["sem_seg"] - reference).abs().max() <= 1e-4
+        assert (graphed(inputs, names(9))[0]["sem_seg"] - reference).abs().max() <= 1e-4
         error = (bf16(inputs, names(9))[0]["sem_seg"] - reference).abs()
     assert error.max() <= 0.01 and error.mean() <= 2e-3, (float(error.max()), float(error.mean()))
     assert error.max() > 0  # bf16 did run (an fp32 fallback would give 0)
