@@ -114,6 +114,15 @@ def test_tiny_modes(tiny_model, mode):
     assert all(p.requires_grad for p in model.sem_seg_head.parameters())
 
 
+@pytest.mark.parametrize("mode,trained", [("prompt", True), ("full", True), ("attention", False), ("none", False)])
+def test_prompt_tokens_follow_the_rule_of_their_official_name(tiny_model, mode, trained):
+    """The official code keeps the deep prompts in CLIP as visual.transformer.prompt_tokens,
+    a name with "transformer": trained in full mode too (they were frozen there)."""
+    model = tiny_model("b", MODEL__SEM_SEG_HEAD__CLIP_FINETUNE=mode, MODEL__SEM_SEG_HEAD__PROMPT_DEPTH=2,
+                       MODEL__SEM_SEG_HEAD__PROMPT_LENGTH=3)
+    assert model.backbone.visual_prompt_tokens.requires_grad is trained
+
+
 def test_tiny_prompt_mode(tiny_model, random_images):
     model = tiny_model("b", train=True, MODEL__SEM_SEG_HEAD__CLIP_FINETUNE="prompt",
                        MODEL__SEM_SEG_HEAD__PROMPT_DEPTH=4, MODEL__SEM_SEG_HEAD__PROMPT_LENGTH=3)
