@@ -17,5 +17,6 @@ export PY
 # TRAIN_NET=my_train_net.py: your own script (registering your components) trains and evaluates
 "$PY" "${TRAIN_NET:-$here/train_net.py}" --config-file "$config" --num-gpus "$gpus" --dist-url auto --resume OUTPUT_DIR "$output" "$@"
 # the training's options go on to the evaluation, except those eval.sh sets per benchmark or by
-# the protocol (DATASETS.TEST, TEST_CLASS_JSON, TEST.SLIDING_WINDOW, POOLING_SIZES: left out, with a note)
+# the protocol (DATASETS.TEST, TEST_CLASS_JSON, TEST.SLIDING_WINDOW, POOLING_SIZES) and the
+# MODEL.WEIGHTS the training started from (the trained model is evaluated): left out, with a note
 CATSEG_EVAL_AFTER_TRAINING=1 sh "$here/eval.sh" "$config" "$gpus" "$output" "$@"

@@ -105,6 +105,9 @@ def train_net_command() -> List[str]:
 FROM_TRAINING_ENV = "CATSEG_EVAL_AFTER_TRAINING"
 # Keys eval.sh sets for each benchmark (its dataset and class json).
 BENCHMARK_KEYS = ("DATASETS.TEST", "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON")
+# Training options that are not the evaluation's after run.sh's training: the weights the
+# training started from (the evaluation's are the trained OUTPUT_DIR/model_final.pth).
+TRAINING_START_KEYS = ("MODEL.WEIGHTS",)
 
 
 def evaluation_options(extra: Sequence[str]) -> List[str]:
@@ -112,23 +115,28 @@ def evaluation_options(extra: Sequence[str]) -> List[str]:
 
     Given to eval.sh: a key eval.sh sets for each benchmark (:data:`BENCHMARK_KEYS`) is an
     error, and one that replaces a setting of the protocol (sliding window, pooling) is said on
-    stderr. Given to run.sh (the training's options, :data:`FROM_TRAINING_ENV`): those keys are
-    left out of the evaluation, with a note (``DATASETS.TEST "()"`` or the training pooling
-    ``[2,2]`` are training settings, not the protocol's)."""
+    stderr. Given to run.sh (the training's options, :data:`FROM_TRAINING_ENV`): those keys and
+    the weights the training started from (:data:`TRAINING_START_KEYS`) are left out of the
+    evaluation, with a note (``DATASETS.TEST "()"``, the training pooling ``[2,2]`` or a
+    fine-tuning's ``MODEL.WEIGHTS`` are training settings; the trained model is evaluated)."""
     from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
 
     extra = list(extra)
     protocol = dict(zip(PROTOCOL_OPTS[0::2], PROTOCOL_OPTS[1::2]))
     pairs = list(zip(extra[0::2], extra[1::2])) + ([(extra[-1], None)] if len(extra) % 2 else [])
     if os.environ.get(FROM_TRAINING_ENV):
-        left_out = [f"{key} {value}" for key, value in pairs if key in BENCHMARK_KEYS or key in protocol]
+        def training_only(key):
+            return key in BENCHMARK_KEYS or key in protocol or key in TRAINING_START_KEYS
+
+        left_out = [f"{key} {value}" for key, value in pairs if training_only(key)]
         if left_out:
             own = (f"; the benchmarks are evaluated, not DATASETS.TEST (a dataset of your own: {OWN_DATASET_HINT})"
                    if any(key == "DATASETS.TEST" and (value or "").replace(" ", "") not in ("", "()", "[]")
                           for key, value in pairs) else "")
             print(f"[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark "
-                  f"and by the protocol): {', '.join(left_out)}{own}", file=sys.stderr, flush=True)
-        return [x for key, value in pairs if not (key in BENCHMARK_KEYS or key in protocol)
+                  f"and by the protocol, and evaluates the trained model): {', '.join(left_out)}{own}",
+                  file=sys.stderr, flush=True)
+        return [x for key, value in pairs if not training_only(key)
                 for x in ((key,) if value is None else (key, value))]
     for key, value in pairs:
         if key in BENCHMARK_KEYS:

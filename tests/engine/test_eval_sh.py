@@ -171,13 +171,20 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     assert evaluate_benchmarks.evaluation_options(training) == ["SOLVER.MAX_ITER", "10"]
     assert capsys.readouterr().err == (
         "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
-        "protocol): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2], MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES "
+        "protocol, and evaluates the trained model): DATASETS.TEST (), MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2], MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES "
         "[3,3]\n")
+    # a fine-tuning's starting weights given to run.sh: the trained model is evaluated, not those
+    # (they came after eval.sh's OUTPUT_DIR/model_final.pth and won)
+    assert evaluate_benchmarks.evaluation_options(["MODEL.WEIGHTS", "start.pth", "SOLVER.MAX_ITER", "10"]) == [
+        "SOLVER.MAX_ITER", "10"]
+    assert capsys.readouterr().err == (
+        "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
+        "protocol, and evaluates the trained model): MODEL.WEIGHTS start.pth\n")
     # a dataset of one's own given to run.sh: said how it is evaluated
     assert evaluate_benchmarks.evaluation_options(["DATASETS.TEST", "('my_val',)"]) == []
     assert capsys.readouterr().err == (
         "[eval] training options not applied to the evaluation (eval.sh sets them for each benchmark and by the "
-        "protocol): DATASETS.TEST ('my_val',); the benchmarks are evaluated, not DATASETS.TEST (a dataset of your "
+        "protocol, and evaluates the trained model): DATASETS.TEST ('my_val',); the benchmarks are evaluated, not DATASETS.TEST (a dataset of your "
         "own: train_net.py --eval-only DATASETS.TEST \"('NAME',)\" with its TEST_CLASS_JSON, docs/datasets.md, "
         "'Your own dataset')\n")
     monkeypatch.setenv("BENCHMARKS", "my_val")
