@@ -207,10 +207,20 @@ class Trainer(DefaultTrainer):
         logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")
         if self.start_iter >= self.max_iter:
             logger.warning(f"the checkpoint resumed from is at iteration {self.start_iter} and SOLVER.MAX_ITER is "
-                           f"{self.max_iter}: nothing is left to train (raise SOLVER.MAX_ITER to train longer)")
+                           f"{self.max_iter}: nothing is left to train (raise SOLVER.MAX_ITER to train longer; "
+                           "--eval-only evaluates the checkpoint)")
         if self.start_iter > 0:
             self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None
+
+    def train(self):
+        """detectron2's ``train``; nothing at all when the checkpoint resumed from is at or past
+        ``SOLVER.MAX_ITER`` (:meth:`resume_or_load` says so). detectron2 then trained nothing
+        but ran the final evaluation again (the whole test set of a finished run, e.g. when
+        ``run.sh`` is rerun) and logged it as one more ``metrics.json`` row at ``MAX_ITER + 1``."""
+        if self.start_iter >= self.max_iter:
+            return None
+        return super().train()
 
     def load_state_dict(self, state_dict):
         """``DefaultTrainer.load_state_dict`` (iteration, hooks, optimizer) after checking that the

@@ -62,13 +62,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
 
 def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, tmp_path):
     """detectron2 resumes a checkpoint at or past SOLVER.MAX_ITER by training nothing, without
-    a word; the trainer warns."""
+    a word, then ran the final evaluation again and logged a metrics row at MAX_ITER + 1; the
+    trainer warns and does nothing."""
     out = str(tmp_path / "run")
-    opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"})
+    opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "TEST.EVAL_PERIOD": 1})
     run_train_net(tiny_benchmark, *opts)
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = f.read()
+    assert '"sem_seg/mIoU"' in rows  # the run's final evaluation
     proc = run_train_net(tiny_benchmark, "--resume", *opts)
     assert ("the checkpoint resumed from is at iteration 1 and SOLVER.MAX_ITER is 1: nothing is left to train "
-            "(raise SOLVER.MAX_ITER to train longer)") in proc.stdout + proc.stderr
+            "(raise SOLVER.MAX_ITER to train longer; --eval-only evaluates the checkpoint)") in proc.stdout + proc.stderr
+    assert "Start inference" not in proc.stdout + proc.stderr
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert f.read() == rows
+    opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"})
     # resuming past the end of the schedule (all LRs were 0): the logged lr is still the head's
     longer = opts[:opts.index("SOLVER.MAX_ITER") + 1] + ["3"] + opts[opts.index("SOLVER.MAX_ITER") + 2:]
     fresh_dir = str(tmp_path / "fresh")
