@@ -474,6 +474,11 @@ UNREAD_DETECTRON2_KEYS = {
                            "computes it natively); MODEL.PRECISION is {cfg.MODEL.PRECISION!r}", False),
     "TEST.AUG.ENABLED": (False, "test-time augmentation is not implemented; the paper's protocol is "
                          "TEST.SLIDING_WINDOW True", True),
+    # detectron2's bias rules (its get_default_optimizer_params); the official solver has none
+    "SOLVER.BIAS_LR_FACTOR": (1.0, "a bias gets the learning rate of its module, as in the official solver "
+                              "(cat_seg/solver/build.py)", True),
+    "SOLVER.WEIGHT_DECAY_BIAS": (None, "a bias gets SOLVER.WEIGHT_DECAY (or WEIGHT_DECAY_NORM in a norm), as in "
+                                 "the official solver (cat_seg/solver/build.py)", True),
 }
 
 

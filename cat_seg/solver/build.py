@@ -191,7 +191,8 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     optimizer_name = cfg.SOLVER.OPTIMIZER.upper()
     if optimizer_name == "SGD":
         optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-        optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+        optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                   nesterov=cfg.SOLVER.NESTEROV)
     elif optimizer_name == "ADAMW":
         optimizer_type = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
         optimizer = optimizer_type(params, cfg.SOLVER.BASE_LR, betas=(0.9, 0.999), eps=1e-8)

@@ -171,6 +171,12 @@ def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog,
     assert one_error_line(capsys).startswith(
         "error: DATALOADER.SAMPLER_TRAIN='RepeatFactorTrainingSampler' is not supported: cat-seg behaves as "
         "'TrainingSampler'")
+    # detectron2's bias rules, which the official solver does not have, were ignored silently
+    for key, value, default in (("SOLVER.BIAS_LR_FACTOR", "2.0", "1.0"), ("SOLVER.WEIGHT_DECAY_BIAS", "0.0", "None")):
+        assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                               "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", key, value]) == 2
+        assert one_error_line(capsys).startswith(f"error: {key}={value} is not supported: cat-seg behaves as {default} "
+                                                 "(a bias gets ")
     with caplog.at_level("WARNING", logger="cat_seg"):
         assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
                                "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()",

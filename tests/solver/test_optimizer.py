@@ -183,7 +183,10 @@ def test_adamw_hyperparameters():
 def test_sgd_uses_momentum():
     optimizer = build_optimizer(make_cfg(OPTIMIZER="SGD", MOMENTUM=0.8), FakeModel())
     assert isinstance(optimizer, torch.optim.SGD)
-    assert all(g["momentum"] == 0.8 for g in optimizer.param_groups)
+    assert all(g["momentum"] == 0.8 and not g["nesterov"] for g in optimizer.param_groups)
+    # SOLVER.NESTEROV (detectron2's key) was not read
+    optimizer = build_optimizer(make_cfg(OPTIMIZER="SGD", MOMENTUM=0.8, NESTEROV=True), FakeModel())
+    assert all(g["nesterov"] for g in optimizer.param_groups)
 
 
 def test_unknown_optimizer_is_an_error():
