@@ -311,7 +311,7 @@ class Trainer(DefaultTrainer):
         :meth:`build_evaluator` when ``evaluators`` is None), the model returns the predicted
         classes only (:data:`EVAL_OUTPUT_REQUEST`) for the duration of the call; other
         evaluators get detectron2's ``sem_seg`` probabilities. Afterwards the model's CUDA
-        graphs are released (``CATSeg.release_cuda_graphs``)."""
+        graphs and cached text embeddings are released (``CATSeg.release_inference_caches``)."""
         core = model.module if hasattr(model, "module") else model
         for dataset_name in cfg.DATASETS.TEST:
             cls.check_vocabulary(cfg, core, dataset_name)
@@ -323,8 +323,8 @@ class Trainer(DefaultTrainer):
         finally:
             core.output_request = previous
             # a periodic evaluation during training: the CUDA graphs it captured (and their
-            # memory) are not kept for the rest of the training
-            release = getattr(core, "release_cuda_graphs", None)
+            # memory) and its text embeddings (stale after the next step) are not kept
+            release = getattr(core, "release_inference_caches", None)
             if release is not None:
                 release()
 

@@ -137,6 +137,9 @@ def test_labels_mode_same_metrics_and_no_full_maps(build_cfg, dataset, tmp_path,
     # the default evaluators (built by Trainer.test itself) report the same numbers
     nan_equal(Trainer.test(cfg, model)["sem_seg"], res_probs)
     assert model.output_request is PROBABILITIES  # left as it was
+    # nothing of the evaluation is kept for the rest of a training: its text embeddings are
+    # stale after the next step (each periodic evaluation added a cache entry)
+    assert len(model.text_encoder._cache) == 0
 
 
 def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, dataset, tmp_path):

@@ -210,10 +210,13 @@ class CATSeg(nn.Module):
         """Whether the aggregator runs compiled on the model's current device (``MODEL.COMPILE``)."""
         return resolve_compile(self.compile_setting, self.device)
 
-    def release_cuda_graphs(self):
-        """Drop the captured CUDA graphs of inference and their memory (e.g. after an
-        evaluation during training); later inference captures again."""
+    def release_inference_caches(self):
+        """Drop what inference keeps between calls (e.g. after an evaluation during training):
+        the captured CUDA graphs and their memory, and the cached text embeddings, which are
+        keyed by the weights' versions and so never hit again once training updates the text
+        tower. Later inference captures and encodes again."""
         self._graphed_views.reset()
+        self.text_encoder.clear_cache()
 
     def _compile_aggregator(self):
         if not self._aggregator_compiled:
