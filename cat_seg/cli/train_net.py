@@ -418,7 +418,9 @@ def check(args):
         check_resume(cfg)
     elif not args.eval_only and has_run(cfg):
         logger.warning(f"OUTPUT_DIR {cfg.OUTPUT_DIR!r} holds a run (last_checkpoint) and --resume is not given: "
-                       f"training starts from iteration 0 and overwrites its checkpoints")
+                       f"training starts from iteration 0 and overwrites its checkpoints; its metrics.json and "
+                       f"TensorBoard events get the new run's rows after the old ones, and until the new run's first "
+                       f"checkpoint, --resume would continue the old run (another OUTPUT_DIR keeps the runs apart)")
     check_weights(cfg, args.resume, args.eval_only)
     check_class_jsons(cfg, args.eval_only)
     check_datasets(cfg, args.eval_only)
