@@ -51,6 +51,12 @@ def api_result(tiny_checkpoint, test_image):
     return seg(str(test_image), VOCABULARY, background=THRESHOLD)
 
 
+def _click_run(driver):
+    """Press Segment once the page shows the button (Gradio re-renders it while an upload is
+    processed; on a busy machine it can be missing for a moment)."""
+    _wait(lambda: _by_css(driver, "button#run"), "the Segment button", driver)[0].click()
+
+
 def _by_css(driver, selector):
     from selenium.webdriver.common.by import By
 
@@ -95,7 +101,7 @@ def test_segment_in_the_browser_matches_the_api(app_server, browser, test_image,
     _wait(lambda: "scene" in driver.find_element("css selector", "#images").text, "the uploaded file", driver)
     _by_css(driver, "#vocab textarea")[0].send_keys(VOCABULARY)
     _set_number(driver, "#threshold input[type=number]", THRESHOLD)
-    _by_css(driver, "button#run")[0].click()
+    _click_run(driver)
 
     found = _wait(lambda: _error_toasts(driver) == "" and _by_css(driver, "#downloads a"), "the downloads", driver)
     links = {a.get_attribute("href").rsplit("/", 1)[-1]: a for a in found}
@@ -159,13 +165,13 @@ def test_bad_inputs_give_the_library_messages(app_server, browser, tmp_path):
 
     with pytest.raises(CATSegError) as empty:
         parse_vocabulary("")
-    _by_css(driver, "button#run")[0].click()
+    _click_run(driver)
     _wait(lambda: str(empty.value) in _error_toasts(driver), f"the message {empty.value!r}", driver)
 
     for toast_close in _by_css(driver, ".toast-close"):
         toast_close.click()
     _by_css(driver, "#vocab textarea")[0].send_keys("cat, dog")
-    _by_css(driver, "button#run")[0].click()
+    _click_run(driver)
     # the image's message, also while the closed toast of the vocabulary may still be fading out
     unreadable = re.compile(r"cannot read image '[^']*broken\.png': UnidentifiedImageError")
     _wait(lambda: unreadable.search(_error_toasts(driver)), "the message about the unreadable image", driver)
