@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..utils import atomic_write
 from .errors import UserError, run_main
@@ -201,8 +201,24 @@ def missing_data(dataset: str) -> str:
     return ""
 
 
+def missing_benchmarks(keys: Sequence[str]) -> Dict[str, str]:
+    """``{key: why its data cannot be loaded}`` of the benchmarks ``keys`` whose data is
+    missing; raises :class:`UserError` when that is all of them (nothing would be evaluated:
+    a wrong ``$DETECTRON2_DATASETS`` should not end as a successful run)."""
+    from cat_seg.evaluation.benchmarks import BENCHMARKS
+
+    missing = {key: reason for key in keys for reason in [missing_data(BENCHMARKS[key].dataset)] if reason}
+    if keys and len(missing) == len(keys):
+        raise UserError(f"no data for any of the {len(keys)} selected benchmark(s) ({' '.join(keys)}; BENCHMARKS= "
+                        f"selects them); the first: {missing[keys[0]]}")
+    return missing
+
+
 def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_opts: Sequence[str],
-             keys: Sequence[str], train_net: Sequence[str] = DEFAULT_TRAIN_NET) -> List[Row]:
+             keys: Sequence[str], train_net: Sequence[str] = DEFAULT_TRAIN_NET,
+             missing: Optional[Dict[str, str]] = None) -> List[Row]:
+    """Run each benchmark of ``keys`` (``missing``: those :func:`missing_benchmarks` found
+    without data, skipped; None: looked up here)."""
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
     rows = []
@@ -213,7 +229,7 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
     open(combined_log, "w").close()
     for key in keys:
         bench = BENCHMARKS[key]
-        reason = missing_data(bench.dataset)
+        reason = missing.get(key, "") if missing is not None else missing_data(bench.dataset)
         if reason:
             rows.append(Row(bench.title, "skipped", reason=reason))
             print(f"[eval] {bench.title}: skipped: {reason}", file=sys.stderr, flush=True)
@@ -299,8 +315,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     keys = selected_benchmarks()
     train_net = train_net_command()
     weights, precision = check_once(config, num_gpus, output_dir, extra)
+    missing = missing_benchmarks(keys)
     print(f"[eval] {precision}", file=sys.stderr, flush=True)
-    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net)
+    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net, missing)
     table = markdown_table(rows)
     atomic_write(os.path.join(output_dir, "eval", "results.md"),
                  lambda f: f.write(results_header(config, weights, extra, precision) + "\n\n" + table + "\n"),
@@ -311,8 +328,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Exit status: 0 all requested benchmarks evaluated or skipped for missing data, 1 some
-    failed, 2 a user error found before any benchmark ran."""
+    """Exit status: 0 all requested benchmarks evaluated or skipped for missing data (at least
+    one evaluated), 1 some failed, 2 a user error found before any benchmark ran (also: no
+    selected benchmark has its data)."""
     from .train_net import user_error_types
 
     return run_main(_main, argv, user_errors=user_error_types())

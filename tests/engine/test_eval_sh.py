@@ -242,6 +242,30 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     assert not (out / "eval").exists()  # nothing started, nothing written
 
 
+def test_no_data_for_any_selected_benchmark_is_an_error(tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    """A wrong $DETECTRON2_DATASETS skipped every benchmark and ended with exit status 0 and an
+    empty results table; it is one error line before any benchmark runs."""
+    from cat_seg.data.datasets import register_all
+
+    monkeypatch.setenv("BENCHMARKS", "ade150 voc20")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no-datasets"))
+    register_all()  # as a new eval.sh process registers them, under this root
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(tiny_checkpoint, out / "model_final.pth")
+    try:
+        assert evaluate_benchmarks.main([TINY_CONFIG, "1", str(out)]) == 2
+    finally:
+        monkeypatch.undo()
+        register_all()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: no data for any of the 2 selected benchmark(s) (ade150 voc20; BENCHMARKS= "
+                                   "selects them); the first: dataset 'ade20k_150_test_sem_seg': folder "
+                                   f"{tmp_path / 'no-datasets' / 'ADEChallengeData2016'}")
+    assert not (out / "eval").exists()
+
+
 def test_a_previous_runs_results_are_never_reported(tmp_path, monkeypatch):
     """A benchmark process that exits 0 without writing results is failed, even where an
     earlier run left its results file."""
