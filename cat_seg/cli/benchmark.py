@@ -538,8 +538,12 @@ def profile(step, device, rows: int, out_path: Optional[str] = None):
     table = prof.key_averages().table(sort_by=sort, row_limit=rows)
     logger.info("profile of one iteration:\n" + table)
     if out_path:
-        with open(out_path, "w") as f:
-            f.write(table + "\n")
+        try:
+            with open(out_path, "w") as f:
+                f.write(table + "\n")
+        except OSError as e:  # checked before the run, but a folder can change (or refuse root) meanwhile
+            raise UserError(f"--profile-out {out_path}: cannot write it ({e.strerror or e}); the profile is in the "
+                            "log above") from None
 
 
 def run(args, config_file: str, smoke: bool) -> dict:
@@ -566,6 +570,8 @@ def _main(args) -> int:
         folder = os.path.dirname(os.path.abspath(args.profile_out))
         if not os.path.isdir(folder) or os.path.isdir(args.profile_out):
             raise UserError(f"--profile-out {args.profile_out}: expected a file in an existing folder")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"--profile-out {args.profile_out}: the folder {folder} is not writable")
     if args.smoke:
         given = [f"--{name.replace('_', '-')}" for name in ("iters", "warmup", "batch", "config_file")
                  if getattr(args, name) != build_parser().get_default(name)]

@@ -236,3 +236,14 @@ def test_gpu_script_skips_steps_past_the_time_limit(tmp_path):
     steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()[1:]
     assert steps and all("\tskipped (" in line for line in steps)
     assert (tmp_path / "out" / "results.jsonl").read_text() == ""
+
+
+def test_a_profile_file_that_cannot_be_written_is_one_line(capsys):
+    """A folder that refuses the profile file (here /proc, which accepts no new files even for
+    root, where permission checks pass): one error line, not a traceback after the run."""
+    from cat_seg.cli.benchmark import main
+
+    assert main(["--smoke", "--profile", "3", "--profile-out", "/proc/cat_seg_profile.txt"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: --profile-out /proc/cat_seg_profile.txt: "), last
+    assert "cannot write it" in last or "is not writable" in last
