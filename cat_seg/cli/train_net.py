@@ -414,6 +414,9 @@ def check(args):
     if not args.eval_only:
         warn_about_prompts(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
+    if run_device(cfg.MODEL.DEVICE) != cfg.MODEL.DEVICE:  # said once, before the processes start
+        logger.warning(f"MODEL.DEVICE {cfg.MODEL.DEVICE}: no CUDA device is available here; the run uses the CPU "
+                       "(the same computation, much slower; MODEL.DEVICE cpu says so and silences this)")
     if args.resume:
         check_resume(cfg)
     elif not args.eval_only and has_run(cfg):

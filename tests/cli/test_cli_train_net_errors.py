@@ -162,6 +162,17 @@ def test_bad_process_counts_and_options_after_pairs(capsys):
     assert "options (--...) go before the KEY VALUE pairs" in one_error_line(capsys)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of MODEL.DEVICE cuda needs a machine without CUDA")
+def test_cuda_without_a_gpu_runs_on_the_cpu_with_a_warning(caplog, tmp_path, synthetic_registered):
+    """MODEL.DEVICE cuda (detectron2's default) on a machine without CUDA: the run uses the CPU,
+    which was not said anywhere (a broken driver became a silent, very slow CPU run)."""
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                               "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()",
+                               "MODEL.DEVICE", "cuda"]) == 0
+    assert "MODEL.DEVICE cuda: no CUDA device is available here; the run uses the CPU" in caplog.text
+
+
 def test_unsupported_detectron2_options_are_not_ignored_silently(capsys, caplog, tmp_path, synthetic_registered):
     """A training sampler cat-seg does not implement is an error; SOLVER.AMP.ENABLED, which
     MODEL.PRECISION replaces, a warning that names the precision in use."""
