@@ -231,11 +231,12 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
         check_weights_fit(cfg, weights)
 
 
-def check_weights_fit(cfg, path: str) -> None:
+def check_weights_fit(cfg, path: str, what: str = "MODEL.WEIGHTS") -> None:
     """The checkpoint file ``path`` holds the tensors of the config's model (same keys, same
     shapes; a ViT-L checkpoint with a ViT-B config is the usual mistake), found from its
     tensors' shapes on the meta device: before any process starts or any benchmark of
-    ``eval.sh`` runs, instead of at the load after the set-up."""
+    ``eval.sh`` runs, instead of at the load after the set-up. ``what``: where the file comes
+    from, for the message."""
     from cat_seg.checkpoint import CheckpointError
     from cat_seg.checkpoint.catseg_checkpointer import check_checkpoint_fits
     from cat_seg.config import check_model_builds
@@ -246,7 +247,7 @@ def check_weights_fit(cfg, path: str) -> None:
     try:
         check_checkpoint_fits(model, path)
     except CheckpointError as exc:
-        raise UserError(f"MODEL.WEIGHTS: {exc}") from None
+        raise UserError(f"{what}: {exc}") from None
 
 
 def check_class_jsons(cfg, eval_only: bool) -> None:
@@ -376,6 +377,13 @@ def check_resume(cfg) -> None:
     if not os.path.isfile(path):
         raise UserError(f"--resume: {marker} names {name!r}, which is not in OUTPUT_DIR; restore the file, "
                         f"or delete last_checkpoint to start from MODEL.WEIGHTS")
+    from cat_seg.checkpoint.official import checkpoint_file_problem
+
+    problem = checkpoint_file_problem(path)  # a damaged file: said now, not after the set-up rewrote the run's files
+    if problem:
+        raise UserError(f"--resume: {problem}; point last_checkpoint at an earlier checkpoint of the run, or delete "
+                        "it to start from MODEL.WEIGHTS")
+    check_weights_fit(cfg, path, "--resume")
 
 
 def check_unread_keys(cfg) -> None:

@@ -299,6 +299,34 @@ def test_resume_from_a_checkpoint_that_is_gone(capsys, tmp_path):
                                       f"from MODEL.WEIGHTS")
 
 
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line_before_the_run(capsys, tmp_path, tiny_checkpoint,
+                                                                              tiny_model):
+    """The checkpoint last_checkpoint names was checked for existence only: a truncated file, or
+    one of another model, passed --check-only and stopped the run after its set-up had
+    rewritten config.yaml and log.txt."""
+    import shutil
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    data = open(tiny_checkpoint, "rb").read()
+    (out / "model_0000009.pth").write_bytes(data[: len(data) // 2])
+    base = ["--config-file", TINY, "--check-only", "--resume", "OUTPUT_DIR", str(out), "DATASETS.TRAIN", "()",
+            "DATASETS.TEST", "()"]
+    assert train_net.main(base) == 2
+    assert one_error_line(capsys) == (
+        f"error: --resume: {out / 'model_0000009.pth'} is not a readable torch checkpoint: a damaged or truncated "
+        "torch.save zip archive; point last_checkpoint at an earlier checkpoint of the run, or delete it to start "
+        "from MODEL.WEIGHTS")
+    torch.save({"model": tiny_model("l").state_dict()}, out / "model_0000009.pth")
+    assert train_net.main(base) == 2
+    assert one_error_line(capsys).startswith(f"error: --resume: checkpoint {out / 'model_0000009.pth'} does not fit "
+                                             "the model")
+    shutil.copy(tiny_checkpoint, out / "model_0000009.pth")
+    assert train_net.main(base) == 2  # the checkpoint fits: the next check (no training data) speaks
+    assert one_error_line(capsys).startswith("error: DATASETS.TRAIN is empty")
+
+
 def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path, synthetic_registered):
     out = tmp_path / "o"
     out.mkdir()
