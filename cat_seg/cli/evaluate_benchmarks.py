@@ -155,7 +155,7 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
     :class:`UserError` (or the hub's one-line error)."""
     from cat_seg.evaluation.benchmarks import PROTOCOL_OPTS
 
-    from .train_net import check_config_values, check_output_dir, check_weights, load_config
+    from .train_net import check_clip_weights_fit, check_config_values, check_output_dir, check_weights, load_config
 
     if "OUTPUT_DIR" in list(extra)[0::2]:
         raise UserError(f"OUTPUT_DIR is eval.sh's third argument ({output_dir!r}); remove 'OUTPUT_DIR ...' from "
@@ -171,6 +171,7 @@ def check_once(config: str, num_gpus: int, output_dir: str, extra: Sequence[str]
         raise UserError(f"no checkpoint {default_weights!r}: train first (sh run.sh ...) or pass "
                         f"MODEL.WEIGHTS FILE after OUTPUT_DIR")
     check_weights(cfg, resume=False, download=True)  # a released name: downloaded once here, not by every benchmark
+    check_clip_weights_fit(cfg)
     return cfg.MODEL.WEIGHTS, precision_note(cfg)
 
 

@@ -250,6 +250,29 @@ def check_weights_fit(cfg, path: str, what: str = "MODEL.WEIGHTS") -> None:
         raise UserError(f"{what}: {exc}") from None
 
 
+def check_clip_weights_fit(cfg) -> None:
+    """A CLIP weights file (``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS FILE``) is a readable CLIP
+    checkpoint whose tensors fit the config's CLIP model (their shapes, from the mapped file
+    and the meta-device model): the build reads it after the set-up has written ``OUTPUT_DIR``
+    in every process. Released tags are open_clip's downloads: not read here."""
+    from cat_seg.config import check_model_builds
+    from cat_seg.modeling.clip.builder import (CLIPLoadError, clip_weights_source, fitted_clip_state,
+                                               read_clip_state_dict, resolve_clip_arch)
+
+    head = cfg.MODEL.SEM_SEG_HEAD
+    kind, source, _ = clip_weights_source(resolve_clip_arch(head.CLIP_PRETRAINED), head.CLIP_WEIGHTS)
+    if kind != "file":
+        return
+    model = check_model_builds(cfg)
+    clip = getattr(getattr(model, "backbone", None), "clip", None)  # a backbone of one's own may have none
+    if clip is None:
+        return
+    try:
+        fitted_clip_state(clip, read_clip_state_dict(source, mmap=True), source)
+    except CLIPLoadError as exc:
+        raise UserError(f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {str(exc).replace(chr(10), ' ')}") from None
+
+
 def check_class_jsons(cfg, eval_only: bool) -> None:
     from cat_seg.utils import read_class_json
 
@@ -433,6 +456,7 @@ def check(args):
                        f"TensorBoard events get the new run's rows after the old ones, and until the new run's first "
                        f"checkpoint, --resume would continue the old run (another OUTPUT_DIR keeps the runs apart)")
     check_weights(cfg, args.resume, args.eval_only)
+    check_clip_weights_fit(cfg)
     check_class_jsons(cfg, args.eval_only)
     check_datasets(cfg, args.eval_only)
     if args.check_labels:

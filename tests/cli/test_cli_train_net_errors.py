@@ -677,3 +677,26 @@ def test_check_labels_lists_every_bad_label_before_a_run(capsys, tmp_path, tiny_
     finally:
         DatasetCatalog.remove("scan_train")
         MetadataCatalog.remove("scan_train")
+
+
+def test_a_clip_weights_file_is_checked_before_the_run(capsys, tmp_path, tiny_model, synthetic_registered):
+    """CLIP_WEIGHTS FILE was checked for existence only: a file that is no CLIP checkpoint, or
+    one of another CLIP, passed --check-only and stopped the run after its set-up had created
+    OUTPUT_DIR. Its tensors' shapes are now compared with the config's CLIP first."""
+    clip_file = tmp_path / "clip.pth"
+    torch.save(tiny_model("b").backbone.clip.state_dict(), clip_file)
+    text_file = tmp_path / "notes.pth"
+    text_file.write_text("not a checkpoint")
+    other_clip = tmp_path / "other_clip.pth"
+    torch.save(tiny_model("l").backbone.clip.state_dict(), other_clip)
+    base = ["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
+            "DATASETS.TRAIN", "('synthetic_train_sem_seg',)", "DATASETS.TEST", "()"]
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(clip_file)]) == 0
+    capsys.readouterr()
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(text_file)]) == 2
+    assert one_error_line(capsys).startswith(
+        f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {text_file}: not a readable CLIP checkpoint (")
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(other_clip)]) == 2
+    assert one_error_line(capsys).startswith(
+        f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: CLIP weights {other_clip} do not fit the model: ")
+    assert not (tmp_path / "o").exists()

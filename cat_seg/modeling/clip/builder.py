@@ -30,11 +30,12 @@ class CLIPLoadError(RuntimeError):
     """A CLIP checkpoint could not be read or does not fit the architecture."""
 
 
-def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_clip_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Read a CLIP checkpoint file into an open_clip-layout state dict (packed or split q/k/v).
 
     Handles OpenAI TorchScript archives, plain/wrapped (``state_dict``) torch files,
-    ``module.``-prefixed keys and ``.safetensors``.
+    ``module.``-prefixed keys and ``.safetensors``. ``mmap``: tensors of a torch zip file are
+    mapped, not read (enough to check their shapes).
     """
     if not os.path.isfile(path):
         raise CLIPLoadError(f"CLIP weights file not found: {path}")
@@ -44,7 +45,7 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
         obj = load_file(path, device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception:
             try:  # OpenAI's original release is a TorchScript archive
                 obj = torch.jit.load(path, map_location="cpu").state_dict()
@@ -65,7 +66,18 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_clip_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str):
-    """Load a CLIP state dict into ``model`` (split q/k/v layout); every mismatch is an error."""
+    """Load a CLIP state dict into ``model`` (split q/k/v layout); every mismatch is an error
+    (:func:`fitted_clip_state`)."""
+    state = fitted_clip_state(model, state_dict, source)
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def fitted_clip_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str
+                      ) -> Dict[str, torch.Tensor]:
+    """``state_dict`` in ``model``'s layout (split q/k/v), or :class:`CLIPLoadError` naming
+    ``source`` and every missing, unexpected or wrongly shaped key. Reads shapes only: works on
+    a meta-device model and mapped tensors (the check before a run)."""
     state = split_attention_weights(state_dict)
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
@@ -86,7 +98,7 @@ def load_clip_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor
         if wrong_shape:
             problems.append(f"shape mismatch {len(wrong_shape)}: {show_keys(wrong_shape)}")
         raise CLIPLoadError(f"CLIP weights {source} do not fit the model: " + "; ".join(problems))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return state
 
 
 def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.Module:
