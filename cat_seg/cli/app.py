@@ -501,6 +501,25 @@ def check_startup_options(device: Optional[str], opts: Sequence[str]) -> None:
         raise CATSegError(str(e)) from None
 
 
+def check_startup_model(choice: str, config_file: Optional[str], weights: Optional[str], device: Optional[str],
+                        opts: Sequence[str]) -> None:
+    """The model the page starts with, when given on the command line (``--config-file`` /
+    ``--weights``: the local model), checked before the server starts as the demo checks it:
+    the config (keys, values) and a weights file (exists, not cut short). Without this a
+    mistake showed only in the browser, at the first segmentation."""
+    from ..api import build_config
+    from ..checkpoint.official import checkpoint_file_problem
+
+    if choice != LOCAL_MODEL or not config_file:
+        return
+    config, model_weights, model_opts = model_spec(choice, config_file, weights)
+    cfg = build_config(resolve_path(config), weights=model_weights, device=device, opts=list(opts) + model_opts)
+    if os.path.isfile(cfg.MODEL.WEIGHTS):
+        problem = checkpoint_file_problem(cfg.MODEL.WEIGHTS)
+        if problem:
+            raise CATSegError(f"--weights: {problem}")
+
+
 def check_listen_address(host: str, port: int) -> None:
     """``--host``/``--port`` the server can listen at, checked before the model is loaded
     (Gradio's own error comes after, with a traceback)."""
@@ -550,6 +569,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.config_file and not os.path.isfile(resolve_path(args.config_file)):  # configs/...: any folder
             raise CATSegError(f"config file {args.config_file!r} not found")
         check_startup_options(args.device, args.opts)
+        check_startup_model(default, args.config_file, args.weights, args.device, args.opts)
         app = App(device=args.device, opts=args.opts)
         page = build_app(app, default, args.config_file, args.weights)
     except CATSegError as e:

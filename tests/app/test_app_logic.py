@@ -239,6 +239,25 @@ def test_command_line_errors_are_one_line(capsys):
     assert "KEY VALUE pairs" in capsys.readouterr().err
 
 
+def test_a_bad_local_model_is_one_line_before_the_server_starts(capsys, tmp_path, tiny_checkpoint, monkeypatch):
+    """--config-file / --weights with a mistake started the server; the error showed only in
+    the browser at the first segmentation. They are checked as the demo checks them."""
+    monkeypatch.setattr(app_cli, "build_app", lambda *a, **k: pytest.fail("the page was built"))
+    config = str(app_cli.resolve_path("configs/quick_schedules/tiny_vitb_cpu.yaml"))
+    base = ["--config-file", config, "--device", "cpu"]
+    assert app_cli.main([*base, "--weights", str(tmp_path / "nothere.pth")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: weights file '{tmp_path / 'nothere.pth'}' not found"
+    data = open(tiny_checkpoint, "rb").read()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert app_cli.main([*base, "--weights", str(tmp_path / "cut.pth")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --weights: {tmp_path / 'cut.pth'} is not a readable torch "
+                                               "checkpoint: a damaged or truncated torch.save zip archive")
+    (tmp_path / "bad.yaml").write_text(f"_BASE_: {os.path.abspath(config)}\nSOLVER:\n  BASE_LRR: 0.1\n")
+    assert app_cli.main(["--config-file", str(tmp_path / "bad.yaml"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key 'SOLVER.BASE_LRR'") and "\n" not in err
+
+
 def test_gradio_older_than_the_pages_api_is_one_line():
     """The page calls Gradio 6's launch(footer_links=...): Gradio 5 would fail at launch with a
     TypeError, so it is refused first, naming the version and the upgrade."""
