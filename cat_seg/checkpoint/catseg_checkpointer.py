@@ -104,9 +104,12 @@ def model_state_of(checkpoint: Mapping[str, Any], source: str, to_tensors=None):
     conversion of a ``.pkl``) is applied first. Raises :class:`CheckpointFormatError` for
     anything else."""
     if checkpoint.get("matching_heuristics", False):
+        # detectron2 reads a .pkl without "__author__" as Caffe2 model-zoo weights, whose keys it
+        # matches by name heuristics; a CAT-Seg checkpoint's keys are matched exactly
         raise CheckpointFormatError(
-            f"{source}: matching heuristics are not supported for CAT-Seg checkpoints "
-            "(keys are matched exactly; official checkpoints are converted automatically)"
+            f"{source}: a .pkl without an '__author__' entry, which detectron2 reads as model-zoo weights matched "
+            "by name heuristics; CAT-Seg checkpoints are matched exactly: save {'model': state_dict} with "
+            "torch.save as a .pth, or add '__author__' to the pickled dict"
         )
     state = checkpoint.get("model")
     if not isinstance(state, Mapping) or not state:
@@ -134,8 +137,13 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
     checkpoint (:class:`CheckpointFormatError`), without reading its tensors: the file is
     loaded onto the meta device (shapes and dtypes only, instantly for any size), and ``model``
     may be a meta-device build. So that a run, or each benchmark of ``eval.sh``, does not fail
-    at the load after its set-up. detectron2 ``.pkl`` files are left to the load."""
+    at the load after its set-up. A detectron2 ``.pkl`` (numpy arrays, no meta loading) is read
+    as the load reads it."""
     if path.endswith(".pkl"):
+        checkpointer = CATSegCheckpointer(model)
+        loaded = checkpointer._load_file(path)  # detectron2's reading of a .pkl
+        state, report, _ = model_state_of(loaded, path, checkpointer._convert_ndarray_to_tensor)
+        check_model_fits(model, state, path, report)
         return
     try:
         loaded = torch.load(path, map_location="meta", weights_only=True)

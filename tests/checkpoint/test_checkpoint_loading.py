@@ -150,3 +150,33 @@ def test_unreadable_or_unknown_files(tiny_model, tmp_path, content, match):
         torch.save(content, path)
     with pytest.raises(CheckpointFormatError, match=match):
         CATSegCheckpointer(tiny_model("b")).resume_or_load(str(path), resume=False)
+
+
+def test_a_detectron2_pkl_is_checked_before_the_run_as_the_load_reads_it(tmp_path, tiny_model):
+    """A .pkl was left to the load: one without '__author__' passed the checks and failed at
+    the load with detectron2's jargon ("matching heuristics"); now both say what to do, and a
+    .pkl with '__author__' (detectron2's own format) fits and loads."""
+    import pickle
+
+    from cat_seg.checkpoint import CATSegCheckpointer, CheckpointError
+    from cat_seg.checkpoint.catseg_checkpointer import check_checkpoint_fits
+
+    model = tiny_model("b")
+    arrays = {key: value.numpy() for key, value in model.state_dict().items()}
+    plain, authored = tmp_path / "plain.pkl", tmp_path / "authored.pkl"
+    plain.write_bytes(pickle.dumps({"model": arrays}))
+    authored.write_bytes(pickle.dumps({"model": arrays, "__author__": "me"}))
+    message = (f"{plain}: a .pkl without an '__author__' entry, which detectron2 reads as model-zoo weights matched "
+               "by name heuristics; CAT-Seg checkpoints are matched exactly: save {'model': state_dict} with "
+               "torch.save as a .pth, or add '__author__' to the pickled dict")
+    for check in (lambda: check_checkpoint_fits(model, str(plain)),
+                  lambda: CATSegCheckpointer(tiny_model("b", seed=1)).load(str(plain))):
+        with pytest.raises(CheckpointError) as info:
+            check()
+        assert str(info.value) == message
+    check_checkpoint_fits(model, str(authored))
+    other = tiny_model("b", seed=1)
+    CATSegCheckpointer(other).load(str(authored))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        check_checkpoint_fits(tiny_model("l"), str(authored))
