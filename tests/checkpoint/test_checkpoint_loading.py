@@ -6,7 +6,7 @@ from official_reference import AGG, CLIP, make_official_state_dict
 from cat_seg.checkpoint import CATSegCheckpointer, CheckpointFormatError, CheckpointMismatchError
 
 
-def test_vitb_official_weights_land_where_the_spec_says(build_cfg):
+def test_vitb_official_weights_land_where_the_official_layout_puts_them(build_cfg):
     """The full ViT-B-sized official state dict, loaded into configs/vitb_384.yaml (CLIP_WEIGHTS none)."""
     from detectron2.modeling import build_model
 
