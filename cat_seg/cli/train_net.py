@@ -172,7 +172,9 @@ def setup(args):
 
 # ------------------------------------------------------------------------------ checks
 def check_output_dir(output_dir: str) -> None:
-    """``output_dir`` is a folder that exists and is writable, or can be created; creates nothing."""
+    """``output_dir`` is a folder that exists and is writable, or can be created; leaves
+    nothing behind (a folder is created and removed again to find out: permission bits say
+    nothing to root, nor about a read-only or pseudo file system such as /proc)."""
     if not output_dir:
         raise UserError("OUTPUT_DIR is empty; expected a folder for checkpoints and logs")
     path = os.path.abspath(output_dir)
@@ -182,10 +184,17 @@ def check_output_dir(output_dir: str) -> None:
     if not os.path.isdir(existing):
         where = "is" if existing == path else f"lies under {existing!r}, which is"
         raise UserError(f"OUTPUT_DIR {output_dir!r} {where} a regular file; expected a writable folder")
+    where = "is" if existing == path else f"would be created in {existing!r}, which is"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "is" if existing == path else f"would be created in {existing!r}, which is"
         raise UserError(f"OUTPUT_DIR {output_dir!r} {where} not writable (read-only or no permission); "
                         f"expected a writable folder")
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cat_seg_write_check_", dir=existing))
+    except OSError as e:
+        raise UserError(f"OUTPUT_DIR {output_dir!r} {where} not writable ({e.strerror or e}); expected a writable "
+                        "folder") from None
 
 
 def has_run(cfg) -> bool:

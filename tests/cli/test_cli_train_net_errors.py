@@ -93,6 +93,15 @@ def test_output_dir_not_writable(capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_output_dir_where_no_folder_can_be_created(capsys):
+    """/proc passes the permission test (for root) but takes no new folder: the run's set-up
+    then failed with a 30-line traceback; a folder is now created (and removed) to find out."""
+    assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", "/proc/cat_seg_run"]) == 2
+    assert one_error_line(capsys).startswith("error: OUTPUT_DIR '/proc/cat_seg_run' would be created in '/proc', "
+                                             "which is not writable (")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_output_dir_read_only_folder(capsys, tmp_path):
     folder = tmp_path / "ro"
