@@ -1,6 +1,7 @@
 """Command-line plumbing shared by the ``datasets/prepare_*.py`` scripts."""
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
@@ -51,8 +52,31 @@ def selected_benchmarks(args, benchmarks: Sequence[str]) -> List[str]:
     return [b for b in benchmarks if b in chosen]
 
 
+def checked_root(given: Optional[str], create: bool) -> Path:
+    """The dataset root (``given`` by ``--root``, else ``$DETECTRON2_DATASETS``, else
+    ``./datasets``), checked before anything is read or written under it: a regular file is a
+    :class:`DatasetError`, and so is a missing folder unless ``create`` (the script makes it:
+    the synthetic generator, a ``--download``). Otherwise the first missing raw file was
+    reported under it, as if that download were the problem."""
+    root = dataset_root(given)
+    if given is not None:
+        named = f"--root {given}"
+    elif os.environ.get(ENV_VAR):
+        named = f"${ENV_VAR}={os.environ[ENV_VAR]}"
+    else:
+        named = f"the dataset root {os.path.abspath(root)} (the default: no --root given, ${ENV_VAR} not set)"
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{named} is a file; expected the dataset folder")
+    if not create and not root.exists():
+        raise DatasetError(f"{named} does not exist; expected the folder holding the downloaded datasets "
+                           f"(--download downloads the public ones into it)")
+    return root
+
+
 def root_of(args) -> Path:
-    return dataset_root(args.root)
+    """The checked dataset root of a script that reads raw data (:func:`checked_root`); a
+    missing one is created by ``--download``."""
+    return checked_root(args.root, create=args.download)
 
 
 def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
