@@ -1,5 +1,7 @@
-"""The prepare scripts' dataset root: a ``--root`` that is a file or (for the scripts that read
-raw data) missing is one line naming it, checked before anything else."""
+"""The prepare scripts' dataset root and the scripts under the official code's names: a
+``--root`` that is a file or (for the scripts that read raw data) missing is one line naming
+it, checked before anything else; ``prepare_ade20k_150.py --help`` says what it prepares."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +70,60 @@ def test_real_script_with_a_file_as_root_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "datasets/prepare_voc.py", "--root", str(regular)], cwd=REPO,
                           capture_output=True, text=True, timeout=1800)  # hang guard only
     assert (proc.returncode, proc.stderr) == (2, f"error: --root {regular} is a file; expected the dataset folder\n")
+
+
+# ------------------------------------------------------------- the official code's script names
+def official_scripts_in_datasets_folder():
+    """``{script: name it passes to run_official_script}`` for the scripts in datasets/ that are one."""
+    found = {}
+    for path in sorted((REPO / "datasets").glob("prepare_*.py")):
+        match = re.search(r'run_official_script\("([^"]+)"\)', path.read_text())
+        if match:
+            found[path.name] = match.group(1)
+    return found
+
+
+def test_every_official_name_is_a_script_that_names_itself():
+    assert official_scripts_in_datasets_folder() == {name: name for name in cli.OFFICIAL_SCRIPTS}
+    assert sorted(cli.OFFICIAL_SCRIPTS) == ["prepare_ade20k_150.py", "prepare_ade20k_847.py", "prepare_ade20k_full.py",
+                                            "prepare_pascal_context_459.py", "prepare_pascal_context_59.py"]
+
+
+@pytest.mark.parametrize("script, title, same_as", [
+    ("prepare_ade20k_150.py", "ADE20K-150", "python datasets/prepare_ade20k.py --benchmark 150"),
+    ("prepare_ade20k_847.py", "ADE20K-847", "python datasets/prepare_ade20k.py --benchmark 847"),
+    ("prepare_ade20k_full.py", "ADE20K-847", "python datasets/prepare_ade20k.py --benchmark 847"),
+    ("prepare_pascal_context_59.py", "PASCAL Context-59", "python datasets/prepare_voc.py --benchmark pc59"),
+    ("prepare_pascal_context_459.py", "PASCAL Context-459", "python datasets/prepare_voc.py --benchmark pc459"),
+])
+def test_official_name_help_says_which_benchmark_and_offers_no_choice(script, title, same_as, capsys):
+    """``prepare_ade20k_150.py --help`` offered ``--benchmark {150,847}`` (default: all of 150, 847)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_official_script(script, ["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"Prepare {title} labels for detectron2 (this benchmark only). The script keeps its name from the " \
+           f"official CAT-Seg code; it is the same as `{same_as}`." in help_text
+    assert "[--benchmark" not in help_text and "--benchmark {" not in help_text
+    assert ("--val-list" in help_text) == (script == "prepare_pascal_context_459.py")
+
+
+def test_official_name_refuses_another_benchmark(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_official_script("prepare_ade20k_150.py", ["--root", str(tmp_path), "--benchmark", "847"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --benchmark 847 (see --help)\n"
+
+
+def test_official_script_help_names_the_script():
+    proc = subprocess.run([sys.executable, "datasets/prepare_ade20k_150.py", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1800)  # hang guard only
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: prepare_ade20k_150.py [-h] [--root ROOT]")
+    assert "Prepare ADE20K-150 labels for detectron2 (this benchmark only)" in " ".join(proc.stdout.split())
+
+
+def test_general_script_keeps_its_benchmark_choice(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["ade20k", "--help"])
+    assert "--benchmark {150,847}" in capsys.readouterr().out
