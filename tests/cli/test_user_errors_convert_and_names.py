@@ -1,10 +1,13 @@
 """User errors of ``cat-seg-convert`` (an existing OUT.pth) and of misspelt released-weights
 names: one line naming the file or value, nothing destroyed."""
+from pathlib import Path
+
 import pytest
 import torch
 
 from cat_seg.cli import convert_official_checkpoint as convert
 
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +62,40 @@ def test_help_describes_the_rule(capsys):
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--force replace OUT.pth if it exists (without it an existing OUT.pth is an error" in help_text
+
+
+# ------------------------------------------------------------------ misspelt released names
+TINY = str(REPO / "configs/quick_schedules/tiny_vitb_cpu.yaml")
+
+
+@pytest.mark.parametrize("weights, suggestion", [
+    ("catseg-vit-b", " (did you mean catseg-vitb?)"),
+    ("CATSEG_VITL", " (did you mean catseg-vitl?)"),
+    ("catseg-vitb.pth", " (did you mean catseg-vitb?)"),
+    ("weights/catseg-vit-b", ""),  # a path: a file of the user's, not a name
+    ("model_final.pth", ""),
+])
+def test_released_name_suggestion(weights, suggestion):
+    from cat_seg.hub import released_name_suggestion
+
+    assert released_name_suggestion(weights) == suggestion
+
+
+def test_train_net_suggests_the_released_name(tmp_path, monkeypatch, capsys):
+    """``MODEL.WEIGHTS catseg-vit-b`` said only "not found; expected a checkpoint file"."""
+    from cat_seg.cli import train_net
+
+    monkeypatch.chdir(tmp_path)  # no file of that name
+    assert train_net.main(["--config-file", TINY, "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "MODEL.WEIGHTS", "catseg-vit-b"]) == 2
+    assert capsys.readouterr().err == ("error: MODEL.WEIGHTS 'catseg-vit-b' not found (did you mean catseg-vitb?); "
+                                       "expected a checkpoint file (.pth/.pkl) for --eval-only\n")
+
+
+def test_api_suggests_the_released_name(tmp_path, monkeypatch):
+    from cat_seg.api import CATSegError, build_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CATSegError) as info:
+        build_config(TINY, weights="catseg-vitl-", device="cpu")
+    assert str(info.value) == "weights file 'catseg-vitl-' not found (did you mean catseg-vitl?)"
