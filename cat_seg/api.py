@@ -920,7 +920,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
 
     from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
     from .config import add_cat_seg_config, check_config_values
-    from .hub import apply_released_defaults, get_released, weights_file_missing
+    from .hub import apply_released_defaults, get_released, released_name_suggestion, weights_file_missing
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:
         config_file = released.config_file
@@ -936,7 +936,8 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     apply_released_defaults(cfg, opts)
     weights = cfg.MODEL.WEIGHTS
     if weights_file_missing(weights):
-        what = "is a directory; expected a checkpoint file" if os.path.isdir(weights) else "not found"
+        what = ("is a directory; expected a checkpoint file" if os.path.isdir(weights) else
+                "not found" + released_name_suggestion(weights))
         raise CATSegError(f"weights file {weights!r} {what}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

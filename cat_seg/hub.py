@@ -148,6 +148,19 @@ def weights_file_missing(weights: str) -> bool:
     return bool(weights) and "://" not in weights and not is_released_name(weights) and not os.path.isfile(weights)
 
 
+def released_name_suggestion(weights: str) -> str:
+    """`` (did you mean catseg-vitb?)`` for a ``MODEL.WEIGHTS`` value that is no file and close
+    to a released name (``catseg-vit-b``), else ``""``; appended to "not found" in the error
+    about a missing weights file (:func:`weights_file_missing`: ``train_net``, the API). A path
+    (it names a folder) is not a misspelt name."""
+    from .cli.errors import closest_name
+
+    if not isinstance(weights, str) or os.path.dirname(weights):
+        return ""
+    guess = closest_name(weights.strip(), RELEASED_WEIGHTS)
+    return f" (did you mean {guess}?)" if guess else ""
+
+
 def hub_cache_dir() -> str:
     """The Hugging Face hub cache, read from the environment at call time (huggingface_hub
     reads it once at import)."""

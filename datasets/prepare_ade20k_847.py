@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """ADE20K-847 under the official script's name: the same as
-`python datasets/prepare_ade20k.py --benchmark 847` (other options as that script's; `--help`).
+`python datasets/prepare_ade20k.py --benchmark 847`; its `--help` says so (it has no `--benchmark`).
 
 Kept so that commands written for the official code work here; docs/datasets.md describes the
 downloads, the resulting layout and the expected file counts.
 """
 import sys
 
-from cat_seg.data.prepare.cli import main
+from cat_seg.data.prepare.cli import run_official_script
 
 if __name__ == "__main__":
-    sys.exit(main(["ade20k", "--benchmark", "847", *sys.argv[1:]]))
+    sys.exit(run_official_script("prepare_ade20k_847.py"))

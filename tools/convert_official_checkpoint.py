@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert an official CAT-Seg checkpoint to the cat-seg layout (same as ``cat-seg-convert``).
 
-    tools/convert_official_checkpoint.py IN.pth OUT.pth [--config-file CFG] [--verbose]
+    tools/convert_official_checkpoint.py IN.pth OUT.pth [--config-file CFG] [--verbose] [--force]
 
 The code and the full description are in ``cat_seg/cli/convert_official_checkpoint.py``.
 """

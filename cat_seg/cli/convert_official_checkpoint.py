@@ -1,11 +1,13 @@
 """Convert an official CAT-Seg checkpoint to the cat-seg layout; the ``cat-seg-convert`` command.
 
-    cat-seg-convert IN.pth OUT.pth [--config-file CFG] [--verbose]
+    cat-seg-convert IN.pth OUT.pth [--config-file CFG] [--verbose] [--force]
     python tools/convert_official_checkpoint.py IN.pth OUT.pth ...   # the same
 
 IN is an official checkpoint (``model_base.pth`` / ``model_large.pth``: a detectron2
 ``{"model": ...}`` file or a bare state dict); OUT gets ``{"model": converted,
-"__author__": ..., "matching_heuristics": False}`` in our layout (written atomically).
+"__author__": ..., "matching_heuristics": False}`` in our layout (written atomically). An
+existing OUT is an error unless ``--force`` is given: swapped arguments (``model.pth
+configs/vitb_384.yaml``) or a mistyped name must not destroy a config or another checkpoint.
 Training extras of IN (optimizer, scheduler, iteration) are not copied. What was mapped,
 dropped (and why) is printed. ``--config-file`` also checks that the result fits the model
 of that config (e.g. ``configs/vitb_384.yaml`` for model_base.pth) before writing.
@@ -57,11 +59,17 @@ def _model_of_config(config_file: str):
     return model
 
 
-def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False) -> str:
-    """Convert ``src`` to ``dst``; returns the report text. Raises :class:`CheckpointError`."""
+def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False, force: bool = False) -> str:
+    """Convert ``src`` to ``dst``; returns the report text. Raises :class:`CheckpointError`,
+    also for an existing ``dst`` unless ``force`` (checked before ``src`` is read)."""
     if os.path.isdir(dst):
         raise CheckpointFormatError(f"OUT.pth {dst!r} is a directory; expected a file path "
                                     f"(e.g. {os.path.join(dst, 'model_converted.pth')})")
+    # any existing file, a checkpoint too: `convert model_base.pth model_large.pth` would
+    # otherwise replace the other official checkpoint (lexists: a dangling link is refused too)
+    if os.path.lexists(dst) and not force:
+        raise CheckpointFormatError(f"OUT.pth {dst!r} already exists; expected a new file path "
+                                    f"(--force replaces it)")
     state, extras = unwrap_checkpoint(read_checkpoint(src), src)
     converted, report = convert_official_state_dict(state)
     if report.layout == OURS:
@@ -104,11 +112,14 @@ def _main(argv=None) -> int:
     parser.add_argument("dst", metavar="OUT.pth", help="output checkpoint in the cat-seg layout")
     parser.add_argument("--config-file", default="", help="also check the result against this config's model")
     parser.add_argument("--verbose", action="store_true", help="list every mapped key")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT.pth if it exists (without it an existing OUT.pth is an error, so that "
+                             "swapped or mistyped arguments destroy no file)")
     args = parser.parse_args(argv)
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
         raise UserError(f"IN and OUT are the same file ({args.src}); expected a different OUT.pth")
     try:
-        print(convert_file(args.src, args.dst, args.config_file, args.verbose))
+        print(convert_file(args.src, args.dst, args.config_file, args.verbose, args.force))
     except (CheckpointError, OSError, ValueError) as e:  # unreadable or unwritable files, bad contents
         raise UserError(str(e)) from None
     return 0

@@ -143,12 +143,17 @@ def _is_known(cfg, key: str) -> bool:
     return True
 
 
-def closest_key(cfg, key: str) -> Optional[str]:
-    """The valid full key of ``cfg`` closest to ``key`` (``difflib``), or ``None``."""
-    candidates = _leaf_keys(cfg)
-    upper = {k.upper(): k for k in candidates}
-    matches = difflib.get_close_matches(key.upper(), list(upper), n=1, cutoff=0.6)
+def closest_name(name: str, names: Iterable[str]) -> Optional[str]:
+    """The one of ``names`` closest to ``name`` ignoring case (``difflib``), or ``None`` when
+    none is close: the "did you mean" of a misspelt config key or released-weights name."""
+    upper = {n.upper(): n for n in names}
+    matches = difflib.get_close_matches(name.upper(), list(upper), n=1, cutoff=0.6)
     return upper[matches[0]] if matches else None
+
+
+def closest_key(cfg, key: str) -> Optional[str]:
+    """The valid full key of ``cfg`` closest to ``key`` (:func:`closest_name`), or ``None``."""
+    return closest_name(key, _leaf_keys(cfg))
 
 
 def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:

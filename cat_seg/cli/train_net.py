@@ -218,6 +218,7 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
                             "output/model_final.pth); it is empty")
         return
     from cat_seg.hub import check_released_weights, is_released_name, resolve_weights, weights_file_missing
+    from cat_seg.hub import released_name_suggestion
 
     if download and is_released_name(weights):
         cached = resolve_weights(weights)
@@ -229,7 +230,7 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
     if weights_file_missing(weights):
         expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
-        what = "is a directory" if os.path.isdir(weights) else "not found"
+        what = "is a directory" if os.path.isdir(weights) else "not found" + released_name_suggestion(weights)
         raise UserError(f"MODEL.WEIGHTS {weights!r} {what}; expected {expected}")
     if os.path.isfile(weights):
         from cat_seg.checkpoint.official import checkpoint_file_problem

@@ -350,10 +350,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = parser.parse_args(argv)
+    from .datasets.errors import DatasetError
+    from .prepare.cli import checked_root
+
     try:
-        generate_synthetic(args.root, args.num_train, args.num_val, args.image_size, args.seed,
+        # a regular file as the root is one line naming it (it was the OS's "File exists");
+        # a missing root is made: the generator writes the data, it reads none
+        root = checked_root(args.root, create=True)
+        generate_synthetic(root, args.num_train, args.num_val, args.image_size, args.seed,
                            force=args.force)
-    except ValueError as exc:
+    except (ValueError, DatasetError) as exc:
         from ..cli.errors import print_user_error
 
         return print_user_error(exc)

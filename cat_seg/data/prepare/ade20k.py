@@ -29,9 +29,11 @@ from . import cli
 from .io import check_values, read_array, read_label, save_array
 from .runner import Converted, Task, label_histogram
 
-BENCHMARKS = ("150", "847")
 ADE150 = get_layout("ade20k_150_test_sem_seg")
 ADE847 = get_layout("ade20k_full_sem_seg_freq_val_all")
+#: each --benchmark choice -> the catalog layouts it prepares
+BENCHMARK_LAYOUTS = {"150": (ADE150,), "847": (ADE847,)}
+BENCHMARKS = tuple(BENCHMARK_LAYOUTS)
 ADE150_RAW_LABELS = "ADEChallengeData2016/annotations/validation"
 ADE847_INDEX = "ADE20K_2021_17_01/index_ade20k.pkl"
 ADE847_MAX_SHORT_SIDE = 512
@@ -155,10 +157,13 @@ def ade847_tasks(root: Path) -> List[Task]:
     return tasks
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.build_parser(
-        "Prepare ADE20K-150 (ADEChallengeData2016) and ADE20K-847 (ADE20K_2021_17_01) "
-        "validation labels for detectron2.", BENCHMARKS)
+def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
+    """``datasets/prepare_ade20k.py``; ``benchmark``: that one alone, for a script under an
+    official name (:data:`~.cli.OFFICIAL_SCRIPTS`)."""
+    description = (cli.one_benchmark_description(BENCHMARK_LAYOUTS[benchmark]) if benchmark else
+                   "Prepare ADE20K-150 (ADEChallengeData2016) and ADE20K-847 (ADE20K_2021_17_01) "
+                   "validation labels for detectron2.")
+    parser = cli.build_parser(description, BENCHMARKS, only=benchmark)
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     plans = {

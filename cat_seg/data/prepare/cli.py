@@ -1,6 +1,9 @@
 """Command-line plumbing shared by the ``datasets/prepare_*.py`` scripts."""
 import argparse
 import contextlib
+import functools
+import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
@@ -23,9 +26,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None
+def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None, only: Optional[str] = None
                  ) -> argparse.ArgumentParser:
-    """Parser with the options every prepare script has (and ``--benchmark`` if given)."""
+    """Parser with the options every prepare script has (and ``--benchmark`` if given).
+
+    ``only`` (one of ``benchmarks``): the parser of a script under an official CAT-Seg name
+    (:data:`OFFICIAL_SCRIPTS`), which prepares that benchmark alone: ``args.benchmark`` is
+    ``[only]`` and there is no ``--benchmark`` option: offered, it listed every benchmark of the
+    dataset in that script's --help as if it could prepare them (one given now is an
+    unrecognized argument). ``description`` then comes from :func:`one_benchmark_description`."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--root", default=None,
                         help=f"dataset root (default: ${ENV_VAR}, else ./datasets)")
@@ -38,7 +47,9 @@ def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None
     parser.add_argument("--download-dir", default=None,
                         help="where downloaded archives are kept (default: <root>/downloads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    if benchmarks:
+    if only is not None:
+        parser.set_defaults(benchmark=[only])
+    elif benchmarks:
         parser.add_argument("--benchmark", action="append", choices=list(benchmarks),
                             help=f"benchmark to prepare, repeatable (default: all of "
                                  f"{', '.join(benchmarks)})")
@@ -51,8 +62,39 @@ def selected_benchmarks(args, benchmarks: Sequence[str]) -> List[str]:
     return [b for b in benchmarks if b in chosen]
 
 
+def one_benchmark_description(layouts) -> str:
+    """The --help description of a script under an official CAT-Seg name that prepares one
+    benchmark: the catalog ``layouts`` (splits) it makes, e.g. ``[ADE150]``."""
+    titles = " and ".join(layout.title for layout in layouts)
+    return (f"Prepare {titles} labels for detectron2 (this benchmark only). The script keeps its name "
+            f"from the official CAT-Seg code; it is the same as `{layouts[0].prepare_command}`.")
+
+
+def checked_root(given: Optional[str], create: bool) -> Path:
+    """The dataset root (``given`` by ``--root``, else ``$DETECTRON2_DATASETS``, else
+    ``./datasets``), checked before anything is read or written under it: a regular file is a
+    :class:`DatasetError`, and so is a missing folder unless ``create`` (the script makes it:
+    the synthetic generator, a ``--download``). Otherwise the first missing raw file was
+    reported under it, as if that download were the problem."""
+    root = dataset_root(given)
+    if given is not None:
+        named = f"--root {given}"
+    elif os.environ.get(ENV_VAR):
+        named = f"${ENV_VAR}={os.environ[ENV_VAR]}"
+    else:
+        named = f"the dataset root {os.path.abspath(root)} (the default: no --root given, ${ENV_VAR} not set)"
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{named} is a file; expected the dataset folder")
+    if not create and not root.exists():
+        raise DatasetError(f"{named} does not exist; expected the folder holding the downloaded datasets "
+                           f"(--download downloads the public ones into it)")
+    return root
+
+
 def root_of(args) -> Path:
-    return dataset_root(args.root)
+    """The checked dataset root of a script that reads raw data (:func:`checked_root`); a
+    missing one is created by ``--download``."""
+    return checked_root(args.root, create=args.download)
 
 
 def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
@@ -141,10 +183,31 @@ PROGRAMS = {
 }
 
 
+#: the official CAT-Seg code's script names kept in ``datasets/`` -> (DATASET of
+#: :data:`PROGRAMS`, the one benchmark of it that the script prepares)
+OFFICIAL_SCRIPTS = {
+    "prepare_ade20k_150.py": ("ade20k", "150"),
+    "prepare_ade20k_847.py": ("ade20k", "847"),
+    "prepare_ade20k_full.py": ("ade20k", "847"),
+    "prepare_pascal_context_59.py": ("voc", "pc59"),
+    "prepare_pascal_context_459.py": ("voc", "pc459"),
+}
+
+
+def _program_main(dataset: str) -> Callable[..., int]:
+    """The ``main`` of DATASET's preparation module (:data:`PROGRAMS`)."""
+    return importlib.import_module(f"cat_seg.data.{PROGRAMS[dataset][0]}").main
+
+
+def run_official_script(name: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``datasets/<name>`` (:data:`OFFICIAL_SCRIPTS`): its dataset's preparation of its one
+    benchmark, whose --help says so and offers no ``--benchmark``."""
+    dataset, benchmark = OFFICIAL_SCRIPTS[name]
+    return run(functools.partial(_program_main(dataset), benchmark=benchmark), argv)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``cat-seg-prepare DATASET [options]``: the preparation script of DATASET (``--help`` per dataset)."""
-    import importlib
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in PROGRAMS:
         listing = "\n".join(f"  {name:<11} {what}" for name, (_, what) in PROGRAMS.items())
@@ -154,8 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         print(usage, file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
-    module = importlib.import_module(f"cat_seg.data.{PROGRAMS[argv[0]][0]}")
-    return run(module.main, argv[1:])
+    return run(_program_main(argv[0]), argv[1:])
 
 
 if __name__ == "__main__":

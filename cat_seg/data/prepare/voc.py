@@ -19,9 +19,11 @@ from . import cli, pascal_context
 from .io import check_values, read_id_list, read_label, save_array
 from .runner import Converted, Task, label_histogram
 
-BENCHMARKS = ("voc", "pc59", "pc459")
 VOC20 = get_layout("voc_2012_test_sem_seg")
 VOC20B = get_layout("voc_2012_test_background_sem_seg")
+#: each --benchmark choice -> the catalog layouts it prepares
+BENCHMARK_LAYOUTS = {"voc": (VOC20, VOC20B), "pc59": (pascal_context.PC59,), "pc459": (pascal_context.PC459,)}
+BENCHMARKS = tuple(BENCHMARK_LAYOUTS)
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
 AUG_LABELS = "VOCdevkit/VOC2012/SegmentationClassAug"
 # what each --benchmark choice is prepared from
@@ -72,20 +74,25 @@ def voc_tasks(root: Path, background: bool) -> List[Task]:
                  (str(aug / f"{i}.png"), str(out_dir / f"{i}.png"), background)) for i in ids]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.build_parser(
-        "Prepare Pascal VOC 2012 val (VOC-20, VOC-20b) and Pascal Context val (59, 459 "
-        "classes) labels for detectron2.", BENCHMARKS)
-    parser.add_argument("--val-list", default=None,
-                        help="Pascal Context 459 id list (default: "
-                             f"<root>/{pascal_context.PC459_VAL_LIST})")
+def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
+    """``datasets/prepare_voc.py``; ``benchmark``: that one alone, for a script under an
+    official name (:data:`~.cli.OFFICIAL_SCRIPTS`)."""
+    description = (cli.one_benchmark_description(BENCHMARK_LAYOUTS[benchmark]) if benchmark else
+                   "Prepare Pascal VOC 2012 val (VOC-20, VOC-20b) and Pascal Context val (59, 459 "
+                   "classes) labels for detectron2.")
+    parser = cli.build_parser(description, BENCHMARKS, only=benchmark)
+    parser.set_defaults(val_list=None)
+    if benchmark in (None, "pc459"):  # a script that cannot prepare Context 459 has no use for its list
+        parser.add_argument("--val-list", default=None,
+                            help="Pascal Context 459 id list (default: "
+                                 f"<root>/{pascal_context.PC459_VAL_LIST})")
     args = parser.parse_args(argv)
     if args.val_list is not None and "pc459" not in cli.selected_benchmarks(args, BENCHMARKS):
         parser.error(f"--val-list is the Pascal Context 459 id list, and pc459 is not among the benchmarks "
                      f"prepared ({', '.join(cli.selected_benchmarks(args, BENCHMARKS))}): add --benchmark pc459")
     root = cli.root_of(args)
-    archives = {benchmark: [k for k in keys if not (args.val_list and k == "pascal_context_459_val_list")]
-                for benchmark, keys in ARCHIVE_KEYS.items()}
+    archives = {choice: [k for k in keys if not (args.val_list and k == "pascal_context_459_val_list")]
+                for choice, keys in ARCHIVE_KEYS.items()}
     plans = {
         "voc": lambda: [("VOC-20 val", voc_tasks(root, False), convert, VOC20),
                         ("VOC-20b val", voc_tasks(root, True), convert, VOC20B)],
