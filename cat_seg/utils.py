@@ -112,6 +112,16 @@ def temporary_path(path) -> str:
     return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+class WriteError(OSError):
+    """An ``OSError`` of :func:`atomic_write` while writing ``filename``, the file the caller
+    asked for: the OS names the temporary file it failed on (``.a.pth.<pid>.<thread>.tmp``), a
+    name the user never gave. ``str()`` is ``cannot write PATH: REASON``; ``errno`` is the
+    OS's."""
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
 def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
@@ -121,21 +131,29 @@ def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     one, never a half-written file under the final name. ``durable`` also flushes the data to
     disk before the rename (survives a power loss; costs a disk sync, so the preparation
     scripts that write many thousands of small files turn it off).
+
+    An ``OSError`` while creating, writing or renaming the temporary file (a read-only
+    folder, a full disk) is raised as :class:`WriteError` naming ``path``, and the temporary
+    file is removed. Errors of creating the folder name the folder, and errors that ``write``
+    raises about other files are raised as they are.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temporary_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode) as f:
             write(f)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # an error without a file (a full disk while writing) or on the temporary file is about `path`
+        if isinstance(error, OSError) and error.filename in (None, tmp, path):
+            raise WriteError(error.errno, error.strerror or str(error), path) from error
         raise
 
 

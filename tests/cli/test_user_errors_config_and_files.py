@@ -2,16 +2,24 @@
 file left behind.
 
 - class-name jsons (``read_class_json``) and the demo's vocabulary files: text that is not
-  UTF-8, a byte-order mark, JSON errors.
+  UTF-8, a byte-order mark, JSON errors;
+- files written through ``atomic_write`` (``cat-seg-convert``, the prepare scripts) into a folder
+  that cannot be written: the message names the file asked for, not the temporary file.
 """
+import errno
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cat_seg.api import CATSegError, read_vocabulary_file
-from cat_seg.cli import train_net
-from cat_seg.utils import read_class_json
+from cat_seg.cli import convert_official_checkpoint, train_net
+from cat_seg.data import synthetic
+from cat_seg.data.prepare import cli as prepare_cli
+from cat_seg.utils import WriteError, atomic_write, read_class_json
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs/quick_schedules/tiny_vitb_cpu.yaml")
@@ -81,3 +89,81 @@ def test_demo_vocabulary_file_reads_like_the_class_jsons(tmp_path):
     with pytest.raises(CATSegError) as info:
         read_vocabulary_file(str(null))
     assert str(info.value) == f"vocabulary file '{null}': expected a JSON array of class-name strings"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+@pytest.fixture
+def read_only_folder(tmp_path, monkeypatch):
+    """A folder in which creating a file fails with EACCES, as in a read-only folder. Tests may
+    run as root, whom chmod does not stop, so the OS's answer is simulated: ``os.open`` (which
+    ``atomic_write`` creates its temporary file with) refuses to create files there."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.dirname(os.path.abspath(path)) == str(folder):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    return folder
+
+
+def test_atomic_write_in_a_read_only_folder_names_the_file(read_only_folder):
+    target = read_only_folder / "a.pth"
+    with pytest.raises(WriteError) as info:
+        atomic_write(target, lambda f: f.write(b"x"))
+    assert str(info.value) == f"cannot write {target}: Permission denied"
+    assert info.value.errno == errno.EACCES and info.value.filename == str(target)
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_atomic_write_that_fails_while_writing_names_the_file_and_leaves_the_old_one(tmp_path):
+    """A full disk: the OS error of the write names no file at all."""
+    target = tmp_path / "results.md"
+    target.write_text("previous")
+
+    def fill_the_disk(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(WriteError) as info:
+        atomic_write(target, fill_the_disk)
+    assert str(info.value) == f"cannot write {target}: No space left on device"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"] and target.read_text() == "previous"
+
+
+def test_atomic_write_keeps_the_errors_of_other_files(tmp_path):
+    """An error that ``write`` raises about another file (a source it reads) is not about the
+    file written."""
+    source = tmp_path / "missing-source.bin"
+
+    def copy_source(f):
+        f.write(source.read_bytes())
+
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write(tmp_path / "copy.bin", copy_source)
+    assert not isinstance(info.value, WriteError) and info.value.filename == str(source)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_into_a_read_only_folder_is_one_line_naming_the_output(tmp_path, read_only_folder, capsys):
+    sys.path.insert(0, str(REPO / "tests" / "reference"))
+    try:
+        from official_reference import make_official_state_dict
+    finally:
+        sys.path.remove(str(REPO / "tests" / "reference"))
+    official = tmp_path / "official.pth"
+    torch.save({"model": make_official_state_dict("tiny-b", seed=0)}, official)
+    out = read_only_folder / "a.pth"
+    assert convert_official_checkpoint.main([str(official), str(out)]) == 2
+    assert one_error_line(capsys) == f"error: cannot write {out}: Permission denied"
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_prepare_into_a_read_only_folder_is_one_line_naming_the_output(read_only_folder, capsys):
+    argv = ["--root", str(read_only_folder), "--num-train", "2", "--num-val", "1"]
+    assert prepare_cli.run(synthetic.main, argv) == 2
+    assert one_error_line(capsys) == f"error: cannot write {read_only_folder / 'synthetic_train.json'}: Permission denied"
+    assert list(read_only_folder.iterdir()) == []
