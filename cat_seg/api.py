@@ -43,7 +43,7 @@ from .fonts import font_families, missing_glyphs_message
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.clip.prompts import shared_first_synonym_note
 from .modeling.postprocess import ClassMaps, OutputRequest
-from .utils import resolve_vocabulary_path, temporary_path
+from .utils import parse_json_text, read_vocabulary_text, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -228,22 +228,16 @@ def read_vocabulary_file(path: str) -> List[str]:
     read by :func:`parse_vocabulary_text` (one class per line, ``", "`` synonyms allowed, or a
     single line of classes like ``--vocab``; blank lines and ``#`` comments ignored).
     """
+    key = "vocabulary file"  # how the errors name the file
     try:
-        path = resolve_vocabulary_path(path, "vocabulary file")
-    except FileNotFoundError as e:
+        path, text = read_vocabulary_text(path, key)  # UTF-8, a byte-order mark dropped
+        is_json = path.lower().endswith(".json") or text.lstrip().startswith("[")
+        data = parse_json_text(text, path, key) if is_json else None
+    except (OSError, ValueError) as e:  # the messages name the file
         raise CATSegError(str(e)) from None
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is dropped
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CATSegError(f"cannot read vocabulary file {path!r}: {e}") from None
-    if path.lower().endswith(".json") or text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CATSegError(f"vocabulary file {path!r} is not valid JSON: {e}") from None
+    if is_json:
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise CATSegError(f"vocabulary file {path!r} must hold a JSON array of class-name strings")
+            raise CATSegError(f"{key} {path!r}: expected a JSON array of class-name strings")
         return _clean_classes(data, f"file {path}")
     return parse_vocabulary_text(text, f"file {path}")
 

@@ -189,30 +189,57 @@ def _node_and_leaf(cfg, key: str):
     return (get_key(cfg, parents) if parents else cfg), leaf
 
 
+class ConfigChainError(ValueError):
+    """A ``_BASE_`` of a config file that names no file, is not a path, or leads back to a
+    file whose ``_BASE_`` chain holds it (detectron2 recursed until ``RecursionError``)."""
+
+
 def config_file_chain(config_file: str) -> List[Tuple[str, Any]]:
     """``(path, YAML content)`` of ``config_file`` and of the files it inherits from through
-    ``_BASE_`` (each relative to the file naming it, ``~`` expanded, as detectron2 reads them),
-    the file itself first. The chain ends at a file that holds no string ``_BASE_`` (a file
-    that is not a mapping of keys is its last entry), at one that cannot be read or parsed,
-    or at one already in the chain; merging the config reports those files' own errors."""
+    ``_BASE_`` (a path or a list of paths, each relative to the file naming it, ``~`` expanded,
+    as detectron2 reads them), depth first, the file itself first.
+
+    A file that cannot be read or parsed, or that is not a mapping of keys, ends its branch
+    (merging the config reports those files' own errors); so does a ``_BASE_`` URL (detectron2
+    downloads it). Raises :class:`ConfigChainError`, one line naming the file, its ``_BASE_``
+    value and the path it resolves to, for a ``_BASE_`` that names no file or leads back into
+    its own chain (the cycle is named), or that is not a path."""
     import os
 
     import yaml
 
-    chain, seen, path = [], set(), config_file
-    while os.path.abspath(path) not in seen and os.path.isfile(path):
-        seen.add(os.path.abspath(path))
+    chain = []
+
+    def visit(path: str, branch: List[str]) -> None:
+        # branch: the files from config_file down to path, for finding and naming a cycle
         try:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
         except Exception:  # noqa: BLE001 - unreadable, YAML syntax, unsafe tags: reported when merging
-            break
+            return
         chain.append((path, data))
-        base = data.get("_BASE_") if isinstance(data, dict) else None
-        if not isinstance(base, str):
-            break
-        base = os.path.expanduser(base)
-        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        bases = data.get("_BASE_") if isinstance(data, dict) else None
+        for base in bases if isinstance(bases, list) else [] if bases is None else [bases]:
+            where = f"_BASE_ {base!r} of config file {path!r}"
+            if not isinstance(base, str) or not base:
+                raise ConfigChainError(f"{where}: expected the path of a YAML config file (or a list of paths)")
+            if base.startswith(("https://", "http://")):
+                continue
+            expanded = os.path.expanduser(base)
+            target = os.path.normpath(expanded if os.path.isabs(expanded) else
+                                      os.path.join(os.path.dirname(path), expanded))
+            if not os.path.isfile(target):
+                problem = "is a directory" if os.path.isdir(target) else "does not exist"
+                raise ConfigChainError(f"{where} not found: {target!r} {problem}")
+            ancestors = [os.path.abspath(p) for p in branch]
+            if os.path.abspath(target) in ancestors:
+                cycle = branch[ancestors.index(os.path.abspath(target)):] + [target]
+                raise ConfigChainError(f"{where} leads back to {target!r}, a cycle of _BASE_ files: "
+                                       f"{' -> '.join(cycle)}")
+            visit(target, branch + [target])
+
+    if os.path.isfile(config_file):
+        visit(config_file, [config_file])
     return chain
 
 

@@ -3,7 +3,7 @@ import json
 import os
 import re
 import threading
-from typing import Callable, List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,19 +55,46 @@ def resolve_vocabulary_path(path: str, key: str = "class json") -> str:
         raise FileNotFoundError(f"{key} {path!r} not found, and it names no packaged vocabulary ({e.args[0]})") from None
 
 
+def read_vocabulary_text(path: str, key: str = "class json") -> Tuple[str, str]:
+    """``(file, text)``: the file ``path`` names (:func:`resolve_vocabulary_path`: a file, or a
+    packaged vocabulary) and its text, read as UTF-8; a byte-order mark at its start (Windows
+    editors write one) is dropped.
+
+    Errors are one line that names ``key`` (the option or config key that gave ``path``) and
+    the file: ``FileNotFoundError`` for no such file, ``OSError`` for a file that cannot be read,
+    ``ValueError`` for a file that is not UTF-8 text."""
+    file = resolve_vocabulary_path(path, key)
+    try:
+        with open(file, encoding="utf-8-sig") as f:
+            return file, f.read()
+    except UnicodeDecodeError as e:  # a binary file, or text in another encoding (Latin-1, UTF-16)
+        raise ValueError(f"{key} {file!r}: not UTF-8 text ({e.reason} at byte {e.start}); expected a UTF-8 "
+                         f"file of class names") from None
+    except OSError as e:
+        raise OSError(f"{key} {file!r}: cannot read it ({e.strerror or e})") from None
+
+
+def parse_json_text(text: str, file: str, key: str = "class json"):
+    """``text`` (read from ``file``) parsed as JSON; a ``ValueError`` naming ``key`` and
+    ``file`` if it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{key} {file!r}: not valid JSON ({e})") from None
+
+
 def read_class_json(path: str, key: str = "class json") -> List[str]:
-    """Read a flat JSON array of class names; clear errors otherwise.
+    """Read a flat JSON array of class names (a UTF-8 file, with or without a byte-order mark).
 
     ``path`` is resolved by :func:`resolve_vocabulary_path` (a file, or a packaged vocabulary).
+    Every error is one line naming ``key`` and the file (:func:`read_vocabulary_text`): a
+    missing or unreadable file, text that is not UTF-8 or not JSON, or JSON that is not a
+    non-empty array of non-empty strings.
     """
-    path = resolve_vocabulary_path(path, key)
-    with open(path, encoding="utf-8") as f:
-        try:
-            names = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    file, text = read_vocabulary_text(path, key)
+    names = parse_json_text(text, file, key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"{path}: expected a non-empty JSON array of non-empty class-name strings")
+        raise ValueError(f"{key} {file!r}: expected a non-empty JSON array of non-empty class-name strings")
     return names
 
 
@@ -85,6 +112,16 @@ def temporary_path(path) -> str:
     return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+class WriteError(OSError):
+    """An ``OSError`` of :func:`atomic_write` while writing ``filename``, the file the caller
+    asked for: the OS names the temporary file it failed on (``.a.pth.<pid>.<thread>.tmp``), a
+    name the user never gave. ``str()`` is ``cannot write PATH: REASON``; ``errno`` is the
+    OS's."""
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
 def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
@@ -94,21 +131,29 @@ def atomic_write(path, write: Callable, mode: str = "wb", durable: bool = True):
     one, never a half-written file under the final name. ``durable`` also flushes the data to
     disk before the rename (survives a power loss; costs a disk sync, so the preparation
     scripts that write many thousands of small files turn it off).
+
+    An ``OSError`` while creating, writing or renaming the temporary file (a read-only
+    folder, a full disk) is raised as :class:`WriteError` naming ``path``, and the temporary
+    file is removed. Errors of creating the folder name the folder, and errors that ``write``
+    raises about other files are raised as they are.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = temporary_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode) as f:
             write(f)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # an error without a file (a full disk while writing) or on the temporary file is about `path`
+        if isinstance(error, OSError) and error.filename in (None, tmp, path):
+            raise WriteError(error.errno, error.strerror or str(error), path) from error
         raise
 
 

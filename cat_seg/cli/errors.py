@@ -15,8 +15,9 @@ benchmark's generator):
   catches its user errors itself (the demo, the web app, the benchmark tool, the prepare
   scripts).
 - :func:`merge_config`: ``merge_config(cfg, config_file, opts)`` merges a YAML file and
-  ``KEY VALUE`` pairs into a detectron2 config; a missing file, a YAML error, a bad value or
-  an unknown key raise :class:`UserError` (an unknown key names the closest valid key).
+  ``KEY VALUE`` pairs into a detectron2 config; a missing file, a bad ``_BASE_``, a YAML error,
+  a value of the wrong type or an unknown key raise :class:`UserError` (an unknown key names the
+  closest valid key, a bad value what the key takes).
 - :func:`check_config_keys`: the unknown-key check itself, for callers that merge on their own.
 - :class:`ArgumentParser` / :func:`one_line_argument_errors`: argparse whose errors (an unknown
   option, a bad choice or number) are that same one line, not argparse's usage block.
@@ -170,24 +171,127 @@ def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
         raise UserError(f"unknown config key {key!r} in {source}; {hint}")
 
 
-def _not_a_mapping(config_file: str) -> Optional[str]:
-    """The first file of ``config_file``'s ``_BASE_`` chain whose YAML is not a mapping of
-    config keys (an empty file, a list), with what it holds; ``None`` when there is none or a
-    file cannot be read (its own error is reported then)."""
-    from cat_seg.config import config_file_chain
+def _existing_config_file(config_file: str) -> str:
+    """``config_file`` relative to the working folder, else to the repository
+    (:func:`cat_seg.utils.resolve_path`: ``configs/...`` from anywhere); :class:`UserError` when
+    it is not a file."""
+    from cat_seg.utils import REPO_ROOT, resolve_path
 
-    for path, data in config_file_chain(config_file):
-        if not isinstance(data, dict):
-            held = "nothing" if data is None else f"a YAML {type(data).__name__}"
-            return f"{path!r} holds {held}"
-    return None
+    config_file = resolve_path(config_file)
+    if not os.path.isfile(config_file):
+        what = "is a directory, expected a YAML file" if os.path.isdir(config_file) else "not found"
+        if what == "not found" and not os.path.isabs(config_file) and not os.path.isdir(
+                os.path.join(REPO_ROOT, "configs")):
+            what += ("; this cat-seg is installed without its repository, whose configs/ it needs: pass "
+                     "--config-file with the path into a checkout (e.g. ~/cat-seg/configs/vitb_384.yaml)")
+        raise UserError(f"config file {config_file!r} {what}")
+    return config_file
 
 
-def _file_keys(config_file: str) -> List[str]:
-    """The dotted keys set by a YAML config file (its ``_BASE_`` files included)."""
+def _read_config_file(config_file: str) -> dict:
+    """The keys ``config_file`` sets, those of its ``_BASE_`` files included, as detectron2
+    reads them (``load_yaml_with_base``: nested dicts, the file's own values over its bases').
+
+    :class:`UserError` (one line) for a ``_BASE_`` that names no file or leads back into its own
+    chain (detectron2 said ``FileNotFoundError`` without naming ``_BASE_``, or recursed until
+    ``RecursionError``), a file of the chain that is not a mapping of keys (an empty file, a
+    list), a YAML error."""
     from detectron2.config import CfgNode
 
-    return _leaf_keys(CfgNode.load_yaml_with_base(config_file, allow_unsafe=True))
+    from cat_seg.config import ConfigChainError, config_file_chain
+
+    try:
+        chain = config_file_chain(config_file)
+    except ConfigChainError as exc:
+        raise UserError(str(exc)) from None
+    for path, data in chain:
+        if not isinstance(data, dict):
+            held = "nothing" if data is None else f"a YAML {type(data).__name__}"
+            raise UserError(f"bad config file {config_file!r}: {path!r} holds {held}; expected a YAML mapping of "
+                            f"config keys (KEY: value lines, e.g. _BASE_: configs/vitb_384.yaml)")
+    try:
+        return CfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+    except Exception as exc:  # YAML syntax, an unreadable file, a key one file sets as a value and another as a section
+        raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def _expected_value(current) -> str:
+    """What a config key whose value is ``current`` takes, in words, for a message."""
+    if isinstance(current, bool):  # before int: a bool is an int
+        return "True or False"
+    if isinstance(current, int):
+        return "a whole number"
+    if isinstance(current, float):
+        return "a number"
+    if isinstance(current, str):
+        return "a string"
+    if isinstance(current, (list, tuple)):
+        example = repr(list(current))
+        return f"a list such as {example}" if current and len(example) <= 40 else "a list"
+    return f"a {type(current).__name__}"
+
+
+def _checked_value(key: str, value, current, source: str):
+    """``value`` (as given: a string on the command line, a YAML value in a file) for the
+    config key ``key`` whose value is now ``current``, as it is to be merged.
+
+    yacs's rule decides which values a key takes (the same type; a list for a tuple and back;
+    ``None``), with one addition: a whole number for a key that holds a float is that float
+    (``SOLVER.BASE_LR 1``: yacs refused an ``int`` for a ``float``). Anything else raises
+    :class:`UserError` saying what ``key`` takes and what it got (yacs's "Type mismatch" named
+    Python types and printed a whole section given a value: ``SOLVER: 5``). ``source`` says
+    where ``value`` came from (``config file 'x.yaml'``, ``the command line``)."""
+    from detectron2.config import CfgNode
+    from yacs.config import _check_and_coerce_cfg_value_type
+
+    from cat_seg.utils import show_keys
+
+    decoded = CfgNode._decode_cfg_value(value)  # as yacs decodes it when merging: "[2, 2]" -> [2, 2]
+    shown = decoded if isinstance(value, str) else value  # a YAML mapping as written, not as a CfgNode
+    if isinstance(current, dict):
+        if isinstance(decoded, dict):
+            return value
+        keys = show_keys([f"{key}.{name}" for name in current], limit=3)
+        raise UserError(f"{key} is a section (a group of keys: {keys}), not a value; got {shown!r} (in {source}); "
+                        f"set the keys under it instead")
+    if type(current) is float and type(decoded) is int:  # type(): True is no number here
+        return float(decoded)
+    try:
+        _check_and_coerce_cfg_value_type(decoded, current, key, key)
+    except ValueError:
+        raise UserError(f"{key}: expected {_expected_value(current)}, got {shown!r} (in {source})") from None
+    return value
+
+
+def _check_file_values(node, values: dict, source: str, prefix: str = "") -> None:
+    """:func:`_checked_value` for every value of a config file that ``node`` (the config) has
+    (``values``: the file's nested keys, as :func:`_read_config_file` gives them); the values to
+    be merged replace the given ones in place. Keys ``node`` does not have are left to the merge
+    (deprecated keys, new keys of a node that takes them)."""
+    for name, value in values.items():
+        if name not in node:
+            continue
+        current = node[name]
+        if isinstance(current, dict) and isinstance(value, dict):
+            _check_file_values(current, value, source, f"{prefix}{name}.")
+        else:
+            values[name] = _checked_value(prefix + name, value, current, source)
+
+
+_NOT_SET = object()  # get_key's answer for a key the config does not hold
+
+
+def _merge_file_values(cfg, values: dict, config_file: str) -> None:
+    """Merge the checked ``values`` of ``config_file`` into ``cfg`` as detectron2's
+    ``merge_from_file`` does for a config of its current ``VERSION`` or of none (cat-seg's and
+    the official configs name none). A file that names an older ``VERSION`` goes through
+    ``merge_from_file``, which converts it. (A file without ``VERSION`` that sets
+    ``MODEL.WEIGHT`` or ``TEST.AUG_ON`` was guessed to be of version 1 by ``merge_from_file``;
+    here those are unknown keys, whose message names the closest key of today.)"""
+    if values.get("VERSION", cfg.VERSION) != cfg.VERSION:
+        cfg.merge_from_file(config_file)
+    else:
+        cfg.merge_from_other_cfg(type(cfg)(values))
 
 
 def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = ()):
@@ -195,49 +299,43 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     repository: :func:`cat_seg.utils.resolve_path`) then the ``KEY VALUE`` list ``opts``
     into ``cfg``.
 
-    Returns ``cfg``. Raises :class:`UserError` for a missing config file, an odd ``opts``
-    list, a YAML error, an unknown key (naming the closest valid key) or a value of the wrong
-    type, so that a command line gets one line instead of detectron2's traceback.
+    Returns ``cfg``. Raises :class:`UserError` for a missing config file, a ``_BASE_`` that
+    names no file or leads back to itself, an odd ``opts`` list, a YAML error, an unknown key
+    (naming the closest valid key) or a value of the wrong type (saying what the key takes), so
+    that a command line gets one line instead of detectron2's traceback. A whole number for a
+    key that holds a float is that float (``SOLVER.BASE_LR 1``), in a file as on the command line.
+
+    The file is read once (:func:`_read_config_file`); its keys and values are checked before
+    any is merged, and so are those of ``opts``: a mistake in the file leaves ``cfg`` as it was,
+    one in ``opts`` as the file made it.
     """
+    from cat_seg.config import get_key, resolve_paths_near_config
+
     opts = list(opts)
     if config_file is not None:
-        from cat_seg.utils import REPO_ROOT, resolve_path
-
-        # a path relative to the working folder, else to the repository (configs/... from anywhere)
-        config_file = resolve_path(config_file)
-        if not os.path.isfile(config_file):
-            what = "is a directory, expected a YAML file" if os.path.isdir(config_file) else "not found"
-            if what == "not found" and not os.path.isabs(config_file) and not os.path.isdir(
-                    os.path.join(REPO_ROOT, "configs")):
-                what += ("; this cat-seg is installed without its repository, whose configs/ it needs: pass "
-                         "--config-file with the path into a checkout (e.g. ~/cat-seg/configs/vitb_384.yaml)")
-            raise UserError(f"config file {config_file!r} {what}")
+        config_file = _existing_config_file(config_file)
+        source = f"config file {config_file!r}"
+        values = _read_config_file(config_file)
+        check_config_keys(cfg, _leaf_keys(values), source)
+        _check_file_values(cfg, values, source)
         try:
-            cfg.merge_from_file(config_file)
-            from cat_seg.config import resolve_paths_near_config
-
+            _merge_file_values(cfg, values, config_file)
             resolve_paths_near_config(cfg, config_file)  # a checkout's config from any folder
-        except Exception as exc:  # unknown key, YAML syntax, bad value, unreadable _BASE_
-            empty = _not_a_mapping(config_file)
-            if empty:
-                raise UserError(f"bad config file {config_file!r}: {empty}; expected a YAML mapping of config keys "
-                                f"(KEY: value lines, e.g. _BASE_: configs/vitb_384.yaml)") from None
-            try:
-                check_config_keys(cfg, _file_keys(config_file), f"config file {config_file!r}")
-            except UserError:
-                raise
-            except Exception:  # the file itself cannot be read: report the merge error below
-                pass
+        except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
             raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
-        _say_ignored_keys(_file_keys(config_file))
+        _say_ignored_keys(_leaf_keys(values))
     if len(opts) % 2:
         hint = "; options (--...) go before the KEY VALUE pairs" if any(o.startswith("--") for o in opts) else ""
         raise UserError(f"config overrides must be KEY VALUE pairs, got an odd number of items: "
                         f"{' '.join(opts)}{hint}")
     check_config_keys(cfg, opts[0::2], "the command line")
+    checked = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        current = get_key(cfg, key, _NOT_SET)  # not set: a deprecated key, or a new key of a node that takes them
+        checked += [key, value if current is _NOT_SET else _checked_value(key, value, current, "the command line")]
     try:
-        cfg.merge_from_list(opts)
-    except Exception as exc:  # a value of the wrong type or a value that does not parse
+        cfg.merge_from_list(checked)
+    except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
         raise UserError(f"bad config override on the command line: {type(exc).__name__}: {one_line(exc)}") from None
     _say_ignored_keys(opts[0::2])
     return cfg

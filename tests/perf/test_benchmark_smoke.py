@@ -121,7 +121,7 @@ def test_smoke_count_records():
     (["--profile", "3", "--profile-out", "/no/such/folder/p.txt"], "--profile-out /no/such/folder/p.txt: expected a file"),
     (["--smoke", "--iters", "3"], "--smoke runs its own tiny settings: drop --iters"),
     (["--class-json", "no/such.json"], "--class-json 'no/such.json' not found"),
-    (["--class-json", "configs/vitb_384.yaml"], "configs/vitb_384.yaml: not valid JSON"),
+    (["--class-json", "configs/vitb_384.yaml"], "configs/vitb_384.yaml': not valid JSON"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, capsys):
     from cat_seg.cli.benchmark import main

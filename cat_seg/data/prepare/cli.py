@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ...cli.errors import ArgumentParser
+from ...utils import WriteError
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
 from ..catalog import ENV_VAR, dataset_root
@@ -166,8 +167,10 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv=None) -> int:
     except OSError as exc:
         if exc.filename is None:  # not about a file of the user: an internal error
             raise
-        # a folder that cannot be written (read-only, under a regular file, disk full)
-        return print_user_error(DatasetError(f"{exc.filename}: {exc.strerror or exc}"))
+        # a folder that cannot be written (read-only, under a regular file, disk full); a
+        # WriteError says "cannot write" the output file itself
+        message = str(exc) if isinstance(exc, WriteError) else f"{exc.filename}: {exc.strerror or exc}"
+        return print_user_error(DatasetError(message))
     except KeyboardInterrupt:
         print("interrupted: finished files are kept; rerun the same command to resume",
               file=sys.stderr)

@@ -31,7 +31,7 @@ LOCK_FILE = ".prepare.lock"
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (no disk sync: a rerun redoes what a power loss
-    may have lost)."""
+    may have lost); a failed write raises :class:`cat_seg.utils.WriteError` naming ``path``."""
     atomic_write(path, lambda f: f.write(data), durable=False)
     return Path(path)
 
