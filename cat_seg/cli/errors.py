@@ -294,6 +294,15 @@ def _merge_file_values(cfg, values: dict, config_file: str) -> None:
         cfg.merge_from_other_cfg(type(cfg)(values))
 
 
+def check_pairs(opts: Sequence[str]) -> None:
+    """``opts`` are ``KEY VALUE`` pairs (the command line's config overrides), else
+    :class:`UserError` quoting them."""
+    if len(opts) % 2:
+        hint = "; options (--...) go before the KEY VALUE pairs" if any(o.startswith("--") for o in opts) else ""
+        raise UserError(f"config overrides must be KEY VALUE pairs, got an odd number of items: "
+                        f"{' '.join(opts)}{hint}")
+
+
 def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = ()):
     """Merge ``config_file`` (if given; a relative path from the working folder, else the
     repository: :func:`cat_seg.utils.resolve_path`) then the ``KEY VALUE`` list ``opts``
@@ -324,10 +333,7 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
         except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
             raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
         _say_ignored_keys(_leaf_keys(values))
-    if len(opts) % 2:
-        hint = "; options (--...) go before the KEY VALUE pairs" if any(o.startswith("--") for o in opts) else ""
-        raise UserError(f"config overrides must be KEY VALUE pairs, got an odd number of items: "
-                        f"{' '.join(opts)}{hint}")
+    check_pairs(opts)
     check_config_keys(cfg, opts[0::2], "the command line")
     checked = []
     for key, value in zip(opts[0::2], opts[1::2]):

@@ -30,7 +30,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from ..utils import atomic_write
-from .errors import UserError, run_main
+from .errors import UserError, check_pairs, run_main
 
 USAGE = "sh eval.sh CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]"
 
@@ -312,6 +312,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if len(argv) < 3:
         raise UserError(f"expected CONFIG NUM_GPUS OUTPUT_DIR, got {len(argv)} argument(s); usage: {USAGE}")
     config, num_gpus, output_dir = argv[0], parse_num_gpus(argv[1]), argv[2]
+    check_pairs(argv[3:])  # quoting the user's options, not eval.sh's own that come before them
     extra = evaluation_options(argv[3:])
     keys = selected_benchmarks()
     train_net = train_net_command()

@@ -242,6 +242,14 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     assert not (out / "eval").exists()  # nothing started, nothing written
 
 
+def test_an_odd_number_of_options_quotes_the_users_own(tmp_path, capsys):
+    """The message listed eval.sh's own overrides (weights, OUTPUT_DIR, the protocol) before
+    the user's, who had typed only MODEL.WEIGHTS."""
+    assert evaluate_benchmarks.main([TINY_CONFIG, "1", str(tmp_path / "run"), "MODEL.WEIGHTS"]) == 2
+    assert capsys.readouterr().err == ("error: config overrides must be KEY VALUE pairs, got an odd number of items: "
+                                       "MODEL.WEIGHTS\n")
+
+
 def test_no_data_for_any_selected_benchmark_is_an_error(tmp_path, capsys, monkeypatch, tiny_checkpoint):
     """A wrong $DETECTRON2_DATASETS skipped every benchmark and ended with exit status 0 and an
     empty results table; it is one error line before any benchmark runs."""
