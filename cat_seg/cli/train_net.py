@@ -621,6 +621,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         what = f"weights {cfg.MODEL.WEIGHTS!r}, " if args.eval_only else ""
         print(f"ok: config {args.config_file!r}, {what}OUTPUT_DIR {cfg.OUTPUT_DIR!r}")
         return 0
+    fix_drawn_seed(args, cfg)
     print("Command Line Args:", args)
     if args.num_gpus > 1 and not torch.cuda.is_available():
         print(f"no GPU: running {args.num_gpus} CPU processes (gloo)", flush=True)
@@ -643,6 +644,40 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             raise
         raise user_error from None
     return 0
+
+
+def fix_drawn_seed(args, cfg) -> None:
+    """``SEED -1`` (random, as the official configs have it) in a training on one machine: the
+    seed is drawn here, once, and given to every process as ``SEED N``, so that the run's
+    ``config.yaml`` records it and repeats the run (detectron2 drew one per process and
+    recorded -1). ``--resume`` of such a run reuses the seed its ``config.yaml`` records. On
+    several machines each would draw its own: there the processes agree on rank 0's at start
+    (:func:`cat_seg.engine.trainer.resolve_seed`), as before."""
+    if args.eval_only or cfg.SEED >= 0 or args.num_machines > 1:
+        return
+    if args.resume and has_run(cfg):
+        seed = recorded_seed(cfg.OUTPUT_DIR)
+        if seed is None:  # a run that recorded -1: its checkpoint's data seed is restored, as before
+            return
+    else:
+        import random
+
+        seed = random.SystemRandom().randrange(2 ** 31 - 1)
+    args.opts = list(args.opts) + ["SEED", str(seed)]
+    print(f"SEED -1: this run's seed is {seed} (recorded in {os.path.join(cfg.OUTPUT_DIR, 'config.yaml')}; "
+          f"SEED {seed} repeats the run)", flush=True)
+
+
+def recorded_seed(output_dir: str) -> Optional[int]:
+    """The ``SEED`` (>= 0) the ``config.yaml`` of the run in ``output_dir`` records, or None."""
+    import yaml
+
+    try:
+        with open(os.path.join(output_dir, "config.yaml")) as f:
+            seed = (yaml.safe_load(f) or {}).get("SEED")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and seed >= 0 else None
 
 
 def user_error_in_process(exc: BaseException) -> Optional[BaseException]:

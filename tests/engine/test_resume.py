@@ -127,3 +127,27 @@ def test_optimizer_state_problem():
         "it trained 2 parameter tensors in 2 groups, this config trains 3 in 3")
     assert optimizer_state_problem(torch.optim.AdamW(groups((2, 3), (5,))), saved) == (
         "its optimizer state holds a (4,) moment for a parameter of shape (5,)")
+
+
+def test_a_drawn_seed_is_recorded_in_config_yaml_and_kept_on_resume(tiny_benchmark, tmp_path):
+    """SEED -1 (the official configs'): the run's config.yaml recorded -1, so it could not
+    repeat the run; the seed is now drawn once, given to every process and recorded, and
+    --resume keeps it."""
+    import yaml
+
+    out = str(tmp_path / "run")
+    opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()", "SEED": -1})
+    proc = run_train_net(tiny_benchmark, *opts)
+
+    def recorded():
+        with open(os.path.join(out, "config.yaml")) as f:
+            return yaml.safe_load(f)["SEED"]
+
+    seed = recorded()
+    assert isinstance(seed, int) and seed >= 0
+    assert f"SEED -1: this run's seed is {seed} (recorded in" in proc.stdout
+    checkpoint = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert checkpoint["data_seed"]["seed"] == seed  # the data stream's seed is the recorded one
+    longer = [("2" if previous == "SOLVER.MAX_ITER" else value) for previous, value in zip([None] + opts, opts)]
+    run_train_net(tiny_benchmark, "--resume", *longer)
+    assert recorded() == seed
