@@ -18,7 +18,7 @@
 import logging
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -53,6 +53,27 @@ def describe_image_tower(state: Mapping[str, Any]) -> Optional[str]:
     return f"width {conv.shape[0]}, {len(blocks)} blocks, patch {conv.shape[-1]}"
 
 
+class NewModuleKeys(NamedTuple):
+    """The keys of a model's new modules (``new_modules``) that a checkpoint does not provide as
+    they are: ``kept``, the model's tensors that keep their initialisation (not in the
+    checkpoint, or there in another shape); ``skipped``, the checkpoint's tensors not loaded
+    (another shape, or of a module the model replaced or removed)."""
+
+    kept: List[str]
+    skipped: List[str]
+
+
+def new_module_prefixes(model: torch.nn.Module) -> List[str]:
+    """The state-dict prefixes of the new modules of ``model`` and of every submodule: each
+    module's ``new_modules`` attribute, relative to it (``("adapter",)`` on the head is
+    ``sem_seg_head.adapter``), so that a registered head or backbone declares its own."""
+    prefixes = []
+    for name, module in model.named_modules():
+        for prefix in getattr(module, "new_modules", ()) or ():
+            prefixes.append(f"{name}.{prefix}" if name else str(prefix))
+    return prefixes
+
+
 def check_state_dict_fits(
     model_state: Mapping[str, torch.Tensor],
     state: Mapping[str, Any],
@@ -62,25 +83,29 @@ def check_state_dict_fits(
 ) -> List[str]:
     """Raise :class:`CheckpointMismatchError` unless ``state`` provides exactly the tensors of
     ``model_state`` (same keys, same shapes), apart from the keys of ``new_modules``: modules
-    (state-dict key prefixes such as ``"sem_seg_head.adapter"``) a model built on cat-seg adds,
-    which its checkpoints lack. Returns the keys of those that ``state`` lacks.
+    (state-dict key prefixes such as ``"sem_seg_head.adapter"``) that a model built on cat-seg
+    adds, replaces or removes, whose tensors checkpoints lack, hold in another shape, or hold
+    though the model has none. Returns those keys: the model's that keep their initialisation
+    (lacking or of another shape in ``state``) and ``state``'s that are not to be loaded
+    (another shape, or not in the model), as :class:`NewModuleKeys`.
 
     ``report`` (from the official-layout conversion) adds its unknown keys and lets
     unexpected keys name the official key they came from.
     """
     prefixes = tuple(prefix.rstrip(".") + "." for prefix in new_modules)
     missing = set(model_state) - set(state)
-    left_new = sorted(key for key in missing if key.startswith(prefixes))
-    missing -= set(left_new)
+    reshaped = {key for key in set(state) & set(model_state)
+                if tuple(state[key].shape) != tuple(model_state[key].shape)}
+    extra = set(state) - set(model_state)
+    new = NewModuleKeys(kept=sorted(key for key in missing | reshaped if key.startswith(prefixes)),
+                        skipped=sorted(key for key in reshaped | extra if key.startswith(prefixes)))
+    missing -= set(new.kept)
     unexpected = []
-    for key in set(state) - set(model_state):
+    for key in extra - set(new.skipped):
         origin = report.source_of(key) if report is not None else None
         unexpected.append(f"{key} (from {origin})" if origin else key)
-    wrong_shape = [
-        (key, tuple(state[key].shape), tuple(model_state[key].shape))
-        for key in set(state) & set(model_state)
-        if tuple(state[key].shape) != tuple(model_state[key].shape)
-    ]
+    wrong_shape = [(key, tuple(state[key].shape), tuple(model_state[key].shape))
+                   for key in reshaped - set(new.skipped)]
     unknown = report.unknown if report is not None else []
     if missing or unexpected or wrong_shape or unknown:
         theirs, ours = describe_image_tower(state), describe_image_tower(model_state)
@@ -92,7 +117,7 @@ def check_state_dict_fits(
                      "(docs/architecture.md, 'Building on cat-seg')")
         raise CheckpointMismatchError(source, missing, unexpected, wrong_shape, unknown, hint=hint,
                                       architecture=architecture)
-    return left_new
+    return new
 
 
 def model_state_of(checkpoint: Mapping[str, Any], source: str, to_tensors=None):
@@ -156,11 +181,11 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str) -> None:
 
 
 def check_model_fits(model: torch.nn.Module, state: Mapping[str, Any], source: str,
-                     report: Optional[ConversionReport] = None) -> List[str]:
+                     report: Optional[ConversionReport] = None) -> NewModuleKeys:
     """:func:`check_state_dict_fits` of ``state`` against ``model``'s tensors, apart from the
-    modules the model names in its ``new_modules`` attribute (a model built on cat-seg);
-    returns the keys of those that ``state`` lacks. ``report``: :func:`model_state_of`'s."""
-    return check_state_dict_fits(model.state_dict(), state, source, report, tuple(getattr(model, "new_modules", ())))
+    modules the model and its submodules name in their ``new_modules`` attributes (a model
+    built on cat-seg: :func:`new_module_prefixes`). ``report``: :func:`model_state_of`'s."""
+    return check_state_dict_fits(model.state_dict(), state, source, report, tuple(new_module_prefixes(model)))
 
 
 class CATSegCheckpointer(DetectionCheckpointer):
@@ -212,14 +237,21 @@ class CATSegCheckpointer(DetectionCheckpointer):
             logger.info(f"{source}: official CAT-Seg checkpoint\n{report.summary()}"
                         + (f"\n  ignored non-model entries: {', '.join(ignored)}" if ignored else ""))
         self.last_report = report
-        left_new = check_model_fits(self.model, state, source, report)
-        if left_new:
-            logger.info(f"{source}: {len(left_new)} tensor(s) of the new modules {', '.join(self.model.new_modules)} "
-                        f"are not in the checkpoint and keep their initialisation: {show_keys(left_new)}")
-        checkpoint["model"] = state
+        new = check_model_fits(self.model, state, source, report)
+        if new.kept or new.skipped:
+            modules = ", ".join(new_module_prefixes(self.model))
+            logger.info(f"{source}: new modules {modules}: "
+                        + "; ".join(part for part in (
+                            f"{len(new.kept)} tensor(s) keep their initialisation ({show_keys(new.kept)})"
+                            if new.kept else "",
+                            f"{len(new.skipped)} of the checkpoint's are not loaded ({show_keys(new.skipped)})"
+                            if new.skipped else "") if part))
+        skipped = set(new.skipped)
+        checkpoint["model"] = {key: value for key, value in state.items() if key not in skipped}
         incompatible = super()._load_model(checkpoint)
+        left_new = set(new.kept)
         # check_state_dict_fits guarantees this; keep the invariant explicit.
-        assert not (set(incompatible.missing_keys) - set(left_new) or incompatible.unexpected_keys
+        assert not (set(incompatible.missing_keys) - left_new or incompatible.unexpected_keys
                     or incompatible.incorrect_shapes)
         incompatible.missing_keys.clear()  # those of the new modules: said above, not warned about again
         return incompatible

@@ -203,17 +203,22 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-_OFFICIAL_START = re.compile(r"sem_seg_head\.predictor\.|upsample\d+\.")
+# the official model's CLIP and aggregator (its top level holds only these and upsample1/2)
+_OFFICIAL_START = re.compile(r"sem_seg_head\.predictor\.(?:clip_model|transformer)\.")
 _OURS_START = re.compile(r"backbone\.|sem_seg_head\.(?:aggregator|guidance_upsample)\.")
 
 
 def detect_layout(state: Mapping[str, Any]) -> str:
-    """``official`` if any key is of the official layout, else ``ours`` if any key is ours,
-    else ``unknown``. (``module.`` prefixes must be stripped first.)"""
-    if any(_OFFICIAL_START.match(key) for key in state):
-        return OFFICIAL
+    """``ours`` if any key is of our layout, else ``official`` if any key is the official
+    model's CLIP or aggregator, else ``unknown``. (``module.`` prefixes must be stripped first.)
+
+    Our keys decide first: a model built on cat-seg may add a module named like an official
+    one (a head's ``predictor``, a top-level ``upsample1``), and its own checkpoint was then
+    taken for an official one and converted, losing every key."""
     if any(_OURS_START.match(key) for key in state):
         return OURS
+    if any(_OFFICIAL_START.match(key) for key in state):
+        return OFFICIAL
     return UNKNOWN
 
 

@@ -148,6 +148,11 @@ def test_fp16_ddp_prefix_and_unknown_keys(official_tiny):
 
 def test_detect_layout():
     t = torch.zeros(1)
-    assert detect_layout({"upsample1.weight": t}) == "official"
+    assert detect_layout({"upsample1.weight": t, AGG + "conv1.weight": t}) == "official"
+    assert detect_layout({CLIP + "logit_scale": t}) == "official"
     assert detect_layout({"backbone.clip.logit_scale": t}) == "ours"
     assert detect_layout({"encoder.weight": t}) == "unknown"
+    # a model built on cat-seg with modules named like official ones (a head's "predictor", a
+    # top-level "upsample1"): its own checkpoints were taken for official ones and converted
+    ours = {"backbone.clip.logit_scale": t, "sem_seg_head.aggregator.cost_embed.weight": t}
+    assert detect_layout({**ours, "sem_seg_head.predictor.weight": t, "upsample1.weight": t}) == "ours"

@@ -11,6 +11,7 @@ from torch import nn
 from cat_seg.checkpoint import CATSegCheckpointer, CheckpointMismatchError
 from cat_seg.config import check_config_values
 from cat_seg.modeling import CATSeg, cosine_cost_volume
+from cat_seg.modeling.heads.cat_seg_head import CATSegHead
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -79,8 +80,7 @@ def test_new_modules_keep_their_initialisation_when_a_checkpoint_lacks_them(buil
     adapter = {k: v.clone() for k, v in extended.adapter.state_dict().items()}
     with caplog.at_level(logging.INFO, logger="cat_seg"):
         CATSegCheckpointer(extended).load(str(path))
-    assert "2 tensor(s) of the new modules adapter are not in the checkpoint and keep their initialisation: " \
-           "adapter.bias, adapter.weight" in caplog.text
+    assert "new modules adapter: 2 tensor(s) keep their initialisation (adapter.bias, adapter.weight)" in caplog.text
     for key, value in plain.state_dict().items():
         assert torch.equal(extended.state_dict()[key], value)
     for key, value in adapter.items():
@@ -91,6 +91,50 @@ def test_new_modules_keep_their_initialisation_when_a_checkpoint_lacks_them(buil
     with pytest.raises(CheckpointMismatchError, match=r"2 missing key\(s\): adapter.bias, adapter.weight .*names them "
                                                       r"in its new_modules attribute"):
         CATSegCheckpointer(extended).load(str(path))
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestWiderHead(CATSegHead):
+    """A head of one's own that replaces the cost embedding by a wider one and removes the
+    appearance guidance projection, and says so in its own new_modules."""
+
+    new_modules = ("aggregator.cost_embed", "aggregator.appearance_guidance_proj")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        embed = self.aggregator.cost_embed
+        self.aggregator.cost_embed = nn.Conv2d(embed.in_channels, embed.out_channels, kernel_size=5, padding=2)
+        del self.aggregator.appearance_guidance_proj
+        self.aggregator.appearance_guidance_proj = None
+
+
+def test_a_heads_new_modules_may_replace_and_remove_what_checkpoints_hold(build_cfg, tmp_path, caplog):
+    """new_modules excused only tensors a checkpoint lacks, and only on the meta-architecture:
+    a head that replaced a module (another shape) or removed one (the checkpoint's tensors
+    have no place) could not load cat-seg's checkpoints."""
+    torch.manual_seed(0)
+    plain = build_model(build_cfg("b"))
+    path = tmp_path / "plain.pth"
+    torch.save({"model": plain.state_dict()}, path)
+    wider = build_model(build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestWiderHead"}))
+    embed = {k: v.clone() for k, v in wider.sem_seg_head.aggregator.cost_embed.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="cat_seg"):
+        CATSegCheckpointer(wider).load(str(path))
+    # the 7x7 weight has no place in the 5x5 kernel; the bias (same shape) is loaded
+    assert ("new modules sem_seg_head.aggregator.cost_embed, sem_seg_head.aggregator.appearance_guidance_proj: 1 "
+            "tensor(s) keep their initialisation (sem_seg_head.aggregator.cost_embed.weight); 3 of the checkpoint's "
+            "are not loaded (sem_seg_head.aggregator.appearance_guidance_proj.0.bias, "
+            "sem_seg_head.aggregator.appearance_guidance_proj.0.weight, sem_seg_head.aggregator.cost_embed.weight)"
+            ) in caplog.text
+    assert torch.equal(wider.sem_seg_head.aggregator.cost_embed.weight, embed["weight"])
+    loaded = wider.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in plain.state_dict().items()
+               if key in loaded and key != "sem_seg_head.aggregator.cost_embed.weight")
+    # a checkpoint of the model itself loads as usual (its own tensors, nothing excused)
+    torch.save({"model": wider.state_dict()}, tmp_path / "wider.pth")
+    again = build_model(build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestWiderHead"}))
+    CATSegCheckpointer(again).load(str(tmp_path / "wider.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), wider.state_dict().values()))
 
 
 def test_forward_inputs_of_the_wrong_layout_are_named(tiny_model):
