@@ -97,7 +97,14 @@ def train_net_command() -> List[str]:
                         "and calls cat_seg.cli.train_net.main")
     import runpy
 
-    runpy.run_path(script, run_name="__cat_seg_train_net__")  # registrations only
+    # registrations only; with the script's folder first on sys.path, as `python script.py`
+    # runs it (its own modules beside it are imported)
+    folder = os.path.dirname(os.path.abspath(script))
+    sys.path.insert(0, folder)
+    try:
+        runpy.run_path(script, run_name="__cat_seg_train_net__")
+    finally:
+        sys.path.remove(folder)
     return [sys.executable, os.path.abspath(script)]
 
 

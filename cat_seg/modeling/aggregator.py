@@ -226,7 +226,10 @@ class Aggregator(nn.Module):
         t, h, w = x.shape[1:4]
         chunk = self._chunk_size(t, class_chunk)
         use_checkpoint = torch.is_grad_enabled() and self.training and self.checkpoint_activations
-        location_chunk = 0 if (use_checkpoint or not chunk) else max(1, chunk * h * w // t)
+        # the class blocks' location chunks write into one output in place, which autograd cannot
+        # go through: only without gradients (inference; also eval mode under enable_grad, e.g.
+        # attribution or test-time adaptation)
+        location_chunk = 0 if (torch.is_grad_enabled() or not chunk) else max(1, chunk * h * w // t)
         for layer in self.layers:
             x = self._per_class(layer.spatial, x, [layer.spatial.normalize_guidance(appearance)], chunk)
             if use_checkpoint:

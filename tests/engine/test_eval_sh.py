@@ -4,6 +4,7 @@ one line (exit 2) before any benchmark starts."""
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -240,6 +241,19 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     }[case]
     assert captured.err.startswith(expected), captured.err
     assert not (out / "eval").exists()  # nothing started, nothing written
+
+
+def test_a_train_net_script_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    """eval.sh runs TRAIN_NET's registrations in its own process: a script importing a module
+    of its folder (`import my_method`, as `python my_train_net.py` allows) failed there with
+    ModuleNotFoundError."""
+    (tmp_path / "eval_sh_sibling_method.py").write_text("REGISTERED = True\n")
+    script = tmp_path / "my_train_net.py"
+    script.write_text("import eval_sh_sibling_method  # noqa: F401\n")
+    monkeypatch.setenv(evaluate_benchmarks.TRAIN_NET_ENV, str(script))
+    before = list(sys.path)
+    assert evaluate_benchmarks.train_net_command()[-1] == str(script)
+    assert sys.path == before  # the folder was on sys.path for the registrations only
 
 
 def test_an_odd_number_of_options_quotes_the_users_own(tmp_path, capsys):

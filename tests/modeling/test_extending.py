@@ -30,6 +30,15 @@ class ExtendingTestProbeHead(nn.Module):
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestOwnAggregatorHead(ExtendingTestProbeHead):
+    """A head whose module named ``aggregator`` is its own (not cat-seg's Aggregator)."""
+
+    def __init__(self, cfg, input_shape, num_templates=1):
+        super().__init__(cfg, input_shape, num_templates)
+        self.aggregator = nn.Identity()
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
 class ExtendingTestDetectron2StyleHead(nn.Module):
     """A head written for detectron2's semantic-segmentation heads: (cfg, input_shape) only."""
 
@@ -59,6 +68,29 @@ def test_head_without_an_aggregator_runs_eagerly_under_compile(build_cfg, caplog
     with torch.no_grad():
         sem_seg = model([{"image": image}], class_names=["cat", "dog", "sky"])[0]["sem_seg"]
     assert sem_seg.shape == (3, 64, 80)
+
+
+def test_a_heads_own_module_named_aggregator_builds(build_cfg):
+    """The build checked the grid with any module named aggregator: one of the user's own,
+    without check_grid, failed with an AttributeError."""
+    model = build_model(build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestOwnAggregatorHead"}))
+    assert isinstance(model.sem_seg_head.aggregator, nn.Identity)
+
+
+def test_the_text_encoder_must_use_the_backbones_clip(build_cfg):
+    """A TextEncoder of another CLIP holds a reference only: its text tower would be neither
+    trained, saved nor moved with the model. Building one in is refused."""
+    from cat_seg.modeling.clip import TextEncoder
+
+    cfg = build_cfg("b")
+    model = build_model(cfg)
+    other = build_model(cfg).backbone.clip
+    kwargs = CATSeg.from_config(cfg)
+    assert kwargs["text_encoder"].clip is kwargs["backbone"].clip
+    with pytest.raises(ValueError, match=r"text_encoder must encode with the backbone's CLIP model"):
+        CATSeg(**{**kwargs, "text_encoder": TextEncoder(other)})
+    assert not CATSeg(**kwargs)._graphed_views.enabled  # as TEST.CUDA_GRAPHS' default
+    assert model is not None
 
 
 def test_head_with_another_constructor_is_one_line_before_a_run(build_cfg):

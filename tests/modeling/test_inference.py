@@ -203,3 +203,21 @@ def test_half_precision_weights_are_refused_with_the_supported_way(tiny_model, r
     model = tiny_model("b").eval().to(dtype)
     with pytest.raises(TypeError, match=r"weights are torch\.(bfloat16|float16).*MODEL\.PRECISION"):
         model([{"image": random_images([(32, 32)])[0]}])
+
+
+def test_eval_mode_with_gradients_enabled_and_class_chunks(tiny_model):
+    """Inference with gradients (attribution, test-time adaptation of a frozen model): the
+    class blocks' location chunks wrote in place, which autograd refused ("functions with
+    out=... arguments don't support automatic differentiation") once the classes were
+    chunked; the results equal those without gradients, and a gradient reaches the input."""
+    model = tiny_model("b", MODEL__SEM_SEG_HEAD__PAD_LEN=256).eval()  # no top-k pruning to 32 classes
+    names = [f"thing {i}" for i in range(40)]  # more than the CPU's 32-class chunks
+    views = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.predict_logits(views, names, (1, 1))
+    views.requires_grad_(True)
+    with torch.enable_grad():
+        logits = model.predict_logits(views, names, (1, 1))
+        logits.float().sum().backward()
+    assert (logits.detach() - expected).abs().max() <= 1e-5
+    assert views.grad is not None and views.grad.abs().sum() > 0

@@ -129,9 +129,15 @@ class CATSeg(nn.Module):
         precision: str = "fp32",
         class_chunk_size: int = -1,
         compile: Optional[Union[bool, str]] = None,
-        cuda_graphs: bool = True,
+        cuda_graphs: bool = False,
     ):
         super().__init__()
+        text_clip = getattr(text_encoder, "clip", None)
+        if text_clip is not None and text_clip is not getattr(backbone, "clip", text_clip):
+            # the text encoder holds a reference, not a submodule: another CLIP's text tower would
+            # be neither trained, nor saved, nor moved by .to()
+            raise ValueError("text_encoder must encode with the backbone's CLIP model (TextEncoder(backbone.clip, "
+                             "...)); another CLIP's text tower is not part of this model")
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.sem_seg_head = sem_seg_head
@@ -175,9 +181,10 @@ class CATSeg(nn.Module):
         sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(
             cfg, backbone.output_shape(), num_templates=text_encoder.num_templates
         )
-        aggregator = getattr(sem_seg_head, "aggregator", None)  # a registered head of a user may have none
-        if aggregator is not None:
-            aggregator.check_grid(backbone.grid_size)  # now, not at the first forward
+        # a registered head of a user may have no aggregator, or one of its own under that name
+        check_grid = getattr(getattr(sem_seg_head, "aggregator", None), "check_grid", None)
+        if callable(check_grid):
+            check_grid(backbone.grid_size)  # now, not at the first forward
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
             "backbone": backbone,
