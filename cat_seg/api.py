@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data.image_io import read_image_file, rgb_array, scale_16_bit
-from .fonts import font_families, missing_glyphs_message
+from .fonts import font_families, missing_glyphs_warning
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.clip.prompts import shared_first_synonym_note
 from .modeling.postprocess import ClassMaps, OutputRequest
@@ -515,6 +515,12 @@ class SegmentationResult:
         # draw the downscaled image and label map instead
         image, label_map = self.display(max_pixels)
         size = label_map.shape
+        # detectron2's GenericMask takes an array two columns wide for a list of polygons (an
+        # assertion): such a drawing gets one unlabeled column more, cut off afterwards
+        padded = size[1] == 2
+        if padded:
+            image = np.pad(image, ((0, 0), (0, 1), (0, 0)))
+            label_map = np.pad(label_map, ((0, 0), (0, 1)), constant_values=UNLABELED)
         if area_threshold is not None and size != (self.height, self.width):
             area_threshold = area_threshold * size[0] * size[1] / (self.height * self.width)
         metadata = Metadata(stuff_classes=names, stuff_colors=[list(c) for c in colors])
@@ -534,7 +540,9 @@ class SegmentationResult:
                                   label_map=label_map, font_family=families or None)
             image = output.get_image()
         if missing:
-            warnings.warn(missing_glyphs_message(missing), stacklevel=2)
+            missing_glyphs_warning(missing)
+        if padded:
+            image = image[:, :2]
         return image
 
     def _draw_legend(self, output, names: List[str], colors, font_size: float, max_entries: int = 12,

@@ -15,9 +15,10 @@ no installed font has is reported as missing, so the caller can say so once.
 import functools
 import logging
 import os
+import warnings
 from typing import FrozenSet, Iterable, List, Tuple
 
-__all__ = ["font_families", "missing_glyphs_message"]
+__all__ = ["font_families", "missing_glyphs_message", "missing_glyphs_warning"]
 
 
 @functools.lru_cache(maxsize=8)  # the default font's; a CJK font's set is megabytes: not all kept
@@ -167,6 +168,20 @@ def font_families(texts: Iterable[str]) -> Tuple[List[str], str]:
     families = [default_family] + [f for f in fallbacks if f != default_family] if fallbacks else []
     absent_chars = "".join(dict.fromkeys(c for text in texts for c in text if ord(c) in absent))
     return families, absent_chars
+
+
+# characters already reported by missing_glyphs_warning in this process
+_REPORTED_MISSING = set()
+
+
+def missing_glyphs_warning(missing: str, stacklevel: int = 2) -> None:
+    """Warn once per process about each character no installed font has (a video's frames
+    or a folder's images draw the same names again and again). Python's own once-per-place
+    rule does not hold here: the drawing's ``warnings.catch_warnings`` resets it."""
+    new = "".join(dict.fromkeys(c for c in missing if c not in _REPORTED_MISSING))
+    if new:
+        _REPORTED_MISSING.update(new)
+        warnings.warn(missing_glyphs_message(new), stacklevel=stacklevel + 1)
 
 
 def missing_glyphs_message(missing: str) -> str:

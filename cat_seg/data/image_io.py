@@ -27,8 +27,15 @@ def open_image(path: str) -> Image.Image:
     """``Image.open``, except for uncompressed TIFFs whose orientation tag turns them by 90
     degrees (5 to 8): Pillow's own TIFF decoder applies the tag and returns wrong pixels for
     those of one band (8- and 16-bit grey) and RGBA (Pillow 12), where the libtiff decoder it
-    uses for compressed TIFFs is right; such a file is opened with libtiff."""
-    opened = Image.open(path)
+    uses for compressed TIFFs is right; such a file is opened with libtiff.
+
+    An image over Pillow's size limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels: a
+    guard against decompression bombs) is a ``ValueError`` that says how to lift it."""
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{str(e).rstrip('.')}; for an image you trust, lift the limit in Python with "
+                         "PIL.Image.MAX_IMAGE_PIXELS = None before segmenting it") from None
     rotated = opened.format == "TIFF" and opened.tag_v2.get(ORIENTATION_TAG) in (5, 6, 7, 8)
     if not rotated or opened.use_load_libtiff or not features.check("libtiff"):
         return opened

@@ -16,8 +16,10 @@ from cat_seg import SegmentationResult, fonts
 @pytest.fixture(autouse=True)
 def fresh_font_search():
     fonts._fallbacks_among.cache_clear()
+    fonts._REPORTED_MISSING.clear()
     yield
     fonts._fallbacks_among.cache_clear()
+    fonts._REPORTED_MISSING.clear()
 
 
 def _result(names):
@@ -107,6 +109,11 @@ def test_characters_no_font_has_give_one_warning(monkeypatch):
     assert overlay.shape == (160, 240, 3)
     assert len(messages) == 1, messages
     assert "'猫犬'" in messages[0] and "install a font" in messages[0]
+    # a video's frames or a folder's images draw the names again: one warning per character
+    # and process (it repeated on every drawing), a new character is named alone
+    assert _draw(_result(["猫", "犬, dog"]))[1] == []
+    messages = _draw(_result(["猫", "鳥"]))[1]
+    assert len(messages) == 1 and "'鳥'" in messages[0], messages
 
 
 def test_weight_substitution_of_a_fallback_font_is_not_logged():
@@ -140,3 +147,4 @@ def test_a_font_installed_while_the_program_runs_is_searched(monkeypatch, tmp_pa
     listed[0] = [str(new_font)]
     assert fonts._fallbacks(missing) == ((), missing)
     assert fonts._fallbacks_among.cache_info().misses == 2  # another set of fonts: searched again
+

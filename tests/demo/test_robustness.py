@@ -18,6 +18,7 @@ from PIL import Image
 from cat_seg.api import (
     CATSegError,
     OpenVocabSegmenter,
+    SegmentationResult,
     build_config,
     check_device,
     check_weights_available,
@@ -405,3 +406,29 @@ def test_16_bit_images_are_scaled_to_8_bits(tmp_path):
     for image in (str(tmp_path / "gray16.png"), Image.open(tmp_path / "gray16.png"), gray):
         np.testing.assert_array_equal(load_image(image), expected)
     assert 0 < expected.mean() < 255
+
+
+@pytest.mark.parametrize("height,width", [(40, 2), (2, 2), (2, 40), (40, 1)])
+def test_a_drawing_two_pixels_wide(height, width):
+    """detectron2's GenericMask takes a mask two columns wide for a polygon list and asserts:
+    any image (or display size) 2 pixels wide failed to draw and stopped a demo folder run."""
+    labels = np.zeros((height, width), np.int32)
+    labels[: height // 2] = 1
+    result = SegmentationResult(image=np.full((height, width, 3), 100, np.uint8), classes=["a", "b"],
+                                label_map=labels, probs=torch.rand(2, height, width))
+    overlay = result.overlay()
+    assert overlay.shape == (height, width, 3)
+    if height == 40:  # the segments were drawn (a 2x2 image's are too small for detectron2 to draw)
+        assert (overlay != 100).any()
+
+
+def test_an_image_over_pillows_size_limit_says_how_to_lift_it(tmp_path, monkeypatch):
+    """Pillow refuses images over MAX_IMAGE_PIXELS (about 179 MP) as possible decompression
+    bombs: the error says so and how to lift the limit for a trusted image."""
+    path = tmp_path / "large.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels: over twice the limit
+    with pytest.raises(CATSegError) as info:
+        load_image(str(path))
+    assert str(info.value).endswith("for an image you trust, lift the limit in Python with "
+                                    "PIL.Image.MAX_IMAGE_PIXELS = None before segmenting it")
