@@ -207,9 +207,11 @@ def annotations(result: SegmentationResult):
 
 
 def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict,
-                 overlay: Optional[np.ndarray] = None) -> Dict[str, str]:
-    """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files)."""
-    return result.save(os.path.join(folder, stem), info={"input": stem, "model": model}, overlay=overlay)
+                 overlay: Optional[np.ndarray] = None, input_name: Optional[str] = None) -> Dict[str, str]:
+    """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files);
+    the JSON's ``input`` is ``input_name`` (the upload's file name), else ``stem``."""
+    return result.save(os.path.join(folder, stem), info={"input": input_name or stem, "model": model},
+                       overlay=overlay)
 
 
 def _stems(paths: Sequence[str]) -> List[str]:
@@ -281,11 +283,11 @@ class App:
         stems = _stems(paths)
         results, files_out, overlays = [], [], []
         model_info = segmenter.model_info(config, self.opts + model_opts)  # the demo's JSON entry
-        for i, (image, stem) in enumerate(zip(images, stems)):
+        for i, (image, stem, path) in enumerate(zip(images, stems, paths)):
             progress((i, len(images)), desc=f"segmenting {stem} ({i + 1}/{len(images)})", unit="images")
             result = segmenter(image, names, background=background)
             overlays.append(result.overlay())  # drawn once: saved and shown
-            written = save_outputs(result, folder, stem, model_info, overlays[-1])
+            written = save_outputs(result, folder, stem, model_info, overlays[-1], os.path.basename(path))
             results.append(result)
             files_out += [written["labels"], written["overlay"], written["json"]]
         status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"

@@ -602,12 +602,15 @@ def stop_child_processes(timeout: float = 5.0) -> None:
 
 
 def user_error_types():
-    """Exception types of cat-seg that mean a user mistake (bad data, checkpoint, CLIP weights)."""
+    """Exception types of cat-seg that mean a user mistake (bad data, checkpoint, CLIP weights)
+    or a file that cannot be written (a full disk while saving a checkpoint): one line, no
+    traceback."""
     from cat_seg.checkpoint.errors import CheckpointError
     from cat_seg.data.datasets.errors import DatasetError
     from cat_seg.modeling.clip.builder import CLIPLoadError
+    from cat_seg.utils import WriteError
 
-    return (DatasetError, CheckpointError, CLIPLoadError)
+    return (DatasetError, CheckpointError, CLIPLoadError, WriteError)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

@@ -128,6 +128,7 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
         np.testing.assert_array_equal(np.asarray(Image.open(f"{folder}/{stem}_labels.png")), want.label_png())
         info = json.load(open(f"{folder}/{stem}.json"))
         assert info["background"] == 0.3
+        assert info["input"] == f"{stem}.png"  # the upload's name (the stem alone lost its extension)
         # the demo's "model" entry (it lacked the CLIP weights, the sliding window and the precision)
         assert info["model"] == api.model_info(config, []) == {
             "config_file": config, "weights": tiny_checkpoint, "device": "cpu", "opts": [],

@@ -528,6 +528,12 @@ def test_user_error_of_a_launched_process_is_one_line():
                "Traceback (most recent call last):\n  File \"y.py\", line 2, in h\n    k()\n"
                "RuntimeError: gloo collective failed\n")
     assert train_net.user_error_in_process(ProcessRaisedException(chained, 1, 1234)) is None
+    # a checkpoint that cannot be written (a full disk) is one line naming the file, too
+    disk = trace.replace("cat_seg.data.datasets.errors.DatasetFileError: cannot read image a/000007.jpg: Truncated "
+                         "File Read", "cat_seg.utils.WriteError: cannot write out/model_0000999.pth: No space left "
+                         "on device")
+    error = train_net.user_error_in_process(ProcessRaisedException(disk, 1, 1234))
+    assert str(error) == "cannot write out/model_0000999.pth: No space left on device"
 
 
 def test_processes_of_one_machine_share_its_cores(monkeypatch):
