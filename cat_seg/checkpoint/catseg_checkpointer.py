@@ -92,13 +92,18 @@ def check_state_dict_fits(
     ``report`` (from the official-layout conversion) adds its unknown keys and lets
     unexpected keys name the official key they came from.
     """
-    prefixes = tuple(prefix.rstrip(".") + "." for prefix in new_modules)
+    names = {prefix.rstrip(".") for prefix in new_modules}  # a module, or a parameter itself
+    prefixes = tuple(name + "." for name in names)
+
+    def is_new(key: str) -> bool:
+        return key in names or key.startswith(prefixes)
+
     missing = set(model_state) - set(state)
     reshaped = {key for key in set(state) & set(model_state)
                 if tuple(state[key].shape) != tuple(model_state[key].shape)}
     extra = set(state) - set(model_state)
-    new = NewModuleKeys(kept=sorted(key for key in missing | reshaped if key.startswith(prefixes)),
-                        skipped=sorted(key for key in reshaped | extra if key.startswith(prefixes)))
+    new = NewModuleKeys(kept=sorted(key for key in missing | reshaped if is_new(key)),
+                        skipped=sorted(key for key in reshaped | extra if is_new(key)))
     missing -= set(new.kept)
     unexpected = []
     for key in extra - set(new.skipped):

@@ -44,12 +44,20 @@ def resolve_class_chunk_size(setting: int, device, compiled: bool = False) -> in
 
 
 class AggregatorLayer(nn.Module):
-    """Spatial aggregation then class aggregation (state-dict keys ``spatial``, ``classes``)."""
+    """Spatial aggregation then class aggregation (state-dict keys ``spatial``, ``classes``).
+
+    A method that changes one of them subclasses this layer and sets :attr:`spatial_class` or
+    :attr:`class_aggregation_class` (built with these constructor arguments; the class
+    aggregation is called as ``classes(x, text_guidance, pooling, location_chunk=...)``), and an
+    :class:`Aggregator` subclass whose :attr:`~Aggregator.layer_class` is that layer."""
+
+    spatial_class = SpatialAggregation
+    class_aggregation_class = ClassAggregation
 
     def __init__(self, dim, appearance_dim, text_dim, num_heads, window, attention_type, pad_len, residual_quirk):
         super().__init__()
-        self.spatial = SpatialAggregation(dim, appearance_dim, num_heads, window)
-        self.classes = ClassAggregation(dim, text_dim, num_heads, attention_type, pad_len, residual_quirk)
+        self.spatial = self.spatial_class(dim, appearance_dim, num_heads, window)
+        self.classes = self.class_aggregation_class(dim, text_dim, num_heads, attention_type, pad_len, residual_quirk)
 
 
 class Aggregator(nn.Module):
@@ -70,7 +78,15 @@ class Aggregator(nn.Module):
         residual_quirk: see :class:`ClassAggregation`.
         checkpoint_activations: in training, recompute the per-class blocks in the backward
             pass (``MODEL.CHECKPOINT_ACTIVATIONS``).
+
+    Parts a method replaces (in a subclass, built with the same arguments): :attr:`layer_class`
+    (:class:`AggregatorLayer`, which names the spatial and class aggregation classes) and
+    :attr:`decoder_class` (:class:`~.decoder.CostDecoder`). The head builds
+    :attr:`~cat_seg.modeling.heads.cat_seg_head.CATSegHead.aggregator_class`.
     """
+
+    layer_class = AggregatorLayer
+    decoder_class = CostDecoder
 
     def __init__(
         self,
@@ -97,7 +113,7 @@ class Aggregator(nn.Module):
         self.checkpoint_activations = checkpoint_activations
         self.cost_embed = nn.Conv2d(num_templates, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.layers = nn.ModuleList(
-            AggregatorLayer(hidden_dim, appearance_guidance_proj_dim, text_guidance_proj_dim, num_heads, window,
+            self.layer_class(hidden_dim, appearance_guidance_proj_dim, text_guidance_proj_dim, num_heads, window,
                             attention_type, pad_len, residual_quirk)
             for _ in range(num_layers)
         )
@@ -112,7 +128,7 @@ class Aggregator(nn.Module):
             nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
             for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
-        self.decoder = CostDecoder(hidden_dim, decoder_dims, decoder_guidance_proj_dims)
+        self.decoder = self.decoder_class(hidden_dim, decoder_dims, decoder_guidance_proj_dims)
 
     @property
     def upsampling(self) -> int:
@@ -235,7 +251,7 @@ class Aggregator(nn.Module):
             if use_checkpoint:
                 x = checkpoint(layer.classes, x, text_guidance, pooling, use_reentrant=False)
             else:
-                x = layer.classes(x, text_guidance, pooling, location_chunk)
+                x = layer.classes(x, text_guidance, pooling, location_chunk=location_chunk)
         guidance: List[Optional[torch.Tensor]] = [
             proj(g) if g is not None else None for proj, g in zip(self.decoder_guidance_proj, decoder_guidance)
         ]

@@ -11,6 +11,8 @@ from torch import nn
 from cat_seg.checkpoint import CATSegCheckpointer, CheckpointMismatchError
 from cat_seg.config import check_config_values
 from cat_seg.modeling import CATSeg, cosine_cost_volume
+from cat_seg.modeling.aggregator import Aggregator, AggregatorLayer
+from cat_seg.modeling.class_aggregation import ClassAggregation
 from cat_seg.modeling.heads.cat_seg_head import CATSegHead
 
 
@@ -182,3 +184,51 @@ def test_forward_inputs_of_the_wrong_layout_are_named(tiny_model):
     with pytest.raises(ValueError, match=r"^input 0: training needs 'sem_seg', an integer label map of the image's size "
                                          r"\(32, 40\), got torch.int64 \(16, 20\)$"):
         model([{"image": good, "sem_seg": torch.zeros(16, 20, dtype=torch.long)}])
+
+
+class _ScaledClassAggregation(ClassAggregation):
+    """A class aggregation of one's own: the stock one, its update scaled by a learned gain."""
+
+    new_modules = ("gain",)  # cat-seg's checkpoints lack it (relative to this module)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, text_guidance, pooling=(1, 1), location_chunk=0):
+        return x + self.gain * (super().forward(x, text_guidance, pooling, location_chunk=location_chunk) - x)
+
+
+class _ScaledLayer(AggregatorLayer):
+    class_aggregation_class = _ScaledClassAggregation
+
+
+class _ScaledAggregator(Aggregator):
+    layer_class = _ScaledLayer
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestScaledHead(CATSegHead):
+    aggregator_class = _ScaledAggregator
+
+
+def test_a_part_of_the_aggregator_is_replaced_by_class_attributes(build_cfg, tmp_path):
+    """Replacing the class aggregation needed the aggregator rebuilt by hand (the head built
+    Aggregator inline, the layer its two blocks): the class attributes of the head, the
+    aggregator and its layer select the parts; cat-seg's checkpoints load with the new gains
+    declared in new_modules, and the model trains and infers."""
+    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestScaledHead"})
+    model = build_model(cfg)
+    assert all(isinstance(layer.classes, _ScaledClassAggregation) for layer in model.sem_seg_head.aggregator.layers)
+    torch.save({"model": build_model(build_cfg("b")).state_dict()}, tmp_path / "plain.pth")
+    CATSegCheckpointer(model).load(str(tmp_path / "plain.pth"))
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
+    model.eval()
+    with torch.no_grad():
+        sem_seg = model([{"image": image}], class_names=["cat", "dog", "sky"])[0]["sem_seg"]
+    assert sem_seg.shape == (3, 64, 80)
+    model.train()
+    label = torch.randint(0, 3, (64, 80))
+    loss = model([{"image": image, "sem_seg": label}], class_names=["cat", "dog", "sky"])["loss_sem_seg"]
+    loss.backward()
+    assert model.sem_seg_head.aggregator.layers[0].classes.gain.grad is not None

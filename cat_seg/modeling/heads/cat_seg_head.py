@@ -19,7 +19,13 @@ class CATSegHead(nn.Module):
             CLIP block outputs ``[B, W, h, w]`` to decoder guidance at the block's
             resolution (official ``upsample1``/``upsample2``: W->256 x2, W->128 x4).
         guidance_features: backbone output names feeding ``guidance_upsample`` (in order).
+
+    :meth:`from_config` builds :attr:`aggregator_class` from the config: a head subclass that
+    sets it to an :class:`~cat_seg.modeling.aggregator.Aggregator` subclass (other layers, class
+    aggregation or decoder) keeps everything else.
     """
+
+    aggregator_class = Aggregator
 
     @configurable
     def __init__(self, *, aggregator: Aggregator, guidance_upsample: nn.ModuleList, guidance_features: Sequence[str]):
@@ -47,7 +53,7 @@ class CATSegHead(nn.Module):
             nn.ConvTranspose2d(input_shape[name].channels, dim, kernel_size=2 ** (i + 1), stride=2 ** (i + 1))
             for i, (name, dim) in enumerate(zip(guidance_features, head.DECODER_GUIDANCE_DIMS))
         )
-        aggregator = Aggregator(
+        aggregator = cls.aggregator_class(
             text_dim=embed_dim,
             appearance_dim=embed_dim,
             num_templates=num_templates,
