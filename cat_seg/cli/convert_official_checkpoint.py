@@ -76,7 +76,8 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
         raise CheckpointFormatError(f"{src} is already in the cat-seg layout: nothing to convert")
     if report.layout != OFFICIAL:
         raise CheckpointFormatError(
-            f"{src} is not an official CAT-Seg checkpoint (no sem_seg_head.predictor.* / upsample1/2.* keys; "
+            f"{src} is not an official CAT-Seg checkpoint (no sem_seg_head.predictor.clip_model.* / "
+            f"sem_seg_head.predictor.transformer.* keys; "
             f"first keys: {', '.join(list(state)[:3])})"
         )
     if report.unknown:

@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory):
-    """A checkpoint in the official layout: one decoder-guidance upsampler tensor converts."""
+    """A checkpoint in the official layout: a decoder-guidance upsampler tensor and the
+    aggregator's cost embedding convert."""
     path = tmp_path_factory.mktemp("official") / "model_official.pth"
-    torch.save({"model": {"upsample1.weight": torch.zeros(1)}}, path)
+    torch.save({"model": {"upsample1.weight": torch.zeros(1),
+                          "sem_seg_head.predictor.transformer.conv1.weight": torch.zeros(1)}}, path)
     return str(path)
 
 
@@ -55,7 +57,8 @@ def test_force_replaces_an_existing_out(official_file, tmp_path, capsys):
     out.write_text("old")
     assert convert.main([official_file, str(out), "--force"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
-    assert list(torch.load(out, weights_only=True)["model"]) == ["sem_seg_head.guidance_upsample.0.weight"]
+    assert sorted(torch.load(out, weights_only=True)["model"]) == ["sem_seg_head.aggregator.cost_embed.weight",
+                                                                   "sem_seg_head.guidance_upsample.0.weight"]
 
 
 def test_help_describes_the_rule(capsys):
