@@ -217,8 +217,8 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
             raise UserError("--eval-only needs MODEL.WEIGHTS, the checkpoint to evaluate (e.g. MODEL.WEIGHTS "
                             "output/model_final.pth); it is empty")
         return
-    from cat_seg.hub import check_released_weights, is_released_name, resolve_weights, weights_file_missing
-    from cat_seg.hub import released_name_suggestion
+    from cat_seg.hub import (check_released_weights, is_released_name, released_name_suggestion, resolve_weights,
+                             weights_file_missing)
 
     if download and is_released_name(weights):
         cached = resolve_weights(weights)
