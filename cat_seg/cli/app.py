@@ -206,6 +206,10 @@ def annotations(result: SegmentationResult):
     return (image, masks), colors
 
 
+#: classes the status line lists (each with its synonyms), the rest counted
+CLASSES_SHOWN = 12
+
+
 def save_outputs(result: SegmentationResult, folder: str, stem: str, model: Dict,
                  overlay: Optional[np.ndarray] = None, input_name: Optional[str] = None) -> Dict[str, str]:
     """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and ``<stem>.json`` (the demo's files);
@@ -293,6 +297,11 @@ class App:
         status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"
                   + (f" + `{model_weights}`" if model_weights else " (random head: no weights)")
                   + f" on {segmenter.device}")
+        # the classes as read, one per "; " (a line holding "a, b; c" among several lines is one
+        # class of synonyms: the vocabulary rules, shown rather than guessed)
+        shown = "; ".join(names[:CLASSES_SHOWN]) + (f" (+{len(names) - CLASSES_SHOWN} more)"
+                                                     if len(names) > CLASSES_SHOWN else "")
+        status += f"\n\nClasses as read: {shown}"
         status += "".join(f"\n\n**Note:** {note}" for note in notes)
         return results, stems, files_out, status, overlays
 

@@ -120,6 +120,7 @@ def test_segment_matches_the_api_and_caches_the_model(local_app, tiny_checkpoint
     args = ([str(p) for p in paths], "red dotted\nred speckled\nsky", app_cli.LOCAL_MODEL, config, tiny_checkpoint)
     results, stems, files, status, overlays = local_app.segment(*args, 0.3, False)
     assert stems == ["a", "sub_a"] and len(files) == 6 and "2 image(s), 3 class(es)" in status
+    assert "\n\nClasses as read: red dotted; red speckled; sky" in status
     api = OpenVocabSegmenter.from_config(config, weights=tiny_checkpoint, device="cpu")
     expected = api([str(p) for p in paths], ["red dotted", "red speckled", "sky"], background=0.3)
     for result, want, stem in zip(results, expected, stems):
