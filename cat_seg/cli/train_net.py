@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError, last_traceback_error, merge_config, one_line_argument_errors, run_main
+from .errors import UserError, closest_name, last_traceback_error, merge_config, one_line_argument_errors, run_main
 from .ports import listen_problem
 
 logger = logging.getLogger("cat_seg")
@@ -300,8 +300,6 @@ def check_class_jsons(cfg, eval_only: bool) -> None:
 def check_datasets(cfg, eval_only: bool) -> None:
     """The datasets of ``DATASETS.TRAIN`` (unless ``eval_only``) and ``DATASETS.TEST`` are
     registered and their files present (cat-seg's loaders raise ``DatasetNotFoundError``)."""
-    import difflib
-
     import cat_seg.data  # noqa: F401  (registers the datasets)
     from detectron2.data import DatasetCatalog
 
@@ -314,8 +312,8 @@ def check_datasets(cfg, eval_only: bool) -> None:
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     for name in names:
         if name not in DatasetCatalog.list():
-            guess = difflib.get_close_matches(name, DatasetCatalog.list(), n=1)
-            hint = (f"did you mean {guess[0]!r}?" if guess else "the benchmarks are listed in docs/datasets.md; "
+            guess = closest_name(name, DatasetCatalog.list())
+            hint = (f"did you mean {guess!r}?" if guess else "the benchmarks are listed in docs/datasets.md; "
                     "register a dataset of your own with cat_seg.data.datasets.register_sem_seg_folder "
                     "(docs/datasets.md, 'Your own dataset')")
             raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
