@@ -305,6 +305,9 @@ def generate_synthetic(root=None, num_train: int = 400, num_val: int = 100,
         if value < least:
             raise ValueError(f"{name}={value} (--{name.replace('_', '-')}): expected at least {least}")
     root = dataset_root(root)
+    if root.exists() and not root.is_dir():  # the command line says so first (prepare.cli.checked_root)
+        raise ValueError(f"dataset root {root} is a file; expected a folder (the toy benchmark goes to "
+                         f"<root>/synthetic)")
     out = synthetic_root(root)
     for layout in (TRAIN, VAL):  # the class lists beside the data, for --vocab-file
         names = json.dumps(class_names(layout.class_key), indent=1, ensure_ascii=False) + "\n"

@@ -155,3 +155,11 @@ def test_a_generation_that_did_not_finish_is_refused(tmp_path, restore_registrat
             f"dataset '{name}': the toy benchmark's record {out / 'synthetic_info.json'} is not found: its generation "
             f"did not finish (registered with the dataset root {tmp_path}); register it with the folder holding the "
             "datasets as its root or run: python datasets/prepare_synthetic.py")
+
+
+def test_a_root_that_is_a_file_is_named_from_python_too(tmp_path):
+    """The command line checked the root; generate_synthetic itself raised the OS's error."""
+    root = tmp_path / "afile"
+    root.write_text("")
+    with pytest.raises(ValueError, match=rf"^dataset root {root} is a file; expected a folder"):
+        synthetic.generate_synthetic(root, verbose=False, **SMALL)
