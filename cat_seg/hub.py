@@ -124,6 +124,27 @@ def apply_released_defaults(cfg, user_opts=()) -> None:
     for key, value in zip(opts[::2], opts[1::2]):
         if key not in given:
             cfg.merge_from_list([key, value])
+    check_released_config(cfg)
+
+
+def check_released_config(cfg) -> None:
+    """When ``cfg.MODEL.WEIGHTS`` is a released name, the config's CLIP must be the one that
+    checkpoint holds (:class:`WeightsUnavailableError` otherwise): said before the download
+    (900 MB for ViT-L), not by the load after it."""
+    from .modeling.clip.builder import CLIPLoadError, resolve_clip_arch
+
+    entry = get_released(cfg.MODEL.WEIGHTS)
+    if entry is None:
+        return
+    try:
+        fits = resolve_clip_arch(cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED).name == resolve_clip_arch(entry.clip_arch).name
+    except CLIPLoadError:  # an unknown CLIP name: the value checks say so
+        return
+    if not fits:
+        raise WeightsUnavailableError(
+            f"MODEL.WEIGHTS {entry.name} holds a CAT-Seg with CLIP {entry.clip_arch} ({entry.config_file}), but this "
+            f"config's CLIP is {cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED!r} (MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED): use "
+            f"--config-file {entry.config_file}")
 
 
 def clip_weights_from_checkpoint(cfg) -> None:
@@ -163,11 +184,14 @@ def released_name_suggestion(weights: str) -> str:
 
 def hub_cache_dir() -> str:
     """The Hugging Face hub cache, read from the environment at call time (huggingface_hub
-    reads it once at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    reads it once at import) with huggingface_hub's rule: ``HF_HUB_CACHE``, else the older
+    ``HUGGINGFACE_HUB_CACHE``, else ``HF_HOME/hub``, variables and ``~`` expanded; so that the
+    ``hf download`` this module suggests fills the cache it reads."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return os.path.expanduser(os.path.expandvars(os.environ[variable]))
     if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
     from huggingface_hub import constants
 
     return constants.HF_HUB_CACHE
@@ -238,9 +262,10 @@ def _probe(entry: ReleasedWeights) -> None:
 
 
 def _how_to_get(entry: ReleasedWeights) -> str:
+    cache = hub_cache_dir()
     return (f"download {entry.url} and pass its path as --weights / MODEL.WEIGHTS "
-            f"(or put it in the hub cache {hub_cache_dir()} with: hf download {entry.repo_id} {entry.filename} "
-            f"--repo-type {entry.repo_type})")
+            f"(or put it in the hub cache {cache} with: hf download {entry.repo_id} {entry.filename} "
+            f"--repo-type {entry.repo_type} --cache-dir {cache})")
 
 
 def _short_reason(error: Exception) -> str:

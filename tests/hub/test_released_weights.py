@@ -223,3 +223,22 @@ def test_the_reachability_probe_waits_as_long_as_hf_hub_etag_timeout_says(monkey
     assert hub._metadata_timeout() == 60.0
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "slow")
     assert hub._metadata_timeout() == 5.0
+
+
+def test_a_config_of_another_clip_is_refused_before_the_download(tiny_release, loopback_hub, tmp_path, capsys):
+    """A released name with a config of another CLIP (catseg-vitl with configs/vitb_384.yaml)
+    was found out by the load, after the download (900 MB for ViT-L)."""
+    from cat_seg.api import build_config
+    from cat_seg.cli import train_net
+
+    entry, _ = tiny_release
+    other = str(REPO / "configs/quick_schedules/tiny_vitl_cpu.yaml")
+    message = (f"MODEL.WEIGHTS {entry.name} holds a CAT-Seg with CLIP {entry.clip_arch} ({entry.config_file}), but "
+               "this config's CLIP is ")
+    with pytest.raises(CATSegError) as info:
+        build_config(other, weights=entry.name, device="cpu")
+    assert str(info.value).startswith(message) and str(info.value).endswith(f"use --config-file {entry.config_file}")
+    assert train_net.main(["--config-file", other, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "MODEL.WEIGHTS", entry.name]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert loopback_hub.requests == []  # nothing asked of the hub, nothing downloaded
