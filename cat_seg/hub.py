@@ -5,7 +5,8 @@ local file by :func:`resolve_weights`, which ``CATSegCheckpointer.load`` calls f
 ``MODEL.WEIGHTS`` value (anything that is not a registered name is returned unchanged):
 
 * the file is downloaded once with ``huggingface_hub.hf_hub_download`` into the Hugging Face
-  cache (``HF_HUB_CACHE`` / ``HF_HOME``; interrupted downloads resume), and later runs read it
+  cache (``HF_HUB_CACHE`` / ``HF_HOME``; a dropped connection resumes within the process, a
+  killed process's download starts over), and later runs read it
   from the cache without touching the network;
 * ``HF_ENDPOINT`` (a mirror) and ``HF_HUB_OFFLINE`` are honoured when the call is made;
 * size / sha256 are checked where the table knows them;

@@ -20,12 +20,18 @@ DETECTRON2_SPEC=${DETECTRON2_SPEC:-}
 stamp="$VENV/.cat-seg-installed"
 want=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
 want="$want $TORCH_SPEC $D2_WHEEL $DETECTRON2_SPEC"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+# the stamp, and an interpreter that still runs (its base Python removed or upgraded: rebuilt)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$VENV/bin/python" -c "import cat_seg, torch, detectron2" >/dev/null 2>&1; then
   exit 0
 fi
 
 echo "[setup] creating virtual environment in $VENV"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+if ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
+  "$PYTHON" -m venv --clear "$VENV"
+fi
+# a venv made without pip (interrupted, or --without-pip) gets it; else every re-run failed
+"$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade >/dev/null
 PIP="$VENV/bin/python -m pip"
 # pip, its "WARNING: Location" lines filtered out; a failed install stops the script
 pip_quiet() {
