@@ -20,12 +20,15 @@ checkpoint that lacks any model tensor; so a released name needs no separate CLI
 OpenAI's CLIP before the checkpoint replaces it.
 """
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .api import CATSegError
 from .checkpoint.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 #: Seconds to wait for the hub's metadata (HEAD) answer before concluding it is unreachable.
 #: ``HF_HUB_ETAG_TIMEOUT`` in the environment replaces it (huggingface_hub reads it for its downloads).
@@ -298,16 +301,22 @@ def resolve_weights(weights: str) -> str:
     entry = get_released(weights)
     if entry is None:
         return weights
+    from .checkpoint.official import checkpoint_file_problem
+
     cached = _cached(entry)
-    if cached is not None:
+    damaged = cached is not None and checkpoint_file_problem(cached)
+    if cached is not None and not damaged:
         _check(entry, cached, fresh=False)
         return cached
+    if damaged:  # a cut-short blob: deleting the snapshot link only made the hub link it again
+        logger.warning(f"{entry.name}: the cached file is damaged ({damaged}; blob {os.path.realpath(cached)}); "
+                       "downloading it again")
     _probe(entry)
     from huggingface_hub import hf_hub_download
 
     try:
         path = hf_hub_download(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type,
-                               cache_dir=hub_cache_dir(), revision=entry.revision,
+                               cache_dir=hub_cache_dir(), revision=entry.revision, force_download=bool(damaged),
                                endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=METADATA_TIMEOUT_S)
     except Exception as e:  # the connection lost while downloading, disk full, ...
         raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "

@@ -242,3 +242,18 @@ def test_a_config_of_another_clip_is_refused_before_the_download(tiny_release, l
                            "MODEL.WEIGHTS", entry.name]) == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
     assert loopback_hub.requests == []  # nothing asked of the hub, nothing downloaded
+
+
+def test_a_damaged_cached_file_is_downloaded_again(tiny_release, loopback_hub, caplog):
+    """A cut-short blob in the cache (a disk fault, a copy by hand) was returned, or refused
+    with "delete it and run again", which did not help: the hub links the same blob again."""
+    entry, _ = tiny_release
+    path = hub.resolve_weights(entry.name)
+    blob = os.path.realpath(path)
+    data = Path(blob).read_bytes()
+    Path(blob).write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="cat_seg"):
+        assert hub.resolve_weights(entry.name) == path
+    assert Path(path).read_bytes() == data
+    assert f"{entry.name}: the cached file is damaged (" in caplog.text
+    assert len(loopback_hub.downloads(entry.filename)) == 2
