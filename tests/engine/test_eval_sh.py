@@ -222,6 +222,7 @@ def test_config_and_checkpoint_checked_once_before_any_benchmark(case, tmp_path,
     elif case == "released offline":  # checked (and downloaded) once, not by every benchmark
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+        config = os.path.join(REPO, "configs", "vitb_384.yaml")  # the release's own (its CLIP is checked first)
         extra = ["MODEL.WEIGHTS", "catseg-vitb"]
     assert evaluate_benchmarks.main([config, "1", str(out), *extra]) == 2
     captured = capsys.readouterr()
