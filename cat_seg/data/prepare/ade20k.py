@@ -160,10 +160,8 @@ def ade847_tasks(root: Path) -> List[Task]:
 def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
     """``datasets/prepare_ade20k.py``; ``benchmark``: that one alone, for a script under an
     official name (:data:`~.cli.OFFICIAL_SCRIPTS`)."""
-    description = (cli.one_benchmark_description(BENCHMARK_LAYOUTS[benchmark]) if benchmark else
-                   "Prepare ADE20K-150 (ADEChallengeData2016) and ADE20K-847 (ADE20K_2021_17_01) "
-                   "validation labels for detectron2.")
-    parser = cli.build_parser(description, BENCHMARKS, only=benchmark)
+    parser = cli.build_parser("Prepare ADE20K-150 (ADEChallengeData2016) and ADE20K-847 (ADE20K_2021_17_01) "
+                              "validation labels for detectron2.", BENCHMARK_LAYOUTS, only=benchmark)
     args = parser.parse_args(argv)
     root = cli.root_of(args)
     plans = {

@@ -27,15 +27,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser(description: str, benchmarks: Optional[Sequence[str]] = None, only: Optional[str] = None
+def build_parser(description: str, benchmarks: Optional[Mapping[str, Sequence]] = None, only: Optional[str] = None
                  ) -> argparse.ArgumentParser:
-    """Parser with the options every prepare script has (and ``--benchmark`` if given).
+    """Parser with the options every prepare script has (and ``--benchmark`` if given:
+    ``benchmarks`` maps each choice to the catalog layouts it prepares).
 
     ``only`` (one of ``benchmarks``): the parser of a script under an official CAT-Seg name
     (:data:`OFFICIAL_SCRIPTS`), which prepares that benchmark alone: ``args.benchmark`` is
     ``[only]`` and there is no ``--benchmark`` option: offered, it listed every benchmark of the
     dataset in that script's --help as if it could prepare them (one given now is an
-    unrecognized argument). ``description`` then comes from :func:`one_benchmark_description`."""
+    unrecognized argument). The description is then :func:`one_benchmark_description`'s, not
+    ``description``."""
+    if only is not None:
+        description = one_benchmark_description(benchmarks[only])
     parser = ArgumentParser(description=description)
     parser.add_argument("--root", default=None,
                         help=f"dataset root (default: ${ENV_VAR}, else ./datasets)")

@@ -77,10 +77,8 @@ def voc_tasks(root: Path, background: bool) -> List[Task]:
 def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
     """``datasets/prepare_voc.py``; ``benchmark``: that one alone, for a script under an
     official name (:data:`~.cli.OFFICIAL_SCRIPTS`)."""
-    description = (cli.one_benchmark_description(BENCHMARK_LAYOUTS[benchmark]) if benchmark else
-                   "Prepare Pascal VOC 2012 val (VOC-20, VOC-20b) and Pascal Context val (59, 459 "
-                   "classes) labels for detectron2.")
-    parser = cli.build_parser(description, BENCHMARKS, only=benchmark)
+    parser = cli.build_parser("Prepare Pascal VOC 2012 val (VOC-20, VOC-20b) and Pascal Context val (59, 459 "
+                              "classes) labels for detectron2.", BENCHMARK_LAYOUTS, only=benchmark)
     parser.set_defaults(val_list=None)
     if benchmark in (None, "pc459"):  # a script that cannot prepare Context 459 has no use for its list
         parser.add_argument("--val-list", default=None,
