@@ -1,4 +1,5 @@
 """Small shared helpers."""
+import hashlib
 import json
 import os
 import re
@@ -104,12 +105,35 @@ def same_device(a, b) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def _name_limit(folder: str) -> int:
+    """The longest file name (in bytes) the file system of ``folder`` takes (255 if unknown)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such folder yet
+        return 255
+
+
 def temporary_path(path) -> str:
     """Where :func:`atomic_write` (and other writers that rename into place) write ``path``
     first: ``.<name>.<pid>.<thread>.tmp`` in its folder, a name :func:`remove_temp_files`
-    recognises."""
+    recognises.
+
+    A ``<name>`` too long for that pattern within the file system's name limit (a final name
+    of more than about 225 bytes) is shortened to its start, ``~``, 8 hex digits of its hash
+    and its last 16 characters: the extension stays, so the temporary file of a ``.pth`` still
+    ends in ``.pth.<pid>.<thread>.tmp``, and two long names with a common start stay apart."""
     folder = os.path.dirname(os.path.abspath(path))
-    return os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    name = os.path.basename(path)
+    suffix = f".{os.getpid()}.{threading.get_ident()}.tmp"
+    room = _name_limit(folder) - len(suffix) - 1  # the leading dot
+    if len(os.fsencode(name)) > room:
+        digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+        tail = f"~{digest}{name[-16:]}"
+        head = name[:-16]
+        while head and len(os.fsencode(head + tail)) > room:
+            head = head[:-1]
+        name = head + tail
+    return os.path.join(folder, f".{name}{suffix}")
 
 
 class WriteError(OSError):

@@ -41,15 +41,15 @@ def run(cmd, env=None):
 
 
 def load_cfg(opts=()):
+    """The toy config with ``opts`` (``KEY VALUE`` pairs), merged as ``train_net.py`` merges it."""
     from detectron2.config import get_cfg
 
     from cat_seg import add_cat_seg_config
+    from cat_seg.cli.errors import merge_config
 
     cfg = get_cfg()
     add_cat_seg_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return merge_config(cfg, CONFIG, opts)
 
 
 def training_images(size, mean, std):

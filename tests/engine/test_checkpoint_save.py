@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -94,3 +95,27 @@ def test_interrupted_saves_are_removed_and_other_files_kept(tmp_path):
     own = tmp_path / f".model_0000004.pth.{os.getpid()}.1.tmp"
     own.write_bytes(b"left by a kill")
     assert sorted(ckpt.remove_interrupted_saves()) == sorted([str(live), str(own)])
+
+
+@pytest.mark.parametrize("stem", ["m" * 245, "é" * 120], ids=["ascii", "two-byte"])
+def test_names_near_the_file_system_limit_are_written_and_their_leftovers_found(tmp_path, stem):
+    # the temporary name adds a dot, the pid and the thread id (about 30 bytes) to the final
+    # name: without shortening, a final name of 250 bytes could never be written
+    from cat_seg.utils import atomic_write, temporary_path
+
+    name = f"{stem}.pth"
+    assert len(os.fsencode(name)) > 240
+    atomic_write(tmp_path / name, lambda f: f.write(b"complete"))
+    assert os.listdir(tmp_path) == [name]
+    assert (tmp_path / name).read_bytes() == b"complete"
+    temp = os.path.basename(temporary_path(str(tmp_path / name)))
+    assert len(os.fsencode(temp)) <= 255
+    assert temp.endswith(f".pth.{os.getpid()}.{threading.get_ident()}.tmp")
+    assert temp != os.path.basename(temporary_path(str(tmp_path / f"x{name[1:]}")))  # another name, another file
+
+    _, ckpt = _checkpointer(tmp_path)
+    _killed_while_saving(tmp_path, name)  # its leftover is recognised as a checkpoint's
+    leftover = [n for n in os.listdir(tmp_path) if n != name]
+    assert len(leftover) == 1 and leftover[0].endswith(".tmp")
+    assert ckpt.remove_interrupted_saves() == [str(tmp_path / leftover[0])]
+    assert os.listdir(tmp_path) == [name]
