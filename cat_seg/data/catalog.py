@@ -184,11 +184,23 @@ class SemSegLayout:
     num_classes: int  # classes scored by the evaluator
     ignore_label: int
     evaluator_type: str  # "sem_seg" or "sem_seg_background"
-    prepare_command: str  # what to run to create label_dir
+    prepare_args: str  # `cat-seg-prepare` arguments that create label_dir ("ade20k --benchmark 150")
     expected_count: Optional[int] = None  # number of label files of the full benchmark
     archives: Tuple[str, ...] = ()  # ARCHIVES keys the split is prepared from
     benchmark: Optional[str] = None  # short key of an evaluation benchmark ("ade150", ...)
     title: str = ""  # human-readable benchmark name
+
+    @property
+    def prepare_command(self) -> str:
+        """What to run to create ``label_dir``, for the messages that say so: in a cat-seg
+        checkout (the working folder has the dataset's script in ``datasets/``, as the docs'
+        commands assume) ``python datasets/prepare_ade20k.py --benchmark 150``, elsewhere (an
+        installed package) the installed command ``cat-seg-prepare ade20k --benchmark 150``."""
+        dataset, _, options = self.prepare_args.partition(" ")
+        script = f"datasets/prepare_{dataset.replace('-', '_')}.py"
+        if os.path.isfile(script):
+            return f"python {script} {options}".rstrip()
+        return f"cat-seg-prepare {self.prepare_args}"
 
     @property
     def class_json(self) -> str:
@@ -218,50 +230,50 @@ LAYOUTS = (
     SemSegLayout(
         "coco_2017_train_stuff_all_sem_seg", "coco-stuff/images/train2017",
         "coco-stuff/annotations_detectron2/train2017", "jpg", "png", "coco", 171, 255,
-        "sem_seg", "python datasets/prepare_coco_stuff.py", 118287,
+        "sem_seg", "coco-stuff", 118287,
         archives=("coco_train2017", "coco_stuffthingmaps")),
     SemSegLayout(
         "coco_2017_test_stuff_all_sem_seg", "coco-stuff/images/val2017",
         "coco-stuff/annotations_detectron2/val2017", "jpg", "png", "coco", 171, 255,
-        "sem_seg", "python datasets/prepare_coco_stuff.py", 5000,
+        "sem_seg", "coco-stuff", 5000,
         archives=("coco_val2017", "coco_stuffthingmaps")),
     SemSegLayout(
         "ade20k_150_test_sem_seg", "ADEChallengeData2016/images/validation",
         "ADEChallengeData2016/annotations_detectron2/validation", "jpg", "png", "ade150", 150,
-        255, "sem_seg", "python datasets/prepare_ade20k.py --benchmark 150", 2000,
+        255, "sem_seg", "ade20k --benchmark 150", 2000,
         archives=("ade20k_challenge",), benchmark="ade150", title="ADE20K-150"),
     SemSegLayout(
         "ade20k_full_sem_seg_freq_val_all", "ADE20K_2021_17_01/images_detectron2/validation",
         "ADE20K_2021_17_01/annotations_detectron2/validation", "jpg", "tif", "ade847", 847,
-        65535, "sem_seg", "python datasets/prepare_ade20k.py --benchmark 847", 2000,
+        65535, "sem_seg", "ade20k --benchmark 847", 2000,
         archives=("ade20k_full",), benchmark="ade847", title="ADE20K-847"),
     SemSegLayout(
         "voc_2012_test_sem_seg", f"{_VOC2012}/JPEGImages",
         f"{_VOC2012}/annotations_detectron2/val", "jpg", "png", "voc20", 20, 255, "sem_seg",
-        "python datasets/prepare_voc.py --benchmark voc", 1449,
+        "voc --benchmark voc", 1449,
         archives=("voc2012", "voc2012_aug"), benchmark="voc20", title="PASCAL VOC-20"),
     SemSegLayout(
         "voc_2012_test_background_sem_seg", f"{_VOC2012}/JPEGImages",
         f"{_VOC2012}/annotations_detectron2_bg/val", "jpg", "png", "voc20b", 21, 255,
-        "sem_seg_background", "python datasets/prepare_voc.py --benchmark voc", 1449,
+        "sem_seg_background", "voc --benchmark voc", 1449,
         archives=("voc2012", "voc2012_aug"), benchmark="voc20b", title="PASCAL VOC-20b"),
     SemSegLayout(
         "context_59_test_sem_seg", f"{_VOC2010}/JPEGImages",
         f"{_VOC2010}/annotations_detectron2/pc59_val", "jpg", "png", "pc59", 59, 255, "sem_seg",
-        "python datasets/prepare_voc.py --benchmark pc59", 5105,
+        "voc --benchmark pc59", 5105,
         archives=("voc2010", "pascal_context_59"), benchmark="pc59", title="PASCAL Context-59"),
     SemSegLayout(
         "context_459_test_sem_seg", f"{_VOC2010}/JPEGImages",
         f"{_VOC2010}/annotations_detectron2/pc459_val", "jpg", "tif", "pc459", 459, 459,
-        "sem_seg", "python datasets/prepare_voc.py --benchmark pc459", 5104,
+        "sem_seg", "voc --benchmark pc459", 5104,
         archives=("voc2010", "pascal_context_459", "pascal_context_459_val_list"),
         benchmark="pc459", title="PASCAL Context-459"),
     SemSegLayout(
         "synthetic_train_sem_seg", "synthetic/images/train", "synthetic/annotations/train", "jpg",
-        "png", "synthetic_train", 12, 255, "sem_seg", "python datasets/prepare_synthetic.py"),
+        "png", "synthetic_train", 12, 255, "sem_seg", "synthetic"),
     SemSegLayout(
         "synthetic_val_sem_seg", "synthetic/images/val", "synthetic/annotations/val", "jpg",
-        "png", "synthetic_val", 16, 255, "sem_seg", "python datasets/prepare_synthetic.py",
+        "png", "synthetic_val", 16, 255, "sem_seg", "synthetic",
         benchmark="synthetic", title="Synthetic toy (val)"),
 )
 # fmt: on
@@ -292,7 +304,7 @@ def markdown_tables() -> str:
         "|---|---|---|---|---|---|",
     ]
     for layout in LAYOUTS:
-        made_from = ", ".join(f"`{key}`" for key in layout.archives) or f"`{layout.prepare_command}`"
+        made_from = ", ".join(f"`{key}`" for key in layout.archives) or f"`cat-seg-prepare {layout.prepare_args}`"
         lines.append(
             f"| `{layout.name}` | {layout.benchmark or ''} | `{layout.label_dir}/*.{layout.label_ext}` "
             f"| {layout.expected_count or 'generated'} | {layout.ignore_label} | {made_from} |"

@@ -208,3 +208,25 @@ def test_the_tables_command_prints_them_without_warnings():
     run = subprocess.run([sys.executable, "-m", "cat_seg.data"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout == catalog.markdown_tables()
     assert "Warning" not in run.stderr, run.stderr  # running the catalog module itself got a RuntimeWarning
+
+
+@pytest.mark.parametrize("layout", catalog.LAYOUTS, ids=lambda layout: layout.name)
+def test_each_layout_names_a_preparation_that_runs_in_a_checkout_and_installed(layout, monkeypatch, tmp_path, capsys):
+    """The command a missing-data message names: the checkout's script from a checkout, the
+    installed ``cat-seg-prepare`` elsewhere; both parse their arguments (``--help`` added)."""
+    from pathlib import Path
+
+    from cat_seg.data.prepare.cli import main
+
+    repo = Path(cat_seg.data.__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)
+    in_checkout = layout.prepare_command.split()
+    assert in_checkout[0] == "python" and in_checkout[1].startswith("datasets/prepare_")
+    assert (repo / in_checkout[1]).is_file()
+    monkeypatch.chdir(tmp_path)
+    installed = layout.prepare_command.split()
+    assert installed[0] == "cat-seg-prepare" and installed[2:] == in_checkout[2:]
+    with pytest.raises(SystemExit) as exit_info:
+        main(installed[1:] + ["--help"])
+    assert exit_info.value.code == 0
+    assert "--root" in capsys.readouterr().out
