@@ -13,7 +13,7 @@ Two cheap memory savings are always on in training (no setting): the spatial blo
 branch is recomputed in the backward (:func:`.spatial_aggregation.recomputed_mlp`), and the
 logit head's backward keeps no fp32 copy of its input (:class:`.decoder._SingleOutputConv3x3`).
 """
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,22 @@ def resolve_class_chunk_size(setting: int, device, compiled: bool = False) -> in
     if setting < 0:
         return CPU_CLASS_CHUNK if torch.device(device).type == "cpu" and not compiled else 0
     return setting
+
+
+class AggregatorOutput(NamedTuple):
+    """What :meth:`Aggregator.forward` computes, returned with ``return_intermediates=True``
+    (for an auxiliary loss or a probe on the cost features without copying the forward).
+
+    ``T'`` is the number of classes aggregated: ``T``, or ``pad_len`` when the top-class
+    selection pruned a larger vocabulary (``kept`` then says which).
+    """
+
+    logits: torch.Tensor  #: ``[B, T, H*s, W*s]``, as returned without intermediates
+    cost_volume: torch.Tensor  #: ``[B, P, T', H, W]`` fp32 cosine scores (after the selection)
+    kept: Optional[torch.Tensor]  #: ``[B, T']`` indices of the aggregated classes; None without selection
+    cost_embedding: torch.Tensor  #: ``[B, T', H, W, D]`` the embedded cost volume
+    layer_outputs: List[torch.Tensor]  #: ``[B, T', H, W, D]`` after each (spatial, class) layer
+    decoder_guidance: List[Optional[torch.Tensor]]  #: the projected guidance of each up-block
 
 
 class AggregatorLayer(nn.Module):
@@ -200,7 +216,8 @@ class Aggregator(nn.Module):
         decoder_guidance: Sequence[Optional[torch.Tensor]],
         pooling: Sequence[int] = (1, 1),
         class_chunk: int = 0,
-    ) -> torch.Tensor:
+        return_intermediates: bool = False,
+    ) -> Union[torch.Tensor, AggregatorOutput]:
         """Class logits for every pixel of the upsampled cost map.
 
         Args:
@@ -212,6 +229,9 @@ class Aggregator(nn.Module):
                 (1, 1) at evaluation in the official protocol).
             class_chunk: classes per chunk of the per-class blocks (0 = all at once); see
                 :meth:`_chunk_size`.
+            return_intermediates: return an :class:`AggregatorOutput` (the logits with the cost
+                volume, the embedding and each layer's output; these stay referenced, so in
+                training they add to the memory held) instead of the logits alone.
         Returns:
             logits ``[B, T, H*s, W*s]`` (s = 4 with two up-blocks); classes pruned by the
             top-``pad_len`` selection get -100.
@@ -232,7 +252,7 @@ class Aggregator(nn.Module):
             kept = None
             if self.pad_len and num_classes > self.pad_len:
                 cost_volume, text, kept = select_top_classes(cost_volume, text, self.pad_len)
-        x = self.embed_cost(cost_volume)  # [B, T, H, W, D]
+        x = cost_embedding = self.embed_cost(cost_volume)  # [B, T, H, W, D]
         appearance = None
         if self.appearance_guidance_proj is not None and appearance_guidance is not None:
             appearance = self.appearance_guidance_proj(appearance_guidance).permute(0, 2, 3, 1)  # [B, H, W, G]
@@ -246,18 +266,23 @@ class Aggregator(nn.Module):
         # go through: only without gradients (inference; also eval mode under enable_grad, e.g.
         # attribution or test-time adaptation)
         location_chunk = 0 if (torch.is_grad_enabled() or not chunk) else max(1, chunk * h * w // t)
+        layer_outputs: List[torch.Tensor] = []
         for layer in self.layers:
             x = self._per_class(layer.spatial, x, [layer.spatial.normalize_guidance(appearance)], chunk)
             if use_checkpoint:
                 x = checkpoint(layer.classes, x, text_guidance, pooling, use_reentrant=False)
             else:
                 x = layer.classes(x, text_guidance, pooling, location_chunk=location_chunk)
+            if return_intermediates:
+                layer_outputs.append(x)
         guidance: List[Optional[torch.Tensor]] = [
             proj(g) if g is not None else None for proj, g in zip(self.decoder_guidance_proj, decoder_guidance)
         ]
         logits = self._per_class(self._decode, x, guidance, chunk)
         if kept is not None:
             logits = scatter_class_logits(logits, kept, num_classes)
+        if return_intermediates:
+            return AggregatorOutput(logits, cost_volume, kept, cost_embedding, layer_outputs, guidance)
         return logits
 
     def _decode(self, x: torch.Tensor, *guidance: Optional[torch.Tensor]) -> torch.Tensor:

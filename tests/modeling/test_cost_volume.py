@@ -42,10 +42,11 @@ def test_cost_volume_full_loop_small():
 # --------------------------------------------------------------------------- top-k pruning
 def tiny_aggregator(pad_len, seed=0, **kw):
     torch.manual_seed(seed)
+    kw = {"num_layers": 1, **kw}
     return Aggregator(
         text_dim=C, appearance_dim=C, num_templates=1, hidden_dim=16, text_guidance_proj_dim=8,
         appearance_guidance_proj_dim=8, decoder_dims=(8, 4), decoder_guidance_dims=(8, 4),
-        decoder_guidance_proj_dims=(4, 2), num_layers=1, num_heads=2, window=4, pad_len=pad_len, **kw,
+        decoder_guidance_proj_dims=(4, 2), num_heads=2, window=4, pad_len=pad_len, **kw,
     ).eval()
 
 
@@ -137,3 +138,35 @@ def test_select_top_classes_and_scatter():
             assert torch.equal(full[b, t], maps[b, n])
         for t in set(range(7)) - set(idx[b].tolist()):
             assert (full[b, t] == -100).all()
+
+
+# --------------------------------------------------------------------------- intermediates
+@pytest.mark.parametrize("num_classes, pad_len", [(3, 0), (7, 4)], ids=["all-classes", "top-4-of-7"])
+def test_intermediates_are_what_the_logits_are_computed_from(num_classes, pad_len):
+    """``return_intermediates``: the cost volume, the embedding and each layer's output, each
+    equal to recomputing that step from the previous one, and the same logits."""
+    agg = tiny_aggregator(pad_len, num_layers=2)
+    img, dec = aggregator_inputs(2)
+    text = torch.randn(num_classes, 1, C, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = agg(img, text, img, dec)
+        out = agg(img, text, img, dec, return_intermediates=True)
+        kept_classes = pad_len or num_classes
+        assert torch.equal(out.logits, logits) and logits.shape == (2, num_classes, 32, 32)
+        assert out.cost_volume.shape == (2, 1, kept_classes, 8, 8)
+        full = cosine_cost_volume(img, text)
+        if pad_len:
+            assert out.kept.shape == (2, pad_len)
+            expected = torch.stack([full[b][:, out.kept[b]] for b in range(2)])
+        else:
+            assert out.kept is None
+            expected = full
+        torch.testing.assert_close(out.cost_volume, expected)
+        torch.testing.assert_close(out.cost_embedding, agg.embed_cost(out.cost_volume))
+        assert len(out.layer_outputs) == 2
+        assert out.layer_outputs[0].shape == (2, kept_classes, 8, 8, 16)
+        decoded = agg._decode(out.layer_outputs[-1], *out.decoder_guidance)
+        if pad_len:
+            decoded = scatter_class_logits(decoded, out.kept, num_classes)
+        torch.testing.assert_close(decoded, logits)
+        assert not torch.equal(out.layer_outputs[0], out.layer_outputs[1])  # each layer's own output

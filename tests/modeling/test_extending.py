@@ -232,3 +232,42 @@ def test_a_part_of_the_aggregator_is_replaced_by_class_attributes(build_cfg, tmp
     loss = model([{"image": image, "sem_seg": label}], class_names=["cat", "dog", "sky"])["loss_sem_seg"]
     loss.backward()
     assert model.sem_seg_head.aggregator.layers[0].classes.gain.grad is not None
+
+
+def _docs_example(after: str) -> str:
+    """The first ```python block of docs/architecture.md after the text ``after``."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    rest = docs[docs.index(after):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_the_docs_auxiliary_loss_example_trains_on_the_aggregators_intermediates(build_cfg):
+    """The meta-architecture of docs/architecture.md that adds a loss on the first layer's
+    tokens (``return_intermediates``): its main loss is CATSeg's, and the auxiliary loss
+    reaches the aggregator's first layer."""
+    import torch.nn.functional as F
+
+    from cat_seg.modeling.losses import sem_seg_bce_loss
+
+    if "MyAuxCATSeg" not in META_ARCH_REGISTRY:
+        namespace = {"torch": torch, "F": F, "META_ARCH_REGISTRY": META_ARCH_REGISTRY, "CATSeg": CATSeg,
+                     "sem_seg_bce_loss": sem_seg_bce_loss}
+        exec(_docs_example("A meta-architecture with an auxiliary loss"), namespace)
+    torch.manual_seed(0)
+    model = build_model(build_cfg("b", {"MODEL.META_ARCHITECTURE": "MyAuxCATSeg"})).train()
+    plain = build_model(build_cfg("b")).train()
+    plain.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    # training crops of one size, a multiple of the padding's 32 (as the example assumes)
+    batch = [{"image": torch.randint(0, 256, (3, 64, 96), generator=g, dtype=torch.uint8),
+              "sem_seg": torch.randint(0, 3, (64, 96), generator=g)} for _ in range(2)]
+    names = ["cat", "dog", "sky"]
+    losses = model(batch, class_names=names)
+    assert sorted(losses) == ["loss_aux", "loss_sem_seg"]
+    torch.testing.assert_close(losses["loss_sem_seg"], plain(batch, class_names=names)["loss_sem_seg"])
+    first_layer = model.sem_seg_head.aggregator.layers[0]
+    losses["loss_aux"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in first_layer.parameters())

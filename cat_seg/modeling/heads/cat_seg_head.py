@@ -1,12 +1,12 @@
 """``CATSegHead``: guidance upsampling + cost aggregation, registered in detectron2."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, ShapeSpec
 from torch import nn
 
-from ..aggregator import Aggregator
+from ..aggregator import Aggregator, AggregatorOutput
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -74,11 +74,13 @@ class CATSegHead(nn.Module):
         return {"aggregator": aggregator, "guidance_upsample": upsample, "guidance_features": guidance_features}
 
     def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1),
-                class_chunk: int = 0) -> torch.Tensor:
+                class_chunk: int = 0, return_intermediates: bool = False
+                ) -> Union[torch.Tensor, AggregatorOutput]:
         """Logits ``[B, T, 4h, 4w]`` from backbone ``features`` and ``text_embeddings`` ``[T, P, C]``.
 
         ``features["dense_embeddings"]`` ``[B, C, h, w]`` is both the image side of the cost
-        volume and the appearance guidance. ``class_chunk``: see
+        volume and the appearance guidance. ``class_chunk`` and ``return_intermediates`` (an
+        :class:`~cat_seg.modeling.aggregator.AggregatorOutput` instead of the logits): see
         :meth:`~cat_seg.modeling.aggregator.Aggregator.forward`.
         """
         image = features["dense_embeddings"]
@@ -88,4 +90,7 @@ class CATSegHead(nn.Module):
         # the vocabulary size is a dynamic dimension of a compiled aggregator: a new size does
         # not recompile it (no effect in eager mode)
         torch._dynamo.maybe_mark_dynamic(text_embeddings, text_embeddings.dim() - 3)
+        if return_intermediates:  # only when asked: an aggregator subclass with its own forward need not take it
+            return self.aggregator(image, text_embeddings, image, decoder_guidance, pooling, class_chunk,
+                                   return_intermediates=True)
         return self.aggregator(image, text_embeddings, image, decoder_guidance, pooling, class_chunk)
