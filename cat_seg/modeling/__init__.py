@@ -10,6 +10,7 @@ from .meta_arch import CATSeg
 from .spatial_aggregation import SpatialAggregation
 
 __all__ = [
-    "Aggregator", "AggregatorOutput", "CLIPVisionBackbone", "ClassAggregation", "cosine_cost_volume", "scatter_class_logits",
-    "select_top_classes", "CostDecoder", "CATSegHead", "sem_seg_bce_loss", "CATSeg", "SpatialAggregation",
+    "Aggregator", "AggregatorOutput", "CLIPVisionBackbone", "ClassAggregation", "cosine_cost_volume",
+    "scatter_class_logits", "select_top_classes", "CostDecoder", "CATSegHead", "sem_seg_bce_loss", "CATSeg",
+    "SpatialAggregation",
 ]
