@@ -271,3 +271,16 @@ def test_the_docs_auxiliary_loss_example_trains_on_the_aggregators_intermediates
     first_layer = model.sem_seg_head.aggregator.layers[0]
     losses["loss_aux"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in first_layer.parameters())
+
+
+def test_the_head_takes_the_clip_blocks_among_other_backbone_features(build_cfg):
+    """A backbone subclass may return features of its own beside ``blockN``: the head picks
+    the numbered CLIP blocks (it parsed every name starting with "block" as a number)."""
+    from detectron2.modeling import ShapeSpec
+
+    cfg = build_cfg("b")
+    torch.manual_seed(0)
+    backbone = build_model(cfg).backbone
+    shapes = {**backbone.output_shape(), "block_mean": ShapeSpec(channels=7, stride=1)}
+    head = CATSegHead(cfg, shapes)
+    assert head.guidance_features == [name for name in backbone.output_shape() if name != "dense_embeddings"]

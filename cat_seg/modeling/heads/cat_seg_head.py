@@ -43,7 +43,9 @@ class CATSegHead(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], num_templates: int = 1):
         head = cfg.MODEL.SEM_SEG_HEAD
         embed_dim = input_shape["dense_embeddings"].channels
-        guidance_features = sorted((k for k in input_shape if k.startswith("block")), key=lambda k: int(k[5:]))
+        # the CLIP blocks' outputs, "block<index>" (a backbone subclass may return other features too)
+        guidance_features = sorted((k for k in input_shape if k.startswith("block") and k[5:].isdigit()),
+                                   key=lambda k: int(k[5:]))
         if len(guidance_features) != len(head.DECODER_GUIDANCE_DIMS):
             raise ValueError(
                 f"the backbone returns {len(guidance_features)} guidance blocks but DECODER_GUIDANCE_DIMS has "
