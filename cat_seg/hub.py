@@ -62,9 +62,12 @@ class ReleasedWeights:
 
     @property
     def url(self) -> str:
-        """The public download URL (what to fetch by hand when offline)."""
-        prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[self.repo_type]
-        return f"https://huggingface.co/{prefix}{self.repo_id}/resolve/{self.revision}/{self.filename}"
+        """The download URL (what to fetch by hand when offline), on the hub ``HF_ENDPOINT``
+        names when it is set (a mirror), else huggingface.co."""
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo_id, self.filename, repo_type=self.repo_type, revision=self.revision,
+                          endpoint=hub_endpoint())
 
 
 # The official CAT-Seg release (github.com/KU-CVLAB/CAT-Seg, "Weights Preparation") hosts the
@@ -162,6 +165,12 @@ def clip_weights_from_checkpoint(cfg) -> None:
         cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
 
 
+def hub_endpoint() -> Optional[str]:
+    """The hub ``HF_ENDPOINT`` names (a mirror), read when called; ``None``: huggingface_hub's
+    default (huggingface.co, or the endpoint it read at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` is set (read at call time, not at huggingface_hub's import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
@@ -255,7 +264,7 @@ def _probe(entry: ReleasedWeights) -> None:
     if hub_offline() or hf_constants.is_offline_mode():
         raise WeightsUnavailableError(f"{entry.name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
                                       f"{_how_to_get(entry)}")
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    endpoint = hub_endpoint()
     try:
         url = hf_hub_url(entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=entry.revision,
                          endpoint=endpoint)
@@ -272,9 +281,26 @@ def _how_to_get(entry: ReleasedWeights) -> str:
             f"--repo-type {entry.repo_type} --cache-dir {cache})")
 
 
+#: what an HTTP status of the hub means for a download, added to its reason
+_HTTP_HINTS = {
+    401: "the repository is private or gated, or the token is not valid: log in with `hf auth login` or set HF_TOKEN",
+    403: "the token may not read this repository (a gated one needs its terms accepted on its page)",
+    404: "the file is not on the hub at this revision",
+}
+
+
 def _short_reason(error: Exception) -> str:
+    """One line on why a hub request failed: for an HTTP error its status, the hub's own
+    message and what the status means (``huggingface_hub``'s message spreads that over
+    several lines with a request id); else the error, at most 300 characters."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        server = " ".join(str(getattr(error, "server_message", None) or "").split())
+        reason = " - ".join(part for part in (f"HTTP {status}", server[:200], _HTTP_HINTS.get(status)) if part)
+        return reason
     reason = " ".join(f"{type(error).__name__}: {error}".split())
-    return reason[:157] + "..." if len(reason) > 160 else reason
+    return reason[:297] + "..." if len(reason) > 300 else reason
 
 
 def check_released_weights(weights: str) -> Optional[str]:
@@ -317,7 +343,7 @@ def resolve_weights(weights: str) -> str:
     try:
         path = hf_hub_download(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type,
                                cache_dir=hub_cache_dir(), revision=entry.revision, force_download=bool(damaged),
-                               endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=METADATA_TIMEOUT_S)
+                               endpoint=hub_endpoint(), etag_timeout=METADATA_TIMEOUT_S)
     except Exception as e:  # the connection lost while downloading, disk full, ...
         raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "
                                       f"{_how_to_get(entry)}") from None

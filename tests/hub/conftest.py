@@ -8,7 +8,8 @@ It serves the hub's file API as ``huggingface_hub.hf_hub_download`` uses it
   hub's etag is the sha256 of the content), ``Content-Length``, ``Accept-Ranges``;
 * ``GET`` of the same path: the bytes, honouring ``Range: bytes=N-`` with ``206`` and
   ``Content-Range`` (resumed downloads); ``cut_next_get_after`` simulates a dropped connection;
-* unknown files: ``404`` with ``X-Error-Code: EntryNotFound``.
+* unknown files: ``404`` with ``X-Error-Code: EntryNotFound``;
+* ``refuse``: every request answered with that status and ``X-Error-Message`` (401, 403).
 
 Every request is recorded, so tests can tell whether the network was used.
 """
@@ -41,6 +42,7 @@ class LoopbackHub:
         self.files = {}
         self.requests = []
         self.cut_next_get_after = None  # bytes: the next GET sends this much, then drops the connection
+        self.refuse = None  # (status, X-Error-Message): every request is answered with it (401, 403)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +61,14 @@ class LoopbackHub:
 
             def _answer(self, with_body: bool):
                 hub.requests.append((self.command, self.path, self.headers.get("Range")))
+                if hub.refuse is not None:
+                    status, message = hub.refuse
+                    self.send_response(status)
+                    self.send_header("X-Error-Message", message)
+                    self.send_header("X-Request-Id", "Root=1-loopback")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = self._lookup()
                 if data is None:
                     self.send_response(404)

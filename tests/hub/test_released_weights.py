@@ -119,6 +119,7 @@ def test_checksum_mismatch_is_one_line(monkeypatch, loopback_hub, tiny_release):
 
 def test_offline_without_cache_says_what_to_download(monkeypatch, loopback_hub):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT")  # the public hub's URL (with a mirror, the mirror's)
     with pytest.raises(CATSegError) as info:
         hub.resolve_weights("catseg-vitl")
     message = str(info.value)
@@ -257,3 +258,22 @@ def test_a_damaged_cached_file_is_downloaded_again(tiny_release, loopback_hub, c
     assert Path(path).read_bytes() == data
     assert f"{entry.name}: the cached file is damaged (" in caplog.text
     assert len(loopback_hub.downloads(entry.filename)) == 2
+
+
+@pytest.mark.parametrize("status, server_message, hint", [
+    (401, "Invalid credentials in Authorization header", "hf auth login"),
+    (403, "Access to space hamacojr/CAT-Seg-weights is restricted and you are not in the authorized list. "
+          "Visit https://huggingface.co/spaces/hamacojr/CAT-Seg-weights to ask for access.", "terms accepted"),
+])
+def test_a_refused_download_says_the_status_and_the_hubs_reason(loopback_hub, status, server_message, hint):
+    """The hub's own reason and what the status means, whole, on one line (a 160-character
+    cut of huggingface_hub's several-line message lost the reason), and the URL to fetch by
+    hand on the hub HF_ENDPOINT names."""
+    loopback_hub.refuse = (status, server_message)
+    with pytest.raises(hub.WeightsUnavailableError) as info:
+        hub.resolve_weights("catseg-vitb")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"catseg-vitb: cannot download (HTTP {status} - {server_message} - " in message
+    assert hint in message
+    assert f"download {loopback_hub.endpoint}/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth " in message
