@@ -17,12 +17,15 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 D2_WHEEL=${D2_WHEEL:-"sal-detectron2==0.7.2"}
 DETECTRON2_SPEC=${DETECTRON2_SPEC:-}
 
+# what must import for detectron2 to count as installed: its modules cat-seg uses (the package
+# alone imports from a copy that an interrupted set-up left half-written)
+D2_IMPORTS="import detectron2.config, detectron2.data, detectron2.engine, detectron2.evaluation, detectron2.modeling"
 stamp="$VENV/.cat-seg-installed"
 want=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
 want="$want $TORCH_SPEC $D2_WHEEL $DETECTRON2_SPEC"
 # the stamp, and an interpreter that still runs (its base Python removed or upgraded: rebuilt)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$VENV/bin/python" -c "import cat_seg, torch, detectron2" >/dev/null 2>&1; then
+   && "$VENV/bin/python" -c "import cat_seg, torch; $D2_IMPORTS" >/dev/null 2>&1; then
   exit 0
 fi
 
@@ -49,7 +52,7 @@ site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 if [ -n "$DETECTRON2_SPEC" ]; then
   echo "[setup] installing detectron2 from $DETECTRON2_SPEC"
   $PIP install -q --no-build-isolation "$DETECTRON2_SPEC"
-elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+elif ! "$VENV/bin/python" -c "$D2_IMPORTS" 2>/dev/null; then
   echo "[setup] installing detectron2 (pure Python) from $D2_WHEEL"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -57,8 +60,11 @@ elif ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   [ -d "$tmp/detectron2" ] || { echo "[setup] error: $D2_WHEEL did not provide detectron2/" >&2; exit 1; }
   # its compiled ops were built against another torch; CAT-Seg needs none of them
   rm -f "$tmp"/detectron2/_C*.so
+  # copied beside its place, then renamed into it: a copy cut short never passes for detectron2
+  rm -rf "$site/.detectron2.partial"
+  cp -r "$tmp/detectron2" "$site/.detectron2.partial"
   rm -rf "$site/detectron2"
-  cp -r "$tmp/detectron2" "$site/detectron2"
+  mv "$site/.detectron2.partial" "$site/detectron2"
 fi
 echo "[setup] installing cat-seg (editable) with the app and test extras (gradio, pytest, selenium)"
 pip_quiet install -q --no-build-isolation -e ".[app,test]"
