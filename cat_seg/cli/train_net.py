@@ -155,6 +155,7 @@ def setup(args):
 
     cfg = load_config(args)
     cfg.MODEL.DEVICE = run_device(cfg.MODEL.DEVICE)
+    agree_on_seed(args, cfg)  # SEED -1 on several machines: rank 0's, recorded in config.yaml
     cfg.freeze()
     default_setup(cfg, args)  # logging, output/config.yaml dump, seeds, cudnn benchmark
     # cat-seg's own messages (data, checkpoint conversion, precision, evaluation throughput) on
@@ -647,26 +648,52 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     return 0
 
 
-def fix_drawn_seed(args, cfg) -> None:
-    """``SEED -1`` (random, as the official configs have it) in a training on one machine: the
-    seed is drawn here, once, and given to every process as ``SEED N``, so that the run's
-    ``config.yaml`` records it and repeats the run (detectron2 drew one per process and
-    recorded -1). ``--resume`` of such a run reuses the seed its ``config.yaml`` records. On
-    several machines each would draw its own: there the processes agree on rank 0's at start
-    (:func:`cat_seg.engine.trainer.resolve_seed`), as before."""
-    if args.eval_only or cfg.SEED >= 0 or args.num_machines > 1:
-        return
+def chosen_seed(args, cfg) -> Optional[int]:
+    """The seed of a training whose config says ``SEED -1`` (random, as the official configs
+    have it): on ``--resume`` of a run the one its ``config.yaml`` records, else a fresh draw.
+    ``None`` where there is none to choose: evaluation only, a seed set, or a resumed run that
+    recorded -1 (its checkpoint's data seed is restored, as before)."""
+    if args.eval_only or cfg.SEED >= 0:
+        return None
     if args.resume and has_run(cfg):
-        seed = recorded_seed(cfg.OUTPUT_DIR)
-        if seed is None:  # a run that recorded -1: its checkpoint's data seed is restored, as before
-            return
-    else:
-        import random
+        return recorded_seed(cfg.OUTPUT_DIR)
+    import random
 
-        seed = random.SystemRandom().randrange(2 ** 31 - 1)
-    args.opts = list(args.opts) + ["SEED", str(seed)]
+    return random.SystemRandom().randrange(2 ** 31 - 1)
+
+
+def _say_seed(seed: int, cfg) -> None:
     print(f"SEED -1: this run's seed is {seed} (recorded in {os.path.join(cfg.OUTPUT_DIR, 'config.yaml')}; "
           f"SEED {seed} repeats the run)", flush=True)
+
+
+def fix_drawn_seed(args, cfg) -> None:
+    """``SEED -1`` in a training on one machine: the seed is chosen here (:func:`chosen_seed`),
+    once, and given to every process as ``SEED N``, so that the run's ``config.yaml`` records it
+    and repeats the run (detectron2 drew one per process and recorded -1). On several machines
+    :func:`agree_on_seed` does this in the processes."""
+    if args.num_machines > 1:
+        return
+    seed = chosen_seed(args, cfg)
+    if seed is not None:
+        args.opts = list(args.opts) + ["SEED", str(seed)]
+        _say_seed(seed, cfg)
+
+
+def agree_on_seed(args, cfg) -> None:
+    """``SEED -1`` in a training on several machines, where no one process starts them all:
+    in every process, before ``config.yaml`` is written, rank 0 chooses the seed
+    (:func:`chosen_seed`) and all set ``cfg.SEED`` to it, so that the file records it as on one
+    machine. A collective call: every process makes it (all have the same ``cfg`` and ``args``)."""
+    from detectron2.utils import comm
+
+    if args.num_machines <= 1 or args.eval_only or cfg.SEED >= 0 or comm.get_world_size() == 1:
+        return
+    seed = comm.all_gather(chosen_seed(args, cfg) if comm.is_main_process() else None)[0]
+    if seed is not None:
+        cfg.SEED = seed
+        if comm.is_main_process():
+            _say_seed(seed, cfg)
 
 
 def recorded_seed(output_dir: str) -> Optional[int]:

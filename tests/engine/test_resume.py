@@ -151,3 +151,45 @@ def test_a_drawn_seed_is_recorded_in_config_yaml_and_kept_on_resume(tiny_benchma
     longer = [("2" if previous == "SOLVER.MAX_ITER" else value) for previous, value in zip([None] + opts, opts)]
     run_train_net(tiny_benchmark, "--resume", *longer)
     assert recorded() == seed
+
+
+def test_on_several_machines_every_process_takes_rank_0s_seed_before_config_yaml(tmp_path, monkeypatch, capsys):
+    """SEED -1 on several machines (no one process starts them all): rank 0 chooses the seed
+    (drawn, or on --resume the one its config.yaml records), the others take it from the
+    collective; config.yaml recorded -1 there."""
+    import argparse
+
+    from detectron2.config import get_cfg
+    from detectron2.utils import comm
+
+    from cat_seg import add_cat_seg_config
+    from cat_seg.cli.train_net import agree_on_seed
+
+    gathered = []
+
+    def fake_gather(value, rank0_value):
+        gathered.append(value)
+        return [rank0_value, value]
+
+    def run(rank, rank0_value=None, resume=False, machines=2):
+        cfg = add_cat_seg_config(get_cfg())
+        cfg.OUTPUT_DIR, cfg.SEED = str(tmp_path), -1
+        monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+        monkeypatch.setattr(comm, "is_main_process", lambda: rank == 0)
+        monkeypatch.setattr(comm, "all_gather", lambda value: fake_gather(value, value if rank == 0 else rank0_value))
+        args = argparse.Namespace(num_machines=machines, eval_only=False, resume=resume)
+        agree_on_seed(args, cfg)
+        return cfg.SEED
+
+    seed = run(rank=0)
+    assert 0 <= seed < 2 ** 31 - 1 and gathered == [seed]
+    assert f"SEED -1: this run's seed is {seed} (recorded in" in capsys.readouterr().out
+    assert run(rank=1, rank0_value=seed) == seed and gathered[-1] is None  # rank 1 chooses nothing
+    assert capsys.readouterr().out == ""  # said once, by rank 0
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    (tmp_path / "config.yaml").write_text("SEED: 1234\n")
+    assert run(rank=0, resume=True) == 1234
+    (tmp_path / "config.yaml").write_text("SEED: -1\n")  # a run that recorded -1: left to the checkpoint
+    assert run(rank=0, resume=True) == -1
+    count = len(gathered)
+    assert run(rank=0, machines=1) == -1 and len(gathered) == count  # one machine: chosen before the launch
