@@ -145,7 +145,7 @@ def check_released_config(cfg) -> None:
         return
     try:
         fits = resolve_clip_arch(cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED).name == resolve_clip_arch(entry.clip_arch).name
-    except CLIPLoadError:  # an unknown CLIP name: the value checks say so
+    except (ValueError, CLIPLoadError):  # an unknown CLIP name: the value checks say so, in one line
         return
     if not fits:
         raise WeightsUnavailableError(

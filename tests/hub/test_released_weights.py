@@ -242,6 +242,9 @@ def test_a_config_of_another_clip_is_refused_before_the_download(tiny_release, l
     assert train_net.main(["--config-file", other, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
                            "MODEL.WEIGHTS", entry.name]) == 2
     assert capsys.readouterr().err.startswith(f"error: {message}")
+    # a CLIP name that is no CLIP at all: the value check's one line (it escaped as a ValueError)
+    with pytest.raises(CATSegError, match=r"^MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED='ViT-Q/99' is neither"):
+        build_config(weights=entry.name, device="cpu", opts=["MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED", "ViT-Q/99"])
     assert loopback_hub.requests == []  # nothing asked of the hub, nothing downloaded
 
 
