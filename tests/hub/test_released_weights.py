@@ -30,7 +30,8 @@ def tiny_release(monkeypatch, loopback_hub, official_tiny_bytes):
     return entry, state
 
 
-def test_registry_entries_match_the_official_release():
+def test_registry_entries_match_the_official_release(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)  # a mirror's URL otherwise
     vitb, vitl = hub.RELEASED_WEIGHTS["catseg-vitb"], hub.RELEASED_WEIGHTS["catseg-vitl"]
     assert vitb.url == "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth"
     assert vitl.url == "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_large.pth"
