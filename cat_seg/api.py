@@ -35,7 +35,6 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .data.image_io import read_image_file, rgb_array, scale_16_bit
@@ -999,7 +998,9 @@ class OpenVocabSegmenter:
 
         from . import modeling  # noqa: F401  (registers the model)
         from .checkpoint import CATSegCheckpointer, CheckpointError
-        from .data.transforms import ResizeShortestEdgeNonEmpty
+        from detectron2.data import transforms as T
+
+        from .data.dataset_mappers.semantic_mapper import InferenceDatasetMapper
         from .modeling.clip.builder import CLIPLoadError
 
         self.cfg = _clip_from_checkpoint(cfg)
@@ -1023,9 +1024,8 @@ class OpenVocabSegmenter:
                 raise CATSegError(f"cannot load weights {self.weights!r}: {message}") from None
         else:
             logger.warning("no MODEL.WEIGHTS given: the CAT-Seg model is randomly initialised apart from CLIP")
-        self.resize = ResizeShortestEdgeNonEmpty(
-            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST
-        )
+        # the evaluation's test augmentations (the resize), so that API results are benchmark results
+        self.augmentations = T.AugmentationList(InferenceDatasetMapper.from_config(self.cfg)["augmentations"])
 
     @classmethod
     def from_config(cls, config_file: Optional[str] = None, weights: Optional[str] = None,
@@ -1071,8 +1071,12 @@ class OpenVocabSegmenter:
     # ------------------------------------------------------------------ preprocessing
     def _prepare(self, image: np.ndarray) -> Dict[str, Any]:
         """RGB ``[H, W, 3]`` -> model input dict (resized CHW uint8 tensor, original size)."""
+        from detectron2.data.transforms import AugInput
+
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        transformed = AugInput(image)
+        self.augmentations(transformed)
+        resized = transformed.image
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
 
@@ -1185,37 +1189,37 @@ class OpenVocabSegmenter:
     def dense_features(self, image: ImageInput, class_names: Union[None, str, Sequence[str]] = None) -> DenseFeatures:
         """Per-pixel CLIP-aligned embeddings of ``image`` and, with a vocabulary, its cost volume.
 
-        The whole (resized, padded) image is encoded once, as in the whole-image inference;
-        see :class:`DenseFeatures` for the geometry. The cost volume is
+        The whole (resized, padded) image is encoded once, as in the whole-image inference
+        (its inputs, :meth:`~cat_seg.modeling.CATSeg.whole_image_inputs`, and the model's
+        precision: under bf16 the embeddings are the bf16 ones the segmentation used, returned
+        as fp32); see :class:`DenseFeatures` for the geometry. The cost volume is
         :func:`~cat_seg.modeling.cosine_cost_volume` of the returned embeddings with the
         class text embeddings.
         """
-        from detectron2.structures import ImageList
-
         from .modeling import cosine_cost_volume
+        from .modeling.precision import autocast
 
         names = parse_vocabulary(class_names) if class_names is not None else []
         array = load_image(image)
-        prepared = self._prepare(array)
+        resized = self._prepare(array)["image"]
         model = self.model
-        with torch.no_grad():
-            normalized = model.normalize(prepared["image"].to(model.device))
-            batch = ImageList.from_tensors([normalized], model.size_divisibility)
-            clip_input = F.interpolate(batch.tensor, size=model.backbone.resolution, mode="bilinear", align_corners=False)
+        with torch.no_grad(), autocast(model.inference_dtype(), model.device):
+            clip_input, (padded_size,) = model.whole_image_inputs([resized.to(model.device)])
             embeddings = model.backbone(clip_input)["dense_embeddings"].float()
             text = cost = None
             if names:
                 text = model.text_embeddings(names).float()
-                cost = cosine_cost_volume(embeddings, text)[0].mean(dim=0).cpu()
-                text = text.to("cpu", copy=True)  # a copy: the model's text-embedding cache stays its own
+        if names:
+            cost = cosine_cost_volume(embeddings, text)[0].mean(dim=0).cpu()
+            text = text.to("cpu", copy=True)  # a copy: the model's text-embedding cache stays its own
         return DenseFeatures(
             embeddings=embeddings[0].cpu(),
             classes=names,
             text_embeddings=text,
             cost_volume=cost,
             image_size=tuple(array.shape[:2]),
-            resized_size=tuple(batch.image_sizes[0]),
-            padded_size=tuple(batch.tensor.shape[-2:]),
+            resized_size=tuple(resized.shape[-2:]),
+            padded_size=tuple(padded_size),
             input_size=tuple(model.backbone.resolution),
         )
 

@@ -552,3 +552,29 @@ def test_class_statistics_in_blocks_equal_the_whole_map_formula(monkeypatch):
     result = SegmentationResult(image=np.zeros((300, 401, 3), np.uint8), classes=list("abcde"), label_map=labels,
                                 confidence=confidence)
     assert result.areas() == {name: int((labels == i).sum()) for i, name in enumerate("abcde")}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_dense_features_are_the_embeddings_the_segmentation_used(tiny, checkpoint, images, precision):
+    """In the model's precision: under bf16 the returned fp32 embeddings are the bf16 ones the
+    whole-image inference computed (they were computed in fp32 apart from it, 0.02 off)."""
+    segmenter = OpenVocabSegmenter.from_config(tiny.config, weights=checkpoint, device="cpu",
+                                               opts=tiny.opts + ["MODEL.PRECISION", precision])
+    backbone = segmenter.model.backbone
+    seen = []
+    forward = backbone.forward
+
+    def recording(clip_images):
+        features = forward(clip_images)
+        seen.append(features["dense_embeddings"])
+        return features
+
+    backbone.forward = recording
+    segmenter(images[0], VOCAB)
+    del backbone.forward
+    assert len(seen) == 1
+    # bf16 where the CPU computes it natively (else the model falls back to fp32)
+    assert seen[0].dtype == (segmenter.model.inference_dtype() or torch.float32)
+    features = segmenter.dense_features(images[0], VOCAB)
+    assert features.embeddings.dtype == torch.float32
+    assert torch.equal(features.embeddings, seen[0][0].float())

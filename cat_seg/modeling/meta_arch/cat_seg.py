@@ -1,6 +1,6 @@
 """``CATSeg`` meta-architecture: preprocessing, training loss, (sliding-window) inference."""
 import logging
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -346,6 +346,19 @@ class CATSeg(nn.Module):
     def _output_size(x: Dict, image: torch.Tensor):
         return x.get("height", image.shape[-2]), x.get("width", image.shape[-1])
 
+    def whole_image_inputs(self, images: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Size]]:
+        """The whole-image inference's CLIP inputs: uint8 RGB ``[3, H, W]`` images (on the
+        model's device) -> ``[B, 3, S, S]`` at the CLIP resolution ``S``, each image normalised,
+        padded with zeros to its own multiple of ``size_divisibility`` and squashed to ``S``;
+        and each padded size ``(Hp, Wp)``."""
+        size = self.backbone.resolution
+        clip_images, padded_sizes = [], []
+        for image in images:
+            padded = ImageList.from_tensors([self.normalize(image)], self.size_divisibility).tensor
+            padded_sizes.append(padded.shape[-2:])
+            clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
+        return torch.cat(clip_images), padded_sizes
+
     def inference(self, batched_inputs: List[Dict], class_names: Sequence[str]) -> List[Dict]:
         """Whole-image inference for a batch of any size (each image gets its own result).
 
@@ -359,13 +372,8 @@ class CATSeg(nn.Module):
         probabilities).
         """
         raw = [x["image"].to(self.device) for x in batched_inputs]
-        size = self.backbone.resolution
-        clip_images, padded_sizes = [], []
-        for image in raw:
-            padded = ImageList.from_tensors([self.normalize(image)], self.size_divisibility).tensor
-            padded_sizes.append(padded.shape[-2:])
-            clip_images.append(F.interpolate(padded, size=size, mode="bilinear", align_corners=False))
-        logits = self.predict_logits(torch.cat(clip_images), class_names, self.test_pooling)
+        clip_images, padded_sizes = self.whole_image_inputs(raw)
+        logits = self.predict_logits(clip_images, class_names, self.test_pooling)
         default_request = self.output_request
         chunk_setting = self.class_chunk_size
         results = []
