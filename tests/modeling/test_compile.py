@@ -161,6 +161,17 @@ def test_auto_compile_stays_eager_on_cpu(tiny_model):
     assert not model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is None
 
 
+def test_auto_compiled_on_cuda_then_moved_to_the_cpu_runs_eagerly(tiny_model):
+    """MODEL.COMPILE auto compiles the aggregator at the first CUDA call; a model moved to the
+    CPU afterwards kept running the compiled module there (minutes of C++ kernel builds)."""
+    model = tiny_model("b").eval()
+    model._compile_aggregator()  # what the first call on a CUDA device does
+    assert model.sem_seg_head.aggregator._compiled_call_impl is not None
+    with torch.no_grad():
+        model.predict_logits(torch.zeros(1, 3, 128, 128), ["a", "b"], (1, 1))  # now on the CPU
+    assert not model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is None
+
+
 def test_compiled_training_step_equals_eager(tiny_model, random_images):
     """A training step through the compiled aggregator (what MODEL.COMPILE auto does on CUDA):
     the traced forward and backward give the eager loss and gradients (graph traced by dynamo

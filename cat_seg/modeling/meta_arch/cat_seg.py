@@ -225,15 +225,22 @@ class CATSeg(nn.Module):
         self._graphed_views.reset()
         self.text_encoder.clear_cache()
 
-    def _compile_aggregator(self):
-        if not self._aggregator_compiled:
-            aggregator = getattr(self.sem_seg_head, "aggregator", None)
-            if aggregator is None:  # a registered head of a user may have none
+    def _compile_aggregator(self, compiled: bool = True):
+        """Make the aggregator run compiled (``nn.Module.compile``) or, ``compiled=False``, eager
+        again: MODEL.COMPILE auto compiles on CUDA, and a model moved to the CPU afterwards must
+        not run the compiled module there (a first CPU call builds C++ kernels for minutes)."""
+        if self._aggregator_compiled == compiled:
+            return
+        aggregator = getattr(self.sem_seg_head, "aggregator", None)
+        if aggregator is None:  # a registered head of a user may have none
+            if compiled:
                 logger.warning(f"MODEL.COMPILE: the head {type(self.sem_seg_head).__name__} has no 'aggregator' "
                                "(the module cat-seg compiles); it runs eagerly")
-            else:
-                aggregator.compile()
-            self._aggregator_compiled = True
+        elif compiled:
+            aggregator.compile()
+        else:  # nn.Module has compile() but no inverse: it sets this attribute, which None clears
+            aggregator._compiled_call_impl = None
+        self._aggregator_compiled = compiled
 
     # ------------------------------------------------------------------ vocabularies
     def class_names(self, split: str) -> List[str]:
@@ -266,8 +273,8 @@ class CATSeg(nn.Module):
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
         text = self.text_embeddings(class_names)
         compiled = self.compiled
-        if compiled:
-            self._compile_aggregator()  # MODEL.COMPILE auto: decided on the first call on a CUDA device
+        # MODEL.COMPILE auto: decided per call, on the device the model is on now
+        self._compile_aggregator(compiled)
         chunk = resolve_class_chunk_size(self.class_chunk_size, clip_images.device, compiled)
         if self.training:
             return self.views_to_logits(clip_images, text, tuple(pooling), chunk)
