@@ -87,13 +87,16 @@ class Aggregator(nn.Module):
         text_guidance_proj_dim, appearance_guidance_proj_dim: guidance projections (128).
         decoder_dims, decoder_guidance_dims, decoder_guidance_proj_dims: decoder
             channels ([64, 32]), decoder-guidance input ([256, 128]) and projected ([32, 16]).
-        num_layers, num_heads, window: aggregator depth, heads, Swin window.
+        num_layers, num_heads, window: aggregator depth, heads, Swin window (2, 4, 12).
         attention_type: class attention, ``linear`` or ``full``.
         pad_len: class-sequence length (256); larger vocabularies are pruned to the top
             ``pad_len`` classes per image (0 = no padding, no pruning).
         residual_quirk: see :class:`ClassAggregation`.
         checkpoint_activations: in training, recompute the per-class blocks in the backward
             pass (``MODEL.CHECKPOINT_ACTIVATIONS``).
+
+    The defaults are those of the released ViT-B model (``configs/vitb_384.yaml``: 2 layers),
+    not the base config's (``NUM_LAYERS`` 4 in :func:`cat_seg.config.add_cat_seg_config`).
 
     Parts a method replaces (in a subclass, built with the same arguments): :attr:`layer_class`
     (:class:`AggregatorLayer`, which names the spatial and class aggregation classes) and

@@ -83,13 +83,15 @@ class CATSeg(nn.Module):
         clip_pixel_mean, clip_pixel_std: CLIP normalisation on 0..255 RGB.
         size_divisibility: model-side padding of the batch (32).
         ignore_value: label ignored by the loss (255).
-        train_pooling, test_pooling: class-aggregation pooling in training / inference.
+        train_pooling, test_pooling: class-aggregation pooling in training / inference
+            ((2, 2) / (1, 1), the released models' and the evaluation protocol's).
         sliding_window: use the sliding-window protocol at inference.
         window_crop, window_overlap, window_canvas: its geometry (384, 0.333, 640).
         precision: ``MODEL.PRECISION`` (``auto`` | ``fp32`` | ``bf16`` | ``fp16``): the
             autocast dtype of inference, resolved for the model's device on every call
             (:func:`~cat_seg.modeling.precision.resolve_precision`). Training precision is
-            the trainer's (same key).
+            the trainer's (same key). The constructor's default is ``fp32`` (the official
+            computation, the same on every device); configs default to ``auto``.
         class_chunk_size: ``TEST.CLASS_CHUNK_SIZE`` (-1 = auto, see
             :func:`~cat_seg.modeling.aggregator.resolve_class_chunk_size`).
         compile: ``MODEL.COMPILE``: ``torch.compile`` the aggregator (cost volume,
