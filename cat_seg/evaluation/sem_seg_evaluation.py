@@ -336,41 +336,43 @@ class SemSegEvaluator(_D2SemSegEvaluator):
 
 
 class VOCbEvaluator(SemSegEvaluator):
-    """Pascal VOC-20 with background (``evaluator_type`` ``sem_seg_background``).
+    """Scoring with a background class (``evaluator_type`` ``sem_seg_background``; Pascal
+    VOC-20b).
 
-    K = 21 GT classes (20 VOC classes + background at index 20); the prediction may have any
-    number T >= 21 of channels (``voc20b.json`` has 59 prompts: the 20 VOC classes and 39
-    background concepts), and every predicted index >= 20 counts as background.
+    K ground-truth classes whose last (index K - 1; 20 for VOC-20b, named ``background`` in
+    the catalog) stands for everything else; the prediction may have any number T >= K of channels (``voc20b.json``
+    has 59 prompts: the 20 VOC classes and 39 background concepts), and every predicted index
+    >= K - 1 counts as background.
     """
-
-    BACKGROUND = 20
 
     def __init__(
         self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None
     ):
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir)
-        if self._num_classes != self.BACKGROUND + 1:
+        if self._num_classes < 2:
             raise ValueError(
-                f"VOCbEvaluator needs {self.BACKGROUND + 1} stuff_classes (20 VOC + background) "
-                f"in the metadata of {dataset_name!r}, got {self._num_classes}"
+                f"evaluator_type sem_seg_background needs the classes of {dataset_name!r} and a last one, "
+                f"the background (every prediction past the others counts as it); got stuff_classes "
+                f"{list(self._class_names)}"
             )
+        self.background = self._num_classes - 1  # the index of the background class
 
     def _labels_from_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scores ``[T, H, W]`` -> classes ``[H, W]``: the argmax over T, indexes >= 20 mapped
-        to background (20). On ties the lowest index wins, so this is also the argmax over
-        the 20 VOC channels plus one background channel holding the max of channels 20..T-1."""
-        if scores.dim() != 3 or scores.shape[0] <= self.BACKGROUND:
+        """Scores ``[T, H, W]`` -> classes ``[H, W]``: the argmax over T, indexes >= K - 1
+        mapped to background (K - 1). On ties the lowest index wins, so this is also the argmax
+        over the K - 1 classes plus one background channel holding the max of channels K-1..T-1."""
+        if scores.dim() != 3 or scores.shape[0] <= self.background:
             raise ValueError(
-                f"output['sem_seg'] must have shape [T, H, W] with T > {self.BACKGROUND}, "
+                f"output['sem_seg'] must have shape [T, H, W] with T > {self.background}, "
                 f"got {tuple(scores.shape)}"
             )
-        return scores.argmax(dim=0).clamp_(max=self.BACKGROUND)
+        return scores.argmax(dim=0).clamp_(max=self.background)
 
     def _map_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """The model's labels ``[H, W]`` (indexes into its T >= 21 prompts) -> classes
-        ``[H, W]``, indexes >= 20 mapped to background (20), as for the scores."""
+        """The model's labels ``[H, W]`` (indexes into its T >= K prompts) -> classes ``[H, W]``,
+        indexes >= K - 1 mapped to background (K - 1), as for the scores."""
         self._check_label_range(labels, None)
-        return labels.clamp(max=self.BACKGROUND)
+        return labels.clamp(max=self.background)
 
 
 class _ArgmaxIs:

@@ -229,10 +229,20 @@ def test_voc20b_maps_extra_channels_to_background(make_dataset):
         run(SemSegEvaluator(name), records, [pred], 25)
 
 
-def test_voc20b_needs_21_classes(make_dataset):
-    name, _ = make_dataset([GT0], ["a", "b", "c"])
-    with pytest.raises(ValueError, match="21 stuff_classes"):
+def test_the_background_evaluator_takes_the_last_class_as_background_for_any_class_count(make_dataset):
+    """The background index is the last class's (20 for VOC-20b, written into the evaluator
+    before, which refused any other count): a dataset of 3 classes + background of the same
+    evaluator type is scored too."""
+    name, _ = make_dataset([np.zeros((1, 2), dtype=np.uint8)], ["background"])
+    with pytest.raises(ValueError, match=r"needs the classes of .* and a last one, the background"):
         VOCbEvaluator(name)
+    gt = np.array([[0, 3, 3, 255, 2]], dtype=np.uint8)
+    name, records = make_dataset([gt], ["a", "b", "c", "background"], evaluator_type="sem_seg_background")
+    pred = np.array([[0, 5, 1, 4, 2]])  # 6 prompts: 3 and up are background concepts
+    res = run(VOCbEvaluator(name), records, [pred], 6)["sem_seg"]
+    # gt0->0 TP, gt3->bg (5) TP, gt3->1, ignored, gt2->2 TP
+    assert res["IoU-background"] == pytest.approx(100 * 1 / 2) and res["IoU-c"] == pytest.approx(100.0)
+    assert res["pACC"] == pytest.approx(100 * 3 / 4)
 
 
 def test_uint16_tiff_ground_truth(make_dataset):
