@@ -9,11 +9,51 @@ padding and the top-k pruning run. The model against the reference computation i
 import pytest
 import torch
 
-from cat_seg.modeling.aggregator import CPU_CLASS_CHUNK, resolve_class_chunk_size
+from cat_seg.modeling import aggregator as aggregator_module
+from cat_seg.modeling.aggregator import CPU_CLASS_CHUNK, Aggregator, resolve_class_chunk_size
 
 
 def names(n):
     return [f"thing {i}" for i in range(n)]
+
+
+class KnobSpy:
+    """What the knobs made the aggregator do: the ``(images, classes)`` of every piece its
+    per-class blocks ran on, and its calls of ``torch.utils.checkpoint`` (so that a knob that
+    is ignored, which leaves results equal, fails the tests below)."""
+
+    def __init__(self, monkeypatch):
+        self.pieces = []
+        self.checkpoints = 0
+        per_class, checkpoint = Aggregator._per_class, aggregator_module.checkpoint
+
+        def recording_per_class(aggregator, fn, x, guidance, chunk):
+            def recorded(piece, *piece_guidance):
+                self.pieces.append(tuple(piece.shape[:2]))
+                return fn(piece, *piece_guidance)
+
+            return per_class(aggregator, recorded, x, guidance, chunk)
+
+        def counting_checkpoint(*args, **kwargs):
+            self.checkpoints += 1
+            return checkpoint(*args, **kwargs)
+
+        monkeypatch.setattr(Aggregator, "_per_class", recording_per_class)
+        monkeypatch.setattr(aggregator_module, "checkpoint", counting_checkpoint)
+
+    def most_classes(self) -> int:
+        """The most classes any piece held since the last call (then forgets them)."""
+        most = max(classes for _, classes in self.pieces)
+        self.pieces.clear()
+        return most
+
+    def images_per_piece(self) -> set:
+        return {images for images, _ in self.pieces}
+
+
+@pytest.fixture
+def knob_spy(monkeypatch):
+    return KnobSpy(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +81,22 @@ def test_chunk_size_comes_from_the_config(tiny_model):
 
 
 @pytest.mark.parametrize("num_classes", [20, 50])
-def test_chunked_equals_unchunked_sliding(sliding_model, random_images, num_classes):
+def test_chunked_equals_unchunked_sliding(sliding_model, random_images, num_classes, knob_spy):
     image = random_images([(170, 230)], seed=4)[0]
     vocabulary = names(num_classes)
     whole = infer(sliding_model, image, vocabulary, 0)
     assert whole.shape == (num_classes, 150, 200)
+    aggregated = min(num_classes, 32)  # PAD_LEN 32: a larger vocabulary is pruned to 32 per image
+    assert knob_spy.images_per_piece() == {5} and knob_spy.most_classes() == aggregated  # 5 views at once
     for chunk in (1, 7, 32):
         out = infer(sliding_model, image, vocabulary, chunk)
         assert (out - whole).abs().max() <= 1e-5, chunk
+        assert knob_spy.images_per_piece() == ({1} if chunk < aggregated else {5})
+        assert knob_spy.most_classes() == min(chunk, aggregated), chunk
 
 
 @pytest.mark.parametrize("attention", ["linear", "full"])
-def test_chunked_logits_equal_unchunked(tiny_model, perturb_zero_init, attention):
+def test_chunked_logits_equal_unchunked(tiny_model, perturb_zero_init, attention, knob_spy):
     """Patch-14 tiny model, both class attentions, with and without class-aggregation pooling:
     logits (more sensitive than probabilities) of chunked and unchunked runs agree."""
     model = perturb_zero_init(tiny_model("l", MODEL__SEM_SEG_HEAD__ATTENTION_TYPE=attention)).eval()
@@ -64,10 +108,13 @@ def test_chunked_logits_equal_unchunked(tiny_model, perturb_zero_init, attention
                 model.class_chunk_size = chunk
                 with torch.no_grad():
                     outs.append(model.predict_logits(images, vocabulary, pooling))
+                # balanced chunks of at most 5: 12 classes as 4+4+4; 40 pruned to 32 as 5,5,5,5,4,4,4
+                assert knob_spy.most_classes() == ({12: 4, 40: 5}[len(vocabulary)] if chunk else
+                                                   min(len(vocabulary), 32)), chunk
             assert (outs[0] - outs[1]).abs().max() <= 1e-4, (len(vocabulary), pooling)
 
 
-def test_chunked_non_sliding_batch(tiny_model, random_images, perturb_zero_init):
+def test_chunked_non_sliding_batch(tiny_model, random_images, perturb_zero_init, knob_spy):
     model = perturb_zero_init(tiny_model("b")).eval()
     batch = [{"image": im} for im in random_images([(128, 160), (96, 128)], seed=5)]
     outs = []
@@ -75,6 +122,8 @@ def test_chunked_non_sliding_batch(tiny_model, random_images, perturb_zero_init)
         model.class_chunk_size = chunk
         with torch.no_grad():
             outs.append([r["sem_seg"] for r in model(batch, class_names=names(10))])
+        # 10 classes in chunks of at most 3: four balanced chunks of 3, 3, 2, 2 (or all 10)
+        assert knob_spy.images_per_piece() == ({1} if chunk else {2}) and knob_spy.most_classes() == (chunk or 10)
     for ref, out in zip(*outs):
         assert (out - ref).abs().max() <= 1e-5
 
@@ -87,7 +136,8 @@ def _loss_and_grads(model, batch, vocabulary):
 
 
 @pytest.mark.parametrize("num_classes", [12, 40])
-def test_checkpointing_keeps_loss_and_gradients(tiny_model, random_images, perturb_zero_init, num_classes):
+def test_checkpointing_keeps_loss_and_gradients(tiny_model, random_images, perturb_zero_init, num_classes,
+                                               knob_spy):
     model = perturb_zero_init(tiny_model("b", train=True))
     g = torch.Generator().manual_seed(0)
     vocabulary = names(num_classes)
@@ -96,11 +146,18 @@ def test_checkpointing_keeps_loss_and_gradients(tiny_model, random_images, pertu
     batch[0]["sem_seg"][:10] = 255
     aggregator = model.sem_seg_head.aggregator
     ref_loss, ref_grads = _loss_and_grads(model, batch, vocabulary)
+    assert knob_spy.checkpoints == 0
     aggregator.checkpoint_activations = True
     try:
         for chunk in (0, 5):
             model.class_chunk_size = chunk
+            knob_spy.checkpoints = 0
+            knob_spy.pieces.clear()
             loss, grads = _loss_and_grads(model, batch, vocabulary)
+            assert knob_spy.checkpoints > 0, chunk
+            # one image per piece; chunk 0 in training: all the image's classes in one piece
+            assert knob_spy.images_per_piece() == {1}
+            assert knob_spy.most_classes() == (chunk or min(num_classes, 32)), chunk
             assert abs(loss - ref_loss) <= 1e-6, chunk
             assert grads.keys() == ref_grads.keys()
             for name, grad in grads.items():
