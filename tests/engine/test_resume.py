@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import torch
 
@@ -18,29 +17,44 @@ def _final_state(output_dir):
     return state["model"], state["iteration"]
 
 
+# train_net.py whose training process SIGKILLs itself right after the optimizer step of
+# iteration $KILL_AFTER_ITER: the kill lands at the same point however slow the machine is
+KILLED_AFTER_A_STEP = """
+import os, signal, sys
+from cat_seg.cli.train_net import main
+from cat_seg.engine.trainer import Trainer
+
+step = Trainer.run_step
+
+def run_step(self):
+    step(self)
+    if self.iter == int(os.environ["KILL_AFTER_ITER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer.run_step = run_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     def opts(out):
-        return train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": MAX_ITER, "SOLVER.CHECKPOINT_PERIOD": PERIOD})
+        return train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": MAX_ITER, "SOLVER.CHECKPOINT_PERIOD": PERIOD,
+                                                  "DATASETS.TEST": "()"})
 
     reference_dir = str(tmp_path / "uninterrupted")
     run_train_net(tiny_benchmark, *opts(reference_dir))
 
     killed_dir = str(tmp_path / "killed")
-    proc = subprocess.Popen(train_net_cmd(*opts(killed_dir)), env=run_env(tiny_benchmark),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = os.path.join(killed_dir, "last_checkpoint")
-    deadline = time.time() + 1800  # hang guard only
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if os.path.isfile(marker) and open(marker).read().strip() == f"model_{PERIOD - 1:07d}.pth":
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)  # somewhere inside iteration PERIOD or later
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # killed after iteration PERIOD + 1: past the checkpoint of iteration PERIOD - 1, with two
+    # steps of training in memory only
+    env = dict(run_env(tiny_benchmark), KILL_AFTER_ITER=str(PERIOD + 1))
+    cmd = train_net_cmd(*opts(killed_dir))
+    cmd[1:2] = ["-c", KILLED_AFTER_A_STEP]  # instead of train_net.py
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        _, stderr = proc.communicate(timeout=1800)  # hang guard only
+    assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+    with open(os.path.join(killed_dir, "last_checkpoint")) as f:
+        assert f.read().strip() == f"model_{PERIOD - 1:07d}.pth"
     assert not os.path.exists(os.path.join(killed_dir, "model_final.pth"))
     # what a kill inside a checkpoint save leaves (the killed process's pid in the name)
     interrupted_save = os.path.join(killed_dir, f".model_{2 * PERIOD - 1:07d}.pth.{proc.pid}.1.tmp")
@@ -70,10 +84,14 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
     with open(os.path.join(out, "metrics.json")) as f:
         rows = f.read()
     assert '"sem_seg/mIoU"' in rows  # the run's final evaluation
-    proc = run_train_net(tiny_benchmark, "--resume", *opts)
+    # another learning rate too: detectron2 keeps the checkpoint's schedule; the trainer says so
+    proc = run_train_net(tiny_benchmark, "--resume", *opts, "SOLVER.BASE_LR", "0.05")
     assert ("the checkpoint resumed from is at iteration 1 and SOLVER.MAX_ITER is 1: nothing is left to train "
             "(raise SOLVER.MAX_ITER to train longer; --eval-only evaluates the checkpoint)") in proc.stdout + proc.stderr
     assert "Start inference" not in proc.stdout + proc.stderr
+    assert "--resume continues the learning-rate schedule of the checkpoint (base LR " in proc.stdout + proc.stderr
+    assert "(SOLVER.BASE_LR 0.05, CLIP_MULTIPLIER, BACKBONE_MULTIPLIER) differ and are not used" in \
+        proc.stdout + proc.stderr
     with open(os.path.join(out, "metrics.json")) as f:
         assert f.read() == rows
     opts = train_opts(tiny_benchmark, out, **{"SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"})
@@ -89,11 +107,6 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
             return {r["iteration"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
 
     assert logged_lrs(out)[2] == logged_lrs(fresh_dir)[2]
-    # another learning rate: detectron2 keeps the checkpoint's schedule; the trainer says so
-    proc = run_train_net(tiny_benchmark, "--resume", *opts, "SOLVER.BASE_LR", "0.05")
-    assert "--resume continues the learning-rate schedule of the checkpoint (base LR " in proc.stdout + proc.stderr
-    assert "(SOLVER.BASE_LR 0.05, CLIP_MULTIPLIER, BACKBONE_MULTIPLIER) differ and are not used" in \
-        proc.stdout + proc.stderr
     # the same checkpoint with another optimizer or other trainable parameters: one line, exit 2
     for change, problem in ((["SOLVER.OPTIMIZER", "SGD"], "its optimizer state lacks dampening, momentum of SGD"),
                             (["MODEL.SEM_SEG_HEAD.CLIP_FINETUNE", "full"], "parameter tensors in")):
