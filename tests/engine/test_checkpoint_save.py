@@ -53,9 +53,14 @@ def test_failure_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkey
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
+# cat_seg/utils.py loaded by its path: it needs only the standard library, and importing the
+# cat_seg package would load torch and detectron2 (seconds per killed process)
 KILLED_WHILE_SAVING = """
-import os, signal, sys
-from cat_seg.utils import atomic_write
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("catseg_utils", sys.argv[3])
+utils = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(utils)
+atomic_write = utils.atomic_write
 
 def write(f):
     f.write(b"partial checkpoint")
@@ -67,7 +72,10 @@ atomic_write(os.path.join(sys.argv[1], sys.argv[2]), write)
 
 
 def _killed_while_saving(folder, name):
-    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(folder), name], timeout=600)
+    import cat_seg.utils
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(folder), name, cat_seg.utils.__file__],
+                          timeout=600)
     assert proc.returncode == -signal.SIGKILL
 
 
