@@ -64,14 +64,20 @@ def test_config_check_on_the_meta_device_or_else_the_cpu(tool, official_tiny_fil
                                                          meta_build):
     """--config-file checks against the meta-device model, or a CPU build where a model cannot
     be built on the meta device (as before the meta build)."""
+    import detectron2.modeling
+
     import cat_seg.config
 
     if not meta_build:
         monkeypatch.setattr(cat_seg.config, "check_model_builds", lambda cfg: None)
+    cpu_builds = []
+    build_model = detectron2.modeling.build_model
+    monkeypatch.setattr(detectron2.modeling, "build_model", lambda cfg: cpu_builds.append(cfg) or build_model(cfg))
     out = tmp_path / "x.pth"
     code = tool.main([official_tiny_file, str(out), "--config-file", str(REPO / "configs/quick_schedules/tiny_vitl_cpu.yaml")])
     err = capsys.readouterr().err
     assert code == 2 and "shape mismatch" in err and not out.exists()
+    assert len(cpu_builds) == (0 if meta_build else 1)  # the meta model was used, or else one CPU build
 
 
 def _bad_inputs(tmp_path, official_tiny):

@@ -152,14 +152,17 @@ def test_train_net_style_error_for_missing_name_on_hub(loopback_hub):
         hub.resolve_weights("catseg-vitb")
 
 
-def test_offline_message_from_a_fresh_process_is_fast_and_one_line(tmp_path):
-    """The user-facing path: a fresh interpreter, HF_HUB_OFFLINE, empty cache -> one line."""
+def test_offline_message_from_a_fresh_process_is_fast_and_one_line(tmp_path, loopback_hub):
+    """The user-facing path: a fresh interpreter, HF_HUB_OFFLINE, empty cache -> one line, and
+    fast: the hub (HF_ENDPOINT, the loopback one) is not asked anything, so nothing is retried."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"))
+    assert env["HF_ENDPOINT"] == loopback_hub.endpoint
     code = "from cat_seg.hub import resolve_weights; resolve_weights('catseg-vitb')"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cat_seg.hub.WeightsUnavailableError: catseg-vitb: not in the Hugging Face cache")
+    assert loopback_hub.requests == []
 
 
 def test_build_config_takes_a_released_name_without_config_file(tiny_release):
