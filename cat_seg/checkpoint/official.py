@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from ..modeling.clip.attention import unpack_qkv
 from .errors import CheckpointFormatError, show_keys
 
 OFFICIAL = "official"
@@ -274,7 +275,7 @@ def convert_official_state_dict(state: Mapping[str, Any]) -> Tuple[Dict[str, tor
         value = _as_fp32(key, value, report)
         if rule.split_qkv:
             targets = [(_fill(rule.target, {**match.groupdict(), "qkv": name}), chunk)
-                       for name, chunk in zip("qkv", value.chunk(3, dim=0))]
+                       for name, chunk in zip("qkv", unpack_qkv(value))]
         else:
             targets = [(_fill(rule.target, match.groupdict()), value)]
         for target, tensor in targets:

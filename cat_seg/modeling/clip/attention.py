@@ -44,7 +44,7 @@ class SplitQKVAttention(nn.Module):
         """Build from a packed ``nn.MultiheadAttention``, copying its weights."""
         module = cls(mha.embed_dim, mha.num_heads, batch_first=mha.batch_first)
         with torch.no_grad():
-            q, k, v = mha.in_proj_weight.chunk(3, dim=0)
+            q, k, v = unpack_qkv(mha.in_proj_weight)
             module.q_proj_weight.copy_(q)
             module.k_proj_weight.copy_(k)
             module.v_proj_weight.copy_(v)
@@ -120,6 +120,13 @@ def replace_multihead_attention(module: nn.Module) -> int:
     return count
 
 
+def unpack_qkv(packed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The q, k and v parts ``[E, ...]`` of a packed input projection ``[3E, ...]`` (weight or
+    bias), in ``nn.MultiheadAttention``'s layout: q rows first, then k, then v. The one
+    description of that layout (the CLIP towers, their checkpoints and the official ones)."""
+    return packed.chunk(3, dim=0)
+
+
 def split_attention_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Convert packed ``*.in_proj_weight`` entries into ``*.{q,k,v}_proj_weight`` entries.
 
@@ -129,7 +136,7 @@ def split_attention_weights(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     for key, value in state_dict.items():
         if key.endswith("in_proj_weight"):
             prefix = key[: -len("in_proj_weight")]
-            for name, chunk in zip("qkv", value.chunk(3, dim=0)):
+            for name, chunk in zip("qkv", unpack_qkv(value)):
                 out[f"{prefix}{name}_proj_weight"] = chunk
         else:
             out[key] = value
