@@ -78,7 +78,9 @@ class CATSegHead(nn.Module):
     def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1),
                 class_chunk: int = 0, return_intermediates: bool = False
                 ) -> Union[torch.Tensor, AggregatorOutput]:
-        """Logits ``[B, T, 4h, 4w]`` from backbone ``features`` and ``text_embeddings`` ``[T, P, C]``.
+        """Logits ``[B, T, s*h, s*w]`` from backbone ``features`` and ``text_embeddings``
+        ``[T, P, C]`` (one vocabulary) or ``[B, T, P, C]`` (one per image); ``s`` is the
+        aggregator's ``upsampling`` (4 with two decoder blocks).
 
         ``features["dense_embeddings"]`` ``[B, C, h, w]`` is both the image side of the cost
         volume and the appearance guidance. ``class_chunk`` and ``return_intermediates`` (an

@@ -269,7 +269,8 @@ class CATSeg(nn.Module):
     def predict_logits(
         self, clip_images: torch.Tensor, class_names: Sequence[str], pooling: Sequence[int]
     ) -> torch.Tensor:
-        """CLIP-normalised images (any size) -> logits ``[B, T, 4h, 4w]`` at the cost-map stride / 4."""
+        """CLIP-normalised images (any size) -> logits ``[B, T, s*h, s*w]`` on the ``h x w`` cost
+        map upsampled by the decoder (``s`` = its ``upsampling``, 4 with two blocks)."""
         size = self.backbone.resolution
         if tuple(clip_images.shape[-2:]) != size:
             clip_images = F.interpolate(clip_images, size=size, mode="bilinear", align_corners=False)
@@ -303,7 +304,8 @@ class CATSeg(nn.Module):
     def views_to_logits(self, clip_images: torch.Tensor, text: torch.Tensor, pooling: Sequence[int],
                         class_chunk: int) -> torch.Tensor:
         """The per-view forward: ``[V, 3, S, S]`` images at the CLIP resolution and ``[T, P, C]``
-        text embeddings -> logits ``[V, T, 4h, 4w]`` (what CUDA graphs capture at inference)."""
+        text embeddings -> logits ``[V, T, s*h, s*w]`` (see :meth:`predict_logits`; what CUDA
+        graphs capture at inference)."""
         features = self.backbone(clip_images)
         return self.sem_seg_head(features, text, pooling=pooling, class_chunk=class_chunk)
 
