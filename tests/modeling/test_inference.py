@@ -182,7 +182,8 @@ def test_no_cuda_initialised_in_process(tiny_model, random_images):
 
 
 def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class_jsons, tmp_path):
-    """The class names are cached per class json path: assigning another path is seen."""
+    """The class names are cached per class json path: assigning another path is seen, and so
+    is a change of the file."""
     train_json, test_json, train_classes, test_classes = class_jsons
     model = tiny_model("b").eval()
     model.test_class_json = test_json
@@ -194,6 +195,13 @@ def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class
     model.test_class_json = test_json
     assert model.class_names("test") == test_classes
     assert model.class_names("train") == train_classes
+    # an edited file is read again (a long-lived process kept the first list); a removed one
+    # keeps the names read before
+    other.write_text('["sky", "road", "tree"]')
+    model.test_class_json = str(other)
+    assert model.class_names("test") == ["sky", "road", "tree"]
+    other.unlink()
+    assert model.class_names("test") == ["sky", "road", "tree"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1,5 +1,6 @@
 """``CATSeg`` meta-architecture: preprocessing, training loss, (sliding-window) inference."""
 import logging
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -145,7 +146,8 @@ class CATSeg(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.train_class_json = train_class_json
         self.test_class_json = test_class_json
-        self._class_names: Dict[str, List[str]] = {}  # class json path -> its names
+        # class json path -> ((modification time, size) when read, its names)
+        self._class_names: Dict[str, Tuple[Optional[Tuple[int, int]], List[str]]] = {}
         self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), persistent=False)
         self.size_divisibility = size_divisibility
@@ -247,11 +249,21 @@ class CATSeg(nn.Module):
     # ------------------------------------------------------------------ vocabularies
     def class_names(self, split: str) -> List[str]:
         """Class names of ``split`` (``train`` / ``test``): the list in ``train_class_json`` /
-        ``test_class_json`` (assign either to switch vocabularies), each file read once."""
+        ``test_class_json`` (assign either to switch vocabularies). Each file is read once and
+        again when it changes (its modification time or size; a long-lived process such as the
+        web app or a training run sees an edited file); a file removed after the first read
+        keeps its names."""
         path = self.train_class_json if split == "train" else self.test_class_json
-        if path not in self._class_names:
-            self._class_names[path] = read_class_json(path, f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON")
-        return self._class_names[path]
+        try:
+            status = os.stat(path)
+            stamp = (status.st_mtime_ns, status.st_size)
+        except OSError:
+            stamp = None
+        cached = self._class_names.get(path)
+        if cached is None or (stamp is not None and cached[0] != stamp):
+            cached = (stamp, read_class_json(path, f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON"))
+            self._class_names[path] = cached
+        return cached[1]
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[T, P, C]`` embeddings of ``class_names`` (recomputed in training, cached otherwise)."""
