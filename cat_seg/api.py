@@ -816,10 +816,6 @@ def _check_batch_size(batch_size) -> Optional[int]:
 #: Seconds to wait for the weights host before reporting that it cannot be reached.
 CONNECT_TIMEOUT_S = 3.0
 #: The CLIP download command suggested when the weights are missing (``{name}``, ``{tag}``).
-_FETCH_CLIP = ("python -c \"import open_clip; open_clip.download_pretrained("
-               "open_clip.get_pretrained_cfg('{name}', '{tag}'))\"")
-
-
 def _host_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds. Behind an
     HTTP(S) proxy the direct connection says nothing, so the answer is then ``True`` (the
@@ -868,7 +864,7 @@ def check_weights_available(cfg) -> None:
     :class:`OpenVocabSegmenter` then does not fetch it).
     """
     from .hub import hub_offline
-    from .modeling.clip.builder import CLIPLoadError, clip_weights_source
+    from .modeling.clip.builder import CLIPLoadError, clip_weights_source, fetch_command
     from .modeling.clip.model_configs import resolve_clip_arch
 
     head = cfg.MODEL.SEM_SEG_HEAD
@@ -897,7 +893,7 @@ def check_weights_available(cfg) -> None:
         reason = f"{host} cannot be reached"
     else:
         return
-    fetch = _FETCH_CLIP.format(name=resolved.name, tag=tag)
+    fetch = fetch_command(source)
     raise CATSegError(
         f"CLIP weights {resolved.name}/{tag} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS {weights}) are not downloaded and "
         f"{reason}: pass a CAT-Seg checkpoint (--weights FILE / MODEL.WEIGHTS, it holds the CLIP weights too), "

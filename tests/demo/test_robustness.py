@@ -268,17 +268,42 @@ def test_a_checkpoint_needs_no_clip_download(tiny, checkpoint, no_network, image
 
 def test_demo_default_config_offline_is_one_line_in_seconds(tiny, tmp_path, image_factory):
     """A real process without --config-file (the ViT-B default), offline: exit 2, one line, nothing
-    written (it used to retry the hub for about a minute and end in a FileNotFoundError)."""
+    written (it used to retry the hub for about a minute and end in a FileNotFoundError). In
+    seconds: the hub (HF_ENDPOINT, a server here that records requests) is asked nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            requests.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
     photo = tmp_path / "photo.png"
     Image.fromarray(image_factory(3, 64, 80)).save(photo)
     env = {k: v for k, v in tiny.env.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
+               HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}")
     command = [sys.executable, tiny.demo, "--input", str(photo), "--output", str(tmp_path / "out"), "--vocab", "cat"]
-    proc = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=1800)
+    try:
+        proc = subprocess.run(command, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=1800)
+    finally:
+        hub.shutdown()
+        hub.server_close()
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
     assert "HF_HUB_OFFLINE is set" in line and "--opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none" in line
     assert not (tmp_path / "out").exists()
+    assert requests == []
 
 
 # ------------------------------------------------------------------------------ demo CLI

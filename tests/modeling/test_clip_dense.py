@@ -306,3 +306,26 @@ def test_dense_last_block_keeps_the_layer_scales(tmp_path):
         unscaled = ref_dense_last_block(block, x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - unscaled).abs().max() > 1e-2
+
+
+def test_a_failed_clip_download_is_one_line_naming_what_to_do(monkeypatch):
+    """The hub reachable but the download refused (a mirror without the file, HTTP 5xx, a
+    dropped connection): open_clip's FileNotFoundError ended the demo and train_net in a
+    traceback; it is a CLIPLoadError, which the commands print as one line."""
+    from cat_seg.modeling.clip import builder
+
+    monkeypatch.setattr(builder, "clip_weights_source",
+                        lambda arch, weights: ("pretrained", "ViT-B-16/openai", {"hf_hub": "timm/clip/"}))
+
+    def refused(pretrained_cfg):
+        raise OSError("HTTP 503 Service Unavailable\n  (retry later)")
+
+    monkeypatch.setattr(builder.open_clip, "download_pretrained", refused)
+    with pytest.raises(builder.CLIPLoadError) as info:
+        builder.build_clip_model(str(CLIP_JSONS["b"]), "openai")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("CLIP weights ViT-B-16/openai (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) cannot be downloaded "
+                              "(OSError: HTTP 503 Service Unavailable (retry later)); fetch them once where the "
+                              "download works: python -c \"import open_clip; open_clip.download_pretrained("
+                              "open_clip.get_pretrained_cfg('ViT-B-16', 'openai'))\", or pass a local CLIP file")

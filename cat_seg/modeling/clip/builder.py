@@ -113,9 +113,26 @@ def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.M
     if kind == "file":
         load_clip_weights(model, read_clip_state_dict(source), source)
     elif kind == "pretrained":
-        path = open_clip.download_pretrained(pretrained_cfg)
+        try:
+            path = open_clip.download_pretrained(pretrained_cfg)
+        except Exception as exc:  # the hub or server refused, the connection dropped, the disk filled
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
+            raise CLIPLoadError(
+                f"CLIP weights {source} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) cannot be downloaded ({reason}); "
+                f"fetch them once where the download works: {fetch_command(source)}, or pass a local CLIP "
+                f"file as MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS, or a CAT-Seg checkpoint as MODEL.WEIGHTS (it holds "
+                f"the CLIP weights too)") from None
         load_clip_weights(model, read_clip_state_dict(path), source)
     return model.float()
+
+
+def fetch_command(source: str) -> str:
+    """The shell command that downloads the open_clip weights ``source`` (``"name/tag"``, as
+    :func:`clip_weights_source` names them) into open_clip's cache."""
+    name, tag = source.rsplit("/", 1)
+    return (f"python -c \"import open_clip; open_clip.download_pretrained("
+            f"open_clip.get_pretrained_cfg('{name}', '{tag}'))\"")
 
 
 def default_pretrained_tag(arch: CLIPArch) -> Optional[str]:
