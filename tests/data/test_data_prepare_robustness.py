@@ -1,4 +1,8 @@
-"""Idempotence, --force, worker processes, crash safety (SIGKILL mid-run) and the real CLI."""
+"""Idempotence, --force, worker processes, crash safety (SIGKILL mid-run) and the real CLI.
+
+The real scripts' runs that only check what they print and return are made in one process
+(``PREPARE_SCRIPT_RUNS``, the ``prepare_script_runs`` fixture of tests/data/conftest.py); the
+killed run is a process of its own."""
 import os
 import signal
 import subprocess
@@ -13,8 +17,28 @@ from cat_seg.data.datasets import PrepareError
 from cat_seg.data.prepare import ade20k
 from cat_seg.data.prepare.io import LOCK_FILE, exclusive_folders
 
+REPO = Path(__file__).resolve().parents[2]
 N = 40
 OUT = "ADEChallengeData2016/annotations_detectron2/validation"
+
+# the official code's script names, with the raw file each asks for first on an empty root
+OFFICIAL_NAMES = [
+    ("prepare_ade20k_150.py", "ADEChallengeData2016/annotations/validation"),
+    ("prepare_ade20k_full.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_ade20k_847.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_pascal_context_59.py", "VOCdevkit/VOC2010/trainval_merged.json"),
+    ("prepare_pascal_context_459.py", "VOCdevkit/VOC2010/pascalcontext_val.txt"),
+]
+
+# runs of the real scripts, all made in one process by the prepare_script_runs fixture; "{root}"
+# is each run's own empty folder
+PREPARE_SCRIPT_RUNS = {
+    "robustness: prepare_voc.py without raw data": {
+        "script": "datasets/prepare_voc.py", "cwd": REPO,
+        "args": ["--root", "{root}", "--benchmark", "voc", "--no-progress"]},
+    **{f"robustness: {script} on an empty root": {"script": REPO / "datasets" / script, "args": ["--root", "{root}"]}
+       for script, _ in OFFICIAL_NAMES},
+}
 
 
 def make_raw(raw, root: Path):
@@ -134,11 +158,8 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
     assert {k: v[0] for k, v in snapshot(out).items()} == reference  # no temp files left
 
 
-def test_real_script_user_error_exits_2_without_traceback(tmp_path, raw):
-    result = subprocess.run(
-        [sys.executable, "datasets/prepare_voc.py", "--root", str(tmp_path), "--benchmark",
-         "voc", "--no-progress"],
-        cwd=raw.REPO, capture_output=True, text=True, timeout=1800)
+def test_real_script_user_error_exits_2_without_traceback(prepare_script_runs):
+    result = prepare_script_runs["robustness: prepare_voc.py without raw data"]
     assert result.returncode == 2
     assert result.stderr.startswith("error: missing id list ")
     assert "val.txt" in result.stderr and "Traceback" not in result.stderr
@@ -155,22 +176,10 @@ def test_concurrent_run_on_the_same_folder_is_refused(tmp_path, raw):
     assert prepare(tmp_path, "--workers", "1") == 0
 
 
-@pytest.mark.parametrize("script, needs", [
-    ("prepare_ade20k_150.py", "ADEChallengeData2016/annotations/validation"),
-    ("prepare_ade20k_full.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
-    ("prepare_ade20k_847.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
-    ("prepare_pascal_context_59.py", "VOCdevkit/VOC2010/trainval_merged.json"),
-    ("prepare_pascal_context_459.py", "VOCdevkit/VOC2010/pascalcontext_val.txt"),
-])
-def test_the_official_script_names_prepare_their_benchmark(script, needs, tmp_path):
+@pytest.mark.parametrize("script, needs", OFFICIAL_NAMES)
+def test_the_official_script_names_prepare_their_benchmark(script, needs, prepare_script_runs):
     """datasets/prepare_ade20k_150.py etc. (the official code's names) run our preparation of
     that benchmark: on an empty root they ask for its own raw files."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(repo / "datasets" / script), "--root", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1800)  # hang guard only
+    proc = prepare_script_runs[f"robustness: {script} on an empty root"]
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith("error: missing ") and str(tmp_path / needs) in proc.stderr
+    assert proc.stderr.startswith("error: missing ") and str(proc.root / needs) in proc.stderr
