@@ -10,8 +10,11 @@ subdirectories cannot shadow them.
 import atexit
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ torch.backends.cudnn.allow_tf32 = False
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT_DRIVER = REPO / "tests" / "script_driver.py"
 
 TINY_CONFIGS = {
     "b": REPO / "configs/quick_schedules/tiny_vitb_cpu.yaml",
@@ -164,3 +168,29 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(name="random_images", scope="session")
 def random_images_fixture():
     return random_images
+
+
+def run_scripts_in_one_process(runs, *, preload="", python=sys.executable, env=None, cwd=None, timeout=1800):
+    """Run ``runs`` (Python scripts or ``-c`` code, each as in a process of its own) one after
+    another in ONE process of ``python`` (``tests/script_driver.py``, which describes ``runs``
+    and ``preload``), so that torch, detectron2 and cat_seg are imported once instead of once
+    per script. Returns ``{run id: record}``, a record having the ``returncode``, ``stdout``
+    and ``stderr`` that ``subprocess.run(..., capture_output=True, text=True)`` would give.
+    ``env`` and ``cwd`` are the process's, as for :func:`subprocess.run`; ``timeout`` is a hang
+    guard."""
+    with tempfile.TemporaryDirectory(prefix="catseg-script-driver-") as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec.write_text(json.dumps({"preload": preload, "runs": runs}))
+        proc = subprocess.run([str(python), str(SCRIPT_DRIVER), str(spec), str(out)], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0 and out.is_file(), (
+            f"the script driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        records = json.loads(out.read_text())["runs"]
+    assert sorted(records) == sorted(run["id"] for run in runs)
+    return {key: SimpleNamespace(**record) for key, record in records.items()}
+
+
+@pytest.fixture(name="run_scripts_in_one_process", scope="session")
+def run_scripts_in_one_process_fixture():
+    """:func:`run_scripts_in_one_process`."""
+    return run_scripts_in_one_process

@@ -178,3 +178,33 @@ def restore_registration():
     from cat_seg.data.datasets import register_all
 
     register_all()
+
+
+@pytest.fixture(scope="session")
+def prepare_script_runs(request, tmp_path_factory, run_scripts_in_one_process):
+    """The runs of real ``datasets/prepare_*.py`` scripts that the collected test modules
+    declare in a module-level ``PREPARE_SCRIPT_RUNS`` (``{run id: {"script", "args", "cwd",
+    "files"}}``), all made in one Python process (each as ``python SCRIPT ARGS`` in ``cwd``
+    would make it, see tests/script_driver.py), instead of one process each that imports torch,
+    detectron2 and cat_seg. ``"{root}"`` in an argument stands for the run's own empty folder,
+    in which ``files`` (``{relative path: text}``) are written first.
+
+    ``{run id: record}``, a record having ``returncode``, ``stdout``, ``stderr`` (as
+    ``subprocess.run(..., capture_output=True, text=True)`` gives them) and ``root``."""
+    declared = {}
+    for module in {getattr(item, "module", None) for item in request.session.items} - {None}:
+        runs = getattr(module, "PREPARE_SCRIPT_RUNS", {})
+        assert not set(runs) & set(declared), f"run ids declared twice: {set(runs) & set(declared)}"
+        declared.update(runs)
+    roots, runs = {}, []
+    for key, run in sorted(declared.items()):
+        root = roots[key] = tmp_path_factory.mktemp("prepare-script-run")
+        for relpath, text in run.get("files", {}).items():
+            (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            (root / relpath).write_text(text)
+        runs.append({"id": key, "script": str(run["script"]), "cwd": run.get("cwd") and str(run["cwd"]),
+                     "argv": [arg.replace("{root}", str(root)) for arg in run["args"]]})
+    records = run_scripts_in_one_process(runs, preload="import cat_seg.data.prepare.cli")
+    for key, record in records.items():
+        record.root = roots[key]
+    return records

@@ -1,4 +1,8 @@
-"""Idempotence, --force, worker processes, crash safety (SIGKILL mid-run) and the real CLI."""
+"""Idempotence, --force, worker processes, crash safety (SIGKILL mid-run) and the real CLI.
+
+The real scripts' runs that only check what they print and return are made in one process
+(``PREPARE_SCRIPT_RUNS``, the ``prepare_script_runs`` fixture of tests/data/conftest.py); the
+killed run is a process of its own."""
 import os
 import signal
 import subprocess
@@ -13,8 +17,28 @@ from cat_seg.data.datasets import PrepareError
 from cat_seg.data.prepare import ade20k
 from cat_seg.data.prepare.io import LOCK_FILE, exclusive_folders
 
+REPO = Path(__file__).resolve().parents[2]
 N = 40
 OUT = "ADEChallengeData2016/annotations_detectron2/validation"
+
+# the official code's script names, with the raw file each asks for first on an empty root
+OFFICIAL_NAMES = [
+    ("prepare_ade20k_150.py", "ADEChallengeData2016/annotations/validation"),
+    ("prepare_ade20k_full.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_ade20k_847.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
+    ("prepare_pascal_context_59.py", "VOCdevkit/VOC2010/trainval_merged.json"),
+    ("prepare_pascal_context_459.py", "VOCdevkit/VOC2010/pascalcontext_val.txt"),
+]
+
+# runs of the real scripts, all made in one process by the prepare_script_runs fixture; "{root}"
+# is each run's own empty folder
+PREPARE_SCRIPT_RUNS = {
+    "robustness: prepare_voc.py without raw data": {
+        "script": "datasets/prepare_voc.py", "cwd": REPO,
+        "args": ["--root", "{root}", "--benchmark", "voc", "--no-progress"]},
+    **{f"robustness: {script} on an empty root": {"script": REPO / "datasets" / script, "args": ["--root", "{root}"]}
+       for script, _ in OFFICIAL_NAMES},
+}
 
 
 def make_raw(raw, root: Path):
@@ -67,16 +91,19 @@ def test_worker_processes_give_identical_outputs(tmp_path, raw, capsys):
     assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
 
 
-# Runs the real script's code with every output write slowed down half-way (half the bytes,
-# a pause, the rest; patched into the one writer the preparation uses), so that a SIGKILL lands
-# mid-run and most likely mid-write, on an idle machine as on a loaded one: a file written in
-# place would then be left truncated under its final name.
-SLOW_DRIVER = """
-import sys, time
+# Runs the real script's code with every output write interrupted half-way (patched into the
+# one writer the preparation uses): half the bytes are written and flushed to the temporary
+# file, then, once 6 outputs are finished under their final names, the writer SIGKILLs its
+# whole process group (the script and its worker processes; the test runs it in a session of
+# its own) right there, mid-write, whatever the machine's load. A file written in place would
+# then be left truncated under its final name.
+KILLED_AFTER = 6
+KILLING_DRIVER = """
+import os, signal, sys
 from cat_seg.data.prepare import io as prepare_io
 atomic_write = prepare_io.atomic_write
-def slow_atomic_write(path, write, mode="wb", durable=True):
-    def slow(f):  # every output spends 0.2 s half-written under its temporary name
+def killing_atomic_write(path, write, mode="wb", durable=True):
+    def half_then_kill(f):
         data = []
         class Half:
             def write(self, b):
@@ -85,13 +112,15 @@ def slow_atomic_write(path, write, mode="wb", durable=True):
         blob = b"".join(data)
         f.write(blob[: len(blob) // 2])
         f.flush()
-        time.sleep(0.2)
+        finished = sum(not name.startswith(".") for name in os.listdir(os.path.dirname(os.path.abspath(path))))
+        if finished >= %d:
+            os.killpg(0, signal.SIGKILL)  # the script and its workers, mid-write
         f.write(blob[len(blob) // 2:])
-    return atomic_write(path, slow, mode, durable)
-prepare_io.atomic_write = slow_atomic_write  # the writer every output goes through
+    return atomic_write(path, half_then_kill, mode, durable)
+prepare_io.atomic_write = killing_atomic_write  # the writer every output goes through
 from cat_seg.data.prepare import ade20k, cli
 sys.exit(cli.run(ade20k.main, sys.argv[1:]))
-"""
+""" % KILLED_AFTER
 
 
 def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
@@ -103,30 +132,25 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
 
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SLOW_DRIVER, "--root", str(killed), "--benchmark", "150",
+        proc = subprocess.Popen(  # a session of its own: the kill of its process group spares pytest
+            [sys.executable, "-c", KILLING_DRIVER, "--root", str(killed), "--benchmark", "150",
              "--workers", "2", "--no-progress"],
             cwd=raw.REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
-    out = killed / OUT
-    deadline = time.time() + 1800  # hang guard only
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if out.is_dir() and sum(not p.name.startswith(".") for p in out.iterdir()) >= 6:
-                break
-            time.sleep(0.02)
+        proc.wait(timeout=1800)  # hang guard only
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the script and its worker processes
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"not killed mid-run: {log.read_text()[-2000:]}"
 
+    out = killed / OUT
     after_kill = {k: v[0] for k, v in snapshot(out).items()}
     finals = {k: v for k, v in after_kill.items() if not k.startswith(".")}
-    assert set(after_kill) - set(finals) <= {LOCK_FILE} | {k for k in after_kill
-                                                          if k.endswith(".tmp")}
-    assert 6 <= len(finals) < N
+    temporary = {k for k in after_kill if k.endswith(".tmp")}
+    assert set(after_kill) - set(finals) <= {LOCK_FILE} | temporary
+    assert temporary  # the killing write's half-written file, under its temporary name
+    assert KILLED_AFTER <= len(finals) < N
     for name, data in finals.items():  # every file under a final name is complete
         assert data == reference[name], name
 
@@ -134,11 +158,8 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
     assert {k: v[0] for k, v in snapshot(out).items()} == reference  # no temp files left
 
 
-def test_real_script_user_error_exits_2_without_traceback(tmp_path, raw):
-    result = subprocess.run(
-        [sys.executable, "datasets/prepare_voc.py", "--root", str(tmp_path), "--benchmark",
-         "voc", "--no-progress"],
-        cwd=raw.REPO, capture_output=True, text=True, timeout=1800)
+def test_real_script_user_error_exits_2_without_traceback(prepare_script_runs):
+    result = prepare_script_runs["robustness: prepare_voc.py without raw data"]
     assert result.returncode == 2
     assert result.stderr.startswith("error: missing id list ")
     assert "val.txt" in result.stderr and "Traceback" not in result.stderr
@@ -155,22 +176,10 @@ def test_concurrent_run_on_the_same_folder_is_refused(tmp_path, raw):
     assert prepare(tmp_path, "--workers", "1") == 0
 
 
-@pytest.mark.parametrize("script, needs", [
-    ("prepare_ade20k_150.py", "ADEChallengeData2016/annotations/validation"),
-    ("prepare_ade20k_full.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
-    ("prepare_ade20k_847.py", "ADE20K_2021_17_01/index_ade20k.pkl"),
-    ("prepare_pascal_context_59.py", "VOCdevkit/VOC2010/trainval_merged.json"),
-    ("prepare_pascal_context_459.py", "VOCdevkit/VOC2010/pascalcontext_val.txt"),
-])
-def test_the_official_script_names_prepare_their_benchmark(script, needs, tmp_path):
+@pytest.mark.parametrize("script, needs", OFFICIAL_NAMES)
+def test_the_official_script_names_prepare_their_benchmark(script, needs, prepare_script_runs):
     """datasets/prepare_ade20k_150.py etc. (the official code's names) run our preparation of
     that benchmark: on an empty root they ask for its own raw files."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(repo / "datasets" / script), "--root", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1800)  # hang guard only
+    proc = prepare_script_runs[f"robustness: {script} on an empty root"]
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith("error: missing ") and str(tmp_path / needs) in proc.stderr
+    assert proc.stderr.startswith("error: missing ") and str(proc.root / needs) in proc.stderr

@@ -1,9 +1,10 @@
 """The prepare scripts' dataset root and the scripts under the official code's names: a
 ``--root`` that is a file or (for the scripts that read raw data) missing is one line naming
-it, checked before anything else; ``prepare_ade20k_150.py --help`` says what it prepares."""
+it, checked before anything else; ``prepare_ade20k_150.py --help`` says what it prepares.
+
+The real scripts' runs are made in one process (``PREPARE_SCRIPT_RUNS``, the
+``prepare_script_runs`` fixture of tests/data/conftest.py)."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 RAW_DATA_SCRIPTS = {"ade20k": ade20k.main, "voc": voc.main, "coco-stuff": coco_stuff.main}
 EXPECTED_FOLDER = ("expected the folder holding the downloaded datasets (--download downloads the public "
                    "ones into it)")
+
+# runs of the real scripts, all made in one process by the prepare_script_runs fixture; "{root}"
+# is each run's own folder, holding "files"
+PREPARE_SCRIPT_RUNS = {
+    "user errors: prepare_voc.py with a file as root": {
+        "script": "datasets/prepare_voc.py", "cwd": REPO, "files": {"afile": "x"},
+        "args": ["--root", "{root}/afile"]},
+    "user errors: prepare_ade20k_150.py --help": {
+        "script": "datasets/prepare_ade20k_150.py", "cwd": REPO, "args": ["--help"]},
+}
 
 
 def run_script(main, *args):
@@ -64,11 +75,9 @@ def test_download_and_the_generator_may_create_the_root(tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
 
 
-def test_real_script_with_a_file_as_root_is_one_line(tmp_path):
-    regular = tmp_path / "afile"
-    regular.write_text("x")
-    proc = subprocess.run([sys.executable, "datasets/prepare_voc.py", "--root", str(regular)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)  # hang guard only
+def test_real_script_with_a_file_as_root_is_one_line(prepare_script_runs):
+    proc = prepare_script_runs["user errors: prepare_voc.py with a file as root"]
+    regular = proc.root / "afile"
     assert (proc.returncode, proc.stderr) == (2, f"error: --root {regular} is a file; expected the dataset folder\n")
 
 
@@ -115,9 +124,8 @@ def test_official_name_refuses_another_benchmark(tmp_path, capsys):
     assert capsys.readouterr().err == "error: unrecognized arguments: --benchmark 847 (see --help)\n"
 
 
-def test_official_script_help_names_the_script():
-    proc = subprocess.run([sys.executable, "datasets/prepare_ade20k_150.py", "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)  # hang guard only
+def test_official_script_help_names_the_script(prepare_script_runs):
+    proc = prepare_script_runs["user errors: prepare_ade20k_150.py --help"]
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: prepare_ade20k_150.py [-h] [--root ROOT]")
     assert "Prepare ADE20K-150 labels for detectron2 (this benchmark only)" in " ".join(proc.stdout.split())

@@ -5,6 +5,11 @@ Cheap by construction: the fresh venv sees this environment's site-packages thro
 ``.pth`` file (that is how "torch and detectron2 are already installed" is provided; pip and
 setuptools come from there too), and pip runs with ``--no-index`` and no configuration, so every declared dependency must be resolved from what is
 installed, nothing is downloaded, and a missing or misspelt dependency fails the install.
+
+What the installed package does is run in ONE process of the venv (``installed_runs``: every
+console command's launcher with ``--help``, and the package facts the tests check), each run as
+in a process of its own (tests/script_driver.py), instead of one process per command that
+imports torch, detectron2 and cat_seg; one launcher is also started as a process of its own.
 """
 import os
 import re
@@ -86,38 +91,74 @@ def installed_venv(tmp_path_factory):
     return venv, env
 
 
-def test_installed_package_is_the_copy_not_the_source(installed_venv):
+# code run in the installed venv (each as `python -c CODE` in the venv's folder would run it)
+PACKAGE_FACTS = {
+    "cat_seg.cli.app file": "import cat_seg.cli.app as m; print(m.__file__)",
+    "package folder": "import cat_seg, os; print(os.path.dirname(cat_seg.__file__))",
+    "ade847 vocabulary size": "from cat_seg.api import read_vocabulary_file; print(len(read_vocabulary_file('ade847.json')))",
+}
+# the launcher started as a process of its own
+OWN_PROCESS_COMMAND = "cat-seg-prepare"
+
+
+@pytest.fixture(scope="module")
+def installed_runs(installed_venv, run_scripts_in_one_process):
+    """``{run id: record}`` (``returncode``, ``stdout``, ``stderr``) of the :data:`PACKAGE_FACTS`
+    code and of every console command's launcher ``venv/bin/COMMAND --help`` (id: the command),
+    all run in one process of the installed venv's python, each as in a process of its own."""
     venv, env = installed_venv
-    out = _run([venv / "bin" / "python", "-c", "import cat_seg.cli.app as m; print(m.__file__)"],
-               env=env, cwd=venv).stdout.strip()
+    runs = [{"id": key, "code": code, "cwd": str(venv)} for key, code in PACKAGE_FACTS.items()]
+    runs += [{"id": command, "script": str(venv / "bin" / command), "argv": ["--help"], "cwd": str(venv)}
+             for command in sorted(PYPROJECT["project"]["scripts"])]
+    return run_scripts_in_one_process(runs, preload="import cat_seg", python=venv / "bin" / "python", env=env,
+                                      cwd=venv, timeout=HANG_GUARD_S)
+
+
+def _ok(record, what):
+    """``record``'s stdout, after checking that it exited with status 0 (as :func:`_run` does)."""
+    assert record.returncode == 0, f"{what} failed ({record.returncode}):\n{record.stdout[-3000:]}\n{record.stderr[-3000:]}"
+    return record.stdout
+
+
+def test_installed_package_is_the_copy_not_the_source(installed_venv, installed_runs):
+    venv, _ = installed_venv
+    out = _ok(installed_runs["cat_seg.cli.app file"], PACKAGE_FACTS["cat_seg.cli.app file"]).strip()
     assert Path(out).resolve().is_relative_to(venv.resolve()), out
 
 
-@pytest.mark.parametrize("command", sorted(PYPROJECT["project"]["scripts"]))
-def test_console_command_runs(installed_venv, command):
+def _skip_unless_main_in_source(command):
     module = PYPROJECT["project"]["scripts"][command].split(":")[0]
     path = REPO / (module.replace(".", "/") + ".py")
     if not path.is_file() or not re.search(r"^def main\(", path.read_text(), re.M):
         pytest.skip(f"{module}.main is not in this source tree yet")
+
+
+@pytest.mark.parametrize("command", sorted(PYPROJECT["project"]["scripts"]))
+def test_console_command_runs(installed_runs, command):
+    _skip_unless_main_in_source(command)
+    stdout = _ok(installed_runs[command], f"venv/bin/{command} --help")
+    assert "usage:" in stdout.lower()
+
+
+def test_console_command_launcher_as_its_own_process(installed_venv, installed_runs):
+    """A generated launcher started as a process of its own (its shebang names the venv's
+    python) runs its command, and prints the help it printed in the one-process run."""
+    _skip_unless_main_in_source(OWN_PROCESS_COMMAND)
     venv, env = installed_venv
-    proc = _run([venv / "bin" / command, "--help"], env=env, cwd=venv)
+    proc = _run([venv / "bin" / OWN_PROCESS_COMMAND, "--help"], env=env, cwd=venv)
     assert "usage:" in proc.stdout.lower()
+    assert proc.stdout == installed_runs[OWN_PROCESS_COMMAND].stdout
 
 
-def test_installed_package_has_every_data_file(installed_venv):
+def test_installed_package_has_every_data_file(installed_runs):
     """Every non-Python file of the source package (vocabularies, raw label ids, ...) is in
     the installed package with the same bytes, and the installed code reads them."""
-    venv, env = installed_venv
-    out = _run([venv / "bin" / "python", "-c", "import cat_seg, os; print(os.path.dirname(cat_seg.__file__))"],
-               env=env, cwd=venv).stdout.strip()
-    installed = Path(out)
+    installed = Path(_ok(installed_runs["package folder"], PACKAGE_FACTS["package folder"]).strip())
     data_files = sorted(p.relative_to(REPO / "cat_seg") for p in (REPO / "cat_seg").rglob("*")
                         if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
     assert data_files
     missing = [str(p) for p in data_files if not (installed / p).is_file()]
     assert not missing, f"not installed: {missing}"
     assert all((installed / p).read_bytes() == (REPO / "cat_seg" / p).read_bytes() for p in data_files)
-    names = _run([venv / "bin" / "python", "-c",
-                  "from cat_seg.api import read_vocabulary_file; print(len(read_vocabulary_file('ade847.json')))"],
-                 env=env, cwd=venv).stdout.strip()
+    names = _ok(installed_runs["ade847 vocabulary size"], PACKAGE_FACTS["ade847 vocabulary size"]).strip()
     assert names == "847"
