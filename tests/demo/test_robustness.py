@@ -345,7 +345,9 @@ def test_folder_run_skips_bad_files(demo_module, capsys, tiny, checkpoint, mixed
 
 
 def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
-    """The ``demo/demo.py`` wrapper (a real process): 1 with some images skipped, 2 when none is readable."""
+    """The ``demo/demo.py`` wrapper (a real process): 1 with some images skipped, 2 when none is
+    readable: then a single ``error:`` line, no traceback (a single unreadable file:
+    test_cli_user_errors_exit_2, case all_corrupt)."""
     base = [sys.executable, tiny.demo, "--config-file", tiny.config, "--vocab", "cat, dog", "--weights", checkpoint,
             "--device", "cpu"]
     proc = subprocess.run(base + ["--input", str(mixed_folder / "a_corrupt.png"), str(mixed_folder / "b_good.png"),
@@ -375,7 +377,7 @@ def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_pat
         "device_tpu": ({"--device": "tpu"}, "unknown device 'tpu': available here: cpu"),
         "batch_negative": ({"--batch-size": "-1"}, "--batch-size must be >= 1, got -1"),
         "output_under_file": ({"--output": str(tmp_path / "file" / "out")}, "cannot create output directory .*file/out"),
-        "all_corrupt": ({"--input": str(mixed_folder / "a_corrupt.png")}, "cannot read image .*a_corrupt.png"),
+        "all_corrupt": ({"--input": str(mixed_folder / "a_corrupt.png")}, "^error: cannot read image .*a_corrupt.png"),
         "blank_class": ({"--vocab": "cat, , dog"}, "class name at position 1 of 'cat, , dog' is blank"),
         # decoding fails while running, after the output folder (and its missing parents) was made
         "truncated_only": ({"--input": str(mixed_folder / "c_truncated.png"), "--output": str(tmp_path / "out/a/b")},

@@ -113,14 +113,23 @@ if __name__ == "__main__":
 """
 
 
-def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark, trained, tmp_path):
+def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark, trained, tmp_path, capsys,
+                                                                   monkeypatch):
     """TRAIN_NET=my_train_net.py: the checks before the benchmarks and every benchmark know
-    what the script registers (cat-seg's own train_net does not)."""
+    what the script registers (cat-seg's own train_net does not). The two refusals are
+    eval.sh's checks run in this process (where nothing registered MyCATSeg); the evaluation
+    with the script is a real eval.sh run."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
     script = tmp_path / "my_train_net.py"
     script.write_text(MY_TRAIN_NET)
     options = [*geometry(tiny_benchmark, trained), "MODEL.META_ARCHITECTURE", "MyCATSeg"]
-    proc = eval_sh(tiny_benchmark, TINY_CONFIG, "1", trained, *options)
-    assert proc.returncode == 2 and "MODEL.META_ARCHITECTURE='MyCATSeg': not registered" in proc.stderr
+    monkeypatch.setenv("BENCHMARKS", "synthetic")
+    monkeypatch.delenv(evaluate_benchmarks.TRAIN_NET_ENV, raising=False)
+    assert "MyCATSeg" not in META_ARCH_REGISTRY  # as in a new eval.sh process
+    assert evaluate_benchmarks.main([TINY_CONFIG, "1", trained, *options]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "MODEL.META_ARCHITECTURE='MyCATSeg': not registered" in captured.err
     env = run_env(tiny_benchmark)
     env.update(BENCHMARKS="synthetic", TRAIN_NET=str(script))
     proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained, *options], env=env,
@@ -129,10 +138,10 @@ def test_own_train_net_script_evaluates_a_registered_architecture(tiny_benchmark
     miou = row(proc.stdout, "Synthetic toy (val)")[1]
     assert 0.0 <= float(miou) <= 100.0, miou
     assert f" {script} --config-file" in proc.stderr  # each benchmark ran the script (with eval.sh's python)
-    env["TRAIN_NET"] = str(tmp_path / "nope.py")
-    proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), TINY_CONFIG, "1", trained], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=HANG_GUARD_S)
-    assert proc.returncode == 2 and proc.stderr.startswith(f"error: TRAIN_NET='{tmp_path / 'nope.py'}': not found")
+    monkeypatch.setenv(evaluate_benchmarks.TRAIN_NET_ENV, str(tmp_path / "nope.py"))
+    assert evaluate_benchmarks.main([TINY_CONFIG, "1", trained]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: TRAIN_NET='{tmp_path / 'nope.py'}': not found")
 
 
 def test_bad_num_gpus_is_one_line_before_any_benchmark(tiny_benchmark, tmp_path):
@@ -306,13 +315,18 @@ def test_a_previous_runs_results_are_never_reported(tmp_path, monkeypatch):
     assert not stale.exists()
 
 
-def test_paths_are_taken_from_the_callers_folder(tiny_benchmark, tmp_path):
+def test_paths_are_taken_from_the_callers_folder(tiny_benchmark, tmp_path, capsys, monkeypatch):
     """eval.sh run from another folder: a config file there is found (and one of the
-    repository's by its repository path); OUTPUT_DIR is relative to that folder."""
+    repository's by its repository path: eval.sh's checks, run in this process from that
+    folder); OUTPUT_DIR is relative to that folder."""
     (tmp_path / "mine.yaml").write_text(f"_BASE_: {TINY_CONFIG}\n")
     env = run_env(tiny_benchmark)
     env["BENCHMARKS"] = "synthetic"
-    for config in ("mine.yaml", os.path.relpath(TINY_CONFIG, REPO)):
-        proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), config, "1", "run"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=HANG_GUARD_S)
-        assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint 'run/model_final.pth'"), proc.stderr
+    proc = subprocess.run(["sh", os.path.join(REPO, "eval.sh"), "mine.yaml", "1", "run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint 'run/model_final.pth'"), proc.stderr
+    monkeypatch.setenv("BENCHMARKS", "synthetic")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_benchmarks.main([os.path.relpath(TINY_CONFIG, REPO), "1", "run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint 'run/model_final.pth'"), err
