@@ -191,7 +191,7 @@ precompile() {
     name=${names[$i]}
     wait "${pids[$i]}"; rc=$?
     cat "$tmp/$name.jsonl" >> "$OUT/results.jsonl"
-    { echo "=== ${name}_cold (precompile, ${#names[@]} at once): ${ARGS[$name]}"
+    { echo "=== ${name}_cold (precompile, ${#names[@]} at once): ${STEP_ENV:+$STEP_ENV }${ARGS[$name]}"
       cat "$tmp/$name.log"; } >> "$OUT/log.txt"
     finished "${name}_cold" "$rc" "$t0"
   done

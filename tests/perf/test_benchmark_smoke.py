@@ -212,7 +212,8 @@ def test_gpu_script_cpu_smoke_writes_records_summary_and_profile(tmp_path):
     assert steps[0] == "step\tstatus\tseconds" and all("\tok\t" in line for line in steps[1:]) and len(steps) == 7
     assert [line.split("\t")[0] for line in steps[1:3]] == ["vitb_infer_150_cold", "vitb_train_b2_cold"]
     log = (out / "log.txt").read_text()
-    assert "=== vitb_train_b2_cold (precompile, 2 at once): --mode train --batch 2" in log
+    assert ("=== vitb_train_b2_cold (precompile, 2 at once): TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 --mode train "
+            "--batch 2") in log
     assert "=== vitb_infer_150: TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 --mode infer" in log
     for record in records[2:]:  # each measured step's line shows the variables it ran with
         assert f"=== {record['tag']}: TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 --mode {record['mode']}" in log, record["tag"]
