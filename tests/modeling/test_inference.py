@@ -181,9 +181,14 @@ def test_no_cuda_initialised_in_process(tiny_model, random_images):
     assert not torch.cuda.is_initialized()
 
 
-def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class_jsons, tmp_path):
+def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class_jsons, tmp_path, monkeypatch,
+                                                                caplog):
     """The class names are cached per class json path: assigning another path is seen, and so
-    is a change of the file."""
+    is a change of the file, except in training."""
+    import logging
+
+    import cat_seg.utils
+
     train_json, test_json, train_classes, test_classes = class_jsons
     model = tiny_model("b").eval()
     model.test_class_json = test_json
@@ -195,13 +200,35 @@ def test_assigning_the_test_class_json_switches_the_vocabulary(tiny_model, class
     model.test_class_json = test_json
     assert model.class_names("test") == test_classes
     assert model.class_names("train") == train_classes
-    # an edited file is read again (a long-lived process kept the first list); a removed one
-    # keeps the names read before
+    # an edited file is read again (a long-lived process kept the first list), also when named
+    # relative to another folder than the working one; a broken or removed one keeps the names
+    # read before, and so does a training
     other.write_text('["sky", "road", "tree"]')
     model.test_class_json = str(other)
     assert model.class_names("test") == ["sky", "road", "tree"]
+    other.write_text('["sky", "road", "tr')  # half-written by an editor
+    with caplog.at_level(logging.WARNING, logger="cat_seg"):
+        assert model.class_names("test") == ["sky", "road", "tree"]
+    assert "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON: keeping the 3 class names read before" in caplog.text
     other.unlink()
     assert model.class_names("test") == ["sky", "road", "tree"]
+    # named relative to the checkout root (tried when the working folder has no such file)
+    relative = tmp_path.name + "/" + other.name
+    monkeypatch.setattr(cat_seg.utils, "REPO_ROOT", str(tmp_path.parent))
+    monkeypatch.chdir(tmp_path)
+    other.write_text('["sea"]')
+    model.test_class_json = relative
+    assert model.class_names("test") == ["sea"]
+    other.write_text('["sea", "sand"]')
+    assert model.class_names("test") == ["sea", "sand"]
+    train_json = tmp_path / "train.json"
+    train_json.write_text('["sea", "sand"]')
+    model.train_class_json = str(train_json)
+    model.train()
+    assert model.class_names("train") == ["sea", "sand"]
+    train_json.write_text('["lake"]')
+    assert model.class_names("train") == ["sea", "sand"]  # training keeps its vocabulary
+    assert model.eval().class_names("train") == ["lake"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

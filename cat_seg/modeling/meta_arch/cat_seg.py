@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, buil
 from detectron2.structures import ImageList
 from torch import nn
 
-from ...utils import read_class_json
+from ...utils import read_class_json, resolve_vocabulary_path
 from ..aggregator import resolve_class_chunk_size
 from ..clip import TextEncoder
 from ..cuda_graphs import GraphedForward
@@ -249,20 +249,30 @@ class CATSeg(nn.Module):
     # ------------------------------------------------------------------ vocabularies
     def class_names(self, split: str) -> List[str]:
         """Class names of ``split`` (``train`` / ``test``): the list in ``train_class_json`` /
-        ``test_class_json`` (assign either to switch vocabularies). Each file is read once and
-        again when it changes (its modification time or size; a long-lived process such as the
-        web app or a training run sees an edited file); a file removed after the first read
-        keeps its names."""
+        ``test_class_json`` (assign either to switch vocabularies). Each file is read once and,
+        outside training, again when it changes (its modification time or size: a long-lived
+        process such as the web app sees an edited file). A training keeps the names it started
+        with (every process of a run must train the same classes), a file that cannot be read
+        again keeps the names read before (with a warning), and so does a removed one."""
         path = self.train_class_json if split == "train" else self.test_class_json
-        try:
-            status = os.stat(path)
-            stamp = (status.st_mtime_ns, status.st_size)
-        except OSError:
-            stamp = None
+        key = f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON"
         cached = self._class_names.get(path)
-        if cached is None or (stamp is not None and cached[0] != stamp):
-            cached = (stamp, read_class_json(path, f"MODEL.SEM_SEG_HEAD.{split.upper()}_CLASS_JSON"))
-            self._class_names[path] = cached
+        if cached is not None and self.training:
+            return cached[1]
+        try:
+            status = os.stat(resolve_vocabulary_path(path, key))  # the file read_class_json reads
+            stamp = (status.st_mtime_ns, status.st_size)
+        except (OSError, ValueError):
+            stamp = None
+        if cached is None:
+            cached = (stamp, read_class_json(path, key))
+        elif stamp is not None and cached[0] != stamp:
+            try:
+                cached = (stamp, read_class_json(path, key))
+            except (OSError, ValueError) as exc:  # half-written by an editor, or broken: keep the names
+                logger.warning(f"{key}: keeping the {len(cached[1])} class names read before: {exc}")
+                cached = (stamp, cached[1])
+        self._class_names[path] = cached
         return cached[1]
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
