@@ -165,10 +165,10 @@ def clip_weights_from_checkpoint(cfg) -> None:
         cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS = "none"
 
 
-def hub_endpoint() -> Optional[str]:
-    """The hub ``HF_ENDPOINT`` names (a mirror), read when called; ``None``: huggingface_hub's
-    default (huggingface.co, or the endpoint it read at import)."""
-    return os.environ.get("HF_ENDPOINT") or None
+def hub_endpoint() -> str:
+    """The hub to download from: the one ``HF_ENDPOINT`` names (a mirror), read when called,
+    else huggingface.co; without a trailing slash, as huggingface_hub reads the variable."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 def hub_offline() -> bool:

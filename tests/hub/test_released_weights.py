@@ -284,3 +284,13 @@ def test_a_refused_download_says_the_status_and_the_hubs_reason(loopback_hub, st
     assert f"catseg-vitb: cannot download (HTTP {status} - {server_message} - " in message
     assert hint in message
     assert f"download {loopback_hub.endpoint}/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth " in message
+
+
+def test_the_url_follows_hf_endpoint_when_called(monkeypatch):
+    """A mirror given with a trailing slash, and HF_ENDPOINT unset after huggingface_hub read it
+    at import: the URL is the mirror's without a double slash, then huggingface.co's."""
+    entry = hub.RELEASED_WEIGHTS["catseg-vitb"]
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
+    assert entry.url == "https://hf-mirror.example/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth"
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert entry.url == "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth"
