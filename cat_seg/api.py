@@ -815,7 +815,8 @@ def _check_batch_size(batch_size) -> Optional[int]:
 # ------------------------------------------------------------------------- offline checks
 #: Seconds to wait for the weights host before reporting that it cannot be reached.
 CONNECT_TIMEOUT_S = 3.0
-#: The CLIP download command suggested when the weights are missing (``{name}``, ``{tag}``).
+
+
 def _host_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds. Behind an
     HTTP(S) proxy the direct connection says nothing, so the answer is then ``True`` (the

@@ -18,9 +18,13 @@ exception. Output is captured at the file-descriptor level (so that C code, logg
 ``sys.stdout`` and child processes are captured too). ``preload`` (code importing what every
 one of the scripts imports at its start) runs once first, with no folder of its own on
 ``sys.path``, and its output (a traceback if it fails) is put before every run's own, as each
-separate process would have printed it. Not reproduced: modules already imported by an
-earlier run (their import-time output appears in the first run that imports them only), and
-``atexit`` handlers (they run once, when this process exits).
+separate process would have printed it. Not reproduced, since the runs share one
+interpreter: modules already imported by an earlier run (their import-time output appears
+in the first run that imports them only), warnings shown once per process (a warning one
+run printed is not printed again by a later one), the logging configuration, detectron2's
+registries and module-level caches a run filled, threads a run left running, and ``atexit``
+handlers (they run once, when this process exits). The runs given to it are ones whose
+checks do not depend on these.
 """
 import json
 import os

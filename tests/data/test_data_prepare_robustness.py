@@ -99,7 +99,10 @@ def test_worker_processes_give_identical_outputs(tmp_path, raw, capsys):
 # then be left truncated under its final name.
 KILLED_AFTER = 6
 KILLING_DRIVER = """
-import os, signal, sys
+import multiprocessing, os, signal, sys
+# the workers must inherit the patch below: forked, not started afresh (spawn, forkserver:
+# the default of Python 3.14 on Linux and of macOS re-import the module unpatched)
+multiprocessing.set_start_method("fork")
 from cat_seg.data.prepare import io as prepare_io
 atomic_write = prepare_io.atomic_write
 def killing_atomic_write(path, write, mode="wb", durable=True):

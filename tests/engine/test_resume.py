@@ -51,7 +51,11 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     cmd = train_net_cmd(*opts(killed_dir))
     cmd[1:2] = ["-c", KILLED_AFTER_A_STEP]  # instead of train_net.py
     with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        _, stderr = proc.communicate(timeout=1800)  # hang guard only
+        try:
+            _, stderr = proc.communicate(timeout=1800)  # hang guard only
+        except subprocess.TimeoutExpired:
+            proc.kill()  # else leaving the with block waits for it forever
+            raise
     assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
     with open(os.path.join(killed_dir, "last_checkpoint")) as f:
         assert f.read().strip() == f"model_{PERIOD - 1:07d}.pth"

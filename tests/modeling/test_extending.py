@@ -281,6 +281,7 @@ def test_the_head_takes_the_clip_blocks_among_other_backbone_features(build_cfg)
     cfg = build_cfg("b")
     torch.manual_seed(0)
     backbone = build_model(cfg).backbone
-    shapes = {**backbone.output_shape(), "block_mean": ShapeSpec(channels=7, stride=1)}
+    shapes = {**backbone.output_shape(), "block_mean": ShapeSpec(channels=7, stride=1),
+              "block\u00b2": ShapeSpec(channels=7, stride=1)}  # isdigit() but not int()
     head = CATSegHead(cfg, shapes)
     assert head.guidance_features == [name for name in backbone.output_shape() if name != "dense_embeddings"]

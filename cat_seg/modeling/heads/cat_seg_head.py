@@ -1,4 +1,5 @@
 """``CATSegHead``: guidance upsampling + cost aggregation, registered in detectron2."""
+import re
 from typing import Dict, List, Sequence, Union
 
 import torch
@@ -44,7 +45,7 @@ class CATSegHead(nn.Module):
         head = cfg.MODEL.SEM_SEG_HEAD
         embed_dim = input_shape["dense_embeddings"].channels
         # the CLIP blocks' outputs, "block<index>" (a backbone subclass may return other features too)
-        guidance_features = sorted((k for k in input_shape if k.startswith("block") and k[5:].isdigit()),
+        guidance_features = sorted((k for k in input_shape if re.fullmatch(r"block[0-9]+", k)),
                                    key=lambda k: int(k[5:]))
         if len(guidance_features) != len(head.DECODER_GUIDANCE_DIMS):
             raise ValueError(
