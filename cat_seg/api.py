@@ -991,12 +991,11 @@ class OpenVocabSegmenter:
     """
 
     def __init__(self, cfg):
+        from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
         from . import modeling  # noqa: F401  (registers the model)
         from .checkpoint import CATSegCheckpointer, CheckpointError
-        from detectron2.data import transforms as T
-
         from .data.dataset_mappers.semantic_mapper import InferenceDatasetMapper
         from .modeling.clip.builder import CLIPLoadError
 

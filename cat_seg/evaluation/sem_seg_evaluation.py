@@ -340,9 +340,9 @@ class VOCbEvaluator(SemSegEvaluator):
     VOC-20b).
 
     K ground-truth classes whose last (index K - 1; 20 for VOC-20b, named ``background`` in
-    the catalog) stands for everything else; the prediction may have any number T >= K of channels (``voc20b.json``
-    has 59 prompts: the 20 VOC classes and 39 background concepts), and every predicted index
-    >= K - 1 counts as background.
+    the catalog) stands for everything else; the prediction may have any number T >= K of
+    channels (``voc20b.json`` has 59 prompts: the 20 VOC classes and 39 background concepts),
+    and every predicted index >= K - 1 counts as background.
     """
 
     def __init__(
