@@ -28,9 +28,10 @@ name in different folders do not collide):
 
 Videos (``--video-input``) and the webcam (``--webcam``) are processed frame by frame; with
 ``--output`` the overlays are written to ``<stem>_overlay.mp4``, otherwise shown in a window.
-Exit status: 0 when every input was processed; 1 when some images could not be read (they
-are skipped, the others processed and written, and a summary lists the skipped files on
-stderr); 2 for a user error (bad option, config, weights, vocabulary, device, no readable
+Exit status: 0 when every input was processed; 1 when some images could not be read or
+segmented (they are skipped, the others processed and written, and a summary lists the
+skipped files on stderr; an image that the model fails on, a bug or too little memory, has
+its traceback logged once); 2 for a user error (bad option, config, weights, vocabulary, device, no readable
 image, weights that would need a download without internet), reported as one ``error: ...``
 line with nothing written; 130 when interrupted. The guide is ``docs/segment_your_images.md``.
 """
@@ -61,11 +62,16 @@ from ..api import (
     read_vocabulary_file,
 )
 from ..utils import resolve_path
-from .errors import ArgumentParser, print_user_error
+from .errors import ArgumentParser, one_line, print_user_error
+
+logger = logging.getLogger(__name__)
 
 WINDOW_NAME = "CAT-Seg"
-#: Exit status when some images could not be read (skipped; the others were written).
+#: Exit status when some images could not be read or segmented (skipped; the others were written).
 EXIT_SOME_FAILED = 1
+#: Images the model failed on (an unexpected error) before any succeeded that end the run with
+#: the error itself: then nothing works (a broken set-up), not one odd image.
+FAILURES_BEFORE_ANY_SUCCESS = 3
 #: Exit status of a user error (one ``error: ...`` line).
 EXIT_USER_ERROR = 2
 
@@ -84,7 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="cat-seg-demo",
         description="CAT-Seg open-vocabulary segmentation demo (guide: docs/segment_your_images.md)",
-        epilog="exit status: 0 all inputs processed, 1 some images unreadable (skipped, listed on stderr), "
+        epilog="exit status: 0 all inputs processed, 1 some images unreadable or failed (skipped, listed on "
+               "stderr), "
                "2 user error (one 'error:' line)",
     )
     parser.add_argument("--config-file", default=None, metavar="FILE",
@@ -259,11 +266,17 @@ def unreadable_error(skipped: Dict[str, str]) -> CATSegError:
                        + "; ".join(f"{p!r} ({r})" for p, r in skipped.items()))
 
 
-def report_skipped(skipped: Dict[str, str], total: int):
-    """The summary of the images that could not be read (stderr)."""
-    print(f"skipped {len(skipped)} of {total} images that could not be read:", file=sys.stderr)
-    for path, reason in skipped.items():
-        print(f"  {path}: {reason}", file=sys.stderr)
+def report_skipped(skipped: Dict[str, str], total: int, failed: Optional[Dict[str, str]] = None):
+    """The summary of the images that could not be read, and of those the model failed on (stderr)."""
+    if skipped:
+        print(f"skipped {len(skipped)} of {total} images that could not be read:", file=sys.stderr)
+        for path, reason in skipped.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
+    if failed:
+        print(f"skipped {len(failed)} of {total} images that could not be segmented (the first one's traceback "
+              "is above):", file=sys.stderr)
+        for path, reason in failed.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
 
 
 def display_problem() -> Optional[str]:
@@ -343,13 +356,44 @@ def show(window_image_rgb: np.ndarray, wait: int) -> bool:
     return cv2.waitKey(wait) not in (27, ord("q"))
 
 
+def segment_each(seg: OpenVocabSegmenter, files: List[str], arrays: List[np.ndarray], names: List[str],
+                 background, failed: Dict[str, str], counts: Counter) -> List[Tuple[str, SegmentationResult]]:
+    """``(file, result)`` of the images ``arrays`` (read from ``files``), segmented as one batch.
+
+    An unexpected error of the model (a bug, too little memory for one large image) costs only
+    the images it happens on: the batch is segmented again one image at a time, and an image
+    that fails alone is added to ``failed`` (file -> reason), the first one's traceback logged.
+    A user error (:class:`CATSegError`) ends the run as before, and so does the error itself
+    when the first :data:`FAILURES_BEFORE_ANY_SUCCESS` images of the run all fail.
+    ``counts["segmented"]`` counts the images segmented so far."""
+    try:
+        results = seg(arrays, names, background=background, batch_size=len(arrays))
+    except CATSegError:
+        raise
+    except Exception as error:
+        if len(files) > 1:
+            return [pair for file, array in zip(files, arrays)
+                    for pair in segment_each(seg, [file], [array], names, background, failed, counts)]
+        if not counts["segmented"] and len(failed) + 1 >= FAILURES_BEFORE_ANY_SUCCESS:
+            raise
+        if not failed:
+            logger.error(f"cannot segment {files[0]}; the demo goes on with the other images", exc_info=error)
+        failed[files[0]] = f"{type(error).__name__}: {one_line(error)}"
+        return []
+    counts["segmented"] += len(files)
+    return list(zip(files, results))
+
+
 def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str], background,
-               skipped: Dict[str, str]) -> None:
+               skipped: Dict[str, str], failed: Optional[Dict[str, str]] = None) -> None:
     """Segment ``files`` in batches of ``--batch-size``; files that fail to decode are added to
-    ``skipped`` (path -> reason) and the others processed; :class:`CATSegError` when none
-    decodes (a user error, as when no header can be read)."""
+    ``skipped`` (path -> reason), those the model fails on to ``failed`` (:func:`segment_each`),
+    and the others processed; :class:`CATSegError` when none decodes (a user error, as when
+    no header can be read)."""
     from tqdm import tqdm
 
+    failed = {} if failed is None else failed
+    counts: Counter = Counter()
     stems = output_stems(files)
     step = max(args.batch_size, 1)
     decoded = 0
@@ -366,8 +410,9 @@ def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str]
             if not chunk:
                 continue
             decoded += len(chunk)
-            results = seg(arrays, names, background=background, batch_size=step)
-            for path, result in zip(chunk, results):
+            results = segment_each(seg, chunk, arrays, names, background, failed, counts)
+            bar.update(len(chunk) - len(results))  # the images that failed
+            for path, result in results:
                 if args.output:
                     save_image_outputs(result, path, stems[path], args, seg, names)
                 elif not show(result.overlay(), 0):
@@ -479,7 +524,7 @@ def remove_empty_dirs(folders: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; returns the exit status (0 ok, 1 some images skipped, 2 user error)."""
+    """Run the demo; returns the exit status (0 ok, 1 some images skipped or failed, 2 user error)."""
     try:
         args = get_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
@@ -487,6 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     created_dirs: List[str] = []
     skipped: Dict[str, str] = {}
+    failed: Dict[str, str] = {}
     inputs: List[str] = []
     try:
         names = read_vocabulary_file(args.vocab_file) if args.vocab_file else (
@@ -530,7 +576,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             created_dirs = make_output_dir(output_folder(args.output))
         seg = OpenVocabSegmenter(cfg)
         if args.input:
-            run_images(seg, args, files, names, background, skipped)
+            run_images(seg, args, files, names, background, skipped, failed)
         else:
             run_video(seg, args, names, background)
     except CATSegError as e:
@@ -539,8 +585,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if skipped:
-        report_skipped(skipped, len(inputs))
+    if skipped or failed:
+        report_skipped(skipped, len(inputs), failed)
         return EXIT_SOME_FAILED
     return 0
 

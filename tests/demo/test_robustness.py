@@ -344,6 +344,69 @@ def test_folder_run_skips_bad_files(demo_module, capsys, tiny, checkpoint, mixed
     assert len(lines) == 3
 
 
+def _failing_on(monkeypatch, height):
+    """Make the segmenter raise an unexpected error (as a bug or an out-of-memory error would)
+    for any batch holding an image ``height`` rows high (every image for ``height`` None);
+    returns the list of batch sizes it was called with."""
+    calls = []
+    segment = OpenVocabSegmenter.__call__
+
+    def failing(self, images, *args, **kwargs):
+        arrays = images if isinstance(images, list) else [images]
+        calls.append(len(arrays))
+        if height is None or any(a.shape[0] == height for a in arrays):
+            raise RuntimeError(f"boom on an image {height} rows high")
+        return segment(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(OpenVocabSegmenter, "__call__", failing)
+    return calls
+
+
+def test_an_image_the_model_fails_on_is_skipped_and_the_others_written(
+        demo_module, capsys, caplog, tiny, checkpoint, tmp_path, image_factory, monkeypatch):
+    """An unexpected error of the model on one image ended the whole folder run with a
+    traceback; the batch is segmented again image by image, the failing one is listed (its
+    traceback logged once) and the others are written; exit status 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, height in (("a", 64), ("b", 72), ("c", 64), ("d", 72), ("e", 64)):
+        Image.fromarray(image_factory(30, height, 80)).save(folder / f"{name}.png")
+    calls = _failing_on(monkeypatch, 72)
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", folder, "--output", out, "--vocab", "cat, dog",
+        "--weights", checkpoint, "--device", "cpu", "--batch-size", "2", "--opts", *tiny.opts,
+    ])
+    assert code == demo_module.EXIT_SOME_FAILED, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{suffix}" for stem in "ace" for suffix in (".json", "_labels.png", "_overlay.png"))
+    # batches (a, b), (c, d), (e): the two failing ones again one image at a time
+    assert calls == [2, 1, 1, 2, 1, 1, 1]
+    # the first failure's traceback is logged (to stderr in a real process; caught here by pytest)
+    logged = [r for r in caplog.records if r.name == "cat_seg.cli.demo"]
+    assert [(r.levelname, r.getMessage(), r.exc_info is not None) for r in logged] == [
+        ("ERROR", f"cannot segment {folder / 'b.png'}; the demo goes on with the other images", True)]
+    summary = err[err.index("skipped 2 of 5 images that could not be segmented"):].splitlines()
+    assert summary[1:] == [f"  {folder / name}: RuntimeError: boom on an image 72 rows high"
+                           for name in ("b.png", "d.png")]
+
+
+def test_a_model_that_fails_on_every_image_ends_the_run_with_its_error(
+        demo_module, capsys, tiny, checkpoint, tmp_path, image_factory, monkeypatch):
+    """Nothing works (a broken set-up, not one odd image): the first images all failing end the
+    run with the error itself, instead of a summary of every image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(6):
+        Image.fromarray(image_factory(40 + index, 64, 80)).save(folder / f"{index}.png")
+    calls = _failing_on(monkeypatch, None)
+    with pytest.raises(RuntimeError, match="boom"):
+        demo_module.main([str(a) for a in [
+            "--config-file", tiny.config, "--input", folder, "--output", tmp_path / "out", "--vocab", "cat",
+            "--weights", checkpoint, "--device", "cpu", "--opts", *tiny.opts]])
+    assert calls == [1] * demo_module.FAILURES_BEFORE_ANY_SUCCESS
+
+
 def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
     """The ``demo/demo.py`` wrapper (a real process): 1 with some images skipped, 2 when none is
     readable: then a single ``error:`` line, no traceback (a single unreadable file:
