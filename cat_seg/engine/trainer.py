@@ -138,6 +138,20 @@ def vocabulary_mismatch(test_class_json: str, names: Sequence[str], dataset_name
             f"{dataset_name} has {len(classes)}: use the dataset's class json")
 
 
+class _Requesting(torch.nn.Module):
+    """``model`` (a CATSeg, or one wrapped by DDP) asked for ``request`` with every input: the
+    inputs it is given get the ``"output_request"`` key (copies; the evaluator reads the
+    originals). ``train()`` / ``eval()`` reach the model, as detectron2's inference expects."""
+
+    def __init__(self, model: torch.nn.Module, request: OutputRequest):
+        super().__init__()
+        self.model = model
+        self.request = request
+
+    def forward(self, batched_inputs):
+        return self.model([{**inputs, "output_request": self.request} for inputs in batched_inputs])
+
+
 class Trainer(DefaultTrainer):
     """Training and evaluation of CAT-Seg.
 
@@ -308,20 +322,18 @@ class Trainer(DefaultTrainer):
         after checking that the vocabulary matches each dataset.
 
         When every evaluator is a :class:`~cat_seg.evaluation.SemSegEvaluator` (those of
-        :meth:`build_evaluator` when ``evaluators`` is None), the model returns the predicted
-        classes only (:data:`EVAL_OUTPUT_REQUEST`) for the duration of the call; other
-        evaluators get detectron2's ``sem_seg`` probabilities. Afterwards the model's CUDA
-        graphs and cached text embeddings are released (``CATSeg.release_inference_caches``)."""
+        :meth:`build_evaluator` when ``evaluators`` is None), the model is asked for the
+        predicted classes only (:data:`EVAL_OUTPUT_REQUEST`, the ``"output_request"`` key of
+        each input it is given: the model itself is not changed); other evaluators get
+        detectron2's ``sem_seg`` probabilities. Afterwards the model's CUDA graphs and cached
+        text embeddings are released (``CATSeg.release_inference_caches``)."""
         core = model.module if hasattr(model, "module") else model
         for dataset_name in cfg.DATASETS.TEST:
             cls.check_vocabulary(cfg, core, dataset_name)
-        previous = core.output_request
-        if cls.evaluators_read_labels(evaluators):
-            core.output_request = EVAL_OUTPUT_REQUEST
+        evaluated = _Requesting(model, EVAL_OUTPUT_REQUEST) if cls.evaluators_read_labels(evaluators) else model
         try:
-            return super().test(cfg, model, evaluators)
+            return super().test(cfg, evaluated, evaluators)
         finally:
-            core.output_request = previous
             # a periodic evaluation during training: the CUDA graphs it captured (and their
             # memory) and its text embeddings (stale after the next step) are not kept
             release = getattr(core, "release_inference_caches", None)

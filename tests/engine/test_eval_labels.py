@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from cat_seg.engine.trainer import EVAL_OUTPUT_REQUEST, Trainer
+from cat_seg.engine.trainer import Trainer
 from cat_seg.evaluation import SemSegEvaluator
 from cat_seg.modeling.postprocess import PROBABILITIES, OutputRequest
 
@@ -164,20 +164,23 @@ def test_model_state_restored_and_other_evaluators_get_probabilities(build_cfg, 
     Trainer.test(cfg, model, [DatasetEvaluators([ours, other])])
     assert other.keys == [{"sem_seg"}] * len(IMAGE_SIZES)
 
-    # a request set on the model is restored afterwards, also when evaluation fails
+    # the model's own request is not changed, not even during the evaluation (the inputs the
+    # model is given ask for labels; the evaluator's own inputs are left as they were)
     own_request = OutputRequest(labels=True, dtype=torch.float16)
     model.output_request = own_request
 
     class Failing(RecordingEvaluator):
         def process(self, inputs, outputs):
-            assert model.output_request is EVAL_OUTPUT_REQUEST
+            assert model.output_request is own_request
+            assert all("output_request" not in x for x in inputs)
+            assert all(set(output) == {"sem_seg_labels", "sem_seg_confidence"} for output in outputs)
             raise RuntimeError("evaluation failed")
 
     with pytest.raises(RuntimeError, match="evaluation failed"):
         Trainer.test(cfg, model, [Failing(name, distributed=False)])
-    assert model.output_request is own_request
+    assert model.output_request is own_request and not model.training
 
-    # a wrapped model (DDP): the request is set on the wrapped module, then restored
+    # a wrapped model (DDP): asked the same way through the wrapper
     class Wrapper(torch.nn.Module):
         def __init__(self, module):
             super().__init__()
