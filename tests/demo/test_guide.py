@@ -65,3 +65,36 @@ def test_shell_examples(guide_dir, tiny):
         assert proc.returncode == 0, proc.stderr
     written = sorted(p.name for p in (guide_dir / "out").iterdir())
     assert written == sorted(f"p{i}{suffix}" for i in range(3) for suffix in (".json", "_labels.png", "_overlay.png"))
+
+
+README = os.path.join(os.path.dirname(GUIDE), os.pardir, "README.md")
+
+
+def test_the_readme_python_example_runs_on_the_tiny_model(guide_dir, tiny, checkpoint, image_factory):
+    """README's "Python" block as written, with the tiny config and random weights in place of
+    ViT-B and ``model_final.pth``, and the images it names written first; what its comments
+    say of the results holds."""
+    import numpy as np
+    import torch
+
+    with open(README) as f:
+        text = f.read()
+    block = re.search(r"^### Python\n\n```python\n(.*?)^```", text, flags=re.S | re.M).group(1)
+    released = 'OpenVocabSegmenter.from_config("configs/vitb_384.yaml", weights="model_final.pth", device="cpu")'
+    assert released in block
+    block = block.replace(released, f"OpenVocabSegmenter.from_config({TINY!r}, weights={checkpoint!r}, device='cpu', "
+                                    f"opts={tiny.opts!r})")
+    for name, seed in (("a.jpg", 40), ("b.jpg", 41)):
+        Image.fromarray(image_factory(seed, 64, 80)).save(guide_dir / name, quality=95)
+    namespace = {"__name__": "readme", "frames": [image_factory(42, 48, 64), image_factory(43, 48, 64)]}
+    exec(compile(block, README, "exec"), namespace)
+    result = namespace["result"]
+    assert result.classes == ["cat", "dog", "grass"]
+    assert result.label_map.dtype == np.int32 and result.label_map.shape == (96, 128)
+    assert result.confidence.dtype == np.float32 and result.probs.shape == (3, 96, 128)
+    assert result.probabilities(torch.float16).dtype == torch.float16
+    assert sorted(result.areas()) == ["cat", "dog", "grass"]
+    assert result.overlay().shape == (96, 128, 3)
+    assert [r.label_map.shape for r in namespace["results"]] == [(48, 64), (48, 64)]
+    features = namespace["features"]
+    assert features.cost_volume.shape == (2, *features.embeddings.shape[1:])
