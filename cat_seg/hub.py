@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from .api import CATSegError
 from .checkpoint.errors import CheckpointError
+from .utils import error_line
 
 logger = logging.getLogger(__name__)
 
@@ -297,10 +298,8 @@ def _short_reason(error: Exception) -> str:
     status = getattr(response, "status_code", None)
     if isinstance(status, int):
         server = " ".join(str(getattr(error, "server_message", None) or "").split())
-        reason = " - ".join(part for part in (f"HTTP {status}", server[:200], _HTTP_HINTS.get(status)) if part)
-        return reason
-    reason = " ".join(f"{type(error).__name__}: {error}".split())
-    return reason[:297] + "..." if len(reason) > 300 else reason
+        return " - ".join(part for part in (f"HTTP {status}", server[:200], _HTTP_HINTS.get(status)) if part)
+    return error_line(error, limit=300)
 
 
 def check_released_weights(weights: str) -> Optional[str]:

@@ -4,7 +4,7 @@ import json
 import os
 import re
 import threading
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +134,13 @@ def temporary_path(path) -> str:
             head = head[:-1]
         name = head + tail
     return os.path.join(folder, f".{name}{suffix}")
+
+
+def error_line(error: BaseException, limit: Optional[int] = None) -> str:
+    """``error`` as ``Type: message`` on one line (its whitespace folded), cut to ``limit``
+    characters with ``...`` when longer: the reason quoted in a one-line error message."""
+    line = " ".join(f"{type(error).__name__}: {error}".split())
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
 
 
 class WriteError(OSError):

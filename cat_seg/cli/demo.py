@@ -61,7 +61,7 @@ from ..api import (
     parse_vocabulary,
     read_vocabulary_file,
 )
-from ..utils import resolve_path
+from ..utils import error_line, resolve_path
 from .errors import ArgumentParser, one_line, print_user_error
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def check_readable(files: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
                 image.size
             readable.append(path)
         except Exception as e:
-            skipped[path] = " ".join(f"{type(e).__name__}: {e}".split())
+            skipped[path] = error_line(e)
     if not readable:
         raise unreadable_error(skipped)
     return readable, skipped

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
+from ...utils import error_line
 from ..datasets.errors import PrepareError
 from ..download import how_to_get
 from ..catalog import get_layout, raw_id_to_label
@@ -123,8 +124,7 @@ def load_ade_index(path: Path) -> dict:
         with open(path, "rb") as f:
             index = pickle.load(f)
     except Exception as exc:  # a damaged or foreign file makes the unpickler raise almost anything
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise PrepareError(f"cannot read {path}: {reason}; expected the index_ade20k.pkl of ADE20K_2021_17_01.zip") from None
+        raise PrepareError(f"cannot read {path}: {error_line(exc)}; expected the index_ade20k.pkl of ADE20K_2021_17_01.zip") from None
     if not isinstance(index, dict) or not {"filename", "folder"} <= set(index):
         raise PrepareError(f"{path} is not an ADE20K index (expected a dict with 'filename' and "
                            f"'folder' lists)")

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple, Union
 import open_clip
 import torch
 
-from ...utils import show_keys
+from ...utils import error_line, show_keys
 from .attention import replace_multihead_attention, split_attention_weights
 from .model_configs import CLIPArch, resolve_clip_arch
 
@@ -116,10 +116,9 @@ def build_clip_model(arch: str, weights: Optional[str] = "openai") -> torch.nn.M
         try:
             path = open_clip.download_pretrained(pretrained_cfg)
         except Exception as exc:  # the hub or server refused, the connection dropped, the disk filled
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-            reason = reason if len(reason) <= 300 else reason[:297] + "..."
             raise CLIPLoadError(
-                f"CLIP weights {source} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) cannot be downloaded ({reason}); "
+                f"CLIP weights {source} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) cannot be downloaded "
+                f"({error_line(exc, limit=300)}); "
                 f"fetch them once where the download works: {fetch_command(source)}, or pass a local CLIP "
                 f"file as MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS, or a CAT-Seg checkpoint as MODEL.WEIGHTS (it holds "
                 f"the CLIP weights too)") from None
