@@ -42,7 +42,7 @@ from .fonts import font_families, missing_glyphs_warning
 from .modeling.clip.prompts import primary_name  # first ", "-synonym: the text the model sees
 from .modeling.clip.prompts import shared_first_synonym_note
 from .modeling.postprocess import ClassMaps, OutputRequest
-from .utils import parse_json_text, read_vocabulary_text, temporary_path
+from .utils import error_line, parse_json_text, read_vocabulary_text, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -207,15 +207,25 @@ def _parse_vocabulary_string(vocabulary: str, source: str) -> List[str]:
 def parse_vocabulary_text(text: str, source: Optional[str] = None) -> List[str]:
     """Classes of a text (a vocabulary file, the web app's box): blank lines and lines starting
     with ``#`` are ignored; several lines are one class per line (each may hold ``", "``
-    synonyms); a single line is read like :func:`parse_vocabulary`'s string (``"cat, dog"``:
-    two classes). ``source`` (e.g. ``"file classes.txt"``) names the text in errors."""
+    synonyms), and ``;`` separates classes within a line as it does in a string
+    (``"person, human; dog\ncat"``: three classes); a single line is read like
+    :func:`parse_vocabulary`'s string (``"cat, dog"``: two classes). ``source`` (e.g.
+    ``"file classes.txt"``) names the text in errors."""
     lines = [line for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
     if len(lines) > 1:
-        return _clean_classes(lines, source or "the class list")
+        return _clean_classes([name for line in lines for name in _classes_of_line(line)],
+                              source or "the class list")
     line = lines[0] if lines else ""
     if not lines and (text or "").strip():
         source = source or "the text holds only # comments"
     return _parse_vocabulary_string(line, source or repr(line))
+
+
+def _classes_of_line(line: str) -> List[str]:
+    """The classes of one line of a several-line vocabulary: the line, or its ``;``-separated
+    parts (a ``;`` at its end, as in a string, ends the line's last class)."""
+    parts = line.translate(FULL_WIDTH_SEPARATORS).split(";")
+    return parts[:-1] if len(parts) > 1 and not parts[-1].strip() else parts
 
 
 def read_vocabulary_file(path: str) -> List[str]:
@@ -224,8 +234,9 @@ def read_vocabulary_file(path: str) -> List[str]:
     ``path`` is a file, or names a vocabulary shipped with the package (``datasets/ade150.json``,
     ``ade150.json``). ``.json``, or any file whose text starts with ``[``: a JSON array of class
     names (entries may hold ``", "`` synonyms; a blank entry is an error). Anything else: text,
-    read by :func:`parse_vocabulary_text` (one class per line, ``", "`` synonyms allowed, or a
-    single line of classes like ``--vocab``; blank lines and ``#`` comments ignored).
+    read by :func:`parse_vocabulary_text` (one class per line, ``", "`` synonyms allowed, ``;``
+    between classes on one line, or a single line of classes like ``--vocab``; blank lines and
+    ``#`` comments ignored).
     """
     key = "vocabulary file"  # how the errors name the file
     try:
@@ -262,8 +273,7 @@ def load_image(image: ImageInput) -> np.ndarray:
         try:
             return read_image_file(path)  # as training and evaluation read it (cat_seg.data.image_io)
         except Exception as e:  # PIL raises several types for corrupt / non-image files
-            message = f"{type(e).__name__}: {e}".replace("\n", " ")
-            raise CATSegError(f"cannot read image {path!r}: {message}") from None
+            raise CATSegError(f"cannot read image {path!r}: {error_line(e)}") from None
     if isinstance(image, Image.Image):
         try:
             return rgb_array(image)
@@ -876,7 +886,7 @@ def check_weights_available(cfg) -> None:
         resolved = resolve_clip_arch(head.CLIP_PRETRAINED)
         kind, source, pretrained_cfg = clip_weights_source(resolved, weights)
     except (ValueError, CLIPLoadError) as e:  # a CLIP file not found, an unknown tag or architecture
-        raise CATSegError(str(e).replace("\n", " ")) from None
+        raise CATSegError(error_line(e, with_type=False)) from None
     if kind != "pretrained" or _pretrained_cached(pretrained_cfg):
         return
     import open_clip
@@ -1007,17 +1017,16 @@ class OpenVocabSegmenter:
         try:
             self.model = build_model(self.cfg)
         except CLIPLoadError as e:  # a CLIP weights file or tag that does not fit: a user error
-            raise CATSegError(str(e).replace("\n", " ")) from None
+            raise CATSegError(error_line(e, with_type=False)) from None
         self.model.eval()
         self.weights = self.cfg.MODEL.WEIGHTS or None
         if self.weights:
             try:
                 CATSegCheckpointer(self.model).load(self.weights)
             except CheckpointError as e:  # its message names the file and what is wrong
-                raise CATSegError(f"cannot load weights: {e}".replace("\n", " ")) from None
+                raise CATSegError(f"cannot load weights: {error_line(e, with_type=False)}") from None
             except Exception as e:  # anything else the loader raises for a bad file
-                message = f"{type(e).__name__}: {e}".replace("\n", " ")
-                raise CATSegError(f"cannot load weights {self.weights!r}: {message}") from None
+                raise CATSegError(f"cannot load weights {self.weights!r}: {error_line(e)}") from None
         else:
             logger.warning("no MODEL.WEIGHTS given: the CAT-Seg model is randomly initialised apart from CLIP")
         # the evaluation's test augmentations (the resize), so that API results are benchmark results

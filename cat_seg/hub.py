@@ -19,6 +19,7 @@ checkpoint that lacks any model tensor; so a released name needs no separate CLI
 :func:`config_opts_for` gives the overrides (``CLIP_WEIGHTS none``) that skip downloading
 OpenAI's CLIP before the checkpoint replaces it.
 """
+import functools
 import hashlib
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Dict, List, Optional
 
 from .api import CATSegError
 from .checkpoint.errors import CheckpointError
-from .utils import error_line
+from .utils import error_line, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class ReleasedWeights:
     Attributes:
         name: the short name accepted by ``MODEL.WEIGHTS`` / ``--weights``.
         repo_id, repo_type, filename, revision: where it lives on the Hugging Face Hub.
-        config_file: the config it belongs to (relative to the repository / package).
-        clip_arch: ``MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED`` of that config.
+        config_file: the config it belongs to (relative to the repository / package); the
+            CLIP it holds is that config's (:attr:`clip_arch`).
         size: expected size in bytes, ``None`` where unverified.
         sha256: expected sha256 (hex), ``None`` where unverified.
         description: one line for listings.
@@ -55,11 +56,22 @@ class ReleasedWeights:
     repo_type: str
     filename: str
     config_file: str
-    clip_arch: str
     size: Optional[int] = None
     sha256: Optional[str] = None
     revision: str = "main"
     description: str = ""
+
+    @functools.cached_property
+    def clip_arch(self) -> str:
+        """``MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED`` of :attr:`config_file`, read from it (the
+        config is the one place that says which CLIP a checkpoint holds)."""
+        from detectron2.config import get_cfg
+
+        from .config import add_cat_seg_config
+
+        cfg = add_cat_seg_config(get_cfg())
+        cfg.merge_from_file(resolve_path(self.config_file))
+        return cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED
 
     @property
     def url(self) -> str:
@@ -83,7 +95,6 @@ RELEASED_WEIGHTS: Dict[str, ReleasedWeights] = {
             repo_type="space",
             filename="model_base.pth",
             config_file="configs/vitb_384.yaml",
-            clip_arch="ViT-B/16",
             description="CAT-Seg (B): CLIP ViT-B/16, trained on COCO-Stuff",
         ),
         ReleasedWeights(
@@ -92,7 +103,6 @@ RELEASED_WEIGHTS: Dict[str, ReleasedWeights] = {
             repo_type="space",
             filename="model_large.pth",
             config_file="configs/vitl_336.yaml",
-            clip_arch="ViT-L/14@336px",
             description="CAT-Seg (L): CLIP ViT-L/14 at 336 px, trained on COCO-Stuff",
         ),
     )

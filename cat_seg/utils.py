@@ -136,10 +136,11 @@ def temporary_path(path) -> str:
     return os.path.join(folder, f".{name}{suffix}")
 
 
-def error_line(error: BaseException, limit: Optional[int] = None) -> str:
-    """``error`` as ``Type: message`` on one line (its whitespace folded), cut to ``limit``
-    characters with ``...`` when longer: the reason quoted in a one-line error message."""
-    line = " ".join(f"{type(error).__name__}: {error}".split())
+def error_line(error: BaseException, limit: Optional[int] = None, with_type: bool = True) -> str:
+    """``error`` as ``Type: message`` (or the message alone, ``with_type=False``: for errors
+    whose message is written for the user) on one line (its whitespace folded), cut to
+    ``limit`` characters with ``...`` when longer: the reason quoted in a one-line error message."""
+    line = " ".join((f"{type(error).__name__}: {error}" if with_type else str(error)).split())
     return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
 
 

@@ -371,6 +371,11 @@ def test_vocabulary_parsing(tmp_path, monkeypatch):
     # one class per line, or a list: the full-width comma still separates synonyms
     assert parse_vocabulary_text("人，人类\n狗") == parse_vocabulary("人，人类；狗") == ["人, 人类", "狗"]
     assert parse_vocabulary(["人，人类", "狗"]) == ["人, 人类", "狗"]
+    # ';' separates classes on a line of a several-line text too (it made one class "cat; dog")
+    assert parse_vocabulary_text("person, human; dog\ncat;\n# note\nsky") == ["person, human", "dog", "cat", "sky"]
+    assert parse_vocabulary_text("人，人类；狗\n猫") == ["人, 人类", "狗", "猫"]
+    with pytest.raises(CATSegError, match="class name at position 1 of the class list is blank"):
+        parse_vocabulary_text("cat;; dog\nsky")
     # a file's name given as the vocabulary (it segmented every pixel as the class "classes.json")
     (tmp_path / "tree").write_text("a file named like a class")
     monkeypatch.chdir(tmp_path)

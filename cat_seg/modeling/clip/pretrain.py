@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 def warmup_cosine_lr(lr: float, step: int, steps: int, warmup_steps: int) -> float:
     """Learning rate at ``step`` (0-based) of ``steps``: linear warm-up from ``lr / warmup_steps``
-    over ``warmup_steps`` steps, then cosine decay from ``lr`` to 0 over the remaining ones."""
+    over ``warmup_steps`` steps, then cosine decay from ``lr`` to 0 over the remaining ones.
+
+    Not detectron2's ``WarmupParamScheduler`` (which CAT-Seg's own training uses): that one
+    multiplies the cosine of the whole run by the warm-up factor, so its decay starts at step 0,
+    not after the warm-up; this schedule is the one the toy run's recorded results were made with."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
