@@ -27,8 +27,8 @@ from ..datasets.errors import PrepareError
 from ..download import how_to_get
 from ..catalog import get_layout, raw_id_to_label
 from . import cli
-from .io import check_values, read_array, read_label, save_array
-from .runner import Converted, Task, label_histogram
+from .io import read_array, save_array
+from .runner import Converted, Task, label_histogram, relabel
 
 ADE150 = get_layout("ade20k_150_test_sem_seg")
 ADE847 = get_layout("ade20k_full_sem_seg_freq_val_all")
@@ -57,14 +57,7 @@ _ADE847_LUT = _ade847_lut()
 
 def convert_ade150(src: str, dst: str) -> Converted:
     """One ADEChallenge label: shift by -1 with wrap-around and save as PNG."""
-    label = read_label(src)
-    if label.dtype != np.uint8:
-        raise PrepareError(f"label file {src} has dtype {label.dtype}, expected uint8")
-    check_values(label, _ADE150_VALID, src, "0..150")
-    out = _ADE150_LUT[label]
-    stats = label_histogram(out, ADE150.num_classes, ADE150.ignore_label, src)
-    save_array(dst, out, "PNG")
-    return stats
+    return relabel(src, dst, _ADE150_LUT, _ADE150_VALID, "0..150", ADE150)
 
 
 def decode_ade_full_seg(seg: np.ndarray, source) -> np.ndarray:

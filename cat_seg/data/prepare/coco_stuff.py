@@ -14,8 +14,7 @@ import numpy as np
 from ..datasets.errors import PrepareError
 from ..catalog import get_layout, raw_id_to_label
 from . import cli
-from .io import check_values, read_label, save_array
-from .runner import Converted, Task, label_histogram, run_tasks
+from .runner import Converted, Task, relabel, run_tasks
 
 SPLITS = {
     "train2017": get_layout("coco_2017_train_stuff_all_sem_seg"),
@@ -44,14 +43,7 @@ _LUT = _lut()
 
 def convert(src: str, dst: str) -> Converted:
     """One stuffthingmaps PNG -> contiguous 171-class label PNG."""
-    label = read_label(src)
-    if label.dtype != np.uint8:
-        raise PrepareError(f"label file {src} has dtype {label.dtype}, expected uint8")
-    check_values(label, _VALID, src, "0..181 or 255")
-    out = _LUT[label]
-    stats = label_histogram(out, 171, 255, src)
-    save_array(dst, out, "PNG")
-    return stats
+    return relabel(src, dst, _LUT, _VALID, "0..181 or 255", SPLITS["val2017"])
 
 
 def split_tasks(root: Path, split: str) -> List[Task]:

@@ -8,7 +8,6 @@ which also rejects values outside ``0..num_classes-1`` and the ignore value.
 """
 import contextlib
 import multiprocessing
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from ...utils import available_cores
 from ..datasets.errors import PrepareError
-from .io import exclusive_folders, remove_stale_temp_files
+from .io import check_values, exclusive_folders, read_label, remove_stale_temp_files, save_array
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,27 @@ def label_histogram(label: np.ndarray, num_classes: int, ignore_label: int, sour
             f"0..{num_classes - 1} and ignore {ignore_label}"
         )
     return Converted(np.bincount(valid, minlength=num_classes), ignored)
+
+
+def relabel(src: str, dst: str, table: np.ndarray, valid: np.ndarray, expected: str, layout,
+            skip_unlabelled: bool = False) -> Converted:
+    """One single-channel uint8 label map ``src`` through ``table`` (raw value -> train id) into
+    the PNG ``dst``: the conversion of the datasets whose raw labels are 8-bit ids.
+
+    ``valid[v]`` says whether raw value ``v`` may occur (``expected`` describes them in the
+    error); ``layout`` (a catalog layout) gives the class count and ignore label the output is
+    checked and counted against. With ``skip_unlabelled``, a map with no labelled pixel is not
+    written (``Converted(written=False)``)."""
+    label = read_label(src)
+    if label.dtype != np.uint8:
+        raise PrepareError(f"label file {src} has dtype {label.dtype}, expected uint8")
+    check_values(label, valid, src, expected)
+    out = table[label]
+    if skip_unlabelled and np.all(out == layout.ignore_label):
+        return Converted(written=False)
+    stats = label_histogram(out, layout.num_classes, layout.ignore_label, src)
+    save_array(dst, out, "PNG")
+    return stats
 
 
 @dataclass

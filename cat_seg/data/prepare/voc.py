@@ -16,8 +16,8 @@ import numpy as np
 from ..datasets.errors import PrepareError
 from ..catalog import get_layout
 from . import cli, pascal_context
-from .io import check_values, read_id_list, read_label, save_array
-from .runner import Converted, Task, label_histogram
+from .io import read_id_list
+from .runner import Converted, Task, relabel
 
 VOC20 = get_layout("voc_2012_test_sem_seg")
 VOC20B = get_layout("voc_2012_test_background_sem_seg")
@@ -49,16 +49,10 @@ _LUTS = {False: _lut(False), True: _lut(True)}
 
 
 def convert(src: str, dst: str, background: bool) -> Converted:
-    """One SegmentationClassAug mask -> VOC-20 (``background`` False) or VOC-20b label."""
-    label = read_label(src)
-    check_values(label, _VALID, src, "0..20 or 255")
-    out = _LUTS[background][label]
-    if np.all(out == 255):
-        return Converted(written=False)
-    layout = VOC20B if background else VOC20
-    stats = label_histogram(out, layout.num_classes, layout.ignore_label, src)
-    save_array(dst, out, "PNG")
-    return stats
+    """One SegmentationClassAug mask -> VOC-20 (``background`` False) or VOC-20b label; a mask
+    with no labelled pixel (VOC-20: background and boundary only) is not written."""
+    return relabel(src, dst, _LUTS[background], _VALID, "0..20 or 255", VOC20B if background else VOC20,
+                   skip_unlabelled=True)
 
 
 def voc_tasks(root: Path, background: bool) -> List[Task]:
