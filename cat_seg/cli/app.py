@@ -143,8 +143,8 @@ class SegmenterCache:
 def vocabulary_from_text(text: str) -> List[str]:
     """The vocabulary box -> class names, with the rules of a ``--vocab-file`` text
     (:func:`cat_seg.api.parse_vocabulary_text`): several non-empty lines are one class per line
-    (each may hold ``", "`` synonyms); a single line is read like ``--vocab`` (``,`` between
-    classes, or ``;`` when classes carry synonyms)."""
+    (each may hold ``", "`` synonyms; ``;`` separates classes on a line); a single line is read
+    like ``--vocab`` (``,`` between classes, or ``;`` when classes carry synonyms)."""
     return parse_vocabulary_text(text)
 
 
@@ -297,8 +297,7 @@ class App:
         status = (f"{len(images)} image(s), {len(names)} class(es), model `{os.path.basename(config)}`"
                   + (f" + `{model_weights}`" if model_weights else " (random head: no weights)")
                   + f" on {segmenter.device}")
-        # the classes as read, one per "; " (a line holding "a, b; c" among several lines is one
-        # class of synonyms: the vocabulary rules, shown rather than guessed)
+        # the classes as read, one per "; " (the vocabulary rules' result, shown rather than guessed)
         shown = "; ".join(names[:CLASSES_SHOWN]) + (f" (+{len(names) - CLASSES_SHOWN} more)"
                                                      if len(names) > CLASSES_SHOWN else "")
         status += f"\n\nClasses as read: {shown}"
