@@ -62,15 +62,20 @@ class ReleasedWeights:
     description: str = ""
 
     @functools.cached_property
-    def clip_arch(self) -> str:
+    def clip_arch(self) -> Optional[str]:
         """``MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED`` of :attr:`config_file`, read from it (the
-        config is the one place that says which CLIP a checkpoint holds)."""
+        config is the one place that says which CLIP a checkpoint holds); ``None`` where that
+        file is not there (the package installed without a checkout: configs are not package
+        data)."""
         from detectron2.config import get_cfg
 
         from .config import add_cat_seg_config
 
+        path = resolve_path(self.config_file)
+        if not os.path.isfile(path):
+            return None
         cfg = add_cat_seg_config(get_cfg())
-        cfg.merge_from_file(resolve_path(self.config_file))
+        cfg.merge_from_file(path)
         return cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED
 
     @property
@@ -152,7 +157,7 @@ def check_released_config(cfg) -> None:
     from .modeling.clip.builder import CLIPLoadError, resolve_clip_arch
 
     entry = get_released(cfg.MODEL.WEIGHTS)
-    if entry is None:
+    if entry is None or entry.clip_arch is None:  # not a released name, or its config is not here
         return
     try:
         fits = resolve_clip_arch(cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED).name == resolve_clip_arch(entry.clip_arch).name

@@ -246,6 +246,22 @@ def test_a_config_of_another_clip_is_refused_before_the_download(tiny_release, l
     assert loopback_hub.requests == []  # nothing asked of the hub, nothing downloaded
 
 
+def test_without_its_config_file_the_clip_check_is_left_to_the_load(monkeypatch, tmp_path):
+    """The package installed without a checkout has no configs/: the entry's CLIP is unknown
+    (None) and a user's config of any CLIP passes the check instead of failing to read it."""
+    from detectron2.config import get_cfg
+
+    from cat_seg.config import add_cat_seg_config
+
+    entry = hub.ReleasedWeights(name="catseg-elsewhere", repo_id="x/y", repo_type="space", filename="m.pth",
+                                config_file=str(tmp_path / "not_here.yaml"))
+    monkeypatch.setitem(hub.RELEASED_WEIGHTS, entry.name, entry)
+    assert entry.clip_arch is None
+    cfg = add_cat_seg_config(get_cfg())
+    cfg.MODEL.WEIGHTS = entry.name
+    hub.check_released_config(cfg)  # no error
+
+
 def test_a_damaged_cached_file_is_downloaded_again(tiny_release, loopback_hub, caplog):
     """A cut-short blob in the cache (a disk fault, a copy by hand) was returned, or refused
     with "delete it and run again", which did not help: the hub links the same blob again."""
