@@ -296,7 +296,8 @@ def check_model_builds(cfg) -> Optional["torch.nn.Module"]:
         architecture = META_ARCH_REGISTRY.get(name)
     except KeyError:
         architecture = None
-    how = "register yours in a script of your own that runs train_net: docs/architecture.md, 'Building on cat-seg'"
+    how = ("register yours in a script of your own that runs train_net, or import the module that registers it "
+           "before building the model in Python: docs/architecture.md, 'Building on cat-seg'")
     if architecture is None:
         raise ValueError(f"MODEL.META_ARCHITECTURE={name!r}: not registered; expected CATSeg or a subclass of it "
                          f"({how})")

@@ -167,7 +167,10 @@ def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
         if key == "_BASE_" or key == "VERSION" or _is_known(cfg, key):
             continue
         guess = closest_key(cfg, key)
-        hint = f"did you mean {guess!r}?" if guess else "not a cat-seg/detectron2 config key (see cat_seg/config.py)"
+        hint = f"did you mean {guess!r}?" if guess else (
+            "not a cat-seg/detectron2 config key (see cat_seg/config.py); the keys of a method of your own are "
+            "registered by its script with cat_seg.register_config_keys: run that script (eval.sh, run.sh: "
+            "TRAIN_NET=it; docs/architecture.md, 'Building on cat-seg')")
         raise UserError(f"unknown config key {key!r} in {source}; {hint}")
 
 

@@ -1,5 +1,5 @@
 """CAT-Seg model components (importing this registers them in detectron2's registries)."""
-from .aggregator import Aggregator, AggregatorOutput
+from .aggregator import Aggregator, AggregatorLayer, AggregatorOutput
 from .backbone import CLIPVisionBackbone
 from .class_aggregation import ClassAggregation
 from .cost_volume import cosine_cost_volume, scatter_class_logits, select_top_classes
@@ -10,7 +10,7 @@ from .meta_arch import CATSeg
 from .spatial_aggregation import SpatialAggregation
 
 __all__ = [
-    "Aggregator", "AggregatorOutput", "CLIPVisionBackbone", "ClassAggregation", "cosine_cost_volume",
+    "Aggregator", "AggregatorLayer", "AggregatorOutput", "CLIPVisionBackbone", "ClassAggregation", "cosine_cost_volume",
     "scatter_class_logits", "select_top_classes", "CostDecoder", "CATSegHead", "sem_seg_bce_loss", "CATSeg",
     "SpatialAggregation",
 ]

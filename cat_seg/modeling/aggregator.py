@@ -13,7 +13,7 @@ Two cheap memory savings are always on in training (no setting): the spatial blo
 branch is recomputed in the backward (:func:`.spatial_aggregation.recomputed_mlp`), and the
 logit head's backward keeps no fp32 copy of its input (:class:`.decoder._SingleOutputConv3x3`).
 """
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,17 +63,32 @@ class AggregatorLayer(nn.Module):
     """Spatial aggregation then class aggregation (state-dict keys ``spatial``, ``classes``).
 
     A method that changes one of them subclasses this layer and sets :attr:`spatial_class` or
-    :attr:`class_aggregation_class` (built with these constructor arguments; the class
-    aggregation is called as ``classes(x, text_guidance, pooling, location_chunk=...)``), and an
-    :class:`Aggregator` subclass whose :attr:`~Aggregator.layer_class` is that layer."""
+    :attr:`class_aggregation_class`, and an :class:`Aggregator` subclass whose
+    :attr:`~Aggregator.layer_class` is that layer. What the aggregator asks of them:
+
+    * spatial: built as ``spatial_class(dim, appearance_dim, num_heads, window,
+      **spatial_options)``, called as ``spatial(x [B, T, H, W, D], guidance)`` -> ``[B, T, H, W,
+      D]`` on chunks of classes; optional methods ``normalize_guidance(guidance)`` (the projected
+      appearance guidance ``[B, H, W, G]`` or None, once per forward before the chunks; without
+      it the blocks get it as it is) and ``check_grid((h, w))`` (raise ``ValueError``, when the
+      model is built, for a cost map the block cannot take);
+    * classes: built as ``class_aggregation_class(dim, text_dim, num_heads, attention_type,
+      pad_len, residual_quirk, **class_options)``, called as ``classes(x, text_guidance, pooling,
+      location_chunk=...)`` -> ``[B, T, H, W, D]``.
+
+    ``spatial_options`` / ``class_options``: extra keyword arguments of a block of one's own
+    (e.g. a value of its config key: :meth:`~cat_seg.modeling.heads.cat_seg_head.CATSegHead.aggregator_options`).
+    """
 
     spatial_class = SpatialAggregation
     class_aggregation_class = ClassAggregation
 
-    def __init__(self, dim, appearance_dim, text_dim, num_heads, window, attention_type, pad_len, residual_quirk):
+    def __init__(self, dim, appearance_dim, text_dim, num_heads, window, attention_type, pad_len, residual_quirk,
+                 spatial_options: Optional[Mapping[str, Any]] = None, class_options: Optional[Mapping[str, Any]] = None):
         super().__init__()
-        self.spatial = self.spatial_class(dim, appearance_dim, num_heads, window)
-        self.classes = self.class_aggregation_class(dim, text_dim, num_heads, attention_type, pad_len, residual_quirk)
+        self.spatial = self.spatial_class(dim, appearance_dim, num_heads, window, **(spatial_options or {}))
+        self.classes = self.class_aggregation_class(dim, text_dim, num_heads, attention_type, pad_len, residual_quirk,
+                                                    **(class_options or {}))
 
 
 class Aggregator(nn.Module):
@@ -94,6 +109,9 @@ class Aggregator(nn.Module):
         residual_quirk: see :class:`ClassAggregation`.
         checkpoint_activations: in training, recompute the per-class blocks in the backward
             pass (``MODEL.CHECKPOINT_ACTIVATIONS``).
+        layer_options, decoder_options: extra keyword arguments of each :attr:`layer_class`
+            (e.g. ``{"class_options": {...}}``, see :class:`AggregatorLayer`) and of the
+            :attr:`decoder_class`, for parts of one's own.
 
     The defaults are those of the released ViT-B model (``configs/vitb_384.yaml``: 2 layers),
     not the base config's (``NUM_LAYERS`` 4 in :func:`cat_seg.config.add_cat_seg_config`).
@@ -126,6 +144,8 @@ class Aggregator(nn.Module):
         pad_len: int = 256,
         residual_quirk: bool = True,
         checkpoint_activations: bool = False,
+        layer_options: Optional[Mapping[str, Any]] = None,
+        decoder_options: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         self.pad_len = pad_len
@@ -133,7 +153,7 @@ class Aggregator(nn.Module):
         self.cost_embed = nn.Conv2d(num_templates, hidden_dim, kernel_size=7, stride=1, padding=3)
         self.layers = nn.ModuleList(
             self.layer_class(hidden_dim, appearance_guidance_proj_dim, text_guidance_proj_dim, num_heads, window,
-                            attention_type, pad_len, residual_quirk)
+                            attention_type, pad_len, residual_quirk, **(layer_options or {}))
             for _ in range(num_layers)
         )
         self.appearance_guidance_proj = (
@@ -147,7 +167,7 @@ class Aggregator(nn.Module):
             nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
             for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
-        self.decoder = self.decoder_class(hidden_dim, decoder_dims, decoder_guidance_proj_dims)
+        self.decoder = self.decoder_class(hidden_dim, decoder_dims, decoder_guidance_proj_dims, **(decoder_options or {}))
 
     @property
     def upsampling(self) -> int:
@@ -206,10 +226,12 @@ class Aggregator(nn.Module):
 
     def check_grid(self, grid: Tuple[int, int]) -> None:
         """Raise, when building, the ``ValueError`` the spatial blocks would raise on an
-        ``(h, w)`` cost map (one that does not split into whole windows)."""
+        ``(h, w)`` cost map (one that does not split into whole windows); a spatial block of
+        one's own without a ``check_grid`` is not checked."""
         for layer in self.layers:
-            for block in (layer.spatial.block_1, layer.spatial.block_2):
-                block.geometry(*grid)
+            check = getattr(layer.spatial, "check_grid", None)
+            if check is not None:
+                check(grid)
 
     def forward(
         self,
@@ -271,7 +293,8 @@ class Aggregator(nn.Module):
         location_chunk = 0 if (torch.is_grad_enabled() or not chunk) else max(1, chunk * h * w // t)
         layer_outputs: List[torch.Tensor] = []
         for layer in self.layers:
-            x = self._per_class(layer.spatial, x, [layer.spatial.normalize_guidance(appearance)], chunk)
+            normalize = getattr(layer.spatial, "normalize_guidance", None)  # optional (AggregatorLayer)
+            x = self._per_class(layer.spatial, x, [normalize(appearance) if normalize else appearance], chunk)
             if use_checkpoint:
                 x = checkpoint(layer.classes, x, text_guidance, pooling, use_reentrant=False)
             else:

@@ -249,6 +249,12 @@ class SpatialAggregation(nn.Module):
             return None
         return self.guidance_norm(appearance_guidance)
 
+    def check_grid(self, grid: Tuple[int, int]) -> None:
+        """Raise the ``ValueError`` the blocks would raise on an ``(h, w)`` cost map that does
+        not split into whole windows."""
+        for block in (self.block_1, self.block_2):
+            block.geometry(*grid)
+
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
         """``x [B, T, H, W, D]``, normalised guidance ``[B, H, W, G]`` (see
         :meth:`normalize_guidance`) or None -> ``[B, T, H, W, D]``."""

@@ -412,7 +412,8 @@ def test_merge_config_and_closest_key(tmp_path):
     assert closest_key(cfg, "QQQQQQQQ.ZZZZZZ") is None
     merge_config(cfg, TINY, ["SOLVER.MAX_ITER", "7"])
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.PRECISION == "fp32"
-    with pytest.raises(UserError, match="not a cat-seg/detectron2 config key"):
+    with pytest.raises(UserError, match="not a cat-seg/detectron2 config key .* registered by its script with "
+                                        "cat_seg.register_config_keys"):
         merge_config(cfg, None, ["QQQQQQQQ.ZZZZZZ", "1"])
     with pytest.raises(UserError, match="odd number"):
         merge_config(cfg, None, ["SOLVER.MAX_ITER"])

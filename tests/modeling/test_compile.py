@@ -172,6 +172,18 @@ def test_auto_compiled_on_cuda_then_moved_to_the_cpu_runs_eagerly(tiny_model):
     assert not model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is None
 
 
+def test_the_compile_decision_is_made_for_a_losses_that_calls_the_head_itself(tiny_model, random_images):
+    """An auxiliary-loss meta-architecture (docs/architecture.md) calls the backbone and the head
+    in its own ``losses``, bypassing predict_logits, where MODEL.COMPILE auto was decided: a
+    model moved from CUDA to the CPU kept its compiled aggregator there."""
+    model = tiny_model("b", train=True)
+    model._compile_aggregator()  # what the first call on a CUDA device does
+    model.losses = lambda batched_inputs, class_names=None: {"loss_sem_seg": torch.zeros(())}  # runs nothing
+    image = random_images([(64, 64)])[0]
+    model([{"image": image, "sem_seg": torch.zeros(64, 64, dtype=torch.long)}], class_names=["a", "b"])
+    assert not model.compiled and model.sem_seg_head.aggregator._compiled_call_impl is None
+
+
 def test_compiled_training_step_equals_eager(tiny_model, random_images):
     """A training step through the compiled aggregator (what MODEL.COMPILE auto does on CUDA):
     the traced forward and backward give the eager loss and gradients (graph traced by dynamo

@@ -113,7 +113,8 @@ def test_every_plain_open_clip_vit_is_accepted():
      "MODEL.META_ARCHITECTURE='GeneralizedRCNN': registered, but not CATSeg or a subclass of it"),
     ({"MODEL.META_ARCHITECTURE": "MyCATSeg"},
      "MODEL.META_ARCHITECTURE='MyCATSeg': not registered; expected CATSeg or a subclass of it (register yours in a "
-     "script of your own that runs train_net: docs/architecture.md, 'Building on cat-seg')"),
+     "script of your own that runs train_net, or import the module that registers it before building the model in "
+     "Python: docs/architecture.md, 'Building on cat-seg')"),
     ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
     ({"MODEL.SEM_SEG_HEAD.PAD_LEN": -1}, "MODEL.SEM_SEG_HEAD.PAD_LEN=-1: expected 0 (no padding) or a positive"),
     ({"MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION": [0, 0]}, "MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION=[0, 0]: expected two "

@@ -234,6 +234,65 @@ def test_a_part_of_the_aggregator_is_replaced_by_class_attributes(build_cfg, tmp
     assert model.sem_seg_head.aggregator.layers[0].classes.gain.grad is not None
 
 
+class _PlainSpatial(nn.Module):
+    """A spatial block of one's own with only what the aggregator requires (no check_grid, no
+    normalize_guidance): a residual mix of each token with its appearance guidance."""
+
+    def __init__(self, dim, guidance_dim, num_heads, window):
+        super().__init__()
+        self.mix = nn.Linear(dim + guidance_dim, dim)
+        self.seen_guidance = []
+
+    def forward(self, x, guidance):  # [B, T, H, W, D], [B, H, W, G]
+        self.seen_guidance.append(guidance)
+        return x + self.mix(torch.cat([x, guidance[:, None].expand(*x.shape[:-1], -1)], dim=-1))
+
+
+class _ConfiguredClassAggregation(ClassAggregation):
+    """A class aggregation that takes a value of its method's config key."""
+
+    def __init__(self, *args, scale, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = scale
+
+
+class _OwnPartsLayer(AggregatorLayer):
+    spatial_class = _PlainSpatial
+    class_aggregation_class = _ConfiguredClassAggregation
+
+
+class _OwnPartsAggregator(Aggregator):
+    layer_class = _OwnPartsLayer
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestOwnPartsHead(CATSegHead):
+    aggregator_class = _OwnPartsAggregator
+
+    @classmethod
+    def aggregator_options(cls, cfg):
+        return {"layer_options": {"class_options": {"scale": cfg.MODEL.EXTENDING_TEST.SCALE}}}
+
+
+def test_parts_of_ones_own_take_config_values_and_need_only_their_calls(build_cfg):
+    """A spatial block that was not a subclass of SpatialAggregation failed to build (the
+    aggregator read its Swin blocks' geometry and called its normalize_guidance), and a config
+    value could not reach a block (the layer built it with fixed arguments)."""
+    from detectron2.config import CfgNode
+
+    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestOwnPartsHead"})
+    cfg.MODEL.EXTENDING_TEST = CfgNode({"SCALE": 0.25})
+    model = build_model(cfg).eval()
+    layers = model.sem_seg_head.aggregator.layers
+    assert [layer.classes.scale for layer in layers] == [0.25] * len(layers)
+    with torch.no_grad():
+        sem_seg = model([{"image": torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)}],
+                        class_names=["cat", "dog", "sky"])[0]["sem_seg"]
+    assert sem_seg.shape == (3, 64, 80)
+    guidance = layers[0].spatial.seen_guidance[0]  # the projected guidance as it is: [B, h, w, G]
+    assert guidance.shape[-1] == cfg.MODEL.SEM_SEG_HEAD.APPEARANCE_GUIDANCE_PROJ_DIM
+
+
 def _docs_example(after: str) -> str:
     """The first ```python block of docs/architecture.md after the text ``after``."""
     from pathlib import Path
@@ -244,18 +303,31 @@ def _docs_example(after: str) -> str:
     return rest[start:rest.index("```", start)]
 
 
+def test_the_docs_example_of_a_part_of_ones_own_builds_with_its_config_value(build_cfg, tmp_path):
+    """The class aggregation of docs/architecture.md with a config value (aggregator_options):
+    built with it, loads cat-seg's checkpoints (its new gain declared), and infers."""
+    from detectron2.config import CfgNode
+
+    if "MyHead" not in SEM_SEG_HEADS_REGISTRY:
+        exec(_docs_example("A part of your own gets"), {})
+    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "MyHead"})
+    cfg.MODEL.MY_METHOD = CfgNode({"SCALE": 0.5})
+    model = build_model(cfg).eval()
+    assert [layer.classes.gain.item() for layer in model.sem_seg_head.aggregator.layers] == [0.5, 0.5]
+    torch.save({"model": build_model(build_cfg("b")).state_dict()}, tmp_path / "plain.pth")
+    CATSegCheckpointer(model).load(str(tmp_path / "plain.pth"))
+    with torch.no_grad():
+        sem_seg = model([{"image": torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)}],
+                        class_names=["cat", "dog", "sky"])[0]["sem_seg"]
+    assert sem_seg.shape == (3, 64, 80) and model.sem_seg_head.aggregator.layers[0].classes.gain.item() == 0.5
+
+
 def test_the_docs_auxiliary_loss_example_trains_on_the_aggregators_intermediates(build_cfg):
     """The meta-architecture of docs/architecture.md that adds a loss on the first layer's
     tokens (``return_intermediates``): its main loss is CATSeg's, and the auxiliary loss
     reaches the aggregator's first layer."""
-    import torch.nn.functional as F
-
-    from cat_seg.modeling.losses import sem_seg_bce_loss
-
     if "MyAuxCATSeg" not in META_ARCH_REGISTRY:
-        namespace = {"torch": torch, "F": F, "META_ARCH_REGISTRY": META_ARCH_REGISTRY, "CATSeg": CATSeg,
-                     "sem_seg_bce_loss": sem_seg_bce_loss}
-        exec(_docs_example("A meta-architecture with an auxiliary loss"), namespace)
+        exec(_docs_example("A meta-architecture with an auxiliary loss"), {})  # its imports included
     torch.manual_seed(0)
     model = build_model(build_cfg("b", {"MODEL.META_ARCHITECTURE": "MyAuxCATSeg"})).train()
     plain = build_model(build_cfg("b")).train()

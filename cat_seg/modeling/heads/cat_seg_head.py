@@ -1,6 +1,6 @@
 """``CATSegHead``: guidance upsampling + cost aggregation, registered in detectron2."""
 import re
-from typing import Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import torch
 from detectron2.config import configurable
@@ -23,7 +23,8 @@ class CATSegHead(nn.Module):
 
     :meth:`from_config` builds :attr:`aggregator_class` from the config: a head subclass that
     sets it to an :class:`~cat_seg.modeling.aggregator.Aggregator` subclass (other layers, class
-    aggregation or decoder) keeps everything else.
+    aggregation or decoder) keeps everything else, and gives the parts of its own their config
+    values through :meth:`aggregator_options`.
     """
 
     aggregator_class = Aggregator
@@ -73,8 +74,18 @@ class CATSegHead(nn.Module):
             pad_len=head.PAD_LEN,
             residual_quirk=head.CLASS_RESIDUAL_QUIRK,
             checkpoint_activations=cfg.MODEL.CHECKPOINT_ACTIVATIONS,
+            **cls.aggregator_options(cfg),
         )
         return {"aggregator": aggregator, "guidance_upsample": upsample, "guidance_features": guidance_features}
+
+    @classmethod
+    def aggregator_options(cls, cfg) -> Dict[str, Any]:
+        """Keyword arguments :meth:`from_config` adds to the :attr:`aggregator_class` call: none
+        here. A method reads its config keys here for the parts it replaces, e.g.
+        ``{"layer_options": {"class_options": {"scale": cfg.MODEL.MY_METHOD.SCALE}}}`` for a
+        class aggregation built with a ``scale`` argument
+        (:class:`~cat_seg.modeling.aggregator.AggregatorLayer`), or ``{"decoder_options": ...}``."""
+        return {}
 
     def forward(self, features: Dict[str, torch.Tensor], text_embeddings: torch.Tensor, pooling=(1, 1),
                 class_chunk: int = 0, return_intermediates: bool = False

@@ -355,6 +355,9 @@ class CATSeg(nn.Module):
             )
         for position, inputs in enumerate(batched_inputs):
             check_input(inputs, position, with_label=self.training)
+        # MODEL.COMPILE auto, for the device the model is on now: here too, so that a subclass's
+        # losses that calls the head itself (an auxiliary loss) gets the compiled aggregator
+        self._compile_aggregator(self.compiled)
         if self.training:
             return self.losses(batched_inputs, class_names)
         names = list(class_names) if class_names is not None else self.class_names("test")
