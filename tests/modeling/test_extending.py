@@ -186,54 +186,6 @@ def test_forward_inputs_of_the_wrong_layout_are_named(tiny_model):
         model([{"image": good, "sem_seg": torch.zeros(16, 20, dtype=torch.long)}])
 
 
-class _ScaledClassAggregation(ClassAggregation):
-    """A class aggregation of one's own: the stock one, its update scaled by a learned gain."""
-
-    new_modules = ("gain",)  # cat-seg's checkpoints lack it (relative to this module)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.gain = nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, x, text_guidance, pooling=(1, 1), location_chunk=0):
-        return x + self.gain * (super().forward(x, text_guidance, pooling, location_chunk=location_chunk) - x)
-
-
-class _ScaledLayer(AggregatorLayer):
-    class_aggregation_class = _ScaledClassAggregation
-
-
-class _ScaledAggregator(Aggregator):
-    layer_class = _ScaledLayer
-
-
-@SEM_SEG_HEADS_REGISTRY.register()
-class ExtendingTestScaledHead(CATSegHead):
-    aggregator_class = _ScaledAggregator
-
-
-def test_a_part_of_the_aggregator_is_replaced_by_class_attributes(build_cfg, tmp_path):
-    """Replacing the class aggregation needed the aggregator rebuilt by hand (the head built
-    Aggregator inline, the layer its two blocks): the class attributes of the head, the
-    aggregator and its layer select the parts; cat-seg's checkpoints load with the new gains
-    declared in new_modules, and the model trains and infers."""
-    cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestScaledHead"})
-    model = build_model(cfg)
-    assert all(isinstance(layer.classes, _ScaledClassAggregation) for layer in model.sem_seg_head.aggregator.layers)
-    torch.save({"model": build_model(build_cfg("b")).state_dict()}, tmp_path / "plain.pth")
-    CATSegCheckpointer(model).load(str(tmp_path / "plain.pth"))
-    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
-    model.eval()
-    with torch.no_grad():
-        sem_seg = model([{"image": image}], class_names=["cat", "dog", "sky"])[0]["sem_seg"]
-    assert sem_seg.shape == (3, 64, 80)
-    model.train()
-    label = torch.randint(0, 3, (64, 80))
-    loss = model([{"image": image, "sem_seg": label}], class_names=["cat", "dog", "sky"])["loss_sem_seg"]
-    loss.backward()
-    assert model.sem_seg_head.aggregator.layers[0].classes.gain.grad is not None
-
-
 class _PlainSpatial(nn.Module):
     """A spatial block of one's own with only what the aggregator requires (no check_grid, no
     normalize_guidance): a residual mix of each token with its appearance guidance."""
@@ -303,23 +255,34 @@ def _docs_example(after: str) -> str:
     return rest[start:rest.index("```", start)]
 
 
-def test_the_docs_example_of_a_part_of_ones_own_builds_with_its_config_value(build_cfg, tmp_path):
-    """The class aggregation of docs/architecture.md with a config value (aggregator_options):
-    built with it, loads cat-seg's checkpoints (its new gain declared), and infers."""
+def test_the_docs_example_replaces_the_class_aggregation_with_a_config_value(build_cfg, tmp_path):
+    """Replacing the class aggregation needed the aggregator rebuilt by hand (the head built
+    Aggregator inline, the layer its two blocks). The example of docs/architecture.md: the class
+    attributes of the head, the aggregator and its layer select the part, aggregator_options
+    gives it its config value; cat-seg's checkpoints load with the new gains declared in
+    new_modules, and the model infers and trains."""
     from detectron2.config import CfgNode
 
     if "MyHead" not in SEM_SEG_HEADS_REGISTRY:
-        exec(_docs_example("A part of your own gets"), {})
+        exec(_docs_example("A part of your own gets"), {})  # its imports included
     cfg = build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "MyHead"})
     cfg.MODEL.MY_METHOD = CfgNode({"SCALE": 0.5})
-    model = build_model(cfg).eval()
-    assert [layer.classes.gain.item() for layer in model.sem_seg_head.aggregator.layers] == [0.5, 0.5]
+    model = build_model(cfg)
+    layers = model.sem_seg_head.aggregator.layers
+    assert [layer.classes.gain.item() for layer in layers] == [0.5, 0.5]
     torch.save({"model": build_model(build_cfg("b")).state_dict()}, tmp_path / "plain.pth")
     CATSegCheckpointer(model).load(str(tmp_path / "plain.pth"))
+    assert layers[0].classes.gain.item() == 0.5  # kept: not in the checkpoint
+    image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
+    model.eval()
     with torch.no_grad():
-        sem_seg = model([{"image": torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)}],
-                        class_names=["cat", "dog", "sky"])[0]["sem_seg"]
-    assert sem_seg.shape == (3, 64, 80) and model.sem_seg_head.aggregator.layers[0].classes.gain.item() == 0.5
+        sem_seg = model([{"image": image}], class_names=["cat", "dog", "sky"])[0]["sem_seg"]
+    assert sem_seg.shape == (3, 64, 80)
+    model.train()
+    label = torch.randint(0, 3, (64, 80))
+    loss = model([{"image": image, "sem_seg": label}], class_names=["cat", "dog", "sky"])["loss_sem_seg"]
+    loss.backward()
+    assert layers[0].classes.gain.grad is not None
 
 
 def test_the_docs_auxiliary_loss_example_trains_on_the_aggregators_intermediates(build_cfg):
