@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from ..utils import atomic_write
 from .errors import UserError, check_pairs, run_main
@@ -224,9 +224,11 @@ def missing_benchmarks(keys: Sequence[str]) -> Dict[str, str]:
 
 def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_opts: Sequence[str],
              keys: Sequence[str], train_net: Sequence[str] = DEFAULT_TRAIN_NET,
-             missing: Optional[Dict[str, str]] = None) -> List[Row]:
+             missing: Optional[Dict[str, str]] = None,
+             progress: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
     """Run each benchmark of ``keys`` (``missing``: those :func:`missing_benchmarks` found
-    without data, skipped; None: looked up here)."""
+    without data, skipped; None: looked up here). ``progress(rows)`` is called with the rows
+    done so far before each benchmark (``_main`` keeps ``results.md`` at this run's state)."""
     from cat_seg.evaluation.benchmarks import BENCHMARKS, benchmark_opts
 
     rows = []
@@ -236,6 +238,8 @@ def evaluate(config: str, num_gpus: int, output_dir: str, weights: str, extra_op
     os.makedirs(os.path.dirname(combined_log), exist_ok=True)
     open(combined_log, "w").close()
     for key in keys:
+        if progress is not None:
+            progress(rows)
         bench = BENCHMARKS[key]
         reason = missing.get(key, "") if missing is not None else missing_data(bench.dataset)
         if reason:
@@ -326,11 +330,20 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     weights, precision = check_once(config, num_gpus, output_dir, extra)
     missing = missing_benchmarks(keys)
     print(f"[eval] {precision}", file=sys.stderr, flush=True)
-    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net, missing)
+    header = results_header(config, weights, extra, precision)
+
+    def write_results(rows: Sequence[Row], done: bool) -> None:
+        # rewritten before each benchmark: an interrupted run leaves its own rows, marked as such,
+        # never the previous run's table under this run's options
+        state = "" if done else (f"\n\nIncomplete: {len(rows)} of {len(keys)} benchmark(s) done when this was "
+                                 "written (the run is going on, or was stopped).")
+        atomic_write(os.path.join(output_dir, "eval", "results.md"),
+                     lambda f: f.write(header + state + "\n\n" + markdown_table(rows) + "\n"), mode="w")
+
+    rows = evaluate(config, num_gpus, output_dir, weights, extra, keys, train_net, missing,
+                    progress=lambda rows: write_results(rows, done=False))
+    write_results(rows, done=True)
     table = markdown_table(rows)
-    atomic_write(os.path.join(output_dir, "eval", "results.md"),
-                 lambda f: f.write(results_header(config, weights, extra, precision) + "\n\n" + table + "\n"),
-                 mode="w")
     print(table, flush=True)
     print(f"[eval] {counts(rows)}", file=sys.stderr, flush=True)
     return 1 if any(r.status == "failed" for r in rows) else 0

@@ -315,6 +315,36 @@ def test_a_previous_runs_results_are_never_reported(tmp_path, monkeypatch):
     assert not stale.exists()
 
 
+def test_an_interrupted_run_leaves_its_own_results_not_the_previous_runs(tmp_path, monkeypatch):
+    """results.md was written once, at the end: a run stopped during its second benchmark left
+    the previous run's table (other options, other numbers) under this run's output folder."""
+    from cat_seg.evaluation.benchmarks import BENCHMARKS
+
+    results = tmp_path / "eval" / "results.md"
+    results.parent.mkdir(parents=True)
+    results.write_text("Config `old.yaml`, options `TEST.SLIDING_WINDOW False`\n\n| Synthetic | 99.9 |\n")
+    monkeypatch.setenv("BENCHMARKS", "synthetic voc20")
+    monkeypatch.setattr(evaluate_benchmarks, "check_once", lambda *args: ("w.pth", "fp32"))
+    monkeypatch.setattr(evaluate_benchmarks, "missing_benchmarks", lambda keys: {})
+
+    def run(cmd, **kwargs):
+        out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        if out.endswith("voc20"):
+            raise KeyboardInterrupt  # Ctrl-C during the second benchmark
+        written = os.path.join(out, "inference", BENCHMARKS["synthetic"].dataset, "sem_seg_results.json")
+        os.makedirs(os.path.dirname(written), exist_ok=True)
+        with open(written, "w") as f:
+            f.write('{"metrics": {"mIoU": 12.5, "fwIoU": 20.0, "pACC": 30.0}, "num_images": 4}')
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
+
+    monkeypatch.setattr(evaluate_benchmarks.subprocess, "run", run)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_benchmarks._main([TINY_CONFIG, "1", str(tmp_path)])
+    text = results.read_text()
+    assert "old.yaml" not in text and "99.9" not in text
+    assert "Incomplete: 1 of 2 benchmark(s) done" in text and "| 12.5 | 20.0 | 30.0 | 4 |" in text
+
+
 def test_paths_are_taken_from_the_callers_folder(tiny_benchmark, tmp_path, capsys, monkeypatch):
     """eval.sh run from another folder: a config file there is found (and one of the
     repository's by its repository path: eval.sh's checks, run in this process from that
