@@ -162,6 +162,12 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
         except _RETRYABLE as exc:
             failures += 1
             have = part.stat().st_size if part.exists() else 0
+            if failures > retries and not have:  # nothing came: no network, or no such host
+                part.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"cannot download {url} ({exc}; {failures} tries): check the network connection, or "
+                    f"download it by hand as {dest}"
+                ) from None
             if failures > retries:
                 raise DownloadError(
                     f"download of {url} interrupted after {have} bytes ({exc}); rerun to resume"

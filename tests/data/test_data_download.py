@@ -100,6 +100,21 @@ def test_interrupted_transfer_resumes_with_range(tmp_path, server):
     assert len(server.requests) == 2
 
 
+def test_a_host_that_cannot_be_reached_is_not_called_an_interrupted_download(tmp_path):
+    """Without a network the message said the download was 'interrupted after 0 bytes' and to
+    'rerun to resume'; nothing was started."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dest = tmp_path / "a.zip"
+    with pytest.raises(DownloadError, match=rf"^cannot download http://127.0.0.1:{port}/a.zip \(.*; 2 tries\): "
+                                            rf"check the network connection, or download it by hand as {dest}$"):
+        dl.download(f"http://127.0.0.1:{port}/a.zip", dest, retries=1, backoff=0, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no file, no empty .part
+
+
 def test_retries_resume_within_one_call(tmp_path, server):
     data = payload(seed=1)
     server.files["/b.bin"] = data
