@@ -22,6 +22,7 @@ options, precision and time of the run), and the benchmarks' logs of the run in
 ``OUTPUT_DIR/eval/log.txt``, where the official eval.sh leaves them (``grep copypaste`` works).
 """
 import argparse
+import difflib
 import json
 import os
 import subprocess
@@ -62,11 +63,14 @@ def parse_num_gpus(text: str) -> int:
 def selected_benchmarks() -> List[str]:
     from cat_seg.evaluation.benchmarks import BENCHMARKS, PAPER_BENCHMARKS
 
-    keys = os.environ.get("BENCHMARKS", " ".join(PAPER_BENCHMARKS)).split()
+    # separated by spaces (the official eval.sh's list) or commas, in any case
+    keys = os.environ.get("BENCHMARKS", " ".join(PAPER_BENCHMARKS)).replace(",", " ").lower().split()
     unknown = [k for k in keys if k not in BENCHMARKS]
     if unknown or not keys:
+        guesses = {k: difflib.get_close_matches(k, list(BENCHMARKS), n=1) for k in unknown}
+        named = ", ".join(f"{k} (did you mean {g[0]}?)" if g else k for k, g in guesses.items())
         raise UserError(f"BENCHMARKS={os.environ.get('BENCHMARKS', '')!r}: unknown benchmark(s) "
-                        f"{', '.join(unknown) or '(none given)'}; expected some of: {', '.join(BENCHMARKS)} "
+                        f"{named or '(none given)'}; expected some of: {', '.join(BENCHMARKS)} "
                         f"(a dataset of your own: {OWN_DATASET_HINT})")
     return keys
 

@@ -201,6 +201,12 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     with pytest.raises(evaluate_benchmarks.UserError, match=r"unknown benchmark\(s\) my_val; expected some of: .*"
                                                            r"\(a dataset of your own: train_net.py --eval-only"):
         evaluate_benchmarks.selected_benchmarks()
+    # commas and capitals as people write them; a near miss is named
+    monkeypatch.setenv("BENCHMARKS", "ADE150, voc20")
+    assert evaluate_benchmarks.selected_benchmarks() == ["ade150", "voc20"]
+    monkeypatch.setenv("BENCHMARKS", "ade15 voc20")
+    with pytest.raises(evaluate_benchmarks.UserError, match=r"unknown benchmark\(s\) ade15 \(did you mean ade150\?\); "):
+        evaluate_benchmarks.selected_benchmarks()
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "misspelt key", "missing config", "weights not found",
