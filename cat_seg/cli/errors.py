@@ -187,6 +187,12 @@ def _existing_config_file(config_file: str) -> str:
                 os.path.join(REPO_ROOT, "configs")):
             what += ("; this cat-seg is installed without its repository, whose configs/ it needs: pass "
                      "--config-file with the path into a checkout (e.g. ~/cat-seg/configs/vitb_384.yaml)")
+        elif what == "not found":  # a misspelt name: the closest YAML file of that folder
+            folder = resolve_path(os.path.dirname(config_file)) or "."
+            names = [n for n in os.listdir(folder) if n.endswith((".yaml", ".yml"))] if os.path.isdir(folder) else []
+            guess = difflib.get_close_matches(os.path.basename(config_file), names, n=1)
+            if guess:
+                what += f"; did you mean {os.path.join(os.path.dirname(config_file), guess[0])!r}?"
         raise UserError(f"config file {config_file!r} {what}")
     return config_file
 

@@ -246,6 +246,13 @@ def test_whole_number_for_a_float_key_is_that_float(cfg, tmp_path):
     assert type(cfg.SOLVER.MAX_ITER) is int and cfg.SOLVER.MAX_ITER == 9
 
 
+def test_a_misspelt_config_file_name_gets_the_closest_one(capsys):
+    """Config keys, dataset and weights names got a "did you mean"; config file names did not."""
+    assert train_net.main(["--config-file", "configs/quick_schedules/toy_synthetc.yaml", "--check-only"]) == 2
+    assert one_error_line(capsys) == ("error: config file 'configs/quick_schedules/toy_synthetc.yaml' not found; "
+                                      "did you mean 'configs/quick_schedules/toy_synthetic.yaml'?")
+
+
 def test_base_that_names_no_file_says_base_and_where_it_looked(tmp_path, capsys):
     config = write_config(tmp_path / "bad" / "missbase.yaml", "_BASE_: ../configs/nothere.yaml\n")
     assert train_net.main(["--config-file", config, "--check-only"]) == 2
