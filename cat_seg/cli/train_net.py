@@ -587,17 +587,28 @@ def end_worker_process() -> None:
     os._exit(0)
 
 
-def stop_child_processes(timeout: float = 5.0) -> None:
+def stop_child_processes(timeout: float = 5.0, interrupt: bool = False) -> None:
     """Terminate this process's ``multiprocessing`` children (the DataLoader workers of a
     finished run) and wait for them: after ``os._exit`` they would linger until their watchdog
-    sees the parent gone (about 5 s), holding memory and files."""
+    sees the parent gone (about 5 s), holding memory and files.
+
+    ``interrupt``: send them SIGINT instead, what Ctrl-C sends every process of the group (the
+    training processes then stop as after a Ctrl-C), and SIGTERM to any still running after
+    ``timeout`` seconds."""
     import multiprocessing
+    import signal
 
     children = multiprocessing.active_children()
     for child in children:
-        child.terminate()
+        if interrupt and child.pid is not None:
+            os.kill(child.pid, signal.SIGINT)
+        else:
+            child.terminate()
     for child in children:
         child.join(timeout)
+        if child.is_alive():
+            child.terminate()
+            child.join(timeout)
 
 
 def user_error_types():
@@ -645,6 +656,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         if user_error is None:
             raise
         raise user_error from None
+    except KeyboardInterrupt:
+        # `kill -INT` of this process alone (Ctrl-C reaches every process of the group): the
+        # training processes did not see it and would train to the end before this one exits
+        stop_child_processes(timeout=30.0, interrupt=True)
+        raise
     return 0
 
 

@@ -576,6 +576,41 @@ def test_a_finished_process_stops_its_data_loader_workers():
             worker.kill()
 
 
+def _sleep_after_telling(ready, seconds):
+    ready.set()
+    time.sleep(seconds)
+
+
+def test_an_interrupt_of_the_launcher_alone_stops_the_training_processes(monkeypatch):
+    """`kill -INT PID` of a --num-gpus 2 run reached only the launcher: it said "interrupted"
+    and then waited for its training processes, which trained to the end. They now get the
+    SIGINT too (as from Ctrl-C: a KeyboardInterrupt, exit code 1, not a SIGTERM's -15)."""
+    import multiprocessing
+
+    import detectron2.engine
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    worker = context.Process(target=_sleep_after_telling, args=(ready, 600))
+
+    def launch(*args, **kwargs):  # a training process started, then kill -INT of this one
+        worker.start()
+        assert ready.wait(600)  # a hang guard: its SIGINT handler is in place once it runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detectron2.engine, "launch", launch)
+    monkeypatch.setattr(train_net, "check_launch", lambda args: None)
+    monkeypatch.setattr(train_net, "check", lambda args: train_net.load_config(args))
+    monkeypatch.setattr(train_net, "fix_drawn_seed", lambda args, cfg: None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_net._main(["--config-file", TINY, "--num-gpus", "2"])
+        assert not worker.is_alive() and worker.exitcode == 1
+    finally:
+        if worker.is_alive():
+            worker.kill()
+
+
 def test_repository_config_path_works_from_another_folder(tmp_path, monkeypatch):
     """``--config-file configs/...`` from outside the checkout: the checks found the file, and
     detectron2's default_setup, which opens ``args.config_file`` again, must find it too."""
