@@ -14,6 +14,8 @@ case "$gpus" in
 esac
 PY=${PY:-$( [ -x "$here/.venv/bin/python" ] && echo "$here/.venv/bin/python" || echo python )}
 export PY
+# the evaluation's benchmarks (BENCHMARKS) and their data, checked before the training, not after it
+"$PY" "$here/tools/evaluate_benchmarks.py" --check-benchmarks
 # TRAIN_NET=my_train_net.py: your own script (registering your components) trains and evaluates
 "$PY" "${TRAIN_NET:-$here/train_net.py}" --config-file "$config" --num-gpus "$gpus" --dist-url auto --resume OUTPUT_DIR "$output" "$@"
 # the training's options go on to the evaluation, except those eval.sh sets per benchmark or by

@@ -324,6 +324,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(f"usage: cat-seg-eval CONFIG NUM_GPUS OUTPUT_DIR [KEY VALUE ...]  (or: {USAGE})\n\n{__doc__.strip()}")
         return 0
+    if argv == ["--check-benchmarks"]:  # run.sh, before it trains: the evaluation's choice and its data
+        try:
+            missing_benchmarks(selected_benchmarks())
+        except UserError as exc:
+            raise UserError(f"{exc} (checked before training; to train only, run train_net.py)") from None
+        return 0
     if len(argv) < 3:
         raise UserError(f"expected CONFIG NUM_GPUS OUTPUT_DIR, got {len(argv)} argument(s); usage: {USAGE}")
     config, num_gpus, output_dir = argv[0], parse_num_gpus(argv[1]), argv[2]
