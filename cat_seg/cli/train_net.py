@@ -302,7 +302,9 @@ def check_datasets(cfg, eval_only: bool) -> None:
     """The datasets of ``DATASETS.TRAIN`` (unless ``eval_only``) and ``DATASETS.TEST`` are
     registered and their files present (cat-seg's loaders raise ``DatasetNotFoundError``)."""
     import cat_seg.data  # noqa: F401  (registers the datasets)
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from cat_seg.utils import error_line
 
     if eval_only and not cfg.DATASETS.TEST:
         raise UserError("--eval-only with DATASETS.TEST empty has nothing to evaluate: give the datasets, e.g. "
@@ -313,13 +315,18 @@ def check_datasets(cfg, eval_only: bool) -> None:
     names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
     for name in names:
         if name not in DatasetCatalog.list():
-            guess = closest_name(name, DatasetCatalog.list())
+            # among the semantic-segmentation datasets (detectron2 registers detection ones too)
+            guess = closest_name(name, [n for n in DatasetCatalog.list()
+                                        if str(MetadataCatalog.get(n).get("evaluator_type", "")).startswith("sem_seg")])
             hint = (f"did you mean {guess!r}?" if guess else "the benchmarks are listed in docs/datasets.md; "
                     "register a dataset of your own with cat_seg.data.datasets.register_sem_seg_folder "
                     "(docs/datasets.md, 'Your own dataset')")
             raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
                             f"is not registered; {hint}")
-        DatasetCatalog.get(name)
+        try:
+            DatasetCatalog.get(name)
+        except OSError as exc:  # a loader of detectron2's (cat-seg's raise DatasetNotFoundError, one line)
+            raise UserError(f"dataset {name!r}: cannot load it ({error_line(exc)})") from None
     from cat_seg.engine.trainer import vocabulary_mismatch
     from cat_seg.evaluation import evaluator_problem
     from cat_seg.utils import read_class_json
