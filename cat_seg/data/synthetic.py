@@ -286,6 +286,9 @@ def generated_split_size(layout, root=None, given_root: Optional[str] = None) ->
         info = json.loads(info_path.read_text())
         return int(info["num_train" if layout is TRAIN else "num_val"])
     except (OSError, ValueError, TypeError, KeyError) as e:
+        if not info_path.parent.is_dir():  # never generated here
+            raise _not_found(layout.name, f"folder {info_path.parent} not found", layout.prepare_command,
+                             given_root) from None
         problem = "not found" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__}: {e})"
         raise _not_found(layout.name, f"the toy benchmark's record {info_path} is {problem}: its generation did not "
                          "finish", layout.prepare_command, given_root) from None

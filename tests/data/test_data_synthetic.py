@@ -155,6 +155,11 @@ def test_a_generation_that_did_not_finish_is_refused(tmp_path, restore_registrat
             f"dataset '{name}': the toy benchmark's record {out / 'synthetic_info.json'} is not found: its generation "
             f"did not finish (registered with the dataset root {tmp_path}); register it with the folder holding the "
             "datasets as its root or run: python datasets/prepare_synthetic.py")
+    # never generated under that root: a folder not found, not a generation that did not finish
+    register_all(tmp_path / "empty")
+    with pytest.raises(DatasetNotFoundError, match=rf"^dataset 'synthetic_val_sem_seg': folder "
+                                                   rf"{tmp_path / 'empty' / 'synthetic'} not found \("):
+        DatasetCatalog.get("synthetic_val_sem_seg")
 
 
 def test_a_root_that_is_a_file_is_named_from_python_too(tmp_path):
