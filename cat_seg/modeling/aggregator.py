@@ -85,7 +85,8 @@ class AggregatorLayer(nn.Module):
     class_aggregation_class = ClassAggregation
 
     def __init__(self, dim, appearance_dim, text_dim, num_heads, window, attention_type, pad_len, residual_quirk,
-                 spatial_options: Optional[Mapping[str, Any]] = None, class_options: Optional[Mapping[str, Any]] = None):
+                 spatial_options: Optional[Mapping[str, Any]] = None,
+                 class_options: Optional[Mapping[str, Any]] = None):
         super().__init__()
         self.spatial = self.spatial_class(dim, appearance_dim, num_heads, window, **(spatial_options or {}))
         self.classes = self.class_aggregation_class(dim, text_dim, num_heads, attention_type, pad_len, residual_quirk,
@@ -168,7 +169,8 @@ class Aggregator(nn.Module):
             nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
             for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
         )
-        self.decoder = self.decoder_class(hidden_dim, decoder_dims, decoder_guidance_proj_dims, **(decoder_options or {}))
+        self.decoder = self.decoder_class(hidden_dim, decoder_dims, decoder_guidance_proj_dims,
+                                          **(decoder_options or {}))
 
     @property
     def upsampling(self) -> int:

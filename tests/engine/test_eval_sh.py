@@ -160,7 +160,8 @@ def test_run_sh_checks_its_arguments(tmp_path):
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
     # the evaluation's choice is checked before the training too (it was found after a whole run)
     proc = subprocess.run(["sh", os.path.join(REPO, "run.sh"), TINY_CONFIG, "1", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=HANG_GUARD_S, env={**os.environ, "BENCHMARKS": "ade15"})
+                          capture_output=True, text=True, timeout=HANG_GUARD_S,
+                          env={**os.environ, "BENCHMARKS": "ade15"})
     assert proc.returncode == 2 and proc.stderr.startswith("error: BENCHMARKS='ade15': unknown benchmark(s) ade15 "
                                                            "(did you mean ade150?)")
     assert proc.stderr.rstrip().endswith("(checked before training; to train only, run train_net.py)")
@@ -212,7 +213,8 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     monkeypatch.setenv("BENCHMARKS", "ADE150, voc20")
     assert evaluate_benchmarks.selected_benchmarks() == ["ade150", "voc20"]
     monkeypatch.setenv("BENCHMARKS", "ade15 voc20")
-    with pytest.raises(evaluate_benchmarks.UserError, match=r"unknown benchmark\(s\) ade15 \(did you mean ade150\?\); "):
+    with pytest.raises(evaluate_benchmarks.UserError,
+                       match=r"unknown benchmark\(s\) ade15 \(did you mean ade150\?\); "):
         evaluate_benchmarks.selected_benchmarks()
 
 
