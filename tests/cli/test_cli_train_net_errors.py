@@ -384,10 +384,12 @@ def test_unregistered_dataset_is_named(capsys, tmp_path, tiny_checkpoint):
     # the closest semantic-segmentation dataset, not one of detectron2's detection datasets, whose
     # loader (followed as a hint) ended in a FileNotFoundError traceback
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                           "DATASETS.TRAIN", "('foo_train',)"]) == 2
-    assert "coco_2017_train'" not in one_error_line(capsys)  # was: did you mean 'coco_2017_train'?
+                           "DATASETS.TEST", "()", "DATASETS.TRAIN", "('foo_train',)"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: dataset 'foo_train' (DATASETS.TRAIN) is not registered; ")
+    assert "coco_2017_train'" not in line  # was: did you mean 'coco_2017_train'?
     assert train_net.main(["--config-file", TINY, "--check-only", "OUTPUT_DIR", str(tmp_path / "o"),
-                           "DATASETS.TRAIN", "('coco_2017_train',)"]) == 2
+                           "DATASETS.TEST", "()", "DATASETS.TRAIN", "('coco_2017_train',)"]) == 2
     assert one_error_line(capsys).startswith("error: dataset 'coco_2017_train': cannot load it (FileNotFoundError: ")
 
 
@@ -585,6 +587,11 @@ def test_a_finished_process_stops_its_data_loader_workers():
 
 
 def _sleep_after_telling(ready, seconds):
+    import signal
+
+    # Python's own SIGINT handler, as in a training process started from a terminal (a process
+    # started in the background by a non-interactive shell inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ready.set()
     time.sleep(seconds)
 
