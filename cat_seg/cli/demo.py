@@ -62,7 +62,7 @@ from ..api import (
     read_vocabulary_file,
 )
 from ..utils import error_line, resolve_path
-from .errors import ArgumentParser, one_line, print_user_error
+from .errors import ArgumentParser, print_user_error
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def segment_each(seg: OpenVocabSegmenter, files: List[str], arrays: List[np.ndar
             raise
         if not failed:
             logger.error(f"cannot segment {files[0]}; the demo goes on with the other images", exc_info=error)
-        failed[files[0]] = f"{type(error).__name__}: {one_line(error)}"
+        failed[files[0]] = error_line(error)
         return []
     counts["segmented"] += len(files)
     return list(zip(files, results))

@@ -208,6 +208,7 @@ def _read_config_file(config_file: str) -> dict:
     from detectron2.config import CfgNode
 
     from cat_seg.config import ConfigChainError, config_file_chain
+    from cat_seg.utils import error_line
 
     try:
         chain = config_file_chain(config_file)
@@ -221,7 +222,7 @@ def _read_config_file(config_file: str) -> dict:
     try:
         return CfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
     except Exception as exc:  # YAML syntax, an unreadable file, a key one file sets as a value and another as a section
-        raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
+        raise UserError(f"bad config file {config_file!r}: {error_line(exc)}") from None
 
 
 def _expected_value(current) -> str:
@@ -328,6 +329,7 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     one in ``opts`` as the file made it.
     """
     from cat_seg.config import get_key, resolve_paths_near_config
+    from cat_seg.utils import error_line
 
     opts = list(opts)
     if config_file is not None:
@@ -340,7 +342,7 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
             _merge_file_values(cfg, values, config_file)
             resolve_paths_near_config(cfg, config_file)  # a checkout's config from any folder
         except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
-            raise UserError(f"bad config file {config_file!r}: {type(exc).__name__}: {one_line(exc)}") from None
+            raise UserError(f"bad config file {config_file!r}: {error_line(exc)}") from None
         _say_ignored_keys(_leaf_keys(values))
     check_pairs(opts)
     check_config_keys(cfg, opts[0::2], "the command line")
@@ -351,7 +353,7 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     try:
         cfg.merge_from_list(checked)
     except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
-        raise UserError(f"bad config override on the command line: {type(exc).__name__}: {one_line(exc)}") from None
+        raise UserError(f"bad config override on the command line: {error_line(exc)}") from None
     _say_ignored_keys(opts[0::2])
     return cfg
 
