@@ -594,6 +594,10 @@ def end_worker_process() -> None:
     os._exit(0)
 
 
+#: Seconds the training processes get to stop after the launcher passes them a SIGINT (then SIGTERM).
+INTERRUPT_GRACE_S = 30.0
+
+
 def stop_child_processes(timeout: float = 5.0, interrupt: bool = False) -> None:
     """Terminate this process's ``multiprocessing`` children (the DataLoader workers of a
     finished run) and wait for them: after ``os._exit`` they would linger until their watchdog
@@ -666,7 +670,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         # `kill -INT` of this process alone (Ctrl-C reaches every process of the group): the
         # training processes did not see it and would train to the end before this one exits
-        stop_child_processes(timeout=30.0, interrupt=True)
+        stop_child_processes(timeout=INTERRUPT_GRACE_S, interrupt=True)
         raise
     return 0
 

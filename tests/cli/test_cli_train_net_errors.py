@@ -614,6 +614,7 @@ def test_an_interrupt_of_the_launcher_alone_stops_the_training_processes(monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(detectron2.engine, "launch", launch)
+    monkeypatch.setattr(train_net, "INTERRUPT_GRACE_S", 600)  # a hang guard: no SIGTERM on a busy machine
     monkeypatch.setattr(train_net, "check_launch", lambda args: None)
     monkeypatch.setattr(train_net, "check", lambda args: train_net.load_config(args))
     monkeypatch.setattr(train_net, "fix_drawn_seed", lambda args, cfg: None)
