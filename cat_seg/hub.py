@@ -312,8 +312,8 @@ def _short_reason(error: Exception) -> str:
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
     if isinstance(status, int):
-        server = " ".join(str(getattr(error, "server_message", None) or "").split())
-        return " - ".join(part for part in (f"HTTP {status}", server[:200], _HTTP_HINTS.get(status)) if part)
+        server = error_line(str(getattr(error, "server_message", None) or ""), limit=200)
+        return " - ".join(part for part in (f"HTTP {status}", server, _HTTP_HINTS.get(status)) if part)
     return error_line(error, limit=300)
 
 

@@ -4,7 +4,7 @@ import json
 import os
 import re
 import threading
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 # The repository (or source tree) that holds configs/ and datasets/*.json.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,11 +136,39 @@ def temporary_path(path) -> str:
     return os.path.join(folder, f".{name}{suffix}")
 
 
-def error_line(error: BaseException, limit: Optional[int] = None, with_type: bool = True) -> str:
-    """``error`` as ``Type: message`` (or the message alone, ``with_type=False``: for errors
-    whose message is written for the user) on one line (its whitespace folded), cut to
-    ``limit`` characters with ``...`` when longer: the reason quoted in a one-line error message."""
-    line = " ".join((f"{type(error).__name__}: {error}" if with_type else str(error)).split())
+_TRACEBACK = "Traceback (most recent call last):"
+_WORKER_TRACEBACK = "Original " + _TRACEBACK  # how torch's DataLoader re-raises a worker's error
+
+
+def last_traceback_error(text: str) -> Optional[Tuple[str, str]]:
+    """``(type, message)`` of the error that ends the last traceback printed in ``text``: its
+    frames are indented, the error (``type: message``, possibly several lines) starts at the
+    first line after them that is not; ``("", line)`` for an error line without a type.
+    ``None`` when ``text`` holds no traceback."""
+    if _TRACEBACK not in text:
+        return None
+    lines = text.rsplit(_TRACEBACK, 1)[1].splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), None)
+    if start is None:
+        return None
+    error = "\n".join(lines[start:])
+    kind, separator, message = error.partition(": ")
+    return (kind, message) if separator else ("", error)
+
+
+def error_line(error: Union[BaseException, str], limit: Optional[int] = None, with_type: bool = True) -> str:
+    """``error`` as ``Type: message`` (or the message alone: ``with_type=False``, for errors
+    whose message is written for the user, or a string) on one line (its whitespace folded),
+    cut to ``limit`` characters with ``...`` when longer: the reason quoted in a one-line
+    error message. An error re-raised from a ``DataLoader`` worker, whose message is the
+    worker's traceback, gives the original error (its type and message) instead."""
+    kind, message = ("", error) if isinstance(error, str) else (type(error).__name__, str(error))
+    if _WORKER_TRACEBACK in message:
+        original = last_traceback_error(message)
+        if original is not None:
+            kind, message = original
+    text = f"{kind}: {message}" if with_type and kind else message
+    line = " ".join(text.split())
     return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
 
 

@@ -29,43 +29,13 @@ import sys
 import warnings
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
+from cat_seg.utils import error_line
+
 DEBUG_ENV = "CATSEG_DEBUG"
 
 
 class UserError(Exception):
     """A user mistake; ``str(error)`` is the one-line message (without ``error:``)."""
-
-
-_TRACEBACK = "Traceback (most recent call last):"
-_WORKER_TRACEBACK = "Original " + _TRACEBACK  # how torch's DataLoader re-raises a worker's error
-
-
-def last_traceback_error(text: str) -> Optional[Tuple[str, str]]:
-    """``(type, message)`` of the error that ends the last traceback printed in ``text``: its
-    frames are indented, the error (``type: message``, possibly several lines) starts at the
-    first line after them that is not; ``("", line)`` for an error line without a type.
-    ``None`` when ``text`` holds no traceback."""
-    if _TRACEBACK not in text:
-        return None
-    lines = text.rsplit(_TRACEBACK, 1)[1].splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()), None)
-    if start is None:
-        return None
-    error = "\n".join(lines[start:])
-    kind, separator, message = error.partition(": ")
-    return (kind, message) if separator else ("", error)
-
-
-def one_line(message) -> str:
-    """``message`` with its line breaks folded into spaces. An error re-raised from a
-    ``DataLoader`` worker (its message is the worker's traceback) gives the original error's
-    message only."""
-    text = str(message)
-    if _WORKER_TRACEBACK in text:
-        error = last_traceback_error(text)
-        if error is not None:
-            text = error[1]
-    return " ".join(text.split())
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +44,7 @@ class ArgumentParser(argparse.ArgumentParser):
     prints the usage block before the error line)."""
 
     def error(self, message):
-        print(f"error: {one_line(message)} (see --help)", file=sys.stderr, flush=True)
+        print(f"error: {error_line(message)} (see --help)", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
 
@@ -91,7 +61,7 @@ def print_user_error(error: BaseException) -> int:
     reports a user error (:func:`run_main` and the programs with a ``main`` of their own)."""
     if os.environ.get(DEBUG_ENV):
         raise error
-    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+    print(f"error: {error_line(error, with_type=False)}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -208,7 +178,6 @@ def _read_config_file(config_file: str) -> dict:
     from detectron2.config import CfgNode
 
     from cat_seg.config import ConfigChainError, config_file_chain
-    from cat_seg.utils import error_line
 
     try:
         chain = config_file_chain(config_file)
@@ -329,7 +298,6 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     one in ``opts`` as the file made it.
     """
     from cat_seg.config import get_key, resolve_paths_near_config
-    from cat_seg.utils import error_line
 
     opts = list(opts)
     if config_file is not None:

@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError, closest_name, last_traceback_error, merge_config, one_line_argument_errors, run_main
+from ..utils import last_traceback_error
+from .errors import UserError, closest_name, merge_config, one_line_argument_errors, run_main
 from .ports import listen_problem
 
 logger = logging.getLogger("cat_seg")

@@ -1,4 +1,5 @@
 """The CAT-Seg trainer: detectron2's ``DefaultTrainer`` with CAT-Seg's data, solver and evaluation."""
+import inspect
 import logging
 import weakref
 from collections import Counter
@@ -20,7 +21,7 @@ from ..modeling.precision import resolve_precision
 from ..solver import build_lr_scheduler, build_optimizer
 from .data import build_deterministic_train_loader
 from .train_loop import MixedPrecisionTrainer
-from .writers import default_writers
+from .writers import StrictJSONWriter, default_writers
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,17 @@ AUTO_TEST_BATCH = {"cuda": 8}
 # classes [H, W] only, never the [T, H, W] probability maps (1.2 GB per ADE-847 image).
 EVAL_OUTPUT_REQUEST = OutputRequest(probabilities=False, labels=True)
 
+
+
+def _no_buffer_sync() -> dict:
+    """The ``DistributedDataParallel`` argument that skips syncing buffers before each forward
+    (the model's buffers are constants: pixel statistics, the decoder's taps, the text
+    tower's mask). ``forward_sync_buffers=False`` where torch has it (it deprecates
+    ``broadcast_buffers`` with a FutureWarning in every process; it still syncs once at
+    init, harmless for constants), ``broadcast_buffers=False`` on older torch."""
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 class DataSeed:
     """The seed of the training data stream, saved in checkpoints so ``--resume`` reuses it."""
@@ -184,8 +196,7 @@ class Trainer(DefaultTrainer):
         # find_unused_parameters.
         on_gpu = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         model = create_ddp_model(
-            model, broadcast_buffers=False, static_graph=True,
-            device_ids=[comm.get_local_rank()] if on_gpu else None,
+            model, static_graph=True, device_ids=[comm.get_local_rank()] if on_gpu else None, **_no_buffer_sync()
         )
         self._trainer = self.build_train_step(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -209,7 +220,8 @@ class Trainer(DefaultTrainer):
     def build_writers(self):
         """detectron2's writers, ``metrics.json`` with NaN written as ``null``
         (:class:`~cat_seg.engine.writers.StrictJSONWriter`)."""
-        return default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+        self._writers = default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+        return self._writers
 
     # ------------------------------------------------------------------ resume
     def resume_or_load(self, resume=True):
@@ -226,6 +238,12 @@ class Trainer(DefaultTrainer):
         if self.start_iter > 0:
             self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None
+            for writer in getattr(self, "_writers", ()):  # the main process's (build_writers)
+                if isinstance(writer, StrictJSONWriter):
+                    dropped = writer.discard_from(self.start_iter)
+                    if dropped:
+                        logger.info(f"{writer.json_file}: removed {dropped} line(s) of iteration {self.start_iter} "
+                                    "and later, logged after the checkpoint resumed from (logged again now)")
 
     def train(self):
         """detectron2's ``train``; nothing at all when the checkpoint resumed from is at or past

@@ -7,6 +7,8 @@ from typing import List, Optional
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
 
+from ..utils import atomic_write
+
 
 def _finite(value):
     """NaN and infinities -> ``None`` (JSON's ``null``), in nested dicts and lists."""
@@ -46,7 +48,39 @@ class StrictJSONWriter(JSONWriter):
 
     def __init__(self, json_file: str, window_size: int = 20):
         super().__init__(json_file, window_size)
+        self.json_file = json_file
         self._file_handle = _JSONLinesWithFiniteNumbers(self._file_handle)
+
+    def discard_from(self, iteration: int) -> int:
+        """Remove the entries of ``iteration`` and later from the file, and an unfinished last
+        line: what an interrupted run wrote after the checkpoint that ``--resume`` continues
+        from (the resumed run logs those iterations again; detectron2 appends, so the file
+        would have them twice). The file is replaced whole (never left half-written); returns
+        the number of lines removed."""
+        self._file_handle.flush()
+        with open(self.json_file, encoding="utf-8") as f:
+            lines = f.readlines()
+        keep = [line for line in lines if _logged_before(line, iteration)]
+        if len(keep) == len(lines):
+            return 0
+        self._file_handle.close()
+        atomic_write(self.json_file, lambda f: f.writelines(keep), mode="w", durable=False)
+        self._file_handle = _JSONLinesWithFiniteNumbers(PathManager.open(self.json_file, "a"))
+        return len(lines) - len(keep)
+
+
+def _logged_before(line: str, iteration: int) -> bool:
+    """Whether a line of ``metrics.json`` is an entry of an iteration before ``iteration``; a
+    line that is not a JSON object with an ``iteration`` (an entry written by something else)
+    is kept, except an unfinished last line (no line break: the write a kill interrupted)."""
+    if not line.endswith("\n"):
+        return False
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return True
+    logged = entry.get("iteration") if isinstance(entry, dict) else None
+    return not isinstance(logged, int) or logged < iteration
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:

@@ -65,8 +65,23 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     with open(interrupted_save, "wb") as f:
         f.write(b"partial checkpoint")
 
+    # what a periodic metrics write between the checkpoint and the kill leaves (detectron2 writes
+    # every 20 iterations), and a line the kill cut short
+    metrics = os.path.join(killed_dir, "metrics.json")
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"iteration": PERIOD - 1, "total_loss": 1.0}) + "\n")
+        f.write(json.dumps({"iteration": PERIOD + 1, "total_loss": 2.0}) + "\n")
+        f.write('{"iteration": %d, "total_lo' % (PERIOD + 2))
+
     run_train_net(tiny_benchmark, "--resume", *opts(killed_dir))
     assert not os.path.exists(interrupted_save)
+    # metrics.json: each iteration once, those before the checkpoint's step kept
+    with open(metrics) as f:
+        entries = [json.loads(line) for line in f]
+    with open(os.path.join(reference_dir, "metrics.json")) as f:
+        reference_entries = [json.loads(line) for line in f]
+    assert [e["iteration"] for e in entries] == [PERIOD - 1] + [e["iteration"] for e in reference_entries]
+    assert entries[0]["total_loss"] == 1.0
     reference, ref_iter = _final_state(reference_dir)
     resumed, resumed_iter = _final_state(killed_dir)
     assert ref_iter == resumed_iter == MAX_ITER - 1
