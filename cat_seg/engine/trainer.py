@@ -235,15 +235,16 @@ class Trainer(DefaultTrainer):
             logger.warning(f"the checkpoint resumed from is at iteration {self.start_iter} and SOLVER.MAX_ITER is "
                            f"{self.max_iter}: nothing is left to train (raise SOLVER.MAX_ITER to train longer; "
                            "--eval-only evaluates the checkpoint)")
-        if self.start_iter > 0:
+        if 0 < self.start_iter < self.max_iter:
             self._trainer.data_loader = self.build_train_loader(self.cfg)
             self._trainer._data_loader_iter_obj = None
             for writer in getattr(self, "_writers", ()):  # the main process's (build_writers)
                 if isinstance(writer, StrictJSONWriter):
                     dropped = writer.discard_from(self.start_iter)
                     if dropped:
-                        logger.info(f"{writer.json_file}: removed {dropped} line(s) of iteration {self.start_iter} "
-                                    "and later, logged after the checkpoint resumed from (logged again now)")
+                        logger.info(f"{writer.json_file}: removed {dropped} line(s) logged after the checkpoint "
+                                    f"resumed from (training steps from iteration {self.start_iter} on, logged again "
+                                    "by this run)")
 
     def train(self):
         """detectron2's ``train``; nothing at all when the checkpoint resumed from is at or past

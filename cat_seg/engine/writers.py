@@ -52,15 +52,17 @@ class StrictJSONWriter(JSONWriter):
         self._file_handle = _JSONLinesWithFiniteNumbers(self._file_handle)
 
     def discard_from(self, iteration: int) -> int:
-        """Remove the entries of ``iteration`` and later from the file, and an unfinished last
-        line: what an interrupted run wrote after the checkpoint that ``--resume`` continues
-        from (the resumed run logs those iterations again; detectron2 appends, so the file
-        would have them twice). The file is replaced whole (never left half-written); returns
-        the number of lines removed."""
+        """Remove what an interrupted run logged from training step ``iteration`` on (the steps
+        after the checkpoint that ``--resume`` continues from, which the resumed run logs again:
+        detectron2 appends, so the file would have them twice), and an unfinished last line.
+        The evaluation detectron2 runs after a finished run's last step is logged one past it,
+        at ``MAX_ITER``, where a resumed longer run starts: that entry holds no training step's
+        ``total_loss`` and is kept (nothing logs it again). The file is replaced whole (never
+        left half-written); returns the number of lines removed."""
         self._file_handle.flush()
         with open(self.json_file, encoding="utf-8") as f:
             lines = f.readlines()
-        keep = [line for line in lines if _logged_before(line, iteration)]
+        keep = [line for line in lines if not _logged_again(line, iteration)]
         if len(keep) == len(lines):
             return 0
         self._file_handle.close()
@@ -69,18 +71,21 @@ class StrictJSONWriter(JSONWriter):
         return len(lines) - len(keep)
 
 
-def _logged_before(line: str, iteration: int) -> bool:
-    """Whether a line of ``metrics.json`` is an entry of an iteration before ``iteration``; a
-    line that is not a JSON object with an ``iteration`` (an entry written by something else)
-    is kept, except an unfinished last line (no line break: the write a kill interrupted)."""
+def _logged_again(line: str, iteration: int) -> bool:
+    """Whether a line of ``metrics.json`` goes when a run resumes at training step
+    ``iteration`` (:meth:`StrictJSONWriter.discard_from`): an entry of a later iteration, of
+    that step itself, or an unfinished last line (no line break: the write a kill cut short).
+    A line that is not a JSON object with an ``iteration`` (written by something else) stays."""
     if not line.endswith("\n"):
-        return False
+        return True
     try:
         entry = json.loads(line)
     except ValueError:
-        return True
+        return False
     logged = entry.get("iteration") if isinstance(entry, dict) else None
-    return not isinstance(logged, int) or logged < iteration
+    if not isinstance(logged, int):
+        return False
+    return logged > iteration or (logged == iteration and "total_loss" in entry)
 
 
 def default_writers(output_dir: str, max_iter: Optional[int] = None) -> List[EventWriter]:

@@ -70,6 +70,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_benchmark, tmp_path):
     metrics = os.path.join(killed_dir, "metrics.json")
     with open(metrics, "a") as f:
         f.write(json.dumps({"iteration": PERIOD - 1, "total_loss": 1.0}) + "\n")
+        f.write(json.dumps({"iteration": PERIOD, "total_loss": 2.0}) + "\n")  # the first step resumed
         f.write(json.dumps({"iteration": PERIOD + 1, "total_loss": 2.0}) + "\n")
         f.write('{"iteration": %d, "total_lo' % (PERIOD + 2))
 
@@ -120,6 +121,11 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train(tiny_benchmark, t
     fresh = longer[:longer.index("OUTPUT_DIR") + 1] + [fresh_dir] + longer[longer.index("OUTPUT_DIR") + 2:]
     run_train_net(tiny_benchmark, *fresh)
     run_train_net(tiny_benchmark, "--resume", *longer)
+    with open(os.path.join(out, "metrics.json")) as f:
+        extended = [json.loads(line) for line in f]
+    # the first run's final evaluation (logged at MAX_ITER 1, where the longer run starts) is kept
+    assert [e["iteration"] for e in extended if "sem_seg/mIoU" in e] == [1]
+    assert len({e["iteration"] for e in extended if "total_loss" in e}) == len([e for e in extended if "total_loss" in e])
 
     def logged_lrs(folder):
         with open(os.path.join(folder, "metrics.json")) as f:
