@@ -329,3 +329,50 @@ def test_a_failed_clip_download_is_one_line_naming_what_to_do(monkeypatch):
                               "(OSError: HTTP 503 Service Unavailable (retry later)); fetch them once where the "
                               "download works: python -c \"import open_clip; open_clip.download_pretrained("
                               "open_clip.get_pretrained_cfg('ViT-B-16', 'openai'))\", or pass a local CLIP file")
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("masks", ["none", "bool", "float", "padding", "bool+padding", "per-head", "causal",
+                                   "cross"])
+def test_split_qkv_attention_matches_multihead_attention(batch_first, masks):
+    """SplitQKVAttention is a drop-in nn.MultiheadAttention: the same outputs for the same
+    arguments, masks with torch's meaning (boolean True = not attended, float = added)."""
+    from cat_seg.modeling.clip.attention import SplitQKVAttention
+
+    torch.manual_seed(0)
+    n, length, width, heads = 2, 5, 16, 4
+    mha = torch.nn.MultiheadAttention(width, heads, batch_first=batch_first).eval()
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+    split = SplitQKVAttention.from_multihead_attention(mha).eval()
+    shape = (n, length, width) if batch_first else (length, n, width)
+    x = torch.randn(shape)
+    source = torch.randn((n, length + 2, width) if batch_first else (length + 2, n, width))
+    kv_length = length + 2 if masks == "cross" else length
+    blocked = torch.rand(length, kv_length) < 0.3
+    blocked[:, 0] = False  # every query attends somewhere (no all -inf row)
+    padding = torch.zeros(n, kv_length, dtype=torch.bool)
+    padding[1, -2:] = True
+    kwargs = {
+        "none": {},
+        "bool": {"attn_mask": blocked},
+        "float": {"attn_mask": torch.randn(length, kv_length)},
+        "padding": {"key_padding_mask": padding},
+        "bool+padding": {"attn_mask": blocked, "key_padding_mask": padding},
+        "per-head": {"attn_mask": torch.randn(n * heads, length, kv_length)},
+        "causal": {"attn_mask": torch.nn.Transformer.generate_square_subsequent_mask(length), "is_causal": True},
+        "cross": {"key_padding_mask": padding},
+    }[masks]
+    args = (x, source, source) if masks == "cross" else (x, x, x)
+    with torch.no_grad():
+        expected, _ = mha(*args, need_weights=False, **kwargs)
+        got, weights = split(*args, need_weights=False, **kwargs)
+    assert weights is None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_split_qkv_attention_refuses_to_return_weights():
+    from cat_seg.modeling.clip.attention import SplitQKVAttention
+
+    with pytest.raises(ValueError, match="does not return attention weights"):
+        SplitQKVAttention(8, 2)(torch.randn(1, 3, 8), need_weights=True)

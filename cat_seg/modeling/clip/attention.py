@@ -64,19 +64,26 @@ class SplitQKVAttention(nn.Module):
         query: torch.Tensor,
         key: Optional[torch.Tensor] = None,
         value: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
         need_weights: bool = False,
         attn_mask: Optional[torch.Tensor] = None,
-        **unused,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> Tuple[torch.Tensor, None]:
-        """Attention of ``query`` over ``key``/``value`` (default: self-attention).
+        """Attention of ``query`` over ``key``/``value`` (default: self-attention), with the
+        arguments and mask conventions of ``nn.MultiheadAttention.forward``.
 
-        Shapes (batch_first): ``[N, L, W]`` in, ``[N, L, W]`` out. ``attn_mask`` is an
-        additive float mask ``[L, S]`` or a boolean mask (True = attend), as in
-        ``scaled_dot_product_attention``. Returns ``(output, None)`` like
-        ``nn.MultiheadAttention`` with ``need_weights=False``.
+        Shapes (batch_first): ``[N, L, W]`` query, ``[N, S, W]`` key/value, ``[N, L, W]`` out.
+        ``attn_mask`` ``[L, S]`` or ``[N * heads, L, S]`` and ``key_padding_mask`` ``[N, S]``
+        are additive float masks or boolean masks where True marks a position that may NOT be
+        attended (``nn.MultiheadAttention``'s meaning, the opposite of
+        ``scaled_dot_product_attention``'s). ``is_causal`` without ``attn_mask`` applies the
+        causal mask; with one, ``attn_mask`` is taken as that mask (as torch does). Returns
+        ``(output, None)``: attention weights are never computed (``need_weights=True`` is an
+        error), so ``average_attn_weights`` has nothing to act on.
         """
         if need_weights:
-            raise ValueError("SplitQKVAttention does not return attention weights")
+            raise ValueError("SplitQKVAttention does not return attention weights (need_weights=False)")
         key = query if key is None else key
         value = key if value is None else value
         self_attention = key is query and value is query
@@ -96,13 +103,34 @@ class SplitQKVAttention(nn.Module):
             q = split_heads(self.project(query, "q"))
             k = split_heads(self.project(key, "k"))
             v = split_heads(self.project(value, "v"))
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        mask = _additive_mask(attn_mask, key_padding_mask, n, heads, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
         out = self.out_proj(out.transpose(1, 2).reshape(n, length, self.embed_dim))
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, None
+
+
+def _additive_mask(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], batch: int,
+                   heads: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``nn.MultiheadAttention``'s ``attn_mask`` (``[L, S]`` / ``[N * heads, L, S]``) and
+    ``key_padding_mask`` (``[N, S]``), each boolean (True = not attended) or additive float,
+    as one additive mask of ``dtype`` that broadcasts to ``[N, heads, L, S]`` (None without
+    either)."""
+    def additive(mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+        return mask.to(dtype)
+
+    combined = None
+    if attn_mask is not None:
+        combined = additive(attn_mask)
+        if combined.dim() == 3:  # [N * heads, L, S]
+            combined = combined.view(batch, heads, *combined.shape[-2:])
+    if key_padding_mask is not None:
+        padding = additive(key_padding_mask).view(batch, 1, 1, -1)
+        combined = padding if combined is None else combined + padding
+    return combined
 
 
 def replace_multihead_attention(module: nn.Module) -> int:
