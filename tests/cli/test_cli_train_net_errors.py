@@ -761,8 +761,14 @@ def test_a_clip_weights_file_is_checked_before_the_run(capsys, tmp_path, tiny_mo
     assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(clip_file)]) == 0
     capsys.readouterr()
     assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(text_file)]) == 2
+    assert one_error_line(capsys) == (
+        f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {text_file}: not a CLIP checkpoint: expected a torch file "
+        "(torch.save), a TorchScript archive or a .safetensors file; the file starts with b'not a checkpoint'")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(clip_file.read_bytes()[:1000])  # a download cut short
+    assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(cut)]) == 2
     assert one_error_line(capsys).startswith(
-        f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {text_file}: not a readable CLIP checkpoint (")
+        f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {cut}: not a readable torch checkpoint (PytorchStreamReader failed")
     assert train_net.main([*base, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", str(other_clip)]) == 2
     assert one_error_line(capsys).startswith(
         f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: CLIP weights {other_clip} do not fit the model: ")

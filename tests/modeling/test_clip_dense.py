@@ -376,3 +376,45 @@ def test_split_qkv_attention_refuses_to_return_weights():
 
     with pytest.raises(ValueError, match="does not return attention weights"):
         SplitQKVAttention(8, 2)(torch.randn(1, 3, 8), need_weights=True)
+
+
+def _scripted_archive(state: dict, path) -> None:
+    """A TorchScript archive whose state dict is ``state`` (as OpenAI's CLIP release is one)."""
+    class Holder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    for key, value in state.items():
+        *parents, name = key.split(".")
+        module = root
+        for parent in parents:
+            if not hasattr(module, parent):
+                module.add_module(parent, Holder())
+            module = getattr(module, parent)
+        module.register_parameter(name, torch.nn.Parameter(value.clone(), requires_grad=False))
+    torch.jit.save(torch.jit.script(root), str(path))
+
+
+def test_clip_checkpoint_formats_read_the_same(tmp_path):
+    """CLIP_WEIGHTS files: torch.save (zip and legacy), a TorchScript archive, safetensors, and a
+    wrapped state dict with DDP's ``module.`` prefix all give the same tensors."""
+    from safetensors.torch import save_file
+
+    from cat_seg.modeling.clip.builder import read_clip_state_dict
+
+    torch.manual_seed(0)
+    state = {"visual.proj": torch.randn(4, 3), "transformer.resblocks.0.attn.in_proj_bias": torch.randn(6),
+             "logit_scale": torch.tensor(2.0)}
+    files = {name: tmp_path / f"{name}.pth" for name in ("zip", "legacy", "scripted", "wrapped")}
+    torch.save(state, files["zip"])
+    torch.save(state, files["legacy"], _use_new_zipfile_serialization=False)
+    _scripted_archive(state, files["scripted"])
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, files["wrapped"])
+    files["safetensors"] = tmp_path / "w.safetensors"
+    save_file(state, str(files["safetensors"]))
+    for name, path in files.items():
+        got = read_clip_state_dict(str(path))
+        assert got.keys() == state.keys(), name
+        for key in state:
+            torch.testing.assert_close(got[key], state[key], rtol=0, atol=0, msg=f"{name}: {key}")

@@ -11,6 +11,7 @@ Weights come from (``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS``):
   afterwards through ``MODEL.WEIGHTS``).
 """
 import os
+import zipfile
 from typing import Dict, Optional, Tuple, Union
 
 import open_clip
@@ -30,6 +31,24 @@ class CLIPLoadError(RuntimeError):
     """A CLIP checkpoint could not be read or does not fit the architecture."""
 
 
+def _checkpoint_kind(path: str):
+    """What ``path`` holds by its first bytes: ``"torchscript"`` (a zip archive with TorchScript
+    code), ``"zip"`` (torch.save's format), ``"pickle"`` (torch.save's legacy format), else the
+    first bytes themselves (for the error message)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "zip"  # torch.load reports what is wrong with it
+        return "torchscript" if any(name.endswith("/constants.pkl") for name in names) else "zip"
+    if head[:1] == b"\x80":  # pickle protocol 2 and later
+        return "pickle"
+    return head
+
+
 def read_clip_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Read a CLIP checkpoint file into an open_clip-layout state dict (packed or split q/k/v).
 
@@ -44,13 +63,24 @@ def read_clip_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tenso
 
         obj = load_file(path, device="cpu")
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception:
-            try:  # OpenAI's original release is a TorchScript archive
+        kind = _checkpoint_kind(path)
+        if kind == "torchscript":  # OpenAI's original release
+            try:
                 obj = torch.jit.load(path, map_location="cpu").state_dict()
-            except Exception as e:
-                raise CLIPLoadError(f"{path}: not a readable CLIP checkpoint ({e})") from None
+            except Exception as e:  # torch.jit.load raises RuntimeError and others for a bad archive
+                raise CLIPLoadError(f"{path}: not a readable TorchScript archive ({error_line(e, limit=300)})") from None
+        elif kind in ("zip", "pickle"):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
+            except Exception as e:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
+                reason = str(e)
+                # a refused object: torch's message leads with advice (weights_only=False) cat-seg cannot take
+                reason = reason.split("WeightsUnpickler error:", 1)[-1]
+                raise CLIPLoadError(f"{path}: not a readable torch checkpoint ({error_line(reason, limit=300)})") \
+                    from None
+        else:
+            raise CLIPLoadError(f"{path}: not a CLIP checkpoint: expected a torch file (torch.save), a TorchScript "
+                                f"archive or a .safetensors file; the file starts with {kind!r}")
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
