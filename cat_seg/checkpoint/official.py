@@ -298,7 +298,7 @@ def read_checkpoint(path: str) -> Any:
     except IsADirectoryError:
         raise CheckpointFormatError(f"{path} is a directory, not a checkpoint file") from None
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointFormatError(_not_a_checkpoint(path, e)) from None
+        raise CheckpointFormatError(not_a_checkpoint(path, e)) from None
 
 
 def checkpoint_file_problem(path: str) -> Optional[str]:
@@ -317,7 +317,7 @@ def checkpoint_file_problem(path: str) -> Optional[str]:
     return None
 
 
-def _not_a_checkpoint(path: str, error: Exception) -> str:
+def not_a_checkpoint(path: str, error: Exception) -> str:
     """One line saying what ``path`` is not, from the ``torch.load(weights_only=True)`` error.
 
     torch's own message advises ``weights_only=False``; that is not offered here: a file that

@@ -31,22 +31,14 @@ class CLIPLoadError(RuntimeError):
     """A CLIP checkpoint could not be read or does not fit the architecture."""
 
 
-def _checkpoint_kind(path: str):
-    """What ``path`` holds by its first bytes: ``"torchscript"`` (a zip archive with TorchScript
-    code), ``"zip"`` (torch.save's format), ``"pickle"`` (torch.save's legacy format), else the
-    first bytes themselves (for the error message)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return "zip"  # torch.load reports what is wrong with it
-        return "torchscript" if any(name.endswith("/constants.pkl") for name in names) else "zip"
-    if head[:1] == b"\x80":  # pickle protocol 2 and later
-        return "pickle"
-    return head
+def _is_torchscript_archive(path: str) -> bool:
+    """Whether ``path`` is a zip archive with TorchScript code (``torch.jit.save``), not a
+    ``torch.save`` file (also a zip archive)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def read_clip_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
@@ -63,24 +55,18 @@ def read_clip_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tenso
 
         obj = load_file(path, device="cpu")
     else:
-        kind = _checkpoint_kind(path)
-        if kind == "torchscript":  # OpenAI's original release
+        if _is_torchscript_archive(path):  # OpenAI's original release
             try:
                 obj = torch.jit.load(path, map_location="cpu").state_dict()
             except Exception as e:  # torch.jit.load raises RuntimeError and others for a bad archive
                 raise CLIPLoadError(f"{path}: not a readable TorchScript archive ({error_line(e, limit=300)})") from None
-        elif kind in ("zip", "pickle"):
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind == "zip")
-            except Exception as e:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
-                reason = str(e)
-                # a refused object: torch's message leads with advice (weights_only=False) cat-seg cannot take
-                reason = reason.split("WeightsUnpickler error:", 1)[-1]
-                raise CLIPLoadError(f"{path}: not a readable torch checkpoint ({error_line(reason, limit=300)})") \
-                    from None
         else:
-            raise CLIPLoadError(f"{path}: not a CLIP checkpoint: expected a torch file (torch.save), a TorchScript "
-                                f"archive or a .safetensors file; the file starts with {kind!r}")
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            except Exception as e:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... for a bad file
+                from ...checkpoint.official import not_a_checkpoint
+
+                raise CLIPLoadError(not_a_checkpoint(path, e)) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
