@@ -1025,8 +1025,6 @@ class OpenVocabSegmenter:
                 CATSegCheckpointer(self.model).load(self.weights)
             except CheckpointError as e:  # its message names the file and what is wrong
                 raise CATSegError(f"cannot load weights: {error_line(e, with_type=False)}") from None
-            except Exception as e:  # anything else the loader raises for a bad file
-                raise CATSegError(f"cannot load weights {self.weights!r}: {error_line(e)}") from None
         else:
             logger.warning("no MODEL.WEIGHTS given: the CAT-Seg model is randomly initialised apart from CLIP")
         # the evaluation's test augmentations (the resize), so that API results are benchmark results

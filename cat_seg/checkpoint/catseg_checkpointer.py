@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..utils import atomic_write, remove_temp_files
+from ..utils import atomic_write, error_line, remove_temp_files
 from .errors import CheckpointFormatError, CheckpointMismatchError, show_keys
 from .official import (
     OFFICIAL,
@@ -213,8 +213,27 @@ class CATSegCheckpointer(DetectionCheckpointer):
             from ..hub import resolve_weights  # released names (catseg-vitb, ...) -> file in the hub cache
 
             path = resolve_weights(path)
+            if not os.path.isfile(path):  # detectron2 asserts; and fetches what its PathManager knows (URLs)
+                try:
+                    local = self.path_manager.get_local_path(path)
+                except Exception as e:  # iopath's handlers raise many types for a URL they cannot fetch
+                    raise CheckpointFormatError(f"cannot fetch checkpoint {path}: {error_line(e)}") from None
+                if not os.path.isfile(local):
+                    what = "is a directory, not a checkpoint file" if os.path.isdir(local) else "not found"
+                    raise CheckpointFormatError(f"checkpoint {path} {what}")
         self._loading = path or "checkpoint"
         return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """detectron2's reading, with a one-line :class:`CheckpointFormatError` for a ``.pkl``
+        file it cannot unpickle (other files: :meth:`_torch_load`)."""
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # unpickling garbage raises many types (UnpicklingError, EOFError, ValueError, ...)
+            raise CheckpointFormatError(f"{filename} is not a readable detectron2 .pkl checkpoint "
+                                        f"({error_line(e, limit=200)})") from None
 
     def load_state(self, checkpoint: Mapping[str, Any], source: str = "state dict") -> ConversionReport:
         """Load model weights from an in-memory checkpoint (``{"model": ...}`` or a bare state

@@ -152,6 +152,20 @@ def test_unreadable_or_unknown_files(tiny_model, tmp_path, content, match):
         CATSegCheckpointer(tiny_model("b")).resume_or_load(str(path), resume=False)
 
 
+def test_missing_folder_and_unpicklable_files_are_checkpoint_errors(tiny_model, tmp_path):
+    """What detectron2's loader leaves as an AssertionError ("Checkpoint ... not found!") or an
+    unpickling error of a .pkl is one CheckpointFormatError naming the file."""
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"this is not a pickle")
+    cases = {str(tmp_path / "nothere.pth"): f"checkpoint {tmp_path / 'nothere.pth'} not found",
+             str(tmp_path): f"checkpoint {tmp_path} is a directory, not a checkpoint file",
+             str(garbage): f"{garbage} is not a readable detectron2 .pkl checkpoint (UnpicklingError: "}
+    for path, message in cases.items():
+        with pytest.raises(CheckpointFormatError) as info:
+            CATSegCheckpointer(tiny_model("b")).load(path)
+        assert str(info.value).startswith(message)
+
+
 def test_a_detectron2_pkl_is_checked_before_the_run_as_the_load_reads_it(tmp_path, tiny_model):
     """A .pkl was left to the load: one without '__author__' passed the checks and failed at
     the load with detectron2's jargon ("matching heuristics"); now both say what to do, and a
