@@ -37,6 +37,19 @@ _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
               TimeoutError, OSError)
 
 
+# errno values of a failed write to the .part file (full disk, read-only or forbidden folder)
+_LOCAL_FILE_ERRNOS = frozenset(getattr(errno, name) for name in (
+    "ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "EISDIR", "ENOTDIR", "EFBIG", "ENAMETOOLONG") if hasattr(errno, name))
+
+
+def _local_file_error(exc: BaseException) -> bool:
+    """Whether an ``OSError`` of a transfer is about the local file rather than the network
+    (both are ``OSError``: a ``URLError``, a reset connection and a full disk alike)."""
+    if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout)):
+        return False
+    return isinstance(exc, OSError) and exc.errno in _LOCAL_FILE_ERRNOS
+
+
 def how_to_get(key: str, root) -> str:
     """One sentence telling where ``ARCHIVES[key]`` comes from and where it goes."""
     archive = get_archive(key)
@@ -160,6 +173,11 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
         except DownloadError:
             raise
         except _RETRYABLE as exc:
+            if _local_file_error(exc):  # the disk, not the network: retrying cannot help
+                raise DownloadError(
+                    f"cannot write {part}: {exc.strerror or exc}; make room (or fix the folder's permissions) and "
+                    "rerun to resume"
+                ) from None
             failures += 1
             have = part.stat().st_size if part.exists() else 0
             if failures > retries and not have:  # nothing came: no network, or no such host

@@ -115,6 +115,25 @@ def test_a_host_that_cannot_be_reached_is_not_called_an_interrupted_download(tmp
     assert list(tmp_path.iterdir()) == []  # no file, no empty .part
 
 
+def test_a_full_disk_during_a_download_is_not_retried_or_blamed_on_the_network(tmp_path, server, monkeypatch):
+    """A write to the .part file that fails (full disk) was an OSError like a network error:
+    retried with back-off, then reported as 'check the network connection'."""
+    import errno
+
+    server.files["/c.bin"] = payload(seed=2)
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(args)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dl, "_transfer", full_disk)
+    dest = tmp_path / "c.bin"
+    with pytest.raises(DownloadError, match=rf"^cannot write {dest}.part: No space left on device; make room"):
+        dl.download(server.url + "/c.bin", dest, retries=3, backoff=0, progress=False)
+    assert len(calls) == 1
+
+
 def test_retries_resume_within_one_call(tmp_path, server):
     data = payload(seed=1)
     server.files["/b.bin"] = data
