@@ -357,7 +357,7 @@ def resolve_weights(weights: str) -> str:
     try:
         path = hf_hub_download(repo_id=entry.repo_id, filename=entry.filename, repo_type=entry.repo_type,
                                cache_dir=hub_cache_dir(), revision=entry.revision, force_download=bool(damaged),
-                               endpoint=hub_endpoint(), etag_timeout=METADATA_TIMEOUT_S)
+                               endpoint=hub_endpoint(), etag_timeout=_metadata_timeout())
     except Exception as e:  # the connection lost while downloading, disk full, ...
         raise WeightsUnavailableError(f"{entry.name}: cannot download ({_short_reason(e)}); "
                                       f"{_how_to_get(entry)}") from None

@@ -224,6 +224,25 @@ def test_the_reachability_probe_waits_as_long_as_hf_hub_etag_timeout_says(monkey
     assert hub._metadata_timeout() == 5.0
 
 
+def test_the_download_waits_as_long_as_hf_hub_etag_timeout_says(monkeypatch, loopback_hub, tiny_release):
+    """The download itself was given the 5 s default, overriding HF_HUB_ETAG_TIMEOUT."""
+    import huggingface_hub
+
+    from cat_seg import hub
+
+    entry, _ = tiny_release
+    real, seen = huggingface_hub.hf_hub_download, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("etag_timeout"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "60")
+    hub.resolve_weights(entry.name)
+    assert seen == [60.0]
+
+
 def test_a_config_of_another_clip_is_refused_before_the_download(tiny_release, loopback_hub, tmp_path, capsys):
     """A released name with a config of another CLIP (catseg-vitl with configs/vitb_384.yaml)
     was found out by the load, after the download (900 MB for ViT-L)."""
