@@ -42,6 +42,7 @@ from detectron2.utils.file_io import PathManager
 from ..data.datasets.errors import DatasetFileError
 from ..data.datasets.label_check import form_problem, unreadable, value_problem
 from ..data.image_io import read_label_file
+from ..utils import atomic_write
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
 
@@ -324,15 +325,19 @@ class SemSegEvaluator(_D2SemSegEvaluator):
                 for name in self._class_names
             },
         }
-        with PathManager.open(os.path.join(self._output_dir, RESULTS_JSON), "w") as f:
-            json.dump(payload, f, indent=2)
+        # each file appears whole or not at all (a crash or kill while writing leaves no partial file)
+        atomic_write(os.path.join(self._output_dir, RESULTS_JSON), lambda f: json.dump(payload, f, indent=2),
+                     mode="w", durable=False)
         gt_pixels = self._conf_matrix[:-1, :-1].sum(axis=0)
-        with PathManager.open(os.path.join(self._output_dir, PER_CLASS_CSV), "w") as f:
+
+        def write_csv(f):
             writer = csv.writer(f)
             writer.writerow(["class", "IoU", "ACC", "gt_pixels"])
             for i, name in enumerate(self._class_names):
                 iou, acc = _csv_float(res[f"IoU-{name}"]), _csv_float(res[f"ACC-{name}"])
                 writer.writerow([name, iou, acc, int(gt_pixels[i])])
+
+        atomic_write(os.path.join(self._output_dir, PER_CLASS_CSV), write_csv, mode="w", durable=False)
 
 
 class VOCbEvaluator(SemSegEvaluator):

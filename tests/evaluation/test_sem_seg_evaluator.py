@@ -281,6 +281,21 @@ def test_results_written_as_json_and_csv(make_dataset, tmp_path):
     assert rows[3] == ["c", "nan", "nan", "0"]
 
 
+def test_a_crash_while_writing_the_results_leaves_no_partial_file(make_dataset, tmp_path, monkeypatch):
+    name, records = make_dataset([GT0, GT1], ["a", "b", "c"])
+    out = tmp_path / "inference"
+
+    def crash(*args, **kwargs):  # as a kill or a full disk in the middle of the CSV
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv, "writer", crash)
+    with pytest.raises(OSError, match="No space left"):
+        run(SemSegEvaluator(name, output_dir=str(out)), records, [PRED0, PRED1], 3)
+    assert not (out / "per_class_iou.csv").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file either
+    assert json.loads((out / "sem_seg_results.json").read_text())["num_images"] == 2  # written before, whole
+
+
 def test_a_failed_evaluation_leaves_no_previous_results(make_dataset, tmp_path):
     """A new evaluation into the same folder first removes the previous one's files, so one
     that fails leaves none that look like its own."""
