@@ -135,3 +135,44 @@ def test_general_script_keeps_its_benchmark_choice(capsys):
     with pytest.raises(SystemExit):
         cli.main(["ade20k", "--help"])
     assert "--benchmark {150,847}" in capsys.readouterr().out
+
+
+def test_data_one_folder_off_is_found_and_no_download_is_advised(tmp_path, capsys, monkeypatch):
+    """An archive extracted one folder too deep, or a root that is the dataset's own folder,
+    got "missing folder ...: download ... or rerun with --download" (a large archive the user
+    has); the prepare scripts and the dataset loader now say where the data is."""
+    from cat_seg.data.catalog import get_layout
+    from cat_seg.data.datasets import DatasetNotFoundError
+    from cat_seg.data.datasets.loader import load_sem_seg_files
+
+    root = tmp_path / "data"
+    nested = root / "ADEChallengeData2016" / "ADEChallengeData2016"
+    for sub in ("annotations/validation", "images/validation"):
+        (nested / sub).mkdir(parents=True)
+    assert run_script(ade20k.main, "--root", str(root), "--benchmark", "150") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: missing folder {root}/ADEChallengeData2016/annotations/validation; found "
+        f"{nested}/annotations/validation: the data is one folder too deep (move the contents of {nested} up "
+        f"into {root}/ADEChallengeData2016)")
+
+    layout = get_layout("ade20k_150_test_sem_seg")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(
+            f"found {nested}/images/validation: the data is one folder too deep")):
+        load_sem_seg_files("ade20k_150_test_sem_seg", str(root / layout.label_dir), str(root / layout.image_dir),
+                           dataset_root=str(root))
+
+    # extracted into a folder of its own; and a root that is the dataset's folder
+    other = tmp_path / "other"
+    (other / "unzipped" / "ADEChallengeData2016" / "annotations" / "validation").mkdir(parents=True)
+    assert run_script(ade20k.main, "--root", str(other), "--benchmark", "150") == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"found {other}/unzipped/ADEChallengeData2016/annotations/validation: the data is one folder too deep "
+        f"(move {other}/unzipped/ADEChallengeData2016 up into {other})")
+    own = root / "ADEChallengeData2016"
+    for sub in ("annotations/validation", "images/validation"):
+        (own / sub).mkdir(parents=True, exist_ok=True)
+    (own / "ADEChallengeData2016").rename(tmp_path / "moved")  # only the folder's own contents now
+    monkeypatch.setenv(ENV_VAR, str(own))
+    with pytest.raises(DatasetNotFoundError, match=re.escape(
+            f"; {own} is the dataset's own folder: the root is the folder that holds it, {root}")):
+        load_sem_seg_files("ade20k_150_test_sem_seg", str(own / layout.label_dir), str(own / layout.image_dir))

@@ -11,6 +11,7 @@ that says what the folder holds and what to run.
 import logging
 import os
 from collections import Counter
+from pathlib import Path, PurePath
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ...utils import show_keys
@@ -77,6 +78,27 @@ def root_note(root: Optional[str] = None) -> str:
     return f"${ENV_VAR}={root}" if root else f"${ENV_VAR} is not set, default 'datasets'"
 
 
+def misplaced_hint(root, relpath: str) -> str:
+    """Where the missing ``root / relpath`` is after all, when it is one folder off: under a
+    folder of ``root`` (an archive extracted one folder too deep, ``ADEChallengeData2016/
+    ADEChallengeData2016/...``, or into a folder of its own), or right in ``root`` when ``root``
+    is the dataset's own folder (one folder too shallow). ``"; found ..."`` to append to a
+    not-found message, else ``""``."""
+    root, parts = Path(root), PurePath(relpath).parts
+    if not parts or not root.is_dir():
+        return ""
+    for child in sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")):
+        found = child.joinpath(*parts)
+        if found.exists():
+            moved = child / parts[0]
+            what = (f"move the contents of {moved} up into {root / parts[0]}" if child.name == parts[0]
+                    else f"move {moved} up into {root}")
+            return f"; found {found}: the data is one folder too deep ({what})"
+    if len(parts) > 1 and root.name == parts[0] and root.joinpath(*parts[1:]).exists():
+        return f"; {root} is the dataset's own folder: the root is the folder that holds it, {root.parent}"
+    return ""
+
+
 def _not_found(dataset_name: str, what: str, prepare_command: Optional[str],
                root: Optional[str] = None) -> DatasetNotFoundError:
     if prepare_command is None:  # a folder of the user's (register_sem_seg_folder): no root, no script
@@ -110,7 +132,10 @@ def load_sem_seg_files(
     for folder in (image_root, gt_root):
         if not os.path.isdir(folder):
             where = "" if os.path.isabs(folder) else f" (relative to the working folder {os.getcwd()})"
-            raise _not_found(dataset_name, f"folder {folder} not found{where}", prepare_command, dataset_root)
+            root = dataset_root if dataset_root is not None else os.environ.get(ENV_VAR, "datasets")
+            inside = os.path.relpath(folder, root)
+            hint = misplaced_hint(root, inside) if prepare_command is not None and not inside.startswith("..") else ""
+            raise _not_found(dataset_name, f"folder {folder} not found{where}{hint}", prepare_command, dataset_root)
     label_exts, image_exts = extensions(gt_ext), extensions(image_ext)
     labels = _files_by_stem(gt_root, label_exts)
     if not labels:

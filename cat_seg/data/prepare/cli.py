@@ -12,6 +12,7 @@ from ...cli.errors import ArgumentParser
 from ...utils import WriteError
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
+from ..datasets.loader import misplaced_hint
 from ..catalog import ENV_VAR, dataset_root
 from .runner import default_workers, run_tasks
 
@@ -108,6 +109,9 @@ def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
     path = Path(root) / relpath
     if not path.exists():
         label = f"{what} " if what else ""
+        misplaced = misplaced_hint(root, relpath)
+        if misplaced:  # the data is there, one folder off: no download to advise
+            raise PrepareError(f"missing {label}{path}{misplaced}")
         raise PrepareError(f"missing {label}{path}: {downloads.how_to_get(archive_key, root)}")
     return path
 
