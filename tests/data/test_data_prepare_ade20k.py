@@ -42,6 +42,28 @@ def test_ade150_rejects_out_of_range_and_corrupt_labels(tmp_path, raw):
     assert list(out.iterdir()) == []  # nothing written for a bad input
 
 
+def test_ade150_labels_need_their_images_of_their_size(tmp_path, raw):
+    """A label without its image, or of another size than its image, was converted without a
+    word; the dataset left the pair out (or the evaluation failed on it) much later."""
+    raw.make_ade150(tmp_path, {"ADE_val_00000001": np.array([[1, 2]]), "ADE_val_00000002": np.array([[3, 4]])})
+    base = tmp_path / "ADEChallengeData2016"
+    (base / "images/validation/ADE_val_00000002.jpg").unlink()
+    with pytest.raises(PrepareError, match=r"^1 of the 2 label files have no image, e.g. .*annotations/validation/"
+                                           r"ADE_val_00000002.png has no .*images/validation/ADE_val_00000002.jpg: "
+                                           r"download .*ADEChallengeData2016.zip"):
+        run(tmp_path, "--benchmark", "150")
+    raw.write_jpg(base / "images/validation/ADE_val_00000002.jpg", 3, 2)
+    with pytest.raises(PrepareError, match=r"^label file .*ADE_val_00000002.png is 1x2 \(HxW\) but its image "
+                                           r".*ADE_val_00000002.jpg is 3x2$"):
+        run(tmp_path, "--benchmark", "150")
+    raw.write_jpg(base / "images/validation/ADE_val_00000002.jpg", 1, 2)
+    # what macOS leaves beside each file of an archive unpacked there: not a label
+    (base / "annotations/validation/._ADE_val_00000001.png").write_bytes(b"AppleDouble")
+    assert run(tmp_path, "--benchmark", "150") == 0
+    out = base / "annotations_detectron2/validation"
+    assert sorted(p.name for p in out.iterdir()) == ["ADE_val_00000001.png", "ADE_val_00000002.png"]
+
+
 def test_ade150_missing_raw_folder_names_file_and_download(tmp_path):
     with pytest.raises(PrepareError) as info:
         run(tmp_path, "--benchmark", "150")
@@ -108,7 +130,7 @@ def test_ade847_errors(tmp_path, raw):
     with pytest.raises(PrepareError, match="_seg.png has shape .* expected an RGB"):
         run(tmp_path, "--benchmark", "847")
     raw.write_png(seg, np.zeros((5, 4, 3), np.uint8))
-    with pytest.raises(PrepareError, match="is 4x5 but its image"):
+    with pytest.raises(PrepareError, match=r"_seg.png is 5x4 \(HxW\) but its image .*ADE_val_00000001.jpg is 4x4"):
         run(tmp_path, "--benchmark", "847")
     for content in (b"garbage", b"garbage\n", b"<html>not found</html>"):  # each unpickler failure
         (tmp_path / "ADE20K_2021_17_01/index_ade20k.pkl").write_bytes(content)

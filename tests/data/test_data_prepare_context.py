@@ -122,8 +122,19 @@ def test_context459_errors(tmp_path, raw):
         voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc459"])
     (tmp_path / "VOCdevkit/VOC2010/pascalcontext_val.txt").write_text("2008_000099\n")
     (tmp_path / "VOCdevkit/VOC2010/trainval/2008_000099.mat").write_bytes(b"junk")
+    # a label without its image: said before converting anything
+    with pytest.raises(PrepareError, match=r"^1 of the 1 label files have no image, e.g. .*2008_000099.mat has no "
+                                           r".*JPEGImages/2008_000099.jpg: download .*VOCtrainval_03-May-2010.tar"):
+        voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc459"])
+    raw.write_jpg(tmp_path / "VOCdevkit/VOC2010/JPEGImages/2008_000099.jpg", 2, 2)
     with pytest.raises(PrepareError, match="cannot read .*2008_000099.mat"):
         voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc459"])
+    # a label map of another size than its image
+    (tmp_path / "VOCdevkit/VOC2010/pascalcontext_val.txt").write_text("2008_000002\n")
+    raw.write_jpg(tmp_path / "VOCdevkit/VOC2010/JPEGImages/2008_000002.jpg", 3, 5)
+    with pytest.raises(PrepareError, match=r"label file .*2008_000002.mat is 1x1 \(HxW\) but its image "
+                                           r".*2008_000002.jpg is 3x5"):
+        voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc459", "--force"])
 
 
 def test_context459_val_list_option(tmp_path, raw):

@@ -27,7 +27,7 @@ from ..datasets.errors import PrepareError
 from ..download import how_to_get
 from ..catalog import get_layout, raw_id_to_label
 from . import cli
-from .io import read_array, save_array
+from .io import check_label_size, label_files, read_array, save_array
 from .runner import Converted, Task, label_histogram, relabel
 
 ADE150 = get_layout("ade20k_150_test_sem_seg")
@@ -55,9 +55,9 @@ def _ade847_lut() -> np.ndarray:
 _ADE847_LUT = _ade847_lut()
 
 
-def convert_ade150(src: str, dst: str) -> Converted:
-    """One ADEChallenge label: shift by -1 with wrap-around and save as PNG."""
-    return relabel(src, dst, _ADE150_LUT, _ADE150_VALID, "0..150", ADE150)
+def convert_ade150(src: str, dst: str, image: Optional[str] = None) -> Converted:
+    """One ADEChallenge label (of the image ``image``): shift by -1 with wrap-around and save as PNG."""
+    return relabel(src, dst, _ADE150_LUT, _ADE150_VALID, "0..150", ADE150, image=image)
 
 
 def decode_ade_full_seg(seg: np.ndarray, source) -> np.ndarray:
@@ -83,9 +83,7 @@ def convert_ade847(image_src: str, seg_src: str, image_dst: str, label_dst: str)
     """One ADE20K full validation image: decode, resize, map to trainIds, save JPEG + TIFF."""
     image = read_array(image_src, "image", modes=("RGB", "L"))  # e.g. CMYK JPEG -> RGB
     ids = decode_ade_full_seg(read_array(seg_src, "segmentation"), seg_src)
-    if ids.shape != image.shape[:2]:
-        raise PrepareError(f"{seg_src} is {ids.shape[1]}x{ids.shape[0]} but its image "
-                           f"{image_src} is {image.shape[1]}x{image.shape[0]}")
+    check_label_size(ids.shape, image.shape, seg_src, image_src)
     new_shape = short_side_resize_shape(*ids.shape)
     if new_shape is not None:
         h, w = new_shape
@@ -103,11 +101,13 @@ def ade150_tasks(root: Path) -> List[Task]:
     cli.require(root, ADE150.image_dir, "ade20k_challenge", "folder")
     out_dir = root / ADE150.label_dir
     tasks = []
-    for src in sorted((root / ADE150_RAW_LABELS).glob("*.png")):
+    for src in label_files(root / ADE150_RAW_LABELS):
         dst = out_dir / src.name
-        tasks.append(Task(str(src), (dst,), (str(src), str(dst))))
+        image = root / ADE150.image_dir / f"{src.stem}.{ADE150.image_ext}"
+        tasks.append(Task(str(src), (dst,), (str(src), str(dst), str(image)), image=image))
     if not tasks:
         raise PrepareError(f"no .png label files in {root / ADE150_RAW_LABELS}")
+    cli.require_images(tasks, root, "ade20k_challenge")
     return tasks
 
 
@@ -143,10 +143,11 @@ def ade847_tasks(root: Path) -> List[Task]:
                           (str(image_src), str(seg_src), str(image_dst), str(label_dst))))
     if not tasks:
         raise PrepareError(f"{root / ADE847_INDEX} lists no validation image (ADE_val_*)")
-    missing = [t.args[0] for t in tasks if not Path(t.args[0]).is_file()]
-    if missing:
-        raise PrepareError(f"{len(missing)} validation images listed in {ADE847_INDEX} are "
-                           f"missing, e.g. {missing[0]}: {how_to_get('ade20k_full', root)}")
+    for index, what in ((0, "validation images"), (1, "segmentation files (_seg.png) of validation images")):
+        missing = [t.args[index] for t in tasks if not Path(t.args[index]).is_file()]
+        if missing:
+            raise PrepareError(f"{len(missing)} {what} listed in {ADE847_INDEX} are "
+                               f"missing, e.g. {missing[0]}: {how_to_get('ade20k_full', root)}")
     return tasks
 
 

@@ -116,6 +116,17 @@ def require(root: Path, relpath: str, archive_key: str, what: str = "") -> Path:
     return path
 
 
+def require_images(tasks: Sequence, root: Path, archive_key: str) -> None:
+    """Every task's label has its image (``Task.image``), or a :class:`PrepareError` with how
+    many do not, an example, and where the images come from (``archive_key``): said before
+    anything is converted, not found out by the dataset that leaves the pairs out later."""
+    missing = [task for task in tasks if task.image is not None and not task.image.is_file()]
+    if missing:
+        first = missing[0]
+        raise PrepareError(f"{len(missing)} of the {len(tasks)} label files have no image, e.g. {first.source} has "
+                           f"no {first.image}: {downloads.how_to_get(archive_key, root)}")
+
+
 @contextlib.contextmanager
 def benchmark_step(args, benchmark: str, benchmarks: Sequence[str]):
     """Run a step of ``benchmark`` (fetching or listing its raw data): when its raw data is

@@ -14,6 +14,7 @@ import numpy as np
 from ..datasets.errors import PrepareError
 from ..catalog import get_layout, raw_id_to_label
 from . import cli
+from .io import label_files
 from .runner import Converted, Task, relabel, run_tasks
 
 SPLITS = {
@@ -41,9 +42,9 @@ def _lut() -> np.ndarray:
 _LUT = _lut()
 
 
-def convert(src: str, dst: str) -> Converted:
-    """One stuffthingmaps PNG -> contiguous 171-class label PNG."""
-    return relabel(src, dst, _LUT, _VALID, "0..181 or 255", SPLITS["val2017"])
+def convert(src: str, dst: str, image: Optional[str] = None) -> Converted:
+    """One stuffthingmaps PNG (of the image ``image``) -> contiguous 171-class label PNG."""
+    return relabel(src, dst, _LUT, _VALID, "0..181 or 255", SPLITS["val2017"], image=image)
 
 
 def split_tasks(root: Path, split: str) -> List[Task]:
@@ -52,10 +53,14 @@ def split_tasks(root: Path, split: str) -> List[Task]:
     cli.require(root, raw, LABEL_ARCHIVE, "folder")
     cli.require(root, layout.image_dir, IMAGE_ARCHIVES[split], "folder")
     out_dir = root / layout.label_dir
-    tasks = [Task(str(src), (out_dir / src.name,), (str(src), str(out_dir / src.name)))
-             for src in sorted((root / raw).glob("*.png"))]
+    tasks = []
+    for src in label_files(root / raw):
+        image = root / layout.image_dir / f"{src.stem}.{layout.image_ext}"
+        tasks.append(Task(str(src), (out_dir / src.name,), (str(src), str(out_dir / src.name), str(image)),
+                          image=image))
     if not tasks:
         raise PrepareError(f"no .png label files in {root / raw}")
+    cli.require_images(tasks, root, IMAGE_ARCHIVES[split])
     return tasks
 
 

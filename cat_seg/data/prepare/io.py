@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Iterable, List, Union
+from typing import Iterable, List, Sequence, Tuple, Union
 
 try:
     import fcntl
@@ -94,7 +94,43 @@ def read_array(path: PathLike, what: str = "label", modes=None) -> np.ndarray:
                 image = image.convert("RGB")
             return np.asarray(image)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PrepareError(f"cannot read {what} file {path}: {exc}") from None
+        raise PrepareError(f"cannot read {what} file {path}: {_reason(exc, path)}") from None
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """PIL's message without the path it repeats (``cannot identify image file '/a/b.png'``)."""
+    return str(exc).replace(f" {str(path)!r}", "").replace(f" {path}", "") or type(exc).__name__
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """``(height, width)`` of an image file, from its header (the pixels are not decoded); a
+    missing or unreadable file raises :class:`PrepareError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrepareError(f"missing image file {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PrepareError(f"cannot read image file {path}: {_reason(exc, path)}") from None
+    return height, width
+
+
+def check_label_size(label_shape: Sequence[int], image_shape: Sequence[int], label: PathLike,
+                     image: PathLike) -> None:
+    """A label map must have its image's size: else :class:`PrepareError` naming both files
+    (sizes as height x width)."""
+    if tuple(label_shape[:2]) != tuple(image_shape[:2]):
+        raise PrepareError(f"label file {label} is {label_shape[0]}x{label_shape[1]} (HxW) but its image {image} "
+                           f"is {image_shape[0]}x{image_shape[1]}")
+
+
+def label_files(folder: PathLike, ext: str = ".png") -> List[Path]:
+    """The visible files of ``folder`` whose name ends with ``ext`` in any case, sorted: not
+    the ``._*`` files macOS leaves beside each file of an archive unpacked there (as the
+    dataset loader skips them)."""
+    return sorted(path for path in Path(folder).iterdir()
+                  if not path.name.startswith(".") and path.name.lower().endswith(ext) and path.is_file())
 
 
 def read_label(path: PathLike) -> np.ndarray:

@@ -22,13 +22,12 @@ from typing import List, Optional
 
 import numpy as np
 import scipy.io
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..datasets.errors import PrepareError
 from ..catalog import get_layout, raw_label_ids
 from . import cli
-from .io import read_id_list, save_array
+from .io import check_label_size, image_size, read_id_list, save_array
 from .runner import Converted, Task, label_histogram
 
 PC59 = get_layout("context_59_test_sem_seg")
@@ -72,12 +71,8 @@ def convert_pc59(source: str, image_path: str, size, annotations, dst: str) -> C
     h, w = size if size is not None else (None, None)
     if h is None and annotations:
         h, w = annotations[0][1]["size"]
-    if h is None:
-        try:
-            with Image.open(image_path) as image:
-                w, h = image.size
-        except OSError as exc:
-            raise PrepareError(f"{source}: no size given and cannot read {image_path}: {exc}")
+    if h is None:  # no size in the annotations: the image's
+        h, w = image_size(image_path)
     painted = np.zeros((h, w), dtype=np.int64)
     for category_id, rle in annotations:
         if not isinstance(category_id, int) or not 0 <= category_id <= 459:
@@ -124,15 +119,17 @@ def pc59_tasks(root: Path) -> List[Task]:
         size = (image["height"], image["width"]) if "height" in image and "width" in image else None
         dst = out_dir / f"{stem}.png"
         source = f"{json_path} image {image['file_name']}"
-        tasks.append(Task(source, (dst,), (source, str(images_dir / image["file_name"]), size,
-                                           by_image.get(image["image_id"], []), str(dst))))
+        image_path = images_dir / image["file_name"]
+        tasks.append(Task(source, (dst,), (source, str(image_path), size, by_image.get(image["image_id"], []),
+                                           str(dst)), image=image_path))
     if not tasks:
         raise PrepareError(f"{json_path} has no image with phase 'val'")
+    cli.require_images(tasks, root, "voc2010")
     return tasks
 
 
-def convert_pc459(src: str, dst: str) -> Converted:
-    """One ``.mat`` LabelMap (1..459) -> uint16 TIFF with values 0..458."""
+def convert_pc459(src: str, dst: str, image: Optional[str] = None) -> Converted:
+    """One ``.mat`` LabelMap (1..459) of the image ``image`` -> uint16 TIFF with values 0..458."""
     try:
         label = scipy.io.loadmat(src)["LabelMap"]
     except KeyError:
@@ -142,6 +139,8 @@ def convert_pc459(src: str, dst: str) -> Converted:
         raise PrepareError(f"cannot read {src}: {exc}") from None
     if label.ndim != 2:
         raise PrepareError(f"{src}: LabelMap has shape {label.shape}, expected 2-D")
+    if image is not None:
+        check_label_size(label.shape, image_size(image), src, image)
     label = label.astype(np.int64)
     if label.size and (label.min() < 1 or label.max() > 459):
         bad = np.unique(label[(label < 1) | (label > 459)])[:8]
@@ -156,6 +155,8 @@ def convert_pc459(src: str, dst: str) -> Converted:
 def pc459_tasks(root: Path, val_list: Optional[str] = None) -> List[Task]:
     if val_list is not None:
         list_path = Path(val_list)
+        if list_path.is_dir():
+            raise PrepareError(f"--val-list {list_path} is a folder; expected the id list file (pascalcontext_val.txt)")
         if not list_path.is_file():
             raise PrepareError(f"missing id list {list_path}")
     else:
@@ -172,5 +173,10 @@ def pc459_tasks(root: Path, val_list: Optional[str] = None) -> List[Task]:
         raise PrepareError(f"{len(missing)} of the {len(ids)} ids of {list_path} have no .mat "
                            f"file in {mats}, e.g. {missing[0]}.mat")
     out_dir = root / PC459.label_dir
-    return [Task(str(mats / f"{i}.mat"), (out_dir / f"{i}.tif",),
-                 (str(mats / f"{i}.mat"), str(out_dir / f"{i}.tif"))) for i in ids]
+    tasks = []
+    for i in ids:
+        image = root / PC459.image_dir / f"{i}.{PC459.image_ext}"
+        tasks.append(Task(str(mats / f"{i}.mat"), (out_dir / f"{i}.tif",),
+                          (str(mats / f"{i}.mat"), str(out_dir / f"{i}.tif"), str(image)), image=image))
+    cli.require_images(tasks, root, "voc2010")
+    return tasks

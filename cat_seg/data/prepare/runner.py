@@ -17,16 +17,20 @@ from tqdm import tqdm
 
 from ...utils import available_cores
 from ..datasets.errors import PrepareError
-from .io import check_values, exclusive_folders, read_label, remove_stale_temp_files, save_array
+from .io import (check_label_size, check_values, exclusive_folders, image_size, read_label, remove_stale_temp_files,
+                 save_array)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: ``convert(*args)`` creates ``outputs``; ``source`` names the input."""
+    """One unit of work: ``convert(*args)`` creates ``outputs``; ``source`` names the input;
+    ``image``: the image the label belongs to, where the dataset reads it (None: the
+    conversion writes or reads the image itself)."""
 
     source: str
     outputs: Tuple[Path, ...]
     args: tuple
+    image: Optional[Path] = None
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs)
@@ -59,17 +63,20 @@ def label_histogram(label: np.ndarray, num_classes: int, ignore_label: int, sour
 
 
 def relabel(src: str, dst: str, table: np.ndarray, valid: np.ndarray, expected: str, layout,
-            skip_unlabelled: bool = False) -> Converted:
+            skip_unlabelled: bool = False, image: Optional[str] = None) -> Converted:
     """One single-channel uint8 label map ``src`` through ``table`` (raw value -> train id) into
     the PNG ``dst``: the conversion of the datasets whose raw labels are 8-bit ids.
 
     ``valid[v]`` says whether raw value ``v`` may occur (``expected`` describes them in the
     error); ``layout`` (a catalog layout) gives the class count and ignore label the output is
     checked and counted against. With ``skip_unlabelled``, a map with no labelled pixel is not
-    written (``Converted(written=False)``)."""
+    written (``Converted(written=False)``). ``image``: the label's image, whose size the map
+    must have."""
     label = read_label(src)
     if label.dtype != np.uint8:
         raise PrepareError(f"label file {src} has dtype {label.dtype}, expected uint8")
+    if image is not None:
+        check_label_size(label.shape, image_size(image), src, image)
     check_values(label, valid, src, expected)
     out = table[label]
     if skip_unlabelled and np.all(out == layout.ignore_label):

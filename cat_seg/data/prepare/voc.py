@@ -48,11 +48,12 @@ def _lut(background: bool) -> np.ndarray:
 _LUTS = {False: _lut(False), True: _lut(True)}
 
 
-def convert(src: str, dst: str, background: bool) -> Converted:
-    """One SegmentationClassAug mask -> VOC-20 (``background`` False) or VOC-20b label; a mask
-    with no labelled pixel (VOC-20: background and boundary only) is not written."""
+def convert(src: str, dst: str, background: bool, image: Optional[str] = None) -> Converted:
+    """One SegmentationClassAug mask (of the image ``image``) -> VOC-20 (``background`` False)
+    or VOC-20b label; a mask with no labelled pixel (VOC-20: background and boundary only) is
+    not written."""
     return relabel(src, dst, _LUTS[background], _VALID, "0..20 or 255", VOC20B if background else VOC20,
-                   skip_unlabelled=True)
+                   skip_unlabelled=True, image=image)
 
 
 def voc_tasks(root: Path, background: bool) -> List[Task]:
@@ -63,9 +64,15 @@ def voc_tasks(root: Path, background: bool) -> List[Task]:
     if missing:
         raise PrepareError(f"{len(missing)} of the {len(ids)} ids of {root / VAL_LIST} have no "
                            f"mask in {aug}, e.g. {missing[0]}.png")
-    out_dir = root / (VOC20B if background else VOC20).label_dir
-    return [Task(str(aug / f"{i}.png"), (out_dir / f"{i}.png",),
-                 (str(aug / f"{i}.png"), str(out_dir / f"{i}.png"), background)) for i in ids]
+    layout = VOC20B if background else VOC20
+    out_dir = root / layout.label_dir
+    tasks = []
+    for i in ids:
+        image = root / layout.image_dir / f"{i}.{layout.image_ext}"
+        tasks.append(Task(str(aug / f"{i}.png"), (out_dir / f"{i}.png",),
+                          (str(aug / f"{i}.png"), str(out_dir / f"{i}.png"), background, str(image)), image=image))
+    cli.require_images(tasks, root, "voc2012")
+    return tasks
 
 
 def main(argv: Optional[Sequence[str]] = None, benchmark: Optional[str] = None) -> int:
