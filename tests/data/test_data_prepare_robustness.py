@@ -161,6 +161,36 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
     assert {k: v[0] for k, v in snapshot(out).items()} == reference  # no temp files left
 
 
+# Ctrl-C as a terminal sends it: SIGINT to the process group (the script and its workers),
+# once the 3rd output is finished
+INTERRUPTING_DRIVER = """
+import multiprocessing, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run may ignore it
+multiprocessing.set_start_method("fork")  # the workers inherit the patch (see KILLING_DRIVER)
+from cat_seg.data.prepare import io as prepare_io
+atomic_write = prepare_io.atomic_write
+def interrupting_atomic_write(path, write, mode="wb", durable=True):
+    result = atomic_write(path, write, mode, durable)
+    if sum(not name.startswith(".") for name in os.listdir(os.path.dirname(os.path.abspath(path)))) == 3:
+        os.killpg(0, signal.SIGINT)
+    return result
+prepare_io.atomic_write = interrupting_atomic_write
+from cat_seg.data.prepare import ade20k, cli
+sys.exit(cli.run(ade20k.main, sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_with_workers_is_one_line_without_worker_tracebacks(tmp_path, raw):
+    make_raw(raw, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTING_DRIVER, "--root", str(tmp_path), "--benchmark", "150",
+         "--workers", "2", "--no-progress"],
+        cwd=raw.REPO, start_new_session=True, capture_output=True, text=True, timeout=1800)  # hang guard only
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr == "interrupted: finished files are kept; rerun the same command to resume\n"
+    assert not [name for name in os.listdir(tmp_path / OUT) if name.endswith(".tmp")]
+
+
 def test_real_script_user_error_exits_2_without_traceback(prepare_script_runs):
     result = prepare_script_runs["robustness: prepare_voc.py without raw data"]
     assert result.returncode == 2

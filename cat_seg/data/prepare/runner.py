@@ -8,6 +8,7 @@ which also rejects values outside ``0..num_classes-1`` and the ignore value.
 """
 import contextlib
 import multiprocessing
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -157,6 +158,12 @@ def _results(convert: Callable, tasks: Sequence[Task], pool, pool_size: int
     yield from pool.imap_unordered(_call, [(convert, t) for t in tasks], chunksize)
 
 
+def _ignore_interrupt():
+    """A worker's start: Ctrl-C (SIGINT, sent to the whole process group) is the main
+    process's to handle; it stops the pool, so the workers print no traceback of their own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_workers() -> int:
     """All cores this process may run on."""
     return available_cores()
@@ -188,7 +195,7 @@ def run_tasks(
         # the lock (an orphaned worker would otherwise keep it after the main process died)
         pool, pool_size = None, min(workers, len(pending))
         if pool_size > 1:
-            pool = stack.enter_context(multiprocessing.Pool(pool_size))
+            pool = stack.enter_context(multiprocessing.Pool(pool_size, initializer=_ignore_interrupt))
         stack.enter_context(exclusive_folders(folders))
         for folder in folders:
             remove_stale_temp_files(folder)
