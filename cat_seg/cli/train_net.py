@@ -17,7 +17,7 @@ shows the traceback instead.
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from ..utils import last_traceback_error
 from .errors import UserError, closest_name, merge_config, one_line_argument_errors, run_main
@@ -299,9 +299,10 @@ def check_class_jsons(cfg, eval_only: bool) -> None:
             raise UserError(str(exc)) from None
 
 
-def check_datasets(cfg, eval_only: bool) -> None:
+def check_datasets(cfg, eval_only: bool) -> Dict[str, list]:
     """The datasets of ``DATASETS.TRAIN`` (unless ``eval_only``) and ``DATASETS.TEST`` are
-    registered and their files present (cat-seg's loaders raise ``DatasetNotFoundError``)."""
+    registered and their files present (cat-seg's loaders raise ``DatasetNotFoundError``).
+    Returns each one's records (loaded once: the loader's warnings are said once)."""
     import cat_seg.data  # noqa: F401  (registers the datasets)
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -313,7 +314,8 @@ def check_datasets(cfg, eval_only: bool) -> None:
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise UserError("DATASETS.TRAIN is empty: nothing to train on (e.g. DATASETS.TRAIN "
                         "\"('coco_2017_train_stuff_all_sem_seg',)\"); --eval-only evaluates without training")
-    names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    names = list(dict.fromkeys(list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))))
+    records = {}
     for name in names:
         if name not in DatasetCatalog.list():
             # among the semantic-segmentation datasets (detectron2 registers detection ones too)
@@ -325,7 +327,7 @@ def check_datasets(cfg, eval_only: bool) -> None:
             raise UserError(f"dataset {name!r} (DATASETS.{'TEST' if name in cfg.DATASETS.TEST else 'TRAIN'}) "
                             f"is not registered; {hint}")
         try:
-            DatasetCatalog.get(name)
+            records[name] = DatasetCatalog.get(name)
         except OSError as exc:  # a loader of detectron2's (cat-seg's raise DatasetNotFoundError, one line)
             raise UserError(f"dataset {name!r}: cannot load it ({error_line(exc)})") from None
     from cat_seg.engine.trainer import vocabulary_mismatch
@@ -475,9 +477,9 @@ def check(args):
     check_weights(cfg, args.resume, args.eval_only)
     check_clip_weights_fit(cfg)
     check_class_jsons(cfg, args.eval_only)
-    check_datasets(cfg, args.eval_only)
+    records = check_datasets(cfg, args.eval_only)
     if args.check_labels:
-        check_labels(cfg, args.eval_only)
+        check_labels(cfg, args.eval_only, records)
     return cfg
 
 
@@ -485,7 +487,7 @@ def check(args):
 LISTED_LABEL_PROBLEMS = 20
 
 
-def check_labels(cfg, eval_only: bool) -> None:
+def check_labels(cfg, eval_only: bool, records: Optional[Dict[str, list]] = None) -> None:
     """``--check-labels``: every label map of ``DATASETS.TRAIN`` (unless ``eval_only``; values
     against ``TRAIN_CLASS_JSON``, which training labels index) and ``DATASETS.TEST`` (values
     against the dataset's classes, which the evaluator scores) is read; the bad ones are listed
@@ -505,19 +507,21 @@ def check_labels(cfg, eval_only: bool) -> None:
         meta = MetadataCatalog.get(name)
         if getattr(meta, "stuff_classes", None):
             splits.append((name, len(meta.stuff_classes), getattr(meta, "ignore_label", 255)))
+    loaded = dict(records or {})
     bad, first = 0, None
-    for name, num_classes, ignore_label in splits:
-        records = DatasetCatalog.get(name)
-        problems = label_problems(records, num_classes, ignore_label)
+    for name, num_classes, ignore_label in dict.fromkeys(splits):  # a dataset in both lists: once per rule
+        if name not in loaded:
+            loaded[name] = DatasetCatalog.get(name)
+        problems = label_problems(loaded[name], num_classes, ignore_label)
         for problem in problems[:max(0, LISTED_LABEL_PROBLEMS - bad)]:
             print(f"  {name}: {problem}", file=sys.stderr, flush=True)
         if problems and first is None:
             first = f"{name}: {problems[0]}"
         bad += len(problems)
-        print(f"--check-labels: {len(records)} label maps of {name}: {len(problems) or 'none'} bad", flush=True)
+        print(f"--check-labels: {len(loaded[name])} label maps of {name}: {len(problems) or 'none'} bad", flush=True)
     if bad:
-        raise UserError(f"--check-labels: {bad} bad label map(s) (listed above, {LISTED_LABEL_PROBLEMS} at most); "
-                        f"the first: {first}")
+        raise UserError(f"--check-labels: {bad} bad label map(s) or image(s) (listed above, {LISTED_LABEL_PROBLEMS} "
+                        f"at most); the first: {first}")
 
 
 # ------------------------------------------------------------------------------ run

@@ -130,8 +130,8 @@ def test_colour_label_maps_are_one_error_line(tiny_benchmark, tmp_path):
                           env=run_env(tiny_benchmark), cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: label map {labels / '0.png'}: not single-channel (shape (64, 64, 3); class index per pixel "
-        "expected) (a colour-coded mask: convert each colour to its class index first)")
+        f"error: label map {labels / '0.png'}: not single-channel (shape (64, 64, 3)), a class index per pixel "
+        "expected (a colour-coded mask: convert each colour to its class index first)")
     assert "Traceback" not in proc.stderr
 
 

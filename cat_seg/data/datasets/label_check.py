@@ -40,8 +40,8 @@ def form_problem(label_file: str, label: np.ndarray) -> Optional[str]:
     if label.ndim != 2:
         hint = (" (a colour-coded mask: convert each colour to its class index first)"
                 if label.ndim == 3 and label.shape[2] in (3, 4) else "")
-        return (f"label map {label_file}: not single-channel (shape {tuple(label.shape)}; class index per pixel "
-                f"expected){hint}")
+        return (f"label map {label_file}: not single-channel (shape {tuple(label.shape)}), a class index per pixel "
+                f"expected{hint}")
     if label.dtype.kind == "f":
         fractional = label != np.round(label)  # NaN too
         if fractional.any():
@@ -95,7 +95,8 @@ def label_problem(record: dict, num_classes: int, ignore_label: int) -> Optional
     except (OSError, SyntaxError, ValueError) as e:
         return f"{record['file_name']}: the image cannot be read ({e})"
     if label.shape != size:
-        return f"label map {label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {size[0]}x{size[1]}"
+        return (f"label map {label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {record['file_name']} "
+                f"{size[0]}x{size[1]}")
     return value_problem(label_file, label, num_classes, ignore_label)
 
 
