@@ -234,3 +234,29 @@ def test_a_numpy_integer_ignore_label_is_an_integer(tmp_path, restore_registrati
     assert meta.ignore_label == 255 and type(meta.ignore_label) is int
     DatasetCatalog.remove("own_np")
     MetadataCatalog.remove("own_np")
+
+
+def test_a_benchmarks_labels_without_an_image_are_warned_alone(tmp_path, caplog):
+    """A benchmark's image folder may hold every image of the dataset (VOC's JPEGImages): its
+    images without a label are INFO; a label without its image is a WARNING of its own, not
+    one that starts with the thousands of expected images."""
+    import logging
+
+    from cat_seg.data.datasets.loader import load_sem_seg_files
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for stem in ("a", "b", "c"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / f"{stem}.jpg")
+    for stem in ("a", "z"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(labels / f"{stem}.png")
+    with caplog.at_level("INFO", logger="cat_seg.data.datasets.loader"):
+        records = load_sem_seg_files("bench", str(labels), str(images), prepare_command="python prepare.py")
+    assert [Path(r["file_name"]).name for r in records] == ["a.jpg"]
+    by_level = {level: [r.getMessage() for r in caplog.records if r.levelno == level and "left out" in r.getMessage()]
+                for level in (logging.INFO, logging.WARNING)}
+    assert by_level[logging.WARNING] == [
+        f"dataset 'bench': 1 label(s) without an image in {images} (z.png) are left out; 1 pairs are used"]
+    assert by_level[logging.INFO] == [
+        f"dataset 'bench': 2 image(s) without a label in {labels} (b.jpg, c.jpg) are left out; 1 pairs are used"]

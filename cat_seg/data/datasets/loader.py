@@ -154,14 +154,19 @@ def load_sem_seg_files(
     without_label = sorted(os.path.basename(images[stem]) for stem in set(images) - set(labels))
     without_image = sorted(os.path.basename(labels[stem]) for stem in set(labels) - set(images))
     if without_label or without_image:  # each named: a pairing mistake should not pass unseen
-        parts = ([f"{len(without_label)} image(s) without a label in {gt_root} ({_examples(without_label)})"]
-                 if without_label else [])
-        parts += ([f"{len(without_image)} label(s) without an image in {image_root} ({_examples(without_image)})"]
-                  if without_image else [])
-        # a benchmark's image folder may hold more than its split (VOC's JPEGImages: every image)
-        expected = prepare_command is not None and not without_image
-        (logger.info if expected else logger.warning)(
-            f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
+        unlabelled = f"{len(without_label)} image(s) without a label in {gt_root} ({_examples(without_label)})"
+        imageless = f"{len(without_image)} label(s) without an image in {image_root} ({_examples(without_image)})"
+        if prepare_command is not None:
+            # a benchmark's image folder may hold more than its split (VOC's JPEGImages: every
+            # image): its images without a label are expected (INFO), its labels without an
+            # image are not (WARNING, said alone, not after thousands of expected ones)
+            if without_image:
+                logger.warning(f"dataset '{dataset_name}': {imageless} are left out; {len(common)} pairs are used")
+            if without_label:
+                logger.info(f"dataset '{dataset_name}': {unlabelled} are left out; {len(common)} pairs are used")
+        else:
+            parts = [part for part, left in ((unlabelled, without_label), (imageless, without_image)) if left]
+            logger.warning(f"dataset '{dataset_name}': {' and '.join(parts)} are left out; {len(common)} pairs are used")
     if expected_count is not None and len(common) != expected_count:
         rerun = f"; if its preparation was interrupted, rerun: {prepare_command}" if prepare_command else ""
         logger.warning(f"dataset '{dataset_name}': {len(common)} image/label pairs in {gt_root}, the complete split "
