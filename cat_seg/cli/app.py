@@ -23,6 +23,7 @@ same model and words only runs the image through the model.
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -245,8 +246,16 @@ class App:
         self.device = device
         self.opts = list(opts)
         self.segmenters = SegmenterCache(cache_size)
+        # a folder of its own unless given: removed by close() (the server's end)
+        self._own_output_root = output_root is None
         self.output_root = output_root or tempfile.mkdtemp(prefix="cat-seg-app-")
         os.makedirs(self.output_root, exist_ok=True)
+
+    def close(self):
+        """Remove the output folder the app made for itself (results of the requests; a folder
+        given to the app is kept)."""
+        if self._own_output_root:
+            shutil.rmtree(self.output_root, ignore_errors=True)
 
     def segment(self, files, vocabulary_text: str, model_choice: str, config_file: str, weights: str,
                 threshold, background_prompts: bool, progress=None):
@@ -488,9 +497,18 @@ def default_model_choice(args) -> str:
     if model == "toy":
         return TOY_MODEL
     if model == "local" or (not model and args.config_file):
+        if not args.config_file:
+            raise CATSegError("--model local needs --config-file, the config of the model (and --weights, its "
+                              "checkpoint)")
         return LOCAL_MODEL
     if model:
         raise CATSegError(f"--model must be one of {', '.join(list(RELEASED_WEIGHTS) + ['toy', 'local'])}, got {model!r}")
+    weights = (args.weights or "").strip()
+    if weights in by_name:  # a released name is a whole model: its own config (as in the demo)
+        return by_name[weights]
+    if weights:
+        raise CATSegError(f"--weights {weights!r} needs --config-file, the config of the model it holds (or give a "
+                          f"released name: {', '.join(RELEASED_WEIGHTS)})")
     return TOY_MODEL if os.path.isfile(resolve_path(TOY_WEIGHTS)) else choices[0]
 
 
@@ -513,13 +531,23 @@ def check_startup_options(device: Optional[str], opts: Sequence[str]) -> None:
 
 def check_startup_model(choice: str, config_file: Optional[str], weights: Optional[str], device: Optional[str],
                         opts: Sequence[str]) -> None:
-    """The model the page starts with, when given on the command line (``--config-file`` /
-    ``--weights``: the local model), checked before the server starts as the demo checks it:
-    the config (keys, values) and a weights file (exists, not cut short). Without this a
-    mistake showed only in the browser, at the first segmentation."""
+    """The model the page starts with, checked before the server starts as the demo checks it:
+    a released model is in the hub cache or can be downloaded (one line in seconds offline),
+    the toy model is trained, a local one's config (keys, values) and weights file (exists, not
+    cut short) are right. Without this a mistake showed only in the browser, at the first
+    segmentation."""
     from ..api import build_config
     from ..checkpoint.official import checkpoint_file_problem
 
+    name = choice.split(":", 1)[0]
+    if name in RELEASED_WEIGHTS:  # in the hub cache, or the hub answers (nothing is downloaded now)
+        from ..hub import check_released_weights
+
+        check_released_weights(name)  # WeightsUnavailableError: a CATSegError, one line
+        return
+    if choice == TOY_MODEL:
+        model_spec(choice, config_file, weights)  # the toy checkpoint exists
+        return
     if choice != LOCAL_MODEL or not config_file:
         return
     config, model_weights, model_opts = model_spec(choice, config_file, weights)
@@ -585,8 +613,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CATSegError as e:
         return print_user_error(e)
     print(f"cat-seg-app: http://{args.host}:{args.port}", flush=True)
-    page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                        allowed_paths=[app.output_root], footer_links=["gradio"])
+    try:  # launch returns when the server stops (Ctrl-C)
+        page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
+                            allowed_paths=[app.output_root], footer_links=["gradio"])
+    finally:
+        app.close()
     return 0
 
 

@@ -2,6 +2,7 @@
 segmenter cache, outputs against the API, and the command line's one-line errors."""
 import json
 import os
+from pathlib import Path
 import shutil
 import socket
 import time
@@ -320,3 +321,43 @@ def test_page_events_follow_the_users_choices_only(tmp_path):
     finally:
         gr.Error = original
     assert captured.get("duration", 10) is None
+
+
+def test_the_start_up_model_is_checked_whatever_it_is(capsys, monkeypatch):
+    """--weights without --config-file was ignored (the page came up on another model),
+    --model local without a config and an unreachable released model started the server; the
+    mistake showed only at the first segmentation."""
+    from cat_seg import hub
+
+    monkeypatch.setattr(app_cli, "build_app", lambda *a, **k: pytest.fail("the page was built"))
+    assert app_cli.main(["--weights", "/nope.pth", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --weights '/nope.pth' needs --config-file, the config of the model it holds (or give a released "
+        "name: catseg-vitb, catseg-vitl)")
+    assert app_cli.main(["--model", "local", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --model local needs --config-file, the config of the model "
+                                               "(and --weights, its checkpoint)")
+    checked = []
+
+    def unavailable(name):
+        checked.append(name)
+        raise hub.WeightsUnavailableError(f"{name}: not in the hub cache and the hub cannot be reached")
+
+    monkeypatch.setattr(hub, "check_released_weights", unavailable)
+    for argv in (["--weights", "catseg-vitl"], ["--model", "catseg-vitl"]):  # a released name picks its model
+        assert app_cli.main([*argv, "--device", "cpu"]) == 2
+        assert capsys.readouterr().err.strip() == ("error: catseg-vitl: not in the hub cache and the hub cannot be "
+                                                   "reached")
+    assert checked == ["catseg-vitl", "catseg-vitl"]
+
+
+def test_the_apps_own_output_folder_is_removed_at_its_end(tmp_path):
+    """Each start left a /tmp/cat-seg-app-* folder behind (the last requests' files)."""
+    app = app_cli.App(device="cpu")
+    own = app.output_root
+    (Path(own) / "request").mkdir()
+    app.close()
+    assert not os.path.exists(own)
+    given = app_cli.App(device="cpu", output_root=str(tmp_path / "mine"))
+    given.close()
+    assert (tmp_path / "mine").is_dir()  # a folder given to the app is the user's
