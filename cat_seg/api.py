@@ -114,8 +114,8 @@ def _clean_class(name: str) -> str:
 
 def _check_vocabulary(classes: List[str], source: str) -> List[str]:
     """A class given twice (the same entry, compared without case) is an error. Different
-    entries with the same first synonym are allowed with one warning
-    (:func:`shared_first_synonym_note`)."""
+    entries with the same first synonym are allowed (:func:`shared_first_synonym_note`; the
+    segmenter warns once per vocabulary it is given)."""
     if not classes:
         raise CATSegError(f"empty vocabulary ({source}): give at least one class name")
     entries = set()
@@ -124,9 +124,6 @@ def _check_vocabulary(classes: List[str], source: str) -> List[str]:
         if entry in entries:
             raise CATSegError(f"class {name!r} appears twice in the vocabulary ({source})")
         entries.add(entry)
-    note = shared_first_synonym_note(classes, source)
-    if note:
-        logger.warning(note)
     return classes
 
 
@@ -1010,6 +1007,7 @@ class OpenVocabSegmenter:
         from .modeling.clip.builder import CLIPLoadError
 
         self.cfg = _clip_from_checkpoint(cfg)
+        self._noted_vocabularies = set()  # vocabularies warned about (_note_shared_synonyms)
         self.cfg.MODEL.DEVICE = check_device(self.cfg.MODEL.DEVICE)
         _eager_unless_asked(self.cfg)  # also for a config not made by build_config
         self.cfg.freeze()
@@ -1105,6 +1103,18 @@ class OpenVocabSegmenter:
         taken = set().union(*(forms(synonym) for c in classes for synonym in c.split(",") if synonym.strip()))
         return [p for p in BACKGROUND_PROMPTS if p.lower() not in taken]
 
+    def _note_shared_synonyms(self, names: List[str]) -> None:
+        """The warning of :func:`shared_first_synonym_note`, once per vocabulary this
+        segmenter is given (a folder segmented in batches, or a page's repeated requests, would
+        repeat it with every call)."""
+        key = tuple(names)
+        if key in self._noted_vocabularies:
+            return
+        self._noted_vocabularies.add(key)
+        note = shared_first_synonym_note(names, "the class list")
+        if note:
+            logger.warning(note)
+
     # ------------------------------------------------------------------ segmentation
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], classes: Union[str, Sequence[str]],
                  background: Union[None, str, float] = None, batch_size: Optional[int] = None):
@@ -1129,6 +1139,7 @@ class OpenVocabSegmenter:
         single = not isinstance(images, (list, tuple))
         inputs = [images] if single else list(images)
         names = parse_vocabulary(classes)
+        self._note_shared_synonyms(names)
         background = self._check_background(background)
         batch_size = _check_batch_size(batch_size)
         if batch_size is None:  # the working memory grows with the batch: bounded by default
