@@ -61,7 +61,7 @@ from ..api import (
     parse_vocabulary,
     read_vocabulary_file,
 )
-from ..utils import error_line, resolve_path
+from ..utils import atomic_write, error_line, resolve_path
 from .errors import ArgumentParser, print_user_error
 
 logger = logging.getLogger(__name__)
@@ -457,6 +457,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
                 return False
         return True
 
+    interrupted = False
     with tqdm(total=total or None, unit="frame", disable=None) as bar:
         try:
             batch = []
@@ -472,8 +473,8 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
                     batch = []
             if batch:
                 emit(batch)
-        except KeyboardInterrupt:  # stopping a webcam stream: keep what was written
-            pass
+        except KeyboardInterrupt:  # what was written is kept (a webcam stream is stopped this way)
+            interrupted = True
         finally:
             capture.release()
             if writer is not None:
@@ -491,9 +492,12 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             "model": seg.model_info(args.config_file, args.opts),
             "outputs": {"overlay": os.path.basename(video_file) if video_file else stem + "_overlay.mp4"},
         }
+        if interrupted and args.video_input:  # the frames before Ctrl-C, not the whole video
+            info["interrupted"] = True
         json_path = os.path.splitext(video_file)[0] + ".json" if video_file else os.path.join(args.output, stem + ".json")
-        with open(json_path, "w") as f:
-            json.dump(info, f, indent=2)
+        atomic_write(json_path, lambda f: json.dump(info, f, indent=2), mode="w", durable=False)
+    if interrupted and args.video_input:  # a video file was not finished: exit status 130, as for images
+        raise KeyboardInterrupt
 
 
 def make_output_dir(path: str) -> List[str]:

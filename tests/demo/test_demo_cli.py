@@ -176,6 +176,38 @@ def test_cli_video_input(demo_module, capsys, tiny, checkpoint, tmp_path, image_
     capture.release()
 
 
+def test_ctrl_c_during_a_video_file_is_an_interruption(demo_module, capsys, tiny, checkpoint, tmp_path,
+                                                       image_factory, monkeypatch):
+    """Ctrl-C ended a --video-input run with exit status 0 and a JSON of the frames done as if
+    that were the whole video; a webcam stream is still stopped this way."""
+    import cv2
+
+    from cat_seg.api import OpenVocabSegmenter
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for seed in range(3):
+        writer.write(image_factory(seed, 48, 64)[:, :, ::-1].copy())
+    writer.release()
+    segment, calls = OpenVocabSegmenter.__call__, []
+
+    def interrupted_at_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenVocabSegmenter, "__call__", interrupted_at_the_second_batch)
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--video-input", video, "--output", out, "--vocab", VOCAB,
+        "--weights", checkpoint, "--device", "cpu", "--batch-size", "1", "--opts", *tiny.opts,
+    ])
+    assert code == 130 and err.strip().endswith("interrupted")
+    info = read_json(out / "clip.json")
+    assert info["frames"] == 1 and info["interrupted"] is True
+
+
 @pytest.mark.parametrize("case", [
     "missing_config", "missing_weights", "empty_vocab", "empty_vocab_file", "missing_image", "empty_dir",
     "bad_background", "odd_opts", "no_vocab", "no_display",
