@@ -411,7 +411,7 @@ def build_app(app: App, default_model: str, config_file: str = "", weights: str 
                     "Upload images, name the classes you want, press **Segment**.")
         with gr.Row():
             with gr.Column(scale=1):
-                files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="images")
+                files = gr.File(label="Images", file_count="multiple", file_types=image_file_types(), elem_id="images")
                 vocab_choice = gr.Dropdown(
                     [CUSTOM_VOCABULARY, TOY_VOCABULARY] + list(BENCHMARK_VOCABULARIES), value=CUSTOM_VOCABULARY,
                     label="Vocabulary", elem_id="vocab-choice")
@@ -486,6 +486,15 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return parser
+
+
+def image_file_types() -> List[str]:
+    """The upload box's file types: image MIME types and every extension PIL reads (``.tga``,
+    ``.qoi``, ...), as the demo and the API read them; Gradio's ``"image"`` alone goes by MIME
+    types, which refused several of them."""
+    from PIL import Image
+
+    return ["image", *sorted(Image.registered_extensions())]
 
 
 def default_model_choice(args) -> str:

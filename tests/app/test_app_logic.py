@@ -361,3 +361,14 @@ def test_the_apps_own_output_folder_is_removed_at_its_end(tmp_path):
     given = app_cli.App(device="cpu", output_root=str(tmp_path / "mine"))
     given.close()
     assert (tmp_path / "mine").is_dir()  # a folder given to the app is the user's
+
+
+def test_the_upload_box_takes_every_format_pil_reads():
+    """Gradio's "image" file type (MIME types) refused .tga and .qoi files, which the docs
+    say the page takes ("any format PIL reads") and the demo reads."""
+    from gradio_client.utils import is_valid_file
+
+    types = app_cli.image_file_types()
+    for name in ("a.png", "b.JPG", "c.tga", "d.qoi", "e.tiff", "f.webp"):
+        assert is_valid_file(name, types), name
+    assert not is_valid_file("notes.txt", types)
