@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -121,6 +122,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     parser.add_argument("--dense-features", action="store_true", help="also write <stem>_features.npz")
     parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward")
+    parser.add_argument("--max-megapixels", type=float, default=None, metavar="N",
+                        help="largest image read, in megapixels (default: Pillow's guard against decompression "
+                             "bombs, about 179); 0: no limit, for images you trust")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     # the option of detectron2's demo script (instance scores), which the official demo keeps
     # and ignores: accepted with a warning that it does nothing here
@@ -250,6 +254,8 @@ def check_readable(files: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
             with Image.open(path) as image:
                 image.size
             readable.append(path)
+        except Image.DecompressionBombError as e:
+            skipped[path] = f"{str(e).rstrip('.')}; for an image you trust: --max-megapixels 0 (no limit)"
         except Exception as e:
             skipped[path] = error_line(e)
     if not readable:
@@ -549,6 +555,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         background = parse_background(args.background)
         if args.batch_size < 1:
             raise CATSegError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.max_megapixels is not None:
+            if not args.max_megapixels >= 0:  # NaN too
+                raise CATSegError(f"--max-megapixels must be >= 0 (0: no limit), got {args.max_megapixels}")
+            # this program's images: Pillow's limit (a process-wide setting) is the user's to set here
+            Image.MAX_IMAGE_PIXELS = int(args.max_megapixels * 1e6) or None
+        # Pillow warns (a raw two-line warning, per read) between half its limit and the limit,
+        # where it refuses: the limit is the guard, and the user's to raise
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if args.dense_features and not args.input:
             raise CATSegError("--dense-features writes one file per image: use it with --input, "
                               "not with --video-input or --webcam")

@@ -418,3 +418,29 @@ def test_output_as_an_image_file_name_takes_the_overlay_as_the_official_demo_doe
                                                       "--opts", *tiny.opts])
         assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == ["one.jpg", "out.json", "out.png", "out_labels.png"]
+
+
+def test_an_image_over_pillows_limit_names_the_option_that_lifts_it(demo_module, capsys, tiny, checkpoint,
+                                                                    tmp_path, image_factory, monkeypatch):
+    """The demo's error said only that Pillow refuses the image (a possible decompression
+    bomb), and images between half the limit and the limit printed Pillow's raw warning twice;
+    --max-megapixels sets the limit."""
+    path = tmp_path / "large.png"
+    Image.fromarray(image_factory(3, 20, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels: over twice the limit
+    base = ["--config-file", tiny.config, "--input", path, "--vocab", VOCAB, "--weights", checkpoint,
+            "--device", "cpu", "--opts", *tiny.opts]
+    code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o1", *base[4:]])
+    assert code == 2
+    assert err.strip().startswith(f"error: cannot read image '{path}': Image size (600 pixels) exceeds limit of "
+                                  "200 pixels")
+    assert err.strip().endswith("for an image you trust: --max-megapixels 0 (no limit)")
+    # a limit of 1000 pixels: read, without Pillow's warning (600 is over half of it)
+    code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o2", "--max-megapixels", "0.001",
+                                                  *base[4:]])
+    assert code == 0, err
+    assert "DecompressionBombWarning" not in err
+    assert (tmp_path / "o2" / "large_overlay.png").is_file()
+    code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o3", "--max-megapixels", "-1",
+                                                  *base[4:]])
+    assert code == 2 and err.strip() == "error: --max-megapixels must be >= 0 (0: no limit), got -1.0"
