@@ -911,7 +911,7 @@ def check_weights_available(cfg) -> None:
 
 
 def build_config(config_file: Optional[str] = None, weights: Optional[str] = None, device: Optional[str] = None,
-                 opts: Optional[Sequence[str]] = None):
+                 opts: Optional[Sequence[str]] = None, opts_source: str = "the opts argument"):
     """A frozen detectron2 config for inference, with clear errors for user mistakes.
 
     ``weights`` overrides ``MODEL.WEIGHTS`` (after ``opts``): a checkpoint file, a URL or a
@@ -920,6 +920,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     (default: cuda when available, else cpu; validated with :func:`check_device`) sets
     ``MODEL.DEVICE``. Checks that the config file and a local weights file exist.
     ``MODEL.COMPILE`` auto becomes False here (interactive use; set True explicitly to compile).
+    ``opts_source`` names ``opts`` in errors (the programs pass ``"the command line"``).
     """
     from detectron2.config import get_cfg
 
@@ -933,7 +934,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
         raise CATSegError("no config file given: pass a YAML config (e.g. configs/vitb_384.yaml) or released weights")
     opts = list(opts or [])
     try:  # a missing file, YAML errors, unknown keys (naming the closest one), bad values: one line
-        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file, opts)
+        cfg = merge_config(add_cat_seg_config(get_cfg()), config_file, opts, opts_source)
     except UserError as e:
         raise CATSegError(str(e)) from None
     if weights is not None:

@@ -120,7 +120,7 @@ class SegmenterCache:
     def get(self, config_file: str, weights: Optional[str], device: Optional[str], opts: Sequence[str]):
         # the library validates config, overrides, device and a local weights file (CLI messages);
         # a released name is resolved (downloaded once) by the checkpointer when the model loads
-        cfg = build_config(config_file, weights=weights, device=device, opts=list(opts))
+        cfg = build_config(config_file, weights=weights, device=device, opts=list(opts), opts_source="the command line")
         files = (resolve_path(config_file), cfg.MODEL.WEIGHTS)
         versions = tuple(os.stat(path).st_mtime_ns if path and os.path.isfile(path) else None for path in files)
         key = (os.path.abspath(files[0]), cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE, tuple(opts), versions)
@@ -560,7 +560,8 @@ def check_startup_model(choice: str, config_file: Optional[str], weights: Option
     if choice != LOCAL_MODEL or not config_file:
         return
     config, model_weights, model_opts = model_spec(choice, config_file, weights)
-    cfg = build_config(resolve_path(config), weights=model_weights, device=device, opts=list(opts) + model_opts)
+    cfg = build_config(resolve_path(config), weights=model_weights, device=device, opts=list(opts) + model_opts,
+                       opts_source="the command line")
     if os.path.isfile(cfg.MODEL.WEIGHTS):
         problem = checkpoint_file_problem(cfg.MODEL.WEIGHTS)
         if problem:

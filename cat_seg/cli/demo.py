@@ -567,7 +567,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise CATSegError("--dense-features writes one file per image: use it with --input, "
                               "not with --video-input or --webcam")
         args.config_file = args.config_file or default_config(args.weights)
-        cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts)
+        cfg = build_config(args.config_file, weights=args.weights, device=args.device, opts=args.opts,
+                           opts_source="the command line")
         if names is None:
             names = config_vocabulary(cfg)
         if args.input:

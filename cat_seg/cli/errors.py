@@ -282,7 +282,8 @@ def check_pairs(opts: Sequence[str]) -> None:
                         f"{' '.join(opts)}{hint}")
 
 
-def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = ()):
+def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (),
+                 opts_source: str = "the command line"):
     """Merge ``config_file`` (if given; a relative path from the working folder, else the
     repository: :func:`cat_seg.utils.resolve_path`) then the ``KEY VALUE`` list ``opts``
     into ``cfg``.
@@ -295,7 +296,8 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
 
     The file is read once (:func:`_read_config_file`); its keys and values are checked before
     any is merged, and so are those of ``opts``: a mistake in the file leaves ``cfg`` as it was,
-    one in ``opts`` as the file made it.
+    one in ``opts`` as the file made it. ``opts_source`` names ``opts`` in the errors (``the
+    opts argument`` for a caller in Python).
     """
     from cat_seg.config import get_key, resolve_paths_near_config
 
@@ -313,15 +315,19 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
             raise UserError(f"bad config file {config_file!r}: {error_line(exc)}") from None
         _say_ignored_keys(_leaf_keys(values))
     check_pairs(opts)
-    check_config_keys(cfg, opts[0::2], "the command line")
+    option = next((key for key in opts[0::2] if str(key).startswith("--")), None)
+    if option is not None:  # an option given after --opts, which takes the rest of the line
+        raise UserError(f"{option!r} among the config overrides: --opts takes everything after it as KEY VALUE "
+                        "pairs, so it must come last (put the other options before it)")
+    check_config_keys(cfg, opts[0::2], opts_source)
     checked = []
     for key, value in zip(opts[0::2], opts[1::2]):
         current = get_key(cfg, key, _NOT_SET)  # not set: a deprecated key, or a new key of a node that takes them
-        checked += [key, value if current is _NOT_SET else _checked_value(key, value, current, "the command line")]
+        checked += [key, value if current is _NOT_SET else _checked_value(key, value, current, opts_source)]
     try:
         cfg.merge_from_list(checked)
     except Exception as exc:  # what the checks above leave to detectron2 (a renamed key)
-        raise UserError(f"bad config override on the command line: {error_line(exc)}") from None
+        raise UserError(f"bad config override in {opts_source}: {error_line(exc)}") from None
     _say_ignored_keys(opts[0::2])
     return cfg
 

@@ -47,6 +47,19 @@ def test_wrong_value_type_and_yaml_error_are_one_line(capsys, tmp_path):
     assert f"bad config file '{broken}'" in one_error_line(capsys)
 
 
+def test_an_option_after_opts_says_opts_comes_last():
+    """demo.py ... --opts KEY VALUE --output DIR said "unknown config key '--output' in the
+    command line; did you mean 'OUTPUT_DIR'?"."""
+    from detectron2.config import get_cfg
+
+    from cat_seg.config import add_cat_seg_config
+
+    with pytest.raises(UserError) as info:
+        merge_config(add_cat_seg_config(get_cfg()), None, ["TEST.SLIDING_WINDOW", "True", "--output", "out"])
+    assert str(info.value) == ("'--output' among the config overrides: --opts takes everything after it as KEY VALUE "
+                               "pairs, so it must come last (put the other options before it)")
+
+
 @pytest.mark.parametrize("text, held", [("", "nothing"), ("# only a comment\n", "nothing"), ("- a\n- b\n", "a YAML list")])
 def test_config_file_that_is_not_a_mapping_says_what_it_holds(capsys, tmp_path, text, held):
     """An empty config file (or a list) was detectron2's "TypeError: argument of type 'NoneType'

@@ -503,7 +503,7 @@ def test_bad_inputs_give_named_errors(segmenter, images, tmp_path, tiny):
         OpenVocabSegmenter.from_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(CATSegError, match="config file .* is a directory, expected a YAML file"):
         OpenVocabSegmenter.from_config(str(tmp_path))
-    with pytest.raises(CATSegError, match=r"unknown config key 'TEST.SLIDING_WINDOWS' in the command line; "
+    with pytest.raises(CATSegError, match=r"unknown config key 'TEST.SLIDING_WINDOWS' in the opts argument; "
                                           r"did you mean 'TEST.SLIDING_WINDOW'\?"):
         OpenVocabSegmenter.from_config(tiny.config, opts=["TEST.SLIDING_WINDOWS", "True"])
     with pytest.raises(CATSegError, match=r"CLIP_PRETRAINED='nope.json': model-config file not found"):
