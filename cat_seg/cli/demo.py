@@ -510,6 +510,9 @@ def make_output_dir(path: str) -> List[str]:
     """Create the output directory and any missing parents; returns the folders it created,
     deepest first (what :func:`remove_empty_dirs` removes after a run that wrote nothing).
     One-line :class:`CATSegError` when it cannot be created or written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CATSegError(f"--output {path!r} is a file, not a folder; give a folder (or, for one image or a video, "
+                          "a new file name with an image or video extension)")
     created, folder = [], os.path.abspath(path)
     while not os.path.exists(folder):
         created.append(folder)
@@ -602,6 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         remove_empty_dirs(created_dirs)  # leave nothing behind for a run that wrote nothing
         return print_user_error(e)
     except KeyboardInterrupt:
+        remove_empty_dirs(created_dirs)  # folders made for a run stopped before its first result
         print("interrupted", file=sys.stderr)
         return 130
     if skipped or failed:

@@ -444,3 +444,18 @@ def test_an_image_over_pillows_limit_names_the_option_that_lifts_it(demo_module,
     code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o3", "--max-megapixels", "-1",
                                                   *base[4:]])
     assert code == 2 and err.strip() == "error: --max-megapixels must be >= 0 (0: no limit), got -1.0"
+
+
+def test_ctrl_c_before_the_first_result_leaves_no_empty_folders(demo_module, capsys, tiny, checkpoint, photo_dir,
+                                                                tmp_path, monkeypatch):
+    from cat_seg.api import OpenVocabSegmenter
+
+    def interrupted(self, cfg):
+        raise KeyboardInterrupt  # while the model loads
+
+    monkeypatch.setattr(OpenVocabSegmenter, "__init__", interrupted)
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--input", photo_dir, "--output", tmp_path / "out" / "deep", "--vocab", VOCAB,
+        "--weights", checkpoint, "--device", "cpu", "--opts", *tiny.opts])
+    assert code == 130 and err.strip() == "interrupted"
+    assert not (tmp_path / "out").exists()

@@ -427,7 +427,8 @@ def test_wrapper_exit_codes(tiny, checkpoint, mixed_folder, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("case", ["device_tpu", "batch_negative", "output_under_file", "all_corrupt", "blank_class",
+@pytest.mark.parametrize("case", ["device_tpu", "batch_negative", "output_under_file", "output_is_a_file",
+                                  "all_corrupt", "blank_class",
                                   "truncated_only", "inputs_in_output", "dense_features_video"])
 def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_path, case):
     (tmp_path / "file").write_text("a regular file")
@@ -440,6 +441,7 @@ def test_cli_user_errors_exit_2(demo_module, capsys, tiny, mixed_folder, tmp_pat
         "device_tpu": ({"--device": "tpu"}, "unknown device 'tpu': available here: cpu"),
         "batch_negative": ({"--batch-size": "-1"}, "--batch-size must be >= 1, got -1"),
         "output_under_file": ({"--output": str(tmp_path / "file" / "out")}, "cannot create output directory .*file/out"),
+        "output_is_a_file": ({"--output": str(tmp_path / "file")}, "^error: --output '.*file' is a file, not a folder"),
         "all_corrupt": ({"--input": str(mixed_folder / "a_corrupt.png")}, "^error: cannot read image .*a_corrupt.png"),
         "blank_class": ({"--vocab": "cat, , dog"}, "class name at position 1 of 'cat, , dog' is blank"),
         # decoding fails while running, after the output folder (and its missing parents) was made
