@@ -15,10 +15,11 @@ no installed font has is reported as missing, so the caller can say so once.
 import functools
 import logging
 import os
-import warnings
 from typing import FrozenSet, Iterable, List, Tuple
 
 __all__ = ["font_families", "missing_glyphs_message", "missing_glyphs_warning"]
+
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)  # the default font's; a CJK font's set is megabytes: not all kept
@@ -174,14 +175,15 @@ def font_families(texts: Iterable[str]) -> Tuple[List[str], str]:
 _REPORTED_MISSING = set()
 
 
-def missing_glyphs_warning(missing: str, stacklevel: int = 2) -> None:
-    """Warn once per process about each character no installed font has (a video's frames
-    or a folder's images draw the same names again and again). Python's own once-per-place
-    rule does not hold here: the drawing's ``warnings.catch_warnings`` resets it."""
+def missing_glyphs_warning(missing: str) -> None:
+    """Log a warning once per process about each character no installed font has (a video's
+    frames or a folder's images draw the same names again and again): one line, as the
+    library's other warnings (a Python ``UserWarning`` printed the drawing code's file, line
+    and source with it)."""
     new = "".join(dict.fromkeys(c for c in missing if c not in _REPORTED_MISSING))
     if new:
         _REPORTED_MISSING.update(new)
-        warnings.warn(missing_glyphs_message(new), stacklevel=stacklevel + 1)
+        logger.warning(missing_glyphs_message(new))
 
 
 def missing_glyphs_message(missing: str) -> str:

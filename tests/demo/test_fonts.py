@@ -1,5 +1,6 @@
 """Class names in scripts the default font lacks: fallback fonts for the overlay's text
 (``cat_seg.fonts``), one warning for characters no installed font has."""
+import logging
 import os
 import unicodedata
 import warnings
@@ -29,11 +30,27 @@ def _result(names):
     return SegmentationResult(image=image, classes=names, label_map=labels, probs=torch.rand(len(names), 160, 240))
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def _draw(result):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        overlay = result.overlay()
-    return overlay, [str(w.message) for w in caught]
+    """The overlay, and the warnings of the drawing: Python warnings (matplotlib's per glyph)
+    and the log's (cat-seg's)."""
+    records = _Records()
+    logging.getLogger("cat_seg").addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            overlay = result.overlay()
+    finally:
+        logging.getLogger("cat_seg").removeHandler(records)
+    return overlay, [str(w.message) for w in caught] + records.messages
 
 
 def _shipped_font_with_extra_glyph():
