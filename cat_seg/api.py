@@ -130,7 +130,12 @@ def _check_vocabulary(classes: List[str], source: str) -> List[str]:
 def _clean_classes(parts: Sequence[str], source: str, trailing_separator: bool = False) -> List[str]:
     """Clean every entry; a blank entry is an error naming its position (label numbers must
     match the caller's list), unless every entry is blank (an empty vocabulary) or it is the
-    one left by a trailing separator of a string (``"cat; dog;"``)."""
+    one left by a trailing separator of a string (``"cat; dog;"``). An entry that is not a
+    string is an error naming its position."""
+    for position, part in enumerate(parts):
+        if not isinstance(part, str):
+            raise CATSegError(f"class names must be strings, got {type(part).__name__} {part!r} at position "
+                              f"{position} of {source}")
     cleaned = [_clean_class(p) for p in parts]
     if trailing_separator and len(cleaned) > 1 and not cleaned[-1]:
         cleaned = cleaned[:-1]
@@ -167,11 +172,6 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
         _refuse_a_file_name(vocabulary)
         return _parse_vocabulary_string(vocabulary, repr(vocabulary))
     if isinstance(vocabulary, (list, tuple)):
-        for position, part in enumerate(vocabulary):
-            if not isinstance(part, str):
-                raise CATSegError(
-                    f"class names must be strings, got {type(part).__name__} {part!r} at position {position}"
-                )
         return _clean_classes(list(vocabulary), "the class list")
     if vocabulary is None:
         raise CATSegError("empty vocabulary: give at least one class name")
@@ -243,7 +243,7 @@ def read_vocabulary_file(path: str) -> List[str]:
     except (OSError, ValueError) as e:  # the messages name the file
         raise CATSegError(str(e)) from None
     if is_json:
-        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        if not isinstance(data, list):
             raise CATSegError(f"{key} {path!r}: expected a JSON array of class-name strings")
         return _clean_classes(data, f"file {path}")
     return parse_vocabulary_text(text, f"file {path}")

@@ -96,6 +96,11 @@ def test_demo_vocabulary_file_reads_like_the_class_jsons(tmp_path):
     with pytest.raises(CATSegError) as info:
         read_vocabulary_file(str(null))
     assert str(info.value) == f"vocabulary file '{null}': expected a JSON array of class-name strings"
+    mixed = tmp_path / "mixed.json"  # the entry that is no string is named
+    mixed.write_text('["red striped", 3]')
+    with pytest.raises(CATSegError) as info:
+        read_vocabulary_file(str(mixed))
+    assert str(info.value) == f"class names must be strings, got int 3 at position 1 of file {mixed}"
 
 
 # ----------------------------------------------------------------------------- atomic writes
