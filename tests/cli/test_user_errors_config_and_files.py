@@ -101,6 +101,11 @@ def test_demo_vocabulary_file_reads_like_the_class_jsons(tmp_path):
     with pytest.raises(CATSegError) as info:
         read_vocabulary_file(str(mixed))
     assert str(info.value) == f"class names must be strings, got int 3 at position 1 of file {mixed}"
+    from cat_seg.api import parse_vocabulary
+
+    with pytest.raises(CATSegError) as info:
+        parse_vocabulary(["sky", None])
+    assert str(info.value) == "class names must be strings, got NoneType None at position 1 of the class list"
 
 
 # ----------------------------------------------------------------------------- atomic writes
