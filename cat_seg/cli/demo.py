@@ -402,7 +402,7 @@ def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str]
     counts: Counter = Counter()
     stems = output_stems(files)
     step = max(args.batch_size, 1)
-    decoded = 0
+    decoded = saved = 0
     with tqdm(total=len(files), unit="img", disable=True if len(files) < 2 else None) as bar:
         for start in range(0, len(files), step):
             chunk, arrays = [], []
@@ -421,11 +421,14 @@ def run_images(seg: OpenVocabSegmenter, args, files: List[str], names: List[str]
             for path, result in results:
                 if args.output:
                     save_image_outputs(result, path, stems[path], args, seg, names)
+                    saved += 1
                 elif not show(result.overlay(), 0):
                     return
                 bar.update(1)
     if not decoded:
         raise unreadable_error(skipped)
+    if saved:  # also where no progress bar is shown (output not to a terminal)
+        print(f"wrote the results of {saved} image(s) to {output_folder(args.output)}", flush=True)
 
 
 def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):

@@ -49,6 +49,8 @@ def test_cli_on_a_folder(tiny, checkpoint, segmenter, photo_dir, tmp_path):
     ]
     proc = subprocess.run(command, cwd=tiny.repo, capture_output=True, text=True, env=tiny.env, timeout=1800)
     assert proc.returncode == 0, proc.stderr
+    # said also where no progress bar is (the output is not a terminal here)
+    assert proc.stdout.strip().splitlines()[-1] == f"wrote the results of 3 image(s) to {out}"
     inputs = {"a/x": photo_dir / "a" / "x.png", "b/x": photo_dir / "b" / "x.png", "top": photo_dir / "top.jpg"}
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     expected = sorted(f"{stem}{suffix}" for stem in inputs for suffix in ("_overlay.png", "_labels.png", ".json", "_features.npz"))
