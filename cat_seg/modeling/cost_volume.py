@@ -62,7 +62,7 @@ def select_top_classes(
         The kept classes are in descending score order; the order does not matter downstream
         (class aggregation is permutation-equivariant and results are scattered back).
     """
-    batch, _, num_classes = cost_volume.shape[:3]
+    batch = cost_volume.shape[0]
     scores = cost_volume.amax(dim=(1, 3, 4))  # [B, T]
     indices = scores.topk(k, dim=1).indices
     text = F.normalize(expand_text(text_embeddings, batch), dim=-1)
