@@ -40,8 +40,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.errors import DatasetFileError
-from ..data.datasets.label_check import form_problem, unreadable, value_problem
-from ..data.image_io import read_label_file
+from ..data.dataset_mappers.semantic_mapper import read_dataset_label
+from ..data.datasets.label_check import value_problem
 from ..utils import atomic_write
 
 __all__ = ["SemSegEvaluator", "VOCbEvaluator", "build_evaluator", "load_sem_seg_gt"]
@@ -80,14 +80,7 @@ def load_sem_seg_gt(file_name: str, dtype=np.int64) -> np.ndarray:
     an EXIF orientation tag like its image), with the same errors: a file that does not decode
     (a truncated one, too) is refused rather than scored with what a lenient decoder makes of it.
     """
-    try:
-        array = read_label_file(PathManager.get_local_path(file_name))
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetFileError(unreadable(file_name, e)) from e
-    problem = form_problem(file_name, array)
-    if problem:
-        raise DatasetFileError(problem)
-    return np.array(array, dtype=dtype)
+    return np.array(read_dataset_label(PathManager.get_local_path(file_name)), dtype=dtype)
 
 
 class SemSegEvaluator(_D2SemSegEvaluator):

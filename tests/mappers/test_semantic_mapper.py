@@ -310,8 +310,8 @@ def test_a_colour_coded_label_is_told_to_be_converted_and_a_grey_one_saved_as_rg
         dict(record, sem_seg_file_name=str(tmp_path / "grey_rgb.png")))["sem_seg"], grey)
     Image.fromarray(np.stack([label, label // 2, label], axis=2)).save(tmp_path / "rgb.png")
     record["sem_seg_file_name"] = str(tmp_path / "rgb.png")
-    with pytest.raises(DatasetFileError, match=r"rgb.png: not single-channel \(shape \(50, 70, 3\); class index per "
-                                               r"pixel expected\) \(a colour-coded mask: convert each colour"):
+    with pytest.raises(DatasetFileError, match=r"rgb.png: not single-channel \(shape \(50, 70, 3\)\), a class index per "
+                                               r"pixel expected \(a colour-coded mask: convert each colour"):
         MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))
 
 
