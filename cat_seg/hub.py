@@ -20,7 +20,6 @@ checkpoint that lacks any model tensor; so a released name needs no separate CLI
 OpenAI's CLIP before the checkpoint replaces it.
 """
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Dict, List, Optional
 
 from .api import CATSegError
 from .checkpoint.errors import CheckpointError
-from .utils import error_line, resolve_path
+from .utils import error_line, file_digest, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -226,14 +225,6 @@ def hub_cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check(entry: ReleasedWeights, path: str, fresh: bool):
     """Size always (cheap), sha256 after a fresh download (the cache blob is then trusted)."""
     if entry.size is not None and os.path.getsize(path) != entry.size:
@@ -242,7 +233,7 @@ def _check(entry: ReleasedWeights, path: str, fresh: bool):
             f"delete it and run again to download {entry.url} anew"
         )
     if fresh and entry.sha256 is not None:
-        actual = _sha256(path)
+        actual = file_digest(path, "sha256")
         if actual != entry.sha256.lower():
             raise WeightsUnavailableError(
                 f"{entry.name}: sha256 of {path} is {actual}, expected {entry.sha256}; "

@@ -26,6 +26,16 @@ def show_keys(keys: Sequence[str], limit: int = 5) -> str:
     return text
 
 
+def file_digest(path, algorithm: str, block_size: int = 1 << 22) -> str:
+    """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in blocks (``hashlib.file_digest``
+    needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_path(path: str) -> str:
     """``path`` as given if it exists, else relative to the repository root if it exists there.
 

@@ -11,7 +11,6 @@
   option calls.
 """
 import errno
-import hashlib
 import http.client
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Iterable, Optional
 from tqdm import tqdm
 
 from .catalog import ARCHIVES, Archive, get_archive  # noqa: F401  (the download table)
+from ..utils import file_digest
 from .datasets.errors import DownloadError, PrepareError
 
 
@@ -68,14 +68,6 @@ def how_to_get(key: str, root) -> str:
 
 class _Restart(Exception):
     """The server cannot resume: start the transfer again from byte 0."""
-
-
-def _md5(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _total_from_content_range(value: Optional[str]) -> Optional[int]:
@@ -154,7 +146,7 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
         if size is not None and dest.stat().st_size != size:
             raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, expected {size}; "
                                 f"delete it and rerun")
-        actual = _md5(dest) if md5 is not None else None
+        actual = file_digest(dest, "md5") if md5 is not None else None
         if actual is not None and actual != md5.lower():
             raise DownloadError(f"{dest}: MD5 {actual} differs from the expected {md5}; delete it and "
                                 f"rerun to download it again")
@@ -196,7 +188,7 @@ def download(url: str, dest, *, md5: Optional[str] = None, size: Optional[int] =
         part.unlink()
         raise DownloadError(f"{url}: got {have} bytes, expected {size}; rerun to download again")
     if md5 is not None:
-        actual = _md5(part)
+        actual = file_digest(part, "md5")
         if actual != md5.lower():
             part.unlink()
             raise DownloadError(f"{url}: MD5 {actual} differs from the expected {md5}; the "
