@@ -67,29 +67,12 @@ def make_image(height: int, width: int):
     return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
-def _status_gb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_case(case: dict) -> dict:
     """Build the model, then time one segmentation (and the overlay) with peak memory."""
     import torch
 
     from cat_seg import OpenVocabSegmenter
+    from cat_seg.cli.benchmark import PeakMemory
 
     config, opts = CONFIGS[case["config"]]
     opts = opts + ["TEST.SLIDING_WINDOW", str(case["sliding"])] + case["opts"]
@@ -98,22 +81,24 @@ def run_case(case: dict) -> dict:
     image = make_image(case["height"], case["width"])
     out = dict(config=case["config"], classes=len(names), height=case["height"], width=case["width"],
                sliding=case["sliding"], threads=torch.get_num_threads())
-    baseline = _status_gb("VmRSS")
+    memory = PeakMemory(torch.device("cpu"))  # the benchmark tool's: the process's RSS and its peak
+    baseline = memory.current() / 2**30
     out["baseline_rss_gb"] = round(baseline, 3)
-    out["peak_reset"] = _reset_peak()
+    memory.reset()
+    out["peak_reset"] = memory.kind == "cpu_peak_rss"
     start = time.perf_counter()
     result = seg(image, names)
     out["segment_s"] = round(time.perf_counter() - start, 2)
-    out["segment_peak_beyond_gb"] = round(_status_gb("VmHWM") - baseline, 3)
+    out["segment_peak_beyond_gb"] = round(memory.peak() / 2**30 - baseline, 3)
     if case["overlay"]:
         import detectron2.utils.visualizer  # noqa: F401  (a one-off import, not part of the drawing time)
 
-        baseline = _status_gb("VmRSS")
-        _reset_peak()
+        baseline = memory.current() / 2**30
+        memory.reset()
         start = time.perf_counter()
         overlay = result.overlay()
         out["overlay_s"] = round(time.perf_counter() - start, 2)
-        out["overlay_peak_beyond_gb"] = round(_status_gb("VmHWM") - baseline, 3)
+        out["overlay_peak_beyond_gb"] = round(memory.peak() / 2**30 - baseline, 3)
         out["overlay_size"] = list(overlay.shape[:2])
     return out
 
