@@ -214,7 +214,10 @@ class ClassAggregation(nn.Module):
         return x + update.permute(0, 2, 3, 1).reshape(b, t, h, w, d)
 
     def update(self, z: torch.Tensor, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        """The layer's update ``[B, T, L, D]`` of the class sequences ``z [B, T, L, D]`` (guidance ``[B, T, 1, G]``)."""
+        """What the layer adds to the class sequences ``z [B, T, L, D]`` (guidance ``[B, T, 1, G]``):
+        ``[B, T, L, D]``, the attention and MLP branches; with ``residual_quirk`` (the official
+        layer) it also holds ``z`` once more, so the layer's output ``z + update`` counts the
+        input twice."""
         t = z.shape[1]
         count = self.pad_len - t if t < self.pad_len else 0
         token = token_guidance = None

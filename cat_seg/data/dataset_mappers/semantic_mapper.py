@@ -161,7 +161,7 @@ class MaskFormerSemanticDatasetMapper:
         Args:
             is_train: must be True (this mapper is for training only).
             augmentations: applied to the image and label together.
-            image_format: format for ``detection_utils.read_image`` ("RGB" or "BGR").
+            image_format: channel order of the image read (:func:`read_dataset_image`: "RGB" or "BGR").
             ignore_label: label value of ignored pixels, used for crop and label padding.
             size_divisibility: pad to a multiple of this; <= 0 disables padding.
             num_classes: the training vocabulary's size: a label value that is neither a class
