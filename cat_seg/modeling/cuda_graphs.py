@@ -26,6 +26,13 @@ The captured callable must be capturable: no host synchronisation (``.item()``, 
 in Python control flow, ``nonzero``), no shapes that depend on values, and no CPU->GPU copies
 after its first calls (lazily built constants must be cached on the device by then; the
 capture runs ``warmup`` eager calls first, on a side stream, as torch requires).
+
+Why not torch's own: ``torch.cuda.make_graphed_callables`` captures one fixed signature and
+the backward too (it needs ``requires_grad`` inputs and replays whatever shapes it was given),
+while the per-view forward meets several signatures (vocabulary sizes, the last smaller batch
+of an evaluation) and is inference only; ``torch.compile(mode="reduce-overhead")`` graphs
+only what it compiles and re-records on every new shape, and the model's compile covers the
+aggregator, not the CLIP towers and the cost volume that one graph here replays with it.
 """
 from collections import OrderedDict
 from typing import Callable, Hashable, Optional
