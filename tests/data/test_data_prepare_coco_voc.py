@@ -40,8 +40,11 @@ def test_coco_stuff_split_option_and_range_check(tmp_path, raw):
                                            r"range \(0..181 or 255\): 182"):
         coco_stuff.main(["--root", str(tmp_path), *OPTS, "--split", "val2017"])
     with pytest.raises(PrepareError, match="missing folder .*coco-stuff/annotations/train2017.*"
-                                           "stuffthingmaps_trainval2017.zip"):
+                                           r"stuffthingmaps_trainval2017.zip.* \(needed for split train2017; to "
+                                           r"prepare the other without it: --split val2017\)$"):
         coco_stuff.main(["--root", str(tmp_path), *OPTS])
+    with pytest.raises(PrepareError, match=r"stuffthingmaps_trainval2017.zip .*, or rerun with --download$"):
+        coco_stuff.main(["--root", str(tmp_path), *OPTS, "--split", "train2017"])  # asked for: no hint
 
 
 def test_voc_20_and_20b(tmp_path, raw):

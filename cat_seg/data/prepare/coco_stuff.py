@@ -64,6 +64,19 @@ def split_tasks(root: Path, split: str) -> List[Task]:
     return tasks
 
 
+def _split_step(args, root: Path, split: str) -> List[Task]:
+    """:func:`split_tasks`; when its raw data is missing and no ``--split`` was given (both are
+    prepared), the error also says how to prepare the other split without it."""
+    try:
+        return split_tasks(root, split)
+    except PrepareError as exc:
+        if args.split:
+            raise
+        other = next(s for s in SPLITS if s != split)
+        raise PrepareError(f"{exc} (needed for split {split}; to prepare the other without it: --split {other})") \
+            from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = cli.build_parser("Prepare COCO-Stuff 171 labels (train2017 and val2017) for "
                               "detectron2.")
@@ -73,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = cli.root_of(args)
     splits = [s for s in SPLITS if s in set(args.split or SPLITS)]
     cli.fetch_if_asked(args, [LABEL_ARCHIVE] + [IMAGE_ARCHIVES[s] for s in splits])
-    plans = [(split, split_tasks(root, split)) for split in splits]
+    plans = [(split, _split_step(args, root, split)) for split in splits]
     for split, tasks in plans:
         layout = SPLITS[split]
         run_tasks(f"COCO-Stuff {split}", tasks, convert, num_classes=layout.num_classes,
