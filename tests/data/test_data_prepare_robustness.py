@@ -162,7 +162,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_completes(tmp_path, raw):
 
 
 # Ctrl-C as a terminal sends it: SIGINT to the process group (the script and its workers),
-# once the 3rd output is finished
+# once 3 outputs are finished
 INTERRUPTING_DRIVER = """
 import multiprocessing, os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run may ignore it
@@ -171,7 +171,12 @@ from cat_seg.data.prepare import io as prepare_io
 atomic_write = prepare_io.atomic_write
 def interrupting_atomic_write(path, write, mode="wb", durable=True):
     result = atomic_write(path, write, mode, durable)
-    if sum(not name.startswith(".") for name in os.listdir(os.path.dirname(os.path.abspath(path)))) == 3:
+    folder = os.path.dirname(os.path.abspath(path))
+    if sum(not name.startswith(".") for name in os.listdir(folder)) >= 3:
+        try:  # once, by the first worker that gets here (two may finish their 3rd and 4th together)
+            os.close(os.open(os.path.join(os.path.dirname(folder), "interrupted"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return result
         os.killpg(0, signal.SIGINT)
     return result
 prepare_io.atomic_write = interrupting_atomic_write
@@ -188,6 +193,9 @@ def test_ctrl_c_with_workers_is_one_line_without_worker_tracebacks(tmp_path, raw
         cwd=raw.REPO, start_new_session=True, capture_output=True, text=True, timeout=1800)  # hang guard only
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert proc.stderr == "interrupted: finished files are kept; rerun the same command to resume\n"
+    # a worker stopped mid-write may leave its temporary file (never a partial file under a
+    # final name): the rerun removes it and completes
+    assert prepare(tmp_path, "--workers", "1") == 0
     assert not [name for name in os.listdir(tmp_path / OUT) if name.endswith(".tmp")]
 
 
