@@ -32,7 +32,6 @@ AUTO_TEST_BATCH = {"cuda": 8}
 EVAL_OUTPUT_REQUEST = OutputRequest(probabilities=False, labels=True)
 
 
-
 def _no_buffer_sync() -> dict:
     """The ``DistributedDataParallel`` argument that skips syncing buffers before each forward
     (the model's buffers are constants: pixel statistics, the decoder's taps, the text
@@ -42,6 +41,7 @@ def _no_buffer_sync() -> dict:
     if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
 
 class DataSeed:
     """The seed of the training data stream, saved in checkpoints so ``--resume`` reuses it."""
