@@ -125,7 +125,8 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         self._compute_boundary_iou = False
         self._seen_classes = getattr(meta, "seen_classes", None)
         self._unseen_classes = getattr(meta, "unseen_classes", None)
-        self._expected_gt = None  # (file, [H, W]) of the image being processed
+        self._expected_gt = None  # [H, W] of the prediction of the image being processed
+        self._image_file = None  # that image
         super().reset()
         self._reset_counts()
 
@@ -166,7 +167,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         if self._expected_gt is not None and gt.shape != self._expected_gt:
             raise DatasetFileError(
                 f"prediction of shape {self._expected_gt} does not match GT {file_name} "
-                f"of shape {gt.shape} (a label map must have its image's size)"
+                f"of shape {gt.shape} (a label map must have its image's size; the image: {self._image_file})"
             )
         return gt.astype(dtype, copy=False)
 
@@ -232,11 +233,11 @@ class SemSegEvaluator(_D2SemSegEvaluator):
                 )
             labels = self.predicted_labels(output)
             # one image per call so that _load_gt can check the GT size against this one
-            self._expected_gt = tuple(labels.shape)
+            self._expected_gt, self._image_file = tuple(labels.shape), file_name
             try:
                 super().process([input], [{"sem_seg": _ArgmaxIs(labels)}])
             finally:
-                self._expected_gt = None
+                self._expected_gt = self._image_file = None
                 self.input_file_to_gt_file = gt_files
             self._num_images += 1
         now = time.perf_counter()

@@ -326,7 +326,7 @@ def test_errors_name_the_file(make_dataset, tmp_path):
     with pytest.raises(ValueError, match=re.escape(records[0]["sem_seg_file_name"]) + ": cannot be read"):
         run(SemSegEvaluator(name), records, [np.array([[0, 1]])], 3)
     name2, records2 = make_dataset([GT0], ["a", "b", "c"])
-    with pytest.raises(ValueError, match="does not match GT"):
+    with pytest.raises(ValueError, match="does not match GT .*; the image: " + re.escape(records2[0]["file_name"])):
         run(SemSegEvaluator(name2), records2, [np.zeros((3, 4), dtype=np.int64)], 3)
 
 
