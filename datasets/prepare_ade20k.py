@@ -7,7 +7,11 @@ downloads, the resulting layout and the expected file counts. The conversion its
 """
 import sys
 
-from cat_seg.data.prepare.cli import main
+try:
+    from cat_seg.data.prepare.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load (torch: seconds): nothing was started
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main(["ade20k", *sys.argv[1:]]))

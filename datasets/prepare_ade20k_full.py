@@ -7,7 +7,11 @@ downloads, the resulting layout and the expected file counts.
 """
 import sys
 
-from cat_seg.data.prepare.cli import run_official_script
+try:
+    from cat_seg.data.prepare.cli import run_official_script
+except KeyboardInterrupt:  # Ctrl-C while the libraries load (torch: seconds): nothing was started
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(run_official_script("prepare_ade20k_full.py"))

@@ -7,7 +7,11 @@ Files go to ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``);
 """
 import sys
 
-from cat_seg.data.prepare.cli import main
+try:
+    from cat_seg.data.prepare.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load (torch: seconds): nothing was started
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main(["synthetic", *sys.argv[1:]]))

@@ -4,6 +4,7 @@ it, checked before anything else; ``prepare_ade20k_150.py --help`` says what it 
 
 The real scripts' runs are made in one process (``PREPARE_SCRIPT_RUNS``, the
 ``prepare_script_runs`` fixture of tests/data/conftest.py)."""
+import os
 import re
 from pathlib import Path
 
@@ -176,3 +177,18 @@ def test_data_one_folder_off_is_found_and_no_download_is_advised(tmp_path, capsy
     with pytest.raises(DatasetNotFoundError, match=re.escape(
             f"; {own} is the dataset's own folder: the root is the folder that holds it, {root}")):
         load_sem_seg_files("ade20k_150_test_sem_seg", str(own / layout.label_dir), str(own / layout.image_dir))
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "datasets").glob("prepare_*.py")))
+def test_ctrl_c_while_the_libraries_load_is_one_line(script, tmp_path):
+    """Ctrl-C in the seconds a script spends importing torch printed an import traceback; a
+    cat_seg whose import is interrupted stands in for it here."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "cat_seg"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    proc = subprocess.run([sys.executable, str(REPO / "datasets" / script), "--help"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=600)  # hang guard
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
