@@ -564,8 +564,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.max_megapixels is not None:
             if not args.max_megapixels >= 0:  # NaN too
                 raise CATSegError(f"--max-megapixels must be >= 0 (0: no limit), got {args.max_megapixels}")
-            # this program's images: Pillow's limit (a process-wide setting) is the user's to set here
-            Image.MAX_IMAGE_PIXELS = int(args.max_megapixels * 1e6) or None
+            # this program's images: Pillow's limit (a process-wide setting) is the user's to set
+            # here; Pillow refuses images over twice MAX_IMAGE_PIXELS (and warns above it)
+            Image.MAX_IMAGE_PIXELS = int(args.max_megapixels * 1e6 / 2) or None
         # Pillow warns (a raw two-line warning, per read) between half its limit and the limit,
         # where it refuses: the limit is the guard, and the user's to raise
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -437,6 +437,10 @@ def test_an_image_over_pillows_limit_names_the_option_that_lifts_it(demo_module,
     assert err.strip().startswith(f"error: cannot read image '{path}': Image size (600 pixels) exceeds limit of "
                                   "200 pixels")
     assert err.strip().endswith("for an image you trust: --max-megapixels 0 (no limit)")
+    # a limit of 500 pixels: refused, the limit named as given
+    code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o4", "--max-megapixels", "0.0005",
+                                                  *base[4:]])
+    assert code == 2 and "Image size (600 pixels) exceeds limit of 500 pixels" in err
     # a limit of 1000 pixels: read, without Pillow's warning (600 is over half of it)
     code, _, err = run_main(demo_module, capsys, [*base[:4], "--output", tmp_path / "o2", "--max-megapixels", "0.001",
                                                   *base[4:]])
