@@ -426,6 +426,14 @@ def check_resume(cfg) -> None:
         raise UserError(f"--resume: {problem}; point last_checkpoint at an earlier checkpoint of the run, or delete "
                         "it to start from MODEL.WEIGHTS")
     check_weights_fit(cfg, path, "--resume")
+    if not path.endswith(".pkl"):  # a detectron2 .pkl is weights only: the trainer's own check refuses it
+        import torch
+
+        loaded = torch.load(path, map_location="meta", weights_only=True)  # readable: checked above
+        if isinstance(loaded, dict) and "iteration" not in loaded:
+            raise UserError(f"--resume: {path} holds no training state (not a checkpoint of a cat-seg run: an "
+                            "official or converted release, or a bare state dict); train from its weights with "
+                            "MODEL.WEIGHTS <file> without --resume, in another OUTPUT_DIR")
 
 
 def check_unread_keys(cfg) -> None:

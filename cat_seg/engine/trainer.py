@@ -228,7 +228,17 @@ class Trainer(DefaultTrainer):
         """Load ``MODEL.WEIGHTS`` or resume; then position the data stream at ``start_iter``.
         Temporary files of checkpoint saves a killed run left in ``OUTPUT_DIR`` are removed."""
         self.checkpointer.remove_interrupted_saves()
-        super().resume_or_load(resume=resume)
+        # detectron2's DefaultTrainer.resume_or_load, with the state of a training run required
+        # to resume (a file without it, e.g. an official release, started "at iteration 1")
+        loaded = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            if "iteration" not in loaded:
+                raise CheckpointError(
+                    f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()}) "
+                    "holds no training state (not a checkpoint of a cat-seg run: an official or converted release, "
+                    "or a bare state dict); train from its weights with MODEL.WEIGHTS <file> without --resume, "
+                    "in another OUTPUT_DIR")
+            self.start_iter = self.iter + 1
         # the seed that decides the data stream (SEED, or drawn when SEED < 0; restored on --resume)
         logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")
         if self.start_iter >= self.max_iter:

@@ -231,3 +231,40 @@ def test_on_several_machines_every_process_takes_rank_0s_seed_before_config_yaml
     assert run(rank=0, resume=True) == -1
     count = len(gathered)
     assert run(rank=0, machines=1) == -1 and len(gathered) == count  # one machine: chosen before the launch
+
+
+RESUME_IN_PROCESS = """
+import sys
+from detectron2.config import get_cfg
+import cat_seg.data  # registers the datasets
+from cat_seg.checkpoint import CheckpointError
+from cat_seg.cli.errors import merge_config
+from cat_seg.config import add_cat_seg_config
+from cat_seg.engine.trainer import Trainer
+
+cfg = merge_config(add_cat_seg_config(get_cfg()), sys.argv[1], sys.argv[2:])
+try:
+    Trainer(cfg).resume_or_load(resume=True)
+except CheckpointError as e:
+    print(e)
+"""
+
+
+def test_the_trainer_does_not_resume_from_a_file_without_training_state(tiny_benchmark, tmp_path):
+    """A last_checkpoint naming weights only (an official release, a bare state dict) was resumed
+    "from iteration 1": detectron2 adds 1 to an iteration the file does not have. train_net
+    refuses it before launching; the trainer itself does too (for scripts of one's own)."""
+    import sys
+
+    from engine_helpers import TINY_CONFIG
+
+    out = tmp_path / "run"
+    opts = train_opts(tiny_benchmark, str(out), **{"SOLVER.MAX_ITER": 2, "DATASETS.TEST": "()"})
+    run_train_net(tiny_benchmark, *opts)  # a run, then its final checkpoint made weights-only
+    final = torch.load(out / "model_final.pth", weights_only=False)
+    torch.save({"model": final["model"]}, out / "model_final.pth")
+    proc = subprocess.run([sys.executable, "-c", RESUME_IN_PROCESS, TINY_CONFIG, *opts], env=run_env(tiny_benchmark),
+                          capture_output=True, text=True, timeout=1800)  # hang guard only
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith(
+        f"--resume: the checkpoint in {out} ({out / 'model_final.pth'}) holds no training state")
