@@ -125,6 +125,24 @@ def check_state_dict_fits(
     return new
 
 
+def check_exact_keys(checkpoint: Mapping[str, Any], source: str) -> None:
+    """A :class:`CheckpointFormatError` for a loaded ``.pkl`` that detectron2 marks as
+    model-zoo weights to match by name heuristics (``matching_heuristics``); a CAT-Seg
+    checkpoint's keys are matched exactly."""
+    if not checkpoint.get("matching_heuristics", False):
+        return
+    fix = "save {'model': state_dict} with torch.save as a .pth"
+    if checkpoint.get("__author__") == "Caffe2":  # what detectron2 makes of a .pkl without "__author__"
+        raise CheckpointFormatError(
+            f"{source}: a .pkl without an '__author__' entry, which detectron2 reads as model-zoo weights matched "
+            f"by name heuristics; CAT-Seg checkpoints are matched exactly: {fix}, or add '__author__' to the "
+            "pickled dict")
+    raise CheckpointFormatError(
+        f"{source}: a .pkl with 'matching_heuristics': True (detectron2 model-zoo weights matched by name "
+        f"heuristics); CAT-Seg checkpoints are matched exactly: {fix}, or set 'matching_heuristics' to False in "
+        "the pickled dict")
+
+
 def model_state_of(checkpoint: Mapping[str, Any], source: str, to_tensors=None):
     """The model state dict of a loaded checkpoint, in our layout: ``(state, report, ignored)``.
 
@@ -133,14 +151,7 @@ def model_state_of(checkpoint: Mapping[str, Any], source: str, to_tensors=None):
     prefix of a DDP save is dropped). ``to_tensors`` (detectron2's in-place numpy -> tensor
     conversion of a ``.pkl``) is applied first. Raises :class:`CheckpointFormatError` for
     anything else."""
-    if checkpoint.get("matching_heuristics", False):
-        # detectron2 reads a .pkl without "__author__" as Caffe2 model-zoo weights, whose keys it
-        # matches by name heuristics; a CAT-Seg checkpoint's keys are matched exactly
-        raise CheckpointFormatError(
-            f"{source}: a .pkl without an '__author__' entry, which detectron2 reads as model-zoo weights matched "
-            "by name heuristics; CAT-Seg checkpoints are matched exactly: save {'model': state_dict} with "
-            "torch.save as a .pth, or add '__author__' to the pickled dict"
-        )
+    check_exact_keys(checkpoint, source)
     state = checkpoint.get("model")
     if not isinstance(state, Mapping) or not state:
         raise CheckpointFormatError(f"{source}: 'model' is not a non-empty state dict")

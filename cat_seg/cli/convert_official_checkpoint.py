@@ -4,7 +4,7 @@
     python tools/convert_official_checkpoint.py IN.pth OUT.pth ...   # the same
 
 IN is an official checkpoint (``model_base.pth`` / ``model_large.pth``: a detectron2
-``{"model": ...}`` file or a bare state dict); OUT gets ``{"model": converted,
+``{"model": ...}`` file or a bare state dict, or a detectron2 ``.pkl`` of it); OUT gets ``{"model": converted,
 "__author__": ..., "matching_heuristics": False}`` in our layout (written atomically). An
 existing OUT is an error unless ``--force`` is given: swapped arguments (``model.pth
 configs/vitb_384.yaml``) or a mistyped name must not destroy a config or another checkpoint.
@@ -59,6 +59,31 @@ def _model_of_config(config_file: str):
     return model
 
 
+def _read_source(src: str):
+    """The checkpoint ``src`` as ``MODEL.WEIGHTS`` reads it: a torch file, or a detectron2
+    ``.pkl`` (numpy arrays, made tensors); a released name or a URL is refused with what to do
+    (the converter reads local official files)."""
+    if not os.path.exists(src):
+        from cat_seg.hub import get_released
+
+        if get_released(src) is not None:
+            raise CheckpointFormatError(f"{src} is a released cat-seg checkpoint, already in cat-seg's layout: nothing "
+                                        f"to convert (MODEL.WEIGHTS {src} loads it)")
+        if "://" in src:
+            raise CheckpointFormatError(f"the converter reads local files: download {src} first")
+    if not src.endswith(".pkl"):
+        return read_checkpoint(src)
+    from cat_seg.checkpoint.catseg_checkpointer import CATSegCheckpointer, check_exact_keys
+
+    checkpointer = CATSegCheckpointer(torch.nn.Module())
+    loaded = checkpointer._load_file(src)  # detectron2's reading of a .pkl, one-line errors
+    check_exact_keys(loaded, src)
+    if isinstance(loaded.get("model"), dict):
+        loaded = {**loaded, "model": dict(loaded["model"])}
+        checkpointer._convert_ndarray_to_tensor(loaded["model"])
+    return loaded
+
+
 def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = False, force: bool = False) -> str:
     """Convert ``src`` to ``dst``; returns the report text. Raises :class:`CheckpointError`,
     also for an existing ``dst`` unless ``force`` (checked before ``src`` is read)."""
@@ -70,7 +95,7 @@ def convert_file(src: str, dst: str, config_file: str = "", verbose: bool = Fals
     if os.path.lexists(dst) and not force:
         raise CheckpointFormatError(f"OUT.pth {dst!r} already exists; expected a new file path "
                                     f"(--force replaces it)")
-    state, extras = unwrap_checkpoint(read_checkpoint(src), src)
+    state, extras = unwrap_checkpoint(_read_source(src), src)
     converted, report = convert_official_state_dict(state)
     if report.layout == OURS:
         raise CheckpointFormatError(f"{src} is already in the cat-seg layout: nothing to convert")

@@ -212,6 +212,10 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
     new head). ``download``: a released name not yet cached is downloaded here (once for all
     of ``eval.sh``'s benchmarks) and checked too."""
     if resume and has_run(cfg):
+        if eval_only and cfg.MODEL.WEIGHTS:  # detectron2's rule, which a user giving both may not expect
+            # printed: the checks run before logging is set up
+            print(f"--eval-only --resume: the run's last checkpoint in {cfg.OUTPUT_DIR} is evaluated; MODEL.WEIGHTS "
+                  f"{cfg.MODEL.WEIGHTS!r} is not used (without --resume it is)", flush=True)
         return
     weights = cfg.MODEL.WEIGHTS
     if not weights:

@@ -98,6 +98,8 @@ def _bad_inputs(tmp_path, official_tiny):
         (ours, "already in the cat-seg layout"),
         (extra, "1 unknown official key(s): sem_seg_head.predictor.foo"),
         (not_state, "holds a list, not a checkpoint dict"),
+        ("catseg-vitb", "catseg-vitb is a released cat-seg checkpoint, already in cat-seg's layout: nothing to convert"),
+        ("https://example.com/model_base.pth", "the converter reads local files: download https://example.com/"),
     ]
 
 
@@ -115,3 +117,26 @@ def test_bad_input_one_line_error_exit_2(tool, official_tiny, tmp_path, capsys):
     assert code == 2 and err == (f"error: OUT.pth '{out_dir}' is a directory; expected a file path "
                                  f"(e.g. {out_dir / 'model_converted.pth'})\n")
     assert os.listdir(out_dir) == []
+
+
+def test_a_detectron2_pkl_converts_as_the_pth(tool, official_tiny, official_tiny_file, tmp_path, capsys):
+    """MODEL.WEIGHTS reads a detectron2 .pkl of numpy arrays; the converter said it was "neither a
+    torch.save zip archive nor a pickle of tensors"."""
+    import pickle
+
+    arrays = {key: value.numpy() for key, value in official_tiny.items()}
+    authored = tmp_path / "official.pkl"
+    authored.write_bytes(pickle.dumps({"model": arrays, "__author__": "me"}))
+    assert tool.main([str(authored), str(tmp_path / "from_pkl.pth")]) == 0
+    assert tool.main([official_tiny_file, str(tmp_path / "from_pth.pth")]) == 0
+    capsys.readouterr()
+    from_pkl = torch.load(tmp_path / "from_pkl.pth", weights_only=True)["model"]
+    from_pth = torch.load(tmp_path / "from_pth.pth", weights_only=True)["model"]
+    assert from_pkl.keys() == from_pth.keys() and all(torch.equal(from_pkl[k], from_pth[k]) for k in from_pth)
+    zoo = tmp_path / "zoo.pkl"  # detectron2's model-zoo marking: keys matched by heuristics
+    zoo.write_bytes(pickle.dumps({"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}))
+    assert tool.main([str(zoo), str(tmp_path / "zoo.pth")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {zoo}: a .pkl with 'matching_heuristics': True (detectron2 model-zoo weights matched by name "
+        "heuristics); CAT-Seg checkpoints are matched exactly: save {'model': state_dict} with torch.save as a .pth, "
+        "or set 'matching_heuristics' to False in the pickled dict")

@@ -353,6 +353,10 @@ def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line_before_the_run(
     torch.save({**torch.load(tiny_checkpoint, weights_only=True), "iteration": 9}, out / "model_0000009.pth")
     assert train_net.main(base) == 2  # the checkpoint fits: the next check (no training data) speaks
     assert one_error_line(capsys).startswith("error: DATASETS.TRAIN is empty")
+    # --eval-only --resume evaluates the run's checkpoint (detectron2's rule): a MODEL.WEIGHTS given too is named
+    train_net.main(["--eval-only", *base, "MODEL.WEIGHTS", tiny_checkpoint])
+    assert (f"--eval-only --resume: the run's last checkpoint in {out} is evaluated; MODEL.WEIGHTS "
+            f"{tiny_checkpoint!r} is not used (without --resume it is)") in capsys.readouterr().out
 
 
 def test_a_previous_run_without_resume_is_warned_about(capsys, caplog, tmp_path, synthetic_registered):
