@@ -7,8 +7,8 @@
 #           (a session has 15 minutes of device time, the machine's start included: one such
 #           call; the steps run in order of importance until TIME_LIMIT)
 #
-# Step bf16_agreement_cuda also needs the toy run's checkpoint and val split (make demo here),
-# carried beside the wheels (about 11 MB):
+# Steps bf16_agreement_cuda, toy_eval and toy_eval_graphs also need the toy run's checkpoint
+# and val split (make demo here), carried beside the wheels (about 11 MB):
 #   carry=[".gpu_wheels", "output/toy/model_final.pth", "datasets/synthetic_val.json",
 #          "datasets/synthetic/synthetic_info.json", "datasets/synthetic/images/val",
 #          "datasets/synthetic/annotations/val"]
@@ -29,7 +29,7 @@
 #   TIME_LIMIT   seconds for everything (default 530: one device command may run 600)
 #   WHEELS       carried wheels (default .gpu_wheels; absent: use the installed packages)
 #   PYTHON       default python3
-#   DEVICE       cuda (default) | cpu
+#   DEVICE       cuda (default; cpu with SMOKE=1) | cpu
 #   SMOKE=1      tiny CPU config, 1 iteration, no compile/CUDA graphs/ViT-L (tests the script)
 #   DRY_RUN=1    print the steps, run nothing
 #   ONLY="a b"   run only these steps (names as in steps.tsv)
@@ -43,14 +43,25 @@ OUT=${OUT:-/tmp/gpu_benchmark_out}
 TIME_LIMIT=${TIME_LIMIT:-530}
 WHEELS=${WHEELS:-.gpu_wheels}
 PYTHON=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-0}
+DEVICE=${DEVICE:-$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)}
 DRY_RUN=${DRY_RUN:-0}
 ONLY=${ONLY:-}
 TOY_DIR=${TOY_DIR:-output/toy}
 PRECOMPILE_LIMIT=${PRECOMPILE_LIMIT:-300}
 if [ -z "${PRECOMPILE:-}" ]; then
   PRECOMPILE=0; [ "$DEVICE" = cuda ] && [ "$SMOKE" != 1 ] && PRECOMPILE=1
+fi
+# ONLY's names are checked against the steps (a dry run of this script lists them): a
+# misspelt name would otherwise run nothing and spend a device call on an empty table
+if [ -n "$ONLY" ] && [ "$DRY_RUN" != 1 ]; then
+  known=$(DRY_RUN=1 ONLY= SMOKE="$SMOKE" DEVICE="$DEVICE" bash "$0" | sed -n 's/^\([A-Za-z0-9_]*\): .*/\1/p')
+  for name in $ONLY; do
+    if ! grep -qx "$name" <<< "$known"; then
+      echo "error: ONLY: unknown step '$name'; the steps: $(echo $known)" >&2
+      exit 2
+    fi
+  done
 fi
 start=$(date +%s)
 deadline=$((start + TIME_LIMIT))
@@ -101,6 +112,7 @@ BENCH="$PYTHON tools/benchmark.py --device $DEVICE"
 # Inference is measured with CUDA graphs (the speed setting, as runs 2 and 3 measured it; the
 # default TEST.CUDA_GRAPHS is False until the compiled + graphed replay test passes).
 GRAPHS="--cuda-graphs"
+[ "$SMOKE" = 1 ] && GRAPHS=""  # the smoke run: no CUDA graphs (as the header says)
 # The main steps' arguments (without the iteration counts), for both their precompilation
 # and their measurement.
 declare -A ARGS=(
@@ -121,6 +133,7 @@ has_time() {
   left=$((deadline - $(date +%s)))
   [ "$left" -ge "$2" ] && return 0
   printf '%s\tskipped (%ss left)\t0\n' "$1" "$left" >> "$OUT/steps.tsv"
+  echo "$1: skipped ($left s left, $2 needed)"
   return 1
 }
 finished() {

@@ -245,6 +245,14 @@ def stub_python(tmp_path):
     return stub
 
 
+def test_gpu_script_refuses_a_misspelt_step_before_running_anything(tmp_path):
+    """ONLY="vitb_infer_15" ran no step and exited 0: a device call spent on an empty table."""
+    proc = run_gpu_script(tmp_path, SMOKE="0", DEVICE="cuda", ONLY="cuda_tests vitb_infer_15")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ONLY: unknown step 'vitb_infer_15'; the steps: ")
+    assert " vitb_infer_150 " in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_gpu_script_toy_eval_is_skipped_without_the_toy_checkpoint(tmp_path):
     stub = stub_python(tmp_path)
     proc = run_gpu_script(tmp_path, SMOKE="0", ONLY="toy_eval", TOY_DIR=str(tmp_path / "no-toy"), PYTHON=str(stub))
