@@ -5,7 +5,7 @@ line::
 
     {"config": "tiny", "classes": 1000, "height": 4000, "width": 6000, "sliding": false,
      "threads": 16, "baseline_rss_gb": ..., "segment_s": ..., "segment_peak_beyond_gb": ...,
-     "overlay_s": ..., "overlay_peak_beyond_gb": ..., "overlay_size": [h, w]}
+     "peak_reset": true, "overlay_s": ..., "overlay_peak_beyond_gb": ..., "overlay_size": [h, w]}
 
 ``baseline_rss_gb`` is the resident memory once the model is built and the image is in memory;
 ``overlay_s`` leaves out the one-off import of detectron2's visualizer (about 1-2 s).
@@ -103,8 +103,31 @@ def run_case(case: dict) -> dict:
     return out
 
 
+def _checked_arguments(args):
+    """``(width, height)`` of ``--size``, after checking the arguments every case would take:
+    a :class:`UserError` for a bad size, class count or config override."""
+    from detectron2.config import get_cfg
+
+    from cat_seg.cli.errors import UserError, merge_config
+    from cat_seg.config import add_cat_seg_config
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 6000x4000") from None
+    if width < 1 or height < 1:
+        raise UserError(f"--size {args.size!r}: expected a positive width and height")
+    bad = [n for n in args.classes if n < 1]
+    if bad:
+        raise UserError(f"--classes {bad[0]}: expected a positive number of classes")
+    for config in args.config:  # the overrides as each case merges them
+        config_file, opts = CONFIGS[config]
+        merge_config(add_cat_seg_config(get_cfg()), os.path.join(REPO, config_file), opts + list(args.opts))
+    return width, height
+
+
 def main(argv=None) -> int:
-    from cat_seg.cli.errors import ArgumentParser
+    from cat_seg.cli.errors import ArgumentParser, UserError, print_user_error
 
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", default=["tiny"], choices=sorted(CONFIGS))
@@ -120,10 +143,9 @@ def main(argv=None) -> int:
         print(json.dumps(run_case(json.loads(args.case))), flush=True)
         return 0
     try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 6000x4000", file=sys.stderr)
-        return 2
+        width, height = _checked_arguments(args)
+    except UserError as e:  # before the cases: one line, not a traceback per case
+        return print_user_error(e)
     failed = 0
     for config in args.config:
         for classes in args.classes:

@@ -45,7 +45,7 @@ first call, compilation included), ``cpu_median_s`` (process CPU seconds, CPU on
 Count records (``--count``, see :mod:`cat_seg.cli.work_count` for exactly what is counted)
 add ``totals`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written``, ``ops``,
 ``bytes_storage``, ``views``, ``flops_flop_counter``: the counter's own total, equal to
-``flops``), ``groups`` (the same per module group: ``clip_image``,
+``flops``), ``groups`` (``flops``, ``bytes``, ``bytes_read``, ``bytes_written`` and ``ops`` per module group: ``clip_image``,
 ``clip_text``, ``cost_volume``, ``guidance``, ``spatial_blocks``, ``class_blocks``,
 ``decoder``, ``pre_post_processing``, ``optimizer``, ``other``, ``outside_model``),
 ``phases`` (forward / backward / optimizer), ``top_ops``, ``saved_activations`` (training: bytes saved
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "MODEL.COMPILE, which compiles the aggregator, should cover it)")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="TEST.CUDA_GRAPHS True/False (inference; default: the config's)")
-    parser.add_argument("--class-chunk-size", type=int, default=None, help="TEST.CLASS_CHUNK_SIZE (0 = off)")
+    parser.add_argument("--class-chunk-size", type=int, default=None, help="TEST.CLASS_CHUNK_SIZE (-1 = auto, 0 = off; default: the config's)")
     parser.add_argument("--checkpoint-activations", action=argparse.BooleanOptionalAction, default=None,
                         help="MODEL.CHECKPOINT_ACTIVATIONS on/off (default: the config's)")
     parser.add_argument("--exact", action="store_true",
@@ -566,6 +566,13 @@ def _main(args) -> int:
         raise UserError(f"--device {args.device_resolved!r}: expected cpu, cuda or cuda:N")
     if args.profile < 0:
         raise UserError(f"--profile {args.profile}: expected a number of rows (0 = no profile)")
+    if args.profile_out and not args.profile:
+        raise UserError(f"--profile-out {args.profile_out}: it writes the profile of --profile ROWS, which is not given")
+    if args.count and args.profile:
+        raise UserError("--count and --profile are separate measurements: drop one")
+    if args.count and args.iters != build_parser().get_default("iters"):
+        raise UserError(f"--count counts one step: drop --iters {args.iters} (--warmup sets the uncounted steps "
+                        "before it)")
     if args.profile_out:  # checked now, not after the measurement it would lose
         folder = os.path.dirname(os.path.abspath(args.profile_out))
         if not os.path.isdir(folder) or os.path.isdir(args.profile_out):

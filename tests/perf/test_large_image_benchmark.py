@@ -23,3 +23,20 @@ def test_tiny_cases_print_records():
         assert (record["height"], record["width"]) == (240, 320)
         assert record["segment_s"] > 0 and record["segment_peak_beyond_gb"] >= 0
     assert records[0]["overlay_size"] == [240, 320] and "overlay_s" not in records[1]
+
+
+def test_bad_arguments_are_one_line_before_any_case(capsys):
+    """A bad size, class count or override was found by each case's subprocess, which printed a
+    traceback and an error record per case; --size's line lacked the 'error:' of the others."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("large_image_benchmark", REPO / "tools" / "large_image_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for argv, message in ((["--size", "abc"], "error: --size 'abc': expected WIDTHxHEIGHT, e.g. 6000x4000"),
+                          (["--size", "0x400"], "error: --size '0x400': expected a positive width and height"),
+                          (["--classes", "4", "0"], "error: --classes 0: expected a positive number of classes"),
+                          (["--opts", "FOO.BAR", "1"], "error: unknown config key 'FOO.BAR' in the command line")):
+        assert module.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(message) and captured.err.count("\n") == 1 and not captured.out
