@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
-from ..utils import last_traceback_error
+from ..utils import error_line, last_traceback_error
 from .errors import UserError, closest_name, merge_config, one_line_argument_errors, run_main
 from .ports import listen_problem
 
@@ -233,6 +233,16 @@ def check_weights(cfg, resume: bool, eval_only: bool = True, download: bool = Fa
     if cached:
         check_weights_fit(cfg, cached)
         return
+    if "://" in weights:  # a URL detectron2's PathManager fetches: fetched now (cached for the run), once
+        from detectron2.utils.file_io import PathManager
+
+        try:
+            local = PathManager.get_local_path(weights)
+        except Exception as e:  # iopath's handlers raise many types for a URL they cannot fetch
+            raise UserError(f"MODEL.WEIGHTS {weights}: cannot fetch it ({error_line(e, limit=200)}); download it and "
+                            "give the file") from None
+        check_weights_fit(cfg, local)
+        return
     if weights_file_missing(weights):
         expected = ("a checkpoint file (.pth/.pkl) for --eval-only" if eval_only else
                     "a checkpoint file to start training from (or empty: CLIP weights and a new head)")
@@ -309,8 +319,6 @@ def check_datasets(cfg, eval_only: bool) -> Dict[str, list]:
     Returns each one's records (loaded once: the loader's warnings are said once)."""
     import cat_seg.data  # noqa: F401  (registers the datasets)
     from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from cat_seg.utils import error_line
 
     if eval_only and not cfg.DATASETS.TEST:
         raise UserError("--eval-only with DATASETS.TEST empty has nothing to evaluate: give the datasets, e.g. "

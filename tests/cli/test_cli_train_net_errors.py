@@ -797,3 +797,20 @@ def test_a_clip_weights_file_is_checked_before_the_run(capsys, tmp_path, tiny_mo
     assert one_error_line(capsys).startswith(
         f"error: MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: CLIP weights {other_clip} do not fit the model: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_url_that_cannot_be_fetched_is_one_line_before_the_run(capsys, tmp_path):
+    """A URL in MODEL.WEIGHTS was left to the checkpointer: after the set-up (eval.sh: once per
+    benchmark), with iopath's progress bar and messages; it is fetched (and cached) once, first."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/model_base.pth"
+    assert train_net.main(["--config-file", TINY, "--check-only", "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"),
+                           "MODEL.WEIGHTS", url, "DATASETS.TEST", "('synthetic_val_sem_seg',)"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after iopath's progress bar of the attempt
+    assert line.startswith(f"error: MODEL.WEIGHTS {url}: cannot fetch it (") and line.endswith(
+        "); download it and give the file")
+    assert not (tmp_path / "o").exists()
