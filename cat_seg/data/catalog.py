@@ -189,6 +189,9 @@ class SemSegLayout:
     archives: Tuple[str, ...] = ()  # ARCHIVES keys the split is prepared from
     benchmark: Optional[str] = None  # short key of an evaluation benchmark ("ade150", ...)
     title: str = ""  # human-readable benchmark name
+    # made by cat-seg's generator (cat_seg.data.synthetic), whose record of a generation gives
+    # the split's size and its seen / unseen classes (instead of expected_count)
+    generated: bool = False
 
     @property
     def prepare_command(self) -> str:
@@ -270,11 +273,11 @@ LAYOUTS = (
         benchmark="pc459", title="PASCAL Context-459"),
     SemSegLayout(
         "synthetic_train_sem_seg", "synthetic/images/train", "synthetic/annotations/train", "jpg",
-        "png", "synthetic_train", 12, 255, "sem_seg", "synthetic"),
+        "png", "synthetic_train", 12, 255, "sem_seg", "synthetic", generated=True),
     SemSegLayout(
         "synthetic_val_sem_seg", "synthetic/images/val", "synthetic/annotations/val", "jpg",
         "png", "synthetic_val", 16, 255, "sem_seg", "synthetic",
-        benchmark="synthetic", title="Synthetic toy (val)"),
+        benchmark="synthetic", title="Synthetic toy (val)", generated=True),
 )
 # fmt: on
 

@@ -271,6 +271,14 @@ def _complete(root: Path, config: SyntheticConfig) -> bool:
     return True
 
 
+def split_metadata(layout) -> dict:
+    """The seen / unseen class indices of the split ``layout`` (:data:`TRAIN`: all seen;
+    :data:`VAL`: the training classes are seen), as the evaluator's metadata."""
+    if layout is TRAIN:
+        return {"seen_classes": list(range(layout.num_classes)), "unseen_classes": []}
+    return {"seen_classes": seen_class_indices(), "unseen_classes": unseen_class_indices()}
+
+
 def generated_split_size(layout, root=None, given_root: Optional[str] = None) -> int:
     """Images of the split ``layout`` (:data:`TRAIN` or :data:`VAL`) that the generation in
     ``root`` made, from its record (written last, removed first by :func:`generate_synthetic`).

@@ -21,17 +21,14 @@ logger = logging.getLogger(__name__)
 
 def _extra_metadata(layout: SemSegLayout) -> dict:
     """Metadata keys that only some benchmarks have."""
-    if layout.class_key == "coco":
+    if layout.class_key == "coco":  # detectron2's COCO-Stuff metadata: predictions in COCO's ids
         return {"stuff_dataset_id_to_contiguous_id": raw_id_to_label("coco")}
     if layout.evaluator_type == "sem_seg_background":
         return {"background_class": layout.num_classes - 1}
-    if layout.class_key == "synthetic_val":
+    if layout.generated:
         from .. import synthetic
 
-        return {"seen_classes": synthetic.seen_class_indices(),
-                "unseen_classes": synthetic.unseen_class_indices()}
-    if layout.class_key == "synthetic_train":
-        return {"seen_classes": list(range(layout.num_classes)), "unseen_classes": []}
+        return synthetic.split_metadata(layout)
     return {}
 
 
@@ -41,7 +38,7 @@ def _load_split(layout: SemSegLayout, root, given_root: Optional[str]) -> List[d
     its generator recorded (:func:`cat_seg.data.synthetic.generated_split_size`, which refuses
     a generation that did not finish)."""
     expected = layout.expected_count
-    if layout.class_key in ("synthetic_train", "synthetic_val"):
+    if layout.generated:
         from .. import synthetic
 
         expected = synthetic.generated_split_size(layout, root, given_root)
