@@ -366,6 +366,24 @@ def _nearest_resize(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
+def _keep_texts_inside(output) -> None:
+    """Move the class names detectron2 wrote on the segments of ``output`` (a ``VisImage``) so
+    that each lies inside the image: it centres a name on its segment, so a segment at an edge
+    had its name cut off there. A name wider or taller than the image is aligned with its left
+    or top edge."""
+    figure_width, figure_height = output.fig.canvas.get_width_height()
+    renderer = output.fig.canvas.get_renderer()
+    to_data = output.ax.transData.inverted()
+    for text in output.ax.texts:
+        box = text.get_window_extent(renderer)  # display pixels, y upwards
+        shift_x = -box.x0 if box.x0 < 0 or box.width > figure_width else min(0.0, figure_width - box.x1)
+        shift_y = (figure_height - box.y1 if box.y1 > figure_height or box.height > figure_height
+                   else max(0.0, -box.y0))
+        if shift_x or shift_y:
+            anchor = output.ax.transData.transform(text.get_position())
+            text.set_position(tuple(to_data.transform((anchor[0] + shift_x, anchor[1] + shift_y))))
+
+
 @dataclass
 class SegmentationResult:
     """Segmentation of one image.
@@ -538,6 +556,10 @@ class SegmentationResult:
         if families:  # names with glyphs the default font lacks (e.g. CJK): fallback fonts
             for text in output.ax.texts:
                 text.set_fontfamily(families)
+        with warnings.catch_warnings():  # (measures the texts: a drawing)
+            if missing:
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            _keep_texts_inside(output)
         with warnings.catch_warnings():
             if missing:  # one warning below instead of matplotlib's per glyph and drawing
                 warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)

@@ -524,3 +524,31 @@ def test_an_image_over_pillows_size_limit_says_how_to_lift_it(tmp_path, monkeypa
         load_image(str(path))
     assert str(info.value).endswith("for an image you trust, lift the limit in Python with "
                                     "PIL.Image.MAX_IMAGE_PIXELS = None before segmenting it")
+
+
+def test_class_names_at_an_edge_are_drawn_inside_the_image(monkeypatch):
+    """detectron2 centres a name on its segment: a segment at the image's edge had its name cut
+    off there ("class 10" on a strip at the right edge of a 300x20 image)."""
+    import cat_seg.api as api
+
+    height, width = 20, 300
+    labels = np.zeros((height, width), np.int32)
+    labels[:, 280:] = 1
+    result = SegmentationResult(image=np.full((height, width, 3), 100, np.uint8), classes=["sky", "class 10"],
+                                label_map=labels, probs=torch.rand(2, height, width))
+    boxes = []
+    keep_inside = api._keep_texts_inside
+
+    def recording(output):
+        keep_inside(output)
+        renderer = output.fig.canvas.get_renderer()
+        boxes.extend((t.get_text(), t.get_window_extent(renderer)) for t in output.ax.texts)
+        boxes.append(("figure", output.fig.canvas.get_width_height()))
+
+    monkeypatch.setattr(api, "_keep_texts_inside", recording)
+    result.overlay(legend=False)
+    figure_width, figure_height = boxes.pop()[1]
+    assert {name for name, _ in boxes} == {"sky", "class 10"}
+    for name, box in boxes:
+        assert -0.5 <= box.x0 and box.x1 <= figure_width + 0.5, (name, box)
+        assert -0.5 <= box.y0 and box.y1 <= figure_height + 0.5, (name, box)
