@@ -26,6 +26,7 @@ import csv
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from typing import Dict, Optional
@@ -39,7 +40,7 @@ from detectron2.evaluation import SemSegEvaluator as _D2SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..data.datasets.errors import DatasetFileError
+from ..data.datasets.errors import DatasetError, DatasetFileError
 from ..data.dataset_mappers.semantic_mapper import read_dataset_label
 from ..data.datasets.label_check import value_problem
 from ..utils import atomic_write
@@ -112,9 +113,9 @@ class SemSegEvaluator(_D2SemSegEvaluator):
                 ``per_class_iou.csv`` are written there.
         """
         meta = MetadataCatalog.get(dataset_name)
-        for key in ("stuff_classes", "ignore_label"):
-            if not hasattr(meta, key):
-                raise ValueError(f"metadata of dataset {dataset_name!r} has no {key!r}")
+        problem = metadata_problem(dataset_name)
+        if problem:
+            raise DatasetError(problem)
         super().__init__(
             dataset_name, distributed=distributed, output_dir=output_dir,
             sem_seg_loading_fn=self._load_gt,
@@ -280,12 +281,7 @@ class SemSegEvaluator(_D2SemSegEvaluator):
         iou = np.array([res[f"IoU-{name}"] for name in self._class_names], dtype=np.float64)
         out = {}
         for split, indexes in (("seen", self._seen_classes), ("unseen", self._unseen_classes)):
-            indexes = np.asarray(list(indexes), dtype=np.int64)
-            if indexes.size and (indexes.min() < 0 or indexes.max() >= self._num_classes):
-                raise ValueError(
-                    f"metadata {split}_classes of {self._dataset_name!r} has an index outside "
-                    f"0..{self._num_classes - 1}"
-                )
+            indexes = np.asarray(list(indexes), dtype=np.int64)  # checked by metadata_problem
             values = iou[indexes][~np.isnan(iou[indexes])]
             out[f"mIoU-{split}"] = float(values.mean()) if values.size else float("nan")
         seen, unseen = out["mIoU-seen"], out["mIoU-unseen"]
@@ -406,13 +402,44 @@ def evaluator_type_of(dataset_name: str) -> str:
     return getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None) or "sem_seg"
 
 
-def evaluator_problem(dataset_name: str) -> Optional[str]:
-    """Why cat-seg has no evaluator for ``dataset_name`` (one line), or None."""
-    evaluator_type = evaluator_type_of(dataset_name)
-    if evaluator_type in _EVALUATORS:
+def metadata_problem(dataset_name: str) -> Optional[str]:
+    """What the evaluator's metadata of ``dataset_name`` lacks or has wrong (one line), or None:
+    ``stuff_classes`` (a non-empty list of names), ``ignore_label`` (an integer), and where
+    given ``seen_classes`` / ``unseen_classes`` (both, lists of class indexes, disjoint)."""
+    meta = MetadataCatalog.get(dataset_name)
+    where = f"metadata of dataset {dataset_name!r}"
+    classes = getattr(meta, "stuff_classes", None)
+    if not classes or isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        return (f"{where}: stuff_classes is {classes!r}; expected the list of class names (MetadataCatalog.get(name)"
+                ".set(stuff_classes=[...]), or register with cat_seg.data.datasets.register_sem_seg_folder)")
+    ignore = getattr(meta, "ignore_label", None)
+    if isinstance(ignore, bool) or not isinstance(ignore, numbers.Integral):
+        return f"{where}: ignore_label is {ignore!r}; expected the integer label value of ignored pixels (e.g. 255)"
+    seen, unseen = getattr(meta, "seen_classes", None), getattr(meta, "unseen_classes", None)
+    if (seen is None) != (unseen is None):
+        return f"{where}: seen_classes and unseen_classes go together; only one is set"
+    if seen is None:
         return None
-    return (f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r} "
-            f"(supported: {', '.join(sorted(_EVALUATORS))})")
+    for split, indexes in (("seen_classes", seen), ("unseen_classes", unseen)):
+        if isinstance(indexes, str) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                               and 0 <= i < len(classes) for i in indexes):
+            return (f"{where}: {split} is {indexes!r}; expected a list of class indexes 0..{len(classes) - 1} "
+                    "(positions in stuff_classes, not names)")
+    both = sorted(set(seen) & set(unseen))
+    if both:
+        return f"{where}: class(es) {both} are in both seen_classes and unseen_classes"
+    return None
+
+
+def evaluator_problem(dataset_name: str) -> Optional[str]:
+    """Why cat-seg cannot evaluate ``dataset_name`` (one line), or None: no evaluator for its
+    ``evaluator_type``, or its metadata lacks what the evaluator reads
+    (:func:`metadata_problem`)."""
+    evaluator_type = evaluator_type_of(dataset_name)
+    if evaluator_type not in _EVALUATORS:
+        return (f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r} "
+                f"(supported: {', '.join(sorted(_EVALUATORS))})")
+    return metadata_problem(dataset_name)
 
 
 def build_evaluator(

@@ -569,3 +569,28 @@ def test_a_truncated_label_is_refused_not_scored(make_dataset):
         load_sem_seg_gt(path)
     with pytest.raises(ValueError, match=re.escape(path) + ": cannot be read"):
         run(SemSegEvaluator(name), records, [gt], 3)
+
+
+def test_metadata_the_evaluator_reads_is_checked_with_one_line(make_dataset):
+    """A dataset registered with detectron2's DatasetCatalog and incomplete metadata passed the
+    checks before a run and failed after the whole inference: no ignore_label, class names as
+    seen_classes, an index outside the classes; overlapping seen / unseen lists went unseen."""
+    from cat_seg.data.datasets import DatasetError
+    from cat_seg.evaluation import evaluator_problem
+
+    cases = [
+        ({"ignore_label": None}, "ignore_label is None; expected the integer label value of ignored pixels (e.g. 255)"),
+        ({"seen_classes": ["a"], "unseen_classes": [1]},
+         "seen_classes is ['a']; expected a list of class indexes 0..2 (positions in stuff_classes, not names)"),
+        ({"seen_classes": [0], "unseen_classes": [7]}, "unseen_classes is [7]; expected a list of class indexes 0..2"),
+        ({"seen_classes": [0, 1], "unseen_classes": [1, 2]}, "class(es) [1] are in both seen_classes and unseen_classes"),
+        ({"seen_classes": [0]}, "seen_classes and unseen_classes go together; only one is set"),
+    ]
+    for meta, message in cases:
+        ignore = meta.pop("ignore_label", 255)
+        name, _ = make_dataset([GT0], ["a", "b", "c"], ignore_label=ignore, **meta)
+        assert evaluator_problem(name).startswith(f"metadata of dataset {name!r}: {message}")
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            SemSegEvaluator(name)
+    name, _ = make_dataset([GT0], ["a", "b", "c"], seen_classes=[0, 1], unseen_classes=[2])
+    assert evaluator_problem(name) is None
