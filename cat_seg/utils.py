@@ -63,7 +63,9 @@ def resolve_vocabulary_path(path: str, key: str = "class json") -> str:
     try:
         return str(vocabulary_path(path))
     except KeyError as e:
-        raise FileNotFoundError(f"{key} {path!r} not found, and it names no packaged vocabulary ({e.args[0]})") from None
+        where = "" if os.path.isabs(path) else f" (relative to the working folder {os.getcwd()})"
+        raise FileNotFoundError(f"{key} {path!r} not found{where}, and it names no packaged vocabulary "
+                                f"({e.args[0]})") from None
 
 
 def read_vocabulary_text(path: str, key: str = "class json") -> Tuple[str, str]:
@@ -105,8 +107,20 @@ def read_class_json(path: str, key: str = "class json") -> List[str]:
     file, text = read_vocabulary_text(path, key)
     names = parse_json_text(text, file, key)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"{key} {file!r}: expected a non-empty JSON array of non-empty class-name strings")
+        if not isinstance(names, list):
+            found = f"a JSON {_JSON_KINDS.get(type(names), type(names).__name__)}"
+        elif not names:
+            found = "an empty array"
+        else:
+            position = next(i for i, n in enumerate(names) if not (isinstance(n, str) and n.strip()))
+            found = f"{names[position]!r} at position {position}"
+        raise ValueError(f"{key} {file!r}: expected a non-empty JSON array of non-empty class-name strings, got "
+                         f"{found}")
     return names
+
+
+# what json.loads returns, by the JSON kind's name
+_JSON_KINDS = {dict: "object", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def same_device(a, b) -> bool:

@@ -58,8 +58,10 @@ def test_class_json_with_a_byte_order_mark_is_read(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [
     ("[\"cat\", ", "not valid JSON (Expecting value: line 1 column 9 (char 8))"),
-    ("{\"classes\": [\"cat\"]}", "expected a non-empty JSON array of non-empty class-name strings"),
-    ("[\"cat\", \" \"]", "expected a non-empty JSON array of non-empty class-name strings"),
+    ("{\"classes\": [\"cat\"]}", "expected a non-empty JSON array of non-empty class-name strings, got a JSON object"),
+    ("[\"cat\", \" \"]", "expected a non-empty JSON array of non-empty class-name strings, got ' ' at position 1"),
+    ("[]", "expected a non-empty JSON array of non-empty class-name strings, got an empty array"),
+    ("\"cat\"", "expected a non-empty JSON array of non-empty class-name strings, got a JSON string"),
 ])
 def test_class_json_errors_name_key_and_file(tmp_path, text, problem):
     path = tmp_path / "classes.json"

@@ -1,6 +1,7 @@
 """The catalog: packaged vocabularies (counts, known entries), raw label ids, layouts,
 benchmarks and downloads, and that every cat_seg.data module imports on its own."""
 import json
+import os
 import pkgutil
 import re
 import subprocess
@@ -97,9 +98,11 @@ def test_unknown_key_and_config_style_names():
 def test_a_missing_file_of_ones_own_never_reads_a_packaged_list(tmp_path):
     """data/mine/pc59.json (a mistyped path of one's own) read the packaged 59 classes
     silently; only a bare name or datasets/<name>.json names a packaged list."""
-    for path in (str(tmp_path / "voc20.json"), "data/mine/pc59.json"):
-        with pytest.raises(FileNotFoundError, match=f"class json '{re.escape(path)}' not found, and it names no "
-                                                    r"packaged vocabulary \(only a name or datasets/<name>\.json"):
+    for path, where in ((str(tmp_path / "voc20.json"), ""),
+                        ("data/mine/pc59.json", f" (relative to the working folder {os.getcwd()})")):
+        with pytest.raises(FileNotFoundError, match=f"class json '{re.escape(path)}' not found{re.escape(where)}, and "
+                                                    r"it names no packaged vocabulary \(only a name or "
+                                                    r"datasets/<name>\.json"):
             read_class_json(path)
 
 

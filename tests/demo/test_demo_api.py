@@ -412,7 +412,8 @@ def test_vocabulary_file_names_a_packaged_vocabulary(tmp_path, monkeypatch):
     assert read_vocabulary_file("pc59.json")[:2] == ["aeroplane", "bag"]
     (tmp_path / "pc59.json").write_text(json.dumps(["mine"]))
     assert read_vocabulary_file("pc59.json") == ["mine"]
-    with pytest.raises(CATSegError, match="vocabulary file 'nope.txt' not found, and it names no packaged"):
+    with pytest.raises(CATSegError, match=r"vocabulary file 'nope.txt' not found \(relative to the working folder "
+                                          r".*\), and it names no packaged"):
         read_vocabulary_file("nope.txt")
 
 

@@ -2,6 +2,7 @@
 runs ``train_net`` (docs/datasets.md, "Your own dataset"): two launched processes train on it
 and evaluate on it."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -54,7 +55,12 @@ def test_registration_errors_are_one_line(tmp_path, caplog):
     twice = tmp_path / "twice.json"
     twice.write_text(json.dumps(["cat", "dog", "Cat "]))
     cases = [
-        ({"class_json": str(tmp_path / "no_such.json")}, r"^dataset 'mine': .*no_such\.json.* not found"),
+        # the file named once (it was "class json '...': class json '...': ...")
+        ({"class_json": str(tmp_path / "no_such.json")},
+         rf"^dataset 'mine': class json '{re.escape(str(tmp_path / 'no_such.json'))}' not found, and it names no "),
+        ({"class_json": str(classes), "image_ext": None},
+         r"^dataset 'mine': image_ext=None; expected a file extension \(\"png\"\) or a list of them"),
+        ({"class_json": str(classes), "label_ext": ""}, r"^dataset 'mine': label_ext=''; expected a file extension"),
         ({"class_json": str(twice)}, r"^dataset 'mine': .*twice\.json lists 'Cat ' twice \(classes 0 and 2, compared "
                                      r"without case and extra spaces\)"),
         ({"class_json": str(classes), "ignore_label": 1}, r"^dataset 'mine': ignore_label=1 is the index of class 'dog' "),
@@ -72,6 +78,10 @@ def test_registration_errors_are_one_line(tmp_path, caplog):
             DatasetCatalog.get("mine")
         # a folder of the user's: no $DETECTRON2_DATASETS or prepare-script hint
         assert str(info.value) == f"dataset 'mine': folder {tmp_path / 'images'} not found"
+        register_sem_seg_folder("mine", classes, tmp_path, str(classes))  # a file for the image folder
+        with pytest.raises(DatasetNotFoundError) as info:
+            DatasetCatalog.get("mine")
+        assert str(info.value) == f"dataset 'mine': {classes} is a file, not a folder of images"
         synonyms = tmp_path / "synonyms.json"
         synonyms.write_text(json.dumps(["car, auto", "grass", "car"]))
         register_sem_seg_folder("mine", tmp_path, tmp_path, str(synonyms))

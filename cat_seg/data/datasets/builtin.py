@@ -98,6 +98,8 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
         if name in catalog:
             catalog.remove(name)
     try:
+        for what, ext in (("image_ext", image_ext), ("label_ext", label_ext)):
+            _check_extensions(name, what, ext)
         classes = _own_classes(name, class_json, ignore_label)
     except DatasetError as problem:
         DatasetCatalog.register(name, functools.partial(_raise, problem))
@@ -112,6 +114,16 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
     return name
 
 
+def _check_extensions(name: str, what: str, ext) -> None:
+    """``image_ext`` / ``label_ext`` of :func:`register_sem_seg_folder`: a non-empty extension
+    or a non-empty list of them, else :class:`DatasetError` naming it."""
+    names = [ext] if isinstance(ext, str) else ext
+    if not isinstance(names, (list, tuple)) or not names or not all(
+            isinstance(n, str) and n.strip(". ") for n in names):
+        raise DatasetError(f"dataset '{name}': {what}={ext!r}; expected a file extension (\"png\") or a list of them "
+                           "([\"jpg\", \"png\"])")
+
+
 def _raise(error: Exception):
     raise error
 
@@ -122,9 +134,12 @@ def _own_classes(name: str, class_json: str, ignore_label: int) -> List[str]:
     from ...utils import read_class_json
 
     try:
-        classes = read_class_json(class_json)
-    except (OSError, ValueError, TypeError) as exc:  # TypeError: not a path at all (None)
-        raise DatasetError(f"dataset '{name}': class json {class_json!r}: {exc}") from None
+        classes = read_class_json(class_json, key=f"dataset '{name}': class json")  # its errors name the file
+    except (OSError, ValueError) as exc:
+        raise DatasetError(str(exc)) from None
+    except TypeError:  # not a path at all (None)
+        raise DatasetError(f"dataset '{name}': class json {class_json!r}: expected the path of a JSON array of "
+                           "class names") from None
     if isinstance(ignore_label, bool) or not isinstance(ignore_label, numbers.Integral):
         raise DatasetError(f"dataset '{name}': ignore_label={ignore_label!r}; expected an integer label value "
                            f"outside 0..{len(classes) - 1} (255)")

@@ -130,6 +130,9 @@ def load_sem_seg_files(
     scores on part of a benchmark (an interrupted preparation, deleted files) do not compare
     with published ones."""
     for folder in (image_root, gt_root):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise _not_found(dataset_name, f"{folder} is a file, not a folder of "
+                             f"{'images' if folder == image_root else 'label maps'}", prepare_command, dataset_root)
         if not os.path.isdir(folder):
             where = "" if os.path.isabs(folder) else f" (relative to the working folder {os.getcwd()})"
             root = dataset_root if dataset_root is not None else os.environ.get(ENV_VAR, "datasets")
