@@ -300,6 +300,16 @@ def test_labels_below_zero_are_named(tmp_path):
         mapper(dict(record))
 
 
+def test_a_label_of_another_size_than_its_image_is_said_as_check_labels_says_it(tmp_path):
+    _, label, record = random_sample(tmp_path)
+    Image.fromarray(label[:40]).save(tmp_path / "short.png")
+    record["sem_seg_file_name"] = str(tmp_path / "short.png")
+    with pytest.raises(DatasetFileError) as info:
+        MaskFormerSemanticDatasetMapper(make_cfg(50))(dict(record))
+    assert str(info.value) == (f"label map {tmp_path / 'short.png'}: size 40x70 (HxW), its image "
+                               f"{record['file_name']} 50x70")
+
+
 def test_a_colour_coded_label_is_told_to_be_converted_and_a_grey_one_saved_as_rgb_is_read(tmp_path):
     """A label saved as RGB with three equal channels (a tool that writes RGB) is its grey
     values; a colour-coded one is an error that says to convert it."""

@@ -17,7 +17,7 @@ from detectron2.data import transforms as T
 from ...config import get_key
 from ...utils import read_class_json
 from ..datasets.errors import DatasetFileError
-from ..datasets.label_check import form_problem, unreadable, value_problem
+from ..datasets.label_check import form_problem, size_problem, unreadable, value_problem
 from ..image_io import read_image_file, read_label_file
 from ..transforms import ColorAugSSDTransform, ResizeShortestEdgeNonEmpty
 
@@ -213,11 +213,9 @@ class MaskFormerSemanticDatasetMapper:
         utils.check_image_size(dataset_dict, image)
         label_file = dataset_dict.pop("sem_seg_file_name")
         sem_seg = self._read_label(label_file)
-        if sem_seg.shape != image.shape[:2]:
-            raise DatasetFileError(
-                f"label {label_file} has size {sem_seg.shape}, image "
-                f"{dataset_dict['file_name']} has {image.shape[:2]}"
-            )
+        problem = size_problem(label_file, sem_seg.shape, dataset_dict["file_name"], image.shape)
+        if problem:
+            raise DatasetFileError(problem)
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         with warnings.catch_warnings():

@@ -50,6 +50,14 @@ def form_problem(label_file: str, label: np.ndarray) -> Optional[str]:
     return None
 
 
+def size_problem(label_file: str, label_shape, image_file: str, image_shape) -> Optional[str]:
+    """A label map of another size than its image (shapes ``[H, W, ...]``), or None."""
+    if tuple(label_shape[:2]) == tuple(image_shape[:2]):
+        return None
+    return (f"label map {label_file}: size {label_shape[0]}x{label_shape[1]} (HxW), its image {image_file} "
+            f"{image_shape[0]}x{image_shape[1]}")
+
+
 def value_problem(label_file: str, label: np.ndarray, num_classes: Optional[int], ignore_label: int,
                   classes_of: str = "") -> Optional[str]:
     """What is wrong with the values of a label map (:func:`outside_classes`), or None.
@@ -94,9 +102,9 @@ def label_problem(record: dict, num_classes: int, ignore_label: int) -> Optional
         size = _image_size(record["file_name"])
     except (OSError, SyntaxError, ValueError) as e:
         return f"{record['file_name']}: the image cannot be read ({e})"
-    if label.shape != size:
-        return (f"label map {label_file}: size {label.shape[0]}x{label.shape[1]} (HxW), its image {record['file_name']} "
-                f"{size[0]}x{size[1]}")
+    problem = size_problem(label_file, label.shape, record["file_name"], size)
+    if problem:
+        return problem
     return value_problem(label_file, label, num_classes, ignore_label)
 
 
