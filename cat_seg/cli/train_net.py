@@ -357,6 +357,7 @@ def check_datasets(cfg, eval_only: bool) -> Dict[str, list]:
             raise UserError(problem)
     if not eval_only:
         check_training_vocabulary(cfg)
+    return records
 
 
 def check_training_vocabulary(cfg) -> None:
@@ -507,12 +508,14 @@ def check(args):
 LISTED_LABEL_PROBLEMS = 20
 
 
-def check_labels(cfg, eval_only: bool, records: Optional[Dict[str, list]] = None) -> None:
+def check_labels(cfg, eval_only: bool, records: Dict[str, list]) -> None:
     """``--check-labels``: every label map of ``DATASETS.TRAIN`` (unless ``eval_only``; values
     against ``TRAIN_CLASS_JSON``, which training labels index) and ``DATASETS.TEST`` (values
     against the dataset's classes, which the evaluator scores) is read; the bad ones are listed
-    (:data:`LISTED_LABEL_PROBLEMS` at most) and end in one error line."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    (:data:`LISTED_LABEL_PROBLEMS` at most) and end in one error line. ``records``: each
+    dataset's, as :func:`check_datasets` loaded and checked them (the test datasets' metadata
+    included)."""
+    from detectron2.data import MetadataCatalog
 
     from cat_seg.data.datasets.label_check import label_problems
     from cat_seg.utils import read_class_json
@@ -525,20 +528,16 @@ def check_labels(cfg, eval_only: bool, records: Optional[Dict[str, list]] = None
         splits += [(name, trained, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE) for name in cfg.DATASETS.TRAIN]
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)
-        if getattr(meta, "stuff_classes", None):
-            splits.append((name, len(meta.stuff_classes), getattr(meta, "ignore_label", 255)))
-    loaded = dict(records or {})
+        splits.append((name, len(meta.stuff_classes), meta.ignore_label))
     bad, first = 0, None
     for name, num_classes, ignore_label in dict.fromkeys(splits):  # a dataset in both lists: once per rule
-        if name not in loaded:
-            loaded[name] = DatasetCatalog.get(name)
-        problems = label_problems(loaded[name], num_classes, ignore_label)
+        problems = label_problems(records[name], num_classes, ignore_label)
         for problem in problems[:max(0, LISTED_LABEL_PROBLEMS - bad)]:
             print(f"  {name}: {problem}", file=sys.stderr, flush=True)
         if problems and first is None:
             first = f"{name}: {problems[0]}"
         bad += len(problems)
-        print(f"--check-labels: {len(loaded[name])} label maps of {name}: {len(problems) or 'none'} bad", flush=True)
+        print(f"--check-labels: {len(records[name])} label maps of {name}: {len(problems) or 'none'} bad", flush=True)
     if bad:
         raise UserError(f"--check-labels: {bad} bad label map(s) or image(s) (listed above, {LISTED_LABEL_PROBLEMS} "
                         f"at most); the first: {first}")
