@@ -556,13 +556,10 @@ class SegmentationResult:
         if families:  # names with glyphs the default font lacks (e.g. CJK): fallback fonts
             for text in output.ax.texts:
                 text.set_fontfamily(families)
-        with warnings.catch_warnings():  # (measures the texts: a drawing)
-            if missing:
-                warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-            _keep_texts_inside(output)
         with warnings.catch_warnings():
             if missing:  # one warning below instead of matplotlib's per glyph and drawing
                 warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            _keep_texts_inside(output)  # (measures the segments' names: a drawing; before the legend's)
             if legend:  # (measures its text: a drawing)
                 self._draw_legend(output, names, colors, font_size=visualizer._default_font_size,
                                   label_map=label_map, font_family=families or None)
