@@ -68,14 +68,13 @@ class ReleasedWeights:
         data)."""
         from detectron2.config import get_cfg
 
+        from .cli.errors import merge_config
         from .config import add_cat_seg_config
 
         path = resolve_path(self.config_file)
         if not os.path.isfile(path):
             return None
-        cfg = add_cat_seg_config(get_cfg())
-        cfg.merge_from_file(path)
-        return cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED
+        return merge_config(add_cat_seg_config(get_cfg()), path).MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED
 
     @property
     def url(self) -> str:
