@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -607,9 +608,27 @@ def check_gradio(version: Optional[str] = None) -> None:
                           f"pip install -U 'gradio>={GRADIO_MAJOR}'")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (kill, docker stop, systemd) ends the app as Ctrl-C does: Gradio closes the server
+    # and the app's output folder is removed (Python's default for SIGTERM exits at once, and
+    # every stop left a /tmp/cat-seg-app-* folder behind)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:  # before the server started (loading, checking the model)
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(args) -> int:
     try:
         check_gradio()
         check_listen_address(args.host, args.port)

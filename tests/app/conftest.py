@@ -28,8 +28,10 @@ def app_server(tiny_checkpoint, tmp_path_factory):
     """``cat-seg-app`` with the tiny model on 127.0.0.1 (a subprocess); yields its URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("app-log") / "app.log"
+    # TMPDIR: the app's own output folder (tempfile.mkdtemp) is made there, to check its removal
+    own_tmp = tmp_path_factory.mktemp("app-tmp")
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2",
-               GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-tmp")))
+               GRADIO_TEMP_DIR=str(tmp_path_factory.mktemp("gradio-tmp")), TMPDIR=str(own_tmp))
     cmd = [sys.executable, "-m", "cat_seg.cli.app", "--config-file", str(TINY_CONFIG),
            "--weights", tiny_checkpoint, "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as out:
@@ -50,11 +52,14 @@ def app_server(tiny_checkpoint, tmp_path_factory):
             pytest.fail(f"the app did not answer within {STARTUP_GUARD_S} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
     yield url
-    proc.terminate()
+    proc.terminate()  # SIGTERM ends the app as Ctrl-C does: server closed, output folder removed
     try:
-        proc.wait(timeout=60)
+        status = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        pytest.fail(f"the app did not stop within 60 s of SIGTERM:\n{log.read_text()[-3000:]}")
+    left = sorted(p.name for p in own_tmp.glob("cat-seg-app-*"))
+    assert status == 0 and not left, f"SIGTERM: exit status {status}, left behind {left}:\n{log.read_text()[-3000:]}"
 
 
 @pytest.fixture(scope="session")

@@ -363,6 +363,25 @@ def test_the_apps_own_output_folder_is_removed_at_its_end(tmp_path):
     assert (tmp_path / "mine").is_dir()  # a folder given to the app is the user's
 
 
+def test_sigterm_ends_the_app_as_ctrl_c_does(monkeypatch, capsys):
+    """SIGTERM (kill, docker stop) exited at once, without removing the app's output folder:
+    it now raises KeyboardInterrupt, which Gradio's server loop and the app's clean-up handle
+    (the browser tests' server is stopped this way and checked). Before the server runs, it is
+    "interrupted", status 130; the handler in place before is restored."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def serve(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(app_cli, "_serve", serve)
+    assert app_cli.main(["--device", "cpu"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_the_upload_box_takes_every_format_pil_reads():
     """Gradio's "image" file type (MIME types) refused .tga and .qoi files, which the docs
     say the page takes ("any format PIL reads") and the demo reads."""
