@@ -17,6 +17,15 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def positive_int(text: str) -> Optional[int]:
+    """``text`` read as an integer >= 1 (a count of processes or workers); None when it is not one."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 1 else None
+
+
 def show_keys(keys: Sequence[str], limit: int = 5) -> str:
     """``"a, b, c (+12 more)"``: the first ``limit`` keys and how many were left out."""
     keys = list(keys)

@@ -51,11 +51,10 @@ class Row(NamedTuple):
 
 
 def parse_num_gpus(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    from cat_seg.utils import positive_int
+
+    value = positive_int(text)
+    if value is None:
         raise UserError(f"NUM_GPUS {text!r}: expected a positive integer (processes per benchmark); usage: {USAGE}")
     return value
 

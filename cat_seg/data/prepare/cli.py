@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ...cli.errors import ArgumentParser
-from ...utils import WriteError
+from ...utils import WriteError, positive_int
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
 from ..datasets.loader import misplaced_hint
@@ -19,11 +19,8 @@ from .runner import default_workers, run_tasks
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    value = positive_int(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
     return value
 
