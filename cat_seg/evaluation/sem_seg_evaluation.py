@@ -266,7 +266,13 @@ class SemSegEvaluator(_D2SemSegEvaluator):
             return None
         res = results["sem_seg"]
         if self._seen_classes is not None and self._unseen_classes is not None:
-            res.update(self._seen_unseen_metrics(res))
+            split = self._seen_unseen_metrics(res)
+            res.update(split)
+            # detectron2's copypaste lines (print_csv_format) leave out every metric with a "-"
+            # in its name (per-class IoU-<class>), mIoU-seen and mIoU-unseen with them
+            logger.info(f"copypaste: Task: sem_seg, seen / unseen classes of {self._dataset_name}")
+            logger.info("copypaste: " + ",".join(split))
+            logger.info("copypaste: " + ",".join(f"{value:.4f}" for value in split.values()))
         if throughput is not None:
             logger.info(
                 f"Evaluation throughput on {self._dataset_name}: {throughput['images_per_s']:.2f} images/s "

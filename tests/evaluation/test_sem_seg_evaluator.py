@@ -1,6 +1,7 @@
 """SemSegEvaluator / VOCbEvaluator against hand-computed confusion matrices."""
 import csv
 import json
+import logging
 import math
 import re
 import uuid
@@ -114,15 +115,20 @@ def test_hand_computed_confusion_matrix(make_dataset):
     np.testing.assert_array_equal(evaluator._conf_matrix, expected_cm)
 
 
-def test_seen_unseen_and_harmonic_mean(make_dataset):
+def test_seen_unseen_and_harmonic_mean(make_dataset, caplog):
     name, records = make_dataset(
         [GT0, GT1], ["a", "b", "c"], seen_classes=[0], unseen_classes=[1, 2]
     )
-    res = run(SemSegEvaluator(name), records, [PRED0, PRED1], 3)["sem_seg"]
+    with caplog.at_level(logging.INFO, logger="cat_seg.evaluation.sem_seg_evaluation"):
+        res = run(SemSegEvaluator(name), records, [PRED0, PRED1], 3)["sem_seg"]
     assert res["mIoU-seen"] == pytest.approx(100 * 2 / 3)
     assert res["mIoU-unseen"] == pytest.approx(100 * 3 / 5)  # c is absent from GT
     assert res["hIoU"] == pytest.approx(100 * 12 / 19)  # 2*(2/3)*(3/5) / (2/3+3/5)
     assert res["mIoU"] == pytest.approx(EXPECTED["mIoU"])
+    # copypaste lines of their own (detectron2's leave out names with a "-")
+    copypaste = [r.getMessage() for r in caplog.records if r.getMessage().startswith("copypaste: ")]
+    assert copypaste == [f"copypaste: Task: sem_seg, seen / unseen classes of {name}",
+                         "copypaste: mIoU-seen,mIoU-unseen,hIoU", "copypaste: 66.6667,60.0000,63.1579"]
 
 
 def test_input_sem_seg_file_name_and_distinct_datasets(make_dataset):
