@@ -260,3 +260,22 @@ def test_a_benchmarks_labels_without_an_image_are_warned_alone(tmp_path, caplog)
         f"dataset 'bench': 1 label(s) without an image in {images} (z.png) are left out; 1 pairs are used"]
     assert by_level[logging.INFO] == [
         f"dataset 'bench': 2 image(s) without a label in {labels} (b.jpg, c.jpg) are left out; 1 pairs are used"]
+
+
+def test_your_folders_under_a_benchmarks_name_replace_it_with_a_warning(tmp_path, caplog, restore_registration):
+    """Registering a name again replaces it (documented); for a built-in benchmark's name that
+    was silent, and the benchmark's evaluation then scored the user's folders."""
+    from cat_seg.data.datasets import register_sem_seg_folder
+
+    classes = tmp_path / "classes.json"
+    classes.write_text('["a", "b", "c"]')
+    with caplog.at_level("WARNING", logger="cat_seg.data.datasets.builtin"):
+        register_sem_seg_folder("my_own_split", tmp_path, tmp_path, str(classes))
+        assert not caplog.records
+        register_sem_seg_folder("ade20k_150_test_sem_seg", tmp_path, tmp_path, str(classes))
+    assert [r.getMessage() for r in caplog.records] == [
+        "register_sem_seg_folder: 'ade20k_150_test_sem_seg' is a built-in benchmark's name; your folders replace "
+        "that benchmark in this process (another name keeps both)"]
+    assert MetadataCatalog.get("ade20k_150_test_sem_seg").stuff_classes == ["a", "b", "c"]
+    for catalog in (DatasetCatalog, MetadataCatalog):
+        catalog.remove("my_own_split")

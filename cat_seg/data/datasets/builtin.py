@@ -92,8 +92,11 @@ def register_sem_seg_folder(name: str, image_root: str, label_root: str, class_j
     outside the class indices make loading the dataset raise :class:`DatasetError` (one error
     line before a run starts; a registration at the top of a script, as the docs show, would
     otherwise end in a traceback). Classes that share their first synonym (the name the model
-    sees) are warned about. Registering a name again replaces it. See docs/datasets.md, "Your
-    own dataset"."""
+    sees) are warned about. Registering a name again replaces it; replacing a built-in
+    benchmark's name is warned about. See docs/datasets.md, "Your own dataset"."""
+    if any(layout.name == name for layout in LAYOUTS):
+        logger.warning(f"register_sem_seg_folder: {name!r} is a built-in benchmark's name; your folders replace that "
+                       "benchmark in this process (another name keeps both)")
     for catalog in (DatasetCatalog, MetadataCatalog):
         if name in catalog:
             catalog.remove(name)
