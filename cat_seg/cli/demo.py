@@ -446,6 +446,11 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if args.video_input else 0
     stem = os.path.splitext(os.path.basename(args.video_input))[0] if args.video_input else "webcam"
     video_file = output_video_file(args.output)  # --output out.mp4: the official demo's video file
+    path = (video_file or os.path.join(args.output, stem + "_overlay.mp4")) if args.output else None
+    # written under a hidden name with the same extension (OpenCV picks the container by it) and
+    # renamed when the frames are done or Ctrl-C stops them: an error midway leaves no video
+    partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.partial"
+                           f"{os.path.splitext(path)[1]}") if path else None
     writer, frames, size = None, 0, None
     step = max(args.batch_size, 1)
 
@@ -455,10 +460,10 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             overlay = result.overlay()
             frames += 1
             bar.update(1)
-            if args.output:
+            if path:
                 if writer is None:
-                    path = video_file or os.path.join(args.output, stem + "_overlay.mp4")
-                    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (overlay.shape[1], overlay.shape[0]))
+                    writer = cv2.VideoWriter(partial, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (overlay.shape[1], overlay.shape[0]))
                     if not writer.isOpened():
                         raise CATSegError(f"cannot write video {path!r} (no mp4v encoder in this OpenCV build)")
                 writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
@@ -466,7 +471,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
                 return False
         return True
 
-    interrupted = False
+    interrupted, finished = False, False
     with tqdm(total=total or None, unit="frame", disable=None) as bar:
         try:
             batch = []
@@ -482,12 +487,17 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
                     batch = []
             if batch:
                 emit(batch)
+            finished = True
         except KeyboardInterrupt:  # what was written is kept (a webcam stream is stopped this way)
-            interrupted = True
+            interrupted = finished = True
         finally:
             capture.release()
             if writer is not None:
                 writer.release()
+                if finished:
+                    os.replace(partial, path)
+                elif os.path.exists(partial):
+                    os.remove(partial)
     if frames == 0:
         raise CATSegError(f"no frames could be read from {args.video_input!r}" if args.video_input else "no webcam frames")
     if args.output:
@@ -499,7 +509,7 @@ def run_video(seg: OpenVocabSegmenter, args, names: List[str], background):
             "fps": fps,
             "frame_size": {"height": size[0], "width": size[1]},
             "model": seg.model_info(args.config_file, args.opts),
-            "outputs": {"overlay": os.path.basename(video_file) if video_file else stem + "_overlay.mp4"},
+            "outputs": {"overlay": os.path.basename(path)},
         }
         if interrupted and args.video_input:  # the frames before Ctrl-C, not the whole video
             info["interrupted"] = True

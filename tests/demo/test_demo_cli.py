@@ -210,6 +210,38 @@ def test_ctrl_c_during_a_video_file_is_an_interruption(demo_module, capsys, tiny
     assert info["frames"] == 1 and info["interrupted"] is True
 
 
+def test_an_error_midway_through_a_video_leaves_no_video(demo_module, capsys, tiny, checkpoint, tmp_path,
+                                                         image_factory, monkeypatch):
+    """The overlay video was written under its final name from the first frame: an error after
+    it (a frame the model could not take, out of memory) left a half-written video without its
+    JSON. It is written under a hidden name and renamed at the end (or at Ctrl-C, above)."""
+    import cv2
+
+    from cat_seg.api import CATSegError, OpenVocabSegmenter
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for seed in range(3):
+        writer.write(image_factory(seed, 48, 64)[:, :, ::-1].copy())
+    writer.release()
+    segment, calls = OpenVocabSegmenter.__call__, []
+
+    def failing_at_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CATSegError("frame 2 failed")
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenVocabSegmenter, "__call__", failing_at_the_second_batch)
+    out = tmp_path / "out"
+    code, _, err = run_main(demo_module, capsys, [
+        "--config-file", tiny.config, "--video-input", video, "--output", out, "--vocab", VOCAB,
+        "--weights", checkpoint, "--device", "cpu", "--batch-size", "1", "--opts", *tiny.opts,
+    ])
+    assert code == 2 and "frame 2 failed" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize("case", [
     "missing_config", "missing_weights", "empty_vocab", "empty_vocab_file", "missing_image", "empty_dir",
     "bad_background", "odd_opts", "no_vocab", "no_display",
