@@ -945,7 +945,8 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
 
     from .cli.errors import UserError, merge_config  # the command lines' config merge (pure Python)
     from .config import add_cat_seg_config, check_config_values
-    from .hub import apply_released_defaults, get_released, released_name_suggestion, weights_file_missing
+    from .hub import (check_released_config, clip_weights_from_checkpoint, get_released, released_name_suggestion,
+                      weights_file_missing)
     released = get_released(weights) if weights is not None else None
     if not config_file and released is not None:
         config_file = released.config_file
@@ -958,7 +959,7 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
         raise CATSegError(str(e)) from None
     if weights is not None:
         cfg.MODEL.WEIGHTS = os.fspath(weights)
-    apply_released_defaults(cfg, opts)
+    check_released_config(cfg)
     weights = cfg.MODEL.WEIGHTS
     if weights_file_missing(weights):
         what = ("is a directory; expected a checkpoint file" if os.path.isdir(weights) else
@@ -967,8 +968,9 @@ def build_config(config_file: Optional[str] = None, weights: Optional[str] = Non
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.DEVICE = check_device(device)
-    try:  # the values the model would reject once built (as the segmenter builds it), as one line
-        check_config_values(_clip_from_checkpoint(cfg))
+    clip_weights_from_checkpoint(cfg)  # MODEL.WEIGHTS set: CLIP comes from it, no download
+    try:  # the values the model would reject once built, as one line
+        check_config_values(cfg)
     except ValueError as e:
         raise CATSegError(str(e)) from None
     _eager_unless_asked(cfg)

@@ -16,8 +16,9 @@ local file by :func:`resolve_weights`, which ``CATSegCheckpointer.load`` calls f
 
 The official checkpoints hold the whole model, CLIP included, and the checkpointer refuses a
 checkpoint that lacks any model tensor; so a released name needs no separate CLIP weights:
-:func:`config_opts_for` gives the overrides (``CLIP_WEIGHTS none``) that skip downloading
-OpenAI's CLIP before the checkpoint replaces it.
+:func:`clip_weights_from_checkpoint` sets ``CLIP_WEIGHTS none`` for any ``MODEL.WEIGHTS``
+(a released name or a file), which skips downloading OpenAI's CLIP before the checkpoint
+replaces it.
 """
 import functools
 import logging
@@ -130,24 +131,6 @@ def is_released_name(weights) -> bool:
     return get_released(weights) is not None
 
 
-def config_opts_for(weights) -> List[str]:
-    """Config overrides that a released checkpoint needs: it contains the full CLIP, so CLIP
-    is built without pretrained weights (no download of OpenAI's CLIP) and then loaded from it."""
-    return ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"] if is_released_name(weights) else []
-
-
-def apply_released_defaults(cfg, user_opts=()) -> None:
-    """When ``cfg.MODEL.WEIGHTS`` is a released name, set what that checkpoint needs
-    (:func:`config_opts_for`) on the unfrozen ``cfg``, except keys the user set in ``user_opts``
-    (``[KEY, VALUE, ...]``). The one place the API, the demo, the web app and ``train_net`` do this."""
-    given = set(list(user_opts)[::2])
-    opts = config_opts_for(cfg.MODEL.WEIGHTS)
-    for key, value in zip(opts[::2], opts[1::2]):
-        if key not in given:
-            cfg.merge_from_list([key, value])
-    check_released_config(cfg)
-
-
 def check_released_config(cfg) -> None:
     """When ``cfg.MODEL.WEIGHTS`` is a released name, the config's CLIP must be the one that
     checkpoint holds (:class:`WeightsUnavailableError` otherwise): said before the download
@@ -172,7 +155,8 @@ def clip_weights_from_checkpoint(cfg) -> None:
     """On the unfrozen ``cfg``: ``CLIP_WEIGHTS none`` when ``MODEL.WEIGHTS`` is set. The
     checkpointer loads every parameter strictly (CLIP included), so the CLIP weights would be
     downloaded (350 MB for ViT-B, 900 MB for ViT-L) only to be overwritten, and cannot be
-    offline. The one place the API, the demo, the web app and ``train_net`` do this."""
+    offline; so a ``CLIP_WEIGHTS`` set with ``MODEL.WEIGHTS`` is not read either. The one place
+    the API, the demo, the web app and ``train_net`` do this."""
     from .modeling.clip.builder import NO_WEIGHTS
 
     if cfg.MODEL.WEIGHTS and str(cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS) not in NO_WEIGHTS:

@@ -47,7 +47,7 @@ from ..api import (  # noqa: E402
     parse_vocabulary_text,
     shared_first_synonym_note,
 )
-from ..hub import RELEASED_WEIGHTS, config_opts_for  # noqa: E402
+from ..hub import RELEASED_WEIGHTS  # noqa: E402
 from ..utils import read_class_json, resolve_path  # noqa: E402
 from .demo import unique_names  # noqa: E402  (output names as the demo makes them)
 from .errors import ArgumentParser, print_user_error  # noqa: E402
@@ -84,23 +84,23 @@ def model_choices() -> List[str]:
     return [f"{name}: {entry.description}" for name, entry in RELEASED_WEIGHTS.items()] + [TOY_MODEL, LOCAL_MODEL]
 
 
-def model_spec(choice: str, config_file: str, weights: str) -> Tuple[str, Optional[str], List[str]]:
-    """Dropdown entry (+ the local config / weights boxes) -> ``(config file, weights, extra opts)``."""
+def model_spec(choice: str, config_file: str, weights: str) -> Tuple[str, Optional[str]]:
+    """Dropdown entry (+ the local config / weights boxes) -> ``(config file, weights)``."""
     name = choice.split(":", 1)[0]
     if name in RELEASED_WEIGHTS:
         entry = RELEASED_WEIGHTS[name]
-        return resolve_path(entry.config_file), name, config_opts_for(name)
+        return resolve_path(entry.config_file), name
     if choice == TOY_MODEL:
         weights = resolve_path(TOY_WEIGHTS)
         if not os.path.isfile(weights):
             raise CATSegError(f"toy model {TOY_WEIGHTS!r} not found: run `make demo` first (trains it on CPU)")
-        return resolve_path(TOY_CONFIG), weights, []
+        return resolve_path(TOY_CONFIG), weights
     if choice != LOCAL_MODEL:
         raise CATSegError(f"unknown model choice {choice!r}")
     weights = (weights or "").strip()
     if weights.lower() == "none":
         weights = ""
-    return (config_file or "").strip(), (weights or None), config_opts_for(weights)
+    return (config_file or "").strip(), (weights or None)
 
 
 class SegmenterCache:
@@ -288,15 +288,15 @@ class App:
         # one bad upload among several: the others are segmented and the bad one is named
         notes += [f"skipped: {message}" for message in unreadable]
         paths = readable
-        config, model_weights, model_opts = model_spec(model_choice, config_file, weights)
+        config, model_weights = model_spec(model_choice, config_file, weights)
         progress(0.05, desc=f"loading the model ({os.path.basename(config)}"
                             + (f", {model_weights})" if model_weights else ")"))
-        segmenter = self.segmenters.get(config, model_weights, self.device, self.opts + model_opts)
+        segmenter = self.segmenters.get(config, model_weights, self.device, self.opts)
         self._prune_requests()
         folder = tempfile.mkdtemp(dir=self.output_root)
         stems = _stems(paths)
         results, files_out, overlays = [], [], []
-        model_info = segmenter.model_info(config, self.opts + model_opts)  # the demo's JSON entry
+        model_info = segmenter.model_info(config, self.opts)  # the demo's JSON entry
         for i, (image, stem, path) in enumerate(zip(images, stems, paths)):
             progress((i, len(images)), desc=f"segmenting {stem} ({i + 1}/{len(images)})", unit="images")
             result = segmenter(image, names, background=background)
@@ -560,8 +560,8 @@ def check_startup_model(choice: str, config_file: Optional[str], weights: Option
         return
     if choice != LOCAL_MODEL or not config_file:
         return
-    config, model_weights, model_opts = model_spec(choice, config_file, weights)
-    cfg = build_config(resolve_path(config), weights=model_weights, device=device, opts=list(opts) + model_opts,
+    config, model_weights = model_spec(choice, config_file, weights)
+    cfg = build_config(resolve_path(config), weights=model_weights, device=device, opts=list(opts),
                        opts_source="the command line")
     if os.path.isfile(cfg.MODEL.WEIGHTS):
         problem = checkpoint_file_problem(cfg.MODEL.WEIGHTS)

@@ -118,14 +118,14 @@ def load_config(args):
 
     if not args.config_file:
         raise UserError("no --config-file given; expected a YAML config such as configs/vitb_384.yaml")
-    from cat_seg.hub import apply_released_defaults, clip_weights_from_checkpoint
+    from cat_seg.hub import check_released_config, clip_weights_from_checkpoint
     from cat_seg.utils import resolve_path
 
     # the file itself (a repository path such as configs/vitb_384.yaml works from any folder):
     # default_setup reads args.config_file again to log and copy it
     args.config_file = resolve_path(args.config_file)
     cfg = merge_config(add_cat_seg_config(get_cfg()), args.config_file, args.opts)
-    apply_released_defaults(cfg, args.opts)  # MODEL.WEIGHTS catseg-vitb: its config keys
+    check_released_config(cfg)  # MODEL.WEIGHTS catseg-vitb: the config's CLIP is the one it holds
     clip_weights_from_checkpoint(cfg)  # MODEL.WEIGHTS set: CLIP comes from it, no download
     return cfg
 

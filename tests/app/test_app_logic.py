@@ -47,11 +47,10 @@ def test_benchmark_vocabularies_are_read_from_the_class_jsons():
 def test_model_choices():
     choices = app_cli.model_choices()
     vitb = next(c for c in choices if c.startswith("catseg-vitb:"))
-    config, weights, opts = app_cli.model_spec(vitb, "", "")
+    config, weights = app_cli.model_spec(vitb, "", "")
     assert config.endswith("configs/vitb_384.yaml") and weights == "catseg-vitb"
-    assert opts == ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]  # the checkpoint carries CLIP
-    assert app_cli.model_spec(app_cli.LOCAL_MODEL, " a.yaml ", " none ") == ("a.yaml", None, [])
-    assert app_cli.model_spec(app_cli.LOCAL_MODEL, "a.yaml", "w.pth") == ("a.yaml", "w.pth", [])
+    assert app_cli.model_spec(app_cli.LOCAL_MODEL, " a.yaml ", " none ") == ("a.yaml", None)
+    assert app_cli.model_spec(app_cli.LOCAL_MODEL, "a.yaml", "w.pth") == ("a.yaml", "w.pth")
 
 
 def test_threshold_and_click_readout():

@@ -38,8 +38,6 @@ def test_registry_entries_match_the_official_release(monkeypatch):
     # the CLIP each holds is read from its config (the official release: B/16 at 384, L/14 at 336)
     assert (vitb.clip_arch, vitl.clip_arch) == ("ViT-B/16", "ViT-L/14@336px")
     assert hub.is_released_name("CatSeg-ViTB") and not hub.is_released_name("model_base.pth")
-    assert hub.config_opts_for("catseg-vitl") == ["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]
-    assert hub.config_opts_for("some/file.pth") == []
 
 
 def test_paths_pass_through_untouched(loopback_hub):
@@ -160,8 +158,9 @@ def test_offline_message_from_a_fresh_process_is_fast_and_one_line(tmp_path, loo
 
 
 def test_build_config_takes_a_released_name_without_config_file(tiny_release):
-    """``build_config(weights=NAME)``: the release's own config, no CLIP download (CLIP_WEIGHTS none,
-    unless the caller overrides it), no "file not found" for the name; ``train_net`` does the same."""
+    """``build_config(weights=NAME)``: the release's own config, no CLIP download (CLIP_WEIGHTS none:
+    the checkpoint holds CLIP, whatever CLIP_WEIGHTS says), no "file not found" for the name;
+    ``train_net`` does the same."""
     from types import SimpleNamespace
 
     from cat_seg.api import build_config
@@ -173,7 +172,7 @@ def test_build_config_takes_a_released_name_without_config_file(tiny_release):
     assert cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED.endswith("tiny-vit-b16.json")  # from the release's config
     assert cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
     cfg = build_config(weights=entry.name, device="cpu", opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "clip.pt"])
-    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "clip.pt"
+    assert cfg.MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS == "none"
     with pytest.raises(CATSegError, match="weights file 'catseg-nope' not found"):
         build_config(entry.config_file, weights="catseg-nope", device="cpu")
 
