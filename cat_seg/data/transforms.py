@@ -1,11 +1,9 @@
 """Transforms of the mappers and the API beyond detectron2's: the photometric augmentation of
 the train mapper (SSD-style colour jitter, as in the official MaskFormer / CAT-Seg training)
 and a shortest-edge resize that never produces an empty image."""
-import random
-
-import cv2
 import numpy as np
-from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform, Transform
+from detectron2.data.transforms import ResizeShortestEdge, ResizeTransform
+from detectron2.projects.point_rend import ColorAugSSDTransform as PointRendColorAugSSDTransform
 
 __all__ = ["ColorAugSSDTransform", "ResizeShortestEdgeNonEmpty"]
 
@@ -24,9 +22,13 @@ class ResizeShortestEdgeNonEmpty(ResizeShortestEdge):
         return transform
 
 
-class ColorAugSSDTransform(Transform):
+class ColorAugSSDTransform(PointRendColorAugSSDTransform):
     """
-    SSD-style colour jitter (as in Mask2Former / CAT-Seg), applied to the image only.
+    SSD-style colour jitter (as in Mask2Former / CAT-Seg), applied to the image only:
+    detectron2's own (``detectron2.projects.point_rend``, which Mask2Former and the official
+    CAT-Seg import), with a one-line ``ValueError`` for an ``img_format`` or an image it cannot
+    take (detectron2's asserts, or fails inside OpenCV), and a contiguous output array (a
+    flipped view given and no op drawn is returned as it came).
 
     Working in BGR order: brightness (p=0.5, additive U(-32, 32)); then with p=0.5 the order
     [contrast, saturation, hue], else [saturation, hue, contrast]. Contrast and saturation
@@ -40,28 +42,18 @@ class ColorAugSSDTransform(Transform):
     Segmentation maps and coordinates are returned unchanged.
     """
 
-    def __init__(
-        self,
-        img_format: str,
-        brightness_delta: int = 32,
-        contrast_low: float = 0.5,
-        contrast_high: float = 1.5,
-        saturation_low: float = 0.5,
-        saturation_high: float = 1.5,
-        hue_delta: int = 18,
-    ):
+    def __init__(self, img_format: str, **ranges):
         """
         Args:
             img_format: channel order of the images it receives, "RGB" or "BGR".
+            ranges: detectron2's ``brightness_delta`` (32), ``contrast_low`` / ``contrast_high``
+                (0.5 / 1.5), ``saturation_low`` / ``saturation_high`` (0.5 / 1.5), ``hue_delta`` (18).
         """
-        super().__init__()
         if img_format not in ("RGB", "BGR"):
             raise ValueError(
                 f"ColorAugSSDTransform: img_format must be RGB or BGR, got {img_format!r}"
             )
-        self.is_rgb = img_format == "RGB"
-        del img_format
-        self._set_attributes(locals())
+        super().__init__(img_format, **ranges)
 
     def apply_image(self, img: np.ndarray, interp=None) -> np.ndarray:
         """``img``: uint8 ``[H, W, 3]`` -> jittered uint8 ``[H, W, 3]`` (same channel order)."""
@@ -70,60 +62,4 @@ class ColorAugSSDTransform(Transform):
                 "ColorAugSSDTransform expects a uint8 [H, W, 3] image, "
                 f"got {img.dtype} {img.shape}"
             )
-        if self.is_rgb:
-            img = img[:, :, [2, 1, 0]]
-        img = self.brightness(img)
-        if random.randrange(2):
-            img = self.contrast(img)
-            img = self.saturation(img)
-            img = self.hue(img)
-        else:
-            img = self.saturation(img)
-            img = self.hue(img)
-            img = self.contrast(img)
-        if self.is_rgb:
-            img = img[:, :, [2, 1, 0]]
-        return np.ascontiguousarray(img)
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self):
-        raise NotImplementedError("ColorAugSSDTransform is not invertible")
-
-    @staticmethod
-    def convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-        """``clip(img * alpha + beta, 0, 255)`` computed in float32, truncated to uint8."""
-        img = img.astype(np.float32) * alpha + beta
-        img = np.clip(img, 0, 255)
-        return img.astype(np.uint8)
-
-    def brightness(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            beta = random.uniform(-self.brightness_delta, self.brightness_delta)
-            return self.convert(img, beta=beta)
-        return img
-
-    def contrast(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            return self.convert(img, alpha=random.uniform(self.contrast_low, self.contrast_high))
-        return img
-
-    def saturation(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV)
-            alpha = random.uniform(self.saturation_low, self.saturation_high)
-            img[:, :, 1] = self.convert(img[:, :, 1], alpha=alpha)
-            return cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
-        return img
-
-    def hue(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV)
-            shift = random.randint(-self.hue_delta, self.hue_delta)
-            img[:, :, 0] = (img[:, :, 0].astype(int) + shift) % 180
-            return cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
-        return img
+        return np.ascontiguousarray(super().apply_image(img))

@@ -12,7 +12,6 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
-import cat_seg.data.transforms as transforms_module
 from cat_seg.data.dataset_mappers import InferenceDatasetMapper, MaskFormerSemanticDatasetMapper, SemanticTrainMapper
 from cat_seg.data.datasets import DatasetFileError
 from cat_seg.data.transforms import ColorAugSSDTransform
@@ -326,6 +325,8 @@ def test_a_colour_coded_label_is_told_to_be_converted_and_a_grey_one_saved_as_rg
 
 
 # ---------------------------------------------------------------- ColorAugSSDTransform
+# detectron2's (PointRend's) transform draws from the `random` module of its own file
+from detectron2.projects.point_rend import color_augmentation  # noqa: E402
 
 
 class ScriptedRandom:
@@ -372,7 +373,7 @@ def test_color_aug_brightness_then_contrast(monkeypatch):
         ("randrange", 1), ("uniform", 0.5),  # contrast x0.5
         ("randrange", 0), ("randrange", 0),  # no saturation, no hue
     ]
-    monkeypatch.setattr(transforms_module, "random", ScriptedRandom(script))
+    monkeypatch.setattr(color_augmentation, "random", ScriptedRandom(script))
     out = ColorAugSSDTransform("RGB").apply_image(img)
     expected = _trunc(_trunc(img.astype(np.float32) + 40.7).astype(np.float32) * 0.5)
     np.testing.assert_array_equal(out, expected)
@@ -388,7 +389,7 @@ def test_color_aug_saturation_hue_contrast_order_in_bgr(monkeypatch):
         ("randrange", 1), ("randint", -17),  # hue -17 (mod 180)
         ("randrange", 1), ("uniform", 1.4),  # contrast x1.4
     ]
-    monkeypatch.setattr(transforms_module, "random", ScriptedRandom(script))
+    monkeypatch.setattr(color_augmentation, "random", ScriptedRandom(script))
     out = ColorAugSSDTransform("RGB").apply_image(img)
 
     def reference(bgr, order):
@@ -410,10 +411,16 @@ def test_color_aug_saturation_hue_contrast_order_in_bgr(monkeypatch):
     assert not np.array_equal(out, as_if_bgr)
 
 
-def test_color_aug_leaves_segmentation_and_rejects_bad_input():
+def test_color_aug_leaves_segmentation_and_rejects_bad_input(monkeypatch):
     tfm = ColorAugSSDTransform("BGR")
     seg = np.arange(12).reshape(3, 4)
     assert tfm.apply_segmentation(seg) is seg
+    # a flipped view (negative strides) and no op drawn: a contiguous copy, not the view
+    flipped = _image()[:, ::-1]
+    monkeypatch.setattr(color_augmentation, "random", ScriptedRandom([("randrange", 0)] * 5))
+    out = tfm.apply_image(flipped)
+    np.testing.assert_array_equal(out, flipped)
+    assert out.flags["C_CONTIGUOUS"]
     with pytest.raises(ValueError, match="uint8"):
         tfm.apply_image(np.zeros((3, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="RGB or BGR"):
