@@ -113,6 +113,12 @@ def _cached_weights(canvas: Tuple[int, int], boxes: Tuple[Tuple[int, int], ...],
     return (scale / counts).to(dtype)
 
 
+def clear_weight_cache() -> None:
+    """Drop the cached per-pixel weights of :func:`merge_windows` (tensors on the devices that
+    merged windows: :meth:`CATSeg.release_inference_caches` calls it)."""
+    _cached_weights.cache_clear()
+
+
 def merge_windows(windows: torch.Tensor, boxes: List[Tuple[int, int]], canvas: Tuple[int, int],
                   out: Optional[torch.Tensor] = None, scale: float = 1.0) -> torch.Tensor:
     """Average overlapping crop maps ``[n, T, crop, crop]`` into ``[T, H, W]`` (sum / coverage).

@@ -98,6 +98,28 @@ def test_sliding_window_matches_reference(model, random_images):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_release_inference_caches_drops_text_embeddings_and_merge_weights(model, random_images):
+    """What an evaluation during training leaves behind: the vocabulary's text embeddings and
+    the sliding window's merge weights (cached per canvas on the device) are dropped, and the
+    next inference computes the same result again."""
+    from cat_seg.modeling import sliding_window
+
+    image = random_images([(90, 140)], seed=3)[0]
+    model.sliding_window = True
+    try:
+        with torch.no_grad():
+            first = model([{"image": image}], class_names=NAMES)[0]["sem_seg"]
+            assert sliding_window._cached_weights.cache_info().currsize > 0
+            assert len(model.text_encoder._cache) == 1
+            model.release_inference_caches()
+            assert sliding_window._cached_weights.cache_info().currsize == 0
+            assert len(model.text_encoder._cache) == 0
+            again = model([{"image": image}], class_names=NAMES)[0]["sem_seg"]
+    finally:
+        model.sliding_window = False
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 def batch_vs_alone(model, images, sliding):
     model.sliding_window = sliding
     try:

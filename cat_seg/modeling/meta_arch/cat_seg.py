@@ -17,7 +17,7 @@ from ..cuda_graphs import GraphedForward
 from ..losses import sem_seg_bce_loss
 from ..postprocess import PROBABILITIES, SlidingWindowMaps, WholeImageMaps
 from ..precision import PRECISIONS, autocast, resolve_precision
-from ..sliding_window import check_window_geometry, crop_windows, window_boxes, window_stride
+from ..sliding_window import check_window_geometry, clear_weight_cache, crop_windows, window_boxes, window_stride
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +223,13 @@ class CATSeg(nn.Module):
 
     def release_inference_caches(self):
         """Drop what inference keeps between calls (e.g. after an evaluation during training):
-        the captured CUDA graphs and their memory, and the cached text embeddings, which are
+        the captured CUDA graphs and their memory, the cached text embeddings, which are
         keyed by the weights' versions and so never hit again once training updates the text
-        tower. Later inference captures and encodes again."""
+        tower, and the sliding window's cached merge weights (on the device). Later inference
+        captures and encodes again."""
         self._graphed_views.reset()
         self.text_encoder.clear_cache()
+        clear_weight_cache()
 
     def _compile_aggregator(self, compiled: bool = True):
         """Make the aggregator run compiled (``nn.Module.compile``) or, ``compiled=False``, eager
