@@ -7,7 +7,7 @@
 
 The page (Gradio) takes one or several images (or an example), a vocabulary (typed:
 comma-separated, ``;`` between classes that carry ``", "`` synonyms, or one class per line;
-or a benchmark vocabulary: ADE-150, PC-59, COCO-Stuff, ...), a model (released ViT-B / ViT-L
+or a benchmark vocabulary: ADE20K-150, PASCAL Context-59, COCO-Stuff, ...), a model (released ViT-B / ViT-L
 by name, the toy model of ``make demo``, or a local config + checkpoint) and a background
 threshold. It shows the overlay with a legend, the segments as an annotated image (hover or
 click a class, or click the overlay to read the class under the cursor), a table of classes
@@ -55,19 +55,26 @@ from .ports import listen_problem  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-#: Benchmark vocabularies offered in the page: label -> class json (``read_class_json`` path).
-BENCHMARK_VOCABULARIES: "OrderedDict[str, str]" = OrderedDict([
-    ("ADE-150", "datasets/ade150.json"),
-    ("ADE-847", "datasets/ade847.json"),
-    ("PC-59", "datasets/pc59.json"),
-    ("PC-459", "datasets/pc459.json"),
-    ("COCO-Stuff (171)", "datasets/coco.json"),
-    ("VOC-20", "datasets/voc20.json"),
-    # not VOC-20b (voc20b.json): its last 39 entries are background concepts that its evaluator
-    # scores as one background class; the page would label them as classes of their own. VOC-20
-    # with "Generic background prompts" is the page's equivalent.
-])
-TOY_VOCABULARY = "synthetic toy (16 shapes)"
+
+def _benchmark_vocabularies() -> "OrderedDict[str, str]":
+    """Benchmark vocabularies offered in the page: title -> class json (``read_class_json``
+    name), from the dataset catalog: the evaluation benchmarks (their eval.sh titles) and the
+    training set's COCO-Stuff classes. Not VOC-20b: its last 39 entries are background concepts
+    that its evaluator scores as one background class, and the page would label them as classes
+    of their own (VOC-20 with "Generic background prompts" is the page's equivalent); not the
+    toy's, which has its own entry."""
+    from ..data.catalog import BENCHMARKS, get_layout
+    from ..data.synthetic import VAL
+
+    entries = OrderedDict((layout.title, layout.class_json) for key, layout in BENCHMARKS.items()
+                          if key != "voc20b" and layout.name != VAL.name)
+    coco = get_layout("coco_2017_test_stuff_all_sem_seg")
+    entries[f"COCO-Stuff-{coco.num_classes} (the training classes)"] = coco.class_json
+    return entries
+
+
+BENCHMARK_VOCABULARIES = _benchmark_vocabularies()
+TOY_VOCABULARY = "synthetic toy: its 16 colour + pattern classes"
 CUSTOM_VOCABULARY = "your own words"
 
 #: The toy model that ``make demo`` trains.

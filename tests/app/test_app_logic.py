@@ -36,10 +36,14 @@ def test_a_class_box_of_comments_only_says_so():
 
 
 def test_benchmark_vocabularies_are_read_from_the_class_jsons():
-    ade = app_cli.benchmark_vocabulary("ADE-150")
+    # the catalog's benchmarks under their eval.sh titles (VOC-20b left out), and COCO-Stuff's classes
+    assert list(app_cli.BENCHMARK_VOCABULARIES) == [
+        "ADE20K-150", "ADE20K-847", "PASCAL VOC-20", "PASCAL Context-59", "PASCAL Context-459",
+        "COCO-Stuff-171 (the training classes)"]
+    ade = app_cli.benchmark_vocabulary("ADE20K-150")
     assert len(ade) == 150 and ade[0] == "wall"
-    assert len(app_cli.benchmark_vocabulary("PC-59")) == 59
-    assert len(app_cli.benchmark_vocabulary("COCO-Stuff (171)")) == 171
+    assert len(app_cli.benchmark_vocabulary("PASCAL Context-59")) == 59
+    assert len(app_cli.benchmark_vocabulary("COCO-Stuff-171 (the training classes)")) == 171
     assert len(app_cli.benchmark_vocabulary(app_cli.TOY_VOCABULARY)) == 16
     assert app_cli.benchmark_vocabulary(app_cli.CUSTOM_VOCABULARY) is None
 
