@@ -45,8 +45,8 @@ _ADE150_LUT = ((np.arange(256) - 1) % 256).astype(np.uint8)
 
 
 def _ade847_lut() -> np.ndarray:
-    """Object id (0..floor(255/10)*256+255) -> trainId, 65535 for unlisted ids."""
-    lut = np.full(25 * 256 + 256, 65535, dtype=np.uint16)
+    """Object id (0..floor(255/10)*256+255) -> trainId, the ignore label (65535) for unlisted ids."""
+    lut = np.full(25 * 256 + 256, ADE847.ignore_label, dtype=np.uint16)
     for raw_id, train_id in raw_id_to_label("ade847").items():
         lut[raw_id] = train_id
     return lut

@@ -41,9 +41,11 @@ PC59_IDS = (0,) + tuple(raw_label_ids("pc59"))
 
 
 def _pc59_lut() -> np.ndarray:
-    lut = np.full(460, 255, dtype=np.uint8)
+    """Pascal Context category id (0..459) -> PC-59 label, its ignore label for background and
+    the categories PC-59 leaves out."""
+    lut = np.full(PC459.num_classes + 1, PC59.ignore_label, dtype=np.uint8)
     for index, cat_id in enumerate(PC59_IDS):
-        lut[cat_id] = 255 if index == 0 else index - 1
+        lut[cat_id] = PC59.ignore_label if index == 0 else index - 1
     return lut
 
 
