@@ -862,7 +862,12 @@ def _host_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
 
 def _pretrained_cached(pretrained_cfg: Dict[str, Any]) -> bool:
     """Whether open_clip would find this pretrained entry without downloading (same order of
-    sources as ``open_clip.download_pretrained``: local file, Hugging Face hub, URL cache)."""
+    sources as ``open_clip.download_pretrained``: local file, Hugging Face hub, URL cache).
+
+    It asks what open_clip's own download would use: huggingface_hub's cache as that package
+    read it at import (not :func:`cat_seg.hub.hub_cache_dir`, which reads the environment now),
+    open_clip's safetensors alternatives (a private helper, absent in older releases: then
+    only the file name itself) and open_clip's URL cache ``~/.cache/clip``."""
     from open_clip import pretrained as oc_pretrained
 
     if pretrained_cfg.get("file"):
@@ -911,7 +916,7 @@ def check_weights_available(cfg) -> None:
     if pretrained_cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
         from huggingface_hub import constants
 
-        host = constants.ENDPOINT
+        host = constants.ENDPOINT  # what open_clip's hf_hub_download uses (read at import)
     else:
         host = pretrained_cfg.get("url", "")
     if hub_offline() and pretrained_cfg.get("hf_hub"):
