@@ -53,8 +53,8 @@ def test_ade150_labels_need_their_images_of_their_size(tmp_path, raw):
                                            r"download .*ADEChallengeData2016.zip"):
         run(tmp_path, "--benchmark", "150")
     raw.write_jpg(base / "images/validation/ADE_val_00000002.jpg", 3, 2)
-    with pytest.raises(PrepareError, match=r"^label file .*ADE_val_00000002.png is 1x2 \(HxW\) but its image "
-                                           r".*ADE_val_00000002.jpg is 3x2$"):
+    with pytest.raises(PrepareError, match=r"^label map .*ADE_val_00000002.png: size 1x2 \(HxW\), its image "
+                                           r".*ADE_val_00000002.jpg 3x2$"):
         run(tmp_path, "--benchmark", "150")
     raw.write_jpg(base / "images/validation/ADE_val_00000002.jpg", 1, 2)
     # what macOS leaves beside each file of an archive unpacked there: not a label
@@ -130,7 +130,7 @@ def test_ade847_errors(tmp_path, raw):
     with pytest.raises(PrepareError, match="_seg.png has shape .* expected an RGB"):
         run(tmp_path, "--benchmark", "847")
     raw.write_png(seg, np.zeros((5, 4, 3), np.uint8))
-    with pytest.raises(PrepareError, match=r"_seg.png is 5x4 \(HxW\) but its image .*ADE_val_00000001.jpg is 4x4"):
+    with pytest.raises(PrepareError, match=r"_seg.png: size 5x4 \(HxW\), its image .*ADE_val_00000001.jpg 4x4"):
         run(tmp_path, "--benchmark", "847")
     for content in (b"garbage", b"garbage\n", b"<html>not found</html>"):  # each unpickler failure
         (tmp_path / "ADE20K_2021_17_01/index_ade20k.pkl").write_bytes(content)

@@ -132,8 +132,8 @@ def test_context459_errors(tmp_path, raw):
     # a label map of another size than its image
     (tmp_path / "VOCdevkit/VOC2010/pascalcontext_val.txt").write_text("2008_000002\n")
     raw.write_jpg(tmp_path / "VOCdevkit/VOC2010/JPEGImages/2008_000002.jpg", 3, 5)
-    with pytest.raises(PrepareError, match=r"label file .*2008_000002.mat is 1x1 \(HxW\) but its image "
-                                           r".*2008_000002.jpg is 3x5"):
+    with pytest.raises(PrepareError, match=r"label map .*2008_000002.mat: size 1x1 \(HxW\), its image "
+                                           r".*2008_000002.jpg 3x5"):
         voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "pc459", "--force"])
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ...utils import atomic_write, remove_temp_files
 from ..datasets.errors import PrepareError
+from ..datasets.label_check import size_problem
 
 PathLike = Union[str, os.PathLike]
 
@@ -118,11 +119,11 @@ def image_size(path: PathLike) -> Tuple[int, int]:
 
 def check_label_size(label_shape: Sequence[int], image_shape: Sequence[int], label: PathLike,
                      image: PathLike) -> None:
-    """A label map must have its image's size: else :class:`PrepareError` naming both files
-    (sizes as height x width)."""
-    if tuple(label_shape[:2]) != tuple(image_shape[:2]):
-        raise PrepareError(f"label file {label} is {label_shape[0]}x{label_shape[1]} (HxW) but its image {image} "
-                           f"is {image_shape[0]}x{image_shape[1]}")
+    """A label map must have its image's size: else :class:`PrepareError` naming both files,
+    in the words the loader and ``--check-labels`` use (:func:`size_problem`)."""
+    problem = size_problem(str(label), label_shape, str(image), image_shape)
+    if problem:
+        raise PrepareError(problem)
 
 
 def label_files(folder: PathLike, ext: str = ".png") -> List[Path]:
