@@ -51,7 +51,7 @@ def test_dense_image_encode(model, official_tiny, tiny_cfg, clip_images):
     b = clip_images.shape[0]
     expected = clip_features[:, 1:].permute(0, 2, 1).reshape(b, -1, 8, 8)
     assert (features["dense_embeddings"] - expected).abs().max() < 1e-4
-    for ours, ref in zip(features["guidance"], hooked):
+    for ours, ref in zip([features[f"block{i}"] for i in model.backbone.guidance_blocks], hooked):
         assert (ours - ref[1:].permute(1, 2, 0).reshape(b, -1, 8, 8)).abs().max() < 1e-4
 
 

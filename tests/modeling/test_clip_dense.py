@@ -170,8 +170,9 @@ def test_dense_encode_matches_spec_pipeline(backbone, size):
     h, w = size[0] // patch, size[1] // patch
     assert out["dense_embeddings"].shape == (2, bb.embed_dim, h, w)
     torch.testing.assert_close(out["dense_embeddings"], dense, rtol=1e-4, atol=1e-4)
-    assert len(out["guidance"]) == len(bb.guidance_blocks) == 2
-    for i, got, want in zip(bb.guidance_blocks, out["guidance"], guidance):
+    assert set(out) == {"dense_embeddings", *(f"block{i}" for i in bb.guidance_blocks)}
+    assert len(bb.guidance_blocks) == 2
+    for i, got, want in zip(bb.guidance_blocks, [out[f"block{i}"] for i in bb.guidance_blocks], guidance):
         assert got.shape == (2, bb.width, h, w)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(out[f"block{i}"], got, rtol=0, atol=0)

@@ -76,7 +76,7 @@ def test_vitb_derived_geometry(vitb):
     with torch.no_grad():
         out = bb(torch.randn(1, 3, 96, 96))
     assert out["dense_embeddings"].shape == (1, 512, 6, 6)
-    assert [tuple(g.shape) for g in out["guidance"]] == [(1, 768, 6, 6)] * 2
+    assert [tuple(out[f"block{i}"].shape) for i in bb.guidance_blocks] == [(1, 768, 6, 6)] * 2
 
 
 # --------------------------------------------------------------------------- tiny configs

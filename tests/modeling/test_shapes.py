@@ -75,7 +75,7 @@ def test_backbone_shapes(variant_model):
     with torch.no_grad():
         out = bb(torch.randn(2, 3, *bb.resolution))
     assert out["dense_embeddings"].shape == (2, c, GRID, GRID)
-    assert [tuple(g.shape) for g in out["guidance"]] == [(2, w, GRID, GRID)] * 2
+    assert [tuple(out[f"block{i}"].shape) for i in bb.guidance_blocks] == [(2, w, GRID, GRID)] * 2
     shapes = bb.output_shape()
     assert shapes["dense_embeddings"].channels == c
     assert [shapes[f"block{i}"].channels for i in bb.guidance_blocks] == [w, w]

@@ -197,9 +197,9 @@ class CLIPVisionBackbone(Backbone):
             images: ``[B, 3, H, W]`` CLIP-normalised images (H, W multiples of the patch size;
                 normally ``resolution``).
         Returns:
-            dict with ``dense_embeddings`` ``[B, C, h, w]`` and ``guidance``: list (ordered as
-            ``guidance_blocks``) of ``[B, W, h, w]`` block outputs; also each guidance map
-            under ``block{i}``.
+            dict (detectron2's backbone outputs, as :meth:`output_shape` names them) with
+            ``dense_embeddings`` ``[B, C, h, w]`` and, for each ``i`` of ``guidance_blocks``,
+            ``block{i}``: that block's output ``[B, W, h, w]``.
         """
         batch = images.shape[0]
         h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
@@ -218,9 +218,8 @@ class CLIPVisionBackbone(Backbone):
         x = self.dense_last_block(blocks[-1], x)
         x = self.clip.visual.ln_post(x) @ self.clip.visual.proj
         out = {"dense_embeddings": self._tokens_to_map(x, h, w)}
-        out["guidance"] = [self._tokens_to_map(intermediates[i], h, w) for i in self.guidance_blocks]
-        for i, feature in zip(self.guidance_blocks, out["guidance"]):
-            out[f"block{i}"] = feature
+        for i in self.guidance_blocks:
+            out[f"block{i}"] = self._tokens_to_map(intermediates[i], h, w)
         return out
 
     def _prompts_for(self, index: int, batch: int, dtype) -> Optional[torch.Tensor]:
