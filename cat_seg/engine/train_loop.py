@@ -10,9 +10,14 @@ class MixedPrecisionTrainer(SimpleTrainer):
 
     bf16 needs no loss scaling; fp16 uses a ``GradScaler`` (gradients are unscaled before
     the optimizer step, so full-model gradient clipping sees true gradients).
+
+    Args:
+        precision: the autocast dtype (``torch.bfloat16`` / ``torch.float16``).
+        device_type: the model's device type (``"cuda"``, ``"cpu"``), which autocast and the
+            scaler work on.
     """
 
-    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16, device_type: str = "cpu"):
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype, device_type: str):
         super().__init__(model, data_loader, optimizer)
         self.precision = precision
         self.device_type = device_type
