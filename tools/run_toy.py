@@ -59,8 +59,10 @@ def training_images(size, mean, std):
     import torch
     from detectron2.data import DatasetCatalog
 
+    from cat_seg.data.synthetic import TRAIN
+
     images, labels = [], []
-    for record in DatasetCatalog.get("synthetic_train_sem_seg"):
+    for record in DatasetCatalog.get(TRAIN.name):
         image = cv2.cvtColor(cv2.imread(record["file_name"]), cv2.COLOR_BGR2RGB)
         label = cv2.imread(record["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
         images.append(cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA))
@@ -93,10 +95,14 @@ def pretrain_tiny_clip(path, steps):
 
 
 def summary(output, eval_table):
-    result_file = os.path.join(output, "eval", "synthetic", "inference", "synthetic_val_sem_seg",
-                               "sem_seg_results.json")
+    from cat_seg.data.synthetic import VAL, seen_class_indices, unseen_class_indices
+    from cat_seg.evaluation.sem_seg_evaluation import RESULTS_JSON
+
+    # where eval.sh leaves the benchmark's results: OUTPUT/eval/<benchmark>/inference/<dataset>/
+    result_file = os.path.join(output, "eval", VAL.benchmark, "inference", VAL.name, RESULTS_JSON)
     with open(result_file) as f:
         metrics = json.load(f)["metrics"]
+    seen, unseen = len(seen_class_indices()), len(unseen_class_indices())
     lines = [
         "## Toy run: CAT-Seg on the synthetic benchmark (CPU)",
         "",
@@ -104,9 +110,9 @@ def summary(output, eval_table):
         "",
         "| classes | mIoU |",
         "|---|---|",
-        f"| seen (12, in training) | {metrics['mIoU-seen']:.1f} |",
-        f"| unseen (4, never in training) | {metrics['mIoU-unseen']:.1f} |",
-        f"| all 16 (harmonic mean seen/unseen: {metrics['hIoU']:.1f}) | {metrics['mIoU']:.1f} |",
+        f"| seen ({seen}, in training) | {metrics['mIoU-seen']:.1f} |",
+        f"| unseen ({unseen}, never in training) | {metrics['mIoU-unseen']:.1f} |",
+        f"| all {seen + unseen} (harmonic mean seen/unseen: {metrics['hIoU']:.1f}) | {metrics['mIoU']:.1f} |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -139,7 +145,7 @@ def main(argv=None):
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
     if not os.path.isfile(os.path.join(output, "model_final.pth")):
         run([sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", *opts, "DATASETS.TEST", "()"])
-    env = dict(os.environ, BENCHMARKS="synthetic")
+    env = dict(os.environ, BENCHMARKS=VAL.benchmark)
     eval_cmd = [sys.executable, "tools/evaluate_benchmarks.py", CONFIG, "1", output,
                 "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", clip_path]
     log(" ".join(eval_cmd))
@@ -150,15 +156,16 @@ def main(argv=None):
 
     from detectron2.data import DatasetCatalog
 
-    val = sorted(r["file_name"] for r in DatasetCatalog.get("synthetic_val_sem_seg"))[: args.overlays]
+    val = sorted(r["file_name"] for r in DatasetCatalog.get(VAL.name))[: args.overlays]
     if val:
         run([sys.executable, "demo/demo.py", "--config-file", CONFIG, "--weights",
              os.path.join(output, "model_final.pth"), "--input", *val, "--output", os.path.join(output, "overlays"),
              "--vocab-file", str(vocabulary_path(VAL.class_key)), "--device", "cpu",
              "--background", str(OVERLAY_MIN_PROBABILITY),
              "--opts", "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"])
-    with open(os.path.join(output, "summary.md"), "w") as f:
-        f.write(text)
+    from cat_seg.utils import atomic_write
+
+    atomic_write(os.path.join(output, "summary.md"), lambda f: f.write(text), mode="w", durable=False)
     print(text)
     log(f"done in {time.time() - start:.0f} s; overlays in {os.path.join(output, 'overlays')}")
     return 0
