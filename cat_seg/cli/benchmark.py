@@ -78,6 +78,20 @@ from .errors import ArgumentParser, UserError, print_user_error
 logger = logging.getLogger("cat_seg.benchmark")
 
 SMOKE_CONFIG = "configs/quick_schedules/tiny_vitb_cpu.yaml"
+#: The measurement protocol of the official code's baseline (docs/benchmarks.md): inference on a
+#: 512x683 image (an ADE20K validation image's size after the test resize) with ADE20K-150's
+#: vocabulary size, training on crops of the config's INPUT.CROP.SIZE with COCO-Stuff's.
+INFER_SIZE = (512, 683)
+SMOKE_INFER_SIZE = (170, 230)
+
+
+def protocol_classes(mode: str) -> int:
+    """The vocabulary size of the protocol: the training set's classes (COCO-Stuff, 171) for
+    ``train``, ADE20K-150's for ``infer``, as the dataset catalog gives them."""
+    from cat_seg.data.catalog import get_layout
+
+    name = "coco_2017_train_stuff_all_sem_seg" if mode == "train" else "ade20k_150_test_sem_seg"
+    return get_layout(name).num_classes
 
 
 def parse_args(argv=None):
@@ -96,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="inference image size (default 512 683); training crops are 384x384")
     parser.add_argument("--crop", type=int, default=None,
-                        help="training crop size (default 384; --smoke: the config's INPUT.CROP.SIZE)")
+                        help="training crop size (default: the config's INPUT.CROP.SIZE, 384 in the released configs)")
     parser.add_argument("--tag", default="", help="a name recorded in the JSON line (field tag)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1,
@@ -332,14 +346,14 @@ def make_step(args, cfg, model, device, smoke: bool):
 
     batch = args.batch or (4 if args.mode == "train" else 1)
     generator = torch.Generator().manual_seed(0)
-    names = class_names(args, 171 if args.mode == "train" else 150)
+    names = class_names(args, protocol_classes(args.mode))
     dtype = resolve_precision(cfg.MODEL.PRECISION, device)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     extra = {"precision_resolved": precision_name(dtype)}
 
     if args.mode == "train":
         model.train()
-        crop = args.crop or (cfg.INPUT.CROP.SIZE[0] if smoke else 384)
+        crop = args.crop or cfg.INPUT.CROP.SIZE[0]
         size = (crop, crop)
         inputs = []
         for _ in range(batch):
@@ -377,7 +391,7 @@ def make_step(args, cfg, model, device, smoke: bool):
 
     else:
         model.eval()
-        size = tuple(args.size) if args.size else ((170, 230) if smoke else (512, 683))
+        size = tuple(args.size) if args.size else (SMOKE_INFER_SIZE if smoke else INFER_SIZE)
         inputs = [{"image": torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator)}
                   for _ in range(batch)]
 
