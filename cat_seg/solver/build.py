@@ -25,6 +25,8 @@ DeepLab-based detectron2 projects (Mask2Former) train with: detectron2's schedul
 (``WarmupCosineLR`` with no warmup gives the multiplier ``0.5 * (1 + cos(pi * iter /
 MAX_ITER))``) plus ``WarmupPolyLR``, whose ``SOLVER.POLY_LR_POWER`` /
 ``POLY_LR_CONSTANT_ENDING`` keys ``add_deeplab_config`` adds.
+``WarmupStepWithFixedGammaLR`` is built as detectron2 builds it, with a step schedule that has a
+value at the end of training (:class:`StepWithFixedGammaToTheEnd`; fvcore's raises there).
 :func:`check_lr_scheduler` builds it before training starts.
 """
 import copy
@@ -33,7 +35,8 @@ from typing import Any, Dict, List, Set, Type
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.projects.deeplab import build_lr_scheduler  # re-exported
+from detectron2.projects.deeplab import build_lr_scheduler as deeplab_build_lr_scheduler
+from fvcore.common.param_scheduler import StepParamScheduler, StepWithFixedGammaParamScheduler
 
 __all__ = [
     "CLIP_TYPES",
@@ -53,6 +56,36 @@ logger = logging.getLogger(__name__)
 LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupPolyLR")
 
 
+class StepWithFixedGammaToTheEnd(StepWithFixedGammaParamScheduler):
+    """fvcore's ``StepWithFixedGammaParamScheduler`` with a value at the end of training:
+    fvcore's raises ``IndexError`` at ``where = 1``, which detectron2 asks for at the scheduler
+    step after the last iteration (and at construction, for a warmup as long as training), so
+    ``WarmupStepWithFixedGammaLR`` ended every run in a traceback before ``model_final.pth``.
+    There it gives the last decay's value, as just before."""
+
+    #: the largest ``where`` fvcore's step lookup (which adds its epsilon) maps to the last value
+    LAST_WHERE = 1.0 - 2 * StepParamScheduler.WHERE_EPSILON
+
+    def __call__(self, where: float) -> float:
+        return super().__call__(min(where, self.LAST_WHERE))
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
+    """The LR scheduler of ``SOLVER.LR_SCHEDULER_NAME``: DeepLab's ``build_lr_scheduler``
+    (detectron2's schedules and ``WarmupPolyLR``), except that ``WarmupStepWithFixedGammaLR``
+    is built with :class:`StepWithFixedGammaToTheEnd` (as detectron2 builds it otherwise)."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupStepWithFixedGammaLR":
+        return deeplab_build_lr_scheduler(cfg, optimizer)
+    from detectron2.solver import LRMultiplier, WarmupParamScheduler
+
+    schedule = StepWithFixedGammaToTheEnd(base_value=1.0, gamma=cfg.SOLVER.GAMMA, num_decays=cfg.SOLVER.NUM_DECAYS,
+                                          num_updates=cfg.SOLVER.MAX_ITER)
+    schedule = WarmupParamScheduler(schedule, cfg.SOLVER.WARMUP_FACTOR,
+                                    min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+                                    cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.RESCALE_INTERVAL)
+    return LRMultiplier(optimizer, multiplier=schedule, max_iter=cfg.SOLVER.MAX_ITER)
+
+
 def check_lr_scheduler(cfg: CfgNode) -> None:
     """Raise a one-line ``ValueError`` for a schedule :func:`build_lr_scheduler` would reject
     once training started (an unknown name, a base LR that is not positive, ``SOLVER.MAX_ITER``
@@ -70,7 +103,7 @@ def check_lr_scheduler(cfg: CfgNode) -> None:
     parameter = torch.zeros(1, requires_grad=True)
     try:
         build_lr_scheduler(cfg, torch.optim.SGD([parameter], lr=cfg.SOLVER.BASE_LR))
-    except (AssertionError, ValueError, ZeroDivisionError) as exc:
+    except (AssertionError, ValueError, ZeroDivisionError, IndexError) as exc:
         raise ValueError(f"SOLVER.LR_SCHEDULER_NAME={name!r} cannot be built from the SOLVER keys: "
                          f"{exc or type(exc).__name__}") from None
 

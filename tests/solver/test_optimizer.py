@@ -347,6 +347,35 @@ def test_poly_schedule_of_the_deeplab_keys_matches_formula():
         scheduler.step()
 
 
+@pytest.mark.parametrize("warmup_iters", [0, 3, 100])
+def test_fixed_gamma_schedule_runs_to_the_end_of_training(warmup_iters):
+    """``WarmupStepWithFixedGammaLR`` (a listed schedule) raised fvcore's IndexError at the
+    scheduler step after the last iteration (and when built, for a warmup as long as
+    training): training died before ``model_final.pth``. Decays at equal steps, the last one
+    kept to the end; the warmup is detectron2's."""
+    from cat_seg.solver import check_lr_scheduler
+
+    max_iter = 12
+    cfg = make_cfg(LR_SCHEDULER_NAME="WarmupStepWithFixedGammaLR", MAX_ITER=max_iter, WARMUP_ITERS=warmup_iters,
+                   NUM_DECAYS=3, GAMMA=0.1, WARMUP_FACTOR=0.5, WARMUP_METHOD="constant")
+    check_lr_scheduler(cfg)
+    parameter = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=BASE_LR)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(max_iter):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()  # the last one: where = 1
+    lrs.append(optimizer.param_groups[0]["lr"])
+    if warmup_iters >= max_iter:  # all of training is warmup (detectron2's rule for its values): it runs
+        return
+    expected = [BASE_LR * 0.1 ** (it // 3) for it in range(max_iter)] + [BASE_LR * 0.1 ** 3]
+    # constant warmup: factor 0.5 for the first warmup_iters
+    expected = [lr * 0.5 if it < warmup_iters else lr for it, lr in enumerate(expected)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"LR_SCHEDULER_NAME": "WarmupLinearLR"}, "SOLVER.LR_SCHEDULER_NAME='WarmupLinearLR': expected one of "
                                               "WarmupMultiStepLR, WarmupCosineLR, WarmupStepWithFixedGammaLR, "
