@@ -118,6 +118,8 @@ BENCHMARK_KEYS = ("DATASETS.TEST", "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON")
 # Training options that are not the evaluation's after run.sh's training: the weights the
 # training started from (the evaluation's are the trained OUTPUT_DIR/model_final.pth).
 TRAINING_START_KEYS = ("MODEL.WEIGHTS",)
+# The pooling keys: POOLING_SIZES is the official eval.sh's, TEST_POOLING_SIZES what inference reads.
+POOLING_KEY, TEST_POOLING_KEY = "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES"
 
 
 def evaluation_options(extra: Sequence[str]) -> List[str]:
@@ -125,7 +127,8 @@ def evaluation_options(extra: Sequence[str]) -> List[str]:
 
     Given to eval.sh: a key eval.sh sets for each benchmark (:data:`BENCHMARK_KEYS`) is an
     error, and one that replaces a setting of the protocol (sliding window, pooling) is said on
-    stderr. Given to run.sh (the training's options, :data:`FROM_TRAINING_ENV`): those keys and
+    stderr; ``POOLING_SIZES`` alone (the official eval.sh's pooling key) sets
+    ``TEST_POOLING_SIZES`` too, which inference pools with. Given to run.sh (the training's options, :data:`FROM_TRAINING_ENV`): those keys and
     the weights the training started from (:data:`TRAINING_START_KEYS`) are left out of the
     evaluation, with a note (``DATASETS.TEST "()"``, the training pooling ``[2,2]`` or a
     fine-tuning's ``MODEL.WEIGHTS`` are training settings; the trained model is evaluated)."""
@@ -148,12 +151,17 @@ def evaluation_options(extra: Sequence[str]) -> List[str]:
                   file=sys.stderr, flush=True)
         return [x for key, value in pairs if not training_only(key)
                 for x in ((key,) if value is None else (key, value))]
+    given = dict(pair for pair in pairs if pair[1] is not None)
     for key, value in pairs:
         if key in BENCHMARK_KEYS:
             raise UserError(f"{key} is set by eval.sh for each benchmark (BENCHMARKS=... selects them); remove "
                             f"'{key} ...' from the KEY VALUE options")
         if key in protocol and value is not None:
             print(f"[eval] {key} {value} replaces the protocol's {protocol[key]}", file=sys.stderr, flush=True)
+    if POOLING_KEY in given and TEST_POOLING_KEY not in given:
+        # the official eval.sh's pooling key: inference pools with TEST_POOLING_SIZES, which the
+        # protocol also sets, so POOLING_SIZES alone would change nothing at evaluation
+        extra += [TEST_POOLING_KEY, given[POOLING_KEY]]
     return extra
 
 

@@ -183,6 +183,15 @@ def test_options_that_eval_sh_sets_itself(capsys, monkeypatch):
     options = ["MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[2,2]"]
     assert evaluate_benchmarks.evaluation_options(options) == options
     assert capsys.readouterr().err == "[eval] MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES [2,2] replaces the protocol's [1,1]\n"
+    # the official eval.sh's pooling key alone: inference pools with TEST_POOLING_SIZES (the
+    # protocol's [1,1] won, and the evaluation did not change), so it is set to the same
+    options = ["MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]"]
+    assert evaluate_benchmarks.evaluation_options(options) == options + ["MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES",
+                                                                         "[2,2]"]
+    assert capsys.readouterr().err == "[eval] MODEL.SEM_SEG_HEAD.POOLING_SIZES [2,2] replaces the protocol's [1,1]\n"
+    options = ["MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]", "MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[3,3]"]
+    assert evaluate_benchmarks.evaluation_options(options) == options
+    capsys.readouterr()
     monkeypatch.setenv(evaluate_benchmarks.FROM_TRAINING_ENV, "1")
     training = ["DATASETS.TEST", "()", "SOLVER.MAX_ITER", "10", "MODEL.SEM_SEG_HEAD.POOLING_SIZES", "[2,2]",
                 "MODEL.SEM_SEG_HEAD.TEST_POOLING_SIZES", "[3,3]"]
