@@ -360,6 +360,8 @@ NUMBER_RANGES = (
     ("TEST.CLASS_CHUNK_SIZE", -1, "-1 (auto), 0 (all classes at once) or a positive number of classes"),
     ("INPUT.MIN_SIZE_TEST", 0, "0 (keep the image's size) or the shorter side in pixels"),
     ("INPUT.MAX_SIZE_TEST", 1, "a positive longest side in pixels"),
+    ("MODEL.MASK_FORMER.SIZE_DIVISIBILITY", 0, "0 (no padding) or a positive size images are padded to a "
+                                               "multiple of"),
 )
 # Lists of channel counts, one per decoder up-block: every entry must be positive.
 CHANNEL_LISTS = ("MODEL.SEM_SEG_HEAD.DECODER_DIMS", "MODEL.SEM_SEG_HEAD.DECODER_GUIDANCE_DIMS",
@@ -392,7 +394,8 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
     sizes, the ranges of :data:`NUMBER_RANGES`, CLIP's pixel mean and std, the decoder's
     :data:`CHANNEL_LISTS`, the evaluation batch, the model's own
     constructors (:func:`check_model_builds`) and, for training, the training mapper and its
-    augmentations, the optimizer, the gradient-clipping type, the LR schedule, the ranges of
+    augmentations (a crop's single-class area), the optimizer (SGD's Nesterov momentum), the
+    gradient-clipping type and threshold, the LR schedule, the ranges of
     :data:`TRAIN_NUMBER_RANGES` and the batch (divisible by the ``processes``), all of them as
     ``SOLVER.REFERENCE_WORLD_SIZE`` scales them for ``processes``. Raises a one-line
     ``ValueError``
@@ -477,7 +480,18 @@ def check_config_values(cfg, processes: int = 1, eval_only: bool = True) -> None
         choice("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME, sorted(TRAIN_MAPPERS))
         build_train_augmentations(cfg)  # raises for a sampling, crop type or flip it cannot use
         choice("SOLVER.OPTIMIZER", str(cfg.SOLVER.OPTIMIZER).upper(), OPTIMIZERS)
+        if str(cfg.SOLVER.OPTIMIZER).upper() == "SGD" and cfg.SOLVER.NESTEROV and not cfg.SOLVER.MOMENTUM > 0:
+            raise ValueError(f"SOLVER.NESTEROV True with SOLVER.MOMENTUM={cfg.SOLVER.MOMENTUM!r}: Nesterov momentum "
+                             "needs a momentum > 0 (SGD)")
         choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES)
+        clip_value = cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE
+        if cfg.SOLVER.CLIP_GRADIENTS.ENABLED and not (isinstance(clip_value, (int, float)) and clip_value > 0):
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={clip_value!r}: expected a positive clipping "
+                             "threshold (or SOLVER.CLIP_GRADIENTS.ENABLED False)")
+        area = get_key(cfg, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA")
+        if cfg.INPUT.CROP.ENABLED and not (isinstance(area, (int, float)) and 0 < area <= 1):
+            raise ValueError(f"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA={area!r}: expected a fraction in (0, 1] of the "
+                             "crop one class may cover (1.0: no constraint)")
         norm_type = cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE
         if not (isinstance(norm_type, (int, float)) and norm_type > 0):
             raise ValueError(f"SOLVER.CLIP_GRADIENTS.NORM_TYPE={norm_type!r}: expected a positive norm order p "

@@ -126,6 +126,17 @@ def test_every_plain_open_clip_vit_is_accepted():
     ({"INPUT.FORMAT": "BGR"}, "INPUT.FORMAT='BGR': expected 'RGB', the channel order of CLIP's images"),
     ({"INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic"},
      "INPUT.DATASET_MAPPER_NAME='mask_former_panoptic': expected one of mask_former_semantic"),
+    # torch's SGD raised these once training started, with a traceback
+    ({"SOLVER.OPTIMIZER": "SGD", "SOLVER.NESTEROV": True, "SOLVER.MOMENTUM": 0.0},
+     "SOLVER.NESTEROV True with SOLVER.MOMENTUM=0.0: Nesterov momentum needs a momentum > 0 (SGD)"),
+    # accepted without a word before: clipping silently off, a crop constraint that cannot hold,
+    # padding to a negative multiple (no padding)
+    ({"SOLVER.CLIP_GRADIENTS.ENABLED": True, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": -1.0},
+     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE=-1.0: expected a positive clipping threshold"),
+    ({"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 0.0},
+     "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA=0.0: expected a fraction in (0, 1] of the crop one class may cover"),
+    ({"MODEL.MASK_FORMER.SIZE_DIVISIBILITY": -7},
+     "MODEL.MASK_FORMER.SIZE_DIVISIBILITY=-7: expected 0 (no padding) or a positive size"),
 ])
 def test_what_the_model_would_reject_is_found_before_building(build_cfg, opts, message):
     """check_config_values (train_net --check-only, the API, eval.sh) builds the model on the
