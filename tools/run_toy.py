@@ -12,8 +12,9 @@
 5. write overlays of a few val images with ``demo/demo.py``;
 6. print the metrics table (also in ``OUTPUT/summary.md``).
 
-Each step reuses what a previous run finished (rerun = resume). The test suite runs a short
-version (fewer images and steps).
+Each step reuses what a previous run finished (rerun = resume), and says so: the options of a
+finished step (``--clip-steps``, ``--max-iter``) are not applied again, so another schedule
+needs another ``--output``. The test suite runs a short version (fewer images and steps).
 """
 import argparse
 import json
@@ -117,16 +118,29 @@ def summary(output, eval_table):
     return "\n".join(lines) + "\n"
 
 
+def count(minimum):
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return value
+    return parse
+
+
 def main(argv=None):
     from cat_seg.cli.errors import ArgumentParser
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/toy")
-    parser.add_argument("--max-iter", type=int, default=None, help="CAT-Seg training iterations (config default)")
-    parser.add_argument("--clip-steps", type=int, default=1500, help="tiny-CLIP pre-training steps")
-    parser.add_argument("--num-train", type=int, default=3000, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=100, help="synthetic val images")
-    parser.add_argument("--overlays", type=int, default=6, help="val images to draw")
+    parser.add_argument("--max-iter", type=count(1), default=None, help="CAT-Seg training iterations (config default)")
+    parser.add_argument("--clip-steps", type=count(1), default=1500, help="tiny-CLIP pre-training steps")
+    parser.add_argument("--num-train", type=count(1), default=3000, help="synthetic training images")
+    parser.add_argument("--num-val", type=count(1), default=100, help="synthetic val images")
+    parser.add_argument("--overlays", type=count(0), default=6, help="val images to draw")
     args = parser.parse_args(argv)
     output = os.path.abspath(args.output)
     os.makedirs(output, exist_ok=True)
@@ -140,11 +154,18 @@ def main(argv=None):
     clip_path = os.path.join(output, "tiny_clip_pretrained.pth")
     if not os.path.isfile(clip_path):
         pretrain_tiny_clip(clip_path, args.clip_steps)
+    else:
+        log(f"reusing the pre-trained tiny CLIP of an earlier run, {clip_path} (--clip-steps does not apply to it; "
+            "another --output runs this step again)")
     opts = ["OUTPUT_DIR", output, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", clip_path]
     if args.max_iter is not None:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
-    if not os.path.isfile(os.path.join(output, "model_final.pth")):
+    final = os.path.join(output, "model_final.pth")
+    if not os.path.isfile(final):
         run([sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", *opts, "DATASETS.TEST", "()"])
+    else:
+        log(f"reusing the trained model of an earlier run, {final} (--max-iter does not apply to it; another --output "
+            "trains again)")
     env = dict(os.environ, BENCHMARKS=VAL.benchmark)
     eval_cmd = [sys.executable, "tools/evaluate_benchmarks.py", CONFIG, "1", output,
                 "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", clip_path]
