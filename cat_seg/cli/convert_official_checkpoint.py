@@ -67,8 +67,8 @@ def _read_source(src: str):
         from cat_seg.hub import get_released
 
         if get_released(src) is not None:
-            raise CheckpointFormatError(f"{src} is a released cat-seg checkpoint, already in cat-seg's layout: nothing "
-                                        f"to convert (MODEL.WEIGHTS {src} loads it)")
+            raise CheckpointFormatError(f"{src} names a released official checkpoint, which MODEL.WEIGHTS {src} "
+                                        "downloads and loads as it is (converted on loading): nothing to convert")
         if "://" in src:
             raise CheckpointFormatError(f"the converter reads local files: download {src} first")
     if not src.endswith(".pkl"):

@@ -98,7 +98,8 @@ def _bad_inputs(tmp_path, official_tiny):
         (ours, "already in the cat-seg layout"),
         (extra, "1 unknown official key(s): sem_seg_head.predictor.foo"),
         (not_state, "holds a list, not a checkpoint dict"),
-        ("catseg-vitb", "catseg-vitb is a released cat-seg checkpoint, already in cat-seg's layout: nothing to convert"),
+        ("catseg-vitb", "catseg-vitb names a released official checkpoint, which MODEL.WEIGHTS catseg-vitb downloads "
+                        "and loads as it is (converted on loading): nothing to convert"),
         ("https://example.com/model_base.pth", "the converter reads local files: download https://example.com/"),
     ]
 
