@@ -317,8 +317,9 @@ def merge_config(cfg, config_file: Optional[str] = None, opts: Sequence[str] = (
     check_pairs(opts)
     option = next((key for key in opts[0::2] if str(key).startswith("--")), None)
     if option is not None:  # an option given after --opts, which takes the rest of the line
-        raise UserError(f"{option!r} among the config overrides: --opts takes everything after it as KEY VALUE "
-                        "pairs, so it must come last (put the other options before it)")
+        raise UserError(f"{option!r} among the config overrides: the KEY VALUE pairs (after --opts, or after "
+                        "train_net.py's and eval.sh's own arguments) take the rest of the command line, so they must "
+                        "come last (put the other options before them)")
     check_config_keys(cfg, opts[0::2], opts_source)
     checked = []
     for key, value in zip(opts[0::2], opts[1::2]):

@@ -56,8 +56,9 @@ def test_an_option_after_opts_says_opts_comes_last():
 
     with pytest.raises(UserError) as info:
         merge_config(add_cat_seg_config(get_cfg()), None, ["TEST.SLIDING_WINDOW", "True", "--output", "out"])
-    assert str(info.value) == ("'--output' among the config overrides: --opts takes everything after it as KEY VALUE "
-                               "pairs, so it must come last (put the other options before it)")
+    assert str(info.value) == ("'--output' among the config overrides: the KEY VALUE pairs (after --opts, or after "
+                               "train_net.py's and eval.sh's own arguments) take the rest of the command line, so they "
+                               "must come last (put the other options before them)")
 
 
 @pytest.mark.parametrize("text, held", [("", "nothing"), ("# only a comment\n", "nothing"), ("- a\n- b\n", "a YAML list")])
