@@ -885,7 +885,7 @@ def _pretrained_cached(pretrained_cfg: Dict[str, Any]) -> bool:
     return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
 
 
-def check_weights_available(cfg) -> None:
+def check_weights_available(cfg, options: str = "demo") -> None:
     """Fail in seconds, before the model is built, when CLIP weights would have to be
     downloaded but cannot be (``HF_HUB_OFFLINE`` set, or the hub not reachable within
     :data:`CONNECT_TIMEOUT_S`): a :class:`CATSegError` saying what to pass instead. Without
@@ -894,6 +894,9 @@ def check_weights_available(cfg) -> None:
     ``MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS`` ``none`` / a file / a cached download need no network,
     and neither does any CLIP tag when ``MODEL.WEIGHTS`` is set (the checkpoint holds CLIP:
     :class:`OpenVocabSegmenter` then does not fetch it).
+
+    ``options``: how the message names the settings, ``"demo"`` (``--weights FILE``,
+    ``--opts KEY VALUE``) or ``"config"`` (``KEY VALUE`` pairs, as train_net.py takes them).
     """
     from .hub import hub_offline
     from .modeling.clip.builder import CLIPLoadError, clip_weights_source, fetch_command
@@ -926,10 +929,12 @@ def check_weights_available(cfg) -> None:
     else:
         return
     fetch = fetch_command(source)
+    weights_option, opts = ("--weights FILE / MODEL.WEIGHTS", "--opts ") if options == "demo" else ("MODEL.WEIGHTS FILE",
+                                                                                                    "")
     raise CATSegError(
         f"CLIP weights {resolved.name}/{tag} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS {weights}) are not downloaded and "
-        f"{reason}: pass a CAT-Seg checkpoint (--weights FILE / MODEL.WEIGHTS, it holds the CLIP weights too), "
-        f"a local CLIP file (--opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS FILE), --opts MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none "
+        f"{reason}: pass a CAT-Seg checkpoint ({weights_option}, it holds the CLIP weights too), "
+        f"a local CLIP file ({opts}MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS FILE), {opts}MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none "
         f"(random CLIP, for testing only), or fetch them once with internet: {fetch}"
     )
 

@@ -299,6 +299,18 @@ def check_clip_weights_fit(cfg) -> None:
         raise UserError(f"MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS: {str(exc).replace(chr(10), ' ')}") from None
 
 
+def check_clip_weights_reachable(cfg) -> None:
+    """CLIP weights open_clip would download (a pretrained tag without ``MODEL.WEIGHTS``) are
+    in its cache, or the hub can be reached: offline (``HF_HUB_OFFLINE``, no connection) one
+    line in seconds, where the run's set-up retried the download for about a minute first."""
+    from cat_seg.api import CATSegError, check_weights_available
+
+    try:
+        check_weights_available(cfg, options="config")
+    except CATSegError as exc:
+        raise UserError(str(exc)) from None
+
+
 def check_class_jsons(cfg, eval_only: bool) -> None:
     from cat_seg.utils import read_class_json
 
@@ -497,6 +509,7 @@ def check(args):
                        f"checkpoint, --resume would continue the old run (another OUTPUT_DIR keeps the runs apart)")
     check_weights(cfg, args.resume, args.eval_only)
     check_clip_weights_fit(cfg)
+    check_clip_weights_reachable(cfg)
     check_class_jsons(cfg, args.eval_only)
     records = check_datasets(cfg, args.eval_only)
     if args.check_labels:

@@ -17,7 +17,9 @@ CASES = [
     ("cat_seg.cli.convert_official_checkpoint:main", [], "the following arguments are required: IN.pth, OUT.pth"),
     ("cat_seg.data.prepare.cli:main", ["ade20k", "--workers", "0"], "argument --workers: '0': expected a positive"),
     ("cat_seg.data.synthetic:main", ["--num-train", "x"], "argument --num-train: invalid int value: 'x'"),
-    ("tools/run_toy.py:main", ["--max-iter", "x"], "argument --max-iter: invalid int value: 'x'"),
+    ("tools/run_toy.py:main", ["--max-iter", "x"], "argument --max-iter: 'x': expected an integer >= 1"),
+    ("tools/run_toy.py:main", ["--clip-steps", "0"], "argument --clip-steps: '0': expected an integer >= 1"),
+    ("tools/run_toy.py:main", ["--overlays", "-1"], "argument --overlays: '-1': expected an integer >= 0"),
     ("tools/large_image_benchmark.py:main", ["--config", "huge"], "argument --config: invalid choice: 'huge'"),
 ]
 

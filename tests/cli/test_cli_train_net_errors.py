@@ -822,3 +822,24 @@ def test_a_url_that_cannot_be_fetched_is_one_line_before_the_run(capsys, tmp_pat
     assert line.startswith(f"error: MODEL.WEIGHTS {url}: cannot fetch it (") and line.endswith(
         "); download it and give the file")
     assert not (tmp_path / "o").exists()
+
+
+def test_clip_weights_to_download_offline_are_one_line_before_the_run(monkeypatch):
+    """Training from CLIP's released weights with no copy in the cache and no way to the hub:
+    the run's set-up retried open_clip's download for about a minute before its error, and
+    --check-only said "ok". One line now, naming KEY VALUE settings (train_net has no --opts)."""
+    import cat_seg.api as api
+
+    monkeypatch.setattr(api, "_pretrained_cached", lambda pretrained_cfg: False)
+    monkeypatch.setattr(api, "_host_reachable", lambda url, timeout=api.CONNECT_TIMEOUT_S: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    args = train_net.build_parser().parse_args(["--config-file", "configs/vitb_384.yaml"])
+    cfg = train_net.load_config(args)
+    with pytest.raises(UserError) as info:
+        train_net.check_clip_weights_reachable(cfg)
+    message = str(info.value)
+    assert message.startswith("CLIP weights ViT-B-16/openai (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS default) are not "
+                              "downloaded and ") and "cannot be reached" in message, message
+    assert "MODEL.WEIGHTS FILE" in message and "--opts" not in message and "--weights" not in message
+    monkeypatch.setattr(api, "_pretrained_cached", lambda pretrained_cfg: True)  # in open_clip's cache: no network
+    train_net.check_clip_weights_reachable(cfg)
