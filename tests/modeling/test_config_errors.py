@@ -126,6 +126,12 @@ def test_every_plain_open_clip_vit_is_accepted():
     ({"INPUT.FORMAT": "BGR"}, "INPUT.FORMAT='BGR': expected 'RGB', the channel order of CLIP's images"),
     ({"INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic"},
      "INPUT.DATASET_MAPPER_NAME='mask_former_panoptic': expected one of mask_former_semantic"),
+    ({"MODEL.SEM_SEG_HEAD.PROMPT_LENGTH": -1},
+     "MODEL.SEM_SEG_HEAD.PROMPT_LENGTH=-1: expected 0 or more prompt tokens per block"),
+    ({"MODEL.SEM_SEG_HEAD.PROMPT_DEPTH": 13, "MODEL.SEM_SEG_HEAD.PROMPT_LENGTH": 2},
+     "MODEL.SEM_SEG_HEAD.PROMPT_DEPTH=13: expected 0 to "),
+    ({"MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION": 100},
+     "CLIP resolution (100, 100) is not a multiple of the patch size 16 (MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION)"),
     # torch's SGD raised these once training started, with a traceback
     ({"SOLVER.OPTIMIZER": "SGD", "SOLVER.NESTEROV": True, "SOLVER.MOMENTUM": 0.0},
      "SOLVER.NESTEROV True with SOLVER.MOMENTUM=0.0: Nesterov momentum needs a momentum > 0 (SGD)"),

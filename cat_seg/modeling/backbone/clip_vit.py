@@ -104,7 +104,8 @@ class CLIPVisionBackbone(Backbone):
         self.embed_dim = visual.proj.shape[1]
         self.resolution = (int(resolution[0]), int(resolution[1]))
         if self.resolution[0] % self.patch_size or self.resolution[1] % self.patch_size:
-            raise ValueError(f"CLIP resolution {self.resolution} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(f"CLIP resolution {self.resolution} is not a multiple of the patch size {self.patch_size} "
+                             "(MODEL.SEM_SEG_HEAD.CLIP_RESOLUTION)")
         self.guidance_blocks = [int(i) for i in guidance_blocks]
         for index in self.guidance_blocks:
             if not 0 <= index < self.depth - 1:
@@ -112,8 +113,12 @@ class CLIPVisionBackbone(Backbone):
                     f"guidance block {index} is out of range: the image tower has {self.depth} blocks "
                     f"and the last one ({self.depth - 1}) is the dense block"
                 )
-        if prompt_depth > self.depth or prompt_depth < 0 or prompt_length < 0:
-            raise ValueError(f"PROMPT_DEPTH={prompt_depth} must be in [0, {self.depth}] and PROMPT_LENGTH >= 0")
+        if not 0 <= prompt_depth <= self.depth:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.PROMPT_DEPTH={prompt_depth}: expected 0 to {self.depth} (the image "
+                             "tower's blocks that get prompts)")
+        if prompt_length < 0:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.PROMPT_LENGTH={prompt_length}: expected 0 or more prompt tokens per "
+                             "block")
         if prompt_depth and prompt_length:
             self.visual_prompt_tokens = nn.Parameter(torch.zeros(prompt_depth, prompt_length, self.width))
             nn.init.trunc_normal_(self.visual_prompt_tokens, std=0.02)
