@@ -594,7 +594,7 @@ def _main(args) -> int:
         if not os.access(folder, os.W_OK):
             raise UserError(f"--profile-out {args.profile_out}: the folder {folder} is not writable")
     if args.smoke:
-        given = [f"--{name.replace('_', '-')}" for name in ("iters", "warmup", "batch", "config_file")
+        given = [f"--{name.replace('_', '-')}" for name in ("iters", "warmup", "batch", "config_file", "mode")
                  if getattr(args, name) != build_parser().get_default(name)]
         if given:
             raise UserError(f"--smoke runs its own tiny settings: drop {', '.join(given)}")

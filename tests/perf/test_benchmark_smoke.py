@@ -126,6 +126,7 @@ def test_smoke_count_records():
     (["--profile", "-1"], "--profile -1: expected a number of rows"),
     (["--profile", "3", "--profile-out", "/no/such/folder/p.txt"], "--profile-out /no/such/folder/p.txt: expected a file"),
     (["--smoke", "--iters", "3"], "--smoke runs its own tiny settings: drop --iters"),
+    (["--smoke", "--mode", "train"], "--smoke runs its own tiny settings: drop --mode"),  # it runs both modes
     (["--class-json", "no/such.json"], "--class-json 'no/such.json' not found"),
     (["--class-json", "configs/vitb_384.yaml"], "configs/vitb_384.yaml': not valid JSON"),
 ])
