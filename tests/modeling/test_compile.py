@@ -135,6 +135,8 @@ def test_compile_setting_resolution():
     assert resolve_compile(None, "cuda") and resolve_compile("auto", "cuda:0") and resolve_compile("AUTO", "cuda")
     assert not resolve_compile(None, "cpu") and not resolve_compile("auto", torch.device("cpu"))
     assert not resolve_compile(None, None)  # device unknown (construction): only an explicit True
+    # the YAML default written on a command line (MODEL.COMPILE null) is auto too
+    assert resolve_compile("null", "cuda") and not resolve_compile("null", "cpu") and resolve_compile("none", "cuda")
     assert resolve_compile(True, "cpu") and resolve_compile("true", None)
     assert not resolve_compile(False, "cuda") and not resolve_compile("False", "cuda")
     with pytest.raises(ValueError, match="MODEL.COMPILE='yes': expected True, False or auto"):

@@ -48,8 +48,9 @@ def check_input(inputs: Dict, position: int, with_label: bool) -> None:
 
 
 def compile_is_auto(setting: Optional[Union[bool, str]]) -> bool:
-    """Whether ``MODEL.COMPILE`` is the auto setting (None, the default, or ``"auto"``)."""
-    return setting is None or (isinstance(setting, str) and setting.lower() == "auto")
+    """Whether ``MODEL.COMPILE`` is the auto setting (None, the default, or ``"auto"``; also
+    ``"null"`` / ``"none"``, how a command line writes the YAML default)."""
+    return setting is None or (isinstance(setting, str) and setting.lower() in ("auto", "null", "none"))
 
 
 def resolve_compile(setting: Optional[Union[bool, str]], device) -> bool:
