@@ -26,6 +26,7 @@ class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` computed in the input's dtype (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., *normalized_shape]`` -> the same shape and dtype."""
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(x, self.normalized_shape, _like(self.weight, x), _like(self.bias, x), self.eps)
 
@@ -34,5 +35,6 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` computed in the input's dtype (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C, *]`` -> the same shape and dtype."""
         with torch.autocast(x.device.type, enabled=False):
             return F.group_norm(x, self.num_groups, _like(self.weight, x), _like(self.bias, x), self.eps)

@@ -85,13 +85,16 @@ class GuidedLinear(nn.Module):
         return self.weight[:, : self.in_dim]
 
     def project_guidance(self, guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        """Guidance term ``W_g g + b`` (just ``b`` when there is no guidance)."""
+        """Guidance term ``W_g g + b``: ``[..., guidance_dim] -> [..., out_dim]`` (just ``b``
+        ``[out_dim]`` when there is no guidance)."""
         if guidance is None or self.guidance_dim == 0:
             return self.bias
         return F.linear(guidance, self.weight[:, self.in_dim:], self.bias)
 
     def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``W_x x + W_g g + b`` with ``guidance`` broadcasting against ``x``'s rows."""
+        """``W_x x + W_g g + b``: ``x`` ``[..., in_dim]`` and ``guidance`` ``[..., guidance_dim]``
+        (broadcasting against ``x``'s rows, e.g. ``[B, 1, N, G]`` for ``x`` ``[B, T, N, D]``; or
+        None) -> ``[..., out_dim]``."""
         return F.linear(x, self.input_weight) + self.project_guidance(guidance)
 
 
