@@ -178,43 +178,15 @@ def test_cli_video_input(demo_module, capsys, tiny, checkpoint, tmp_path, image_
     capture.release()
 
 
-def test_ctrl_c_during_a_video_file_is_an_interruption(demo_module, capsys, tiny, checkpoint, tmp_path,
-                                                       image_factory, monkeypatch):
+@pytest.mark.parametrize("stop", ["ctrl_c", "error"])
+def test_a_video_stopped_at_its_second_frame(demo_module, capsys, tiny, checkpoint, tmp_path, image_factory,
+                                            monkeypatch, stop):
     """Ctrl-C ended a --video-input run with exit status 0 and a JSON of the frames done as if
-    that were the whole video; a webcam stream is still stopped this way."""
-    import cv2
-
-    from cat_seg.api import OpenVocabSegmenter
-
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
-    for seed in range(3):
-        writer.write(image_factory(seed, 48, 64)[:, :, ::-1].copy())
-    writer.release()
-    segment, calls = OpenVocabSegmenter.__call__, []
-
-    def interrupted_at_the_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return segment(self, *args, **kwargs)
-
-    monkeypatch.setattr(OpenVocabSegmenter, "__call__", interrupted_at_the_second_batch)
-    out = tmp_path / "out"
-    code, _, err = run_main(demo_module, capsys, [
-        "--config-file", tiny.config, "--video-input", video, "--output", out, "--vocab", VOCAB,
-        "--weights", checkpoint, "--device", "cpu", "--batch-size", "1", "--opts", *tiny.opts,
-    ])
-    assert code == 130 and err.strip().endswith("interrupted")
-    info = read_json(out / "clip.json")
-    assert info["frames"] == 1 and info["interrupted"] is True
-
-
-def test_an_error_midway_through_a_video_leaves_no_video(demo_module, capsys, tiny, checkpoint, tmp_path,
-                                                         image_factory, monkeypatch):
-    """The overlay video was written under its final name from the first frame: an error after
-    it (a frame the model could not take, out of memory) left a half-written video without its
-    JSON. It is written under a hidden name and renamed at the end (or at Ctrl-C, above)."""
+    that were the whole video; it is an interruption now (130; the frames done and the JSON
+    kept, "interrupted": true), and a webcam stream is still stopped this way. An error after
+    the first frame (a frame the model could not take, out of memory) left a half-written video
+    without its JSON: the video is written under a hidden name and renamed at the end or at
+    Ctrl-C, so an error leaves nothing."""
     import cv2
 
     from cat_seg.api import CATSegError, OpenVocabSegmenter
@@ -226,20 +198,26 @@ def test_an_error_midway_through_a_video_leaves_no_video(demo_module, capsys, ti
     writer.release()
     segment, calls = OpenVocabSegmenter.__call__, []
 
-    def failing_at_the_second_batch(self, *args, **kwargs):
+    def stopped_at_the_second_batch(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise CATSegError("frame 2 failed")
+            raise KeyboardInterrupt if stop == "ctrl_c" else CATSegError("frame 2 failed")
         return segment(self, *args, **kwargs)
 
-    monkeypatch.setattr(OpenVocabSegmenter, "__call__", failing_at_the_second_batch)
+    monkeypatch.setattr(OpenVocabSegmenter, "__call__", stopped_at_the_second_batch)
     out = tmp_path / "out"
     code, _, err = run_main(demo_module, capsys, [
         "--config-file", tiny.config, "--video-input", video, "--output", out, "--vocab", VOCAB,
         "--weights", checkpoint, "--device", "cpu", "--batch-size", "1", "--opts", *tiny.opts,
     ])
-    assert code == 2 and "frame 2 failed" in err
-    assert not out.exists() or list(out.iterdir()) == []
+    if stop == "ctrl_c":
+        assert code == 130 and err.strip().endswith("interrupted")
+        info = read_json(out / "clip.json")
+        assert info["frames"] == 1 and info["interrupted"] is True
+        assert sorted(p.name for p in out.iterdir()) == ["clip.json", "clip_overlay.mp4"]
+    else:
+        assert code == 2 and "frame 2 failed" in err
+        assert not out.exists() or list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", [
