@@ -275,12 +275,16 @@ class CATSegCheckpointer(DetectionCheckpointer):
         new = check_model_fits(self.model, state, source, report)
         if new.kept or new.skipped:
             modules = ", ".join(new_module_prefixes(self.model))
-            logger.info(f"{source}: new modules {modules}: "
-                        + "; ".join(part for part in (
-                            f"{len(new.kept)} tensor(s) keep their initialisation ({show_keys(new.kept)})"
-                            if new.kept else "",
-                            f"{len(new.skipped)} of the checkpoint's are not loaded ({show_keys(new.skipped)})"
-                            if new.skipped else "") if part))
+            message = f"{source}: new modules {modules}: " + "; ".join(part for part in (
+                f"{len(new.kept)} tensor(s) keep their initialisation ({show_keys(new.kept)})" if new.kept else "",
+                f"{len(new.skipped)} of the checkpoint's are not loaded ({show_keys(new.skipped)})" if new.skipped
+                else "") if part)
+            if new.skipped:  # the checkpoint holds tensors of these modules that do not fit: said louder
+                logger.warning(message + " (expected for weights from before these modules; a checkpoint trained "
+                               "with them was trained with other options than this config's: set them as in "
+                               "training)")
+            else:  # a checkpoint from before the modules: what new_modules is for
+                logger.info(message)
         skipped = set(new.skipped)
         checkpoint["model"] = {key: value for key, value in state.items() if key not in skipped}
         incompatible = super()._load_model(checkpoint)

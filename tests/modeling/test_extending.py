@@ -115,6 +115,7 @@ def test_new_modules_keep_their_initialisation_when_a_checkpoint_lacks_them(buil
     with caplog.at_level(logging.INFO, logger="cat_seg"):
         CATSegCheckpointer(extended).load(str(path))
     assert "new modules adapter: 2 tensor(s) keep their initialisation (adapter.bias, adapter.weight)" in caplog.text
+    assert [r.levelname for r in caplog.records if "new modules" in r.getMessage()] == ["INFO"]
     for key, value in plain.state_dict().items():
         assert torch.equal(extended.state_dict()[key], value)
     for key, value in adapter.items():
@@ -154,6 +155,10 @@ def test_a_heads_new_modules_may_replace_and_remove_what_checkpoints_hold(build_
     embed = {k: v.clone() for k, v in wider.sem_seg_head.aggregator.cost_embed.state_dict().items()}
     with caplog.at_level(logging.INFO, logger="cat_seg"):
         CATSegCheckpointer(wider).load(str(path))
+    # tensors of the checkpoint left out: a warning (a checkpoint of the method evaluated with
+    # other options than its training's lost its trained module at INFO level)
+    assert [r.levelname for r in caplog.records if "new modules" in r.getMessage()] == ["WARNING"]
+    assert "a checkpoint trained with them was trained with other options than this config's" in caplog.text
     # the 7x7 weight has no place in the 5x5 kernel; the bias (same shape) is loaded
     assert ("new modules sem_seg_head.aggregator.cost_embed, sem_seg_head.aggregator.appearance_guidance_proj: 1 "
             "tensor(s) keep their initialisation (sem_seg_head.aggregator.cost_embed.weight); 3 of the checkpoint's "
