@@ -422,8 +422,8 @@ def check_config_values(cfg, processes: int, eval_only: bool) -> None:
 
     try:
         check_values(cfg, processes, eval_only)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    except ValueError as exc:  # chained: CATSEG_DEBUG=1 shows where it came from (a module of one's own)
+        raise UserError(str(exc)) from exc
 
 
 def check_resume(cfg) -> None:
