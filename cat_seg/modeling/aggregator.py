@@ -236,6 +236,13 @@ class Aggregator(nn.Module):
             if check is not None:
                 check(grid)
 
+    def compute_cost_volume(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """The cost volume ``[B, P, T, H, W]`` of ``image_embeddings`` ``[B, C, H, W]`` and
+        ``text_embeddings`` ``[T, P, C]`` or ``[B, T, P, C]``, both fp32 (autocast off): the
+        cosine similarity (:func:`cosine_cost_volume`). A subclass overrides it to try another
+        cost; the top-``pad_len`` class selection and the embedding read what it returns."""
+        return cosine_cost_volume(image_embeddings, text_embeddings)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -275,7 +282,7 @@ class Aggregator(nn.Module):
                              "up-blocks: give one per block (None: no guidance)")
         with full_precision(image_embeddings):  # cosine scores and the top-k selection in fp32
             text_embeddings = full_precision_tensor(text_embeddings)
-            cost_volume = cosine_cost_volume(full_precision_tensor(image_embeddings), text_embeddings)
+            cost_volume = self.compute_cost_volume(full_precision_tensor(image_embeddings), text_embeddings)
             text = F.normalize(expand_text(text_embeddings, batch), dim=-1)
             kept = None
             if self.pad_len and num_classes > self.pad_len:

@@ -325,3 +325,33 @@ def test_the_head_takes_the_clip_blocks_among_other_backbone_features(build_cfg)
               "block\u00b2": ShapeSpec(channels=7, stride=1)}  # isdigit() but not int()
     head = CATSegHead(cfg, shapes)
     assert head.guidance_features == [name for name in backbone.output_shape() if name != "dense_embeddings"]
+
+
+class _SharperCostAggregator(Aggregator):
+    def compute_cost_volume(self, image_embeddings, text_embeddings):
+        return 2.0 * super().compute_cost_volume(image_embeddings, text_embeddings)
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class ExtendingTestSharperCostHead(CATSegHead):
+    aggregator_class = _SharperCostAggregator
+
+
+def test_an_aggregator_subclass_replaces_the_cost_volume(build_cfg):
+    """``Aggregator.compute_cost_volume`` is where the cost is made: a subclass that overrides it
+    changes the cost alone (here a temperature on the cosine), with the class selection, the
+    embedding and the weights as they are (a checkpoint of the plain model loads)."""
+    torch.manual_seed(0)
+    plain = build_model(build_cfg("b")).eval()
+    sharper = build_model(build_cfg("b", {"MODEL.SEM_SEG_HEAD.NAME": "ExtendingTestSharperCostHead"})).eval()
+    sharper.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, plain.backbone.embed_dim, 8, 8, generator=g)
+    text = torch.randn(3, 1, plain.backbone.embed_dim, generator=g)
+    guidance = [None] * len(plain.sem_seg_head.aggregator.decoder_guidance_proj)
+    with torch.no_grad():
+        ours = plain.sem_seg_head.aggregator(image, text, None, guidance, return_intermediates=True)
+        theirs = sharper.sem_seg_head.aggregator(image, text, None, guidance, return_intermediates=True)
+    torch.testing.assert_close(ours.cost_volume, cosine_cost_volume(image, text))
+    torch.testing.assert_close(theirs.cost_volume, 2.0 * cosine_cost_volume(image, text))
+    assert not torch.allclose(theirs.logits, ours.logits)
