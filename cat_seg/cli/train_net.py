@@ -557,20 +557,22 @@ def check_labels(cfg, eval_only: bool, records: Dict[str, list]) -> None:
 
 
 # ------------------------------------------------------------------------------ run
-def train_or_evaluate(args):
-    """One process of a (distributed) run: what ``launch`` starts on every GPU/CPU process."""
+def train_or_evaluate(args, trainer_class=None):
+    """One process of a (distributed) run: what ``launch`` starts on every GPU/CPU process.
+    ``trainer_class``: :class:`cat_seg.engine.Trainer` or a subclass (``main(trainer=...)``)."""
     from cat_seg.checkpoint import CATSegCheckpointer
     from cat_seg.engine import Trainer
 
+    trainer_type = trainer_class or Trainer
     share_cpu_threads()
     cfg = setup(args)
     check_registered_here(cfg)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = trainer_type.build_model(cfg)
         CATSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        result = Trainer.test(cfg, model)
+        result = trainer_type.test(cfg, model)
     else:
-        trainer = Trainer(cfg)
+        trainer = trainer_type(cfg)
         trainer.resume_or_load(resume=args.resume)
         result = trainer.train()
     end_worker_process()
@@ -671,10 +673,14 @@ def user_error_types():
     return (DatasetError, CheckpointError, CLIPLoadError, WriteError)
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
+def _main(argv: Optional[Sequence[str]], trainer_class=None) -> int:
     import torch
     from detectron2.engine import launch
 
+    from cat_seg.engine import Trainer
+
+    if trainer_class is not None and not (isinstance(trainer_class, type) and issubclass(trainer_class, Trainer)):
+        raise UserError(f"main(trainer={trainer_class!r}): expected cat_seg.engine.Trainer or a subclass of it")
     args = build_parser().parse_args(argv)
     check_launch(args)
     cfg = check(args)
@@ -697,7 +703,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(args, trainer_class),
         )
     except torch.multiprocessing.ProcessRaisedException as exc:
         user_error = user_error_in_process(exc)
@@ -793,9 +799,13 @@ def user_error_in_process(exc: BaseException) -> Optional[BaseException]:
     return UserError(error[1].strip())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``cat-seg-train``: exit status 0 on success, 2 on a user error (one line on stderr)."""
-    return run_main(_main, argv, user_errors=user_error_types())
+def main(argv: Optional[Sequence[str]] = None, trainer=None) -> int:
+    """``cat-seg-train``: exit status 0 on success, 2 on a user error (one line on stderr).
+
+    ``trainer``: a subclass of :class:`cat_seg.engine.Trainer` to train and evaluate with (hooks,
+    optimizer, evaluators of one's own), defined at the top level of the script that calls
+    ``main`` (the processes of ``--num-gpus`` import that script again)."""
+    return run_main(lambda args: _main(args, trainer), argv, user_errors=user_error_types())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cat_seg.cli import train_net
+from cat_seg.engine import Trainer
 from cat_seg.cli.errors import UserError, closest_key, merge_config, run_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -843,3 +844,25 @@ def test_clip_weights_to_download_offline_are_one_line_before_the_run(monkeypatc
     assert "MODEL.WEIGHTS FILE" in message and "--opts" not in message and "--weights" not in message
     monkeypatch.setattr(api, "_pretrained_cached", lambda pretrained_cfg: True)  # in open_clip's cache: no network
     train_net.check_clip_weights_reachable(cfg)
+
+
+class _RecordingTrainer(Trainer):
+    """A trainer of one's own (main(trainer=...)): records the evaluation it was asked for."""
+    tested = []
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        cls.tested.append(type(model).__name__)
+        return {}
+
+
+def test_main_runs_a_trainer_of_ones_own(tmp_path, synthetic_registered, tiny_checkpoint, capsys):
+    """A script's own Trainer subclass (hooks, optimizer, evaluators) runs through train_net's
+    main (it had Trainer built in); anything else is one error line."""
+    argv = ["--config-file", TINY, "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.WEIGHTS",
+            tiny_checkpoint, "DATASETS.TEST", "('synthetic_val_sem_seg',)"]
+    assert train_net.main(argv, trainer=_RecordingTrainer) == 0
+    assert _RecordingTrainer.tested == ["CATSeg"]
+    assert train_net.main(argv, trainer=object) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: main(trainer=<class 'object'>): expected cat_seg.engine.Trainer or a subclass of it")
