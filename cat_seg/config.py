@@ -316,9 +316,10 @@ def check_model_builds(cfg) -> Optional["torch.nn.Module"]:
     except ValueError:
         raise
     except TypeError as exc:  # e.g. a head whose constructor does not take what CATSeg passes it
-        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r} with MODEL.SEM_SEG_HEAD.NAME={head!r} cannot be built: "
-                         f"{exc} (an architecture is built as Arch(cfg), with detectron2's @configurable "
-                         "__init__ and from_config; CATSeg builds its head as Head(cfg, input_shape, "
+        raise ValueError(f"MODEL.META_ARCHITECTURE={name!r} with MODEL.SEM_SEG_HEAD.NAME={head!r} and "
+                         f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r} cannot be built: {exc} (an architecture "
+                         "is built as Arch(cfg), with detectron2's @configurable __init__ and from_config; CATSeg "
+                         "builds its backbone as Backbone(cfg, input_shape) and its head as Head(cfg, input_shape, "
                          "num_templates=...): docs/architecture.md, 'Building on cat-seg')") from exc
     except Exception as exc:  # e.g. an operation a meta tensor cannot do: the real build decides
         logging.getLogger(__name__).debug("model not built on the meta device: %s", exc)

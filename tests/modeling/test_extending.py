@@ -101,7 +101,8 @@ def test_head_with_another_constructor_is_one_line_before_a_run(build_cfg):
         check_config_values(cfg)
     message = str(info.value)
     assert message.startswith("MODEL.META_ARCHITECTURE='CATSeg' with MODEL.SEM_SEG_HEAD.NAME="
-                              "'ExtendingTestDetectron2StyleHead' cannot be built: ")
+                              "'ExtendingTestDetectron2StyleHead' and MODEL.BACKBONE.NAME='CLIPVisionBackbone' "
+                              "cannot be built: ")
     assert "unexpected keyword argument 'num_templates'" in message and "\n" not in message
 
 
