@@ -336,7 +336,9 @@ def check_backbone(name: str) -> None:
     try:
         backbone = BACKBONE_REGISTRY.get(name)
     except KeyError:
-        backbone = None
+        raise ValueError(f"MODEL.BACKBONE.NAME={name!r}: not registered; expected CLIPVisionBackbone or a registered "
+                         "subclass of it (register yours in a script of your own that runs train_net: "
+                         "docs/architecture.md, 'Building on cat-seg')") from None
     if not (isinstance(backbone, type) and issubclass(backbone, CLIPVisionBackbone)):
         raise ValueError(f"MODEL.BACKBONE.NAME={name!r}: CAT-Seg needs a CLIP backbone, expected "
                          f"CLIPVisionBackbone (or a registered subclass of it)")

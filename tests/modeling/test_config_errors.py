@@ -116,6 +116,10 @@ def test_every_plain_open_clip_vit_is_accepted():
      "script of your own that runs train_net, or import the module that registers it before building the model in "
      "Python: docs/architecture.md, 'Building on cat-seg')"),
     ({"MODEL.SEM_SEG_HEAD.NAME": "CATSegHeads"}, "MODEL.SEM_SEG_HEAD.NAME='CATSegHeads': not a registered head"),
+    ({"MODEL.BACKBONE.NAME": "CLIPVisionBackbones"},
+     "MODEL.BACKBONE.NAME='CLIPVisionBackbones': not registered; expected CLIPVisionBackbone or a registered subclass"),
+    ({"MODEL.BACKBONE.NAME": "build_resnet_backbone"},
+     "MODEL.BACKBONE.NAME='build_resnet_backbone': CAT-Seg needs a CLIP backbone, expected CLIPVisionBackbone"),
     ({"MODEL.SEM_SEG_HEAD.PAD_LEN": -1}, "MODEL.SEM_SEG_HEAD.PAD_LEN=-1: expected 0 (no padding) or a positive"),
     ({"MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION": [0, 0]}, "MODEL.SEM_SEG_HEAD.FEATURE_RESOLUTION=[0, 0]: expected two "
                                                        "positive integers"),
