@@ -150,7 +150,7 @@ def test_without_benchmark_a_missing_dataset_says_how_to_prepare_the_other(tmp_p
     run, and the error says how to prepare ADE20K-150 alone (which then works)."""
     raw.make_ade150(tmp_path, {"ADE_val_00000001": np.array([[0, 1], [2, 3]])})
     with pytest.raises(PrepareError, match=r"index_ade20k.pkl.* \(needed for benchmark 847; to prepare the "
-                                           r"others without it: --benchmark 150\)$"):
+                                           r"one whose raw data is complete: --benchmark 150\)$"):
         run(tmp_path)
     with pytest.raises(PrepareError, match=r"index_ade20k.pkl.*registration") as chosen:
         run(tmp_path, "--benchmark", "847")

@@ -66,6 +66,22 @@ def test_voc_20_and_20b(tmp_path, raw):
         "2007_000033.png"]
 
 
+def test_voc_alone_without_pascal_context_says_what_can_be_prepared(tmp_path, raw):
+    """prepare_voc.py prepares VOC and both Pascal Contexts by default: with VOC's raw data
+    only, the error named Context-59's missing file and suggested --benchmark voc --benchmark
+    pc459, which failed again on Context-459's. Every benchmark is looked at first: the error
+    names the incomplete ones and the one that is ready, and nothing is written."""
+    raw.make_voc(tmp_path, {"2007_000033": np.array([[0, 1], [2, 3]])})
+    with pytest.raises(PrepareError) as info:
+        voc.main(["--root", str(tmp_path), *OPTS])
+    message = str(info.value)
+    assert message.startswith("missing ") and "trainval_merged.json" in message
+    assert message.endswith("(needed for benchmark pc59; the raw data of pc459 is incomplete too; to prepare the "
+                            "one whose raw data is complete: --benchmark voc)")
+    assert not (tmp_path / "VOCdevkit/VOC2012/annotations_detectron2").exists()
+    assert voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "voc"]) == 0
+
+
 def test_voc_errors(tmp_path, raw):
     with pytest.raises(PrepareError, match="val.txt.*VOCtrainval_11-May-2012.tar"):
         voc.main(["--root", str(tmp_path), *OPTS, "--benchmark", "voc"])

@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...cli.errors import ArgumentParser
 from ...utils import WriteError, positive_int
@@ -147,16 +147,33 @@ def prepare_benchmarks(args, benchmarks: Sequence[str], archives: Mapping[str, S
                        plans: Mapping[str, Callable[[], List[Plan]]]) -> int:
     """The preparation of a script's selected benchmarks (``--benchmark``, default all of
     ``benchmarks``): fetch their ``archives`` (with ``--download``), list every benchmark's
-    ``plans`` (which validates all raw layouts before anything is converted), then convert;
-    a benchmark's missing raw data says how to prepare the others (:func:`benchmark_step`)."""
+    ``plans`` (which validates all raw layouts before anything is converted), then convert.
+    Without ``--benchmark``, a benchmark's missing download says how to prepare the others
+    (:func:`benchmark_step`), and incomplete raw data stops the run with the first problem,
+    the other incomplete benchmarks and those that can be prepared."""
     selected = selected_benchmarks(args, benchmarks)
     for benchmark in selected:
         with benchmark_step(args, benchmark, benchmarks):
             fetch_if_asked(args, archives[benchmark])  # an archive two benchmarks share is fetched once
     listed: List[Plan] = []
+    incomplete: Dict[str, PrepareError] = {}
     for benchmark in selected:
-        with benchmark_step(args, benchmark, benchmarks):
+        try:
             listed += plans[benchmark]()
+        except PrepareError as exc:
+            if args.benchmark or len(selected) == 1:  # chosen on purpose: the error alone
+                raise
+            incomplete[benchmark] = exc  # every benchmark is looked at: the hint names those that are ready
+    if incomplete:
+        first, error = next(iter(incomplete.items()))
+        ready = [b for b in selected if b not in incomplete]
+        also = [b for b in incomplete if b != first]
+        where = f"needed for benchmark {first}" + (f"; the raw data of {', '.join(also)} is incomplete too"
+                                                   if also else "")
+        hint = (f"to prepare {'the one' if len(ready) == 1 else 'those'} whose raw data is complete: "
+                f"{' '.join('--benchmark ' + b for b in ready)}" if ready else
+                "no benchmark's raw data is complete")
+        raise PrepareError(f"{error} ({where}; {hint})") from None
     for title, tasks, convert, layout in listed:
         run_tasks(title, tasks, convert, num_classes=layout.num_classes,
                   ignore_label=layout.ignore_label, workers=args.workers, force=args.force,
