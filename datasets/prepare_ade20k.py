@@ -5,7 +5,11 @@ Run `python datasets/prepare_ade20k.py --help` for the options; docs/datasets.md
 downloads, the resulting layout and the expected file counts. The conversion itself lives in
 `cat_seg/data/prepare/ade20k.py`.
 """
+import os
 import sys
+
+# this checkout's cat_seg, installed or not (`python train_net.py` finds it from the root the same way)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 try:
     from cat_seg.data.prepare.cli import main

@@ -5,7 +5,11 @@
 Kept so that commands written for the official code work here; docs/datasets.md describes the
 downloads, the resulting layout and the expected file counts.
 """
+import os
 import sys
+
+# this checkout's cat_seg, installed or not (`python train_net.py` finds it from the root the same way)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 try:
     from cat_seg.data.prepare.cli import run_official_script

@@ -3,7 +3,11 @@
 
 Run ``python demo/demo.py --help`` for the options; the guide is ``docs/segment_your_images.md``.
 """
+import os
 import sys
+
+# this checkout's cat_seg, installed or not (`python train_net.py` finds it from the root the same way)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cat_seg.cli.demo import main
 

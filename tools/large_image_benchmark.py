@@ -28,6 +28,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's cat_seg, installed or not
 CONFIGS = {
     "tiny": (
         "configs/quick_schedules/tiny_vitb_cpu.yaml",

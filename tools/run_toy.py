@@ -24,6 +24,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's cat_seg, installed or not
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "toy_synthetic.yaml")
 # Overlays leave pixels unlabeled where no class reaches this probability (the toy's
 # background is not a class, so without it every background pixel gets some class).

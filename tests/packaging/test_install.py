@@ -162,3 +162,18 @@ def test_installed_package_has_every_data_file(installed_runs):
     assert all((installed / p).read_bytes() == (REPO / "cat_seg" / p).read_bytes() for p in data_files)
     names = _ok(installed_runs["ade847 vocabulary size"], PACKAGE_FACTS["ade847 vocabulary size"]).strip()
     assert names == "847"
+
+
+@pytest.mark.parametrize("script", ["demo/demo.py", "datasets/prepare_voc.py", "tools/evaluate_benchmarks.py"])
+def test_a_checkouts_scripts_run_the_checkouts_code(tmp_path, script):
+    """The scripts in demo/, datasets/ and tools/ stopped with "No module named 'cat_seg'" in a
+    checkout that was not pip-installed (only train_net.py, in the root, found it), and ran
+    another copy's code where one was installed. A cat_seg earlier on the path than the
+    installed one (PYTHONPATH) stands in for that other copy: the checkout's comes first."""
+    other = tmp_path / "other" / "cat_seg"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('another copy of cat_seg was imported')\n")
+    env = dict(os.environ, PYTHONPATH=str(other.parent))
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
