@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from cat_seg.cli import train_net
-from cat_seg.engine import Trainer
 from cat_seg.cli.errors import UserError, closest_key, merge_config, run_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -846,23 +845,35 @@ def test_clip_weights_to_download_offline_are_one_line_before_the_run(monkeypatc
     train_net.check_clip_weights_reachable(cfg)
 
 
-class _RecordingTrainer(Trainer):
-    """A trainer of one's own (main(trainer=...)): records the evaluation it was asked for."""
-    tested = []
+OWN_TRAINER_SCRIPT = """
+import sys
+from cat_seg.cli.train_net import main
+from cat_seg.engine import Trainer
 
+
+class RecordingTrainer(Trainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        cls.tested.append(type(model).__name__)
+        print("tested by RecordingTrainer:", type(model).__name__)
         return {}
+
+
+sys.exit(main(sys.argv[1:], trainer=RecordingTrainer))
+"""
 
 
 def test_main_runs_a_trainer_of_ones_own(tmp_path, synthetic_registered, tiny_checkpoint, capsys):
     """A script's own Trainer subclass (hooks, optimizer, evaluators) runs through train_net's
-    main (it had Trainer built in); anything else is one error line."""
+    main (it had Trainer built in); anything else is one error line. (The run is a process of
+    its own: its logging set-up would outlive the test in this one.)"""
+    script = tmp_path / "my_train_net.py"
+    script.write_text(OWN_TRAINER_SCRIPT)
     argv = ["--config-file", TINY, "--eval-only", "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.WEIGHTS",
             tiny_checkpoint, "DATASETS.TEST", "('synthetic_val_sem_seg',)"]
-    assert train_net.main(argv, trainer=_RecordingTrainer) == 0
-    assert _RecordingTrainer.tested == ["CATSeg"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), DETECTRON2_DATASETS=str(tmp_path / "data"))  # the fixture's
+    proc = subprocess.run([sys.executable, str(script), *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # hang guard
+    assert proc.returncode == 0 and "tested by RecordingTrainer: CATSeg" in proc.stdout, proc.stderr[-2000:]
     assert train_net.main(argv, trainer=object) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: main(trainer=<class 'object'>): expected cat_seg.engine.Trainer or a subclass of it")

@@ -182,11 +182,12 @@ def test_data_one_folder_off_is_found_and_no_download_is_advised(tmp_path, capsy
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "datasets").glob("prepare_*.py")))
 def test_ctrl_c_while_the_libraries_load_is_one_line(script, tmp_path):
     """Ctrl-C in the seconds a script spends importing torch printed an import traceback; a
-    cat_seg whose import is interrupted stands in for it here."""
+    library whose import is interrupted (numpy, which cat_seg imports through torch, on
+    PYTHONPATH before the installed one) stands in for it here."""
     import subprocess
     import sys
 
-    fake = tmp_path / "cat_seg"
+    fake = tmp_path / "numpy"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
     proc = subprocess.run([sys.executable, str(REPO / "datasets" / script), "--help"], capture_output=True, text=True,
