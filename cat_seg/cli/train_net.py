@@ -483,9 +483,9 @@ def warn_about_prompts(cfg) -> None:
         logger.warning("MODEL.SEM_SEG_HEAD.CLIP_FINETUNE prompt trains only the deep visual prompts, and there are "
                        f"none (PROMPT_DEPTH {head.PROMPT_DEPTH}, PROMPT_LENGTH {head.PROMPT_LENGTH}): CLIP is not "
                        "trained at all")
-    elif prompts and head.CLIP_FINETUNE != "prompt":
+    elif prompts and head.CLIP_FINETUNE not in ("prompt", "full"):
         logger.warning(f"deep visual prompts (PROMPT_DEPTH {head.PROMPT_DEPTH}, PROMPT_LENGTH {head.PROMPT_LENGTH}) "
-                       f"are trained only with CLIP_FINETUNE prompt; with {head.CLIP_FINETUNE} they stay as "
+                       f"are trained only with CLIP_FINETUNE prompt or full; with {head.CLIP_FINETUNE} they stay as "
                        + ("MODEL.WEIGHTS holds them" if cfg.MODEL.WEIGHTS else "initialised, random"))
 
 

@@ -675,13 +675,14 @@ def test_prompt_settings_that_train_nothing_are_said(caplog):
     cfg.MODEL.SEM_SEG_HEAD.PROMPT_LENGTH = 3
     with caplog.at_level("WARNING", logger="cat_seg"):
         train_net.warn_about_prompts(cfg)
-    assert "deep visual prompts (PROMPT_DEPTH 2, PROMPT_LENGTH 3) are trained only with CLIP_FINETUNE prompt; " \
-           "with attention they stay as initialised, random" in caplog.text
-    caplog.clear()
-    cfg.MODEL.SEM_SEG_HEAD.CLIP_FINETUNE = "prompt"
-    with caplog.at_level("WARNING", logger="cat_seg"):
-        train_net.warn_about_prompts(cfg)
-    assert caplog.text == ""
+    assert "deep visual prompts (PROMPT_DEPTH 2, PROMPT_LENGTH 3) are trained only with CLIP_FINETUNE prompt or " \
+           "full; with attention they stay as initialised, random" in caplog.text
+    for mode in ("prompt", "full"):  # both train them (full: every transformer parameter, the prompts included)
+        caplog.clear()
+        cfg.MODEL.SEM_SEG_HEAD.CLIP_FINETUNE = mode
+        with caplog.at_level("WARNING", logger="cat_seg"):
+            train_net.warn_about_prompts(cfg)
+        assert caplog.text == "", mode
 
 
 def test_a_dataset_cat_seg_cannot_evaluate_is_one_line_before_starting(capsys, tmp_path, tiny_checkpoint):
