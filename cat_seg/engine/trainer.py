@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer, CheckpointError
+from ..checkpoint.official import OFFICIAL
 from ..data.dataset_mappers import TRAIN_MAPPERS, InferenceDatasetMapper
 from ..evaluation import SemSegEvaluator, build_evaluator, evaluator_type_of
 from ..modeling.postprocess import OutputRequest
@@ -232,6 +233,13 @@ class Trainer(DefaultTrainer):
         # to resume (a file without it, e.g. an official release, started "at iteration 1")
         loaded = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
+            report = self.checkpointer.last_report
+            if report is not None and report.layout == OFFICIAL:  # its training state was set aside when loaded
+                raise CheckpointError(
+                    f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()}) "
+                    "is a checkpoint of the official code, whose training state (optimizer, schedule, data order) "
+                    "cat-seg does not resume; train from its weights with MODEL.WEIGHTS <file> without --resume, "
+                    "in another OUTPUT_DIR")
             if "iteration" not in loaded:
                 raise CheckpointError(
                     f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()}) "

@@ -194,3 +194,39 @@ def test_a_detectron2_pkl_is_checked_before_the_run_as_the_load_reads_it(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     with pytest.raises(CheckpointError, match="does not fit the model"):
         check_checkpoint_fits(tiny_model("l"), str(authored))
+
+
+def test_resuming_an_official_runs_checkpoint_says_what_it_is(official_tiny_file, tmp_path, tiny_model):
+    """An official run's checkpoint (model, optimizer, scheduler and iteration in the official
+    layout) as OUTPUT_DIR's last checkpoint: --resume said it "holds no training state", which it
+    does hold, in a form cat-seg does not resume. Said as such before the run (train_net) and by
+    the trainer (scripts of one's own); loading its weights without --resume works."""
+    import shutil
+
+    from cat_seg.checkpoint import CATSegCheckpointer, CheckpointError
+    from cat_seg.cli import train_net
+    from cat_seg.cli.errors import UserError
+    from cat_seg.engine import Trainer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(official_tiny_file, out / "model_0079999.pth")
+    (out / "last_checkpoint").write_text("model_0079999.pth")
+    args = train_net.build_parser().parse_args(
+        ["--config-file", "configs/quick_schedules/tiny_vitb_cpu.yaml", "--resume", "OUTPUT_DIR", str(out)])
+    cfg = train_net.load_config(args)
+    with pytest.raises(UserError) as info:
+        train_net.check_resume(cfg)
+    assert str(info.value) == (
+        f"--resume: {out / 'model_0079999.pth'} is a checkpoint of the official code, whose training state "
+        "(optimizer, schedule, data order) cat-seg does not resume; train from its weights with MODEL.WEIGHTS "
+        "<file> without --resume, in another OUTPUT_DIR")
+    # the trainer's own check, on what its checkpointer loaded
+    model = tiny_model("b").eval()
+    checkpointer = CATSegCheckpointer(model, save_dir=str(out))
+    checkpointer.resume_or_load("", resume=True)
+    assert checkpointer.last_report.layout == "official"
+    trainer = Trainer.__new__(Trainer)  # the check alone: no data, no training loop
+    trainer.checkpointer, trainer.cfg = checkpointer, cfg
+    with pytest.raises(CheckpointError, match=r"is a checkpoint of the official code, whose training state"):
+        Trainer.resume_or_load(trainer, resume=True)
