@@ -885,7 +885,7 @@ def _pretrained_cached(pretrained_cfg: Dict[str, Any]) -> bool:
     return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
 
 
-def check_weights_available(cfg, options: str = "demo") -> None:
+def check_weights_available(cfg, options: str = "api") -> None:
     """Fail in seconds, before the model is built, when CLIP weights would have to be
     downloaded but cannot be (``HF_HUB_OFFLINE`` set, or the hub not reachable within
     :data:`CONNECT_TIMEOUT_S`): a :class:`CATSegError` saying what to pass instead. Without
@@ -895,8 +895,9 @@ def check_weights_available(cfg, options: str = "demo") -> None:
     and neither does any CLIP tag when ``MODEL.WEIGHTS`` is set (the checkpoint holds CLIP:
     :class:`OpenVocabSegmenter` then does not fetch it).
 
-    ``options``: how the message names the settings, ``"demo"`` (``--weights FILE``,
-    ``--opts KEY VALUE``) or ``"config"`` (``KEY VALUE`` pairs, as train_net.py takes them).
+    ``options``: how the message names the settings: ``"api"`` (``weights=`` and ``opts=``
+    of :meth:`OpenVocabSegmenter.from_config`), ``"demo"`` (``--weights FILE``, ``--opts KEY
+    VALUE``) or ``"config"`` (``KEY VALUE`` pairs, as train_net.py takes them).
     """
     from .hub import hub_offline
     from .modeling.clip.builder import CLIPLoadError, clip_weights_source, fetch_command
@@ -929,12 +930,15 @@ def check_weights_available(cfg, options: str = "demo") -> None:
     else:
         return
     fetch = fetch_command(source)
-    weights_option, opts = ("--weights FILE / MODEL.WEIGHTS", "--opts ") if options == "demo" else ("MODEL.WEIGHTS FILE",
-                                                                                                    "")
+    key = "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS"
+    checkpoint, clip_file, no_clip = {
+        "api": ("weights=FILE", f'opts=["{key}", FILE]', f'opts=["{key}", "none"]'),
+        "demo": ("--weights FILE / MODEL.WEIGHTS", f"--opts {key} FILE", f"--opts {key} none"),
+        "config": ("MODEL.WEIGHTS FILE", f"{key} FILE", f"{key} none"),
+    }[options]
     raise CATSegError(
-        f"CLIP weights {resolved.name}/{tag} (MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS {weights}) are not downloaded and "
-        f"{reason}: pass a CAT-Seg checkpoint ({weights_option}, it holds the CLIP weights too), "
-        f"a local CLIP file ({opts}MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS FILE), {opts}MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none "
+        f"CLIP weights {resolved.name}/{tag} ({key} {weights}) are not downloaded and {reason}: pass a CAT-Seg "
+        f"checkpoint ({checkpoint}, it holds the CLIP weights too), a local CLIP file ({clip_file}), {no_clip} "
         f"(random CLIP, for testing only), or fetch them once with internet: {fetch}"
     )
 

@@ -42,6 +42,7 @@ from ..api import (  # noqa: E402
     OpenVocabSegmenter,
     SegmentationResult,
     build_config,
+    check_weights_available,
     load_image,
     nearest_indices,
     parse_vocabulary_text,
@@ -138,6 +139,7 @@ class SegmenterCache:
                 return self._items[key]
             for stale in [k for k in self._items if k[:4] == key[:4]]:  # an earlier version of the files
                 del self._items[stale]
+            check_weights_available(cfg, options="demo")  # in the app's terms (--weights, --opts), not the API's
             segmenter = OpenVocabSegmenter(cfg)
             self._items[key] = segmenter
             while len(self._items) > self.size:

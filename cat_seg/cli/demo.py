@@ -607,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             problem = display_problem()
             if problem:
                 raise CATSegError(f"cannot show the results in a window: {problem}; pass --output DIR to save them")
-        check_weights_available(cfg)  # before anything is written: fails in seconds offline
+        check_weights_available(cfg, options="demo")  # before anything is written: fails in seconds offline
         if args.output:
             created_dirs = make_output_dir(output_folder(args.output))
         seg = OpenVocabSegmenter(cfg)

@@ -222,7 +222,9 @@ def test_api_without_weights_offline_fails_with_what_to_pass(tiny, no_network, m
     message = str(error.value)
     assert "\n" not in message
     assert "CLIP weights ViT-B-16/openai" in message and "cannot be reached" in message
-    assert "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS none" in message and "--weights" in message
+    # in the API's terms (the demo's, --weights and --opts, are tested below)
+    assert 'opts=["MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", "none"]' in message and "weights=FILE" in message
+    assert "--weights" not in message and "--opts" not in message
     assert "open_clip.download_pretrained" in message
 
 
