@@ -224,6 +224,11 @@ class SemSegLayout:
         return names
 
 
+#: Names a dataset's folder is sometimes given instead of the catalog's (the official README's
+#: tree calls COCO-Stuff's ``coco/``, its loader reads ``coco-stuff/``, as the catalog does):
+#: a missing folder's error names such a folder when it finds one.
+FOLDER_ALIASES: Dict[str, Tuple[str, ...]] = {"coco-stuff": ("coco",)}
+
 _VOC2012 = "VOCdevkit/VOC2012"
 _VOC2010 = "VOCdevkit/VOC2010"
 

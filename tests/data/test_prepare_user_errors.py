@@ -193,3 +193,23 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(script, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "datasets" / script), "--help"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=600)  # hang guard
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
+def test_coco_stuff_in_a_folder_named_coco_is_found(tmp_path, capsys):
+    """The official README's tree names COCO-Stuff's folder coco/, its loader (and the catalog)
+    coco-stuff/: "coco-stuff/... not found" with a download advised, while the data was there."""
+    from cat_seg.data.catalog import get_layout
+    from cat_seg.data.datasets import DatasetNotFoundError
+    from cat_seg.data.datasets.loader import load_sem_seg_files
+    from cat_seg.data.prepare import coco_stuff
+
+    root = tmp_path / "data"
+    for sub in ("images/val2017", "annotations/val2017"):
+        (root / "coco" / sub).mkdir(parents=True)
+    hint = f"found {root / 'coco'}: the dataset's folder is named coco-stuff here (rename it)"
+    assert run_script(coco_stuff.main, "--root", str(root), "--split", "val2017") == 2
+    assert hint in capsys.readouterr().err
+    layout = get_layout("coco_2017_test_stuff_all_sem_seg")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(hint)):
+        load_sem_seg_files(layout.name, str(root / layout.label_dir), str(root / layout.image_dir),
+                           dataset_root=str(root))

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ...utils import show_keys
 from .errors import DatasetNotFoundError
-from ..catalog import ENV_VAR
+from ..catalog import ENV_VAR, FOLDER_ALIASES
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ def misplaced_hint(root, relpath: str) -> str:
             return f"; found {found}: the data is one folder too deep ({what})"
     if len(parts) > 1 and root.name == parts[0] and root.joinpath(*parts[1:]).exists():
         return f"; {root} is the dataset's own folder: the root is the folder that holds it, {root.parent}"
+    for alias in FOLDER_ALIASES.get(parts[0], ()):
+        if root.joinpath(alias, *parts[1:]).exists():
+            return f"; found {root / alias}: the dataset's folder is named {parts[0]} here (rename it)"
     return ""
 
 
