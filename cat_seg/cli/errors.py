@@ -345,4 +345,5 @@ def _say_ignored_keys(keys: Iterable[str]) -> None:
         node = next((k for k in IGNORED_KEYS if key == k or key.startswith(k + ".")), None)
         if node is not None and node not in said:
             said.add(node)
-            logging.getLogger("cat_seg.config").warning(f"{key}: not read by cat-seg ({IGNORED_KEYS[node]})")
+            name = key if key == node else f"{node}.* ({key} ...)"  # a node's keys: said once, as the node
+            logging.getLogger("cat_seg.config").warning(f"{name}: not read by cat-seg ({IGNORED_KEYS[node]})")
