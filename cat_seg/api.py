@@ -1242,9 +1242,10 @@ class OpenVocabSegmenter:
         The whole (resized, padded) image is encoded once, as in the whole-image inference
         (its inputs, :meth:`~cat_seg.modeling.CATSeg.whole_image_inputs`, and the model's
         precision: under bf16 the embeddings are the bf16 ones the segmentation used, returned
-        as fp32); see :class:`DenseFeatures` for the geometry. The cost volume is
-        :func:`~cat_seg.modeling.cosine_cost_volume` of the returned embeddings with the
-        class text embeddings.
+        as fp32); see :class:`DenseFeatures` for the geometry. The cost volume is the model's
+        (its aggregator's :meth:`~cat_seg.modeling.Aggregator.compute_cost_volume`, the
+        cosine :func:`~cat_seg.modeling.cosine_cost_volume` for CAT-Seg's) of the returned
+        embeddings with the class text embeddings.
         """
         from .modeling import cosine_cost_volume
         from .modeling.precision import autocast
@@ -1259,8 +1260,10 @@ class OpenVocabSegmenter:
             text = cost = None
             if names:
                 text = model.text_embeddings(names).float()
-        if names:
-            cost = cosine_cost_volume(embeddings, text)[0].mean(dim=0).cpu()
+        if names:  # the cost the model aggregates (an Aggregator subclass may make another)
+            aggregator = getattr(model.sem_seg_head, "aggregator", None)
+            compute = getattr(aggregator, "compute_cost_volume", cosine_cost_volume)
+            cost = compute(embeddings, text)[0].mean(dim=0).cpu()
             text = text.to("cpu", copy=True)  # a copy: the model's text-embedding cache stays its own
         return DenseFeatures(
             embeddings=embeddings[0].cpu(),

@@ -337,8 +337,9 @@ def check_backbone(name: str) -> None:
         backbone = BACKBONE_REGISTRY.get(name)
     except KeyError:
         raise ValueError(f"MODEL.BACKBONE.NAME={name!r}: not registered; expected CLIPVisionBackbone or a registered "
-                         "subclass of it (register yours in a script of your own that runs train_net: "
-                         "docs/architecture.md, 'Building on cat-seg')") from None
+                         "subclass of it (register yours in a script of your own that runs train_net, or import the "
+                         "module that registers it before building the model in Python: docs/architecture.md, "
+                         "'Building on cat-seg')") from None
     if not (isinstance(backbone, type) and issubclass(backbone, CLIPVisionBackbone)):
         raise ValueError(f"MODEL.BACKBONE.NAME={name!r}: CAT-Seg needs a CLIP backbone, expected "
                          f"CLIPVisionBackbone (or a registered subclass of it)")

@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from .api import CATSegError
 from .checkpoint.errors import CheckpointError

@@ -7,10 +7,10 @@ The code and the full description are in ``cat_seg/cli/convert_official_checkpoi
 """
 import os
 import sys
+import warnings
 
 # this checkout's cat_seg, installed or not (`python train_net.py` finds it from the root the same way)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import warnings
 
 # importing torch/detectron2 warns about TorchScript
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")

@@ -120,13 +120,12 @@ def summary(output, eval_table):
 
 
 def count(minimum):
-    """argparse type: an integer >= ``minimum``."""
+    """argparse type: an integer >= ``minimum`` (0 or 1), read as ``cat_seg.utils.positive_int``."""
+    from cat_seg.utils import positive_int
+
     def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
+        value = 0 if minimum == 0 and str(text).strip() == "0" else positive_int(text)
+        if value is None:
             raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
         return value
     return parse
@@ -156,8 +155,8 @@ def main(argv=None):
     if not os.path.isfile(clip_path):
         pretrain_tiny_clip(clip_path, args.clip_steps)
     else:
-        log(f"reusing the pre-trained tiny CLIP of an earlier run, {clip_path} (--clip-steps does not apply to it; "
-            "another --output runs this step again)")
+        log(f"reusing the pre-trained tiny CLIP of an earlier run, {clip_path} (another --output runs this step "
+            "again" + (", with --clip-steps" if args.clip_steps != parser.get_default("clip_steps") else "") + ")")
     opts = ["OUTPUT_DIR", output, "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", clip_path]
     if args.max_iter is not None:
         opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
@@ -165,8 +164,8 @@ def main(argv=None):
     if not os.path.isfile(final):
         run([sys.executable, "train_net.py", "--config-file", CONFIG, "--resume", *opts, "DATASETS.TEST", "()"])
     else:
-        log(f"reusing the trained model of an earlier run, {final} (--max-iter does not apply to it; another --output "
-            "trains again)")
+        log(f"reusing the trained model of an earlier run, {final} (another --output trains again"
+            + (", with --max-iter" if args.max_iter is not None else "") + ")")
     env = dict(os.environ, BENCHMARKS=VAL.benchmark)
     eval_cmd = [sys.executable, "tools/evaluate_benchmarks.py", CONFIG, "1", output,
                 "MODEL.SEM_SEG_HEAD.CLIP_WEIGHTS", clip_path]

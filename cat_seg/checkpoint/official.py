@@ -209,6 +209,18 @@ _OFFICIAL_START = re.compile(r"sem_seg_head\.predictor\.(?:clip_model|transforme
 _OURS_START = re.compile(r"backbone\.|sem_seg_head\.(?:aggregator|guidance_upsample)\.")
 
 
+def cannot_resume(checkpoint: str, official: bool) -> str:
+    """Why ``--resume`` refuses ``checkpoint``, a file without the training state of a cat-seg
+    run: an ``official`` checkpoint (its weights load; an official run's optimizer, schedule and
+    data order are not resumed), else a converted release or a bare state dict. The one wording
+    of train_net's check before the run and of the trainer's own."""
+    what = ("is a checkpoint of the official code, whose training state (optimizer, schedule, data order) cat-seg "
+            "does not resume" if official else
+            "holds no training state (not a checkpoint of a cat-seg run: a converted release or a bare state dict)")
+    return (f"--resume: {checkpoint} {what}; train from its weights with MODEL.WEIGHTS <file> without --resume, in "
+            "another OUTPUT_DIR")
+
+
 def detect_layout(state: Mapping[str, Any]) -> str:
     """``ours`` if any key is of our layout, else ``official`` if any key is the official
     model's CLIP or aggregator, else ``unknown``. (``module.`` prefixes must be stripped first.)

@@ -627,14 +627,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # SIGTERM (kill, docker stop, systemd) ends the app as Ctrl-C does: Gradio closes the server
     # and the app's output folder is removed (Python's default for SIGTERM exits at once, and
     # every stop left a /tmp/cat-seg-app-* folder behind)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # (main thread only: Python's rule for signal handlers; a program embedding main() in a
+    # thread keeps its own handling)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         return _serve(args)
     except KeyboardInterrupt:  # before the server started (loading, checking the model)
         print("interrupted", file=sys.stderr, flush=True)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(args) -> int:
@@ -646,12 +650,16 @@ def _serve(args) -> int:
             raise CATSegError(f"config file {args.config_file!r} not found")
         check_startup_options(args.device, args.opts)
         check_startup_model(default, args.config_file, args.weights, args.device, args.opts)
-        app = App(device=args.device, opts=args.opts)
-        page = build_app(app, default, args.config_file, args.weights)
     except CATSegError as e:
         return print_user_error(e)
-    print(f"cat-seg-app: http://{args.host}:{args.port}", flush=True)
-    try:  # launch returns when the server stops (Ctrl-C)
+    app = App(device=args.device, opts=args.opts)
+    try:  # the app's own output folder is removed however this ends (an error, Ctrl-C, SIGTERM)
+        try:
+            page = build_app(app, default, args.config_file, args.weights)
+        except CATSegError as e:
+            return print_user_error(e)
+        print(f"cat-seg-app: http://{args.host}:{args.port}", flush=True)
+        # launch returns when the server stops (Ctrl-C)
         page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
                             allowed_paths=[app.output_root], footer_links=["gradio"])
     finally:

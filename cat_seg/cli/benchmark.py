@@ -104,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=["train", "infer"], default="infer")
     parser.add_argument("--config-file", default="configs/vitb_384.yaml")
     parser.add_argument("--batch", type=int, default=None,
-                        help="images per step: train default 4 (384x384 crops), infer default 1")
-    parser.add_argument("--classes", type=int, default=None, help="vocabulary size (train 171, infer 150)")
+                        help="images per step: train default 4 (crops of --crop), infer default 1")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="vocabulary size (default: train COCO-Stuff's 171, infer ADE20K-150's 150)")
     parser.add_argument("--class-json", default=None, help="vocabulary from a class-name json instead")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="inference image size (default 512 683); training crops are 384x384")
+                        help=f"inference image size (default {INFER_SIZE[0]} {INFER_SIZE[1]}); training uses --crop")
     parser.add_argument("--crop", type=int, default=None,
                         help="training crop size (default: the config's INPUT.CROP.SIZE, 384 in the released configs)")
     parser.add_argument("--tag", default="", help="a name recorded in the JSON line (field tag)")

@@ -454,17 +454,13 @@ def check_resume(cfg) -> None:
     if not path.endswith(".pkl"):  # a detectron2 .pkl is weights only: the trainer's own check refuses it
         import torch
 
-        from cat_seg.checkpoint.official import OFFICIAL, detect_layout, strip_prefix, unwrap_checkpoint
+        from cat_seg.checkpoint.official import OFFICIAL, cannot_resume, detect_layout, strip_prefix, unwrap_checkpoint
 
         loaded = torch.load(path, map_location="meta", weights_only=True)  # readable: checked above
-        if isinstance(loaded, dict) and detect_layout(strip_prefix(unwrap_checkpoint(loaded, path)[0])) == OFFICIAL:
-            raise UserError(f"--resume: {path} is a checkpoint of the official code, whose training state (optimizer, "
-                            "schedule, data order) cat-seg does not resume; train from its weights with MODEL.WEIGHTS "
-                            "<file> without --resume, in another OUTPUT_DIR")
-        if isinstance(loaded, dict) and "iteration" not in loaded:
-            raise UserError(f"--resume: {path} holds no training state (not a checkpoint of a cat-seg run: an "
-                            "official or converted release, or a bare state dict); train from its weights with "
-                            "MODEL.WEIGHTS <file> without --resume, in another OUTPUT_DIR")
+        if isinstance(loaded, dict):
+            official = detect_layout(strip_prefix(unwrap_checkpoint(loaded, path)[0])) == OFFICIAL
+            if official or "iteration" not in loaded:
+                raise UserError(cannot_resume(path, official))
 
 
 def check_unread_keys(cfg) -> None:

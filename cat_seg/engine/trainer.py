@@ -14,7 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CATSegCheckpointer, CheckpointError
-from ..checkpoint.official import OFFICIAL
+from ..checkpoint.official import OFFICIAL, cannot_resume
 from ..data.dataset_mappers import TRAIN_MAPPERS, InferenceDatasetMapper
 from ..evaluation import SemSegEvaluator, build_evaluator, evaluator_type_of
 from ..modeling.postprocess import OutputRequest
@@ -234,18 +234,10 @@ class Trainer(DefaultTrainer):
         loaded = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             report = self.checkpointer.last_report
-            if report is not None and report.layout == OFFICIAL:  # its training state was set aside when loaded
-                raise CheckpointError(
-                    f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()}) "
-                    "is a checkpoint of the official code, whose training state (optimizer, schedule, data order) "
-                    "cat-seg does not resume; train from its weights with MODEL.WEIGHTS <file> without --resume, "
-                    "in another OUTPUT_DIR")
-            if "iteration" not in loaded:
-                raise CheckpointError(
-                    f"--resume: the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()}) "
-                    "holds no training state (not a checkpoint of a cat-seg run: an official or converted release, "
-                    "or a bare state dict); train from its weights with MODEL.WEIGHTS <file> without --resume, "
-                    "in another OUTPUT_DIR")
+            official = report is not None and report.layout == OFFICIAL  # its training state was set aside
+            if official or "iteration" not in loaded:
+                where = f"the checkpoint in {self.cfg.OUTPUT_DIR} ({self.checkpointer.get_checkpoint_file()})"
+                raise CheckpointError(cannot_resume(where, official))
             self.start_iter = self.iter + 1
         # the seed that decides the data stream (SEED, or drawn when SEED < 0; restored on --resume)
         logger.info(f"Training data seed {self.data_seed.seed} (SEED {self.cfg.SEED}), from iteration {self.start_iter}")

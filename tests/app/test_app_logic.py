@@ -180,7 +180,7 @@ def test_a_repository_config_path_is_accepted_from_any_folder(monkeypatch, tmp_p
     def stop(*args, **kwargs):  # the check before it passed: stop before the server starts
         raise CATSegError("reached the app")
 
-    monkeypatch.setattr(app_cli, "App", stop)
+    monkeypatch.setattr(app_cli, "build_app", stop)
     with socket.socket() as probe:  # a free port: the address check comes first
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -383,6 +383,24 @@ def test_sigterm_ends_the_app_as_ctrl_c_does(monkeypatch, capsys):
     assert app_cli.main(["--device", "cpu"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_app_stopped_while_its_page_is_built_leaves_no_folder(monkeypatch, tmp_path, capsys):
+    """The app's own output folder was removed only once the server ran: Ctrl-C (or SIGTERM)
+    while the page was being built left it behind."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where App makes its folder
+    for check in ("check_gradio", "check_listen_address", "check_startup_options", "check_startup_model"):
+        monkeypatch.setattr(app_cli, check, lambda *args, **kwargs: None)
+
+    def interrupted(app, *args, **kwargs):
+        assert os.path.isdir(app.output_root)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app_cli, "build_app", interrupted)
+    assert app_cli.main(["--device", "cpu"]) == 130
+    assert list(tmp_path.glob("cat-seg-app-*")) == []
 
 
 def test_the_upload_box_takes_every_format_pil_reads():

@@ -349,7 +349,7 @@ def test_resume_from_a_damaged_or_foreign_checkpoint_is_one_line_before_the_run(
     assert train_net.main(base) == 2
     assert one_error_line(capsys) == (
         f"error: --resume: {out / 'model_0000009.pth'} holds no training state (not a checkpoint of a cat-seg run: "
-        "an official or converted release, or a bare state dict); train from its weights with MODEL.WEIGHTS <file> "
+        "a converted release or a bare state dict); train from its weights with MODEL.WEIGHTS <file> "
         "without --resume, in another OUTPUT_DIR")
     torch.save({**torch.load(tiny_checkpoint, weights_only=True), "iteration": 9}, out / "model_0000009.pth")
     assert train_net.main(base) == 2  # the checkpoint fits: the next check (no training data) speaks

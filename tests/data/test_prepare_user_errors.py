@@ -206,7 +206,7 @@ def test_coco_stuff_in_a_folder_named_coco_is_found(tmp_path, capsys):
     root = tmp_path / "data"
     for sub in ("images/val2017", "annotations/val2017"):
         (root / "coco" / sub).mkdir(parents=True)
-    hint = f"found {root / 'coco'}: the dataset's folder is named coco-stuff here (rename it)"
+    hint = f"found {root / 'coco'}: cat-seg reads {root / 'coco-stuff'} (rename coco to coco-stuff)"
     assert run_script(coco_stuff.main, "--root", str(root), "--split", "val2017") == 2
     assert hint in capsys.readouterr().err
     layout = get_layout("coco_2017_test_stuff_all_sem_seg")

@@ -82,7 +82,8 @@ def misplaced_hint(root, relpath: str) -> str:
     """Where the missing ``root / relpath`` is after all, when it is one folder off: under a
     folder of ``root`` (an archive extracted one folder too deep, ``ADEChallengeData2016/
     ADEChallengeData2016/...``, or into a folder of its own), or right in ``root`` when ``root``
-    is the dataset's own folder (one folder too shallow). ``"; found ..."`` to append to a
+    is the dataset's own folder (one folder too shallow), or under another name the folder is
+    known by (:data:`~cat_seg.data.catalog.FOLDER_ALIASES`). ``"; found ..."`` to append to a
     not-found message, else ``""``."""
     root, parts = Path(root), PurePath(relpath).parts
     if not parts or not root.is_dir():
@@ -98,7 +99,7 @@ def misplaced_hint(root, relpath: str) -> str:
         return f"; {root} is the dataset's own folder: the root is the folder that holds it, {root.parent}"
     for alias in FOLDER_ALIASES.get(parts[0], ()):
         if root.joinpath(alias, *parts[1:]).exists():
-            return f"; found {root / alias}: the dataset's folder is named {parts[0]} here (rename it)"
+            return f"; found {root / alias}: cat-seg reads {root / parts[0]} (rename {alias} to {parts[0]})"
     return ""
 
 

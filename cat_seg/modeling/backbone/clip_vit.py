@@ -8,8 +8,8 @@ without hooks:
 
 * ``dense_embeddings`` ``[B, C, h, w]``: every patch token after the dense last block,
   ``ln_post`` and ``proj``: CLIP-aligned per-patch embeddings;
-* ``guidance`` list of ``[B, W, h, w]``: raw residual-stream outputs of the intermediate
-  blocks chosen by ``guidance_blocks`` (no ln_post, no proj).
+* ``block<i>`` ``[B, W, h, w]`` for each ``i`` of ``guidance_blocks``: the raw residual-stream
+  output of that intermediate block (no ln_post, no proj).
 """
 import math
 from typing import Dict, List, Optional, Sequence
