@@ -903,6 +903,8 @@ def check_weights_available(cfg, options: str = "api") -> None:
     from .modeling.clip.builder import CLIPLoadError, clip_weights_source, fetch_command
     from .modeling.clip.model_configs import resolve_clip_arch
 
+    if options not in ("api", "demo", "config"):
+        raise ValueError(f"check_weights_available(options={options!r}): expected 'api', 'demo' or 'config'")
     head = cfg.MODEL.SEM_SEG_HEAD
     weights = str(head.CLIP_WEIGHTS)
     if cfg.MODEL.WEIGHTS:
