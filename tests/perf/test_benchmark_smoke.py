@@ -287,3 +287,21 @@ def test_a_profile_file_that_cannot_be_written_is_one_line(capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: --profile-out /proc/cat_seg_profile.txt: "), last
     assert "cannot write it" in last or "is not writable" in last
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--checkpoint-activations"], ["MODEL.CHECKPOINT_ACTIVATIONS", "True"]),
+    (["--no-checkpoint-activations"], ["MODEL.CHECKPOINT_ACTIVATIONS", "False"]),
+    (["--precision", "bf16", "--class-chunk-size", "-1"], ["MODEL.PRECISION", "bf16", "TEST.CLASS_CHUNK_SIZE", "-1"]),
+    (["--exact"], ["MODEL.PRECISION", "fp32", "TEST.CLASS_CHUNK_SIZE", "0", "MODEL.COMPILE", "False"]),
+    (["--no-compile", "--opts", "TEST.SLIDING_WINDOW", "False"], ["TEST.SLIDING_WINDOW", "False", "MODEL.COMPILE",
+                                                                  "False"]),
+])
+def test_flags_become_the_config_overrides_they_name(flags, expected):
+    """The flags the smoke runs do not take (the GPU script's): each is the override its help
+    names, in the order given (a later pair wins in detectron2's merge)."""
+    from cat_seg.cli.benchmark import build_parser, config_overrides
+
+    overrides = config_overrides(build_parser().parse_args(flags))
+    pairs = list(zip(overrides[0::2], overrides[1::2]))
+    assert [x for pair in pairs if pair[0] in expected[0::2] for x in pair] == expected
