@@ -213,3 +213,13 @@ def test_coco_stuff_in_a_folder_named_coco_is_found(tmp_path, capsys):
     with pytest.raises(DatasetNotFoundError, match=re.escape(hint)):
         load_sem_seg_files(layout.name, str(root / layout.label_dir), str(root / layout.image_dir),
                            dataset_root=str(root))
+
+
+def test_a_download_folder_that_is_a_file_is_one_line_before_any_download(tmp_path, capsys):
+    """--download-dir naming a file failed after "downloading ..." with the OS's "File exists"."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert run_script(voc.main, "--root", str(tmp_path / "data"), "--download", "--download-dir", str(afile),
+                      "--benchmark", "voc") == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: --download-dir {afile}: a file, not a folder; give a folder for the archives"

@@ -152,6 +152,9 @@ def prepare_benchmarks(args, benchmarks: Sequence[str], archives: Mapping[str, S
     (:func:`benchmark_step`), and incomplete raw data stops the run with the first problem,
     the other incomplete benchmarks and those that can be prepared."""
     selected = selected_benchmarks(args, benchmarks)
+    folder = getattr(args, "download_dir", None)
+    if args.download and folder and os.path.exists(folder) and not os.path.isdir(folder):  # said before any download
+        raise PrepareError(f"--download-dir {folder}: a file, not a folder; give a folder for the archives")
     for benchmark in selected:
         with benchmark_step(args, benchmark, benchmarks):
             fetch_if_asked(args, archives[benchmark])  # an archive two benchmarks share is fetched once
