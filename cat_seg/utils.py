@@ -35,6 +35,23 @@ def show_keys(keys: Sequence[str], limit: int = 5) -> str:
     return text
 
 
+def fit_problems(missing: Sequence[str], unexpected: Sequence[str],
+                 wrong_shape: Sequence[Tuple[str, tuple, tuple]]) -> List[str]:
+    """How a state dict does not fit a model, one phrase per kind (the words of checkpoint and
+    CLIP-weights errors alike): ``"2 missing key(s): a, b"``, ``"1 unexpected key(s): c"``,
+    ``"1 shape mismatch(es): k [3, 4] vs model [4, 4]"`` (``wrong_shape``: ``(key, the file's
+    shape, the model's)``); empty when it fits."""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {show_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {show_keys(unexpected)}")
+    if wrong_shape:
+        shapes = [f"{key} {list(theirs)} vs model {list(ours)}" for key, theirs, ours in wrong_shape]
+        problems.append(f"{len(wrong_shape)} shape mismatch(es): {show_keys(shapes)}")
+    return problems
+
+
 def file_digest(path, algorithm: str, block_size: int = 1 << 22) -> str:
     """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in blocks (``hashlib.file_digest``
     needs Python 3.11)."""

@@ -5,7 +5,7 @@ line (a bad ``MODEL.WEIGHTS`` is an input mistake, not a crash).
 """
 from typing import Iterable, List, Tuple
 
-from ..utils import show_keys  # noqa: F401  (also imported from here)
+from ..utils import fit_problems, show_keys  # noqa: F401  (show_keys: also imported from here)
 
 
 class CheckpointError(ValueError):
@@ -48,13 +48,7 @@ class CheckpointMismatchError(CheckpointError):
         problems = []
         if self.unknown:
             problems.append(f"{len(self.unknown)} unknown official key(s): {show_keys(self.unknown)}")
-        if self.missing:
-            problems.append(f"{len(self.missing)} missing key(s): {show_keys(self.missing)}")
-        if self.unexpected:
-            problems.append(f"{len(self.unexpected)} unexpected key(s): {show_keys(self.unexpected)}")
-        if self.wrong_shape:
-            shapes = [f"{k} {list(c)} vs model {list(m)}" for k, c, m in self.wrong_shape]
-            problems.append(f"{len(self.wrong_shape)} shape mismatch(es): {show_keys(shapes)}")
+        problems += fit_problems(self.missing, self.unexpected, self.wrong_shape)
         fit = f"does not fit the model ({architecture})" if architecture else "does not fit the model"
         message = f"checkpoint {source} {fit}, nothing loaded: " + "; ".join(problems)
         if hint:

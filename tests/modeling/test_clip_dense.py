@@ -419,3 +419,21 @@ def test_clip_checkpoint_formats_read_the_same(tmp_path):
         assert got.keys() == state.keys(), name
         for key in state:
             torch.testing.assert_close(got[key], state[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def test_clip_weights_that_do_not_fit_are_named_in_the_checkpoints_words():
+    """A CLIP state dict with a key missing, one too many and one of another shape: one error
+    naming each, in the words a CAT-Seg checkpoint's mismatch uses (one wording for both)."""
+    from cat_seg.modeling.clip.builder import CLIPLoadError, build_clip_model, fitted_clip_state
+
+    model = build_clip_model("configs/clip_models/tiny-vit-b16.json", weights=None)
+    state = dict(model.state_dict())
+    state.pop("ln_final.bias")
+    state["extra.weight"] = torch.zeros(2)
+    state["ln_final.weight"] = torch.zeros(3)
+    with pytest.raises(CLIPLoadError) as info:
+        fitted_clip_state(model, state, "clip.pt")
+    width = model.ln_final.weight.shape[0]
+    assert str(info.value) == (
+        "CLIP weights clip.pt do not fit the model: 1 missing key(s): ln_final.bias; 1 unexpected key(s): "
+        f"extra.weight; 1 shape mismatch(es): ln_final.weight [3] vs model [{width}]")

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Tuple, Union
 import open_clip
 import torch
 
-from ...utils import error_line, show_keys
+from ...utils import error_line, fit_problems
 from .attention import replace_multihead_attention, split_attention_weights
 from .model_configs import CLIPArch, resolve_clip_arch
 
@@ -98,21 +98,11 @@ def fitted_clip_state(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing {len(missing)}: {show_keys(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {len(unexpected)}: {show_keys(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatch {len(wrong_shape)}: {show_keys(wrong_shape)}")
+    problems = fit_problems(
+        sorted(set(expected) - set(state)), sorted(set(state) - set(expected)),
+        sorted((k, tuple(state[k].shape), tuple(expected[k].shape)) for k in set(state) & set(expected)
+               if state[k].shape != expected[k].shape))
+    if problems:
         raise CLIPLoadError(f"CLIP weights {source} do not fit the model: " + "; ".join(problems))
     return state
 
