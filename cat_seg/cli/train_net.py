@@ -679,10 +679,11 @@ def _main(argv: Optional[Sequence[str]], trainer_class=None) -> int:
     import torch
     from detectron2.engine import launch
 
-    from cat_seg.engine import Trainer
+    if trainer_class is not None:
+        from cat_seg.engine import Trainer
 
-    if trainer_class is not None and not (isinstance(trainer_class, type) and issubclass(trainer_class, Trainer)):
-        raise UserError(f"main(trainer={trainer_class!r}): expected cat_seg.engine.Trainer or a subclass of it")
+        if not (isinstance(trainer_class, type) and issubclass(trainer_class, Trainer)):
+            raise UserError(f"main(trainer={trainer_class!r}): expected cat_seg.engine.Trainer or a subclass of it")
     args = build_parser().parse_args(argv)
     check_launch(args)
     cfg = check(args)
