@@ -123,8 +123,10 @@ def closest_name(name: str, names: Iterable[str]) -> Optional[str]:
 
 
 def closest_key(cfg, key: str) -> Optional[str]:
-    """The valid full key of ``cfg`` closest to ``key`` (:func:`closest_name`), or ``None``."""
-    return closest_name(key, _leaf_keys(cfg))
+    """The full key of ``cfg`` closest to ``key`` (:func:`closest_name`), or ``None``: a valid
+    key, or one of the official keys ``cfg`` accepts without reading (its deprecated keys, such
+    as ``MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM``), which a misspelling of them is closest to."""
+    return closest_name(key, _leaf_keys(cfg) + sorted(cfg.__dict__[type(cfg).DEPRECATED_KEYS]))
 
 
 def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
@@ -137,7 +139,9 @@ def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:
         if key == "_BASE_" or key == "VERSION" or _is_known(cfg, key):
             continue
         guess = closest_key(cfg, key)
-        hint = f"did you mean {guess!r}?" if guess else (
+        unread = guess is not None and guess in cfg.__dict__[type(cfg).DEPRECATED_KEYS]
+        hint = f"did you mean {guess!r}{' (an official key cat-seg accepts and does not read)' if unread else ''}?" \
+            if guess else (
             "not a cat-seg/detectron2 config key (see cat_seg/config.py); the keys of a method of your own are "
             "registered by its script with cat_seg.register_config_keys: run that script (eval.sh, run.sh: "
             "TRAIN_NET=it; docs/architecture.md, 'Building on cat-seg')")

@@ -236,3 +236,15 @@ def test_the_precision_auto_resolves_to_is_logged_once_per_device_type(caplog, m
         assert lines == (["MODEL.PRECISION=auto on cpu: bf16 autocast (native bf16 here); MODEL.PRECISION fp32 "
                           "computes as the official code"] if native else
                          ["MODEL.PRECISION=auto on cpu: fp32 (no native bf16 here), the official computation"])
+
+
+def test_a_misspelt_official_key_that_is_not_read_is_suggested_as_such():
+    """TEXT_GUIDANCE_DIMS was matched to TEXT_GUIDANCE_PROJ_DIM, not to the official
+    TEXT_GUIDANCE_DIM it misspells (accepted and not read: the embedding dim is CLIP's)."""
+    from cat_seg.cli.errors import UserError, merge_config
+
+    with pytest.raises(UserError) as info:
+        merge_config(add_cat_seg_config(get_cfg()), None, ["MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIMS", "5"])
+    assert str(info.value) == (
+        "unknown config key 'MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIMS' in the command line; did you mean "
+        "'MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM' (an official key cat-seg accepts and does not read)?")
