@@ -125,8 +125,21 @@ def closest_name(name: str, names: Iterable[str]) -> Optional[str]:
 def closest_key(cfg, key: str) -> Optional[str]:
     """The full key of ``cfg`` closest to ``key`` (:func:`closest_name`), or ``None``: a valid
     key, or one of the official keys ``cfg`` accepts without reading (its deprecated keys, such
-    as ``MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM``), which a misspelling of them is closest to."""
-    return closest_name(key, _leaf_keys(cfg) + sorted(cfg.__dict__[type(cfg).DEPRECATED_KEYS]))
+    as ``MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM``), which a misspelling of them is closest to.
+    When ``key``'s node exists (``MODEL.SEM_SEG_HEAD`` of ``MODEL.SEM_SEG_HEAD.PAD_LENGTH``),
+    only that node's keys are candidates: ``MODEL.FOO`` is not "corrected" to a key of another
+    node that merely shares the prefix (``MODEL.FPN.NORM``)."""
+    candidates = _leaf_keys(cfg) + sorted(cfg.__dict__[type(cfg).DEPRECATED_KEYS])
+    parent = key.rpartition(".")[0]
+    node = cfg
+    for part in parent.split(".") if parent else ():
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):  # the node exists: one of its own keys, by the last part alone, or none
+        prefix = parent + "." if parent else ""
+        own = [c[len(prefix):] for c in candidates if c.startswith(prefix) and "." not in c[len(prefix):]]
+        guess = closest_name(key[len(prefix):], own)
+        return prefix + guess if guess else None
+    return closest_name(key, candidates)
 
 
 def check_config_keys(cfg, keys: Iterable[str], source: str) -> None:

@@ -248,3 +248,16 @@ def test_a_misspelt_official_key_that_is_not_read_is_suggested_as_such():
     assert str(info.value) == (
         "unknown config key 'MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIMS' in the command line; did you mean "
         "'MODEL.SEM_SEG_HEAD.TEXT_GUIDANCE_DIM' (an official key cat-seg accepts and does not read)?")
+
+
+def test_a_key_of_an_existing_node_is_matched_among_that_nodes_keys():
+    """MODEL.FOO was "corrected" to MODEL.FPN.NORM, a key of another node sharing the prefix:
+    under an existing node only its own keys are candidates (none close: the generic hint)."""
+    from cat_seg.cli.errors import closest_key
+
+    cfg = add_cat_seg_config(get_cfg())
+    assert closest_key(cfg, "MODEL.FOO") is None
+    assert closest_key(cfg, "MODEL.WIEGHTS") == "MODEL.WEIGHTS"
+    assert closest_key(cfg, "MODEL.SEM_SEG_HEAD.PAD_LENGTH") == "MODEL.SEM_SEG_HEAD.PAD_LEN"
+    assert closest_key(cfg, "MODEL.SEM_SEG_HAED.PAD_LEN") == "MODEL.SEM_SEG_HEAD.PAD_LEN"  # a misspelt node
+    assert closest_key(cfg, "OUTPUT_DR") == "OUTPUT_DIR"
