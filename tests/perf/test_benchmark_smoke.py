@@ -146,7 +146,7 @@ def test_script_user_error_is_one_line_exit_2():
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: unknown config key 'MODEL.NO_SUCH_KEY' in the command line; did you mean")
+        "error: unknown config key 'MODEL.NO_SUCH_KEY' in the command line; not a cat-seg/detectron2 config key")
     assert "Traceback" not in proc.stderr
 
 
