@@ -17,13 +17,14 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def positive_int(text: str) -> Optional[int]:
-    """``text`` read as an integer >= 1 (a count of processes or workers); None when it is not one."""
+def int_at_least(text: str, minimum: int = 1) -> Optional[int]:
+    """``text`` read as an integer >= ``minimum`` (a count of processes, workers, steps); None
+    when it is not one."""
     try:
         value = int(text)
     except (TypeError, ValueError):
         return None
-    return value if value >= 1 else None
+    return value if value >= minimum else None
 
 
 def show_keys(keys: Sequence[str], limit: int = 5) -> str:

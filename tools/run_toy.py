@@ -120,11 +120,11 @@ def summary(output, eval_table):
 
 
 def count(minimum):
-    """argparse type: an integer >= ``minimum`` (0 or 1), read as ``cat_seg.utils.positive_int``."""
-    from cat_seg.utils import positive_int
+    """argparse type: an integer >= ``minimum`` (:func:`cat_seg.utils.int_at_least`)."""
+    from cat_seg.utils import int_at_least
 
     def parse(text):
-        value = 0 if minimum == 0 and str(text).strip() == "0" else positive_int(text)
+        value = int_at_least(text, minimum)
         if value is None:
             raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
         return value

@@ -51,9 +51,9 @@ class Row(NamedTuple):
 
 
 def parse_num_gpus(text: str) -> int:
-    from cat_seg.utils import positive_int
+    from cat_seg.utils import int_at_least
 
-    value = positive_int(text)
+    value = int_at_least(text)
     if value is None:
         raise UserError(f"NUM_GPUS {text!r}: expected a positive integer (processes per benchmark); usage: {USAGE}")
     return value

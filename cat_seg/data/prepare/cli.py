@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...cli.errors import ArgumentParser
-from ...utils import WriteError, positive_int
+from ...utils import WriteError, int_at_least
 from .. import download as downloads
 from ..datasets.errors import DatasetError, PrepareError
 from ..datasets.loader import misplaced_hint
@@ -19,7 +19,7 @@ from .runner import default_workers, run_tasks
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = positive_int(text)
+    value = int_at_least(text)
     if value is None:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
     return value
